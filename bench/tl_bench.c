@@ -1,0 +1,197 @@
+/*
+ * tl_bench.c: times training steps (forward, backward, AdamW) or inference of
+ * the engine for a preset or configuration, and prints images/s, achieved
+ * GFLOP/s, the share of this machine's sgemm peak (measured here, with the
+ * same threads and kernels the engine uses) and peak memory.
+ *
+ *   tl-bench [--preset lvvit_t | --config FILE] [--img-size PX] [--batch B]
+ *            [--mode train|infer] [--steps N] [--warmup W] [--threads T] [--json]
+ *
+ * Training FLOPs are counted as 3x the forward FLOPs (forward + two GEMMs per
+ * GEMM in backward); AdamW and elementwise work are not counted.
+ */
+#include "ops.h"
+#include "pool.h"
+#include "tl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* sgemm peak through the engine's own GEMM path (pool split, single-threaded BLAS). */
+static double measure_sgemm_peak(int nthreads) {
+    int n = 2048;
+    float *a = malloc(sizeof(float) * (size_t)n * n), *b = malloc(sizeof(float) * (size_t)n * n),
+          *c = malloc(sizeof(float) * (size_t)n * n);
+    if (!a || !b || !c) return 0.0;
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        a[i] = (float)(i % 13) * 0.01f;
+        b[i] = (float)(i % 7) * 0.01f;
+    }
+    tl_pool *p = tl_pool_new(nthreads);
+    tl_gemm(p, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    double best = 0.0;
+    for (int r = 0; r < 5; r++) {
+        double t = now();
+        tl_gemm(p, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double g = 2.0 * n * n * (double)n / (now() - t) / 1e9;
+        best = g > best ? g : best;
+    }
+    tl_pool_free(p);
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf) buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: tl-bench [--preset NAME | --config FILE] [--img-size PX] [--batch B] [--mode train|infer]\n"
+            "                [--steps N] [--warmup W] [--threads T] [--json]\n");
+}
+
+int main(int argc, char **argv) {
+    const char *preset = "lvvit_t", *config_path = NULL, *mode = "train";
+    int img = 0, batch = 32, steps = 5, warmup = 1, json = 0;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = ncpu > 0 ? (int)ncpu : 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0) { json = 1; continue; }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) { usage(); return 0; }
+        if (!v) { usage(); return 2; }
+        if (strcmp(a, "--preset") == 0) preset = v;
+        else if (strcmp(a, "--config") == 0) config_path = v;
+        else if (strcmp(a, "--img-size") == 0) img = atoi(v);
+        else if (strcmp(a, "--batch") == 0) batch = atoi(v);
+        else if (strcmp(a, "--mode") == 0) mode = v;
+        else if (strcmp(a, "--steps") == 0) steps = atoi(v);
+        else if (strcmp(a, "--warmup") == 0) warmup = atoi(v);
+        else if (strcmp(a, "--threads") == 0) threads = atoi(v);
+        else { fprintf(stderr, "tl-bench: unknown option %s\n", a); usage(); return 2; }
+        i++;
+    }
+    int train = strcmp(mode, "train") == 0;
+    if (!train && strcmp(mode, "infer") != 0) { fprintf(stderr, "tl-bench: --mode must be train or infer\n"); return 2; }
+    if (batch < 1 || steps < 1 || threads < 1) { fprintf(stderr, "tl-bench: --batch, --steps, --threads must be >= 1\n"); return 2; }
+
+    char err[TL_ERR_LEN];
+    tl_config c;
+    if (config_path) {
+        char *text = read_file(config_path);
+        if (!text) { fprintf(stderr, "tl-bench: cannot read %s\n", config_path); return 1; }
+        int rc = tl_config_from_json(text, &c, err, sizeof err);
+        free(text);
+        if (rc != 0) { fprintf(stderr, "tl-bench: %s: %s\n", config_path, err); return 1; }
+        preset = "custom";
+    } else if (tl_config_preset(preset, &c) != 0) {
+        fprintf(stderr, "tl-bench: unknown preset '%s'\n", preset);
+        return 1;
+    }
+    if (img > 0) c.img_size = img;
+    if (tl_config_validate(&c, err, sizeof err) != 0) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
+
+    double peak = measure_sgemm_peak(threads);
+    tl_model *m = tl_model_new(&c, 42, err, sizeof err);
+    tl_ctx *ctx = m ? tl_ctx_new(m, batch, train, threads, err, sizeof err) : NULL;
+    if (!ctx) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
+    int K = c.num_classes, g = tl_config_grid(&c);
+    size_t npix = (size_t)batch * 3 * c.img_size * c.img_size;
+    float *images = malloc(sizeof(float) * npix), *t_cls = calloc((size_t)batch * K, sizeof(float));
+    float *scores = malloc(sizeof(float) * (size_t)batch * K);
+    if (!images || !t_cls || !scores) { fprintf(stderr, "tl-bench: out of memory\n"); return 1; }
+    uint64_t s = 12345;
+    for (size_t i = 0; i < npix; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        images[i] = (float)((s >> 40) & 0xffff) / 32768.0f - 1.0f;
+    }
+    for (int b = 0; b < batch; b++) t_cls[(size_t)b * K + (b % K)] = 1.0f;
+    tl_adamw hp = {1e-3f, 0.05f, 0.9f, 0.999f, 1e-8f};
+    tl_loss_weights lw = {1.0f, 0.5f};
+    tl_box box = {g / 4, g / 4, g / 4 + g / 2, g / 4 + g / 2};
+
+    double t0 = 0, fwd = 0, bwd = 0, opt = 0;
+    for (int it = 0; it < warmup + steps; it++) {
+        if (it == warmup) { t0 = now(); fwd = bwd = opt = 0; }
+        if (train) {
+            double a = now();
+            tl_model_zero_grad(m);
+            tl_loss_parts lp;
+            tl_forward(ctx, images, batch, 1, &box, (uint64_t)it);
+            tl_loss(ctx, t_cls, NULL, &lw, &lp);
+            double b = now();
+            tl_backward(ctx);
+            double d = now();
+            tl_ctx_adamw_step(ctx, &hp);
+            double e = now();
+            fwd += b - a;
+            bwd += d - b;
+            opt += e - d;
+        } else {
+            tl_predict(ctx, images, batch, scores);
+        }
+    }
+    double dt = now() - t0;
+    double ips = (double)batch * steps / dt;
+    double flops_img = tl_config_forward_flops(&c) * (train ? 3.0 : 1.0);
+    double gflops = flops_img * ips / 1e9;
+    double frac = peak > 0 ? gflops / peak : 0.0;
+    double ms = dt / steps * 1000.0;
+    if (json) {
+        printf("{\"impl\":\"tokenlab\",\"mode\":\"%s\",\"preset\":\"%s\",\"img_size\":%d,\"batch\":%d,\"threads\":%d,"
+               "\"steps\":%d,\"img_per_s\":%.3f,\"ms_per_step\":%.2f,\"gflop_per_s\":%.1f,\"sgemm_peak_gflop_per_s\":%.1f,"
+               "\"sgemm_peak_fraction\":%.3f,\"peak_rss_mb\":%.1f,\"model_mb\":%.1f,\"activations_mb\":%.1f",
+               mode, preset, c.img_size, batch, threads, steps, ips, ms, gflops, peak, frac, peak_rss_mb(),
+               (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
+        if (train)
+            printf(",\"ms_forward\":%.2f,\"ms_backward\":%.2f,\"ms_adamw\":%.2f", fwd / steps * 1e3, bwd / steps * 1e3,
+                   opt / steps * 1e3);
+        printf(",\"blas\":\"%s\"}\n", tl_blas_corename());
+    } else {
+        printf("tokenlab %s %s @%d px, batch %d, %d threads, %d steps\n", mode, preset, c.img_size, batch, threads, steps);
+        printf("  %.2f images/s, %.1f ms per step", ips, ms);
+        if (train) printf(" (forward %.1f, backward %.1f, AdamW %.1f)", fwd / steps * 1e3, bwd / steps * 1e3, opt / steps * 1e3);
+        printf("\n  %.1f GFLOP/s = %.1f%% of the measured sgemm peak %.1f GFLOP/s\n", gflops, 100 * frac, peak);
+        printf("  peak RSS %.0f MiB (model+optimizer %.0f MiB, activations %.0f MiB)\n", peak_rss_mb(),
+               (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
+        printf("  BLAS: %s\n", tl_blas_corename());
+    }
+    free(images);
+    free(t_cls);
+    free(scores);
+    tl_ctx_free(ctx);
+    tl_model_free(m);
+    return 0;
+}
