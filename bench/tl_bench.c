@@ -79,17 +79,18 @@ static char *read_file(const char *path) {
 static void usage(void) {
     fprintf(stderr,
             "usage: tl-bench [--preset NAME | --config FILE] [--img-size PX] [--batch B] [--mode train|infer]\n"
-            "                [--steps N] [--warmup W] [--threads T] [--json]\n");
+            "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n");
 }
 
 int main(int argc, char **argv) {
     const char *preset = "lvvit_t", *config_path = NULL, *mode = "train";
-    int img = 0, batch = 32, steps = 5, warmup = 1, json = 0;
+    int img = 0, batch = 32, steps = 5, warmup = 1, json = 0, profile = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int threads = ncpu > 0 ? (int)ncpu : 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--json") == 0) { json = 1; continue; }
+        if (strcmp(a, "--profile") == 0) { profile = 1; continue; }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) { usage(); return 0; }
         if (!v) { usage(); return 2; }
         if (strcmp(a, "--preset") == 0) preset = v;
@@ -144,7 +145,7 @@ int main(int argc, char **argv) {
 
     double t0 = 0, fwd = 0, bwd = 0, opt = 0;
     for (int it = 0; it < warmup + steps; it++) {
-        if (it == warmup) { t0 = now(); fwd = bwd = opt = 0; }
+        if (it == warmup) { t0 = now(); fwd = bwd = opt = 0; tl_ctx_profile(ctx, profile); }
         if (train) {
             double a = now();
             tl_model_zero_grad(m);
@@ -187,6 +188,11 @@ int main(int argc, char **argv) {
         printf("  peak RSS %.0f MiB (model+optimizer %.0f MiB, activations %.0f MiB)\n", peak_rss_mb(),
                (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
         printf("  BLAS: %s\n", tl_blas_corename());
+        if (profile) {
+            char rep[2048];
+            tl_ctx_profile_report(ctx, rep, sizeof rep);
+            printf("  profile (forward/backward, all steps): %s\n", rep);
+        }
     }
     free(images);
     free(t_cls);

@@ -101,10 +101,14 @@ static int parse_obj(const cJSON *o, tl_config *out, char *err, size_t errlen) {
     }
     int seen[NFIELDS] = {0};
     for (const cJSON *it = o->child; it; it = it->next) {
-        if (strcmp(it->string, "preset") == 0) continue;
+        if (strcmp(it->string, "preset") == 0) {
+            if (it != pre) FAIL("preset: given more than once");
+            continue;
+        }
         size_t f = 0;
         while (f < NFIELDS && strcmp(FIELDS[f].name, it->string) != 0) f++;
         if (f == NFIELDS) FAIL("%.64s: unknown field", it->string);
+        if (seen[f]) FAIL("%s: given more than once", FIELDS[f].name);
         if (!cJSON_IsNumber(it)) FAIL("%s: must be a number", FIELDS[f].name);
         double v = it->valuedouble;
         if (FIELDS[f].is_int) {
@@ -125,8 +129,8 @@ static int parse_obj(const cJSON *o, tl_config *out, char *err, size_t errlen) {
 }
 
 int tl_config_from_json(const char *json, tl_config *out, char *err, size_t errlen) {
-    cJSON *o = cJSON_Parse(json);
-    if (!o) FAIL("model: not valid JSON");
+    cJSON *o = cJSON_ParseWithOpts(json, NULL, 1); /* nothing may follow the object */
+    if (!o) FAIL("model: not valid JSON (or text after the object)");
     int rc = parse_obj(o, out, err, errlen);
     cJSON_Delete(o);
     return rc;

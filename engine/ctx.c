@@ -12,6 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+double tl_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
 
 typedef struct {
     float *base;
@@ -38,6 +45,14 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
         x->bn_rstd[l] = take(cv, (size_t)x->C);
     }
     x->patches = take(cv, x->stem);
+    for (int l = 0; l < 3; l++) {
+        size_t n = (size_t)(l == 0 ? 3 * 49 : x->C * 9) * x->C;
+        x->wt[l] = take(cv, n);
+        x->dwt[l] = x->training ? take(cv, n) : NULL;
+    }
+    x->wp = take(cv, (size_t)x->D * x->C * x->k * x->k);
+    x->dwp = x->training ? take(cv, (size_t)x->D * x->C * x->k * x->k) : NULL;
+    x->bn_scratch = take(cv, tl_bn_scratch(x->nthreads, x->C));
     x->tok = take(cv, B * N * D);
     int sets = x->training ? depth : 1;
     for (int l = 0; l < sets; l++) {

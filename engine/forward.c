@@ -26,22 +26,23 @@ static int box_empty(const tl_box *b) { return b->r0 >= b->r1 || b->c0 >= b->c1;
 static void stem_forward(tl_ctx *x, const float *images, int B, int train) {
     tl_model *m = x->m;
     tl_weights *w = &m->wt[0];
-    int C = x->C, H = m->cfg.img_size, H1 = x->H1;
+    int C = x->C, H = m->cfg.img_size, H1 = x->H1, k = x->k;
     size_t M = (size_t)B * H1 * H1;
     for (int l = 0; l < 3; l++) {
+        int cin = l == 0 ? 3 : C, ks = l == 0 ? 7 : 3;
+        tl_conv_weight_pack(x->wt[l], w->conv[l], C, cin, ks);
         if (l == 0)
-            tl_conv2d_forward(x->pool, x->c[0], images, H * H, 3 * H * H, w->conv[0], B, 3, H, H, C, 7, 2, 3,
-                              x->scratch);
+            PROF(x, TL_PROF_STEM_CONV, tl_conv2d_forward(x->pool, x->c[0], images, 1, x->wt[0], B, 3, H, H, C, 7, 2, 3, x->scratch));
         else
-            tl_conv2d_forward(x->pool, x->c[l], x->a[l - 1], (int)M, H1 * H1, w->conv[l], B, C, H1, H1, C, 3, 1, 1,
-                              x->scratch);
-        tl_bn_forward(x->pool, x->a[l], x->bn_mean[l], x->bn_rstd[l], x->c[l], w->bn_w[l], w->bn_b[l], w->bn_rm[l],
-                      w->bn_rv[l], C, M, train, TL_BN_MOMENTUM, TL_BN_EPS, 1);
+            PROF(x, TL_PROF_STEM_CONV, tl_conv2d_forward(x->pool, x->c[l], x->a[l - 1], 0, x->wt[l], B, C, H1, H1, C, 3, 1, 1, x->scratch));
+        PROF(x, TL_PROF_STEM_BN, tl_bn_forward(x->pool, x->a[l], x->bn_mean[l], x->bn_rstd[l], x->c[l], w->bn_w[l], w->bn_b[l], w->bn_rm[l],
+                      w->bn_rv[l], C, M, train, TL_BN_MOMENTUM, TL_BN_EPS, 1, x->bn_scratch));
         if (train) m->bn_batches[l]++;
     }
-    tl_patch_gather(x->pool, x->patches, x->a[2], B, C, H1, H1, x->k);
-    tl_linear_forward(x->pool, x->tok, x->D, x->patches, C * x->k * x->k, w->proj_w, w->proj_b, B * x->N,
-                      C * x->k * x->k, x->D);
+    tl_patch_weight_pack(x->wp, w->proj_w, x->D, C, k);
+    PROF(x, TL_PROF_PATCH, tl_patch_gather(x->pool, x->patches, x->a[2], B, C, H1, H1, k));
+    PROF(x, TL_PROF_PATCH, tl_linear_forward(x->pool, x->tok, x->D, x->patches, C * k * k, x->wp, w->proj_b, B * x->N,
+                      C * k * k, x->D));
 }
 
 static void block_forward(tl_ctx *x, int l, int B, int train, uint64_t drop_seed) {
@@ -62,19 +63,19 @@ static void block_forward(tl_ctx *x, int l, int B, int train, uint64_t drop_seed
     }
     float *x_out = (l + 1 < m->cfg.depth) ? x->blk[l + 1].x_in : x->x_final;
     /* attention branch */
-    tl_layernorm_forward(x->pool, a->ln1, a->ln1_mean, a->ln1_rstd, a->x_in, w->ln1_w, w->ln1_b, BT, D, TL_LN_EPS);
-    tl_linear_forward(x->pool, a->qkv, 3 * D, a->ln1, D, w->qkv_w, NULL, BT, D, 3 * D);
-    tl_attention_forward(x->pool, a->att_out, a->att, a->qkv, B, T, D, x->Hh);
-    tl_linear_forward(x->pool, x->branch, D, a->att_out, D, w->proj_w, w->proj_b, BT, D, D);
+    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, a->ln1, a->ln1_mean, a->ln1_rstd, a->x_in, w->ln1_w, w->ln1_b, BT, D, TL_LN_EPS));
+    PROF(x, TL_PROF_QKV, tl_linear_forward(x->pool, a->qkv, 3 * D, a->ln1, D, w->qkv_w, NULL, BT, D, 3 * D));
+    PROF(x, TL_PROF_ATTN, tl_attention_forward(x->pool, a->att_out, a->att, a->qkv, B, T, D, x->Hh));
+    PROF(x, TL_PROF_PROJ, tl_linear_forward(x->pool, x->branch, D, a->att_out, D, w->proj_w, w->proj_b, BT, D, D));
     if (a->x_mid != a->x_in) memcpy(a->x_mid, a->x_in, sizeof(float) * (size_t)BT * D);
-    tl_residual_forward(x->pool, a->x_mid, x->branch, s1, inv_skip, B, (size_t)T * D);
+    PROF(x, TL_PROF_RESID, tl_residual_forward(x->pool, a->x_mid, x->branch, s1, inv_skip, B, (size_t)T * D));
     /* MLP branch */
-    tl_layernorm_forward(x->pool, a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, w->ln2_w, w->ln2_b, BT, D, TL_LN_EPS);
-    tl_linear_forward(x->pool, a->fc1, hid, a->ln2, D, w->fc1_w, w->fc1_b, BT, D, hid);
-    tl_gelu_forward(x->pool, a->gelu, a->fc1, (size_t)BT * hid);
-    tl_linear_forward(x->pool, x->branch, D, a->gelu, hid, w->fc2_w, w->fc2_b, BT, hid, D);
+    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, w->ln2_w, w->ln2_b, BT, D, TL_LN_EPS));
+    PROF(x, TL_PROF_FC1, tl_linear_forward(x->pool, a->fc1, hid, a->ln2, D, w->fc1_w, w->fc1_b, BT, D, hid));
+    PROF(x, TL_PROF_GELU, tl_gelu_forward(x->pool, a->gelu, a->fc1, (size_t)BT * hid));
+    PROF(x, TL_PROF_FC2, tl_linear_forward(x->pool, x->branch, D, a->gelu, hid, w->fc2_w, w->fc2_b, BT, hid, D));
     if (x_out != a->x_mid) memcpy(x_out, a->x_mid, sizeof(float) * (size_t)BT * D);
-    tl_residual_forward(x->pool, x_out, x->branch, s2, inv_skip, B, (size_t)T * D);
+    PROF(x, TL_PROF_RESID, tl_residual_forward(x->pool, x_out, x->branch, s2, inv_skip, B, (size_t)T * D));
 }
 
 int tl_forward(tl_ctx *x, const float *images, int B, int train, const tl_box *box, uint64_t drop_seed) {
@@ -93,13 +94,13 @@ int tl_forward(tl_ctx *x, const float *images, int B, int train, const tl_box *b
     if (!box_empty(&x->box)) tl_mixtoken_swap(x->tok, B, g, D, x->box.r0, x->box.c0, x->box.r1, x->box.c1);
     tl_tokens_forward(x->pool, x->blk[0].x_in, x->tok, w->cls, w->pos, B, N, D);
     for (int l = 0; l < m->cfg.depth; l++) block_forward(x, l, B, train, drop_seed);
-    tl_layernorm_forward(x->pool, x->lnf, x->lnf_mean, x->lnf_rstd, x->x_final, w->norm_w, w->norm_b, B * T, D,
-                         TL_LN_EPS);
+    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, x->lnf, x->lnf_mean, x->lnf_rstd, x->x_final, w->norm_w, w->norm_b, B * T, D,
+                         TL_LN_EPS));
     /* head on the class token (rows b*T), aux_head on each image's N patch rows */
-    tl_linear_forward(x->pool, x->logits_cls, K, x->lnf, T * D, w->head_w, w->head_b, B, D, K);
+    PROF(x, TL_PROF_HEADS, tl_linear_forward(x->pool, x->logits_cls, K, x->lnf, T * D, w->head_w, w->head_b, B, D, K));
     for (int b = 0; b < B; b++)
-        tl_linear_forward(x->pool, x->logits_aux + (size_t)b * N * K, K, x->lnf + ((size_t)b * T + 1) * D, D,
-                          w->aux_w, w->aux_b, N, D, K);
+        PROF(x, TL_PROF_HEADS, tl_linear_forward(x->pool, x->logits_aux + (size_t)b * N * K, K, x->lnf + ((size_t)b * T + 1) * D, D,
+                          w->aux_w, w->aux_b, N, D, K));
     if (!box_empty(&x->box)) tl_mixtoken_swap(x->logits_aux, B, g, K, x->box.r0, x->box.c0, x->box.r1, x->box.c1);
     return 0;
 }

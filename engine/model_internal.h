@@ -66,8 +66,27 @@ typedef struct {
     float *scale1, *scale2; /* (B) drop path scales */
 } tl_block_acts;
 
+/* Per-phase wall time, accumulated when profiling is on (tl_ctx_profile). */
+enum {
+    TL_PROF_STEM_CONV, TL_PROF_STEM_BN, TL_PROF_PATCH, TL_PROF_LN, TL_PROF_QKV, TL_PROF_ATTN, TL_PROF_PROJ,
+    TL_PROF_FC1, TL_PROF_GELU, TL_PROF_FC2, TL_PROF_RESID, TL_PROF_HEADS, TL_PROF_LOSS, TL_PROF_OTHER, TL_PROF_N
+};
+#define TL_PROF_NAMES                                                                                              \
+    {"stem_conv", "stem_bn", "patch_proj", "layernorm", "qkv", "attention", "attn_proj", "fc1", "gelu", "fc2",   \
+     "residual", "heads", "loss", "other"}
+
+double tl_now(void);
+#define PROF(x, id, call)                                            \
+    do {                                                             \
+        double t0_ = (x)->profile ? tl_now() : 0.0;                  \
+        call;                                                        \
+        if ((x)->profile) (x)->prof[(id)][(x)->in_backward] += tl_now() - t0_; \
+    } while (0)
+
 struct tl_ctx {
     tl_model *m;
+    int profile, in_backward;
+    double prof[TL_PROF_N][2]; /* seconds: [phase][0 forward, 1 backward] */
     tl_pool *pool;
     int Bmax, training, nthreads;
     int B;                 /* batch of the last forward */
@@ -81,10 +100,13 @@ struct tl_ctx {
     size_t stem;           /* C*B*H1*H1 floats for Bmax */
     float *mem;
     size_t nfloats;
-    /* stem */
-    float *c[3], *a[3];    /* conv outputs and BN(+ReLU) outputs, (C,B,H1,H1) */
+    /* stem, NHWC */
+    float *c[3], *a[3];    /* conv outputs and BN(+ReLU) outputs, (B,H1,H1,C) */
+    float *wt[3], *dwt[3]; /* conv weights packed (k,k,Cin,C) and their gradients */
+    float *wp, *dwp;       /* proj weight packed (D, k*k*C) and its gradient */
+    float *bn_scratch;
     float *bn_mean[3], *bn_rstd[3];
-    float *patches;        /* (B*N, C*k*k) */
+    float *patches;        /* (B*N, k*k*C) */
     float *tok;            /* (B,N,D) */
     tl_block_acts *blk;    /* depth */
     float *x_final;        /* (B,T,D) residual stream after the last block */

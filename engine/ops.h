@@ -3,8 +3,8 @@
  *
  * Owns nothing: every buffer is the caller's. Outputs come first in each
  * signature, with a shape comment on every array. Row-major throughout.
- * Convolution activations use a channel-major layout (C,B,H,W) so that a
- * BatchNorm channel is one contiguous run over the whole batch.
+ * Convolution activations are NHWC (B,H,W,C): im2col copies runs of C floats
+ * and every stem GEMM has the channel dimension innermost.
  *
  * Threads: each op splits its work over the pool's threads for the duration
  * of the call (pool may be NULL: then the calling thread does everything).
@@ -26,40 +26,50 @@
 void tl_gemm(tl_pool *p, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
 
-/* ---- convolution without bias, output channel-major (Cout,B,Ho,Wo) ----
- * The input is addressed as in[c*in_cstride + b*in_bstride + y*W + x], so it
- * can be NCHW (cstride H*W, bstride C*H*W) or channel-major (cstride B*H*W,
- * bstride H*W). din, when not NULL, uses the same layout as in. */
+/* ---- convolution without bias, NHWC output (B,Ho,Wo,Cout) ----
+ * The input is NHWC (B,H,W,Cin), or NCHW (B,Cin,H,W) when in_nchw (the
+ * images entering conv1; then no input gradient is computed). Weights are
+ * packed (k,k,Cin,Cout) by tl_conv_weight_pack; the weight gradient dwt is
+ * accumulated in that packed layout. */
 size_t tl_conv2d_scratch(int nthreads, int Cin, int Cout, int Ho, int Wo, int k);
-void tl_conv2d_forward(tl_pool *p, float *out /*(Cout,B,Ho,Wo)*/, const float *in /*(Cin,B,H,W) strided*/,
-                       int in_cstride, int in_bstride, const float *w /*(Cout,Cin,k,k)*/, int B, int Cin, int H,
-                       int W, int Cout, int k, int stride, int pad, float *scratch);
-void tl_conv2d_backward(tl_pool *p, float *din /*(Cin,B,H,W) strided or NULL*/, float *dw /*(Cout,Cin,k,k)*/,
-                        const float *dout /*(Cout,B,Ho,Wo)*/, const float *in, int in_cstride, int in_bstride,
-                        const float *w, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
-                        float *scratch);
+void tl_conv_weight_pack(float *wt /*(k,k,Cin,Cout)*/, const float *w /*(Cout,Cin,k,k)*/, int Cout, int Cin, int k);
+/* dw += unpacked dwt */
+void tl_conv_weight_unpack_accum(float *dw /*(Cout,Cin,k,k)*/, const float *dwt /*(k,k,Cin,Cout)*/, int Cout, int Cin,
+                                 int k);
+void tl_conv2d_forward(tl_pool *p, float *out /*(B,Ho,Wo,Cout)*/, const float *in /*(B,H,W,Cin) or (B,Cin,H,W)*/,
+                       int in_nchw, const float *wt /*(k,k,Cin,Cout)*/, int B, int Cin, int H, int W, int Cout, int k,
+                       int stride, int pad, float *scratch);
+/* din (NHWC, overwritten; ignored when in_nchw) may be NULL; dwt accumulated. */
+void tl_conv2d_backward(tl_pool *p, float *din /*(B,H,W,Cin) or NULL*/, float *dwt /*(k,k,Cin,Cout)*/,
+                        const float *dout /*(B,Ho,Wo,Cout)*/, const float *in, int in_nchw, const float *wt, int B,
+                        int Cin, int H, int W, int Cout, int k, int stride, int pad, float *scratch);
 static inline int tl_conv_out(int n, int k, int stride, int pad) { return (n + 2 * pad - k) / stride + 1; }
 
-/* ---- BatchNorm (+ optional ReLU) over channel-major (C,M), M = B*H*W ----
+/* ---- BatchNorm (+ optional ReLU) over NHWC rows: x (M,C), M = B*H*W ----
  * train: batch statistics (biased variance to normalise), running statistics
  * updated with momentum and the unbiased variance; eval: running statistics.
  * mean/rstd receive the statistics used (needed by backward). */
-void tl_bn_forward(tl_pool *p, float *y /*(C,M)*/, float *mean /*(C)*/, float *rstd /*(C)*/, const float *x /*(C,M)*/,
+size_t tl_bn_scratch(int nthreads, int C);
+void tl_bn_forward(tl_pool *p, float *y /*(M,C)*/, float *mean /*(C)*/, float *rstd /*(C)*/, const float *x /*(M,C)*/,
                    const float *gamma /*(C)*/, const float *beta /*(C)*/, float *run_mean /*(C)*/,
-                   float *run_var /*(C)*/, int C, size_t M, int train, float momentum, float eps, int relu);
+                   float *run_var /*(C)*/, int C, size_t M, int train, float momentum, float eps, int relu,
+                   float *scratch);
 /* Train-mode backward. y is the forward output (for the ReLU mask). dx may
  * alias dy. */
-void tl_bn_backward(tl_pool *p, float *dx /*(C,M)*/, float *dgamma /*(C)*/, float *dbeta /*(C)*/,
-                    const float *dy /*(C,M)*/, const float *x /*(C,M)*/, const float *y /*(C,M)*/,
+void tl_bn_backward(tl_pool *p, float *dx /*(M,C)*/, float *dgamma /*(C)*/, float *dbeta /*(C)*/,
+                    const float *dy /*(M,C)*/, const float *x /*(M,C)*/, const float *y /*(M,C)*/,
                     const float *mean /*(C)*/, const float *rstd /*(C)*/, const float *gamma /*(C)*/, int C, size_t M,
-                    int relu);
+                    int relu, float *scratch);
 
-/* ---- non-overlapping patches (kernel = stride = k) of a channel-major map ---- */
-/* patches row (b, ty, tx), column (c, ky, kx): the layout of a conv weight. */
-void tl_patch_gather(tl_pool *p, float *patches /*(B*g*g, C*k*k)*/, const float *x /*(C,B,H,W)*/, int B, int C,
-                     int H, int W, int k);
-void tl_patch_scatter(tl_pool *p, float *dx /*(C,B,H,W)*/, const float *dpatches /*(B*g*g, C*k*k)*/, int B, int C,
+/* ---- non-overlapping patches (kernel = stride = k) of an NHWC map ---- */
+/* patches row (b, ty, tx), columns (ky, kx, c); the projection weight is used
+ * packed the same way (tl_patch_weight_pack). */
+void tl_patch_gather(tl_pool *p, float *patches /*(B*g*g, k*k*C)*/, const float *x /*(B,H,W,C)*/, int B, int C, int H,
+                     int W, int k);
+void tl_patch_scatter(tl_pool *p, float *dx /*(B,H,W,C)*/, const float *dpatches /*(B*g*g, k*k*C)*/, int B, int C,
                       int H, int W, int k);
+void tl_patch_weight_pack(float *wp /*(D, k*k*C)*/, const float *w /*(D,C,k,k)*/, int D, int C, int k);
+void tl_patch_weight_unpack_accum(float *dw /*(D,C,k,k)*/, const float *dwp /*(D, k*k*C)*/, int D, int C, int k);
 
 /* ---- linear layer: out = in W^T + b ---- */
 void tl_linear_forward(tl_pool *p, float *out /*(M,N) ld ldo*/, int ldo, const float *in /*(M,K) ld ldi*/, int ldi,

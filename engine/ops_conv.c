@@ -1,341 +1,429 @@
 /*
- * ops_conv.c: the convolutional stem: im2col convolution, BatchNorm (+ReLU)
- * and the non-overlapping patch projection's gather/scatter.
+ * ops_conv.c: the convolutional stem in NHWC: im2col convolution, BatchNorm
+ * (+ReLU) and the non-overlapping patch projection's gather/scatter.
  *
- * Owns nothing; scratch comes from the caller. With at least as many images as
- * threads, each thread convolves whole images (im2col into its own slice of
- * scratch, one sgemm, its own dw partial); with fewer images, each image's
- * im2col and GEMM are split over the threads instead. dw partials are summed
- * in thread order, so results are deterministic for a given thread count.
+ * Owns nothing; scratch comes from the caller. Activations are (B,H,W,C), so
+ * im2col copies runs of C contiguous floats, a BatchNorm channel is a column
+ * (statistics vectorise across channels), and every GEMM has the 64-wide
+ * channel dimension as its inner, contiguous one. Weights are used packed as
+ * (k,k,Cin,Cout) (tl_conv_weight_pack); PyTorch order is restored for their
+ * gradients by tl_conv_weight_unpack_accum.
+ *
+ * Work split: output pixels are cut into chunks of TL_CONV_CHUNK rows so each
+ * thread's im2col buffer stays in its L2 cache; chunks are dealt to threads in
+ * a fixed order and weight-gradient partials are summed in thread order, so
+ * results are deterministic for a given thread count.
  */
 #include "blas.h"
 #include "ops.h"
+#include "simd.h"
 
 #include <math.h>
 #include <string.h>
 
+#define TL_CONV_CHUNK 1024 /* output pixels per im2col tile */
+
 size_t tl_conv2d_scratch(int nthreads, int Cin, int Cout, int Ho, int Wo, int k) {
-    size_t col = (size_t)Cin * k * k * Ho * Wo;
+    (void)Ho, (void)Wo;
+    size_t col = (size_t)TL_CONV_CHUNK * Cin * k * k;
     size_t dw = (size_t)Cout * Cin * k * k;
     return (size_t)nthreads * (col + dw);
 }
 
+void tl_conv_weight_pack(float *wt, const float *w, int Cout, int Cin, int k) {
+    for (int co = 0; co < Cout; co++)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    wt[((size_t)(ky * k + kx) * Cin + ci) * Cout + co] = w[(((size_t)co * Cin + ci) * k + ky) * k + kx];
+}
+
+void tl_conv_weight_unpack_accum(float *dw, const float *dwt, int Cout, int Cin, int k) {
+    for (int co = 0; co < Cout; co++)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    dw[(((size_t)co * Cin + ci) * k + ky) * k + kx] += dwt[((size_t)(ky * k + kx) * Cin + ci) * Cout + co];
+}
+
 typedef struct {
-    float *out, *din, *dw;
-    const float *in, *dout, *w;
-    int cs, bs, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo;
+    float *out, *din, *dwt;
+    const float *in, *dout, *wt;
+    int nchw, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo;
     float *scratch;
-    int img;         /* image being processed in the inner-parallel mode */
-    float *col;      /* the shared col buffer in the inner-parallel mode */
 } conv_job;
 
-/* col rows [r0, r1) of image b: row r = (c*k + ky)*k + kx, column oy*Wo + ox. */
-static void im2col_rows(const conv_job *j, int b, float *col, size_t r0, size_t r1) {
-    const int k = j->k, HoWo = j->Ho * j->Wo;
-    for (size_t r = r0; r < r1; r++) {
-        int c = (int)(r / (size_t)(k * k)), ky = (int)(r / (size_t)k % (size_t)k), kx = (int)(r % (size_t)k);
-        const float *src = j->in + (size_t)c * j->cs + (size_t)b * j->bs;
-        float *dst = col + r * (size_t)HoWo;
-        for (int oy = 0; oy < j->Ho; oy++) {
+static size_t col_floats(const conv_job *j) { return (size_t)TL_CONV_CHUNK * j->Cin * j->k * j->k; }
+static size_t dw_floats(const conv_job *j) { return (size_t)j->Cout * j->Cin * j->k * j->k; }
+
+/* colT rows for output pixels [p0, p1) of the whole batch (p = (b*Ho + oy)*Wo + ox);
+ * row layout (ky, kx, ci). */
+static void im2col(const conv_job *j, float *col, size_t p0, size_t p1) {
+    const int k = j->k, Cin = j->Cin, KK = k * k * Cin;
+    size_t plane = (size_t)j->Ho * j->Wo;
+    for (size_t p = p0; p < p1; p++) {
+        int b = (int)(p / plane), oy = (int)(p % plane / (size_t)j->Wo), ox = (int)(p % (size_t)j->Wo);
+        float *row = col + (p - p0) * (size_t)KK;
+        for (int ky = 0; ky < k; ky++) {
             int iy = oy * j->stride - j->pad + ky;
-            float *d = dst + (size_t)oy * j->Wo;
-            if (iy < 0 || iy >= j->H) {
-                memset(d, 0, sizeof(float) * (size_t)j->Wo);
-                continue;
-            }
-            const float *s = src + (size_t)iy * j->W;
-            if (j->stride == 1) {
-                int ox0 = j->pad - kx; /* first ox with ix >= 0 */
-                for (int ox = 0; ox < j->Wo; ox++) {
-                    int ix = ox - ox0;
-                    d[ox] = (ix >= 0 && ix < j->W) ? s[ix] : 0.0f;
-                }
-            } else {
-                for (int ox = 0; ox < j->Wo; ox++) {
-                    int ix = ox * j->stride - j->pad + kx;
-                    d[ox] = (ix >= 0 && ix < j->W) ? s[ix] : 0.0f;
+            for (int kx = 0; kx < k; kx++) {
+                int ix = ox * j->stride - j->pad + kx;
+                float *d = row + (size_t)(ky * k + kx) * Cin;
+                if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) {
+                    memset(d, 0, sizeof(float) * (size_t)Cin);
+                } else if (j->nchw) {
+                    const float *s = j->in + ((size_t)b * Cin * j->H + iy) * j->W + ix;
+                    for (int c = 0; c < Cin; c++) d[c] = s[(size_t)c * j->H * j->W];
+                } else {
+                    memcpy(d, j->in + (((size_t)b * j->H + iy) * j->W + ix) * Cin, sizeof(float) * (size_t)Cin);
                 }
             }
         }
     }
 }
 
-/* Adds col rows of channels [c0, c1) back into din for image b (din zeroed by caller). */
-static void col2im_channels(const conv_job *j, int b, const float *col, int c0, int c1) {
-    const int k = j->k, HoWo = j->Ho * j->Wo;
-    for (int c = c0; c < c1; c++) {
-        float *dst = j->din + (size_t)c * j->cs + (size_t)b * j->bs;
-        for (int ky = 0; ky < k; ky++)
+/* Adds colT rows of output pixels [p0, p1) back into din (NHWC). */
+TL_VEC static void col2im(const conv_job *j, const float *col, size_t p0, size_t p1) {
+    const int k = j->k, Cin = j->Cin, KK = k * k * Cin;
+    size_t plane = (size_t)j->Ho * j->Wo;
+    for (size_t p = p0; p < p1; p++) {
+        int b = (int)(p / plane), oy = (int)(p % plane / (size_t)j->Wo), ox = (int)(p % (size_t)j->Wo);
+        const float *row = col + (p - p0) * (size_t)KK;
+        for (int ky = 0; ky < k; ky++) {
+            int iy = oy * j->stride - j->pad + ky;
+            if (iy < 0 || iy >= j->H) continue;
             for (int kx = 0; kx < k; kx++) {
-                const float *src = col + ((size_t)(c * k + ky) * k + kx) * HoWo;
-                for (int oy = 0; oy < j->Ho; oy++) {
-                    int iy = oy * j->stride - j->pad + ky;
-                    if (iy < 0 || iy >= j->H) continue;
-                    float *d = dst + (size_t)iy * j->W;
-                    const float *s = src + (size_t)oy * j->Wo;
-                    for (int ox = 0; ox < j->Wo; ox++) {
-                        int ix = ox * j->stride - j->pad + kx;
-                        if (ix >= 0 && ix < j->W) d[ix] += s[ox];
-                    }
-                }
+                int ix = ox * j->stride - j->pad + kx;
+                if (ix < 0 || ix >= j->W) continue;
+                float *d = j->din + (((size_t)b * j->H + iy) * j->W + ix) * Cin;
+                const float *s = row + (size_t)(ky * k + kx) * Cin;
+                for (int c = 0; c < Cin; c++) d[c] += s[c];
             }
+        }
     }
 }
 
-static void zero_image(const conv_job *j, int b, int c0, int c1) {
-    for (int c = c0; c < c1; c++) memset(j->din + (size_t)c * j->cs + (size_t)b * j->bs, 0, sizeof(float) * (size_t)j->H * j->W);
+static size_t nchunks(const conv_job *j) {
+    size_t P = (size_t)j->B * j->Ho * j->Wo;
+    return (P + TL_CONV_CHUNK - 1) / TL_CONV_CHUNK;
 }
 
-static size_t col_size(const conv_job *j) { return (size_t)j->Cin * j->k * j->k * j->Ho * j->Wo; }
-static size_t dw_size(const conv_job *j) { return (size_t)j->Cout * j->Cin * j->k * j->k; }
-
-/* ---- forward ---- */
-static void conv_fwd_images(void *arg, int tid, int nt) {
+static void conv_fwd_part(void *arg, int tid, int nt) {
     conv_job *j = arg;
-    size_t lo, hi;
-    tl_split((size_t)j->B, tid, nt, &lo, &hi);
-    float *col = j->scratch + (size_t)tid * col_size(j);
-    int KK = j->Cin * j->k * j->k, HoWo = j->Ho * j->Wo;
-    for (size_t b = lo; b < hi; b++) {
-        im2col_rows(j, (int)b, col, 0, (size_t)KK);
-        tl_sgemm(0, 0, j->Cout, HoWo, KK, 1.0f, j->w, KK, col, HoWo, 0.0f, j->out + b * (size_t)HoWo,
-                 j->B * HoWo);
+    size_t P = (size_t)j->B * j->Ho * j->Wo, lo, hi;
+    int KK = j->k * j->k * j->Cin;
+    float *col = j->scratch + (size_t)tid * col_floats(j);
+    tl_split(nchunks(j), tid, nt, &lo, &hi);
+    for (size_t c = lo; c < hi; c++) {
+        size_t p0 = c * TL_CONV_CHUNK, p1 = p0 + TL_CONV_CHUNK < P ? p0 + TL_CONV_CHUNK : P;
+        im2col(j, col, p0, p1);
+        tl_sgemm(0, 0, (int)(p1 - p0), j->Cout, KK, 1.0f, col, KK, j->wt, j->Cout, 0.0f,
+                 j->out + p0 * (size_t)j->Cout, j->Cout);
     }
 }
 
-static void conv_im2col_part(void *arg, int tid, int nt) {
-    conv_job *j = arg;
-    size_t lo, hi;
-    tl_split((size_t)j->Cin * j->k * j->k, tid, nt, &lo, &hi);
-    im2col_rows(j, j->img, j->col, lo, hi);
-}
-
-void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_cstride, int in_bstride, const float *w,
-                       int B, int Cin, int H, int W, int Cout, int k, int stride, int pad, float *scratch) {
-    conv_job j = {.out = out, .in = in, .w = w, .cs = in_cstride, .bs = in_bstride, .B = B, .Cin = Cin, .H = H,
-                  .W = W, .Cout = Cout, .k = k, .stride = stride, .pad = pad, .scratch = scratch};
+void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_nchw, const float *wt, int B, int Cin, int H,
+                       int W, int Cout, int k, int stride, int pad, float *scratch) {
+    conv_job j = {.out = out, .in = in, .wt = wt, .nchw = in_nchw, .B = B, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
+                  .k = k, .stride = stride, .pad = pad, .scratch = scratch};
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
-    int nt = tl_pool_size(p);
-    if (B >= nt) {
-        tl_pool_run(p, conv_fwd_images, &j);
-        return;
-    }
-    int KK = Cin * k * k, HoWo = j.Ho * j.Wo;
-    j.col = scratch;
-    for (int b = 0; b < B; b++) {
-        j.img = b;
-        tl_pool_run(p, conv_im2col_part, &j);
-        tl_gemm(p, 0, 0, Cout, HoWo, KK, 1.0f, w, KK, j.col, HoWo, 0.0f, out + (size_t)b * HoWo, B * HoWo);
-    }
+    tl_pool_run(p, conv_fwd_part, &j);
 }
 
-/* ---- backward ---- */
-static void conv_bwd_images(void *arg, int tid, int nt) {
-    conv_job *j = arg;
-    size_t lo, hi;
-    tl_split((size_t)j->B, tid, nt, &lo, &hi);
-    float *col = j->scratch + (size_t)tid * col_size(j);
-    float *dwp = j->scratch + (size_t)nt * col_size(j) + (size_t)tid * dw_size(j);
-    memset(dwp, 0, sizeof(float) * dw_size(j));
-    int KK = j->Cin * j->k * j->k, HoWo = j->Ho * j->Wo, ld = j->B * HoWo;
-    for (size_t b = lo; b < hi; b++) {
-        const float *dout = j->dout + b * (size_t)HoWo;
-        im2col_rows(j, (int)b, col, 0, (size_t)KK);
-        tl_sgemm(0, 1, j->Cout, KK, HoWo, 1.0f, dout, ld, col, HoWo, 1.0f, dwp, KK);
+/* Each thread: for its chunks, dWt_t += colT^T dout; dcolT = dout Wt^T; col2im.
+ * col2im of neighbouring chunks touches shared input pixels, so threads own
+ * whole images when there are enough of them; otherwise din is added serially. */
+typedef struct {
+    conv_job *j;
+    int by_image;
+} conv_bwd_ctx;
+
+static void conv_bwd_range(conv_job *j, int tid, int nt, size_t p_lo, size_t p_hi, float *dwp) {
+    int KK = j->k * j->k * j->Cin;
+    float *col = j->scratch + (size_t)tid * col_floats(j);
+    for (size_t p0 = p_lo; p0 < p_hi; p0 += TL_CONV_CHUNK) {
+        size_t p1 = p0 + TL_CONV_CHUNK < p_hi ? p0 + TL_CONV_CHUNK : p_hi;
+        int rows = (int)(p1 - p0);
+        const float *dout = j->dout + p0 * (size_t)j->Cout;
+        im2col(j, col, p0, p1);
+        tl_sgemm(1, 0, KK, j->Cout, rows, 1.0f, col, KK, dout, j->Cout, 1.0f, dwp, j->Cout);
         if (!j->din) continue;
-        tl_sgemm(1, 0, KK, HoWo, j->Cout, 1.0f, j->w, KK, dout, ld, 0.0f, col, HoWo);
-        zero_image(j, (int)b, 0, j->Cin);
-        col2im_channels(j, (int)b, col, 0, j->Cin);
+        tl_sgemm(0, 1, rows, KK, j->Cout, 1.0f, dout, j->Cout, j->wt, j->Cout, 0.0f, col, KK);
+        col2im(j, col, p0, p1);
+    }
+    (void)nt;
+}
+
+static void conv_bwd_part(void *arg, int tid, int nt) {
+    conv_bwd_ctx *cx = arg;
+    conv_job *j = cx->j;
+    float *dwp = j->scratch + (size_t)nt * col_floats(j) + (size_t)tid * dw_floats(j);
+    memset(dwp, 0, sizeof(float) * dw_floats(j));
+    size_t plane = (size_t)j->Ho * j->Wo, lo, hi;
+    if (cx->by_image) {
+        tl_split((size_t)j->B, tid, nt, &lo, &hi);
+        if (j->din) memset(j->din + lo * j->H * j->W * j->Cin, 0, sizeof(float) * (hi - lo) * j->H * j->W * j->Cin);
+        conv_bwd_range(j, tid, nt, lo * plane, hi * plane, dwp);
+    } else {
+        tl_split(nchunks(j), tid, nt, &lo, &hi);
+        size_t P = (size_t)j->B * plane;
+        conv_job local = *j;
+        local.din = NULL; /* input gradient done serially below */
+        conv_bwd_range(&local, tid, nt, lo * TL_CONV_CHUNK, hi * TL_CONV_CHUNK < P ? hi * TL_CONV_CHUNK : P, dwp);
     }
 }
 
 typedef struct {
-    float *dw;
+    float *dst;
     const float *parts;
     size_t n;
     int nparts;
 } reduce_job;
 
-static void reduce_part(void *arg, int tid, int nt) {
+TL_VEC static void reduce_part(void *arg, int tid, int nt) {
     reduce_job *r = arg;
     size_t lo, hi;
     tl_split(r->n, tid, nt, &lo, &hi);
     for (int t = 0; t < r->nparts; t++) {
         const float *src = r->parts + (size_t)t * r->n;
-        for (size_t i = lo; i < hi; i++) r->dw[i] += src[i];
+        for (size_t i = lo; i < hi; i++) r->dst[i] += src[i];
     }
 }
 
-static void conv_col2im_part(void *arg, int tid, int nt) {
-    conv_job *j = arg;
-    size_t lo, hi;
-    tl_split((size_t)j->Cin, tid, nt, &lo, &hi);
-    zero_image(j, j->img, (int)lo, (int)hi);
-    col2im_channels(j, j->img, j->col, (int)lo, (int)hi);
-}
-
-void tl_conv2d_backward(tl_pool *p, float *din, float *dw, const float *dout, const float *in, int in_cstride,
-                        int in_bstride, const float *w, int B, int Cin, int H, int W, int Cout, int k, int stride,
-                        int pad, float *scratch) {
-    conv_job j = {.din = din, .dw = dw, .dout = dout, .in = in, .w = w, .cs = in_cstride, .bs = in_bstride, .B = B,
-                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .k = k, .stride = stride, .pad = pad,
-                  .scratch = scratch};
+void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, const float *in, int in_nchw,
+                        const float *wt, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
+                        float *scratch) {
+    conv_job j = {.din = in_nchw ? NULL : din, .dwt = dwt, .dout = dout, .in = in, .wt = wt, .nchw = in_nchw, .B = B,
+                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .k = k, .stride = stride, .pad = pad, .scratch = scratch};
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
     int nt = tl_pool_size(p);
-    if (B >= nt) {
-        tl_pool_run(p, conv_bwd_images, &j);
-        reduce_job r = {dw, scratch + (size_t)nt * col_size(&j), dw_size(&j), nt};
-        tl_pool_run(p, reduce_part, &r);
-        return;
-    }
-    int KK = Cin * k * k, HoWo = j.Ho * j.Wo, ld = B * HoWo;
-    j.col = scratch;
-    for (int b = 0; b < B; b++) {
-        j.img = b;
-        tl_pool_run(p, conv_im2col_part, &j);
-        tl_gemm(p, 0, 1, Cout, KK, HoWo, 1.0f, dout + (size_t)b * HoWo, ld, j.col, HoWo, 1.0f, dw, KK);
-        if (!din) continue;
-        tl_gemm(p, 1, 0, KK, HoWo, Cout, 1.0f, w, KK, dout + (size_t)b * HoWo, ld, 0.0f, j.col, HoWo);
-        tl_pool_run(p, conv_col2im_part, &j);
+    conv_bwd_ctx cx = {&j, B >= nt};
+    tl_pool_run(p, conv_bwd_part, &cx);
+    reduce_job r = {dwt, scratch + (size_t)nt * col_floats(&j), dw_floats(&j), nt};
+    tl_pool_run(p, reduce_part, &r);
+    if (cx.by_image || !j.din) return;
+    /* few images: the input gradient, chunk by chunk on the calling thread with a pooled GEMM */
+    memset(j.din, 0, sizeof(float) * (size_t)B * H * W * Cin);
+    size_t P = (size_t)B * j.Ho * j.Wo;
+    int KK = k * k * Cin;
+    for (size_t p0 = 0; p0 < P; p0 += TL_CONV_CHUNK) {
+        size_t p1 = p0 + TL_CONV_CHUNK < P ? p0 + TL_CONV_CHUNK : P;
+        tl_gemm(p, 0, 1, (int)(p1 - p0), KK, Cout, 1.0f, dout + p0 * (size_t)Cout, Cout, wt, Cout, 0.0f, scratch, KK);
+        col2im(&j, scratch, p0, p1);
     }
 }
 
-/* ---- BatchNorm (+ReLU), channel-major ---- */
+/* ---- BatchNorm (+ReLU) over NHWC rows: x is (M,C), a channel is a column ---- */
 typedef struct {
     float *y, *mean, *rstd, *dx, *dgamma, *dbeta;
     const float *x, *dy, *yv, *gamma, *beta, *cmean, *crstd;
     float *run_mean, *run_var;
     int C;
     size_t M;
-    int train, relu;
-    float momentum, eps;
+    int relu;
+    double *part; /* nthreads x 2C */
+    float *coef;  /* 2C (scale, shift) or 3C (backward constants) */
 } bn_job;
 
-static void bn_fwd_part(void *arg, int tid, int nt) {
+size_t tl_bn_scratch(int nthreads, int C) { return (size_t)nthreads * 6 * C + 4 * (size_t)C; }
+
+/* Column sums are accumulated in float over blocks of BN_BLOCK rows and in
+ * double across blocks: vector speed, and no precision lost over 10^5+ rows. */
+#define BN_BLOCK 256
+
+TL_VEC static void bn_sum_part(void *arg, int tid, int nt) {
     bn_job *j = arg;
     size_t lo, hi;
-    tl_split((size_t)j->C, tid, nt, &lo, &hi);
-    for (size_t c = lo; c < hi; c++) {
-        const float *x = j->x + c * j->M;
-        float *y = j->y + c * j->M;
-        float mean, rstd;
-        if (j->train) {
-            double s = 0.0;
-            for (size_t i = 0; i < j->M; i++) s += x[i];
-            double mu = s / (double)j->M, ss = 0.0;
-            for (size_t i = 0; i < j->M; i++) {
-                double d = x[i] - mu;
-                ss += d * d;
-            }
-            double var = ss / (double)j->M;
-            mean = (float)mu;
-            rstd = (float)(1.0 / sqrt(var + j->eps));
-            double unbiased = j->M > 1 ? ss / (double)(j->M - 1) : var;
-            j->run_mean[c] = (float)((1.0 - j->momentum) * j->run_mean[c] + j->momentum * mu);
-            j->run_var[c] = (float)((1.0 - j->momentum) * j->run_var[c] + j->momentum * unbiased);
-        } else {
-            mean = j->run_mean[c];
-            rstd = 1.0f / sqrtf(j->run_var[c] + j->eps);
+    tl_split(j->M, tid, nt, &lo, &hi);
+    int C = j->C;
+    double *s = j->part + (size_t)tid * 2 * C;
+    float *f = (float *)(s + C); /* the second half of this thread's partials is free here */
+    memset(s, 0, sizeof(double) * (size_t)C);
+    for (size_t r0 = lo; r0 < hi; r0 += BN_BLOCK) {
+        size_t r1 = r0 + BN_BLOCK < hi ? r0 + BN_BLOCK : hi;
+        memset(f, 0, sizeof(float) * (size_t)C);
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = j->x + r * C;
+            for (int c = 0; c < C; c++) f[c] += x[c];
         }
-        j->mean[c] = mean;
-        j->rstd[c] = rstd;
-        float a = j->gamma[c] * rstd, b = j->beta[c] - mean * a;
+        for (int c = 0; c < C; c++) s[c] += f[c];
+    }
+}
+
+TL_VEC static void bn_var_part(void *arg, int tid, int nt) {
+    bn_job *j = arg;
+    size_t lo, hi;
+    tl_split(j->M, tid, nt, &lo, &hi);
+    int C = j->C;
+    double *ss = j->part + (size_t)tid * 2 * C + C;
+    float *f = (float *)(j->part + (size_t)tid * 2 * C); /* sums were consumed already */
+    memset(ss, 0, sizeof(double) * (size_t)C);
+    for (size_t r0 = lo; r0 < hi; r0 += BN_BLOCK) {
+        size_t r1 = r0 + BN_BLOCK < hi ? r0 + BN_BLOCK : hi;
+        memset(f, 0, sizeof(float) * (size_t)C);
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = j->x + r * C;
+            for (int c = 0; c < C; c++) {
+                float d = x[c] - j->mean[c];
+                f[c] += d * d;
+            }
+        }
+        for (int c = 0; c < C; c++) ss[c] += f[c];
+    }
+}
+
+TL_VEC static void bn_apply_part(void *arg, int tid, int nt) {
+    bn_job *j = arg;
+    size_t lo, hi;
+    tl_split(j->M, tid, nt, &lo, &hi);
+    int C = j->C;
+    const float *a = j->coef, *b = j->coef + C;
+    for (size_t r = lo; r < hi; r++) {
+        const float *x = j->x + r * C;
+        float *y = j->y + r * C;
         if (j->relu)
-            for (size_t i = 0; i < j->M; i++) {
-                float v = x[i] * a + b;
-                y[i] = v > 0.0f ? v : 0.0f;
+            for (int c = 0; c < C; c++) {
+                float v = x[c] * a[c] + b[c];
+                y[c] = v > 0.0f ? v : 0.0f;
             }
         else
-            for (size_t i = 0; i < j->M; i++) y[i] = x[i] * a + b;
+            for (int c = 0; c < C; c++) y[c] = x[c] * a[c] + b[c];
     }
 }
 
 void tl_bn_forward(tl_pool *p, float *y, float *mean, float *rstd, const float *x, const float *gamma,
                    const float *beta, float *run_mean, float *run_var, int C, size_t M, int train, float momentum,
-                   float eps, int relu) {
+                   float eps, int relu, float *scratch) {
+    int nt = tl_pool_size(p);
     bn_job j = {.y = y, .mean = mean, .rstd = rstd, .x = x, .gamma = gamma, .beta = beta, .run_mean = run_mean,
-                .run_var = run_var, .C = C, .M = M, .train = train, .relu = relu, .momentum = momentum, .eps = eps};
-    tl_pool_run(p, bn_fwd_part, &j);
+                .run_var = run_var, .C = C, .M = M, .relu = relu, .part = (double *)scratch,
+                .coef = scratch + (size_t)nt * 4 * C};
+    if (train) {
+        tl_pool_run(p, bn_sum_part, &j);
+        for (int c = 0; c < C; c++) {
+            double s = 0.0;
+            for (int t = 0; t < nt; t++) s += j.part[(size_t)t * 2 * C + c];
+            mean[c] = (float)(s / (double)M);
+        }
+        tl_pool_run(p, bn_var_part, &j);
+        for (int c = 0; c < C; c++) {
+            double ss = 0.0;
+            for (int t = 0; t < nt; t++) ss += j.part[(size_t)t * 2 * C + C + c];
+            double var = ss / (double)M, unbiased = M > 1 ? ss / (double)(M - 1) : var;
+            rstd[c] = (float)(1.0 / sqrt(var + eps));
+            run_mean[c] = (float)((1.0 - momentum) * run_mean[c] + momentum * mean[c]);
+            run_var[c] = (float)((1.0 - momentum) * run_var[c] + momentum * unbiased);
+        }
+    } else {
+        for (int c = 0; c < C; c++) {
+            mean[c] = run_mean[c];
+            rstd[c] = 1.0f / sqrtf(run_var[c] + eps);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        j.coef[c] = gamma[c] * rstd[c];
+        j.coef[C + c] = beta[c] - mean[c] * j.coef[c];
+    }
+    tl_pool_run(p, bn_apply_part, &j);
 }
 
-static void bn_bwd_part(void *arg, int tid, int nt) {
+TL_VEC static void bn_bsum_part(void *arg, int tid, int nt) {
     bn_job *j = arg;
     size_t lo, hi;
-    tl_split((size_t)j->C, tid, nt, &lo, &hi);
-    for (size_t c = lo; c < hi; c++) {
-        const float *x = j->x + c * j->M, *dy = j->dy + c * j->M, *y = j->yv + c * j->M;
-        float *dx = j->dx + c * j->M;
-        float mean = j->cmean[c], rstd = j->crstd[c];
-        double sdy = 0.0, sdyx = 0.0;
-        for (size_t i = 0; i < j->M; i++) {
-            float g = (j->relu && y[i] <= 0.0f) ? 0.0f : dy[i];
-            sdy += g;
-            sdyx += (double)g * (x[i] - mean);
+    tl_split(j->M, tid, nt, &lo, &hi);
+    int C = j->C;
+    double *sdy = j->part + (size_t)tid * 2 * C, *sdyx = sdy + C;
+    float *f = j->coef + (size_t)3 * C + (size_t)tid * 2 * C, *fx = f + C; /* per-thread block sums */
+    memset(sdy, 0, sizeof(double) * 2 * (size_t)C);
+    for (size_t r0 = lo; r0 < hi; r0 += BN_BLOCK) {
+        size_t r1 = r0 + BN_BLOCK < hi ? r0 + BN_BLOCK : hi;
+        memset(f, 0, sizeof(float) * 2 * (size_t)C);
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = j->x + r * C, *dy = j->dy + r * C, *y = j->yv + r * C;
+            for (int c = 0; c < C; c++) {
+                float g = (j->relu && y[c] <= 0.0f) ? 0.0f : dy[c];
+                f[c] += g;
+                fx[c] += g * (x[c] - j->cmean[c]);
+            }
         }
-        float dbeta = (float)sdy, dgamma = (float)(sdyx * rstd);
-        j->dbeta[c] += dbeta;
-        j->dgamma[c] += dgamma;
-        float k = j->gamma[c] * rstd, inv = 1.0f / (float)j->M;
-        float mdy = dbeta * inv, mdyx = dgamma * inv * rstd;
-        for (size_t i = 0; i < j->M; i++) {
-            float g = (j->relu && y[i] <= 0.0f) ? 0.0f : dy[i];
-            dx[i] = k * (g - mdy - (x[i] - mean) * mdyx);
+        for (int c = 0; c < C; c++) {
+            sdy[c] += f[c];
+            sdyx[c] += fx[c];
+        }
+    }
+}
+
+TL_VEC static void bn_bapply_part(void *arg, int tid, int nt) {
+    bn_job *j = arg;
+    size_t lo, hi;
+    tl_split(j->M, tid, nt, &lo, &hi);
+    int C = j->C;
+    const float *k = j->coef, *mdy = j->coef + C, *mdyx = j->coef + 2 * C;
+    for (size_t r = lo; r < hi; r++) {
+        const float *x = j->x + r * C, *dy = j->dy + r * C, *y = j->yv + r * C;
+        float *dx = j->dx + r * C;
+        for (int c = 0; c < C; c++) {
+            float g = (j->relu && y[c] <= 0.0f) ? 0.0f : dy[c];
+            dx[c] = k[c] * (g - mdy[c] - (x[c] - j->cmean[c]) * mdyx[c]);
         }
     }
 }
 
 void tl_bn_backward(tl_pool *p, float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
                     const float *y, const float *mean, const float *rstd, const float *gamma, int C, size_t M,
-                    int relu) {
-    bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .yv = y, .cmean = mean, .crstd = rstd,
-                .gamma = gamma, .C = C, .M = M, .relu = relu};
-    tl_pool_run(p, bn_bwd_part, &j);
+                    int relu, float *scratch) {
+    int nt = tl_pool_size(p);
+    bn_job j = {.dx = dx, .dy = dy, .x = x, .yv = y, .cmean = mean, .crstd = rstd, .gamma = gamma, .C = C, .M = M,
+                .relu = relu, .part = (double *)scratch, .coef = scratch + (size_t)nt * 4 * C};
+    tl_pool_run(p, bn_bsum_part, &j);
+    float inv = 1.0f / (float)M;
+    for (int c = 0; c < C; c++) {
+        double sdy = 0.0, sdyx = 0.0;
+        for (int t = 0; t < nt; t++) {
+            sdy += j.part[(size_t)t * 2 * C + c];
+            sdyx += j.part[(size_t)t * 2 * C + C + c];
+        }
+        float db = (float)sdy, dg = (float)(sdyx * rstd[c]);
+        dbeta[c] += db;
+        dgamma[c] += dg;
+        j.coef[c] = gamma[c] * rstd[c];
+        j.coef[C + c] = db * inv;
+        j.coef[2 * C + c] = dg * inv * rstd[c];
+    }
+    tl_pool_run(p, bn_bapply_part, &j);
 }
 
-/* ---- patches ---- */
+/* ---- patches of an NHWC map: row (b,ty,tx), columns (ky,kx,c) ---- */
 typedef struct {
     float *patches, *dx;
     const float *x, *dpatches;
     int B, C, H, W, k;
 } patch_job;
 
-static void patch_gather_part(void *arg, int tid, int nt) {
+static void patch_part(void *arg, int tid, int nt, int scatter) {
     patch_job *j = arg;
-    int g = j->H / j->k, gw = j->W / j->k, k = j->k, ck = j->C * k * k;
+    int g = j->H / j->k, gw = j->W / j->k, k = j->k, kc = k * j->C;
     size_t lo, hi;
     tl_split((size_t)j->B * g, tid, nt, &lo, &hi); /* (b, ty) rows of tokens */
-    size_t plane = (size_t)j->H * j->W, cstride = (size_t)j->B * plane;
     for (size_t r = lo; r < hi; r++) {
         int b = (int)(r / (size_t)g), ty = (int)(r % (size_t)g);
         for (int tx = 0; tx < gw; tx++) {
-            float *dst = j->patches + ((size_t)(b * g + ty) * gw + tx) * ck;
-            for (int c = 0; c < j->C; c++) {
-                const float *src = j->x + c * cstride + b * plane + (size_t)(ty * k) * j->W + tx * k;
-                for (int ky = 0; ky < k; ky++) memcpy(dst + (c * k + ky) * k, src + (size_t)ky * j->W, sizeof(float) * k);
+            size_t prow = ((size_t)(b * g + ty) * gw + tx) * (size_t)k * kc;
+            for (int ky = 0; ky < k; ky++) {
+                size_t pix = (((size_t)b * j->H + ty * k + ky) * j->W + (size_t)tx * k) * j->C;
+                if (scatter)
+                    memcpy(j->dx + pix, j->dpatches + prow + (size_t)ky * kc, sizeof(float) * (size_t)kc);
+                else
+                    memcpy(j->patches + prow + (size_t)ky * kc, j->x + pix, sizeof(float) * (size_t)kc);
             }
         }
     }
 }
 
-static void patch_scatter_part(void *arg, int tid, int nt) {
-    patch_job *j = arg;
-    int g = j->H / j->k, gw = j->W / j->k, k = j->k, ck = j->C * k * k;
-    size_t lo, hi;
-    tl_split((size_t)j->B * g, tid, nt, &lo, &hi);
-    size_t plane = (size_t)j->H * j->W, cstride = (size_t)j->B * plane;
-    for (size_t r = lo; r < hi; r++) {
-        int b = (int)(r / (size_t)g), ty = (int)(r % (size_t)g);
-        for (int tx = 0; tx < gw; tx++) {
-            const float *src = j->dpatches + ((size_t)(b * g + ty) * gw + tx) * ck;
-            for (int c = 0; c < j->C; c++) {
-                float *dst = j->dx + c * cstride + b * plane + (size_t)(ty * k) * j->W + tx * k;
-                for (int ky = 0; ky < k; ky++) memcpy(dst + (size_t)ky * j->W, src + (c * k + ky) * k, sizeof(float) * k);
-            }
-        }
-    }
-}
+static void patch_gather_part(void *arg, int tid, int nt) { patch_part(arg, tid, nt, 0); }
+static void patch_scatter_part(void *arg, int tid, int nt) { patch_part(arg, tid, nt, 1); }
 
 void tl_patch_gather(tl_pool *p, float *patches, const float *x, int B, int C, int H, int W, int k) {
     patch_job j = {.patches = patches, .x = x, .B = B, .C = C, .H = H, .W = W, .k = k};
@@ -345,4 +433,20 @@ void tl_patch_gather(tl_pool *p, float *patches, const float *x, int B, int C, i
 void tl_patch_scatter(tl_pool *p, float *dx, const float *dpatches, int B, int C, int H, int W, int k) {
     patch_job j = {.dx = dx, .dpatches = dpatches, .B = B, .C = C, .H = H, .W = W, .k = k};
     tl_pool_run(p, patch_scatter_part, &j);
+}
+
+void tl_patch_weight_pack(float *wp, const float *w, int D, int C, int k) {
+    for (int d = 0; d < D; d++)
+        for (int c = 0; c < C; c++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    wp[(size_t)d * C * k * k + ((size_t)ky * k + kx) * C + c] = w[(((size_t)d * C + c) * k + ky) * k + kx];
+}
+
+void tl_patch_weight_unpack_accum(float *dw, const float *dwp, int D, int C, int k) {
+    for (int d = 0; d < D; d++)
+        for (int c = 0; c < C; c++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    dw[(((size_t)d * C + c) * k + ky) * k + kx] += dwp[(size_t)d * C * k * k + ((size_t)ky * k + kx) * C + c];
 }

@@ -8,6 +8,7 @@
  */
 #include "blas.h"
 #include "ops.h"
+#include "simd.h"
 
 #include <string.h>
 
@@ -63,7 +64,7 @@ typedef struct {
     int M, K, N;
 } linear_fwd_job;
 
-static void linear_fwd_part(void *arg, int tid, int nt) {
+TL_VEC static void linear_fwd_part(void *arg, int tid, int nt) {
     linear_fwd_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -99,7 +100,7 @@ typedef struct {
     int M, K, N;
 } linear_bwd_job;
 
-static void linear_bwd_part(void *arg, int tid, int nt) {
+TL_VEC static void linear_bwd_part(void *arg, int tid, int nt) {
     linear_bwd_job *j = arg;
     size_t lo, hi;
     if (j->din) {

@@ -5,6 +5,7 @@
  * added in thread order, so it is deterministic for a given thread count.
  */
 #include "ops.h"
+#include "simd.h"
 
 #include <math.h>
 
@@ -81,7 +82,7 @@ typedef struct {
     float lr, b1, b2, eps, wd, step_size, bc2_sqrt;
 } adamw_job;
 
-static void adamw_part(void *arg, int tid, int nt) {
+TL_VEC static void adamw_part(void *arg, int tid, int nt) {
     adamw_job *j = arg;
     size_t lo, hi;
     tl_split(j->n, tid, nt, &lo, &hi);

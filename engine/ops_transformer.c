@@ -8,6 +8,7 @@
  */
 #include "blas.h"
 #include "ops.h"
+#include "simd.h"
 
 #include <math.h>
 #include <string.h>
@@ -20,7 +21,7 @@ typedef struct {
     float eps;
 } ln_job;
 
-static void ln_fwd_part(void *arg, int tid, int nt) {
+TL_VEC static void ln_fwd_part(void *arg, int tid, int nt) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -49,7 +50,7 @@ void tl_layernorm_forward(tl_pool *p, float *out, float *mean, float *rstd, cons
 
 size_t tl_layernorm_scratch(int nthreads, int D) { return (size_t)nthreads * 2 * D; }
 
-static void ln_bwd_part(void *arg, int tid, int nt) {
+TL_VEC static void ln_bwd_part(void *arg, int tid, int nt) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -76,7 +77,7 @@ static void ln_bwd_part(void *arg, int tid, int nt) {
     }
 }
 
-static void ln_reduce_part(void *arg, int tid, int nt) {
+TL_VEC static void ln_reduce_part(void *arg, int tid, int nt) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->D, tid, nt, &lo, &hi);
@@ -107,18 +108,28 @@ typedef struct {
     int B, T, D, H;
 } att_job;
 
-static void softmax_rows(float *a, int rows, int cols) {
+TL_VEC static void softmax_rows(float *a, int rows, int cols) {
     for (int r = 0; r < rows; r++) {
         float *x = a + (size_t)r * cols;
         float mx = x[0];
         for (int i = 1; i < cols; i++) mx = x[i] > mx ? x[i] : mx;
         float s = 0.0f;
         for (int i = 0; i < cols; i++) {
-            x[i] = expf(x[i] - mx);
+            x[i] = tl_expf(x[i] - mx);
             s += x[i];
         }
         float inv = 1.0f / s;
         for (int i = 0; i < cols; i++) x[i] *= inv;
+    }
+}
+
+TL_VEC static void softmax_backward_rows(float *d, const float *a, int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        float *dr = d + (size_t)r * cols;
+        const float *ar = a + (size_t)r * cols;
+        float s = 0.0f;
+        for (int c = 0; c < cols; c++) s += dr[c] * ar[c];
+        for (int c = 0; c < cols; c++) dr[c] = ar[c] * (dr[c] - s);
     }
 }
 
@@ -161,13 +172,7 @@ static void att_bwd_part(void *arg, int tid, int nt) {
         const float *dout = j->dout + (size_t)b * T * D + h * hd;
         tl_sgemm(0, 1, T, T, hd, 1.0f, dout, D, v, D3, 0.0f, dp, T);        /* dP = dO V^T */
         tl_sgemm(1, 0, T, hd, T, 1.0f, att, T, dout, D, 0.0f, dv, D3);      /* dV = P^T dO */
-        for (int r = 0; r < T; r++) {                                       /* dS = P (dP - <dP,P>) */
-            float *d = dp + (size_t)r * T;
-            const float *a = att + (size_t)r * T;
-            float s = 0.0f;
-            for (int c = 0; c < T; c++) s += d[c] * a[c];
-            for (int c = 0; c < T; c++) d[c] = a[c] * (d[c] - s);
-        }
+        softmax_backward_rows(dp, att, T, T);                              /* dS = P (dP - <dP,P>) */
         tl_sgemm(0, 0, T, hd, T, scale, dp, T, k, D3, 0.0f, dq, D3);        /* dQ = s dS K */
         tl_sgemm(1, 0, T, hd, T, scale, dp, T, q, D3, 0.0f, dk, D3);        /* dK = s dS^T Q */
     }
@@ -187,25 +192,25 @@ typedef struct {
     size_t n;
 } gelu_job;
 
-static void gelu_fwd_part(void *arg, int tid, int nt) {
+TL_VEC static void gelu_fwd_part(void *arg, int tid, int nt) {
     gelu_job *j = arg;
     size_t lo, hi;
     tl_split(j->n, tid, nt, &lo, &hi);
     for (size_t i = lo; i < hi; i++) {
         float x = j->x[i];
-        j->out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+        j->out[i] = 0.5f * x * (1.0f + tl_erff(x * (float)M_SQRT1_2));
     }
 }
 
-static void gelu_bwd_part(void *arg, int tid, int nt) {
+TL_VEC static void gelu_bwd_part(void *arg, int tid, int nt) {
     gelu_job *j = arg;
     size_t lo, hi;
     tl_split(j->n, tid, nt, &lo, &hi);
     const float k = 0.3989422804014327f; /* 1/sqrt(2 pi) */
     for (size_t i = lo; i < hi; i++) {
         float x = j->x[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-        float pdf = k * expf(-0.5f * x * x);
+        float cdf = 0.5f * (1.0f + tl_erff(x * (float)M_SQRT1_2));
+        float pdf = k * tl_expf(-0.5f * x * x);
         j->out[i] = j->dout[i] * (cdf + x * pdf);
     }
 }
@@ -230,7 +235,7 @@ typedef struct {
     int accumulate;
 } resid_job;
 
-static void resid_part(void *arg, int tid, int nt) {
+TL_VEC static void resid_part(void *arg, int tid, int nt) {
     resid_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->B * j->S, tid, nt, &lo, &hi);
@@ -279,7 +284,7 @@ typedef struct {
     int B, N, D;
 } tok_job;
 
-static void tok_fwd_part(void *arg, int tid, int nt) {
+TL_VEC static void tok_fwd_part(void *arg, int tid, int nt) {
     tok_job *j = arg;
     int T = j->N + 1, D = j->D;
     size_t lo, hi;
@@ -299,7 +304,7 @@ void tl_tokens_forward(tl_pool *p, float *x, const float *tokens, const float *c
     tl_pool_run(p, tok_fwd_part, &j);
 }
 
-static void tok_bwd_part(void *arg, int tid, int nt) {
+TL_VEC static void tok_bwd_part(void *arg, int tid, int nt) {
     tok_job *j = arg;
     int T = j->N + 1, D = j->D;
     size_t lo, hi;

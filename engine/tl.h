@@ -118,6 +118,10 @@ typedef struct { int r0, c0, r1, c1; } tl_box;
 tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err, size_t errlen);
 void tl_ctx_free(tl_ctx *c);
 int tl_ctx_batch(const tl_ctx *c);
+/* Per-phase timing of forward and backward (off by default); on resets it. */
+void tl_ctx_profile(tl_ctx *c, int on);
+/* "phase fwd/bwd ms, ..." summed since profiling was switched on. */
+int tl_ctx_profile_report(const tl_ctx *c, char *buf, size_t len);
 size_t tl_ctx_bytes(const tl_ctx *c);
 
 /* Forward pass. images (B,3,H,W) already normalised. train != 0 uses batch

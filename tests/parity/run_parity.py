@@ -155,6 +155,7 @@ def prepare(c):
         stats = {}
         ref = run_reference(IN, conf, torch.float64, stats=stats)
         if stats["min_abs_prerelu"] >= KINK_MARGIN:
+            conf["_attempt"] = attempt
             return IN, conf, ref
     raise RuntimeError("%s: no input without ReLU kinks found" % c["name"])
 
@@ -361,7 +362,8 @@ def run_config(c, args, engine):
     inp = os.path.join(wd, "IN.safetensors")
     cj = os.path.join(wd, "C.json")
     outp = os.path.join(wd, "OUT.safetensors")
-    st_io.save(inp, IN, {"tokenlab.parity": c["name"]})
+    attempt = conf.pop("_attempt", 0)
+    st_io.save(inp, IN, {"tokenlab.parity": c["name"], "seed": str(c["seed"]), "attempt": str(attempt)})
     with open(cj, "w") as f:
         json.dump(conf, f, indent=1)
     if os.path.exists(outp):

@@ -37,7 +37,8 @@ def _st_dtype(a):
 
 
 def save(path, tensors, metadata=None):
-    """Writes tensors (name -> numpy array) in name order, 8-byte aligned."""
+    """Writes tensors (name -> numpy array) in name order, packed with no gaps
+    as Hugging Face's safetensors requires."""
     header = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -47,10 +48,6 @@ def save(path, tensors, metadata=None):
         a = np.asarray(tensors[name])
         dt = _st_dtype(a)
         raw = np.ascontiguousarray(a.astype(_NP_OF[dt], copy=False)).tobytes()
-        pad = (-off) % 8
-        if pad:
-            blobs.append(b"\0" * pad)
-            off += pad
         header[name] = {"dtype": dt, "shape": [int(s) for s in a.shape],
                         "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
