@@ -2,9 +2,10 @@
  * pool.h: a small fixed pool of worker threads for parallel loops.
  *
  * Owns: its threads and their wake-up state. The thread that created the pool
- * is the only one that may call tl_pool_run; it takes part in the work as
- * thread 0, so a pool of n threads starts n-1 workers. Workers sleep on a
- * condition variable between calls and exit in tl_pool_free.
+ * is the only one that may call tl_pool_run; it takes part in the work, so a
+ * pool of n threads starts n-1 workers. Each call is split into n tasks with
+ * ids 0..n-1 that any of the threads may run (pool.c explains why); workers
+ * sleep on a condition variable between calls and exit in tl_pool_free.
  */
 #ifndef TL_POOL_H
 #define TL_POOL_H
@@ -13,13 +14,14 @@
 
 typedef struct tl_pool tl_pool;
 
-/* fn(ctx, tid, nthreads): tid in [0, nthreads). */
+/* fn(ctx, tid, n) runs once for each task id tid in [0, n), possibly
+ * concurrently on different threads; tid indexes per-task scratch. */
 typedef void (*tl_pool_fn)(void *ctx, int tid, int nthreads);
 
 tl_pool *tl_pool_new(int nthreads);      /* NULL on failure */
 void tl_pool_free(tl_pool *p);
 int tl_pool_size(const tl_pool *p);      /* 1 for a NULL pool */
-/* Runs fn on every thread of the pool and returns when all are done. */
+/* Runs the n tasks of fn and returns when all are done. */
 void tl_pool_run(tl_pool *p, tl_pool_fn fn, void *ctx);
 
 /* [lo, hi) share of n items for thread tid of nt. */
