@@ -109,37 +109,6 @@ static void layout(layout_state *s, const tl_config *c, float *base, tl_weights 
     if (w) w->aux_b = p;
 }
 
-/* ---- random numbers for init (xoshiro256** seeded by splitmix64) ---- */
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-void tl_rng_seed(tl_rng *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) {
-        uint64_t z = (seed += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        r->s[i] = z ^ (z >> 31);
-    }
-}
-
-uint64_t tl_rng_next(tl_rng *r) {
-    uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return res;
-}
-
-double tl_rng_uniform(tl_rng *r) { return (double)(tl_rng_next(r) >> 11) * 0x1.0p-53; }
-
-double tl_rng_normal(tl_rng *r) {
-    double u1 = tl_rng_uniform(r), u2 = tl_rng_uniform(r);
-    if (u1 < 1e-300) u1 = 1e-300;
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
 /* timm's trunc_normal_(std=.02): normal truncated to the absolute range [-2, 2]. */
 static void init_trunc_normal(tl_rng *r, float *p, size_t n, double std) {
     for (size_t i = 0; i < n; i++) {

@@ -8,6 +8,7 @@
 
 #include "ops.h"
 #include "pool.h"
+#include "rng.h"
 #include "tl.h"
 
 #define TL_NAME_LEN 64
@@ -40,13 +41,6 @@ struct tl_model {
     int64_t step;
 };
 
-typedef struct {
-    uint64_t s[4];
-} tl_rng;
-void tl_rng_seed(tl_rng *r, uint64_t seed);
-uint64_t tl_rng_next(tl_rng *r);
-double tl_rng_uniform(tl_rng *r);
-double tl_rng_normal(tl_rng *r);
 
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool);
 

@@ -7,7 +7,7 @@ pkgs=(build-essential cmake pkg-config
       libmicrohttpd-dev libcjson-dev libopenblas-pthread-dev libopenblas0-pthread
       libsqlite3-dev libturbojpeg0-dev libcmocka-dev libcurl4-openssl-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy)
+  pkgs+=(python3 python3-torch python3-torchvision python3-numpy)
 fi
 
 missing=()
