@@ -33,6 +33,7 @@
 #define CK_TRAIN_PREFIX "train."
 #define CK_AVG "optim.exp_avg."
 #define CK_AVG_SQ "optim.exp_avg_sq."
+#define CK_EMA "ema."
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void seterr(char *err, size_t errlen, const char *fmt, ...) {
@@ -147,8 +148,23 @@ static int add_train(tl_st_writer *w, ck_train *tr, char *err, size_t errlen) {
     return 0;
 }
 
+static int add_ema(tl_st_writer *w, const tl_model *ema, char *err, size_t errlen) {
+    for (int i = 0; i < tl_model_num_tensors(ema); i++) {
+        const tl_tensor *t = tl_model_tensor(ema, i);
+        char name[CK_NAME_LEN];
+        snprintf(name, sizeof name, CK_EMA "%s", t->name);
+        if (add_tensor(w, name, TL_ST_F32, t->ndim, t->shape, t->data, err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
 int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen) {
+    return tl_checkpoint_save2(m, NULL, path, flags, st, extra_meta, err, errlen);
+}
+
+int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
+                        const char *const *extra_meta, char *err, size_t errlen) {
     int64_t bn[CK_NUM_BN];
     ck_train tr = {0};
     int rc = -1;
@@ -163,6 +179,7 @@ int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_
     }
     if (add_meta(w, m, extra_meta, err, errlen) != 0) goto fail;
     if (add_params(w, m, bn, err, errlen) != 0) goto fail;
+    if (ema && add_ema(w, ema, err, errlen) != 0) goto fail;
     if (flags & TL_CKPT_OPTIM) {
         tr.step = st ? st->step : tl_model_step(m);
         tr.epoch = st ? st->epoch : 0;
@@ -255,6 +272,7 @@ static int is_param(const tl_model *m, const char *name) {
 /* Does the file's tensor name belong in a checkpoint loaded with flags? */
 static int expected_name(const tl_model *m, const char *name, int flags) {
     if (tl_model_find(m, name) || bn_layer(name) >= 0) return 1;
+    if (starts_with(name, CK_EMA)) return tl_model_find(m, name + strlen(CK_EMA)) != NULL;
     if (!(flags & TL_CKPT_OPTIM)) return starts_with(name, CK_OPTIM_PREFIX) || starts_with(name, CK_TRAIN_PREFIX);
     if (starts_with(name, CK_AVG)) return is_param(m, name + strlen(CK_AVG));
     if (starts_with(name, CK_AVG_SQ)) return is_param(m, name + strlen(CK_AVG_SQ));
@@ -285,11 +303,20 @@ static int validate_optim(const tl_model *m, const tl_st_file *f, char *err, siz
     return 0;
 }
 
-static int validate(const tl_model *m, const tl_st_file *f, int flags, char *err, size_t errlen) {
+/* The weights of m, or of the EMA ("ema.<name>") when prefix is CK_EMA. */
+static int validate_weights(const tl_model *m, const tl_st_file *f, const char *prefix, char *err, size_t errlen) {
     for (int i = 0; i < tl_model_num_tensors(m); i++) {
         const tl_tensor *t = tl_model_tensor(m, i);
-        if (check_float(f, t->name, t->ndim, t->shape, err, errlen) != 0) return -1;
+        char name[CK_NAME_LEN];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        if (check_float(f, name, t->ndim, t->shape, err, errlen) != 0) return -1;
     }
+    return 0;
+}
+
+static int validate(const tl_model *m, const tl_st_file *f, int flags, char *err, size_t errlen) {
+    if (validate_weights(m, f, (flags & TL_CKPT_FROM_EMA) ? CK_EMA : "", err, errlen) != 0) return -1;
+    if ((flags & TL_CKPT_EMA) && validate_weights(m, f, CK_EMA, err, errlen) != 0) return -1;
     for (int l = 0; l < CK_NUM_BN; l++) {
         char name[CK_NAME_LEN];
         bn_name(name, sizeof name, l);
@@ -307,10 +334,16 @@ static int validate(const tl_model *m, const tl_st_file *f, int flags, char *err
 }
 
 /* Copies a validated file into the model; cannot fail on validated input. */
-static void copy_in(tl_model *m, const tl_st_file *f, int flags, tl_train_state *st) {
+static void copy_in(tl_model *m, tl_model *ema, const tl_st_file *f, int flags, tl_train_state *st) {
     for (int i = 0; i < tl_model_num_tensors(m); i++) {
         const tl_tensor *t = tl_model_tensor(m, i);
-        tl_st_read_f32(tl_st_get(f, t->name), t->data);
+        char wname[CK_NAME_LEN];
+        snprintf(wname, sizeof wname, "%s%s", (flags & TL_CKPT_FROM_EMA) ? CK_EMA : "", t->name);
+        tl_st_read_f32(tl_st_get(f, wname), t->data);
+        if (ema && (flags & TL_CKPT_EMA)) {
+            snprintf(wname, sizeof wname, CK_EMA "%s", t->name);
+            tl_st_read_f32(tl_st_get(f, wname), tl_model_tensor(ema, i)->data);
+        }
         if (!(flags & TL_CKPT_OPTIM) || t->kind != TL_TENSOR_PARAM) continue;
         char name[CK_NAME_LEN];
         snprintf(name, sizeof name, CK_AVG "%s", t->name);
@@ -336,6 +369,15 @@ static void copy_in(tl_model *m, const tl_st_file *f, int flags, tl_train_state 
 }
 
 int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen) {
+    return tl_checkpoint_load2(m, NULL, path, flags, st, err, errlen);
+}
+
+int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                        size_t errlen) {
+    if ((flags & TL_CKPT_EMA) && !ema) {
+        seterr(err, errlen, "checkpoint: TL_CKPT_EMA needs an EMA model");
+        return -1;
+    }
     if (!m || !path) {
         seterr(err, errlen, "checkpoint: no model or path");
         return -1;
@@ -348,7 +390,7 @@ int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state 
         tl_st_close(f);
         return -1;
     }
-    copy_in(m, f, flags, st);
+    copy_in(m, ema, f, flags, st);
     tl_st_close(f);
     return 0;
 }

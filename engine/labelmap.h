@@ -3,7 +3,7 @@
  * per-sample targets built from them (TOKEN_LABELING.md section 5).
  *
  * labelmap.c owns the single-file format (documented in schema/labelmap.md):
- * a fixed header (magic "TLLMAP01", version, K classes, k top entries, map
+ * a fixed 72-byte header (magic "TLLMAP01", version, K classes, k top entries, map
  * size h x w, entry count, offsets), one record per image in insertion order
  * (k*h*w float16 logits, then k*h*w uint16 class indices, layout [k][h][w]),
  * and a key table sorted by key (the image path relative to the dataset

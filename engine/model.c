@@ -267,3 +267,34 @@ void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool) {
         i = j;
     }
 }
+
+/* ---- EMA of the weights (timm's ModelEmaV2: parameters and BN statistics) ---- */
+typedef struct {
+    float *e;
+    const float *p;
+    size_t n;
+    float decay;
+} ema_job;
+
+static void ema_part(void *arg, int tid, int nt) {
+    ema_job *j = arg;
+    size_t lo, hi;
+    tl_split(j->n, tid, nt, &lo, &hi);
+    float d = j->decay, o = 1.0f - j->decay;
+    for (size_t i = lo; i < hi; i++) j->e[i] = d * j->e[i] + o * j->p[i];
+}
+
+int tl_model_ema_update(tl_model *ema, const tl_model *m, float decay, tl_ctx *ctx) {
+    if (ema->nfloats != m->nfloats) return -1;
+    ema_job j = {ema->mem, m->mem, m->nfloats, decay};
+    tl_pool_run(ctx ? ctx->pool : NULL, ema_part, &j);
+    memcpy(ema->bn_batches, m->bn_batches, sizeof ema->bn_batches);
+    return 0;
+}
+
+int tl_model_copy_weights(tl_model *dst, const tl_model *src) {
+    if (dst->nfloats != src->nfloats) return -1;
+    memcpy(dst->mem, src->mem, sizeof(float) * src->nfloats);
+    memcpy(dst->bn_batches, src->bn_batches, sizeof dst->bn_batches);
+    return 0;
+}

@@ -93,6 +93,11 @@ const tl_tensor *tl_model_find(const tl_model *m, const char *name);
 size_t tl_model_num_params(const tl_model *m);      /* trainable scalars */
 int64_t *tl_model_bn_batches(tl_model *m, int layer); /* num_batches_tracked, layer 0..2 */
 void tl_model_zero_grad(tl_model *m);
+/* ema = decay * ema + (1 - decay) * m over parameters and BN statistics
+ * (ctx: whose pool to use, may be NULL). Same config required (-1 otherwise). */
+int tl_model_ema_update(tl_model *ema, const tl_model *m, float decay, tl_ctx *ctx);
+/* Copies parameters and BN statistics (not gradients or moments). */
+int tl_model_copy_weights(tl_model *dst, const tl_model *src);
 /* Bytes held by parameters, gradients and optimizer state. */
 size_t tl_model_bytes(const tl_model *m);
 
@@ -162,6 +167,8 @@ typedef struct {
 } tl_train_state;
 
 #define TL_CKPT_OPTIM 1    /* save/load the AdamW moments and train state */
+#define TL_CKPT_EMA 2      /* load: the EMA weights ("ema.<name>") into the ema model too */
+#define TL_CKPT_FROM_EMA 4 /* load: the EMA weights as the model's own (serving EMA weights) */
 
 /* Saves parameters and buffers under their state_dict names, the config in
  * the metadata ("tokenlab.config"), and with TL_CKPT_OPTIM the moments under
@@ -170,10 +177,17 @@ typedef struct {
  * Crash-safe: temp file, fsync, rename, fsync of the folder. */
 int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen);
+/* The same, also writing the weights of an EMA model (same config) as
+ * "ema.<name>" when ema is not NULL. */
+int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
+                        const char *const *extra_meta, char *err, size_t errlen);
 /* Loads into an existing model, whose config must match the file's tensors
  * (missing, extra, mistyped or misshaped tensors are refused). With
  * TL_CKPT_OPTIM the moments and train state must be present. */
 int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen);
+/* The same, with TL_CKPT_EMA also filling ema (which must then be given). */
+int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                        size_t errlen);
 /* Reads the config of a checkpoint: from its metadata, or inferred from the
  * tensor shapes of a plain LV-ViT state_dict (num_heads and skip_lam then come
  * from the preset of the same width and depth). */

@@ -13,6 +13,7 @@
  * every token's label is the class covering most of its patch (background
  * tokens take the image label), so per-token supervision is exact.
  */
+#include "commands.h"
 #include "tl.h"
 
 #include <math.h>
@@ -163,6 +164,8 @@ static int demo(int steps) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
+    if (argc >= 2 && strcmp(argv[1], "synth") == 0) return cmd_synth(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "demo") == 0) {
         int steps = argc >= 3 ? atoi(argv[2]) : 300;
         if (steps < 1) {
@@ -175,7 +178,9 @@ int main(int argc, char **argv) {
         printf("tokenlabd %s\n", TL_VERSION);
         return 0;
     }
-    fprintf(stderr, "usage: tokenlabd demo [STEPS]   (train a small LV-ViT on generated pictures)\n"
+    fprintf(stderr, "usage: tokenlabd run SPEC.json [--out DIR]   train one job in the foreground\n"
+                    "       tokenlabd synth --out DIR [...]        write the synthetic dataset\n"
+                    "       tokenlabd demo [STEPS]                 a quick engine check on generated pictures\n"
                     "       tokenlabd --version\n");
     return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
 }

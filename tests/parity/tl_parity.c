@@ -11,14 +11,31 @@
  * OUT: logits_pred, logits_cls, logits_aux, loss, loss_cls, loss_dense,
  *     grad.<param>, loss_steps [S], after.<param and running stats>.
  * Single-threaded program apart from the engine's pool (TL_THREADS, default 2).
+ *
+ *   tl-parity --targets --config T.json --in IN.safetensors --out OUT.safetensors
+ *
+ * Label-map targets (engine/targets.c) for tests/parity/run_targets_parity.py.
+ * T.json: {"num_classes": K, "grid": S, "smoothing": s}. IN: lm_values F32
+ * [B,k,h,w], lm_indices I32 [B,k,h,w], crop F32 [B,4] = (top, left, height,
+ * width) fractions of the full image, flip U8 [B]. OUT: target_cls F32 [B,K],
+ * target_dense F32 [B,S*S,K]. No affine. Prints the time per sample.
+ *
+ *   tl-parity --labelmap-dump FILE.tllm --out OUT.safetensors
+ *
+ * Reads a label map through engine/labelmap.c (tests/parity/run_import_labelmaps.py):
+ * OUT holds values F32 [count,k,h,w] and indices I32 [count,k,h,w] in key
+ * order, metadata "keys" (the keys joined by '\n'), "num_classes", "topk".
  */
+#include "labelmap.h"
 #include "safetensors.h"
 #include "tl.h"
 
 #include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_OUT 4096
 
@@ -98,7 +115,12 @@ static int save_params(tl_model *m, const char *prefix, int grads, int include_b
     return 0;
 }
 
+static int targets_main(int argc, char **argv);
+static int labelmap_dump_main(int argc, char **argv);
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--targets") == 0) return targets_main(argc - 2, argv + 2);
+    if (argc > 1 && strcmp(argv[1], "--labelmap-dump") == 0) return labelmap_dump_main(argc - 1, argv + 1);
     const char *cfg_path = NULL, *in_path = NULL, *out_path = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--config") == 0) cfg_path = argv[i + 1];
@@ -244,4 +266,191 @@ int main(int argc, char **argv) {
     tl_model_free(m);
     tl_st_close(in);
     return 0;
+}
+
+/* ------------------------------------------------------------------ --targets */
+
+/* A tensor of IN with the given dtype and ndim, or NULL with a message. */
+static const tl_st_tensor *in_tensor(const tl_st_file *f, const char *name, tl_st_dtype dt, int ndim, char *err) {
+    const tl_st_tensor *t = tl_st_get(f, name);
+    if (!t)
+        snprintf(err, TL_ERR_LEN, "IN lacks tensor '%s'", name);
+    else if (t->dtype != dt || t->ndim != ndim)
+        snprintf(err, TL_ERR_LEN, "IN tensor '%s' must be %s with %d dimensions", name, tl_st_dtype_name(dt), ndim);
+    else
+        return t;
+    return NULL;
+}
+
+static int targets_main(int argc, char **argv) {
+    const char *cfg_path = NULL, *in_path = NULL, *out_path = NULL;
+    for (int i = 0; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--config") == 0) cfg_path = argv[i + 1];
+        else if (strcmp(argv[i], "--in") == 0) in_path = argv[i + 1];
+        else if (strcmp(argv[i], "--out") == 0) out_path = argv[i + 1];
+        else {
+            fprintf(stderr, "tl-parity --targets: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!cfg_path || !in_path || !out_path || argc % 2 != 0) {
+        fprintf(stderr, "usage: tl-parity --targets --config T.json --in IN.safetensors --out OUT.safetensors\n");
+        return 2;
+    }
+    char err[TL_ERR_LEN];
+    int rc = 1;
+    tl_st_file *in = NULL;
+    tl_st_writer *w = NULL;
+    float *vals = NULL, *crop = NULL, *t_cls = NULL, *t_dense = NULL, *scratch = NULL;
+    char *text = read_text(cfg_path);
+    cJSON *cfg = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!cfg) {
+        fprintf(stderr, "tl-parity: cannot read JSON config %s\n", cfg_path);
+        return 1;
+    }
+    int K = (int)num(cfg, "num_classes", 0), S = (int)num(cfg, "grid", 0);
+    float smoothing = (float)num(cfg, "smoothing", 0.0);
+    cJSON_Delete(cfg);
+    if (K < 1 || K > TL_LABELMAP_MAX_CLASSES || S < 1 || S > 1024 || !(smoothing >= 0.0f && smoothing <= 1.0f)) {
+        fprintf(stderr, "tl-parity: T.json needs num_classes in [1,65535], grid in [1,1024], smoothing in [0,1]\n");
+        return 1;
+    }
+    in = tl_st_open(in_path, err, sizeof err);
+    if (!in) goto fail;
+    const tl_st_tensor *tv = in_tensor(in, "lm_values", TL_ST_F32, 4, err);
+    const tl_st_tensor *ti = tv ? in_tensor(in, "lm_indices", TL_ST_I32, 4, err) : NULL;
+    const tl_st_tensor *tc = ti ? in_tensor(in, "crop", TL_ST_F32, 2, err) : NULL;
+    const tl_st_tensor *tf = tc ? in_tensor(in, "flip", TL_ST_U8, 1, err) : NULL;
+    if (!tf) goto fail;
+    int B = (int)tv->shape[0], k = (int)tv->shape[1], h = (int)tv->shape[2], wd = (int)tv->shape[3];
+    if (B < 1 || k < 1 || h < 1 || wd < 1 || memcmp(ti->shape, tv->shape, sizeof(int64_t) * 4) != 0 ||
+        tc->shape[0] != B || tc->shape[1] != 4 || tf->shape[0] != B) {
+        snprintf(err, sizeof err, "IN shapes disagree: lm_values [B,k,h,w], lm_indices the same, crop [B,4], flip [B]");
+        goto fail;
+    }
+    size_t plane = (size_t)k * h * wd;
+    vals = malloc(sizeof(float) * tv->numel);
+    int32_t *idx = malloc(sizeof(int32_t) * ti->numel);
+    crop = malloc(sizeof(float) * tc->numel);
+    t_cls = malloc(sizeof(float) * (size_t)B * K);
+    t_dense = malloc(sizeof(float) * (size_t)B * S * S * K);
+    scratch = malloc(sizeof(float) * tl_targets_scratch(K, h, wd, S));
+    if (!vals || !idx || !crop || !t_cls || !t_dense || !scratch) {
+        free(idx);
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    memcpy(vals, tv->data, sizeof(float) * tv->numel);
+    memcpy(idx, ti->data, sizeof(int32_t) * ti->numel);
+    memcpy(crop, tc->data, sizeof(float) * tc->numel);
+    for (size_t i = 0; i < ti->numel; i++)
+        if (idx[i] < 0 || idx[i] >= K) {
+            snprintf(err, sizeof err, "lm_indices[%zu] = %" PRId32 " outside [0, %d)", i, idx[i], K);
+            free(idx);
+            goto fail;
+        }
+    const uint8_t *flips = tf->data;
+    /* two passes with the same result: the second, with the buffers already touched, is timed */
+    struct timespec t0, t1;
+    for (int pass = 0; pass < 2; pass++) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int b = 0; b < B; b++) {
+            tl_geom g = {crop[4 * b], crop[4 * b + 1], crop[4 * b + 2], crop[4 * b + 3], flips[b] != 0, 0, {0}};
+            tl_targets_compute(t_cls + (size_t)b * K, t_dense + (size_t)b * S * S * K, vals + (size_t)b * plane,
+                               idx + (size_t)b * plane, k, h, wd, K, &g, S, smoothing, scratch);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    }
+    double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / 1e3 / B;
+    printf("tl-parity --targets: B=%d K=%d k=%d h=%d w=%d S=%d: %.1f us/sample\n", B, K, k, h, wd, S, us);
+    free(idx);
+    int64_t sh_cls[2] = {B, K}, sh_dense[3] = {B, (int64_t)S * S, K};
+    w = tl_st_writer_new();
+    if (!w || tl_st_add(w, "target_cls", TL_ST_F32, 2, sh_cls, t_cls) != 0 ||
+        tl_st_add(w, "target_dense", TL_ST_F32, 3, sh_dense, t_dense) != 0) {
+        snprintf(err, sizeof err, "cannot build the output");
+        goto fail;
+    }
+    if (tl_st_write(w, out_path, err, sizeof err) != 0) goto fail;
+    rc = 0;
+fail:
+    if (rc != 0) fprintf(stderr, "tl-parity --targets: %s\n", err);
+    tl_st_writer_free(w);
+    tl_st_close(in);
+    free(vals);
+    free(crop);
+    free(t_cls);
+    free(t_dense);
+    free(scratch);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ --labelmap-dump */
+
+static int labelmap_dump_main(int argc, char **argv) {
+    /* argv[0] = "--labelmap-dump", argv[1] = FILE, then --out OUT */
+    if (argc != 4 || strcmp(argv[2], "--out") != 0) {
+        fprintf(stderr, "usage: tl-parity --labelmap-dump FILE.tllm --out OUT.safetensors\n");
+        return 2;
+    }
+    const char *lm_path = argv[1], *out_path = argv[3];
+    char err[TL_ERR_LEN];
+    int rc = 1;
+    float *vals = NULL;
+    int32_t *idx = NULL;
+    char *keys = NULL;
+    tl_st_writer *w = NULL;
+    tl_labelmap *lm = tl_labelmap_open(lm_path, 0, err, sizeof err);
+    if (!lm) goto fail;
+    int64_t n = tl_labelmap_count(lm);
+    int k = tl_labelmap_topk(lm), h = tl_labelmap_h(lm), wd = tl_labelmap_w(lm);
+    size_t plane = (size_t)k * h * wd, klen = 1;
+    for (int64_t i = 0; i < n; i++) klen += strlen(tl_labelmap_key(lm, i, NULL)) + 1;
+    vals = malloc(sizeof(float) * (plane * (size_t)n + 1));
+    idx = malloc(sizeof(int32_t) * (plane * (size_t)n + 1));
+    keys = malloc(klen);
+    if (!vals || !idx || !keys) {
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    size_t kpos = 0;
+    keys[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t e;
+        const char *key = tl_labelmap_key(lm, i, &e);
+        if (tl_labelmap_find(lm, key) != e) {
+            snprintf(err, sizeof err, "find('%s') disagrees with the key table", key);
+            goto fail;
+        }
+        if (tl_labelmap_read(lm, e, vals + (size_t)i * plane, idx + (size_t)i * plane, err, sizeof err) != 0)
+            goto fail;
+        size_t l = strlen(key);
+        if (i) keys[kpos++] = '\n';
+        memcpy(keys + kpos, key, l + 1);
+        kpos += l;
+    }
+    int64_t shape[4] = {n, k, h, wd};
+    char kbuf[32], tbuf[32];
+    snprintf(kbuf, sizeof kbuf, "%d", tl_labelmap_num_classes(lm));
+    snprintf(tbuf, sizeof tbuf, "%d", k);
+    w = tl_st_writer_new();
+    if (!w || tl_st_add(w, "values", TL_ST_F32, 4, shape, vals) != 0 ||
+        tl_st_add(w, "indices", TL_ST_I32, 4, shape, idx) != 0 || tl_st_set_meta(w, "keys", keys) != 0 ||
+        tl_st_set_meta(w, "num_classes", kbuf) != 0 || tl_st_set_meta(w, "topk", tbuf) != 0) {
+        snprintf(err, sizeof err, "cannot build the output");
+        goto fail;
+    }
+    if (tl_st_write(w, out_path, err, sizeof err) != 0) goto fail;
+    printf("tl-parity --labelmap-dump: %" PRId64 " entries, K=%d k=%d h=%d w=%d\n", n, tl_labelmap_num_classes(lm), k,
+           h, wd);
+    rc = 0;
+fail:
+    if (rc != 0) fprintf(stderr, "tl-parity --labelmap-dump: %s\n", err);
+    tl_st_writer_free(w);
+    tl_labelmap_close(lm);
+    free(vals);
+    free(idx);
+    free(keys);
+    return rc;
 }
