@@ -10,6 +10,7 @@
  * Training FLOPs are counted as 3x the forward FLOPs (forward + two GEMMs per
  * GEMM in backward); AdamW and elementwise work are not counted.
  */
+#include "loader.h"
 #include "ops.h"
 #include "pool.h"
 #include "tl.h"
@@ -60,6 +61,30 @@ static double measure_sgemm_peak(int nthreads) {
     return best;
 }
 
+/* Loader throughput: training batches (decode, augment, targets) from a folder, cache off. */
+static double measure_loader(const char *dir, int S, int grid, int batch, int threads, int nbatches, char *err,
+                             size_t errlen) {
+    tl_dataset *ds = tl_dataset_open(dir, err, errlen);
+    if (!ds) return -1.0;
+    tl_loader_cfg lc = {.ds = ds, .train = 1, .S = S, .grid = grid, .K = tl_dataset_num_classes(ds),
+                        .smoothing = 0.1f, .batch = batch, .seed = 1, .threads = threads, .prefetch = 4};
+    tl_augment_defaults(&lc.aug);
+    tl_loader *l = tl_loader_new(&lc, err, errlen);
+    if (!l) {
+        tl_dataset_free(ds);
+        return -1.0;
+    }
+    if (nbatches > tl_loader_batches(l)) nbatches = tl_loader_batches(l);
+    tl_loader_start(l, 0, 0);
+    double t0 = now();
+    int n = 0;
+    for (int i = 0; i < nbatches && tl_loader_next(l, NULL); i++) n += batch;
+    double ips = n / (now() - t0);
+    tl_loader_free(l);
+    tl_dataset_free(ds);
+    return ips;
+}
+
 static char *read_file(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -79,11 +104,13 @@ static char *read_file(const char *path) {
 static void usage(void) {
     fprintf(stderr,
             "usage: tl-bench [--preset NAME | --config FILE] [--img-size PX] [--batch B] [--mode train|infer]\n"
-            "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n");
+            "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n"
+            "                [--data DIR [--loader-threads N]]   (also measure the data loader on DIR)\n");
 }
 
 int main(int argc, char **argv) {
-    const char *preset = "lvvit_t", *config_path = NULL, *mode = "train";
+    const char *preset = "lvvit_t", *config_path = NULL, *mode = "train", *data_dir = NULL;
+    int loader_threads = 1;
     int img = 0, batch = 32, steps = 5, warmup = 1, json = 0, profile = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int threads = ncpu > 0 ? (int)ncpu : 1;
@@ -101,6 +128,8 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--steps") == 0) steps = atoi(v);
         else if (strcmp(a, "--warmup") == 0) warmup = atoi(v);
         else if (strcmp(a, "--threads") == 0) threads = atoi(v);
+        else if (strcmp(a, "--data") == 0) data_dir = v;
+        else if (strcmp(a, "--loader-threads") == 0) loader_threads = atoi(v);
         else { fprintf(stderr, "tl-bench: unknown option %s\n", a); usage(); return 2; }
         i++;
     }
@@ -124,6 +153,11 @@ int main(int argc, char **argv) {
     if (img > 0) c.img_size = img;
     if (tl_config_validate(&c, err, sizeof err) != 0) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
 
+    double loader_ips = 0.0;
+    if (data_dir) {
+        loader_ips = measure_loader(data_dir, c.img_size, tl_config_grid(&c), batch, loader_threads, 20, err, sizeof err);
+        if (loader_ips < 0) { fprintf(stderr, "tl-bench: --data: %s\n", err); return 1; }
+    }
     double peak = measure_sgemm_peak(threads);
     tl_model *m = tl_model_new(&c, 42, err, sizeof err);
     tl_ctx *ctx = m ? tl_ctx_new(m, batch, train, threads, err, sizeof err) : NULL;
@@ -179,6 +213,7 @@ int main(int argc, char **argv) {
         if (train)
             printf(",\"ms_forward\":%.2f,\"ms_backward\":%.2f,\"ms_adamw\":%.2f", fwd / steps * 1e3, bwd / steps * 1e3,
                    opt / steps * 1e3);
+        if (data_dir) printf(",\"loader_img_per_s\":%.1f,\"loader_threads\":%d", loader_ips, loader_threads);
         printf(",\"blas\":\"%s\"}\n", tl_blas_corename());
     } else {
         printf("tokenlab %s %s @%d px, batch %d, %d threads, %d steps\n", mode, preset, c.img_size, batch, threads, steps);
@@ -188,6 +223,9 @@ int main(int argc, char **argv) {
         printf("  peak RSS %.0f MiB (model+optimizer %.0f MiB, activations %.0f MiB)\n", peak_rss_mb(),
                (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
         printf("  BLAS: %s\n", tl_blas_corename());
+        if (data_dir)
+            printf("  loader: %.0f images/s with %d thread(s) (decode, augment, targets; no cache) from %s\n", loader_ips,
+                   loader_threads, data_dir);
         if (profile) {
             char rep[2048];
             tl_ctx_profile_report(ctx, rep, sizeof rep);

@@ -58,7 +58,7 @@
 #define SYNTH_MAX_IMAGES 1000000
 #define SYNTH_JPEG_QUALITY 90
 #define MAX_OBJECTS 4
-#define MIN_RATIO 1.3      /* visible area of the label object / of any other */
+#define MIN_RATIO 2.0      /* visible area of the label object / of any other */
 #define MAX_ATTEMPTS 64    /* scene redraws before the fallback */
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
