@@ -44,6 +44,44 @@ static int fail(tl_spec_error *e, const char *ptr, const char *fmt, ...) {
     return -1;
 }
 
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is not one. */
+static int utf8_len(const unsigned char *s) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    int n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;      /* overlong */
+        if (c == 0xED) hi = 0x9F;      /* surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;      /* overlong */
+        if (c == 0xF4) hi = 0x8F;      /* > U+10FFFF */
+    } else
+        return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+/* Error texts quote user input (keys, preset names, paths) and may have cut
+ * it mid-character: make them valid UTF-8 without control characters, so
+ * that they can be sent back in JSON as they are. */
+static void sanitize(char *s) {
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = utf8_len(p);
+        if (n == 0 || (n == 1 && (*p < 0x20 || *p == 0x7F))) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 void tl_spec_error_format(const tl_spec_error *e, char *buf, size_t len) {
     if (!buf || len == 0) return;
     if (!e) {
@@ -674,6 +712,10 @@ int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out
     tl_jobspec_defaults(s);
     int rc = parse_doc(doc, data_root, s, err);
     cJSON_Delete(doc);
+    if (rc != 0 && err) {
+        sanitize(err->pointer);
+        sanitize(err->message);
+    }
     if (rc == 0 && out) *out = *s;
     free(s);
     return rc;

@@ -373,8 +373,18 @@ static void test_unknown_fields(void **state) {
             "/data/test", "unknown field");
     refused_train("\"learning_rate\":0.1", "/train/learning_rate", "unknown field");
     refused_train("\"augment\":{\"mixup\":0.2}", "/train/augment/mixup", "unknown field");
-    /* The key is escaped in the pointer (RFC 6901). */
+    /* The key is escaped in the pointer (RFC 6901)... */
     refused_train("\"a/b~c\":1", "/train/a~1b~0c", "unknown field");
+    /* ...control characters and invalid UTF-8 become '?', valid UTF-8 stays... */
+    refused_train("\"x\\ty\xff\xc3\xa9\":1", "/train/x?y?\xc3\xa9", "unknown field");
+    /* ...and a long key is cut on a character boundary. */
+    char frag[256] = "\"";
+    for (int i = 0; i < 40; i++) strcat(frag, "\xc3\xa9"); /* 80 bytes */
+    strcat(frag, "\":1");
+    char want[128] = "/train/";
+    for (int i = 0; i < 32; i++) strcat(want, "\xc3\xa9"); /* 64 bytes */
+    strcat(want, "...");
+    refused_train(frag, want, "unknown field");
 }
 
 static void test_wrong_types(void **state) {

@@ -258,6 +258,45 @@ static void test_write_and_check(void **state) {
     tl_dataset_free(d);
 }
 
+/* Two classes (k = 2), a size the map does not divide (50 px, 12 x 12 cells). */
+static void test_odd_sizes(void **state) {
+    char out[1200], path[2048], err[TL_ERR_LEN];
+    pathf(out, sizeof out, "%s/odd", g_base);
+    tl_synth_cfg c = small_cfg();
+    c.classes = 2;
+    c.train = 6;
+    c.val = 2;
+    c.size = 50;
+    c.map_size = 0; /* size / 4 */
+    write_ok(out, &c);
+    pathf(path, sizeof path, "%s/train.tllm", out);
+    tl_labelmap *lm = tl_labelmap_open(path, 2, err, sizeof err);
+    if (!lm) fail_msg("%s: %s", path, err);
+    assert_int_equal(tl_labelmap_topk(lm), 2);
+    assert_int_equal(tl_labelmap_h(lm), 12);
+    assert_int_equal(tl_labelmap_w(lm), 12);
+    assert_int_equal(tl_labelmap_count(lm), 6);
+    float values[2 * 144];
+    int32_t indices[2 * 144];
+    for (int i = 0; i < 6; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s/%05d.jpg", i % 2 ? "c01_square" : "c00_disc", i);
+        int64_t e = tl_labelmap_find(lm, key);
+        assert_true(e >= 0);
+        assert_int_equal(tl_labelmap_read(lm, e, values, indices, err, sizeof err), 0);
+        double mass[2] = {0, 0};
+        for (int j = 0; j < 2 * 144; j++) mass[indices[j]] += values[j];
+        assert_true(mass[i % 2] > mass[1 - i % 2]);
+        pathf(path, sizeof path, "%s/train/%s", out, key);
+        tl_image im;
+        assert_int_equal(tl_image_load(path, 0, &im, err, sizeof err), 0);
+        assert_int_equal(im.w, 50);
+        assert_int_equal(im.h, 50);
+        tl_image_free(&im);
+    }
+    tl_labelmap_close(lm);
+}
+
 static void test_determinism(void **state) {
     char a[1200], b[1200], x[1200], pa[2048], pb[2048];
     pathf(a, sizeof a, "%s/det_a", g_base);
@@ -394,6 +433,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_write_and_check),
+        cmocka_unit_test(test_odd_sizes),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_refuses_unrelated_folder),

@@ -195,7 +195,7 @@ static void test_nan_loss_stops(void **state) {
 
 static void test_corrupt_image_skipped(void **state) {
     (void)state;
-    char cls[1200], bad[1300], dirent_name[256] = "";
+    char cls[1200], bad[1600], dirent_name[256] = "";
     snprintf(cls, sizeof cls, "%s/synth/train", g_root);
     /* the first class folder */
     FILE *p;
