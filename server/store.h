@@ -1,0 +1,136 @@
+/*
+ * store.h: tokenlabd's SQLite store of jobs, their metrics, logs and
+ * checkpoints (schema in schema/store.sql, versioned; migrations applied on
+ * open).
+ *
+ * store.c owns the database file and its connections: one writer connection
+ * driven by a single writer thread that applies queued writes in batched
+ * transactions (metric points and log lines are queued and return at once;
+ * job creation and state changes wait for their commit so the caller can
+ * answer the client truthfully), and one read connection per calling thread
+ * (thread-local, opened on first use). WAL mode, synchronous=NORMAL, a busy
+ * timeout. Invariants that must never break (a job's state machine, no
+ * metric point twice for (job, name, step)) are enforced by the schema and
+ * checked on every write; a broken one is reported, never ignored.
+ *
+ * All functions are thread-safe. Errors return -1 with a message.
+ */
+#ifndef TL_STORE_H
+#define TL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tl_store tl_store;
+
+typedef enum {
+    TL_JOB_QUEUED = 0,
+    TL_JOB_RUNNING,
+    TL_JOB_CANCELLING,
+    TL_JOB_SUCCEEDED,
+    TL_JOB_FAILED,
+    TL_JOB_CANCELLED,
+    TL_JOB_NSTATES
+} tl_job_state;
+
+const char *tl_job_state_name(tl_job_state s);          /* "QUEUED", ... */
+int tl_job_state_parse(const char *name, tl_job_state *out);
+int tl_job_state_final(tl_job_state s);                 /* SUCCEEDED, FAILED, CANCELLED */
+
+typedef struct {
+    int64_t id;
+    char name[128];
+    char *spec_json;          /* as submitted, verbatim (malloc'd; tl_job_free) */
+    tl_job_state state;
+    char state_reason[32];    /* USER_CANCEL, NAN_LOSS, DATA_ERROR, DAEMON_RESTART, ... or "" */
+    char state_message[512];
+    int64_t created_ms, started_ms, ended_ms; /* 0 when not yet */
+    int attempt;              /* 1 for the first run, +1 per recovery */
+    int64_t epoch, step, total_steps;
+    double eta_seconds;       /* -1 unknown */
+    char idempotency_key[128];
+    char run_dir[1024];
+} tl_job;
+
+void tl_job_free(tl_job *j);  /* frees spec_json; the struct is the caller's */
+
+/* Opens (creating and migrating) the database at path. */
+tl_store *tl_store_open(const char *path, char *err, size_t errlen);
+void tl_store_close(tl_store *s);   /* flushes queued writes first */
+int tl_store_schema_version(tl_store *s);
+
+/* ---- jobs ---- */
+/* Creates a QUEUED job. With an idempotency key that already names a job,
+ * returns that job's id and sets *existed = 1 instead. */
+int tl_store_job_create(tl_store *s, const char *name, const char *spec_json, const char *idempotency_key,
+                        int64_t *id, int *existed, char *err, size_t errlen);
+int tl_store_job_get(tl_store *s, int64_t id, tl_job *out, char *err, size_t errlen); /* -1 + "not found" */
+/* Newest first. state_filter < 0 = any. Returns up to limit jobs with id < before_id (0 = from the newest);
+ * *n receives the count; out is an array of limit jobs (free each with tl_job_free). */
+int tl_store_job_list(tl_store *s, int state_filter, int64_t before_id, int limit, tl_job *out, int *n, char *err,
+                      size_t errlen);
+/* Moves a job from one of the states in `from` (bitmask of 1<<state) to `to`, atomically; -1 with
+ * "invalid transition" if the job is in another state. Sets started/ended times as the state implies. */
+int tl_store_job_transition(tl_store *s, int64_t id, unsigned from_mask, tl_job_state to, const char *reason,
+                            const char *message, char *err, size_t errlen);
+int tl_store_job_set_progress(tl_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
+                              double eta_seconds); /* queued, not awaited */
+int tl_store_job_set_run_dir(tl_store *s, int64_t id, const char *run_dir, char *err, size_t errlen);
+int tl_store_job_begin_attempt(tl_store *s, int64_t id, char *err, size_t errlen); /* attempt += 1 */
+int tl_store_job_delete(tl_store *s, int64_t id, char *err, size_t errlen); /* job, metrics, logs, checkpoints */
+/* Queue position (1 = next) of a QUEUED job, 0 otherwise. */
+int tl_store_job_queue_position(tl_store *s, int64_t id);
+/* Counts of jobs by state (for /metrics). */
+int tl_store_job_counts(tl_store *s, int64_t counts[TL_JOB_NSTATES]);
+
+/* ---- metrics ---- */
+/* Queued write; a point at a (job, name, step) already stored is replaced, never duplicated. */
+int tl_store_metric_add(tl_store *s, int64_t job, const char *name, int64_t step, double value, int64_t time_ms);
+/* Drops every point with step > step (recovery from a checkpoint). Awaited. */
+int tl_store_metric_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen);
+
+typedef struct {
+    char name[64];
+    double last_value;
+    int64_t last_step;
+    int64_t count;
+} tl_metric_summary;
+int tl_store_metric_names(tl_store *s, int64_t job, tl_metric_summary *out, int max, int *n, char *err,
+                          size_t errlen);
+
+typedef struct {
+    int64_t step;        /* raw: the point's step; bucket: its first step */
+    int64_t time_ms;     /* raw: the point's time; bucket: the last point's time */
+    double last, min, max;
+    int64_t count;       /* 1 for raw points */
+} tl_metric_point;
+/* Points of one series with start_step <= step <= end_step (end_step < 0: no bound). When there are at
+ * most max_points points they come back raw; otherwise in at most max_points buckets of equal step
+ * width, each with its last, min, max and count (so spikes stay visible). *bucketed tells which.
+ * Must answer 1000 buckets over 1,000,000 points in under 50 ms (an index on (job, name, step)). */
+int tl_store_metric_query(tl_store *s, int64_t job, const char *name, int64_t start_step, int64_t end_step,
+                          int max_points, tl_metric_point *out, int *n, int *bucketed, char *err, size_t errlen);
+
+/* ---- logs: one text stream per job, addressed by byte offset ---- */
+int tl_store_log_append(tl_store *s, int64_t job, const char *line); /* queued; a '\n' is added */
+/* Up to limit bytes from offset; *next receives the offset after them, *eof whether nothing follows. */
+int tl_store_log_read(tl_store *s, int64_t job, int64_t offset, size_t limit, char *buf, size_t *len, int64_t *next,
+                      int *eof, char *err, size_t errlen);
+
+/* ---- checkpoints ---- */
+typedef struct {
+    int64_t step;
+    char kind[16];       /* "last" or "best" */
+    char path[1024];
+    int64_t bytes;
+    int64_t time_ms;
+    double top1;         /* -1 unknown */
+} tl_checkpoint_row;
+int tl_store_checkpoint_add(tl_store *s, int64_t job, const tl_checkpoint_row *row, char *err, size_t errlen);
+int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, int max, int *n, char *err,
+                             size_t errlen);
+
+/* Waits until every queued write so far is committed. */
+int tl_store_flush(tl_store *s);
+
+#endif
