@@ -108,6 +108,7 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
     snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
     const char *meta[] = {"tokenlab.best_top1", best, "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
+    if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
     if (tl_checkpoint_save2(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
         log_msg(r, "checkpoint %s failed: %s", path, err);
         return -1;

@@ -49,6 +49,9 @@ typedef struct {
     void (*on_start)(int64_t start_step, int64_t total_steps, void *user); /* after resume is known */
     void (*on_step)(const tl_step_report *r, void *user);
     void (*on_eval)(const tl_eval_report *r, void *user);
+    /* Called before a checkpoint is written: whatever must be durable when the
+     * checkpoint exists (the daemon's metric points up to this step) is flushed here. */
+    void (*before_checkpoint)(int64_t step, void *user);
     void (*on_checkpoint)(const char *path, int64_t step, int is_best, void *user);
     void (*on_log)(const char *msg, void *user);   /* warnings: skipped images, ... */
     int (*should_stop)(void *user);                /* checked after each step */

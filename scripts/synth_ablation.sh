@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Token labeling vs plain training on the built-in synthetic data, same
-# budget: 1000 training pictures of 10 classes at 64 px, 40 epochs, the same
+# budget: 600 training pictures of 10 classes at 64 px, 40 epochs, the same
 # model, recipe and seed; the only difference is the exact label maps.
 # Prints the final val top-1/top-5 (raw and EMA) of both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -x build/bin/tokenlabd ]] || scripts/build.sh build
-if [[ ! -f data/synth-1k/train.tllm ]]; then
-  build/bin/tokenlabd synth --out data/synth-1k --classes 10 --train 1000 --val 1000 --size 64 --seed 7
+if [[ ! -f data/synth-600/train.tllm ]]; then
+  build/bin/tokenlabd synth --out data/synth-600 --classes 10 --train 600 --val 1000 --size 64 --seed 7
 fi
 for v in tl plain; do
   rm -rf "runs/synth-ablation-$v"

@@ -83,10 +83,11 @@ static void on_eval(const tl_eval_report *r, void *user) {
            100 * r->top5, r->loss, r->images, r->seconds);
 }
 
-static void on_checkpoint(const char *path, int64_t step, int is_best, void *user) {
+/* Metric lines up to a checkpoint's step must reach the file before the checkpoint exists. */
+static void before_checkpoint(int64_t step, void *user) {
     run_ui *ui = user;
+    (void)step;
     fflush(ui->metrics);
-    (void)path, (void)step, (void)is_best;
 }
 
 static void on_log(const char *msg, void *user) {
@@ -97,6 +98,19 @@ static void on_log(const char *msg, void *user) {
 static int should_stop(void *user) {
     (void)user;
     return g_stop;
+}
+
+/* mkdir -p: creates path and any missing parents. */
+static int mkdir_p(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
 /* Keeps the metric lines whose step is <= keep_step (a resumed run redoes the rest). */
@@ -213,11 +227,8 @@ int cmd_run(int argc, char **argv) {
     }
     run_ui ui = {0};
     if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
-    else {
-        mkdir("runs", 0755);
-        snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec.name);
-    }
-    if (mkdir(ui.run_dir, 0755) != 0 && errno != EEXIST) {
+    else snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec.name);
+    if (mkdir_p(ui.run_dir) != 0) {
         fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", ui.run_dir, strerror(errno));
         return 1;
     }
@@ -238,7 +249,7 @@ int cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     printf("job %s -> %s (BLAS %s)\n", spec.name, ui.run_dir, tl_blas_corename());
-    tl_train_hooks hooks = {on_start, on_step, on_eval, on_checkpoint, on_log, should_stop, &ui};
+    tl_train_hooks hooks = {on_start, on_step, on_eval, before_checkpoint, NULL, on_log, should_stop, &ui};
     tl_train_result res;
     tl_train_status st = tl_train_run(&spec, ui.run_dir, &hooks, &res);
     fclose(ui.metrics);

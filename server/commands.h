@@ -7,5 +7,6 @@
 
 int cmd_run(int argc, char **argv);    /* cmd_run.c */
 int cmd_synth(int argc, char **argv);  /* cmd_synth.c */
+int cmd_serve(int argc, char **argv);  /* cmd_serve.c */
 
 #endif

@@ -164,6 +164,11 @@ static int demo(int steps) {
 }
 
 int main(int argc, char **argv) {
+    if (argc < 2 || argv[1][0] == '-' ) {
+        if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "--help"))) goto other;
+        return cmd_serve(argc - 1, argv + 1); /* serve is the default */
+    }
+    if (strcmp(argv[1], "serve") == 0) return cmd_serve(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "synth") == 0) return cmd_synth(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "demo") == 0) {
@@ -174,11 +179,13 @@ int main(int argc, char **argv) {
         }
         return demo(steps);
     }
+other:
     if (argc >= 2 && (strcmp(argv[1], "--version") == 0)) {
         printf("tokenlabd %s\n", TL_VERSION);
         return 0;
     }
-    fprintf(stderr, "usage: tokenlabd run SPEC.json [--out DIR]   train one job in the foreground\n"
+    fprintf(stderr, "usage: tokenlabd [serve] [options]            the daemon (see tokenlabd serve --help)\n"
+                    "       tokenlabd run SPEC.json [--out DIR]   train one job in the foreground\n"
                     "       tokenlabd synth --out DIR [...]        write the synthetic dataset\n"
                     "       tokenlabd demo [STEPS]                 a quick engine check on generated pictures\n"
                     "       tokenlabd --version\n");
