@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--test]   (--test adds what the tests need)
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config
+pkgs=(build-essential cmake pkg-config curl
       libmicrohttpd-dev libcjson-dev libopenblas-pthread-dev libopenblas0-pthread
       libsqlite3-dev libturbojpeg0-dev libcmocka-dev libcurl4-openssl-dev)
 if [[ "${1:-}" == "--test" ]]; then
