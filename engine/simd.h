@@ -8,7 +8,7 @@
  *
  * tl_expf and tl_erff are branch-free, so loops calling them vectorise
  * (libm's expf/erff calls do not). Accuracy: tl_expf within 2 ulp on
- * [-87, 88] (0 below, +inf-free clamp above); tl_erff within 1.5e-7 absolute
+ * [-87, 88] (clamped outside; NaN in, NaN out); tl_erff within 1.5e-7 absolute
  * (Abramowitz and Stegun 7.1.26), enough for GELU, whose outputs and gradients
  * are then within float rounding of the exact ones.
  */
@@ -25,10 +25,11 @@
 #endif
 
 static inline float tl_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+    float xc = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+    xc = xc == xc ? xc : 0.0f; /* NaN: compute on 0 (no undefined conversion), return NaN below */
     /* round to nearest by the 1.5*2^23 trick: vectorises, unlike roundf */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f;  /* ln2 split in two for accuracy */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693145751953125f;  /* ln2 split in two for accuracy */
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -37,10 +38,10 @@ static inline float tl_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* n in [-126, 127] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x == x ? p * scale : x;
 }
 
 static inline float tl_erff(float x) {
