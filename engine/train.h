@@ -34,6 +34,7 @@ typedef struct {
     double img_per_s;      /* over the recent steps */
     double eta_seconds;
     double data_wait;      /* fraction of recent time the trainer waited for data */
+    int64_t skipped_images;/* unreadable images skipped so far in this run */
 } tl_step_report;
 
 typedef struct {

@@ -56,8 +56,9 @@ static void on_step(const tl_step_report *r, void *user) {
     run_ui *ui = user;
     fprintf(ui->metrics,
             "{\"step\":%lld,\"epoch\":%d,\"loss\":%.6g,\"loss_cls\":%.6g,\"loss_dense\":%.6g,\"lr\":%.6g,"
-            "\"img_per_s\":%.4g,\"data_wait\":%.4g}\n",
-            (long long)r->step, r->epoch, r->loss, r->loss_cls, r->loss_dense, r->lr, r->img_per_s, r->data_wait);
+            "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld}\n",
+            (long long)r->step, r->epoch, r->loss, r->loss_cls, r->loss_dense, r->lr, r->img_per_s, r->data_wait,
+            (long long)r->skipped_images);
     int every = ui->tty ? 1 : 50;
     if (r->step % every != 0 && r->step != r->total_steps) return;
     char eta[32];

@@ -136,6 +136,8 @@ static void h_step(const tl_step_report *r, void *u) {
     tl_store_metric_add(J->store, s->id, "lr", r->step, r->lr, t);
     tl_store_metric_add(J->store, s->id, "img_per_s", r->step, r->img_per_s, t);
     tl_store_metric_add(J->store, s->id, "data_wait", r->step, r->data_wait, t);
+    if (r->skipped_images > 0)
+        tl_store_metric_add(J->store, s->id, "skipped_images", r->step, (double)r->skipped_images, t);
     char a[6][32];
     publish(J, s->id, "progress",
             "{\"id\":%lld,\"epoch\":%d,\"step\":%lld,\"total_steps\":%lld,\"eta_seconds\":%.1f,\"time_ms\":%lld,"

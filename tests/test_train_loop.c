@@ -27,6 +27,7 @@
 
 typedef struct {
     double loss[MAXSTEPS + 1];
+    int64_t skipped;
     int64_t stop_after;
     int evals, checkpoints, starts;
     int64_t start_step;
@@ -41,6 +42,7 @@ static void on_start(int64_t start, int64_t total, void *u) {
 static void on_step(const tl_step_report *s, void *u) {
     recorder *r = u;
     if (s->step <= MAXSTEPS) r->loss[s->step] = s->loss;
+    r->skipped = s->skipped_images;
 }
 static void on_eval(const tl_eval_report *e, void *u) {
     recorder *r = u;
@@ -221,6 +223,7 @@ static void test_corrupt_image_skipped(void **state) {
     unlink(bad);
     assert_int_equal(st, TL_TRAIN_SUCCEEDED);
     assert_true(res.skipped_images >= 1);
+    assert_true(r.skipped >= 1); /* reported with the steps, so it reaches the job's metrics */
 }
 
 int main(void) {
