@@ -201,10 +201,13 @@ def t_bad(d):
     problem(st, b, 400, "BAD_QUERY")
 
 
-def follow_events(d, jid, timeout=180):
+def follow_events(d, jid, timeout=180, last_id=None):
     """Reads the job's SSE stream until it ends; returns the events."""
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=timeout)
-    conn.request("GET", "/api/v1/jobs/%d/events" % jid, headers={"Host": "127.0.0.1:%d" % d.port})
+    h = {"Host": "127.0.0.1:%d" % d.port}
+    if last_id is not None:
+        h["Last-Event-ID"] = str(last_id)
+    conn.request("GET", "/api/v1/jobs/%d/events" % jid, headers=h)
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
     events, cur = [], {}
@@ -241,6 +244,12 @@ def t_job(d):
     assert states and states[-1] == "SUCCEEDED", states
     ids = [int(e["id"]) for e in evs if "id" in e]
     assert ids == sorted(ids)
+    # Last-Event-ID: a reconnecting client gets exactly the events after the one it names
+    mid = ids[len(ids) // 2]
+    again = follow_events(d, jid, last_id=mid)
+    again_ids = [int(e["id"]) for e in again if "id" in e]
+    assert again_ids and again_ids == [i for i in ids if i > mid], (mid, again_ids[:5])
+    assert "snapshot" not in [e.get("event") for e in again]
     j = d.job(jid)
     assert j["state"] == "SUCCEEDED" and j["started_ms"] and j["ended_ms"] >= j["started_ms"]
     assert j["progress"]["step"] == j["progress"]["total_steps"] == 18
