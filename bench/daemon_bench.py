@@ -93,6 +93,9 @@ def main():
     ap.add_argument("--work", default="/tmp/tokenlab-daemon-bench")
     ap.add_argument("--epochs", type=int, default=4)
     a = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("daemon_bench: wrk is needed for the latency figures: apt-get install wrk", file=sys.stderr)
+        return 2
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(os.path.join(a.work, "data"))
     subprocess.run([a.bin, "synth", "--out", os.path.join(a.work, "data", "synth"), "--classes", "10",
