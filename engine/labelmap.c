@@ -37,6 +37,7 @@
  * Errors: -1 / NULL with a message naming the file and the field or rule.
  * Nothing here calls exit() or abort().
  */
+#include "fsutil.h"
 #include "labelmap.h"
 
 #include <errno.h>
@@ -160,30 +161,6 @@ static uint16_t float_to_half(float f) {
     return (uint16_t)(sign | (uint16_t)((ax - (112u << 23)) >> 13));
 }
 
-/* fsync of the folder that contains path. */
-static int sync_dir(const char *path) {
-    char *dir = strdup(path);
-    if (!dir) return -1;
-    char *slash = strrchr(dir, '/');
-    const char *d = ".";
-    if (slash == dir)
-        d = "/";
-    else if (slash) {
-        *slash = '\0';
-        d = dir;
-    }
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = -1;
-    if (fd >= 0) {
-        rc = fsync(fd);
-        if (rc != 0 && errno == EINVAL) rc = 0; /* folder sync unsupported on this filesystem */
-        int e = errno;
-        close(fd);
-        errno = e;
-    }
-    free(dir);
-    return rc;
-}
 
 /* ------------------------------------------------------------------ reader */
 
@@ -716,7 +693,7 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
     step = "rename over the destination";
     if (rename(wr->tmp, wr->path) != 0) goto fail;
     step = "fsync of the folder";
-    if (sync_dir(wr->path) != 0) {
+    if (tl_fsync_parent_dir(wr->path) != 0) {
         int e = errno;
         seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step, strerror(e));
         free(sk);

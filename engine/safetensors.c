@@ -23,6 +23,7 @@
  *
  * Assumes a little-endian host (the format is little-endian).
  */
+#include "fsutil.h"
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -767,30 +768,6 @@ static int write_body(FILE *fp, const tl_st_writer *w, const char *hdr, size_t h
     return 0;
 }
 
-/* fsync of the folder that contains path. */
-static int sync_dir(const char *path) {
-    char *dir = xstrdup(path);
-    if (!dir) return -1;
-    char *slash = strrchr(dir, '/');
-    const char *d = ".";
-    if (slash == dir)
-        d = "/";
-    else if (slash) {
-        *slash = '\0';
-        d = dir;
-    }
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = -1;
-    if (fd >= 0) {
-        rc = fsync(fd);
-        if (rc != 0 && errno == EINVAL) rc = 0; /* folder sync unsupported on this filesystem */
-        int e = errno;
-        close(fd);
-        errno = e;
-    }
-    free(dir);
-    return rc;
-}
 
 int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen) {
     char *hdr = NULL, *tmp = NULL;
@@ -826,7 +803,7 @@ int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen) {
     free(tmp);
     tmp = NULL; /* renamed: nothing to remove any more */
     step = "fsync of the folder";
-    if (sync_dir(path) != 0) goto fail;
+    if (tl_fsync_parent_dir(path) != 0) goto fail;
     free(hdr);
     return 0;
 fail:;

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "jobspec.h"
 #include "safetensors.h"
 #include "train.h"
@@ -137,7 +138,8 @@ static int trim_metrics(const char *path, int64_t keep_step) {
     fclose(in);
     int rc = (fflush(out) == 0 && fsync(fileno(out)) == 0) ? 0 : -1;
     fclose(out);
-    return rc == 0 ? rename(tmp, path) : -1;
+    if (rc != 0 || rename(tmp, path) != 0) return -1;
+    return tl_fsync_parent_dir(path);
 }
 
 /* The step of the run folder's last checkpoint (0 when there is none). */
