@@ -180,6 +180,8 @@ static void h_list(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
+#define HISTORY_MAX 64
+
 static void h_get(tl_req *r, void *u) {
     tl_routes *R = u;
     int64_t id;
@@ -190,8 +192,24 @@ static void h_get(tl_req *r, void *u) {
         reply_error(r, err);
         return;
     }
-    reply_cjson(r, 200, job_json(R, &j));
+    cJSON *o = job_json(R, &j);
     tl_job_free(&j);
+    tl_state_change *h = calloc(HISTORY_MAX, sizeof *h);
+    int n = 0;
+    cJSON *arr = cJSON_AddArrayToObject(o, "state_history");
+    if (h && tl_store_job_history(R->store, id, h, HISTORY_MAX, &n, err, sizeof err) == 0)
+        for (int i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "time_ms", (double)h[i].time_ms);
+            if (h[i].from[0]) cJSON_AddStringToObject(e, "from", h[i].from);
+            else cJSON_AddNullToObject(e, "from");
+            cJSON_AddStringToObject(e, "to", h[i].to);
+            cJSON_AddStringToObject(e, "reason", h[i].reason);
+            cJSON_AddStringToObject(e, "message", h[i].message);
+            cJSON_AddItemToArray(arr, e);
+        }
+    free(h);
+    reply_cjson(r, 200, o);
 }
 
 static void h_cancel(tl_req *r, void *u) {

@@ -177,6 +177,7 @@ enum {
     R_LOG_AT,
     R_LOG_AFTER,
     R_CKPT_LIST,
+    R_HISTORY,
     R_COUNT
 };
 
@@ -207,6 +208,8 @@ static const char *const rsql[R_COUNT] = {
     [R_LOG_AT] = "SELECT byte_offset, text FROM logs WHERE job_id = ?1 AND byte_offset <= ?2 "
                  "ORDER BY byte_offset DESC LIMIT 1",
     [R_LOG_AFTER] = "SELECT byte_offset, text FROM logs WHERE job_id = ?1 AND byte_offset > ?2 ORDER BY byte_offset",
+    [R_HISTORY] = "SELECT time_ms, COALESCE(from_state, ''), to_state, reason, message FROM state_transitions "
+                  "WHERE job_id = ?1 ORDER BY id LIMIT ?2",
     [R_CKPT_LIST] = "SELECT step, kind, path, bytes, time_ms, top1 FROM checkpoints WHERE job_id = ?1 "
                     "ORDER BY step DESC, kind LIMIT ?2",
 };
@@ -1987,6 +1990,36 @@ int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, i
     }
     if (got < max && r != SQLITE_DONE) {
         seterr(err, errlen, "cannot list the checkpoints of job %" PRId64 ": %s", job, sqlite3_errmsg(c->db));
+        got = 0;
+        rc = -1;
+    }
+    *n = got;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max, int *n, char *err, size_t errlen) {
+    *n = 0;
+    if (max <= 0) return 0;
+    rconn *c = reader(s, err, errlen);
+    if (!c) return -1;
+    sqlite3_stmt *st = rstmt(c, R_HISTORY, err, errlen);
+    if (!st) return -1;
+    int got = 0, r = SQLITE_DONE, rc = 0;
+    sqlite3_bind_int64(st, 1, job);
+    sqlite3_bind_int(st, 2, max);
+    while (got < max && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        tl_state_change *h = &out[got++];
+        memset(h, 0, sizeof *h);
+        h->time_ms = sqlite3_column_int64(st, 0);
+        copy_col(h->from, sizeof h->from, st, 1);
+        copy_col(h->to, sizeof h->to, st, 2);
+        copy_col(h->reason, sizeof h->reason, st, 3);
+        copy_col(h->message, sizeof h->message, st, 4);
+    }
+    if (got < max && r != SQLITE_DONE) {
+        seterr(err, errlen, "cannot read the state history of job %" PRId64 ": %s", job, sqlite3_errmsg(c->db));
         got = 0;
         rc = -1;
     }

@@ -130,6 +130,16 @@ int tl_store_checkpoint_add(tl_store *s, int64_t job, const tl_checkpoint_row *r
 int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, int max, int *n, char *err,
                              size_t errlen);
 
+/* ---- state history (every transition, oldest first; the first is the creation as QUEUED) ---- */
+typedef struct {
+    int64_t time_ms;
+    char from[16];       /* "" for the creation */
+    char to[16];
+    char reason[32];
+    char message[512];
+} tl_state_change;
+int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max, int *n, char *err, size_t errlen);
+
 /* Waits until every queued write so far is committed. */
 int tl_store_flush(tl_store *s);
 

@@ -252,6 +252,8 @@ def t_job(d):
     assert "snapshot" not in [e.get("event") for e in again]
     j = d.job(jid)
     assert j["state"] == "SUCCEEDED" and j["started_ms"] and j["ended_ms"] >= j["started_ms"]
+    hist = [(h["from"], h["to"]) for h in j["state_history"]]
+    assert hist == [(None, "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "SUCCEEDED")], hist
     assert j["progress"]["step"] == j["progress"]["total_steps"] == 18
     assert "loss" in j["latest_metrics"] and "top1" in j["latest_metrics"]
     st, m, _, _ = d.request("GET", "/api/v1/jobs/%d/metrics" % jid)
