@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CK_NAME_LEN 256
 #define CK_NUM_BN 3
@@ -542,4 +543,16 @@ int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t err
 fail:
     tl_st_close(f);
     return rc;
+}
+
+int tl_checkpoint_train_step(const char *path, int64_t *step) {
+    char err[TL_ERR_LEN];
+    *step = 0;
+    if (access(path, F_OK) != 0) return 0;
+    tl_st_file *f = tl_st_open(path, err, sizeof err);
+    const tl_st_tensor *t = f ? tl_st_get(f, "train.step") : NULL;
+    int found = t && t->dtype == TL_ST_I64 && t->numel == 1;
+    if (found) memcpy(step, t->data, sizeof *step);
+    tl_st_close(f);
+    return found;
 }

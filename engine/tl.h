@@ -188,6 +188,9 @@ int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state 
 /* The same, with TL_CKPT_EMA also filling ema (which must then be given). */
 int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
                         size_t errlen);
+/* The optimizer step a training checkpoint was written at ("train.step"):
+ * 1 with *step set, 0 when the file is absent or holds no train state. */
+int tl_checkpoint_train_step(const char *path, int64_t *step);
 /* Reads the config of a checkpoint: from its metadata, or inferred from the
  * tensor shapes of a plain LV-ViT state_dict (num_heads and skip_lam then come
  * from the preset of the same width and depth). */

@@ -22,7 +22,6 @@
 
 #include "fsutil.h"
 #include "jobspec.h"
-#include "safetensors.h"
 #include "train.h"
 
 static volatile sig_atomic_t g_stop;
@@ -144,14 +143,10 @@ static int trim_metrics(const char *path, int64_t keep_step) {
 
 /* The step of the run folder's last checkpoint (0 when there is none). */
 static int64_t checkpoint_step(const char *run_dir) {
-    char path[4200], err[TL_ERR_LEN];
-    snprintf(path, sizeof path, "%s/last.safetensors", run_dir);
-    if (access(path, F_OK) != 0) return 0;
-    tl_st_file *f = tl_st_open(path, err, sizeof err);
-    const tl_st_tensor *t = f ? tl_st_get(f, "train.step") : NULL;
+    char path[4200];
     int64_t step = 0;
-    if (t && t->dtype == TL_ST_I64 && t->numel == 1) memcpy(&step, t->data, sizeof step);
-    tl_st_close(f);
+    snprintf(path, sizeof path, "%s/last.safetensors", run_dir);
+    tl_checkpoint_train_step(path, &step);
     return step;
 }
 

@@ -22,7 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "safetensors.h"
 #include "train.h"
 
 #define MAX_SLOTS 64
@@ -309,18 +308,10 @@ static void *scheduler_main(void *arg) {
 
 /* ---- recovery ---- */
 static int64_t checkpoint_step(const char *run_dir, int *has) {
-    char path[1300], err[TL_ERR_LEN];
-    *has = 0;
-    if (!run_dir[0] || snprintf(path, sizeof path, "%s/last.safetensors", run_dir) >= (int)sizeof path) return 0;
-    if (access(path, F_OK) != 0) return 0;
-    tl_st_file *f = tl_st_open(path, err, sizeof err);
-    const tl_st_tensor *t = f ? tl_st_get(f, "train.step") : NULL;
+    char path[1300];
     int64_t step = 0;
-    if (t && t->dtype == TL_ST_I64 && t->numel == 1) {
-        memcpy(&step, t->data, sizeof step);
-        *has = 1;
-    }
-    tl_st_close(f);
+    *has = run_dir[0] && snprintf(path, sizeof path, "%s/last.safetensors", run_dir) < (int)sizeof path &&
+           tl_checkpoint_train_step(path, &step);
     return step;
 }
 

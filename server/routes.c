@@ -100,6 +100,36 @@ static cJSON *job_json(tl_routes *R, const tl_job *j) {
     return o;
 }
 
+/* The job named by the {id} of the route, into *j (free with tl_job_free); on failure a problem
+ * (404 for an unknown id) has been sent and -1 is returned. */
+static int load_job(tl_req *r, tl_routes *R, int64_t *id, tl_job *j) {
+    char err[256];
+    if (job_id(r, id)) return -1;
+    if (tl_store_job_get(R->store, *id, j, err, sizeof err) == 0) return 0;
+    reply_error(r, err);
+    return -1;
+}
+
+/* Only checks that the route's job exists (the reply has been sent when it does not). */
+static int require_job(tl_req *r, tl_routes *R, int64_t *id) {
+    tl_job j;
+    if (load_job(r, R, id, &j) != 0) return -1;
+    tl_job_free(&j);
+    return 0;
+}
+
+/* Replies with the current state of job id. */
+static void reply_job(tl_req *r, tl_routes *R, int64_t id, int status) {
+    tl_job j;
+    char err[256];
+    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    reply_cjson(r, status, job_json(R, &j));
+    tl_job_free(&j);
+}
+
 /* ---- jobs ---- */
 static void h_submit(tl_req *r, void *u) {
     tl_routes *R = u;
@@ -133,16 +163,10 @@ static void h_submit(tl_req *r, void *u) {
         }
         return;
     }
-    tl_job j;
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
     char loc[64];
     snprintf(loc, sizeof loc, "/api/v1/jobs/%" PRId64, id);
     tl_reply_header(r, "Location", loc);
-    reply_cjson(r, existed ? 200 : 201, job_json(R, &j));
-    tl_job_free(&j);
+    reply_job(r, R, id, existed ? 200 : 201);
 }
 
 static void h_list(tl_req *r, void *u) {
@@ -185,13 +209,9 @@ static void h_list(tl_req *r, void *u) {
 static void h_get(tl_req *r, void *u) {
     tl_routes *R = u;
     int64_t id;
-    if (job_id(r, &id)) return;
     tl_job j;
     char err[256];
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
+    if (load_job(r, R, &id, &j) != 0) return;
     cJSON *o = job_json(R, &j);
     tl_job_free(&j);
     tl_state_change *h = calloc(HISTORY_MAX, sizeof *h);
@@ -221,13 +241,7 @@ static void h_cancel(tl_req *r, void *u) {
         reply_error(r, err);
         return;
     }
-    tl_job j;
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
-    reply_cjson(r, 202, job_json(R, &j));
-    tl_job_free(&j);
+    reply_job(r, R, id, 202);
 }
 
 static void h_delete(tl_req *r, void *u) {
@@ -246,14 +260,8 @@ static void h_delete(tl_req *r, void *u) {
 static void h_metric_names(tl_req *r, void *u) {
     tl_routes *R = u;
     int64_t id;
-    if (job_id(r, &id)) return;
-    tl_job j;
     char err[256];
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
-    tl_job_free(&j);
+    if (require_job(r, R, &id) != 0) return;
     tl_metric_summary ms[METRIC_NAMES_MAX];
     int n = 0;
     if (tl_store_metric_names(R->store, id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) != 0) {
@@ -288,14 +296,10 @@ static void h_metric_series(tl_req *r, void *u) {
         reply_error(r, pts ? err : "out of memory");
         return;
     }
-    if (n == 0) { /* an unknown job is a 404; an unknown series or an empty range is an empty answer */
-        tl_job j;
-        if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-            free(pts);
-            reply_error(r, err);
-            return;
-        }
-        tl_job_free(&j);
+    /* an unknown job is a 404; an unknown series or an empty range is an empty answer */
+    if (n == 0 && require_job(r, R, &id) != 0) {
+        free(pts);
+        return;
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
@@ -347,16 +351,10 @@ static void h_logs(tl_req *r, void *u) {
 static void h_checkpoints(tl_req *r, void *u) {
     tl_routes *R = u;
     int64_t id;
-    if (job_id(r, &id)) return;
     tl_checkpoint_row rows[64];
     int n = 0;
     char err[256];
-    tl_job j;
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
-    tl_job_free(&j);
+    if (require_job(r, R, &id) != 0) return;
     if (tl_store_checkpoint_list(R->store, id, rows, 64, &n, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
@@ -432,13 +430,8 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
 static void h_events(tl_req *r, void *u) {
     tl_routes *R = u;
     int64_t id;
-    if (job_id(r, &id)) return;
     tl_job j;
-    char err[256];
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
-        reply_error(r, err);
-        return;
-    }
+    if (load_job(r, R, &id, &j) != 0) return;
     sse_state *s = calloc(1, sizeof *s);
     if (!s) {
         tl_job_free(&j);
