@@ -281,6 +281,9 @@ static tl_train_status loop(run *r, int64_t step) {
     int B = s->batch_size, K = r->cfg.num_classes, g = tl_config_grid(&r->cfg);
     int64_t eval_every = every(s->eval_every_epochs, r->nb), ckpt_every = every(s->checkpoint_every_epochs, r->nb);
     tl_loss_weights lw = {s->cls_weight, s->dense_weight};
+    /* image-level mixup/cutmix is the baseline without label maps; with maps, MixToken mixes */
+    int image_mix = s->mix != TL_MIX_NONE && !r->lm;
+    if (s->mix != TL_MIX_NONE && r->lm) log_msg(r, "train.mix is ignored: the job has label maps (MixToken mixes)");
     tl_adamw hp = {(float)s->lr, s->weight_decay, 0.9f, 0.999f, 1e-8f};
     double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = now_s(), eval_seconds = 0.0;
     int started = 0;
@@ -299,7 +302,7 @@ static tl_train_status loop(run *r, int64_t step) {
             return fail(r, "DATA_ERROR", "no image of %s could be read", s->train_dir);
         const float *t_cls = b->t_cls;
         tl_box box = {0, 0, 0, 0};
-        if (s->mix != TL_MIX_NONE) {
+        if (image_mix) {
             tl_rng mr;
             tl_rng_derive(&mr, s->seed, TL_RNG_MIXUP, (uint64_t)step, 0);
             float lam = tl_mix_batch(b->images, B, r->cfg.img_size, (int)s->mix, s->mix_alpha, &mr);
@@ -317,7 +320,7 @@ static tl_train_status loop(run *r, int64_t step) {
         tl_loss_parts lp;
         tl_model_zero_grad(r->model);
         tl_forward(r->ctx, b->images, B, 1, &box, tl_rng_next(&dr));
-        tl_loss(r->ctx, t_cls, s->mix != TL_MIX_NONE ? NULL : b->t_dense, &lw, &lp);
+        tl_loss(r->ctx, t_cls, image_mix ? NULL : b->t_dense, &lw, &lp);
         if (!isfinite(lp.loss))
             return fail(r, "NAN_LOSS", "the loss became %s at step %lld (lr %.3g); lower the learning rate",
                         isnan(lp.loss) ? "NaN" : "infinite", (long long)step + 1, (double)hp.lr);
