@@ -37,6 +37,19 @@ typedef struct {
  * 0 decodes at full size. Returns 0, or -1 with a reason (corrupt, truncated,
  * too large, not a JPEG). */
 int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, char *err, size_t errlen);
+/* Why a decode failed, for callers that answer users (the daemon maps these to HTTP statuses). */
+typedef enum {
+    TL_IMG_OK = 0,
+    TL_IMG_EMPTY,        /* no bytes */
+    TL_IMG_NOT_JPEG,     /* no JPEG start-of-image marker */
+    TL_IMG_TOO_LARGE,    /* the header claims more than TL_IMAGE_MAX_SIDE / TL_IMAGE_MAX_PIXELS */
+    TL_IMG_CORRUPT,      /* a bad header, truncated or corrupt data */
+    TL_IMG_UNSUPPORTED,  /* a colourspace the decoder does not handle */
+    TL_IMG_NO_MEMORY,
+} tl_image_status;
+/* tl_image_decode that also reports the kind of failure in *status (may be NULL). */
+int tl_image_decode2(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
+                     size_t errlen);
 int tl_image_load(const char *path, int min_short, tl_image *out, char *err, size_t errlen);
 void tl_image_free(tl_image *im);
 /* Encodes RGB to JPEG (quality 1..100) into a malloc'd buffer. */

@@ -83,28 +83,42 @@ static void pick_scale(int w, int h, int min_short, int *sw, int *sh) {
 }
 
 int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, char *err, size_t errlen) {
+    return tl_image_decode2(jpeg, len, min_short, out, NULL, err, errlen);
+}
+
+int tl_image_decode2(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
+                     size_t errlen) {
     tjhandle tj = NULL;
     uint8_t *buf = NULL;
+    tl_image_status st = TL_IMG_CORRUPT;
     if (out) {
         out->w = out->h = 0;
         out->rgb = NULL;
     }
     if (!out) FAIL("image: no output");
+    st = TL_IMG_EMPTY;
     if (!jpeg || len == 0) FAIL("image: empty data");
+    st = TL_IMG_NOT_JPEG;
     if (len < 4 || jpeg[0] != 0xFF || jpeg[1] != 0xD8) FAIL("image: not a JPEG (no SOI marker)");
+    st = TL_IMG_TOO_LARGE;
     if (len > ULONG_MAX) FAIL("image: data too large");
+    st = TL_IMG_NO_MEMORY;
     tj = tjInitDecompress();
     if (!tj) FAIL("image: cannot start the JPEG decoder: %s", tjGetErrorStr2(NULL));
     int w = 0, h = 0, subsamp = 0, cs = 0;
+    st = TL_IMG_CORRUPT;
     if (tjDecompressHeader3(tj, jpeg, (unsigned long)len, &w, &h, &subsamp, &cs) != 0)
         FAIL("image: bad JPEG header: %s", tjGetErrorStr2(tj));
+    st = TL_IMG_TOO_LARGE;
     if (w <= 0 || h <= 0 || w > TL_IMAGE_MAX_SIDE || h > TL_IMAGE_MAX_SIDE ||
         (uint64_t)w * (uint64_t)h > TL_IMAGE_MAX_PIXELS)
         FAIL("image is %dx%d, larger than the %d px / %u Mpixel limit", w, h, TL_IMAGE_MAX_SIDE,
              TL_IMAGE_MAX_PIXELS >> 20);
     int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+    st = TL_IMG_UNSUPPORTED;
     if (!cmyk && cs != TJCS_RGB && cs != TJCS_YCbCr && cs != TJCS_GRAY)
         FAIL("image: unsupported JPEG colourspace %d", cs);
+    st = TL_IMG_CORRUPT;
     int sw, sh;
     pick_scale(w, h, min_short, &sw, &sh);
     /* TurboJPEG fits (sw, sh) as a box, taking the first factor, largest
@@ -123,7 +137,9 @@ int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *ou
     int pf = cmyk ? TJPF_CMYK : TJPF_RGB;
     size_t px = (size_t)sw * (size_t)sh;
     buf = malloc(px * (cmyk ? 4 : 3));
+    st = TL_IMG_NO_MEMORY;
     if (!buf) FAIL("image: out of memory for %dx%d pixels", sw, sh);
+    st = TL_IMG_CORRUPT;
     int flags = TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS;
     if (tjDecompress2(tj, jpeg, (unsigned long)len, buf, sw, 0, sh, pf, flags) != 0) {
         int code = tjGetErrorCode(tj);
@@ -146,10 +162,12 @@ int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *ou
     out->w = sw;
     out->h = sh;
     out->rgb = buf;
+    if (status) *status = TL_IMG_OK;
     return 0;
 fail:
     free(buf);
     if (tj) tjDestroy(tj);
+    if (status) *status = st;
     return -1;
 }
 

@@ -3,9 +3,16 @@
  *
  * Owns, for the duration of tl_train_run: the datasets and label map, the
  * model and its EMA, a training context and evaluation contexts, the two
- * loaders, and the run folder's checkpoints. Everything runs on the calling
- * thread except the engine's pools and the loaders' workers; hooks are called
- * on the calling thread.
+ * loaders, the token-inspection set and its result buffer, and the run
+ * folder's checkpoints. Everything runs on the calling thread except the
+ * engine's pools and the loaders' workers; hooks are called on the calling
+ * thread.
+ *
+ * Token inspection (inspect.h) is built in setup when the caller has an
+ * on_inspect hook, and runs at every evaluation point, validation data or
+ * not, after each evaluation of the raw and of the EMA weights. It draws from
+ * its own derived generator and runs eval-mode forwards only, so it changes
+ * nothing the training computes. Failing to build it only logs a line.
  */
 #include "train.h"
 
@@ -34,6 +41,8 @@ typedef struct {
     tl_model *model, *ema;
     tl_ctx *ctx, *eval_ctx, *ema_ctx;
     tl_loader *train_ld, *val_ld;
+    tl_inspect_set *iset;   /* NULL: no inspection (no hook, or it could not be built) */
+    tl_inspect_result *ires;
     tl_config cfg;
     int nb;                 /* steps per epoch */
     int64_t total;
@@ -157,10 +166,24 @@ static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
     }
 }
 
+/* Runs the inspection set through ctx's model and hands the result to on_inspect. */
+static void inspect(run *r, tl_ctx *ctx, int ema, int64_t step) {
+    if (!r->iset || !ctx) return;
+    char err[TL_ERR_LEN];
+    if (tl_inspect_run(ctx, r->iset, r->ires, err, sizeof err) != 0) {
+        log_msg(r, "token inspection at step %lld: %s", (long long)step, err);
+        return;
+    }
+    r->hooks->on_inspect(r->iset, r->ires, step, ema, r->hooks->user);
+}
+
 static void evaluate_all(run *r, int64_t step, int epoch) {
-    if (!r->val_ld) return;
-    evaluate(r, r->eval_ctx, 0, step, epoch);
-    if (r->ema) evaluate(r, r->ema_ctx, 1, step, epoch);
+    if (r->val_ld) evaluate(r, r->eval_ctx, 0, step, epoch);
+    inspect(r, r->eval_ctx, 0, step);
+    if (r->ema) {
+        if (r->val_ld) evaluate(r, r->ema_ctx, 1, step, epoch);
+        inspect(r, r->ema_ctx, 1, step);
+    }
 }
 
 static int64_t every(float epochs, int nb) {
@@ -172,6 +195,42 @@ static int64_t every(float epochs, int nb) {
 static int ncores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* Builds the inspection set, its result buffer and (without validation data)
+ * the evaluation contexts it runs on. Any failure logs and leaves inspection off. */
+static void setup_inspect(run *r, int threads) {
+    const tl_train_spec *s = r->spec;
+    char err[TL_ERR_LEN];
+    const char *what;
+    r->iset = tl_inspect_new(r->train_ds, r->val_ds, r->lm, r->val_ds ? 4 : 0, 4, r->cfg.img_size,
+                             tl_config_grid(&r->cfg), r->cfg.num_classes, s->augment.crop_pct, s->seed, err,
+                             sizeof err);
+    if (!r->iset) {
+        log_msg(r, "token inspection is off: %s", err);
+        return;
+    }
+    what = "the result buffer";
+    snprintf(err, sizeof err, "out of memory");
+    r->ires = tl_inspect_result_new(r->iset);
+    if (!r->ires) goto off;
+    int batch = r->iset->n < 8 ? r->iset->n : 8;
+    what = "an evaluation context";
+    if (!r->eval_ctx && !(r->eval_ctx = tl_ctx_new(r->model, batch, 0, threads, err, sizeof err))) goto off;
+    what = "an EMA evaluation context";
+    if (r->ema && !r->ema_ctx && !(r->ema_ctx = tl_ctx_new(r->ema, batch, 0, threads, err, sizeof err))) goto off;
+    return;
+off:
+    log_msg(r, "token inspection is off: %s: %s", what, err);
+    tl_inspect_result_free(r->ires);
+    tl_inspect_free(r->iset);
+    r->ires = NULL;
+    r->iset = NULL;
+    if (!r->val_ds) { /* contexts made for inspection only */
+        tl_ctx_free(r->eval_ctx);
+        tl_ctx_free(r->ema_ctx);
+        r->eval_ctx = r->ema_ctx = NULL;
+    }
 }
 
 static tl_train_status setup(run *r) {
@@ -237,6 +296,7 @@ static tl_train_status setup(run *r) {
     r->total = (int64_t)s->epochs * r->nb;
     r->t_mix = malloc(sizeof(float) * (size_t)s->batch_size * K);
     if (!r->t_mix) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    if (r->hooks && r->hooks->on_inspect) setup_inspect(r, threads);
     return TL_TRAIN_SUCCEEDED;
 }
 
@@ -265,6 +325,8 @@ static int64_t resume(run *r) {
 static void cleanup(run *r) {
     tl_loader_free(r->train_ld);
     tl_loader_free(r->val_ld);
+    tl_inspect_result_free(r->ires);
+    tl_inspect_free(r->iset);
     tl_ctx_free(r->ctx);
     tl_ctx_free(r->eval_ctx);
     tl_ctx_free(r->ema_ctx);

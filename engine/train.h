@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "inspect.h"
 #include "jobspec.h"
 
 typedef struct {
@@ -55,6 +56,10 @@ typedef struct {
     void (*before_checkpoint)(int64_t step, void *user);
     void (*on_checkpoint)(const char *path, int64_t step, int is_best, void *user);
     void (*on_log)(const char *msg, void *user);   /* warnings: skipped images, ... */
+    /* After each evaluation (raw weights, ema 0; then EMA weights, ema 1): the job's inspection
+     * samples (the same set for the whole run, resumes included) and what the model predicts for
+     * them at this step. Both are valid only during the call. */
+    void (*on_inspect)(const tl_inspect_set *set, const tl_inspect_result *res, int64_t step, int ema, void *user);
     int (*should_stop)(void *user);                /* checked after each step */
     void *user;
 } tl_train_hooks;

@@ -247,7 +247,9 @@ int cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     printf("job %s -> %s (BLAS %s)\n", spec.name, ui.run_dir, tl_blas_corename());
-    tl_train_hooks hooks = {on_start, on_step, on_eval, before_checkpoint, NULL, on_log, should_stop, &ui};
+    tl_train_hooks hooks = {.on_start = on_start, .on_step = on_step, .on_eval = on_eval,
+                            .before_checkpoint = before_checkpoint, .on_log = on_log, .should_stop = should_stop,
+                            .user = &ui};
     tl_train_result res;
     tl_train_status st = tl_train_run(&spec, ui.run_dir, &hooks, &res);
     fclose(ui.metrics);

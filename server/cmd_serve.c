@@ -23,10 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "datasets.h"
 #include "events.h"
 #include "http.h"
 #include "jobs.h"
 #include "routes.h"
+#include "static.h"
 #include "store.h"
 
 extern const char tl_openapi_json[]; /* generated from schema/openapi.json at build time */
@@ -48,6 +50,7 @@ typedef struct {
     int timeout_s;
     int max_connections;
     char token[128];         /* from TOKENLAB_TOKEN, else the token file */
+    char web_dir[1024];      /* the built dashboard; "" = TL_WEB_DIST (web/CMakeLists.txt) */
 } serve_cfg;
 
 static const char *USAGE =
@@ -60,8 +63,9 @@ static const char *USAGE =
     "  --threads-per-job N    compute threads per job (TOKENLAB_THREADS_PER_JOB, default cores/max-running)\n"
     "  --max-body BYTES       request body limit (TOKENLAB_MAX_BODY, default 16777216)\n"
     "  --timeout S            idle connection timeout (TOKENLAB_TIMEOUT, default 30)\n"
+    "  --web-dir DIR          the built dashboard served at / (TOKENLAB_WEB_DIR, default: the build's web/dist)\n"
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
-    "                         threads_per_job, max_body, timeout\n"
+    "                         threads_per_job, max_body, timeout, web_dir\n"
     "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
     "(mode 0600) on first start.\n";
 
@@ -88,6 +92,7 @@ static int apply(serve_cfg *c, const char *key, const char *v) {
     else if (!strcmp(key, "threads_per_job")) { if (set_int(key, v, 0, 256, &x)) return -1; c->threads_per_job = (int)x; }
     else if (!strcmp(key, "max_body")) { if (set_int(key, v, 1024, 1LL << 34, &x)) return -1; c->max_body = x; }
     else if (!strcmp(key, "timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->timeout_s = (int)x; }
+    else if (!strcmp(key, "web_dir")) snprintf(c->web_dir, sizeof c->web_dir, "%s", v);
     else {
         fprintf(stderr, "tokenlabd serve: unknown setting '%s'\n", key);
         return -1;
@@ -135,6 +140,7 @@ static const struct {
     {"--max-running", "TOKENLAB_MAX_RUNNING", "max_running"},
     {"--threads-per-job", "TOKENLAB_THREADS_PER_JOB", "threads_per_job"},
     {"--max-body", "TOKENLAB_MAX_BODY", "max_body"}, {"--timeout", "TOKENLAB_TIMEOUT", "timeout"},
+    {"--web-dir", "TOKENLAB_WEB_DIR", "web_dir"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -215,6 +221,7 @@ int cmd_serve(int argc, char **argv) {
     tl_store *store = NULL;
     tl_events *events = NULL;
     tl_jobs *jobs = NULL;
+    tl_models *models = NULL;
     tl_http *http = NULL;
     int status = 1;
     if (mkdir(c.state_dir, 0755) != 0 && errno != EEXIST) {
@@ -248,6 +255,12 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tokenlabd serve: jobs: %s\n", err);
         goto fail;
     }
+    tl_models_cfg mc = {c.state_dir, c.data_root, store, 0};
+    models = tl_models_new(&mc, err, sizeof err);
+    if (!models) {
+        fprintf(stderr, "tokenlabd serve: models: %s\n", err);
+        goto fail;
+    }
     tl_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL};
     http = tl_http_new(&hc, err, sizeof err);
     if (!http) {
@@ -255,8 +268,24 @@ int cmd_serve(int argc, char **argv) {
         goto fail;
     }
     static tl_routes routes;
-    routes = (tl_routes){http, store, events, jobs, tl_openapi_json, (size_t)c.max_body, c.max_running,
+    routes = (tl_routes){http, store, events, jobs, models, tl_openapi_json, (size_t)c.max_body, c.max_running,
                          c.threads_per_job};
+    /* the dashboard: an explicit --web-dir must work; the build's default may be absent */
+#ifdef TL_WEB_DIST
+    const char *web_dir = c.web_dir[0] ? c.web_dir : TL_WEB_DIST;
+#else
+    const char *web_dir = c.web_dir[0] ? c.web_dir : NULL;
+#endif
+    char web_err[1200] = "no web folder configured (--web-dir)";
+    int web_ok = web_dir && tl_static_init(http, web_dir, web_err, sizeof web_err) == 0;
+    if (!web_ok && c.web_dir[0]) {
+        fprintf(stderr, "tokenlabd serve: dashboard: %s\n", web_err);
+        goto fail;
+    }
+    if (tl_datasets_register(http, c.data_root) != 0) {
+        fprintf(stderr, "tokenlabd serve: cannot register /api/v1/datasets\n");
+        goto fail;
+    }
     if (tl_routes_register(&routes) != 0 || tl_http_start(http, err, sizeof err) != 0) {
         fprintf(stderr, "tokenlabd serve: cannot listen on %s:%d: %s\n", c.bind, c.port, err);
         goto fail;
@@ -268,6 +297,8 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
            TL_VERSION, c.bind, tl_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    if (web_ok) printf("dashboard: http://%s:%d/ (files from %s)\n", c.bind, tl_http_port(http), web_dir);
+    else printf("dashboard: not served: %s\n", web_err);
     fflush(stdout);
     while (!g_quit) {
         struct timespec t = {0, 200 * 1000000L};
@@ -279,10 +310,11 @@ int cmd_serve(int argc, char **argv) {
 fail:
     if (events) tl_events_close(events);
     if (jobs) tl_jobs_shutdown(jobs);
-    if (http) {
+    if (http) { /* requests waiting for a batch finish first: the batchers still run */
         tl_http_stop(http);
         tl_http_free(http);
     }
+    tl_models_free(models);
     tl_jobs_free(jobs);
     tl_events_free(events);
     tl_store_close(store);

@@ -115,6 +115,7 @@ typedef struct {
     tl_auth auth;
     tl_handler fn;
     void *user;
+    size_t max_body;               /* this route's body limit (tl_http_route_limit), else the daemon's */
 } http_route;
 
 typedef struct {
@@ -171,6 +172,7 @@ struct tl_req {
 
     char *body;
     size_t body_len, body_cap;
+    size_t max_body;               /* the route's limit, or the daemon's */
     int too_large;                 /* 413 written to the socket mid-upload */
     size_t dropped;                /* bytes dropped after that */
     double rejected_at;            /* when (monotonic seconds) */
@@ -491,6 +493,11 @@ fail:
 }
 
 int tl_http_route(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user) {
+    return tl_http_route_limit(h, method, pattern, auth, fn, user, 0);
+}
+
+int tl_http_route_limit(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user,
+                        size_t max_body) {
     if (!h || !method || !pattern || !fn || h->daemon) return -1;
     size_t mlen = strlen(method);
     if (mlen == 0 || mlen >= HTTP_MAX_METHOD) return -1;
@@ -529,6 +536,7 @@ int tl_http_route(tl_http *h, const char *method, const char *pattern, tl_auth a
     rt.auth = auth;
     rt.fn = fn;
     rt.user = user;
+    rt.max_body = max_body > 0 && max_body <= SIZE_MAX / 4 ? max_body : 0;
     h->routes[h->nroutes++] = rt;
     return 0;
 fail:
@@ -884,6 +892,7 @@ static int admit(tl_req *r) {
         rt = find_route(h, r->method_full, r->segs, r->nsegs);
         if (!rt && strcmp(r->method_full, "HEAD") == 0) rt = find_route(h, "GET", r->segs, r->nsegs);
     }
+    r->max_body = rt && rt->max_body ? rt->max_body : h->max_body;
     if (rt) {
         r->route = rt;
         r->label = rt->pattern;
@@ -941,8 +950,8 @@ static int admit(tl_req *r) {
     if (cl && cl[0] && strspn(cl, "0123456789") == strlen(cl)) {
         errno = 0;
         unsigned long long n = strtoull(cl, NULL, 10);
-        if (errno == ERANGE || n > (unsigned long long)h->max_body) {
-            tl_reply_problem(r, 413, "BODY_TOO_LARGE", NULL, "the request body is larger than %zu bytes", h->max_body);
+        if (errno == ERANGE || n > (unsigned long long)r->max_body) {
+            tl_reply_problem(r, 413, "BODY_TOO_LARGE", NULL, "the request body is larger than %zu bytes", r->max_body);
             return -1;
         }
         if (n > 0) { /* the exact size up to 1 MiB, so small bodies are never copied while they grow */
@@ -962,7 +971,7 @@ static int body_append(tl_req *r, const char *data, size_t n) {
     if (need > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
         while (cap < need) cap *= 2;
-        if (cap > r->h->max_body + 1) cap = r->h->max_body + 1;
+        if (cap > r->max_body + 1) cap = r->max_body + 1;
         char *grown = realloc(r->body, cap);
         if (!grown) return -1;
         r->body = grown;
@@ -979,7 +988,7 @@ static int body_append(tl_req *r, const char *data, size_t n) {
 static void reject_upload(tl_req *r) {
     tl_http *h = r->h;
     char detail[128];
-    snprintf(detail, sizeof detail, "the request body is larger than %zu bytes", h->max_body);
+    snprintf(detail, sizeof detail, "the request body is larger than %zu bytes", r->max_body);
     size_t len = 0;
     char *doc = problem_json(413, "BODY_TOO_LARGE", NULL, detail, &len);
     count_request(h, r->method, r->label, 413);
@@ -1051,7 +1060,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             r->dropped += n;
             return r->dropped > HTTP_DRAIN_MAX || now_s() - r->rejected_at > HTTP_DRAIN_S ? MHD_NO : MHD_YES;
         }
-        if (n > h->max_body - r->body_len) {
+        if (n > r->max_body - r->body_len) {
             r->too_large = 1;
             r->rejected_at = now_s();
             reject_upload(r);

@@ -41,6 +41,9 @@ typedef enum { TL_AUTH_PUBLIC = 0, TL_AUTH_TOKEN = 1 } tl_auth;
 tl_http *tl_http_new(const tl_http_cfg *cfg, char *err, size_t errlen);
 /* Routes match exactly, with {name} segments captured (tl_req_param). Register before start. */
 int tl_http_route(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user);
+/* The same with the route's own body limit (model uploads), instead of the daemon's max_body. */
+int tl_http_route_limit(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user,
+                        size_t max_body);
 /* Requests matching no route under prefix get this handler (static files of the dashboard). */
 int tl_http_fallback(tl_http *h, tl_handler fn, void *user);
 int tl_http_start(tl_http *h, char *err, size_t errlen);

@@ -18,13 +18,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "inspect_record.h"
 #include "train.h"
 
 #define MAX_SLOTS 64
+#define TRAIN_NICE 5
 #define STOP_CANCEL 1
 #define STOP_SHUTDOWN 2
 
@@ -37,6 +41,7 @@ typedef struct {
     _Atomic double img_s;
     tl_train_spec spec;
     char run_dir[1200];
+    int inspect_set_written;  /* this run has stored (or found) its inspection set */
 } slot;
 
 struct tl_jobs {
@@ -196,6 +201,21 @@ static void h_log(const char *msg, void *u) {
     publish(s->J, s->id, "log", "{\"id\":%lld,\"line\":\"%s\"}", (long long)s->id, esc);
 }
 
+/* Token inspection: the set once per run, then each evaluation's predictions; a failure is logged, never fatal. */
+static void h_inspect(const tl_inspect_set *set, const tl_inspect_result *res, int64_t step, int ema, void *u) {
+    slot *s = u;
+    char err[512];
+    if (tl_inspect_record(s->J->store, s->id, s->spec.train_dir, &s->inspect_set_written, set, res, step, ema, err,
+                          sizeof err) != 0) {
+        char line[600];
+        snprintf(line, sizeof line, "token inspection not recorded at step %lld: %s", (long long)step, err);
+        h_log(line, u);
+        return;
+    }
+    publish(s->J, s->id, "inspect", "{\"id\":%lld,\"job_id\":%lld,\"step\":%lld,\"ema\":%s}", (long long)s->id,
+            (long long)s->id, (long long)step, ema ? "true" : "false");
+}
+
 static int h_stop(void *u) {
     slot *s = u;
     return atomic_load(&s->stop) != 0;
@@ -204,7 +224,18 @@ static int h_stop(void *u) {
 static void *worker_main(void *arg) {
     slot *s = arg;
     tl_jobs *J = s->J;
-    tl_train_hooks hooks = {h_start, h_step, h_eval, h_before_checkpoint, h_checkpoint, h_log, h_stop, s};
+    /* Training yields to inference: this thread and every thread it starts (the engine's pool, the
+     * loader) inherit a lower priority, so a predict request gets the cores at once while training
+     * keeps the share CFS gives nice TRAIN_NICE against nice 0 (about a quarter) and all of them when
+     * nothing else runs. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), TRAIN_NICE) != 0) {
+        char line[128];
+        snprintf(line, sizeof line, "could not lower the training threads' priority: %s", strerror(errno));
+        tl_store_log_append(J->store, s->id, line);
+    }
+    tl_train_hooks hooks = {.on_start = h_start, .on_step = h_step, .on_eval = h_eval,
+                            .before_checkpoint = h_before_checkpoint, .on_checkpoint = h_checkpoint, .on_log = h_log,
+                            .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
     tl_train_result res;
     tl_train_status st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
     tl_store_flush(J->store);
@@ -275,6 +306,7 @@ static void start_job(tl_jobs *J, slot *s, int64_t id) {
     tl_store_job_set_run_dir(J->store, id, s->run_dir, err, sizeof err);
     s->J = J;
     s->id = id;
+    s->inspect_set_written = 0;
     atomic_store(&s->stop, 0);
     s->busy = 1;
     if (pthread_create(&s->thread, NULL, worker_main, s) != 0) {
@@ -333,6 +365,7 @@ static void recover(tl_jobs *J) {
                     int has;
                     int64_t step = checkpoint_step(jb->run_dir, &has);
                     tl_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
+                    tl_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
                     tl_store_job_begin_attempt(J->store, jb->id, err, sizeof err);
                     if (has)
                         snprintf(msg, sizeof msg, "the daemon restarted; resuming from the checkpoint at step %lld",

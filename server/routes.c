@@ -418,7 +418,7 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
         }
         if (n == 0) s->after = next > s->after ? next : s->after;
         if (st == TL_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
-        if (job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) s->finished = 1;
+        if (s->job && job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) s->finished = 1;
         if (s->plen == 0) return 0;
     }
     size_t k = s->plen - s->pos < max ? s->plen - s->pos : max;
@@ -459,6 +459,23 @@ static void h_events(tl_req *r, void *u) {
     }
     s->finished = 0;
     tl_job_free(&j);
+    tl_reply_header(r, "X-Accel-Buffering", "no");
+    tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+}
+
+/* Every job's events (the dashboard's job list); never ends by itself. */
+static void h_events_all(tl_req *r, void *u) {
+    tl_routes *R = u;
+    sse_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+        return;
+    }
+    s->R = R;
+    s->job = 0;
+    const char *last = tl_req_header(r, "Last-Event-ID");
+    int64_t after;
+    s->after = last && parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tl_events_last_id(R->events);
     tl_reply_header(r, "X-Accel-Buffering", "no");
     tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
 }
@@ -542,6 +559,9 @@ static void h_prometheus(tl_req *r, void *u) {
     tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
                   "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
               tl_jobs_images_per_second(R->jobs));
+    char *mp = R->models ? tl_models_prometheus(R->models) : NULL;
+    if (mp) tb_printf(&t, "%s", mp);
+    free(mp);
     tl_reply_bytes(r, 200, "text/plain; version=0.0.4", t.buf ? t.buf : "", t.len);
     free(t.buf);
 }
@@ -555,29 +575,30 @@ static void h_openapi(tl_req *r, void *u) {
     tl_reply_json(r, 200, R->openapi);
 }
 
+static const tl_route_def job_routes[] = {
+    {"POST", "/api/v1/jobs", TL_AUTH_TOKEN, h_submit, 0},
+    {"GET", "/api/v1/jobs", TL_AUTH_PUBLIC, h_list, 0},
+    {"GET", "/api/v1/jobs/{id}", TL_AUTH_PUBLIC, h_get, 0},
+    {"DELETE", "/api/v1/jobs/{id}", TL_AUTH_TOKEN, h_delete, 0},
+    {"POST", "/api/v1/jobs/{id}/cancel", TL_AUTH_TOKEN, h_cancel, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", TL_AUTH_PUBLIC, h_metric_names, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TL_AUTH_PUBLIC, h_metric_series, 0},
+    {"GET", "/api/v1/jobs/{id}/logs", TL_AUTH_PUBLIC, h_logs, 0},
+    {"GET", "/api/v1/jobs/{id}/events", TL_AUTH_PUBLIC, h_events, 0},
+    {"GET", "/api/v1/jobs/{id}/checkpoints", TL_AUTH_PUBLIC, h_checkpoints, 0},
+    {"GET", "/api/v1/events", TL_AUTH_PUBLIC, h_events_all, 0},
+    {"GET", "/api/v1/info", TL_AUTH_PUBLIC, h_info, 0},
+    {"GET", "/api/v1/openapi.json", TL_AUTH_PUBLIC, h_openapi, 0},
+    {"GET", "/healthz", TL_AUTH_PUBLIC, h_healthz, 0},
+    {"GET", "/readyz", TL_AUTH_PUBLIC, h_readyz, 0},
+    {"GET", "/metrics", TL_AUTH_PUBLIC, h_prometheus, 0},
+    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+};
+
 int tl_routes_register(tl_routes *R) {
-    struct {
-        const char *method, *pattern;
-        tl_auth auth;
-        tl_handler fn;
-    } t[] = {
-        {"POST", "/api/v1/jobs", TL_AUTH_TOKEN, h_submit},
-        {"GET", "/api/v1/jobs", TL_AUTH_PUBLIC, h_list},
-        {"GET", "/api/v1/jobs/{id}", TL_AUTH_PUBLIC, h_get},
-        {"DELETE", "/api/v1/jobs/{id}", TL_AUTH_TOKEN, h_delete},
-        {"POST", "/api/v1/jobs/{id}/cancel", TL_AUTH_TOKEN, h_cancel},
-        {"GET", "/api/v1/jobs/{id}/metrics", TL_AUTH_PUBLIC, h_metric_names},
-        {"GET", "/api/v1/jobs/{id}/metrics/{name}", TL_AUTH_PUBLIC, h_metric_series},
-        {"GET", "/api/v1/jobs/{id}/logs", TL_AUTH_PUBLIC, h_logs},
-        {"GET", "/api/v1/jobs/{id}/events", TL_AUTH_PUBLIC, h_events},
-        {"GET", "/api/v1/jobs/{id}/checkpoints", TL_AUTH_PUBLIC, h_checkpoints},
-        {"GET", "/api/v1/info", TL_AUTH_PUBLIC, h_info},
-        {"GET", "/api/v1/openapi.json", TL_AUTH_PUBLIC, h_openapi},
-        {"GET", "/healthz", TL_AUTH_PUBLIC, h_healthz},
-        {"GET", "/readyz", TL_AUTH_PUBLIC, h_readyz},
-        {"GET", "/metrics", TL_AUTH_PUBLIC, h_prometheus},
-    };
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (tl_http_route(R->http, t[i].method, t[i].pattern, t[i].auth, t[i].fn, R) != 0) return -1;
+    const tl_route_def *tables[] = {job_routes, tl_model_routes, tl_sample_routes};
+    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
+        for (const tl_route_def *t = tables[k]; t->method; t++)
+            if (tl_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
     return 0;
 }

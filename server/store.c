@@ -65,6 +65,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "store_internal.h"
 #include "store_schema.h"
 
 #define STORE_QUEUE_CAP 65536          /* queued writes before producers block */
@@ -81,6 +82,7 @@ static const struct {
     const char *sql;
 } migrations[] = {
     {1, tl_store_schema_v1}, /* schema/store.sql */
+    {2, tl_store_schema_v2}, /* schema/store_v2.sql: models, token inspection */
 };
 #define STORE_NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 #define STORE_VERSION (migrations[STORE_NMIGRATIONS - 1].version)
@@ -228,6 +230,7 @@ typedef enum {
     OP_DELETE,
     OP_TRUNCATE,
     OP_CHECKPOINT,
+    OP_EXEC,      /* a function of store_models.c / store_inspect.c on the writer connection */
     OP_FLUSH
 } op_kind;
 
@@ -239,6 +242,8 @@ typedef struct {
     tl_job_state to;
     int64_t step;
     const tl_checkpoint_row *ckpt;
+    tl_store_write_fn fn;
+    void *fn_arg;
     /* results */
     int rc;
     int64_t id;
@@ -775,6 +780,19 @@ static int submit(tl_store *s, op_kind kind, int64_t job, await_op *aw, char *er
     return aw->rc;
 }
 
+int tl_store_write_exec(tl_store *s, tl_store_write_fn fn, void *arg, char *err, size_t errlen) {
+    await_op aw;
+    memset(&aw, 0, sizeof aw);
+    aw.fn = fn;
+    aw.fn_arg = arg;
+    return submit(s, OP_EXEC, 0, &aw, err, errlen);
+}
+
+sqlite3 *tl_store_read_db(tl_store *s, char *err, size_t errlen) {
+    rconn *c = reader(s, err, errlen);
+    return c ? c->db : NULL;
+}
+
 /* ------------------------------------------------------------------ the writer */
 
 /* Steps a write statement to completion (no rows); resets it. */
@@ -1148,6 +1166,9 @@ static void apply_awaited(tl_store *s, wop *op) {
         break;
     case OP_CHECKPOINT:
         rc = do_checkpoint(s, op->job, aw);
+        break;
+    case OP_EXEC:
+        rc = aw->fn(s->wdb, aw->fn_arg, aw->err, sizeof aw->err);
         break;
     default:
         snprintf(aw->err, sizeof aw->err, "unknown store operation %d", (int)op->kind);

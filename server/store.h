@@ -1,6 +1,7 @@
 /*
  * store.h: tokenlabd's SQLite store of jobs, their metrics, logs and
- * checkpoints (schema in schema/store.sql, versioned; migrations applied on
+ * checkpoints, registered models and token-inspection records (schema in
+ * schema/store.sql and schema/store_v2.sql, versioned; migrations applied on
  * open).
  *
  * store.c owns the database file and its connections: one writer connection
@@ -139,6 +140,80 @@ typedef struct {
     char message[512];
 } tl_state_change;
 int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max, int *n, char *err, size_t errlen);
+
+/* ---- registered models (store_models.c; schema version 2) ---- */
+typedef struct {
+    char name[72];
+    char source_kind[8];      /* "job" or "upload" */
+    int64_t job_id;           /* 0 for uploads */
+    char checkpoint[24];      /* "best", "last", a step, or "" for uploads */
+    int64_t step;             /* the checkpoint's training step, 0 unknown */
+    int ema;                  /* 1: the weights are the job's EMA weights */
+    char path[1024];          /* the model's own weights file */
+    int64_t bytes;
+    char *labels_json;        /* JSON array of K strings (malloc'd; tl_model_row_free) */
+    double crop_pct;
+    int max_batch, max_delay_ms, max_queue;
+    int64_t created_ms;
+} tl_model_row;
+
+void tl_model_row_free(tl_model_row *m);   /* frees labels_json; the struct is the caller's */
+/* Inserts a model; with replace, an existing one of the same name is replaced (*existed = 1). Without
+ * replace, a taken name fails with "exists". Awaited. */
+int tl_store_model_put(tl_store *s, const tl_model_row *m, int replace, int *existed, char *err, size_t errlen);
+int tl_store_model_get(tl_store *s, const char *name, tl_model_row *out, char *err, size_t errlen); /* "not found" */
+/* Every model, newest first, into a malloc'd array (*out; free each row, then the array). */
+int tl_store_model_list(tl_store *s, tl_model_row **out, int *n, char *err, size_t errlen);
+/* Updates labels (when labels_json is not NULL) and the batching settings. "not found" when absent. */
+int tl_store_model_update(tl_store *s, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
+                          int max_queue, char *err, size_t errlen);
+int tl_store_model_delete(tl_store *s, const char *name, char *err, size_t errlen); /* "not found" */
+
+/* ---- token inspection of training jobs (store_inspect.c; schema version 2) ---- */
+/* A token grid blob: g*g*3 int32 class indices, then g*g*3 float32 probabilities (little-endian). */
+#define TL_GRID_BLOB_BYTES(g) ((size_t)(g) * (size_t)(g) * 3u * 8u)
+#define TL_TOP5_BLOB_BYTES 40u
+
+typedef struct {
+    int size, grid, view, num_classes;
+    char *labels_json;        /* malloc'd; tl_inspect_set_row_free */
+} tl_inspect_set_row;
+void tl_inspect_set_row_free(tl_inspect_set_row *r);
+
+typedef struct {
+    int k;
+    char split[8];            /* "val" or "train" */
+    char path[1024];
+    int label;
+    char target_kind[16];     /* "class" or "labelmap" */
+} tl_inspect_sample_info;
+
+/* Writes a job's set once: the set row and every sample (image JPEG, target grid). A set already
+ * stored for the job is left as it is (a resumed job writes the same set again). Awaited. */
+int tl_store_inspect_set_put(tl_store *s, int64_t job, const tl_inspect_set_row *set, int n,
+                             const tl_inspect_sample_info *samples, const void *const *jpegs, const size_t *jpeg_lens,
+                             const void *const *targets, char *err, size_t errlen);
+/* Records the predictions of one evaluation: n samples' token grids and top-5 blobs (replacing any
+ * recorded at the same step and ema). Awaited. */
+int tl_store_inspect_preds_put(tl_store *s, int64_t job, int64_t step, int ema, int n, const void *const *tokens,
+                               const void *const *top5, int64_t time_ms, char *err, size_t errlen);
+/* Drops predictions recorded after step (recovery from a checkpoint). Awaited. */
+int tl_store_inspect_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen);
+
+/* 0 and *out, or -1 with "not found" when the job has no set (yet). */
+int tl_store_inspect_set_get(tl_store *s, int64_t job, tl_inspect_set_row *out, char *err, size_t errlen);
+int tl_store_inspect_samples(tl_store *s, int64_t job, tl_inspect_sample_info *out, int max, int *n, char *err,
+                             size_t errlen);
+/* The (step, ema) pairs recorded, oldest first. */
+int tl_store_inspect_steps(tl_store *s, int64_t job, int64_t *steps, int *emas, int max, int *n, char *err,
+                           size_t errlen);
+/* A sample's image JPEG (what = 0) or target grid (what = 1), malloc'd. -1 "not found". */
+int tl_store_inspect_sample_blob(tl_store *s, int64_t job, int k, int what, void **data, size_t *len, char *err,
+                                 size_t errlen);
+/* The predictions of sample k at (step, ema); step < 0: the latest step recorded, preferring ema = 1 when
+ * ema < 0. step_out and ema_out receive what was found. Blobs malloc'd. -1 "not found". */
+int tl_store_inspect_pred_get(tl_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
+                              int *ema_out, void **tokens, void **top5, char *err, size_t errlen);
 
 /* Waits until every queued write so far is committed. */
 int tl_store_flush(tl_store *s);

@@ -1,6 +1,6 @@
 /*
- * store_schema.h: the embedded text of schema/store.sql (store_schema.c),
- * used by store.c as migration step 1 and by tests/test_store.c to check
+ * store_schema.h: the embedded text of schema/store.sql and store_v2.sql
+ * (store_schema.c), used by store.c as migration steps 1 and 2 and by tests/test_store.c to check
  * that it equals the file. Private to the store.
  */
 #ifndef TL_STORE_SCHEMA_H
@@ -10,5 +10,7 @@
 
 extern const char tl_store_schema_v1[];
 extern const size_t tl_store_schema_v1_len; /* bytes, without the final NUL */
+extern const char tl_store_schema_v2[];   /* schema/store_v2.sql */
+extern const size_t tl_store_schema_v2_len;
 
 #endif

@@ -125,12 +125,11 @@ static void flush_ok(tl_store *s) {
 
 /* ------------------------------------------------------------------ schema */
 
-static void test_schema_embedded_equals_file(void **state) {
-    (void)state;
+static void check_embedded(const char *file, const char *text, size_t text_len) {
     char path[4096];
     const char *f = __FILE__;
     const char *slash = strrchr(f, '/');
-    snprintf(path, sizeof path, "%.*s/../schema/store.sql", slash ? (int)(slash - f) : 1, slash ? f : ".");
+    snprintf(path, sizeof path, "%.*s/../schema/%s", slash ? (int)(slash - f) : 1, slash ? f : ".", file);
     FILE *fp = fopen(path, "rb");
     if (!fp) fail_msg("cannot open %s", path);
     size_t cap = 1 << 20, len = 0;
@@ -140,21 +139,27 @@ static void test_schema_embedded_equals_file(void **state) {
     fclose(fp);
     assert_true(len < cap);
     size_t i = 0, line = 1;
-    while (i < len && i < tl_store_schema_v1_len && buf[i] == tl_store_schema_v1[i]) line += buf[i++] == '\n';
-    if (i != len || len != tl_store_schema_v1_len)
+    while (i < len && i < text_len && buf[i] == text[i]) line += buf[i++] == '\n';
+    if (i != len || len != text_len)
         fail_msg("server/store_schema.c differs from %s at byte %zu (line %zu; file %zu bytes, embedded %zu)", path,
-                 i, line, len, tl_store_schema_v1_len);
+                 i, line, len, text_len);
     free(buf);
+}
+
+static void test_schema_embedded_equals_file(void **state) {
+    (void)state;
+    check_embedded("store.sql", tl_store_schema_v1, tl_store_schema_v1_len);
+    check_embedded("store_v2.sql", tl_store_schema_v2, tl_store_schema_v2_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
     tl_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tl_store_schema_version(s), 1);
+    assert_int_equal(tl_store_schema_version(s), 2);
     int64_t id = new_job(s, "v");
     tl_store_close(s);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 1);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 2);
 
     /* Reopening a current file applies nothing and keeps the data. */
     s = tl_store_open(path, err, sizeof err);
@@ -163,14 +168,30 @@ static void test_version_and_refusals(void **state) {
     tl_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
-    sql_exec(path, "UPDATE schema_version SET version = 2");
+    sql_exec(path, "UPDATE schema_version SET version = 3");
     err[0] = '\0';
     s = tl_store_open(path, err, sizeof err);
     if (s) tl_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 3);
+
+    /* A version 1 file (made by the previous tokenlabd) is migrated to version 2, its jobs kept. */
+    char v1[1024];
+    db_path(v1, sizeof v1, "v1");
+    remove_db(v1);
+    sql_exec(v1, tl_store_schema_v1);
+    sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
+    s = tl_store_open(v1, err, sizeof err);
+    if (!s) fail_msg("migrating a version 1 file: %s", err);
+    assert_int_equal(tl_store_schema_version(s), 2);
+    tl_store_close(s);
+    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
+    assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
+                                 "'inspect_samples', 'inspect_preds')"), 4);
+    remove_db(v1);
 
     /* A database that is not a store is refused. */
     char other[1024];

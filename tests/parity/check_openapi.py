@@ -6,7 +6,7 @@ Usage: check_openapi.py [REPO_ROOT]   (default: two folders above this file)
 Checks: the document is JSON with openapi "3.1.0"; every operation has an
 operationId (unique), a summary, a description and responses; every $ref
 resolves inside the document; the (method, path) pairs are exactly the routes
-of the table in tl_routes_register (server/routes.c); the operations whose
+of the tl_route_def tables of server/routes*.c, datasets.c and static.c; the operations whose
 effective security names bearerAuth are exactly the TL_AUTH_TOKEN routes,
 which also document 401 and 403; every {param} of a path is declared as a
 path parameter; components/schemas/JobSpec equals schema/jobspec.schema.json
@@ -19,7 +19,10 @@ import re
 import sys
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TL_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}')
+ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TL_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
+                      r'\s*(?:,\s*[A-Za-z0-9_]+\s*)?\}')
+# The route tables: tl_route_def arrays in these files (tl_routes_register registers them all).
+ROUTE_FILES = ("routes.c", "routes_models.c", "routes_samples.c", "datasets.c", "static.c")
 
 
 class Checker:
@@ -37,28 +40,14 @@ class Checker:
         return ok
 
 
-def parse_routes(c_source):
-    """The route table of tl_routes_register: a list of (METHOD, pattern, auth, handler)."""
-    start = c_source.find("tl_routes_register(")
-    body_start = c_source.find("{", start) if start >= 0 else -1
-    if body_start < 0:
-        return None
-    # The function body: up to the matching brace.
-    depth = 0
-    end = body_start
-    for i in range(body_start, len(c_source)):
-        ch = c_source[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                end = i
-                break
-    body = c_source[body_start:end]
-    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
-    body = re.sub(r"//[^\n]*", "", body)
-    return [(m.group(1).upper(), m.group(2), m.group(3), m.group(4)) for m in ROUTE_RE.finditer(body)]
+def parse_tables(c_source):
+    """Every tl_route_def table of a file: a list of (METHOD, pattern, auth, handler)."""
+    out = []
+    for m in re.finditer(r"tl_route_def\s+[A-Za-z_][A-Za-z0-9_]*\[\]\s*=\s*\{(.*?)\n\};", c_source, flags=re.S):
+        body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+        body = re.sub(r"//[^\n]*", "", body)
+        out += [(r.group(1).upper(), r.group(2), r.group(3), r.group(4)) for r in ROUTE_RE.finditer(body)]
+    return out
 
 
 def resolve_pointer(doc, pointer):
@@ -176,10 +165,13 @@ def main():
     # ---- routes.c parity ----
     routes = None
     try:
-        with open(routes_path, encoding="utf-8") as f:
-            routes = parse_routes(f.read())
+        routes = []
+        for name in ROUTE_FILES:
+            with open(os.path.join(os.path.dirname(routes_path), name), encoding="utf-8") as f:
+                routes += parse_tables(f.read())
     except OSError as e:
-        c.check("server/routes.c is readable", False, str(e))
+        routes = None
+        c.check("server/routes*.c are readable", False, str(e))
     if routes is not None:
         c.check("routes.c route table parsed (%d routes)" % len(routes), len(routes) > 0, "no route found")
         want = set((m, p) for m, p, _, _ in routes)
