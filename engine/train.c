@@ -406,7 +406,7 @@ static tl_train_status loop(run *r, int64_t step) {
             int64_t evals_left = eval_every ? (r->total - step) / eval_every : 0;
             double eta = st / n * (double)(r->total - step) + eval_seconds * (double)(evals_left + 1);
             tl_step_report rep = {step, r->total, epoch, s->epochs, lp.loss, lp.loss_cls, lp.loss_dense, hp.lr,
-                                  st > 0 ? (double)B * n / st : 0, st > 0 ? eta : 0, st > 0 ? sw / st : 0,
+                                  st > 0 ? (double)B * n / st : 0, st > 0 ? eta : -1.0, st > 0 ? sw / st : 0,
                                   tl_loader_skipped(r->train_ld)};
             r->hooks->on_step(&rep, r->hooks->user);
         }
