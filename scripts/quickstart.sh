@@ -27,7 +27,9 @@ job=$(curl -fsS -H "Authorization: Bearer $(cat tokenlab-data/token)" -H "Conten
         "$base/api/v1/jobs" | sed -n 's/^{"id":\([0-9]*\),.*/\1/p')
 cat <<MSG
 
-tokenlab is running at $base/  (the web dashboard arrives with issue 6; the API is live now)
+tokenlab is running. Open the dashboard:  $base/#/jobs/$job
+  (the token it asks for before submitting or cancelling is in tokenlab-data/token)
+  command line: build/bin/tokenlab watch $job      (TOKENLAB_TOKEN_FILE=tokenlab-data/token for changes)
   demo job:     $base/api/v1/jobs/$job
   live events:  curl -N $base/api/v1/jobs/$job/events
   loss curve:   curl '$base/api/v1/jobs/$job/metrics/loss?max_points=50'
