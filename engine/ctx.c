@@ -38,11 +38,14 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
     size_t B = (size_t)x->Bmax, T = (size_t)x->T, D = (size_t)x->D, N = (size_t)x->N, K = (size_t)x->K;
     size_t BT = B * T, hid = (size_t)x->hid, H = (size_t)x->Hh;
     int depth = x->m->cfg.depth;
+    /* The stem's full activations are kept for training only: the eval forward
+     * runs the stem fused, row by row (tl_stem_eval_forward). */
     for (int l = 0; l < 3; l++) {
-        x->c[l] = take(cv, x->stem);
-        x->a[l] = take(cv, x->stem);
+        x->c[l] = x->training ? take(cv, x->stem) : NULL;
+        x->a[l] = x->training ? take(cv, x->stem) : NULL;
         x->bn_mean[l] = take(cv, (size_t)x->C);
         x->bn_rstd[l] = take(cv, (size_t)x->C);
+        x->fold_b[l] = take(cv, (size_t)x->C);
     }
     x->patches = take(cv, x->stem);
     for (int l = 0; l < 3; l++) {
@@ -84,10 +87,11 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
     x->logits_cls = take(cv, B * K);
     x->logits_aux = take(cv, B * N * K);
     x->branch = take(cv, BT * D);
-    size_t conv1 = tl_conv2d_scratch(x->nthreads, 3, x->C, x->H1, x->H1, 7);
-    size_t conv23 = tl_conv2d_scratch(x->nthreads, x->C, x->C, x->H1, x->H1, 3);
+    size_t conv1 = x->training ? tl_conv2d_scratch(x->nthreads, 3, x->C, x->H1, x->H1, 7) : 0;
+    size_t conv23 = x->training ? tl_conv2d_scratch(x->nthreads, x->C, x->C, x->H1, x->H1, 3) : 0;
     size_t other = tl_attention_scratch(x->nthreads, x->T) + tl_layernorm_scratch(x->nthreads, x->D > x->C ? x->D : x->C);
-    x->scratch_floats = max3(conv1, conv23, other);
+    size_t stem_eval = tl_stem_eval_scratch(x->nthreads, x->C, x->H1);
+    x->scratch_floats = max3(conv1, conv23, other > stem_eval ? other : stem_eval);
     x->scratch = take(cv, x->scratch_floats);
     if (!x->training) return;
     x->dlogits_cls = take(cv, B * K);

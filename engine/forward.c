@@ -45,6 +45,27 @@ static void stem_forward(tl_ctx *x, const float *images, int B, int train) {
                       C * k * k, x->D));
 }
 
+/* Eval stem: BatchNorm folded into the convolutions, the three layers and the
+ * patch gather fused row by row (tl_stem_eval_forward); the same patches as
+ * stem_forward's eval path up to float rounding. */
+static void stem_forward_eval(tl_ctx *x, const float *images, int B) {
+    tl_model *m = x->m;
+    tl_weights *w = &m->wt[0];
+    int C = x->C, k = x->k;
+    for (int l = 0; l < 3; l++)
+        tl_stem_eval_fold(x->wt[l], x->fold_b[l], w->conv[l], w->bn_w[l], w->bn_b[l], w->bn_rm[l], w->bn_rv[l], C,
+                          l == 0 ? 3 : C, l == 0 ? 7 : 3, l == 0, TL_BN_EPS);
+    tl_patch_weight_pack(x->wp, w->proj_w, x->D, C, k);
+    PROF(x, TL_PROF_STEM_CONV, tl_stem_eval_forward(x->pool, x->patches, images, x->wt[0], x->fold_b[0], x->wt[1],
+                                                    x->fold_b[1], x->wt[2], x->fold_b[2], B, C, m->cfg.img_size, k,
+                                                    x->scratch));
+    PROF(x, TL_PROF_PATCH, tl_linear_forward(x->pool, x->tok, x->D, x->patches, C * k * k, x->wp, w->proj_b, B * x->N,
+                                             C * k * k, x->D));
+}
+
+/* Training (and the eval reference) keep the original LayerNorm; eval uses the vectorised one. */
+#define LN_FWD(x, train) ((train) || (x)->eval_reference ? tl_layernorm_forward : tl_layernorm_forward_eval)
+
 static void block_forward(tl_ctx *x, int l, int B, int train, uint64_t drop_seed) {
     tl_model *m = x->m;
     const tl_block_weights *w = &m->wt[0].blocks[l];
@@ -63,14 +84,17 @@ static void block_forward(tl_ctx *x, int l, int B, int train, uint64_t drop_seed
     }
     float *x_out = (l + 1 < m->cfg.depth) ? x->blk[l + 1].x_in : x->x_final;
     /* attention branch */
-    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, a->ln1, a->ln1_mean, a->ln1_rstd, a->x_in, w->ln1_w, w->ln1_b, BT, D, TL_LN_EPS));
+    PROF(x, TL_PROF_LN, LN_FWD(x, train)(x->pool, a->ln1, a->ln1_mean, a->ln1_rstd, a->x_in, w->ln1_w, w->ln1_b, BT, D, TL_LN_EPS));
     PROF(x, TL_PROF_QKV, tl_linear_forward(x->pool, a->qkv, 3 * D, a->ln1, D, w->qkv_w, NULL, BT, D, 3 * D));
-    PROF(x, TL_PROF_ATTN, tl_attention_forward(x->pool, a->att_out, a->att, a->qkv, B, T, D, x->Hh));
+    if (train || x->eval_reference)
+        PROF(x, TL_PROF_ATTN, tl_attention_forward(x->pool, a->att_out, a->att, a->qkv, B, T, D, x->Hh));
+    else
+        PROF(x, TL_PROF_ATTN, tl_attention_forward_eval(x->pool, a->att_out, a->qkv, B, T, D, x->Hh, x->scratch));
     PROF(x, TL_PROF_PROJ, tl_linear_forward(x->pool, x->branch, D, a->att_out, D, w->proj_w, w->proj_b, BT, D, D));
     if (a->x_mid != a->x_in) memcpy(a->x_mid, a->x_in, sizeof(float) * (size_t)BT * D);
     PROF(x, TL_PROF_RESID, tl_residual_forward(x->pool, a->x_mid, x->branch, s1, inv_skip, B, (size_t)T * D));
     /* MLP branch */
-    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, w->ln2_w, w->ln2_b, BT, D, TL_LN_EPS));
+    PROF(x, TL_PROF_LN, LN_FWD(x, train)(x->pool, a->ln2, a->ln2_mean, a->ln2_rstd, a->x_mid, w->ln2_w, w->ln2_b, BT, D, TL_LN_EPS));
     PROF(x, TL_PROF_FC1, tl_linear_forward(x->pool, a->fc1, hid, a->ln2, D, w->fc1_w, w->fc1_b, BT, D, hid));
     PROF(x, TL_PROF_GELU, tl_gelu_forward(x->pool, a->gelu, a->fc1, (size_t)BT * hid));
     PROF(x, TL_PROF_FC2, tl_linear_forward(x->pool, x->branch, D, a->gelu, hid, w->fc2_w, w->fc2_b, BT, hid, D));
@@ -90,11 +114,14 @@ int tl_forward(tl_ctx *x, const float *images, int B, int train, const tl_box *b
     x->box = train ? clip_box(box, g) : (tl_box){0, 0, 0, 0};
     x->lam = tl_mixtoken_lambda(g, x->box.r0, x->box.c0, x->box.r1, x->box.c1);
 
-    stem_forward(x, images, B, train);
+    if (train || (x->eval_reference && x->training))
+        stem_forward(x, images, B, train);
+    else
+        stem_forward_eval(x, images, B);
     if (!box_empty(&x->box)) tl_mixtoken_swap(x->tok, B, g, D, x->box.r0, x->box.c0, x->box.r1, x->box.c1);
     tl_tokens_forward(x->pool, x->blk[0].x_in, x->tok, w->cls, w->pos, B, N, D);
     for (int l = 0; l < m->cfg.depth; l++) block_forward(x, l, B, train, drop_seed);
-    PROF(x, TL_PROF_LN, tl_layernorm_forward(x->pool, x->lnf, x->lnf_mean, x->lnf_rstd, x->x_final, w->norm_w, w->norm_b, B * T, D,
+    PROF(x, TL_PROF_LN, LN_FWD(x, train)(x->pool, x->lnf, x->lnf_mean, x->lnf_rstd, x->x_final, w->norm_w, w->norm_b, B * T, D,
                          TL_LN_EPS));
     /* head on the class token (rows b*T), aux_head on each image's N patch rows */
     PROF(x, TL_PROF_HEADS, tl_linear_forward(x->pool, x->logits_cls, K, x->lnf, T * D, w->head_w, w->head_b, B, D, K));

@@ -100,6 +100,8 @@ struct tl_ctx {
     float *wp, *dwp;       /* proj weight packed (D, k*k*C) and its gradient */
     float *bn_scratch;
     float *bn_mean[3], *bn_rstd[3];
+    float *fold_b[3];      /* eval: BatchNorm folded into wt[l] (scaled) and this bias, (C) */
+    int eval_reference;    /* eval forward by the unfused layer-by-layer path (tests; training contexts only) */
     float *patches;        /* (B*N, k*k*C) */
     float *tok;            /* (B,N,D) */
     tl_block_acts *blk;    /* depth */

@@ -61,6 +61,20 @@ void tl_bn_backward(tl_pool *p, float *dx /*(M,C)*/, float *dgamma /*(C)*/, floa
                     const float *mean /*(C)*/, const float *rstd /*(C)*/, const float *gamma /*(C)*/, int C, size_t M,
                     int relu, float *scratch);
 
+/* ---- eval-mode stem, fused (see ops_conv.c): three convolutions with
+ * BatchNorm (running statistics) folded into weights and bias, ReLU, and the
+ * patch gather, row by row per image so activations stay in cache. Writes the
+ * same patch matrix as tl_patch_gather after the unfused stem. */
+size_t tl_stem_eval_scratch(int nthreads, int C, int W1);
+/* first: conv1 packed (Cin,k,k,Cout); else (k,k,Cin,Cout). */
+void tl_stem_eval_fold(float *wt, float *bias /*(Cout)*/, const float *w /*(Cout,Cin,k,k)*/, const float *gamma,
+                       const float *beta, const float *rmean, const float *rvar, int Cout, int Cin, int k, int first,
+                       float eps);
+void tl_stem_eval_forward(tl_pool *p, float *patches /*(B*g*g, k*k*C)*/, const float *images /*(B,3,H,H)*/,
+                          const float *w1 /*(3,7,7,C)*/, const float *b1, const float *w2 /*(3,3,C,C)*/,
+                          const float *b2, const float *w3, const float *b3, int B, int C, int H, int k,
+                          float *scratch);
+
 /* ---- non-overlapping patches (kernel = stride = k) of an NHWC map ---- */
 /* patches row (b, ty, tx), columns (ky, kx, c); the projection weight is used
  * packed the same way (tl_patch_weight_pack). */
@@ -83,6 +97,10 @@ void tl_linear_backward(tl_pool *p, float *din /*(M,K) ld ldi or NULL*/, float *
 void tl_layernorm_forward(tl_pool *p, float *out /*(M,D)*/, float *mean /*(M)*/, float *rstd /*(M)*/,
                           const float *x /*(M,D)*/, const float *w /*(D)*/, const float *b /*(D)*/, int M, int D,
                           float eps);
+/* Eval only: the same up to float rounding, vectorised sums. */
+void tl_layernorm_forward_eval(tl_pool *p, float *out /*(M,D)*/, float *mean /*(M)*/, float *rstd /*(M)*/,
+                               const float *x /*(M,D)*/, const float *w /*(D)*/, const float *b /*(D)*/, int M, int D,
+                               float eps);
 size_t tl_layernorm_scratch(int nthreads, int D);
 /* dx is accumulated into (+=): it is the residual stream's gradient. */
 void tl_layernorm_backward(tl_pool *p, float *dx_accum /*(M,D)*/, float *dw /*(D)*/, float *db /*(D)*/,
@@ -94,6 +112,10 @@ void tl_layernorm_backward(tl_pool *p, float *dx_accum /*(M,D)*/, float *dw /*(D
 void tl_attention_forward(tl_pool *p, float *out /*(B,T,D)*/, float *att /*(B,H,T,T)*/, const float *qkv /*(B,T,3D)*/,
                           int B, int T, int D, int H);
 size_t tl_attention_scratch(int nthreads, int T);
+/* Eval only: the same output without keeping the probabilities (scratch from
+ * tl_attention_scratch). */
+void tl_attention_forward_eval(tl_pool *p, float *out /*(B,T,D)*/, const float *qkv /*(B,T,3D)*/, int B, int T, int D,
+                               int H, float *scratch);
 void tl_attention_backward(tl_pool *p, float *dqkv /*(B,T,3D)*/, const float *dout /*(B,T,D)*/,
                            const float *qkv /*(B,T,3D)*/, const float *att /*(B,H,T,T)*/, int B, int T, int D, int H,
                            float *scratch);

@@ -450,3 +450,181 @@ void tl_patch_weight_unpack_accum(float *dw, const float *dwp, int D, int C, int
                 for (int kx = 0; kx < k; kx++)
                     dw[(((size_t)d * C + c) * k + ky) * k + kx] += dwp[(size_t)d * C * k * k + ((size_t)ky * k + kx) * C + c];
 }
+
+/* ---- eval-mode stem, fused: conv1+BN+ReLU, conv2+BN+ReLU, conv3+BN+ReLU,
+ * patch gather ----
+ * BatchNorm with running statistics is folded into the weights (scale) and a
+ * bias by the caller. Rows are produced in a pipeline per image: a3 row y
+ * needs a2 rows y-1..y+1, which need a1 rows y-2..y+2, so each thread keeps
+ * a ring of 4 rows of a1 and of a2 (about 60 KB each for 112x64) and the
+ * stem's activations never leave its L2 cache; a3 rows go straight into the
+ * patch matrix. The work split is over the batch's B*g token rows, so whole
+ * images go to a thread when B is a multiple of the threads and an image's
+ * rows are split otherwise (the rows around a cut are computed twice). Every
+ * row is computed by the same calls whatever the split, so results do not
+ * depend on the batch size or the thread count. */
+#define STEM_RING 4
+
+typedef struct {
+    float *patches;
+    const float *img, *w1, *b1, *w2, *b2, *w3, *b3;
+    int B, C, H, W1, k, g;
+    float *scratch;
+    size_t per_thread;
+} stem_eval_job;
+
+size_t tl_stem_eval_scratch(int nthreads, int C, int W1) {
+    size_t kk = (size_t)9 * C > 147 ? (size_t)9 * C : 147;
+    size_t per = (size_t)2 * STEM_RING * W1 * C + (size_t)W1 * kk + (size_t)W1 * C;
+    return (size_t)nthreads * ((per + 15) & ~(size_t)15);
+}
+
+/* conv1's im2col for output row oy: col (W1, 147) with columns (ci, ky, kx),
+ * so each run of 7 taps is contiguous in the NCHW image. */
+static void im2col_c1(float *col, const float *img, int H, int W1, int oy) {
+    for (int ox = 0; ox < W1; ox++) {
+        float *d = col + (size_t)ox * 147;
+        int x0 = 2 * ox - 3;
+        for (int ci = 0; ci < 3; ci++)
+            for (int ky = 0; ky < 7; ky++) {
+                int iy = 2 * oy - 3 + ky;
+                float *r = d + ci * 49 + ky * 7;
+                if (iy < 0 || iy >= H) {
+                    for (int kx = 0; kx < 7; kx++) r[kx] = 0.0f;
+                    continue;
+                }
+                const float *s = img + ((size_t)ci * H + iy) * H;
+                if (x0 >= 0 && x0 + 7 <= H)
+                    for (int kx = 0; kx < 7; kx++) r[kx] = s[x0 + kx];
+                else
+                    for (int kx = 0; kx < 7; kx++) r[kx] = (x0 + kx >= 0 && x0 + kx < H) ? s[x0 + kx] : 0.0f;
+            }
+    }
+}
+
+/* 3x3 pad 1 im2col for output row oy from a ring of input rows; columns (ky, kx, ci). */
+static void im2col_3x3(float *col, const float *ring, int H1, int W1, int C, int oy) {
+    size_t rowf = (size_t)W1 * C, KK = (size_t)9 * C;
+    for (int ky = 0; ky < 3; ky++) {
+        int iy = oy - 1 + ky;
+        const float *src = (iy >= 0 && iy < H1) ? ring + (size_t)(iy % STEM_RING) * rowf : NULL;
+        for (int ox = 0; ox < W1; ox++) {
+            float *d = col + (size_t)ox * KK + (size_t)ky * 3 * C;
+            if (!src) {
+                memset(d, 0, sizeof(float) * 3 * (size_t)C);
+                continue;
+            }
+            if (ox >= 1 && ox + 1 < W1) {
+                memcpy(d, src + (size_t)(ox - 1) * C, sizeof(float) * 3 * (size_t)C);
+            } else {
+                for (int kx = 0; kx < 3; kx++) {
+                    int ix = ox - 1 + kx;
+                    if (ix < 0 || ix >= W1)
+                        memset(d + (size_t)kx * C, 0, sizeof(float) * (size_t)C);
+                    else
+                        memcpy(d + (size_t)kx * C, src + (size_t)ix * C, sizeof(float) * (size_t)C);
+                }
+            }
+        }
+    }
+}
+
+/* y = max(y + b, 0) over n rows of C */
+TL_VEC static void bias_relu_rows(float *y, const float *b, int n, int C) {
+    for (int r = 0; r < n; r++) {
+        float *o = y + (size_t)r * C;
+        for (int c = 0; c < C; c++) {
+            float v = o[c] + b[c];
+            o[c] = v > 0.0f ? v : 0.0f;
+        }
+    }
+}
+
+/* patch row segments of a3 row y: dst = max(src + b, 0) */
+TL_VEC static void bias_relu_to_patches(const stem_eval_job *j, int b, int y, const float *src) {
+    int k = j->k, C = j->C, g = j->g, kc = k * C;
+    size_t kkc = (size_t)k * kc;
+    int ty = y / k, ky = y % k;
+    for (int tx = 0; tx < g; tx++) {
+        float *d = j->patches + ((size_t)(b * g + ty) * g + tx) * kkc + (size_t)ky * kc;
+        const float *s = src + (size_t)tx * kc;
+        for (int i = 0; i < kc; i += C)
+            for (int c = 0; c < C; c++) {
+                float v = s[i + c] + j->b3[c];
+                d[i + c] = v > 0.0f ? v : 0.0f;
+            }
+    }
+}
+
+/* a3 rows [y0, y1) of image b */
+static void stem_eval_rows(const stem_eval_job *j, float *ws, int b, int y0, int y1) {
+    int C = j->C, W1 = j->W1, H1 = j->W1, H = j->H;
+    size_t rowf = (size_t)W1 * C;
+    float *r1 = ws, *r2 = r1 + STEM_RING * rowf, *col = r2 + STEM_RING * rowf;
+    size_t kk = (size_t)9 * C > 147 ? (size_t)9 * C : 147;
+    float *tmp = col + (size_t)W1 * kk;
+    const float *img = j->img + (size_t)b * 3 * H * H;
+    int n1 = y0 - 2 < 0 ? 0 : y0 - 2, n2 = y0 - 1 < 0 ? 0 : y0 - 1; /* next a1, a2 row to compute */
+    for (int y = y0; y < y1; y++) {
+        int need2 = y + 1 < H1 ? y + 1 : H1 - 1;
+        for (; n2 <= need2; n2++) {
+            /* a1 rows up to n2 + 1; the ring's oldest row, n2 - 3, is no longer needed */
+            int need1 = n2 + 1 < H1 ? n2 + 1 : H1 - 1;
+            for (; n1 <= need1; n1++) {
+                float *o = r1 + (size_t)(n1 % STEM_RING) * rowf;
+                im2col_c1(col, img, H, W1, n1);
+                tl_sgemm(0, 0, W1, C, 147, 1.0f, col, 147, j->w1, C, 0.0f, o, C);
+                bias_relu_rows(o, j->b1, W1, C);
+            }
+            float *o = r2 + (size_t)(n2 % STEM_RING) * rowf;
+            im2col_3x3(col, r1, H1, W1, C, n2);
+            tl_sgemm(0, 0, W1, C, 9 * C, 1.0f, col, 9 * C, j->w2, C, 0.0f, o, C);
+            bias_relu_rows(o, j->b2, W1, C);
+        }
+        im2col_3x3(col, r2, H1, W1, C, y);
+        tl_sgemm(0, 0, W1, C, 9 * C, 1.0f, col, 9 * C, j->w3, C, 0.0f, tmp, C);
+        bias_relu_to_patches(j, b, y, tmp);
+    }
+}
+
+static void stem_eval_part(void *arg, int tid, int nt) {
+    stem_eval_job *j = arg;
+    float *ws = j->scratch + (size_t)tid * j->per_thread;
+    size_t lo, hi;
+    tl_split((size_t)j->B * j->g, tid, nt, &lo, &hi); /* token rows (b, ty) */
+    while (lo < hi) {
+        int b = (int)(lo / (size_t)j->g), t0 = (int)(lo % (size_t)j->g);
+        size_t end = ((size_t)b + 1) * j->g < hi ? ((size_t)b + 1) * j->g : hi;
+        int t1 = (int)(end - (size_t)b * j->g);
+        stem_eval_rows(j, ws, b, t0 * j->k, t1 * j->k);
+        lo = end;
+    }
+}
+
+void tl_stem_eval_forward(tl_pool *p, float *patches, const float *images, const float *w1, const float *b1,
+                          const float *w2, const float *b2, const float *w3, const float *b3, int B, int C, int H,
+                          int k, float *scratch) {
+    int W1 = tl_conv_out(H, 7, 2, 3);
+    stem_eval_job j = {.patches = patches, .img = images, .w1 = w1, .b1 = b1, .w2 = w2, .b2 = b2, .w3 = w3, .b3 = b3,
+                       .B = B, .C = C, .H = H, .W1 = W1, .k = k, .g = W1 / k, .scratch = scratch};
+    j.per_thread = tl_stem_eval_scratch(1, C, W1);
+    tl_pool_run(p, stem_eval_part, &j);
+}
+
+/* Folds eval BatchNorm into conv weights: conv1 as (ci,ky,kx,Cout), conv2/3
+ * as (ky,kx,Cin,Cout), each column scaled by gamma/sqrt(var+eps), and
+ * bias = beta - mean * scale. */
+void tl_stem_eval_fold(float *wt /*packed*/, float *bias /*(C)*/, const float *w /*(Cout,Cin,k,k)*/,
+                       const float *gamma, const float *beta, const float *rmean, const float *rvar, int Cout,
+                       int Cin, int k, int first, float eps) {
+    for (int co = 0; co < Cout; co++) {
+        float s = gamma[co] * (1.0f / sqrtf(rvar[co] + eps));
+        bias[co] = beta[co] - rmean[co] * s;
+        for (int ci = 0; ci < Cin; ci++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    size_t r = first ? ((size_t)ci * k + ky) * k + kx : ((size_t)ky * k + kx) * Cin + ci;
+                    wt[r * Cout + co] = w[(((size_t)co * Cin + ci) * k + ky) * k + kx] * s;
+                }
+    }
+}

@@ -48,6 +48,47 @@ void tl_layernorm_forward(tl_pool *p, float *out, float *mean, float *rstd, cons
     tl_pool_run(p, ln_fwd_part, &j);
 }
 
+/* Eval LayerNorm: sums kept in 16 lanes so they vectorise; equal to
+ * ln_fwd_part up to float rounding. */
+#define LN_LANES 16
+TL_VEC static void ln_fwd_eval_part(void *arg, int tid, int nt) {
+    ln_job *j = arg;
+    size_t lo, hi;
+    tl_split((size_t)j->M, tid, nt, &lo, &hi);
+    int D = j->D, dv = D - D % LN_LANES;
+    for (size_t r = lo; r < hi; r++) {
+        const float *x = j->x + r * D;
+        float *o = j->out + r * D;
+        float a[LN_LANES];
+        for (int l = 0; l < LN_LANES; l++) a[l] = 0.0f;
+        for (int i = 0; i < dv; i += LN_LANES)
+            for (int l = 0; l < LN_LANES; l++) a[l] += x[i + l];
+        float s = 0.0f;
+        for (int i = dv; i < D; i++) s += x[i];
+        for (int l = 0; l < LN_LANES; l++) s += a[l];
+        float m = s / D;
+        for (int l = 0; l < LN_LANES; l++) a[l] = 0.0f;
+        for (int i = 0; i < dv; i += LN_LANES)
+            for (int l = 0; l < LN_LANES; l++) {
+                float d = x[i + l] - m;
+                a[l] += d * d;
+            }
+        float v = 0.0f;
+        for (int i = dv; i < D; i++) v += (x[i] - m) * (x[i] - m);
+        for (int l = 0; l < LN_LANES; l++) v += a[l];
+        float rs = 1.0f / sqrtf(v / D + j->eps);
+        for (int i = 0; i < D; i++) o[i] = (x[i] - m) * rs * j->w[i] + j->b[i];
+        j->mean[r] = m;
+        j->rstd[r] = rs;
+    }
+}
+
+void tl_layernorm_forward_eval(tl_pool *p, float *out, float *mean, float *rstd, const float *x, const float *w,
+                               const float *b, int M, int D, float eps) {
+    ln_job j = {.out = out, .mean = mean, .rstd = rstd, .x = x, .w = w, .b = b, .M = M, .D = D, .eps = eps};
+    tl_pool_run(p, ln_fwd_eval_part, &j);
+}
+
 size_t tl_layernorm_scratch(int nthreads, int D) { return (size_t)nthreads * 2 * D; }
 
 TL_VEC static void ln_bwd_part(void *arg, int tid, int nt) {
@@ -155,6 +196,61 @@ void tl_attention_forward(tl_pool *p, float *out, float *att, const float *qkv, 
 }
 
 size_t tl_attention_scratch(int nthreads, int T) { return (size_t)nthreads * T * T; }
+
+/* Eval softmax: the max and the sum are kept in 16 lanes so both passes
+ * vectorise (a plain float reduction does not without -ffast-math). */
+#define SM_LANES 16
+TL_VEC static void softmax_rows_eval(float *a, int rows, int cols) {
+    int cv = cols - cols % SM_LANES;
+    for (int r = 0; r < rows; r++) {
+        float *x = a + (size_t)r * cols;
+        float m[SM_LANES], s[SM_LANES];
+        for (int l = 0; l < SM_LANES; l++) m[l] = -INFINITY, s[l] = 0.0f;
+        for (int i = 0; i < cv; i += SM_LANES)
+            for (int l = 0; l < SM_LANES; l++) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+        float mx = -INFINITY;
+        for (int i = cv; i < cols; i++) mx = x[i] > mx ? x[i] : mx;
+        for (int l = 0; l < SM_LANES; l++) mx = m[l] > mx ? m[l] : mx;
+        for (int i = 0; i < cv; i += SM_LANES)
+            for (int l = 0; l < SM_LANES; l++) {
+                float e = tl_expf(x[i + l] - mx);
+                x[i + l] = e;
+                s[l] += e;
+            }
+        float sum = 0.0f;
+        for (int i = cv; i < cols; i++) {
+            x[i] = tl_expf(x[i] - mx);
+            sum += x[i];
+        }
+        for (int l = 0; l < SM_LANES; l++) sum += s[l];
+        float inv = 1.0f / sum;
+        for (int i = 0; i < cols; i++) x[i] *= inv;
+    }
+}
+
+/* Eval attention: the probabilities live in the thread's scratch (T x T, in
+ * its L2 cache) instead of the (B,H,T,T) buffer that backward needs. */
+static void att_fwd_eval_part(void *arg, int tid, int nt) {
+    att_job *j = arg;
+    int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *att = j->scratch + (size_t)tid * T * T;
+    size_t lo, hi;
+    tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+    for (size_t bh = lo; bh < hi; bh++) {
+        int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
+        const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
+        tl_sgemm(0, 1, T, T, hd, scale, q, D3, k, D3, 0.0f, att, T);
+        softmax_rows_eval(att, T, T);
+        tl_sgemm(0, 0, T, hd, T, 1.0f, att, T, v, D3, 0.0f, j->out + (size_t)b * T * D + h * hd, D);
+    }
+}
+
+void tl_attention_forward_eval(tl_pool *p, float *out, const float *qkv, int B, int T, int D, int H,
+                               float *scratch) {
+    att_job j = {.out = out, .qkv = qkv, .B = B, .T = T, .D = D, .H = H, .scratch = scratch};
+    tl_pool_run(p, att_fwd_eval_part, &j);
+}
 
 static void att_bwd_part(void *arg, int tid, int nt) {
     att_job *j = arg;
