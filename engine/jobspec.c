@@ -17,6 +17,7 @@
  * is not used); any thread.
  */
 #include "jobspec.h"
+#include "jobspec_internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -690,20 +691,8 @@ int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out
         err->pointer[0] = '\0';
         err->message[0] = '\0';
     }
-    if (!json) return fail(err, "", "not valid JSON (no document)");
-    const char *end = NULL;
-    cJSON *doc = cJSON_ParseWithOpts(json, &end, 1);
-    if (!doc) {
-        size_t off = (end && end >= json) ? (size_t)(end - json) : 0;
-        /* A document followed by more text parses without the terminator rule. */
-        const char *end2 = NULL;
-        cJSON *head = cJSON_ParseWithOpts(json, &end2, 0);
-        if (head) {
-            cJSON_Delete(head);
-            return fail(err, "", "not valid JSON: text after the document at byte %zu", (size_t)(end2 - json));
-        }
-        return fail(err, "", "not valid JSON (error near byte %zu)", off);
-    }
+    cJSON *doc = tl_spec_parse_document(json, err);
+    if (!doc) return -1;
     tl_train_spec *s = malloc(sizeof *s);
     if (!s) {
         cJSON_Delete(doc);
@@ -719,4 +708,73 @@ int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out
     if (rc == 0 && out) *out = *s;
     free(s);
     return rc;
+}
+
+/* ------------------------------------------------------------------ shared helpers (jobspec_internal.h) */
+
+int tl_spec_fail(tl_spec_error *e, const char *ptr, const char *fmt, ...) {
+    if (!e) return -1;
+    snprintf(e->pointer, sizeof e->pointer, "%s", ptr ? ptr : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+void tl_spec_sanitize(char *s) { sanitize(s); }
+
+void tl_spec_ptr_join(char *out, size_t n, const char *parent, const char *key) { ptr_join(out, n, parent, key); }
+
+cJSON *tl_spec_parse_document(const char *json, tl_spec_error *e) {
+    if (!json) {
+        fail(e, "", "not valid JSON (no document)");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *doc = cJSON_ParseWithOpts(json, &end, 1);
+    if (!doc) {
+        size_t off = (end && end >= json) ? (size_t)(end - json) : 0;
+        /* A document followed by more text parses without the terminator rule. */
+        const char *end2 = NULL;
+        cJSON *head = cJSON_ParseWithOpts(json, &end2, 0);
+        if (head) {
+            cJSON_Delete(head);
+            fail(e, "", "not valid JSON: text after the document at byte %zu", (size_t)(end2 - json));
+            return NULL;
+        }
+        fail(e, "", "not valid JSON (error near byte %zu)", off);
+        return NULL;
+    }
+    return doc;
+}
+
+int tl_spec_get_int(const cJSON *it, const char *ptr, double lo, double hi, const char *rule, double *v,
+                    tl_spec_error *e) {
+    return get_int(it, ptr, lo, hi, rule, v, e);
+}
+int tl_spec_get_bool(const cJSON *it, const char *ptr, int *v, tl_spec_error *e) { return get_bool(it, ptr, v, e); }
+int tl_spec_get_string(const cJSON *it, const char *ptr, const char **v, tl_spec_error *e) {
+    return get_string(it, ptr, v, e);
+}
+int tl_spec_get_object(const cJSON *it, const char *ptr, tl_spec_error *e) { return get_object(it, ptr, e); }
+int tl_spec_check_members(const cJSON *o, const char *ptr, const char *const *names, int n, const cJSON **seen,
+                          tl_spec_error *e) {
+    return check_members(o, ptr, names, n, seen, e);
+}
+int tl_spec_resolve_path(const char *ptr, const char *val, const char *root_real, int want_dir, char *out,
+                         tl_spec_error *e) {
+    return resolve_path(ptr, val, root_real, want_dir, out, e);
+}
+
+int tl_spec_get_name(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e) {
+    const char *name = "";
+    if (get_string(it, ptr, &name, e)) return -1;
+    size_t nl = strlen(name);
+    int printable = nl >= 1 && nl <= 127 && nl < len;
+    for (size_t i = 0; printable && i < nl; i++)
+        if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] > 0x7e) printable = 0;
+    if (!printable) return fail(e, ptr, "must be 1..127 printable ASCII characters");
+    snprintf(out, len, "%s", name);
+    return 0;
 }

@@ -1,6 +1,15 @@
 /*
- * cmd_run.c: `tokenlabd run SPEC.json [--out DIR]`, one training job in the
- * foreground, without a server.
+ * cmd_run.c: `tokenlabd run SPEC.json [--out DIR] [--weights PATH [--ema]]`,
+ * one job in the foreground, without a server: a training job, or an
+ * annotate job (the spec's "kind" decides; tl_jobspec_kind).
+ *
+ * Annotate jobs: there is no model registry here, so the weights come from
+ * --weights (a safetensors checkpoint); the spec's source must still be
+ * valid but only its "ema" is used: --ema, or "ema": true, annotates with the
+ * checkpoint's EMA weights, "ema": false with its raw weights, and no choice
+ * with the EMA weights when the checkpoint holds any. The run folder (default
+ * runs/<name>) receives the part files; Ctrl-C writes a part at the current
+ * batch and exits, and the same command resumes after the last part.
  *
  * Owns the run folder's metrics file (metrics.jsonl: one JSON object per
  * training step and per evaluation) and the terminal progress display. A run
@@ -20,8 +29,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "annotate.h"
 #include "fsutil.h"
 #include "jobspec.h"
+#include "safetensors.h"
 #include "train.h"
 
 static volatile sig_atomic_t g_stop;
@@ -184,16 +195,139 @@ static char *read_file(const char *path, char *err, size_t errlen) {
     return buf;
 }
 
+/* ------------------------------------------------------------------ annotate jobs */
+
+typedef struct {
+    int tty;
+    int64_t reports;
+} annotate_ui;
+
+static void a_start(int64_t done, int64_t total, void *user) {
+    (void)user;
+    if (done > 0) printf("resuming after %lld of %lld images\n", (long long)done, (long long)total);
+    else printf("annotating %lld images\n", (long long)total);
+    fflush(stdout);
+}
+
+static void a_progress(const tl_annotate_report *r, void *user) {
+    annotate_ui *ui = user;
+    ui->reports++;
+    if (!ui->tty && ui->reports % 20 != 0 && r->done != r->total) return;
+    char eta[32];
+    if (r->eta_seconds >= 0) fmt_eta(eta, sizeof eta, r->eta_seconds);
+    else snprintf(eta, sizeof eta, "?");
+    double frac = r->total > 0 ? (double)r->done / (double)r->total : 1.0;
+    char bar[25];
+    int fill = (int)(frac * 24);
+    for (int i = 0; i < 24; i++) bar[i] = i < fill ? '#' : '-';
+    bar[24] = 0;
+    printf("%sannotate [%s] %3.0f%% %lld/%lld images, %lld skipped, %.1f img/s ETA %s%s", ui->tty ? "\r" : "", bar,
+           100 * frac, (long long)r->done, (long long)r->total, (long long)r->skipped, r->img_per_s, eta,
+           ui->tty ? "\033[K" : "\n");
+    fflush(stdout);
+}
+
+static void a_checkpoint(const char *path, int64_t done, void *user) {
+    annotate_ui *ui = user;
+    if (!ui->tty) printf("part written: %s (%lld images done)\n", path, (long long)done);
+}
+
+static void a_log(const char *msg, void *user) {
+    annotate_ui *ui = user;
+    fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+}
+
+/* Does the checkpoint hold EMA weights ("ema.<name>")? */
+static int checkpoint_has_ema(const char *path) {
+    char err[TL_ERR_LEN];
+    tl_st_file *f = tl_st_open(path, err, sizeof err);
+    if (!f) return 0;
+    int has = tl_st_get(f, "ema.pos_embed") != NULL;
+    tl_st_close(f);
+    return has;
+}
+
+static int run_annotate(const char *spec_path, const char *json, const char *out, const char *weights, int ema) {
+    static tl_annotate_spec spec;
+    tl_spec_error se;
+    char err[1024];
+    if (tl_annotate_spec_parse(json, NULL, &spec, &se) != 0) {
+        tl_spec_error_format(&se, err, sizeof err);
+        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        return 1;
+    }
+    if (!weights) {
+        fprintf(stderr, "tokenlabd run: %s is an annotate spec: give the annotator's checkpoint with --weights PATH\n",
+                spec_path);
+        return 2;
+    }
+    if (strlen(weights) >= sizeof spec.weights_path) {
+        fprintf(stderr, "tokenlabd run: --weights path too long\n");
+        return 2;
+    }
+    memcpy(spec.weights_path, weights, strlen(weights) + 1);
+    int has_ema = checkpoint_has_ema(weights);
+    spec.from_ema = ema ? 1 : spec.source_ema >= 0 ? spec.source_ema : has_ema;
+    if (spec.from_ema && !has_ema) {
+        fprintf(stderr, "tokenlabd run: %s holds no EMA weights (asked for by %s)\n", weights,
+                ema ? "--ema" : "the spec's source.ema");
+        return 1;
+    }
+    char run_dir[4096];
+    if (out) snprintf(run_dir, sizeof run_dir, "%s", out);
+    else snprintf(run_dir, sizeof run_dir, "runs/%s", spec.name);
+    if (mkdir_p(run_dir) != 0) {
+        fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", run_dir, strerror(errno));
+        return 1;
+    }
+    annotate_ui ui = {.tty = isatty(STDOUT_FILENO)};
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    printf("annotate %s -> %s with %s (%s weights), parts in %s (BLAS %s)\n", spec.name, spec.out_path, weights,
+           spec.from_ema ? "EMA" : "raw", run_dir, tl_blas_corename());
+    fflush(stdout);
+    tl_annotate_hooks hooks = {.on_start = a_start, .on_progress = a_progress, .on_checkpoint = a_checkpoint,
+                               .on_log = a_log, .should_stop = should_stop, .user = &ui};
+    tl_train_result res;
+    tl_train_status st = tl_annotate_run(&spec, run_dir, &hooks, &res);
+    if (ui.tty) printf("\n");
+    switch (st) {
+    case TL_TRAIN_SUCCEEDED:
+        printf("done: %s\n", res.message);
+        return 0;
+    case TL_TRAIN_STOPPED:
+        printf("stopped: %s; run the same command to resume\n", res.message);
+        return 3;
+    default:
+        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
+        return 1;
+    }
+}
+
+/* ------------------------------------------------------------------ the command */
+
+#define RUN_USAGE "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"
+
 int cmd_run(int argc, char **argv) {
-    const char *spec_path = NULL, *out = NULL;
+    const char *spec_path = NULL, *out = NULL, *weights = NULL;
+    int ema = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
+        else if (!strcmp(argv[i], "--ema")) ema = 1;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: tokenlabd run SPEC.json [--out DIR]\n"
-                   "Runs one training job in the foreground. DIR (default runs/<name>) receives\n"
-                   "last.safetensors, best.safetensors and metrics.jsonl; running the same command\n"
-                   "again resumes from last.safetensors. Ctrl-C stops after the current step and\n"
-                   "writes a checkpoint.\n");
+            printf(RUN_USAGE
+                   "Runs one job in the foreground; the spec's \"kind\" decides which.\n"
+                   "train: DIR (default runs/<name>) receives last.safetensors, best.safetensors and\n"
+                   "metrics.jsonl; running the same command again resumes from last.safetensors.\n"
+                   "Ctrl-C stops after the current step and writes a checkpoint.\n"
+                   "annotate: --weights is the annotator's checkpoint (the spec's source is not\n"
+                   "resolved here); --ema annotates with its EMA weights (default: the spec's\n"
+                   "source.ema, else the EMA weights when the checkpoint has them). DIR (default\n"
+                   "runs/<name>) receives the part files; Ctrl-C writes a part at the current batch\n"
+                   "and the same command resumes; at the end data.out is written.\n");
             return 0;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "tokenlabd run: unknown option %s\n", argv[i]);
@@ -205,7 +339,7 @@ int cmd_run(int argc, char **argv) {
         }
     }
     if (!spec_path) {
-        fprintf(stderr, "usage: tokenlabd run SPEC.json [--out DIR]\n");
+        fprintf(stderr, RUN_USAGE);
         return 2;
     }
     char err[1024];
@@ -214,8 +348,30 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "tokenlabd run: %s\n", err);
         return 1;
     }
-    static tl_train_spec spec;
+    char kind[16];
     tl_spec_error se;
+    if (tl_jobspec_kind(json, kind, sizeof kind, &se) != 0) {
+        free(json);
+        tl_spec_error_format(&se, err, sizeof err);
+        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        return 1;
+    }
+    if (strcmp(kind, "annotate") == 0) {
+        int rc = run_annotate(spec_path, json, out, weights, ema);
+        free(json);
+        return rc;
+    }
+    if (strcmp(kind, "train") != 0) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: %s: /kind: must be \"train\" or \"annotate\"\n", spec_path);
+        return 1;
+    }
+    if (weights || ema) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --weights and --ema are for annotate specs\n");
+        return 2;
+    }
+    static tl_train_spec spec;
     int rc = tl_jobspec_parse(json, NULL, &spec, &se);
     free(json);
     if (rc != 0) {

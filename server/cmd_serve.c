@@ -269,7 +269,7 @@ int cmd_serve(int argc, char **argv) {
     }
     static tl_routes routes;
     routes = (tl_routes){http, store, events, jobs, models, tl_openapi_json, (size_t)c.max_body, c.max_running,
-                         c.threads_per_job};
+                         c.threads_per_job, c.data_root};
     /* the dashboard: an explicit --web-dir must work; the build's default may be absent */
 #ifdef TL_WEB_DIST
     const char *web_dir = c.web_dir[0] ? c.web_dir : TL_WEB_DIST;

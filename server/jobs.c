@@ -9,8 +9,10 @@
  */
 #include "jobs.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <ftw.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -24,7 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "annotate.h"
+#include "fsutil.h"
 #include "inspect_record.h"
+#include "models.h"
 #include "train.h"
 
 #define MAX_SLOTS 64
@@ -39,7 +44,9 @@ typedef struct {
     int busy;                 /* guarded by J->mu */
     atomic_int stop;          /* 0, STOP_CANCEL or STOP_SHUTDOWN */
     _Atomic double img_s;
+    int annotate;             /* 1: an annotate job (aspec), 0: a training job (spec) */
     tl_train_spec spec;
+    tl_annotate_spec aspec;
     char run_dir[1200];
     int inspect_set_written;  /* this run has stored (or found) its inspection set */
 } slot;
@@ -221,6 +228,110 @@ static int h_stop(void *u) {
     return atomic_load(&s->stop) != 0;
 }
 
+/* ---- annotate-job hooks ---- */
+static void a_start(int64_t done, int64_t total, void *u) {
+    slot *s = u;
+    if (done > 0) {
+        char line[128];
+        snprintf(line, sizeof line, "resuming after %lld of %lld images", (long long)done, (long long)total);
+        tl_store_log_append(s->J->store, s->id, line);
+    }
+    tl_store_job_set_progress(s->J->store, s->id, 0, done, total, -1.0);
+}
+
+static void a_progress(const tl_annotate_report *r, void *u) {
+    slot *s = u;
+    tl_jobs *J = s->J;
+    int64_t t = now_ms();
+    atomic_store(&s->img_s, r->img_per_s);
+    tl_store_job_set_progress(J->store, s->id, 0, r->done, r->total, r->eta_seconds);
+    tl_store_metric_add(J->store, s->id, "img_per_s", r->done, r->img_per_s, t);
+    tl_store_metric_add(J->store, s->id, "skipped_images", r->done, (double)r->skipped, t);
+    char a[2][32];
+    publish(J, s->id, "progress",
+            "{\"id\":%lld,\"epoch\":0,\"step\":%lld,\"total_steps\":%lld,\"eta_seconds\":%.1f,\"time_ms\":%lld,"
+            "\"metrics\":{\"img_per_s\":%s,\"skipped_images\":%s}}",
+            (long long)s->id, (long long)r->done, (long long)r->total, r->eta_seconds, (long long)t,
+            jnum(a[0], 32, r->img_per_s), jnum(a[1], 32, (double)r->skipped));
+}
+
+static void a_checkpoint(const char *path, int64_t done, void *u) {
+    slot *s = u;
+    char line[1400];
+    snprintf(line, sizeof line, "%lld images annotated and saved (%s)", (long long)done, path);
+    tl_store_log_append(s->J->store, s->id, line);
+}
+
+/* <out>.json beside a finished label map: which dataset it annotates (relative to the data root, for the
+ * label-map routes) and where it came from. Crash-safe (temp file, fsync, rename, fsync of the folder). */
+static void write_sidecar(tl_jobs *J, const slot *s) {
+    const tl_annotate_spec *a = &s->aspec;
+    char root[PATH_MAX], path[PATH_MAX + 16], tmp[PATH_MAX + 32];
+    const char *ds = a->images_dir;
+    if (realpath(J->data_root, root)) {
+        size_t n = strlen(root);
+        if (strncmp(ds, root, n) == 0 && ds[n] == '/') ds += n + 1;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "dataset", ds);
+    cJSON_AddNumberToObject(o, "job_id", (double)s->id);
+    if (a->source_model[0]) cJSON_AddStringToObject(o, "model", a->source_model);
+    else cJSON_AddNumberToObject(o, "source_job_id", (double)a->source_job);
+    cJSON_AddNumberToObject(o, "topk", a->topk);
+    cJSON_AddNumberToObject(o, "created_ms", (double)now_ms());
+    char *txt = cJSON_Print(o);
+    cJSON_Delete(o);
+    snprintf(path, sizeof path, "%s.json", a->out_path);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = txt ? fopen(tmp, "wb") : NULL;
+    int ok = f && fputs(txt, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0) ok = 0;
+    ok = ok && rename(tmp, path) == 0 && tl_fsync_parent_dir(path) == 0;
+    if (!ok) {
+        unlink(tmp);
+        char line[PATH_MAX + 64];
+        snprintf(line, sizeof line, "could not write %s: %s", path, strerror(errno));
+        tl_store_log_append(J->store, s->id, line);
+    }
+    free(txt);
+}
+
+/* The weights an annotate job reads: a registered model's file, or a training job's checkpoint. */
+static int resolve_source(tl_jobs *J, tl_annotate_spec *a, char *msg, size_t len) {
+    char err[512];
+    if (a->source_model[0]) {
+        tl_model_row m;
+        if (tl_store_model_get(J->store, a->source_model, &m, err, sizeof err) != 0) {
+            snprintf(msg, len, "/source/model: no model named %s (%s)", a->source_model, err);
+            return -1;
+        }
+        snprintf(a->weights_path, sizeof a->weights_path, "%s", m.path);
+        a->from_ema = 0; /* a model's file holds the weights it serves */
+        tl_model_row_free(&m);
+        return 0;
+    }
+    tl_job job;
+    if (tl_store_job_get(J->store, a->source_job, &job, err, sizeof err) != 0) {
+        snprintf(msg, len, "/source/job_id: job %lld does not exist", (long long)a->source_job);
+        return -1;
+    }
+    tl_models_error e;
+    int64_t step;
+    int has_ema, rc = tl_job_checkpoint_file(&job, a->source_checkpoint, a->weights_path, sizeof a->weights_path,
+                                             &step, &has_ema, &e);
+    tl_job_free(&job);
+    if (rc != 0) {
+        snprintf(msg, len, "/source%s: %s", e.pointer, e.detail);
+        return -1;
+    }
+    if (a->source_ema == 1 && !has_ema) {
+        snprintf(msg, len, "/source/ema: the checkpoint holds no EMA weights");
+        return -1;
+    }
+    a->from_ema = a->source_ema < 0 ? has_ema : a->source_ema;
+    return 0;
+}
+
 static void *worker_main(void *arg) {
     slot *s = arg;
     tl_jobs *J = s->J;
@@ -233,11 +344,18 @@ static void *worker_main(void *arg) {
         snprintf(line, sizeof line, "could not lower the training threads' priority: %s", strerror(errno));
         tl_store_log_append(J->store, s->id, line);
     }
-    tl_train_hooks hooks = {.on_start = h_start, .on_step = h_step, .on_eval = h_eval,
-                            .before_checkpoint = h_before_checkpoint, .on_checkpoint = h_checkpoint, .on_log = h_log,
-                            .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
     tl_train_result res;
-    tl_train_status st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
+    tl_train_status st;
+    if (s->annotate) {
+        tl_annotate_hooks ah = {.on_start = a_start, .on_progress = a_progress, .before_checkpoint = h_before_checkpoint,
+                                .on_checkpoint = a_checkpoint, .on_log = h_log, .should_stop = h_stop, .user = s};
+        st = tl_annotate_run(&s->aspec, s->run_dir, &ah, &res);
+    } else {
+        tl_train_hooks hooks = {.on_start = h_start, .on_step = h_step, .on_eval = h_eval,
+                                .before_checkpoint = h_before_checkpoint, .on_checkpoint = h_checkpoint,
+                                .on_log = h_log, .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
+        st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
+    }
     tl_store_flush(J->store);
     int stop = atomic_load(&s->stop);
     if (res.skipped_images) {
@@ -245,6 +363,7 @@ static void *worker_main(void *arg) {
         snprintf(line, sizeof line, "%lld unreadable images were skipped", (long long)res.skipped_images);
         tl_store_log_append(J->store, s->id, line);
     }
+    if (st == TL_TRAIN_SUCCEEDED && s->annotate) write_sidecar(J, s);
     switch (st) {
     case TL_TRAIN_SUCCEEDED:
         transition(J, s->id, M(TL_JOB_RUNNING) | M(TL_JOB_CANCELLING), TL_JOB_SUCCEEDED, "", res.message);
@@ -292,16 +411,20 @@ static void start_job(tl_jobs *J, slot *s, int64_t id) {
     char err[512];
     if (tl_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
     tl_spec_error se;
-    int ok = tl_jobspec_parse(job.spec_json, J->data_root, &s->spec, &se) == 0;
+    char kind[16] = "", msg[900] = "";
+    tl_jobspec_kind(job.spec_json, kind, sizeof kind, &se);
+    s->annotate = strcmp(kind, "annotate") == 0;
+    int ok = s->annotate ? tl_annotate_spec_parse(job.spec_json, J->data_root, &s->aspec, &se) == 0
+                         : tl_jobspec_parse(job.spec_json, J->data_root, &s->spec, &se) == 0;
     tl_job_free(&job);
-    if (transition(J, id, M(TL_JOB_QUEUED), TL_JOB_RUNNING, "", "training") != 0) return;
+    if (!ok) tl_spec_error_format(&se, msg, sizeof msg);
+    else if (s->annotate && resolve_source(J, &s->aspec, msg, sizeof msg) != 0) ok = 0;
+    if (transition(J, id, M(TL_JOB_QUEUED), TL_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0) return;
     if (!ok) {
-        char msg[900];
-        tl_spec_error_format(&se, msg, sizeof msg);
         transition(J, id, M(TL_JOB_RUNNING), TL_JOB_FAILED, "DATA_ERROR", msg);
         return;
     }
-    if (J->cfg.threads_per_job > 0) s->spec.threads = J->cfg.threads_per_job;
+    if (J->cfg.threads_per_job > 0) s->spec.threads = s->aspec.threads = J->cfg.threads_per_job;
     snprintf(s->run_dir, sizeof s->run_dir, "%s/runs/%lld", J->state_dir, (long long)id);
     tl_store_job_set_run_dir(J->store, id, s->run_dir, err, sizeof err);
     s->J = J;
@@ -364,10 +487,18 @@ static void recover(tl_jobs *J) {
                 } else {
                     int has;
                     int64_t step = checkpoint_step(jb->run_dir, &has);
-                    tl_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
-                    tl_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
+                    char kind[16] = "";
+                    tl_spec_error kse;
+                    tl_jobspec_kind(jb->spec_json, kind, sizeof kind, &kse);
+                    int annotate = strcmp(kind, "annotate") == 0;
+                    if (!annotate) { /* an annotate job resumes after its last part; its points are upserts */
+                        tl_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
+                        tl_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
+                    }
                     tl_store_job_begin_attempt(J->store, jb->id, err, sizeof err);
-                    if (has)
+                    if (annotate)
+                        snprintf(msg, sizeof msg, "the daemon restarted; annotation resumes after its last saved part");
+                    else if (has)
                         snprintf(msg, sizeof msg, "the daemon restarted; resuming from the checkpoint at step %lld",
                                  (long long)step);
                     else
@@ -426,9 +557,38 @@ int tl_jobs_submit(tl_jobs *J, const char *spec_json, const char *key, int64_t *
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int rc = tl_jobspec_parse(spec_json, J->data_root, spec, se);
-    char name[128];
-    snprintf(name, sizeof name, "%s", spec->name);
+    char kind[16] = "", name[128] = "";
+    int rc = tl_jobspec_kind(spec_json, kind, sizeof kind, se);
+    if (rc == 0 && strcmp(kind, "annotate") == 0) {
+        tl_annotate_spec *a = malloc(sizeof *a);
+        rc = a ? tl_annotate_spec_parse(spec_json, J->data_root, a, se) : -1;
+        if (!a) snprintf(se->pointer, sizeof se->pointer, "%s", ""), snprintf(se->message, sizeof se->message, "out of memory");
+        if (rc == 0) { /* the source must exist now; its checkpoint is resolved when the job starts */
+            char e2[256];
+            tl_model_row m;
+            tl_job job;
+            if (a->source_model[0]) {
+                if (tl_store_model_get(J->store, a->source_model, &m, e2, sizeof e2) != 0) {
+                    snprintf(se->pointer, sizeof se->pointer, "/source/model");
+                    snprintf(se->message, sizeof se->message, "no model named %s", a->source_model);
+                    rc = -1;
+                } else {
+                    tl_model_row_free(&m);
+                }
+            } else if (tl_store_job_get(J->store, a->source_job, &job, e2, sizeof e2) != 0) {
+                snprintf(se->pointer, sizeof se->pointer, "/source/job_id");
+                snprintf(se->message, sizeof se->message, "job %lld does not exist", (long long)a->source_job);
+                rc = -1;
+            } else {
+                tl_job_free(&job);
+            }
+        }
+        if (a) snprintf(name, sizeof name, "%s", a->name);
+        free(a);
+    } else if (rc == 0) {
+        rc = tl_jobspec_parse(spec_json, J->data_root, spec, se);
+        snprintf(name, sizeof name, "%s", spec->name);
+    }
     free(spec);
     if (rc != 0) {
         snprintf(err, errlen, "spec");

@@ -78,6 +78,12 @@ int tl_models_update(tl_models *M, const char *name, const char *labels_json, in
                      int max_queue, tl_models_error *e);
 int tl_models_delete(tl_models *M, const char *name, tl_models_error *e);
 
+/* Which file of a training job holds the checkpoint want ("best", "last" or a step in decimal): its path,
+ * training step and whether it has EMA weights. 422 CHECKPOINT_NOT_FOUND / INVALID_FIELD (pointer
+ * "/checkpoint") otherwise. Also used to resolve the source of annotate jobs. */
+int tl_job_checkpoint_file(const tl_job *job, const char *want, char *path, size_t plen, int64_t *step, int *has_ema,
+                           tl_models_error *e);
+
 /* The model as JSON (see schema/openapi.json, Model), malloc'd; NULL with e (404). */
 char *tl_models_json(tl_models *M, const char *name, tl_models_error *e);
 /* {"models": [...]}, newest first, malloc'd. */

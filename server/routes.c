@@ -596,7 +596,7 @@ static const tl_route_def job_routes[] = {
 };
 
 int tl_routes_register(tl_routes *R) {
-    const tl_route_def *tables[] = {job_routes, tl_model_routes, tl_sample_routes};
+    const tl_route_def *tables[] = {job_routes, tl_model_routes, tl_sample_routes, tl_labelmap_routes};
     for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
         for (const tl_route_def *t = tables[k]; t->method; t++)
             if (tl_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;

@@ -26,6 +26,7 @@ typedef struct {
     const char *openapi;   /* the OpenAPI document served at /api/v1/openapi.json */
     size_t max_body;
     int max_running, threads_per_job;
+    const char *data_root;   /* datasets and label maps live under it */
 } tl_routes;
 
 /* One route of a table; the tables are registered by tl_routes_register and read by
@@ -39,6 +40,7 @@ typedef struct {
 
 extern const tl_route_def tl_model_routes[];   /* routes_models.c, NULL-terminated */
 extern const tl_route_def tl_sample_routes[];  /* routes_samples.c, NULL-terminated */
+extern const tl_route_def tl_labelmap_routes[]; /* routes_labelmaps.c, NULL-terminated */
 
 int tl_routes_register(tl_routes *R);
 

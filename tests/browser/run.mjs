@@ -16,7 +16,10 @@
 // the comparison of two jobs (spec differences, one line per job); token
 // inspection (target and prediction grids drawn, hover tooltip with top-3,
 // step slider, legend); predict (a model registered from the job, a photo
-// uploaded, top-5 and the token heatmap). Parts whose API the daemon does not
+// uploaded, top-5 and the token heatmap); label maps (the synthetic data's
+// map chosen in the list, the prefix filter, an image's token map painted
+// with the classes the API gives, the hover tooltip, the legend; an annotate
+// job's page opening the map it wrote). Parts whose API the daemon does not
 // offer (404) are reported PENDING instead of failing. Screenshots go to
 // DIR/screenshots. Prints "N passed, M failed, K pending"; exits 1 on failure.
 import { spawn, spawnSync } from "node:child_process";
@@ -220,6 +223,38 @@ async function waitSaturated(page, selector, min, ms = 10000) {
   }
 }
 
+// Pixels of a canvas per class of the palette (hue within 10 degrees of the class's hue, clearly
+// coloured), for the first n classes: shows which classes a token grid is painted with. Only meaningful
+// when the grid is drawn over a neutral background (blending with grey keeps the hue).
+async function classPixels(page, selector, n) {
+  return page.$eval(
+    selector,
+    (c, n) => {
+      const hueOf = (r, g, b) => {
+        const mx = Math.max(r, g, b), mn = Math.min(r, g, b), d = mx - mn;
+        if (d === 0) return 0;
+        let h = mx === r ? ((g - b) / d) % 6 : mx === g ? (b - r) / d + 2 : (r - g) / d + 4;
+        return ((h * 60) + 360) % 360;
+      };
+      const want = [];
+      for (let k = 0; k < n; k++) want.push(((k * 0.618033988749895) % 1) * 360);
+      const out = new Array(n).fill(0);
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      for (let i = 0; i < d.length; i += 4) {
+        const mx = Math.max(d[i], d[i + 1], d[i + 2]), mn = Math.min(d[i], d[i + 1], d[i + 2]);
+        if (d[i + 3] === 0 || mx - mn < 30) continue;
+        const h = hueOf(d[i], d[i + 1], d[i + 2]);
+        for (let k = 0; k < n; k++) {
+          const dh = Math.abs(h - want[k]);
+          if (Math.min(dh, 360 - dh) < 10) out[k]++;
+        }
+      }
+      return out;
+    },
+    n,
+  );
+}
+
 async function chartInfo(page, id) {
   return page.$eval(`[data-chart="${id}"]`, (el) => ({ series: Number(el.dataset.series), points: Number(el.dataset.points) }));
 }
@@ -239,7 +274,7 @@ async function main() {
   });
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, deviceScaleFactor: 1 });
   const page = await context.newPage();
-  page.setDefaultTimeout(20000);
+  page.setDefaultTimeout(60000); // generous: CI runs the ASan build and other tests on 2 cores
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e && e.stack ? e.stack : e)));
   page.on("console", (m) => {
@@ -366,7 +401,7 @@ async function main() {
             return el && Number(el.dataset.series) >= n && Number(el.dataset.points) >= 2;
           },
           [id, minSeries],
-          { timeout: 15000 },
+          { timeout: 60000 },
         );
       }
       const loss = await chartInfo(page, "loss");
@@ -460,7 +495,7 @@ async function main() {
       await page.waitForSelector('[data-test=spec-diff] tr[data-key="/train/lr"]');
       const keys = await page.$$eval("[data-test=spec-diff] tbody tr", (rows) => rows.map((r) => r.dataset.key));
       assert(keys.includes("/name") && keys.includes("/train/seed") && !keys.includes("/model/depth"), "diff keys: " + keys);
-      await page.waitForFunction(() => Number(document.querySelector('[data-chart="cmp-loss"]')?.dataset.series) === 2, null, { timeout: 15000 });
+      await page.waitForFunction(() => Number(document.querySelector('[data-chart="cmp-loss"]')?.dataset.series) === 2, null, { timeout: 60000 });
       const red = await waitPixels(page, '[data-chart="cmp-loss"] canvas', [220, 38, 38], 41);
       assert(red > 40, "second job's line not drawn: " + red);
       await shot(page, "06-compare");
@@ -529,6 +564,102 @@ async function main() {
       const sat = await waitSaturated(page, "[data-test=predict-canvas]", 2001);
       assert(sat > 2000, "token heatmap not painted: " + sat);
       await shot(page, "08-predict");
+    });
+
+    await check("label maps: list, images, token map", async () => {
+      const list = await apiCall("GET", "/api/v1/labelmaps", undefined, { token: false });
+      if (list.status === 404) throw new Pending("GET /api/v1/labelmaps answers 404 (no label-map API in this daemon)");
+      const info = list.json.labelmaps.find((m) => m.path === "synth/train.tllm");
+      assert(info && info.dataset === "synth/train" && info.count === 96 && info.num_classes === 4 && !info.error,
+        "labelmaps: " + JSON.stringify(list.json).slice(0, 400));
+      await page.goto(base() + "/#/labelmaps");
+      await page.click('[data-test=labelmap-list] tr[data-path="synth/train.tllm"] a');
+      await page.waitForFunction(() => new URLSearchParams(location.hash.split("?")[1]).get("path") === "synth/train.tllm");
+      await page.waitForSelector("[data-test=key-list] a[data-key]");
+      // the path prefix filter: only keys of one class folder are listed
+      const first = await page.getAttribute("[data-test=key-list] a[data-key]", "data-key");
+      const folder = first.split("/")[0] + "/";
+      const other = (await page.$$eval("[data-test=key-list] a[data-key]", (as) => as.map((a) => a.dataset.key))).find((k) => !k.startsWith(folder));
+      await page.fill("[data-test=key-filter]", folder);
+      await page.waitForFunction(
+        (f) => {
+          const ks = [...document.querySelectorAll("[data-test=key-list] a[data-key]")].map((a) => a.dataset.key);
+          return location.hash.includes("prefix=") && ks.length > 0 && ks.every((k) => k.startsWith(f));
+        },
+        folder,
+      );
+      assert(other === undefined || !(await page.$(`[data-test=key-list] a[data-key="${other}"]`)), "the filter kept " + other);
+      // the listed image whose map has the most top-1 classes (by the API), chosen in the list
+      const keys = await page.$$eval("[data-test=key-list] a[data-key]", (as) => as.map((a) => a.dataset.key));
+      let key = null, entry = null, most = 0;
+      for (const k of keys) {
+        const e = await apiCall("GET", `/api/v1/labelmaps/entry?path=synth%2Ftrain.tllm&key=${encodeURIComponent(k)}`, undefined, { token: false });
+        assert(e.status === 200 && e.json.top1.index.length === e.json.h * e.json.w, `entry ${k}: ${e.status}`);
+        const n = new Set(e.json.top1.index).size;
+        if (n > most) [key, entry, most] = [k, e.json, n];
+      }
+      assert(most >= 2, "no listed image with two top-1 classes: " + keys);
+      await page.click(`[data-test=key-list] a[data-key="${key}"]`);
+      await page.waitForFunction((k) => document.querySelector("[data-test=entry-key]")?.textContent === k, key);
+      await page.waitForSelector("[data-test=labelmap-canvas][data-drawn]");
+      // the grid alone (no picture) at full overlay: each class's hue where, and only where, the map has it
+      await page.uncheck("[data-test=show-image]");
+      await page.$eval("[data-test=overlay]", (el) => {
+        el.value = "1";
+        el.dispatchEvent(new Event("input", { bubbles: true }));
+      });
+      await page.waitForTimeout(100);
+      const cells = new Array(4).fill(0);
+      for (const c of entry.top1.index) cells[c]++;
+      const cellPx = await page.$eval("[data-test=labelmap-canvas]", (c, n) => (c.width * c.height) / n, entry.h * entry.w);
+      const px = await classPixels(page, "[data-test=labelmap-canvas]", 4);
+      const painted = px.filter((n) => n > 0.5 * cellPx).length;
+      assert(painted >= 2, `several class colours expected: pixels per class ${px}, cells per class ${cells}`);
+      for (let c = 0; c < 4; c++) {
+        if (cells[c]) assert(px[c] > 0.6 * cells[c] * cellPx, `class ${c}: ${px[c]} pixels for ${cells[c]} cells of ${cellPx}`);
+        else assert(px[c] < 0.05 * cellPx, `class ${c} is not in the map but has ${px[c]} pixels`);
+      }
+      await page.check("[data-test=show-image]");
+      await page.$eval("[data-test=overlay]", (el) => {
+        el.value = "0.55";
+        el.dispatchEvent(new Event("input", { bubbles: true }));
+      });
+      const sat = await waitSaturated(page, "[data-test=labelmap-canvas]", 20001);
+      assert(sat > 20000, "token map over the picture not painted: " + sat);
+      // the legend names the dataset's 4 classes
+      const legend = await page.textContent("[data-test=legend]");
+      assert(entry.classes.length === 4 && entry.classes.every((n) => !/^class \d/.test(n) && legend.includes(n)), "legend: " + legend);
+      // hover a location of the second class: its stored top-k classes with probabilities and logits
+      const t = entry.top1.index.findIndex((c) => c !== entry.top1.index[0]);
+      const box = await (await page.$("[data-test=labelmap-canvas]")).boundingBox();
+      const r = Math.floor(t / entry.w), q = t % entry.w;
+      await page.mouse.move(box.x + ((q + 0.5) * box.width) / entry.w, box.y + ((r + 0.5) * box.height) / entry.h);
+      await page.waitForSelector("[data-test=token-tip]");
+      const tip = await page.textContent("[data-test=token-tip]");
+      const top = entry.classes[entry.top1.index[t]];
+      assert(tip.includes(`(${r}, ${q})`) && tip.includes(top) && (tip.match(/%/g) || []).length === entry.topk &&
+             (tip.match(/logit/g) || []).length === entry.topk, `tooltip at (${r}, ${q}), top-1 ${top}: ${tip}`);
+      const firstRow = await page.textContent("[data-test=token-tip] > div:nth-child(2)");
+      assert(firstRow.includes(top), "the tooltip's first row is not the top-1 class: " + firstRow);
+      await shot(page, "09-labelmaps");
+    });
+
+    await check("annotate job: its page opens the label map it wrote", async () => {
+      assert(jobId, "no trained job to annotate with");
+      const out = "synth/val-annotated.tllm";
+      const a = await apiCall("POST", "/api/v1/jobs", { kind: "annotate", name: "browser-annotate", source: { job_id: jobId }, data: { images: "synth/val", out }, annotate: { topk: 4 } });
+      if (a.status !== 201 && a.json && a.json.pointer === "/kind") throw new Pending("this daemon does not run annotate jobs: " + a.json.detail);
+      assert(a.status === 201, "annotate job: " + a.status + " " + JSON.stringify(a.json));
+      await waitJob(a.json.id, ["SUCCEEDED"], 60000);
+      await page.goto(base() + "/#/jobs/" + a.json.id);
+      await page.click("a[data-test=open-labelmap]");
+      await page.waitForFunction((o) => new URLSearchParams(location.hash.split("?")[1]).get("path") === o, out);
+      await page.waitForSelector("[data-test=labelmap-info]");
+      const info = await page.textContent("[data-test=labelmap-info]");
+      assert(/32 images · 4 classes/.test(info) && info.includes("synth/val"), "map info: " + info);
+      await page.click("[data-test=key-list] a[data-key]");
+      await page.waitForSelector("[data-test=labelmap-canvas][data-drawn]");
+      assert((await waitSaturated(page, "[data-test=labelmap-canvas]", 20001)) > 20000, "the annotated map is not painted");
     });
 
     await check("no errors in the page", async () => {

@@ -10,7 +10,8 @@ of the tl_route_def tables of server/routes*.c, datasets.c and static.c; the ope
 effective security names bearerAuth are exactly the TL_AUTH_TOKEN routes,
 which also document 401 and 403; every {param} of a path is declared as a
 path parameter; components/schemas/JobSpec equals schema/jobspec.schema.json
-(without its $schema and $id). Standard library only. Prints one line per
+and components/schemas/AnnotateSpec equals schema/annotatespec.schema.json
+(each without its $schema and $id). Standard library only. Prints one line per
 check and a final "N passed, M failed"; exits 0 only when nothing failed.
 """
 import json
@@ -22,7 +23,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TL_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
                       r'\s*(?:,\s*[A-Za-z0-9_]+\s*)?\}')
 # The route tables: tl_route_def arrays in these files (tl_routes_register registers them all).
-ROUTE_FILES = ("routes.c", "routes_models.c", "routes_samples.c", "datasets.c", "static.c")
+ROUTE_FILES = ("routes.c", "routes_models.c", "routes_samples.c", "routes_labelmaps.c", "datasets.c", "static.c")
 
 
 class Checker:
@@ -202,25 +203,29 @@ def main():
     c.check("securitySchemes.bearerAuth is http bearer",
             isinstance(bearer, dict) and bearer.get("type") == "http" and str(bearer.get("scheme", "")).lower() == "bearer")
 
-    # ---- JobSpec parity ----
-    try:
-        with open(jobspec_path, encoding="utf-8") as f:
-            src = json.load(f)
-        want_spec = {k: v for k, v in src.items() if k not in ("$schema", "$id")}
-        have_spec = ((doc.get("components") or {}).get("schemas") or {}).get("JobSpec")
-        if isinstance(have_spec, dict):
-            have_cmp = dict(have_spec)
-            # The description may add a note after the copied text.
-            if isinstance(have_cmp.get("description"), str) and isinstance(want_spec.get("description"), str) \
-                    and have_cmp["description"].startswith(want_spec["description"]):
-                have_cmp["description"] = want_spec["description"]
-            diff = sorted(k for k in set(want_spec) | set(have_cmp) if want_spec.get(k) != have_cmp.get(k))
-            c.check("components.schemas.JobSpec equals schema/jobspec.schema.json", not diff,
-                    "differs in: " + ", ".join(diff))
-        else:
-            c.check("components.schemas.JobSpec equals schema/jobspec.schema.json", False, "no JobSpec schema")
-    except (OSError, ValueError) as e:
-        c.check("schema/jobspec.schema.json is readable", False, str(e))
+    # ---- JobSpec and AnnotateSpec parity ----
+    for schema_name, spec_path in (("JobSpec", jobspec_path),
+                                   ("AnnotateSpec", os.path.join(root, "schema", "annotatespec.schema.json"))):
+        spec_file = "schema/" + os.path.basename(spec_path)
+        try:
+            with open(spec_path, encoding="utf-8") as f:
+                src = json.load(f)
+            want_spec = {k: v for k, v in src.items() if k not in ("$schema", "$id")}
+            have_spec = ((doc.get("components") or {}).get("schemas") or {}).get(schema_name)
+            if isinstance(have_spec, dict):
+                have_cmp = dict(have_spec)
+                # The description may add a note after the copied text.
+                if isinstance(have_cmp.get("description"), str) and isinstance(want_spec.get("description"), str) \
+                        and have_cmp["description"].startswith(want_spec["description"]):
+                    have_cmp["description"] = want_spec["description"]
+                diff = sorted(k for k in set(want_spec) | set(have_cmp) if want_spec.get(k) != have_cmp.get(k))
+                c.check("components.schemas.%s equals %s" % (schema_name, spec_file), not diff,
+                        "differs in: " + ", ".join(diff))
+            else:
+                c.check("components.schemas.%s equals %s" % (schema_name, spec_file), False,
+                        "no %s schema" % schema_name)
+        except (OSError, ValueError) as e:
+            c.check("%s is readable" % spec_file, False, str(e))
 
     print("%d passed, %d failed" % (c.passed, c.failed))
     return 0 if c.failed == 0 else 1

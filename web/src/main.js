@@ -14,6 +14,7 @@ import { CompareView } from "./views/compare.js";
 import { InspectView } from "./views/inspect.js";
 import { PredictView } from "./views/predict.js";
 import { SubmitView } from "./views/submit.js";
+import { LabelmapsView } from "./views/labelmaps.js";
 
 // Token dialog state lives outside components so that api.js can ask from anywhere.
 let dialogSetter = null;
@@ -128,10 +129,11 @@ function App() {
   } else if (a === "compare") view = html`<${CompareView} query=${route.query} />`;
   else if (a === "predict") view = html`<${PredictView} query=${route.query} />`;
   else if (a === "submit") view = html`<${SubmitView} query=${route.query} />`;
+  else if (a === "labelmaps") view = html`<${LabelmapsView} query=${route.query} />`;
   else view = html`<${NotFound} />`;
   const nav = (href, label, active) => html`<a href=${href} class=${active ? "active" : ""}>${label}</a>`;
   useEffect(() => {
-    const names = { jobs: "Jobs", compare: "Compare", predict: "Predict", submit: "Submit" };
+    const names = { jobs: "Jobs", compare: "Compare", predict: "Predict", submit: "Submit", labelmaps: "Label maps" };
     document.title = "tokenlab · " + (b && (!a || a === "jobs") ? "job " + b : names[a || "jobs"] || "");
   }, [route.path]);
   return html`
@@ -139,7 +141,7 @@ function App() {
       <a class="brand" href="#/jobs"><img src="/favicon.svg" alt="" width="22" height="22" />tokenlab</a>
       <nav>
         ${nav("#/jobs", "Jobs", !a || a === "jobs")} ${nav("#/submit", "Submit", a === "submit")}
-        ${nav("#/predict", "Predict", a === "predict")}
+        ${nav("#/predict", "Predict", a === "predict")} ${nav("#/labelmaps", "Label maps", a === "labelmaps")}
         ${a === "compare" && nav(location.hash, "Compare", true)}
       </nav>
       <div class="spacer"></div>

@@ -6,7 +6,11 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { classColor } from "./palette.js";
 
 // crop: the part of the picture the grid covers, as fractions {x, y, w, h} (default: all of it).
-export function TokenCanvas({ image, grid, index, score, topk, className, opacity = 0.5, size = 224, crop, title, test }) {
+// grid: tokens per side; rows/cols override it for grids that are not square.
+// tipRows(t): the tooltip's rows for token t ([{c, p, note}]) instead of topk / index and score.
+export function TokenCanvas({ image, grid, rows, cols, index, score, topk, tipRows, className, opacity = 0.5, size = 224, crop, title, test }) {
+  const gh = rows || grid || 0,
+    gw = cols || grid || 0;
   const canvas = useRef(null);
   const [tip, setTip] = useState(null);
   const iw = image ? image.naturalWidth || image.width : 1;
@@ -42,12 +46,12 @@ export function TokenCanvas({ image, grid, index, score, topk, className, opacit
       ctx.fillRect(0, box.y, box.x, box.h);
       ctx.fillRect(box.x + box.w, box.y, W - box.x - box.w, box.h);
     }
-    if (grid && index && index.length >= grid * grid) {
-      const cw = box.w / grid,
-        ch = box.h / grid;
-      for (let r = 0; r < grid; r++)
-        for (let q = 0; q < grid; q++) {
-          const t = r * grid + q;
+    if (gh && gw && index && index.length >= gh * gw) {
+      const cw = box.w / gw,
+        ch = box.h / gh;
+      for (let r = 0; r < gh; r++)
+        for (let q = 0; q < gw; q++) {
+          const t = r * gw + q;
           const s = score ? Math.max(0, Math.min(1, score[t])) : 1;
           ctx.fillStyle = classColor(index[t], opacity * (0.35 + 0.65 * s));
           ctx.fillRect(box.x + q * cw, box.y + r * ch, cw, ch);
@@ -55,39 +59,44 @@ export function TokenCanvas({ image, grid, index, score, topk, className, opacit
       ctx.strokeStyle = "rgba(255,255,255,0.35)";
       ctx.lineWidth = 1;
       ctx.beginPath();
-      for (let i = 0; i <= grid; i++) {
+      for (let i = 0; i <= gw; i++) {
         ctx.moveTo(box.x + i * cw, box.y);
         ctx.lineTo(box.x + i * cw, box.y + box.h);
+      }
+      for (let i = 0; i <= gh; i++) {
         ctx.moveTo(box.x, box.y + i * ch);
         ctx.lineTo(box.x + box.w, box.y + i * ch);
       }
       ctx.stroke();
     }
     c.dataset.drawn = String(Date.now());
-  }, [image, grid, index, score, opacity, W, H, crop && crop.x, crop && crop.w]);
+  }, [image, gh, gw, index, score, opacity, W, H, crop && crop.x, crop && crop.y, crop && crop.w, crop && crop.h]);
 
   const move = (e) => {
-    if (!grid || !index) return;
+    if (!gh || !gw || !index) return;
     const rect = e.currentTarget.getBoundingClientRect();
     const x = ((e.clientX - rect.left) / rect.width) * W - box.x;
     const y = ((e.clientY - rect.top) / rect.height) * H - box.y;
     if (x < 0 || y < 0 || x >= box.w || y >= box.h) return setTip(null);
-    const q = Math.floor((x / box.w) * grid),
-      r = Math.floor((y / box.h) * grid);
-    const t = r * grid + q;
-    let rows;
-    if (topk && topk.index && topk.k) {
-      rows = [];
+    const q = Math.min(gw - 1, Math.floor((x / box.w) * gw)),
+      r = Math.min(gh - 1, Math.floor((y / box.h) * gh));
+    const t = r * gw + q;
+    let tipList;
+    if (tipRows) tipList = tipRows(t);
+    else if (topk && topk.index && topk.k) {
+      tipList = [];
       for (let j = 0; j < topk.k; j++) {
         const c = topk.index[t * topk.k + j];
-        if (c != null && c >= 0) rows.push({ c, p: topk.score[t * topk.k + j] });
+        if (c != null && c >= 0) tipList.push({ c, p: topk.score[t * topk.k + j] });
       }
-    } else rows = [{ c: index[t], p: score ? score[t] : null }];
+    } else tipList = [{ c: index[t], p: score ? score[t] : null }];
+    const cw = box.w / gw,
+      ch = box.h / gh;
     setTip({
-      r, q, rows,
-      left: box.x + (q + 1) * (box.w / grid),
-      top: box.y + r * (box.h / grid),
-      cell: { left: box.x + q * (box.w / grid), top: box.y + r * (box.h / grid), w: box.w / grid, h: box.h / grid },
+      r, q, rows: tipList,
+      left: box.x + (q + 1) * cw,
+      top: box.y + r * ch,
+      cell: { left: box.x + q * cw, top: box.y + r * ch, w: cw, h: ch },
     });
   };
 
@@ -96,9 +105,9 @@ export function TokenCanvas({ image, grid, index, score, topk, className, opacit
     <div class="tokens-wrap" style=${{ width: W + "px", height: H + "px" }}>
       <canvas ref=${canvas} data-test=${test} onMouseMove=${move} onMouseLeave=${() => setTip(null)}></canvas>
       ${tip && html`<div class="cell-hl" style=${{ left: tip.cell.left + "px", top: tip.cell.top + "px", width: tip.cell.w + "px", height: tip.cell.h + "px" }}></div>`}
-      ${tip && html`<div class="token-tip" data-test="token-tip" style=${{ left: Math.min(tip.left + 4, W - 150) + "px", top: tip.top + "px" }}>
+      ${tip && html`<div class="token-tip" data-test="token-tip" style=${tip.q < gw / 2 ? { left: tip.left + 4 + "px", top: tip.top + "px" } : { right: W - tip.cell.left + 4 + "px", top: tip.top + "px" }}>
         <div class="muted">token (${tip.r}, ${tip.q})</div>
-        ${tip.rows.map((row) => html`<div><i class="swatch" style=${{ background: classColor(row.c) }}></i>${className(row.c)} ${row.p != null && html`<b>${(row.p * 100).toFixed(1)}%</b>`}</div>`)}
+        ${tip.rows.map((row) => html`<div><i class="swatch" style=${{ background: classColor(row.c) }}></i>${className(row.c)} ${row.p != null && html`<b>${(row.p * 100).toFixed(1)}%</b>`}${row.note != null && html` <span class="muted">${row.note}</span>`}</div>`)}
       </div>`}
     </div>
   </figure>`;

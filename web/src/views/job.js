@@ -9,6 +9,7 @@ import { fmtBytes, fmtDuration, fmtTime } from "../format.js";
 import { live } from "../live.js";
 import { ChartControls, toStepRange, usePersisted, useSeriesSet, useThrottledRefresh, xExtent } from "../metrics.js";
 import { go } from "../router.js";
+import { labelmapHref } from "./labelmaps.js";
 import { ErrorBox, MetricsSummary, ProgressBar, StateBadge, progressOf } from "../ui.js";
 
 export const JOB_CHARTS = [
@@ -106,6 +107,8 @@ export function JobView({ id }) {
   if (!job) return html`<section class="panel"><${ErrorBox} error=${error} />${!error && html`<p class="muted">Loading job #${id}…</p>`}</section>`;
 
   const p = progressOf(job);
+  // annotate jobs write a label map (spec.data.out, relative to the data root)
+  const annotate = job.spec && job.spec.kind === "annotate" && job.spec.data && job.spec.data.out ? { out: job.spec.data.out } : null;
   const act = async (what) => {
     if (what === "delete" && !confirm(`Delete job #${id} with its metrics, logs and checkpoints?`)) return;
     setBusy(true);
@@ -132,7 +135,13 @@ export function JobView({ id }) {
         <div class="spacer"></div>
         ${(job.state === "RUNNING" || job.state === "QUEUED") &&
         html`<button class="danger" disabled=${busy} onClick=${() => act("cancel")}>Cancel</button>`}
-        <a class="button secondary" href=${`#/jobs/${id}/inspect`}>Inspect tokens</a>
+        ${annotate
+          ? job.state === "SUCCEEDED"
+            ? html`<a class="button" href=${labelmapHref({ path: annotate.out })} data-test="open-labelmap"
+                title=${"the label map this job wrote: " + annotate.out}>Open label map</a>`
+            : html`<span class="button secondary disabled" data-test="open-labelmap"
+                title=${"the job writes " + annotate.out + "; it can be opened once the job has succeeded"}>Open label map</span>`
+          : html`<a class="button secondary" href=${`#/jobs/${id}/inspect`}>Inspect tokens</a>`}
         <a class="button secondary" href=${`#/submit?from=${id}`} title="a new job with this spec">Clone</a>
         ${isFinal(job.state) && html`<button class="secondary" disabled=${busy} onClick=${() => act("delete")}>Delete</button>`}
       </div>
