@@ -364,6 +364,9 @@ static void *worker_main(void *arg) {
         tl_store_log_append(J->store, s->id, line);
     }
     if (st == TL_TRAIN_SUCCEEDED && s->annotate) write_sidecar(J, s);
+    /* The last log line goes out before the state change: a client that reads the log when it sees the
+     * final state must find it there (the store applies writes in order). */
+    h_log(res.message, s);
     switch (st) {
     case TL_TRAIN_SUCCEEDED:
         transition(J, s->id, M(TL_JOB_RUNNING) | M(TL_JOB_CANCELLING), TL_JOB_SUCCEEDED, "", res.message);
@@ -380,7 +383,6 @@ static void *worker_main(void *arg) {
         transition(J, s->id, M(TL_JOB_RUNNING) | M(TL_JOB_CANCELLING), TL_JOB_FAILED, res.reason, res.message);
         break;
     }
-    tl_store_log_append(J->store, s->id, res.message);
     atomic_store(&s->img_s, 0.0);
     pthread_mutex_lock(&J->mu);
     s->busy = 0;
