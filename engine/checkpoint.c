@@ -173,6 +173,10 @@ int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path
         seterr(err, errlen, "checkpoint: no model or path");
         return -1;
     }
+    if ((flags & TL_CKPT_OPTIM) && !tl_model_trainable(m)) {
+        seterr(err, errlen, "checkpoint: an inference model has no optimizer state to save");
+        return -1;
+    }
     tl_st_writer *w = tl_st_writer_new();
     if (!w) {
         seterr(err, errlen, "checkpoint: out of memory");

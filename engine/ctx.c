@@ -113,6 +113,10 @@ tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err
         if (err && errlen) snprintf(err, errlen, "batch: must be in 1..65536, got %d", batch);
         return NULL;
     }
+    if (training && !tl_model_trainable(m)) {
+        if (err && errlen) snprintf(err, errlen, "a training context needs a trainable model (tl_model_new)");
+        return NULL;
+    }
     if (nthreads < 1) nthreads = 1;
     tl_ctx *x = calloc(1, sizeof *x);
     if (!x) goto fail_alloc;

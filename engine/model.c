@@ -157,7 +157,8 @@ static void init_weights(tl_model *m, uint64_t seed) {
 }
 
 /* ---- public API ---- */
-tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errlen) {
+/* nblocks 4: a trainable model; 1: weights only (inference), without gradients or moments. */
+static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char *err, size_t errlen) {
     if (tl_config_validate(c, err, errlen) != 0) return NULL;
     if (tl_runtime_init(err, errlen) != 0) return NULL;
     tl_model *m = calloc(1, sizeof *m);
@@ -167,6 +168,7 @@ tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errl
     layout(&count, c, NULL, NULL);
     m->ntensors = count.nt;
     m->nfloats = count.off;
+    m->nblocks = nblocks;
     m->tensors = calloc((size_t)m->ntensors, sizeof *m->tensors);
     m->names = calloc((size_t)m->ntensors, TL_NAME_LEN);
     for (int i = 0; i < 4; i++) {
@@ -174,31 +176,41 @@ tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errl
         if (!m->wt[i].blocks) goto fail_alloc;
     }
     if (!m->tensors || !m->names) goto fail_alloc;
-    if (posix_memalign((void **)&m->mem, 64, sizeof(float) * m->nfloats * 4) != 0) {
+    if (posix_memalign((void **)&m->mem, 64, sizeof(float) * m->nfloats * (size_t)nblocks) != 0) {
         m->mem = NULL;
         goto fail_alloc;
     }
-    memset(m->mem, 0, sizeof(float) * m->nfloats * 4);
-    for (int i = 0; i < 4; i++) {
+    memset(m->mem, 0, sizeof(float) * m->nfloats * (size_t)nblocks);
+    for (int i = 0; i < nblocks; i++) {
         layout_state s = {i == 0 ? m : NULL, 0, 0};
         layout(&s, c, m->mem + (size_t)i * m->nfloats, &m->wt[i]);
     }
     for (int i = 0; i < m->ntensors; i++) {
         tl_tensor *t = &m->tensors[i];
         t->data = m->mem + t->offset;
-        if (t->kind == TL_TENSOR_PARAM) {
+        if (t->kind == TL_TENSOR_PARAM && nblocks == 4) {
             t->grad = m->mem + m->nfloats + t->offset;
             t->m = m->mem + 2 * m->nfloats + t->offset;
             t->v = m->mem + 3 * m->nfloats + t->offset;
         }
     }
-    init_weights(m, seed);
+    if (nblocks == 4) init_weights(m, seed); /* an inference model gets its weights from a checkpoint */
     return m;
 fail_alloc:
     if (err && errlen) snprintf(err, errlen, "out of memory allocating the model");
     tl_model_free(m);
     return NULL;
 }
+
+tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errlen) {
+    return model_new(c, seed, 4, err, errlen);
+}
+
+tl_model *tl_model_new_inference(const tl_config *c, char *err, size_t errlen) {
+    return model_new(c, 0, 1, err, errlen);
+}
+
+int tl_model_trainable(const tl_model *m) { return m->nblocks == 4; }
 
 void tl_model_free(tl_model *m) {
     if (!m) return;
@@ -228,9 +240,11 @@ size_t tl_model_num_params(const tl_model *m) {
 
 int64_t *tl_model_bn_batches(tl_model *m, int layer) { return (layer >= 0 && layer < 3) ? &m->bn_batches[layer] : NULL; }
 
-void tl_model_zero_grad(tl_model *m) { memset(m->mem + m->nfloats, 0, sizeof(float) * m->nfloats); }
+void tl_model_zero_grad(tl_model *m) {
+    if (m->nblocks == 4) memset(m->mem + m->nfloats, 0, sizeof(float) * m->nfloats);
+}
 
-size_t tl_model_bytes(const tl_model *m) { return sizeof(float) * m->nfloats * 4; }
+size_t tl_model_bytes(const tl_model *m) { return sizeof(float) * m->nfloats * (size_t)m->nblocks; }
 
 int64_t tl_model_step(const tl_model *m) { return m->step; }
 void tl_model_set_step(tl_model *m, int64_t step) { m->step = step; }
@@ -247,6 +261,7 @@ void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads) {
 }
 
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool) {
+    if (m->nblocks != 4) return; /* an inference model has nothing to update */
     m->step++;
     /* Decayed and non-decayed tensors alternate; run contiguous runs of equal decay as one update. */
     int i = 0;

@@ -32,7 +32,8 @@ typedef struct {
 struct tl_model {
     tl_config cfg;
     size_t nfloats;        /* floats in one block (params incl. buffers) */
-    float *mem;            /* 4 blocks: params, grads, exp_avg, exp_avg_sq */
+    int nblocks;           /* 4 (params, grads, exp_avg, exp_avg_sq) or 1 for an inference model */
+    float *mem;            /* nblocks blocks */
     tl_weights wt[4];      /* wt[0] params, wt[1] grads */
     tl_tensor *tensors;
     int ntensors;

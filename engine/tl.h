@@ -85,6 +85,11 @@ typedef struct {
 
 /* Allocates and initialises a model (section 2 init) from a seed. */
 tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errlen);
+/* A model of weights only, for inference: no gradients, no optimizer moments (a quarter of the
+ * memory of tl_model_new). Weights start at zero: load a checkpoint. Eval contexts only: a training
+ * context on it is refused; zero_grad and AdamW do nothing. */
+tl_model *tl_model_new_inference(const tl_config *c, char *err, size_t errlen);
+int tl_model_trainable(const tl_model *m);          /* 1 for tl_model_new, 0 for an inference model */
 void tl_model_free(tl_model *m);
 const tl_config *tl_model_config(const tl_model *m);
 int tl_model_num_tensors(const tl_model *m);

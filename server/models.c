@@ -457,7 +457,7 @@ static int entry_load(entry *E, char *err, size_t errlen) {
     E->K = cfg.num_classes;
     E->S = cfg.img_size;
     E->grid = tl_config_grid(&cfg);
-    E->model = tl_model_new(&cfg, 0, err, errlen);
+    E->model = tl_model_new_inference(&cfg, err, errlen);
     if (!E->model) goto fail;
     if (tl_checkpoint_load(E->model, E->row.path, 0, NULL, err, errlen) != 0) goto fail;
     E->params = tl_model_num_params(E->model);
@@ -749,7 +749,7 @@ int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_err
         goto done;
     }
     tl_config cfg;
-    if (tl_checkpoint_config(src, &cfg, err, sizeof err) != 0 || !(m = tl_model_new(&cfg, 0, err, sizeof err)) ||
+    if (tl_checkpoint_config(src, &cfg, err, sizeof err) != 0 || !(m = tl_model_new_inference(&cfg, err, sizeof err)) ||
         tl_checkpoint_load(m, src, ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
         seterr(e, 422, "INVALID_MODEL", "/checkpoint", "cannot read the checkpoint: %s", err);
         goto done;
@@ -865,7 +865,7 @@ int tl_models_upload(tl_models *M, const char *name, const void *data, size_t le
         seterr(e, 422, "INVALID_MODEL", NULL, "%s", untmp(err, tmp));
         goto done;
     }
-    m = tl_model_new(&cfg, 0, err, sizeof err);
+    m = tl_model_new_inference(&cfg, err, sizeof err);
     if (!m) {
         seterr(e, 422, "INVALID_MODEL", NULL, "%s", err);
         goto done;

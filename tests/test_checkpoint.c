@@ -512,9 +512,54 @@ static void test_config_no_preset(void **state) {
     unlink(plain);
 }
 
+
+/* An inference model (weights only) loads a checkpoint and predicts exactly as the full model; it holds a
+ * quarter of the memory, refuses a training context and has no optimizer state to save. */
+static void test_inference_model(void **state) {
+    (void)state;
+    char path[1024], err[TL_ERR_LEN];
+    tmp_path(path, sizeof path, "infer.safetensors");
+    tl_config c = tiny_config(5);
+    tl_model *m = new_model(&c, 11);
+    save(m, path, 0, NULL);
+    tl_model *im = tl_model_new_inference(&c, err, sizeof err);
+    assert_non_null(im);
+    assert_int_equal(tl_model_trainable(m), 1);
+    assert_int_equal(tl_model_trainable(im), 0);
+    assert_int_equal(tl_model_bytes(im) * 4, tl_model_bytes(m));
+    assert_int_equal(tl_checkpoint_load(im, path, 0, NULL, err, sizeof err), 0);
+    int B = 3, S = c.img_size, K = c.num_classes;
+    float *x = malloc(sizeof(float) * (size_t)B * 3 * S * S), *a = malloc(sizeof(float) * (size_t)B * K),
+          *b = malloc(sizeof(float) * (size_t)B * K);
+    for (int i = 0; i < B * 3 * S * S; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    tl_ctx *ca = tl_ctx_new(m, B, 0, 2, err, sizeof err), *cb = tl_ctx_new(im, B, 0, 2, err, sizeof err);
+    assert_non_null(ca);
+    assert_non_null(cb);
+    assert_int_equal(tl_predict(ca, x, B, a), 0);
+    assert_int_equal(tl_predict(cb, x, B, b), 0);
+    for (int i = 0; i < B * K; i++) assert_true(a[i] == b[i]);
+    err[0] = '\0';
+    assert_null(tl_ctx_new(im, B, 1, 1, err, sizeof err));
+    assert_non_null(strstr(err, "trainable"));
+    tl_model_zero_grad(im); /* nothing to zero: must not crash */
+    err[0] = '\0';
+    assert_int_equal(tl_checkpoint_save(im, path, TL_CKPT_OPTIM, NULL, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "inference model"));
+    assert_int_equal(tl_checkpoint_load(im, path, TL_CKPT_OPTIM, NULL, err, sizeof err), -1);
+    tl_ctx_free(ca);
+    tl_ctx_free(cb);
+    tl_model_free(m);
+    tl_model_free(im);
+    free(x);
+    free(a);
+    free(b);
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_inference_model),
         cmocka_unit_test(test_reserved_meta_refused),
         cmocka_unit_test(test_optim_round_trip),
         cmocka_unit_test(test_loads_other_float_dtypes),
