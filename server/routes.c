@@ -25,7 +25,7 @@
 #define LOG_MAX (1 << 20)
 
 /* ---- helpers ---- */
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+int tl_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (!s || !*s) return -1;
     char *end;
     errno = 0;
@@ -42,14 +42,14 @@ static int query_i64(tl_req *r, const char *name, int64_t lo, int64_t hi, int64_
         *out = dflt;
         return 0;
     }
-    if (parse_i64(v, lo, hi, out) == 0) return 0;
+    if (tl_routes_parse_i64(v, lo, hi, out) == 0) return 0;
     tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %" PRId64 "..%" PRId64,
                      name, lo, hi);
     return -1;
 }
 
 static int job_id(tl_req *r, int64_t *id) {
-    if (parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, id) == 0) return 0;
+    if (tl_routes_parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, id) == 0) return 0;
     tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tl_req_param(r, "id"));
     return -1;
 }
@@ -442,7 +442,7 @@ static void h_events(tl_req *r, void *u) {
     s->job = id;
     const char *last = tl_req_header(r, "Last-Event-ID");
     int64_t after;
-    if (last && parse_i64(last, 0, INT64_MAX, &after) == 0) {
+    if (last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0) {
         s->after = (uint64_t)after;
     } else { /* a fresh subscriber starts with the job's current state */
         s->after = tl_events_last_id(R->events);
@@ -475,7 +475,7 @@ static void h_events_all(tl_req *r, void *u) {
     s->job = 0;
     const char *last = tl_req_header(r, "Last-Event-ID");
     int64_t after;
-    s->after = last && parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tl_events_last_id(R->events);
+    s->after = last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tl_events_last_id(R->events);
     tl_reply_header(r, "X-Accel-Buffering", "no");
     tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
 }

@@ -8,6 +8,7 @@
 #define TL_ROUTES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "events.h"
 #include "http.h"
@@ -43,5 +44,8 @@ extern const tl_route_def tl_sample_routes[];  /* routes_samples.c, NULL-termina
 extern const tl_route_def tl_labelmap_routes[]; /* routes_labelmaps.c, NULL-terminated */
 
 int tl_routes_register(tl_routes *R);
+
+/* A decimal integer in [lo, hi] (the whole string): 0 and *out, or -1. For path and query parameters. */
+int tl_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 
 #endif

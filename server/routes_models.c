@@ -106,11 +106,8 @@ static void reply_models_error(tl_req *r, const tl_models_error *e) {
 }
 
 static int parse_int(const char *s, long long lo, long long hi, long long *out) {
-    if (!s || !*s) return -1;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (*end || errno || v < lo || v > hi) return -1;
+    int64_t v;
+    if (tl_routes_parse_i64(s, lo, hi, &v) != 0) return -1;
     *out = v;
     return 0;
 }

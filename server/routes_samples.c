@@ -23,27 +23,18 @@
 #define STEPS_MAX 4096
 #define TOPK 3
 
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
-    if (!s || !*s) return -1;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (*end || errno || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
 
 /* The job id and sample index of the path; replies 404 and returns -1 when bad. */
 static int ids(tl_req *r, tl_routes *R, int64_t *job, int64_t *k, int want_k) {
     tl_job j;
     char err[256];
-    if (parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, job) != 0 ||
+    if (tl_routes_parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, job) != 0 ||
         tl_store_job_get(R->store, *job, &j, err, sizeof err) != 0) {
         tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tl_req_param(r, "id"));
         return -1;
     }
     tl_job_free(&j);
-    if (want_k && parse_i64(tl_req_param(r, "k"), 0, 1 << 20, k) != 0) {
+    if (want_k && tl_routes_parse_i64(tl_req_param(r, "k"), 0, 1 << 20, k) != 0) {
         tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no sample %s of job %" PRId64, tl_req_param(r, "k"), *job);
         return -1;
     }
@@ -55,7 +46,7 @@ static int step_query(tl_req *r, int64_t *step, int *ema) {
     const char *s = tl_req_query(r, "step"), *e = tl_req_query(r, "ema");
     *step = -1;
     *ema = -1;
-    if (s && parse_i64(s, 0, INT64_MAX, step) != 0) {
+    if (s && tl_routes_parse_i64(s, 0, INT64_MAX, step) != 0) {
         tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter step: must be an integer >= 0");
         return -1;
     }
