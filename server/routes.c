@@ -379,6 +379,7 @@ typedef struct {
     char pending[64 * 1024];
     size_t plen, pos;
     int finished;    /* the job reached a final state: end after pending is sent */
+    int grace;       /* the job was seen final once: one short wait for its last events */
     int heartbeat;
 } sse_state;
 
@@ -409,7 +410,7 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
         tl_event ev[32];
         int n = 0;
         uint64_t next;
-        tl_ev_status st = tl_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, 15000);
+        tl_ev_status st = tl_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, s->grace ? 500 : 15000);
         if (st == TL_EV_CLOSED) return -1;
         if (st == TL_EV_GAP) sse_append(s, "event: reset\ndata: {\"id\":%lld}\n\n", (long long)s->job);
         for (int i = 0; i < n && s->plen + 600 < sizeof s->pending; i++) {
@@ -418,7 +419,12 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
         }
         if (n == 0) s->after = next > s->after ? next : s->after;
         if (st == TL_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
-        if (s->job && job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) s->finished = 1;
+        /* The store commits a final state just before its event is published: seeing the state final with
+         * nothing newer on the bus, wait once more (briefly) so that the final state event is sent too. */
+        if (s->job && job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) {
+            if (s->grace) s->finished = 1;
+            s->grace = 1;
+        }
         if (s->plen == 0) return 0;
     }
     size_t k = s->plen - s->pos < max ? s->plen - s->pos : max;
@@ -458,6 +464,7 @@ static void h_events(tl_req *r, void *u) {
         free(txt);
     }
     s->finished = 0;
+    s->grace = tl_job_state_final(j.state); /* a finished job's stream ends after what is left on the bus */
     tl_job_free(&j);
     tl_reply_header(r, "X-Accel-Buffering", "no");
     tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
