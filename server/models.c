@@ -52,6 +52,21 @@ typedef struct item {
     struct item *next;
 } item;
 
+#define MAX_LANES 16
+
+/* A batcher lane: a thread with its own single-threaded context (narrow), and for lane 0 also a
+ * context using every compute thread (wide). The batcher's buffers are the lane's. */
+typedef struct {
+    struct entry *E;
+    int index;
+    pthread_t thread;
+    int busy;                /* running a batch (under E->mu) */
+    tl_ctx *narrow, *wide;
+    int batch;               /* the contexts' batch size */
+    float *in;               /* (batch,3,S,S) */
+    float *scores;           /* (batch,K) */
+} lane;
+
 typedef struct entry {
     tl_models *M;
     tl_model_row row;        /* as stored (labels_json owned) */
@@ -74,14 +89,11 @@ typedef struct entry {
     uint64_t requests, images, batches, rejected, expired;
     double batch_ms_avg;     /* moving average of a batch's forward time */
 
-    /* the batcher's */
-    tl_model *model;
-    tl_ctx *ctx;
-    int ctx_batch;
-    float *in;               /* (ctx_batch,3,S,S) */
-    float *scores;           /* (ctx_batch,K) */
-    pthread_t thread;
-    int thread_started;
+    /* the batchers: one lane per compute thread (see batcher_main) */
+    tl_model *model;         /* read-only while serving: the lanes' contexts share it */
+    lane lanes[MAX_LANES];
+    int nlanes;
+    int thread_started;      /* lanes started */
 
     char **retired[16];      /* label arrays replaced by PATCH: replies may still read them; freed with the entry */
     int nretired;
@@ -250,11 +262,15 @@ static void entry_free(entry *E) {
     E->quit = 1;
     pthread_cond_broadcast(&E->cv);
     pthread_mutex_unlock(&E->mu);
-    if (E->thread_started) pthread_join(E->thread, NULL);
-    tl_ctx_free(E->ctx);
+    for (int i = 0; i < E->thread_started; i++) pthread_join(E->lanes[i].thread, NULL);
+    for (int i = 0; i < E->nlanes; i++) {
+        lane *L = &E->lanes[i];
+        tl_ctx_free(L->narrow);
+        tl_ctx_free(L->wide);
+        free(L->in);
+        free(L->scores);
+    }
     tl_model_free(E->model);
-    free(E->in);
-    free(E->scores);
     free_labels(E->labels, E->K);
     for (int i = 0; i < E->nretired; i++) free_labels(E->retired[i], E->K);
     tl_model_row_free(&E->row);
@@ -352,42 +368,58 @@ static void softmax_into(const float *s, int K, float *out) {
     for (int k = 0; k < K; k++) out[k] = (float)(exp((double)(s[k] - mx)) / se);
 }
 
-/* (Re)allocates the context and buffers for batch B (batcher thread, E->mu not held). */
-static int ensure_ctx(entry *E, int B, char *err, size_t errlen) {
-    if (E->ctx && E->ctx_batch == B) return 0;
-    tl_ctx_free(E->ctx);
-    E->ctx = NULL;
-    free(E->in);
-    free(E->scores);
-    E->in = E->scores = NULL;
-    E->ctx = tl_ctx_new(E->model, B, 0, E->M->threads, err, errlen);
-    E->in = malloc(sizeof(float) * (size_t)B * 3 * (size_t)E->S * (size_t)E->S);
-    E->scores = malloc(sizeof(float) * (size_t)B * (size_t)E->K);
-    if (!E->ctx || !E->in || !E->scores) {
-        if (E->ctx) snprintf(err, errlen, "out of memory for a batch of %d", B);
+/* (Re)allocates a lane's contexts and buffers for batch B (its own thread, E->mu not held). */
+static int ensure_ctx(lane *L, int B, char *err, size_t errlen) {
+    entry *E = L->E;
+    if (L->narrow && L->batch == B) return 0;
+    tl_ctx_free(L->narrow);
+    tl_ctx_free(L->wide);
+    free(L->in);
+    free(L->scores);
+    L->wide = NULL;
+    L->narrow = tl_ctx_new(E->model, B, 0, 1, err, errlen);
+    if (L->index == 0 && E->M->threads > 1) L->wide = tl_ctx_new(E->model, B, 0, E->M->threads, err, errlen);
+    L->in = malloc(sizeof(float) * (size_t)B * 3 * (size_t)E->S * (size_t)E->S);
+    L->scores = malloc(sizeof(float) * (size_t)B * (size_t)E->K);
+    if (!L->narrow || (L->index == 0 && E->M->threads > 1 && !L->wide) || !L->in || !L->scores) {
+        if (L->narrow) snprintf(err, errlen, "out of memory for a batch of %d", B);
+        L->batch = 0;
         return -1;
     }
-    E->ctx_batch = B;
+    L->batch = B;
     return 0;
 }
 
+static int others_busy(const entry *E, const lane *L) {
+    for (int i = 0; i < E->nlanes; i++)
+        if (&E->lanes[i] != L && E->lanes[i].busy) return 1;
+    return 0;
+}
+
+/* A lane's thread. Lane 0 takes work whenever it is free; the other lanes only while lane 0 is busy,
+ * so a lone request runs on lane 0's wide context (every compute thread: the lowest latency), and
+ * concurrent requests run as parallel batches, one per lane, each on one thread: images in parallel
+ * need no synchronisation inside a forward pass and measured about 1.2x the throughput of one
+ * batch split across the threads. */
 static void *batcher_main(void *arg) {
-    entry *E = arg;
+    lane *L = arg;
+    entry *E = L->E;
     item *batch[64];
     size_t img = (size_t)3 * (size_t)E->S * (size_t)E->S;
     int N = E->grid * E->grid;
     pthread_mutex_lock(&E->mu);
     for (;;) {
-        while (!E->head && !E->quit) pthread_cond_wait(&E->cv, &E->mu);
+        while (!E->quit && !(E->head && (L->index == 0 || E->lanes[0].busy))) pthread_cond_wait(&E->cv, &E->mu);
         if (E->quit) break;
         /* Wait for the batch to fill, but only while more requests are on their way. */
         int64_t until = E->head->enq_ms + E->max_delay_ms;
-        while (!E->quit && E->queued < E->max_batch && E->preparing > 0 && tl_models_now_ms() < until) {
+        while (!E->quit && E->head && E->queued < E->max_batch && E->preparing > 0 && tl_models_now_ms() < until) {
             struct timespec ts;
             timespec_at(&ts, until);
             pthread_cond_timedwait(&E->cv, &E->mu, &ts);
         }
         if (E->quit) break;
+        if (!E->head) continue; /* another lane took it */
         int B = 0, maxb = E->max_batch;
         int64_t now = tl_models_now_ms();
         while (E->head && B < maxb) {
@@ -406,21 +438,26 @@ static void *batcher_main(void *arg) {
             pthread_cond_broadcast(&E->done_cv);
             continue;
         }
+        /* alone with nothing else queued: all the threads on this batch */
+        int wide = L->index == 0 && !E->head && !others_busy(E, L);
+        L->busy = 1;
+        pthread_cond_broadcast(&E->cv); /* lane 0 busy: the other lanes may take what follows */
         pthread_mutex_unlock(&E->mu);
 
         char err[TL_ERR_LEN] = "";
-        int ok = ensure_ctx(E, maxb, err, sizeof err) == 0; /* reallocates only when max_batch changed */
+        int ok = ensure_ctx(L, maxb, err, sizeof err) == 0; /* reallocates only when max_batch changed */
+        tl_ctx *ctx = ok ? (wide && L->wide ? L->wide : L->narrow) : NULL;
         double t0 = mono_s();
         if (ok) {
-            for (int i = 0; i < B; i++) memcpy(E->in + (size_t)i * img, batch[i]->image, img * sizeof(float));
-            ok = tl_predict(E->ctx, E->in, B, E->scores) == 0;
+            for (int i = 0; i < B; i++) memcpy(L->in + (size_t)i * img, batch[i]->image, img * sizeof(float));
+            ok = tl_predict(ctx, L->in, B, L->scores) == 0;
         }
         double ms = (mono_s() - t0) * 1000.0;
-        const float *aux = ok ? tl_logits_aux(E->ctx) : NULL;
+        const float *aux = ok ? tl_logits_aux(ctx) : NULL;
         for (int i = 0; i < B && ok; i++) {
             tl_infer_out *o = batch[i]->out;
-            softmax_into(E->scores + (size_t)i * E->K, E->K, o->probs);
-            if (o->logits) memcpy(o->logits, E->scores + (size_t)i * E->K, sizeof(float) * (size_t)E->K);
+            softmax_into(L->scores + (size_t)i * E->K, E->K, o->probs);
+            if (o->logits) memcpy(o->logits, L->scores + (size_t)i * E->K, sizeof(float) * (size_t)E->K);
             if (o->tok_index) token_top1(aux + (size_t)i * N * E->K, N, E->K, o->tok_index, o->tok_prob);
             o->infer_ms = ms;
             o->batch = B;
@@ -428,6 +465,7 @@ static void *batcher_main(void *arg) {
         }
 
         pthread_mutex_lock(&E->mu);
+        L->busy = 0;
         for (int i = 0; i < B; i++) batch[i]->status = ok ? IT_DONE : IT_UNLOADED;
         if (!ok) {
             E->state = ST_FAILED;
@@ -436,6 +474,7 @@ static void *batcher_main(void *arg) {
         E->batches++;
         E->batch_ms_avg = E->batches == 1 ? ms : 0.8 * E->batch_ms_avg + 0.2 * ms;
         pthread_cond_broadcast(&E->done_cv);
+        pthread_cond_broadcast(&E->cv); /* lane 0 free again, or work left for another lane */
     }
     /* quitting: fail whatever is still queued */
     for (item *it = E->head; it; it = it->next) it->status = IT_UNLOADED;
@@ -466,12 +505,19 @@ static int entry_load(entry *E, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory for the labels");
         goto fail;
     }
-    if (ensure_ctx(E, E->max_batch, err, errlen) != 0) goto fail;
-    if (pthread_create(&E->thread, NULL, batcher_main, E) != 0) {
-        snprintf(err, errlen, "cannot start the batcher thread");
-        goto fail;
+    E->nlanes = E->M->threads < MAX_LANES ? E->M->threads : MAX_LANES;
+    for (int i = 0; i < E->nlanes; i++) {
+        E->lanes[i].E = E;
+        E->lanes[i].index = i;
+        if (ensure_ctx(&E->lanes[i], E->max_batch, err, errlen) != 0) goto fail;
     }
-    E->thread_started = 1;
+    for (int i = 0; i < E->nlanes; i++) {
+        if (pthread_create(&E->lanes[i].thread, NULL, batcher_main, &E->lanes[i]) != 0) {
+            snprintf(err, errlen, "cannot start the batcher threads");
+            goto fail;
+        }
+        E->thread_started = i + 1;
+    }
     pthread_mutex_lock(&E->mu);
     E->state = ST_READY;
     E->error[0] = '\0';
