@@ -4,17 +4,17 @@
  * Owns: the registry (M->mu guards the list of entries and each entry's
  * reference count and registry membership), the model files under
  * <state>/models/ (<name>.safetensors, written crash-safely by
- * tl_checkpoint_save), and per loaded model: its weights, one inference
- * context sized for max_batch, the batch buffers, and the batcher thread.
- * E->mu guards an entry's queue, settings, state and statistics; the batcher
- * thread is the only one that touches the model, context and buffers after
- * loading. A background loader thread loads the models found in the store at
+ * tl_checkpoint_save), and per loaded model: its weights (read-only while
+ * serving) and its batcher lanes (a thread each, with its own contexts sized
+ * for max_batch and its own batch buffers, touched by that thread alone after
+ * loading). E->mu guards an entry's queue, settings, state, statistics and
+ * the lanes' busy flags. A background loader thread loads the models found in the store at
  * start-up, one at a time (state LOADING until then).
  *
  * Lifetime: the registry holds one reference to each entry, every
  * tl_model_ref one more. Deleting or replacing a model drops it from the
- * list; its batcher keeps serving the queue of the callers that still hold
- * it and the last release stops the thread and frees everything.
+ * list; its lanes keep serving the queue of the callers that still hold
+ * it and the last release stops the threads and frees everything.
  *
  * Lock order: M->mu before E->mu; neither is held during inference, file
  * I/O or store calls.

@@ -3,15 +3,15 @@
  *
  * models.c owns the registry (every model of the store, by name, with its
  * state LOADING / READY / FAILED), each loaded model's weights, inference
- * context and batcher thread, the model files under <state>/models/, and a
+ * contexts and batcher lanes, the model files under <state>/models/, and a
  * background loader thread that loads the stored models at start-up.
  *
  * Dynamic batching: requests for one model queue (bounded by max_queue
- * images; past it the caller gets 429) and the model's batcher thread runs
- * them in batches of up to max_batch. It waits up to max_delay_ms for a
+ * images; past it the caller gets 429) and the model's batcher lanes (one
+ * thread each, one lane per compute thread; models.c batcher_main) run
+ * them in batches of up to max_batch. A lane waits up to max_delay_ms for a
  * batch to fill, but only while other requests for the model are still
- * being decoded (tl_model_ref_preparing): a lone request runs at once. A
- * request whose deadline (which counts the time queued) passes before its
+ * being decoded: a lone request runs at once. A request whose deadline (which counts the time queued) passes before its
  * batch starts is answered 504 without being computed. Inference runs on
  * the model's own compute threads, beside any training job's: a request
  * waits at most for the batch ahead of it, never for training.
