@@ -493,10 +493,8 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __
 static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->res->message, sizeof r->res->message, fmt, ap);
+    tl_train_result_vfail(r->res, reason, fmt, ap);
     va_end(ap);
-    snprintf(r->res->reason, sizeof r->res->reason, "%s", reason);
-    r->res->status = TL_TRAIN_FAILED;
     return TL_TRAIN_FAILED;
 }
 

@@ -60,10 +60,8 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __
 static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->res->message, sizeof r->res->message, fmt, ap);
+    tl_train_result_vfail(r->res, reason, fmt, ap);
     va_end(ap);
-    snprintf(r->res->reason, sizeof r->res->reason, "%s", reason);
-    r->res->status = TL_TRAIN_FAILED;
     return TL_TRAIN_FAILED;
 }
 
@@ -434,6 +432,13 @@ static tl_train_status loop(run *r, int64_t step) {
     r->res->status = TL_TRAIN_SUCCEEDED;
     snprintf(r->res->message, sizeof r->res->message, "finished %lld steps", (long long)step);
     return TL_TRAIN_SUCCEEDED;
+}
+
+tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap) {
+    vsnprintf(res->message, sizeof res->message, fmt, ap);
+    snprintf(res->reason, sizeof res->reason, "%s", reason);
+    res->status = TL_TRAIN_FAILED;
+    return TL_TRAIN_FAILED;
 }
 
 tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,

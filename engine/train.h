@@ -20,6 +20,7 @@
 #ifndef TL_TRAIN_H
 #define TL_TRAIN_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,6 +79,10 @@ typedef struct {
     int64_t skipped_images;
     double best_top1;      /* -1 if never evaluated */
 } tl_train_result;
+
+/* Marks res failed with reason and a formatted message; returns TL_TRAIN_FAILED (for the job runners:
+ * train.c, annotate.c). */
+tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap);
 
 /* Runs (or resumes, when run_dir holds last.safetensors) the job. */
 tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
