@@ -20,6 +20,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define TL_CONV_CHUNK 1024 /* output pixels per im2col tile */
 
@@ -464,18 +467,25 @@ void tl_patch_weight_unpack_accum(float *dw, const float *dwp, int D, int C, int
  * row is computed by the same calls whatever the split, so results do not
  * depend on the batch size or the thread count. */
 #define STEM_RING 4
+#define STEM_KR 7 /* output pixels per register block of the AVX-512 kernel */
 
 typedef struct {
     float *patches;
     const float *img, *w1, *b1, *w2, *b2, *w3, *b3;
     int B, C, H, W1, k, g;
+    int avx512; /* C == 64 and the CPU runs AVX-512: the stem's own kernel, not im2col + sgemm */
     float *scratch;
     size_t per_thread;
 } stem_eval_job;
 
+/* Per thread: two rings of STEM_RING rows, each row padded with one zero
+ * pixel at both ends ((W1+2)*C, so a 3x3 window never leaves the row), one
+ * zero row (the padding above and below the image), the im2col buffer and one
+ * output row. */
 size_t tl_stem_eval_scratch(int nthreads, int C, int W1) {
     size_t kk = (size_t)9 * C > 147 ? (size_t)9 * C : 147;
-    size_t per = (size_t)2 * STEM_RING * W1 * C + (size_t)W1 * kk + (size_t)W1 * C;
+    size_t prow = (size_t)(W1 + 2) * C;
+    size_t per = (size_t)(2 * STEM_RING + 1) * prow + (size_t)W1 * kk + (size_t)W1 * C;
     return (size_t)nthreads * ((per + 15) & ~(size_t)15);
 }
 
@@ -502,32 +512,78 @@ static void im2col_c1(float *col, const float *img, int H, int W1, int oy) {
     }
 }
 
-/* 3x3 pad 1 im2col for output row oy from a ring of input rows; columns (ky, kx, ci). */
-static void im2col_3x3(float *col, const float *ring, int H1, int W1, int C, int oy) {
-    size_t rowf = (size_t)W1 * C, KK = (size_t)9 * C;
+/* The three padded input rows of a 3x3 window centred on row oy: ring rows,
+ * or the zero row outside the image. Pixel ox's window in row ky is then the
+ * 3*C contiguous floats at rows[ky] + ox*C, columns (kx, ci). */
+static void rows_3x3(const float *rows[3], const float *ring, const float *zero, int H1, size_t prow, int oy) {
     for (int ky = 0; ky < 3; ky++) {
         int iy = oy - 1 + ky;
-        const float *src = (iy >= 0 && iy < H1) ? ring + (size_t)(iy % STEM_RING) * rowf : NULL;
-        for (int ox = 0; ox < W1; ox++) {
-            float *d = col + (size_t)ox * KK + (size_t)ky * 3 * C;
-            if (!src) {
-                memset(d, 0, sizeof(float) * 3 * (size_t)C);
-                continue;
-            }
-            if (ox >= 1 && ox + 1 < W1) {
-                memcpy(d, src + (size_t)(ox - 1) * C, sizeof(float) * 3 * (size_t)C);
-            } else {
-                for (int kx = 0; kx < 3; kx++) {
-                    int ix = ox - 1 + kx;
-                    if (ix < 0 || ix >= W1)
-                        memset(d + (size_t)kx * C, 0, sizeof(float) * (size_t)C);
-                    else
-                        memcpy(d + (size_t)kx * C, src + (size_t)ix * C, sizeof(float) * (size_t)C);
+        rows[ky] = (iy >= 0 && iy < H1) ? ring + (size_t)(iy % STEM_RING) * prow : zero;
+    }
+}
+
+/* 3x3 pad 1 im2col of output row oy: col (W1, 9C), columns (ky, kx, ci). */
+static void im2col_3x3(float *col, const float *rows[3], int W1, int C) {
+    size_t KK = (size_t)9 * C, run = sizeof(float) * 3 * (size_t)C;
+    for (int ox = 0; ox < W1; ox++)
+        for (int ky = 0; ky < 3; ky++) memcpy(col + (size_t)ox * KK + (size_t)ky * 3 * C, rows[ky] + (size_t)ox * C, run);
+}
+
+#if defined(__x86_64__)
+/* out (n,64) = sum over segments s of A_s (n,len) @ W_s (len,64), where row x
+ * of A_s starts at a[s] + x*lda and W_s = w + s*len*64. A 3x3 convolution of
+ * 64 channels is three segments (its padded input rows, lda = 64, len = 192),
+ * conv1 one (its im2col matrix, lda = len = 147). Register block: STEM_KR
+ * pixels x 64 channels = 28 accumulators, 4 weight vectors, the input
+ * broadcast from memory; no packing, no im2col for the 3x3 convolutions.
+ * Each output is summed over the same k in the same order whatever n, the
+ * block or the thread, so results do not depend on the batch or the split. */
+__attribute__((target("avx512f,fma"))) static void stem_gemm64_avx512(float *out /*(n,64)*/, const float *const *a,
+                                                                        int nseg, int lda, int len,
+                                                                        const float *w /*(nseg*len,64)*/, int n) {
+    int x = 0;
+    for (; x + STEM_KR <= n; x += STEM_KR) {
+        __m512 acc[STEM_KR][4];
+        for (int r = 0; r < STEM_KR; r++)
+            for (int q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_ps();
+        for (int sg = 0; sg < nseg; sg++) {
+            const float *s = a[sg] + (size_t)x * lda;
+            const float *ws = w + (size_t)sg * len * 64;
+            for (int k = 0; k < len; k++) {
+                const float *wk = ws + (size_t)k * 64;
+                __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_loadu_ps(wk + 32),
+                       w3 = _mm512_loadu_ps(wk + 48);
+                for (int r = 0; r < STEM_KR; r++) {
+                    __m512 v = _mm512_set1_ps(s[(size_t)r * lda + k]);
+                    acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+                    acc[r][2] = _mm512_fmadd_ps(v, w2, acc[r][2]);
+                    acc[r][3] = _mm512_fmadd_ps(v, w3, acc[r][3]);
                 }
             }
         }
+        for (int r = 0; r < STEM_KR; r++)
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(x + r) * 64 + q * 16, acc[r][q]);
+    }
+    for (; x < n; x++) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int sg = 0; sg < nseg; sg++) {
+            const float *s = a[sg] + (size_t)x * lda;
+            const float *ws = w + (size_t)sg * len * 64;
+            for (int k = 0; k < len; k++) {
+                __m512 v = _mm512_set1_ps(s[k]);
+                for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(ws + (size_t)k * 64 + q * 16), acc[q]);
+            }
+        }
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)x * 64 + q * 16, acc[q]);
     }
 }
+
+static int cpu_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+}
+#endif
 
 /* y = max(y + b, 0) over n rows of C */
 TL_VEC static void bias_relu_rows(float *y, const float *b, int n, int C) {
@@ -556,13 +612,49 @@ TL_VEC static void bias_relu_to_patches(const stem_eval_job *j, int b, int y, co
     }
 }
 
+/* out (W1,C) = conv1 of output row oy (before bias and ReLU) */
+static void stem_conv1_row(const stem_eval_job *j, float *out, float *col, const float *img, int oy) {
+    int C = j->C, W1 = j->W1;
+    im2col_c1(col, img, j->H, W1, oy);
+#if defined(__x86_64__)
+    if (j->avx512) {
+        const float *a = col;
+        stem_gemm64_avx512(out, &a, 1, 147, 147, j->w1, W1);
+        return;
+    }
+#endif
+    tl_sgemm(0, 0, W1, C, 147, 1.0f, col, 147, j->w1, C, 0.0f, out, C);
+}
+
+/* out (W1,C) = 3x3 convolution (weights w) of the ring's rows around oy (before bias and ReLU) */
+static void stem_conv3_row(const stem_eval_job *j, float *out, float *col, const float *ring, const float *zero,
+                           const float *w, int oy) {
+    int C = j->C, W1 = j->W1;
+    const float *rows[3];
+    rows_3x3(rows, ring, zero, W1, (size_t)(W1 + 2) * C, oy);
+#if defined(__x86_64__)
+    if (j->avx512) {
+        stem_gemm64_avx512(out, rows, 3, C, 3 * C, w, W1);
+        return;
+    }
+#endif
+    im2col_3x3(col, rows, W1, C);
+    tl_sgemm(0, 0, W1, C, 9 * C, 1.0f, col, 9 * C, w, C, 0.0f, out, C);
+}
+
 /* a3 rows [y0, y1) of image b */
 static void stem_eval_rows(const stem_eval_job *j, float *ws, int b, int y0, int y1) {
     int C = j->C, W1 = j->W1, H1 = j->W1, H = j->H;
-    size_t rowf = (size_t)W1 * C;
-    float *r1 = ws, *r2 = r1 + STEM_RING * rowf, *col = r2 + STEM_RING * rowf;
+    size_t prow = (size_t)(W1 + 2) * C;
+    float *r1 = ws, *r2 = r1 + STEM_RING * prow, *zero = r2 + STEM_RING * prow, *col = zero + prow;
     size_t kk = (size_t)9 * C > 147 ? (size_t)9 * C : 147;
     float *tmp = col + (size_t)W1 * kk;
+    /* the padding: the zero row, and the first and last pixel of every ring row */
+    memset(zero, 0, sizeof(float) * prow);
+    for (int r = 0; r < 2 * STEM_RING; r++) {
+        memset(r1 + (size_t)r * prow, 0, sizeof(float) * (size_t)C);
+        memset(r1 + (size_t)r * prow + (size_t)(W1 + 1) * C, 0, sizeof(float) * (size_t)C);
+    }
     const float *img = j->img + (size_t)b * 3 * H * H;
     int n1 = y0 - 2 < 0 ? 0 : y0 - 2, n2 = y0 - 1 < 0 ? 0 : y0 - 1; /* next a1, a2 row to compute */
     for (int y = y0; y < y1; y++) {
@@ -571,18 +663,15 @@ static void stem_eval_rows(const stem_eval_job *j, float *ws, int b, int y0, int
             /* a1 rows up to n2 + 1; the ring's oldest row, n2 - 3, is no longer needed */
             int need1 = n2 + 1 < H1 ? n2 + 1 : H1 - 1;
             for (; n1 <= need1; n1++) {
-                float *o = r1 + (size_t)(n1 % STEM_RING) * rowf;
-                im2col_c1(col, img, H, W1, n1);
-                tl_sgemm(0, 0, W1, C, 147, 1.0f, col, 147, j->w1, C, 0.0f, o, C);
+                float *o = r1 + (size_t)(n1 % STEM_RING) * prow + C;
+                stem_conv1_row(j, o, col, img, n1);
                 bias_relu_rows(o, j->b1, W1, C);
             }
-            float *o = r2 + (size_t)(n2 % STEM_RING) * rowf;
-            im2col_3x3(col, r1, H1, W1, C, n2);
-            tl_sgemm(0, 0, W1, C, 9 * C, 1.0f, col, 9 * C, j->w2, C, 0.0f, o, C);
+            float *o = r2 + (size_t)(n2 % STEM_RING) * prow + C;
+            stem_conv3_row(j, o, col, r1, zero, j->w2, n2);
             bias_relu_rows(o, j->b2, W1, C);
         }
-        im2col_3x3(col, r2, H1, W1, C, y);
-        tl_sgemm(0, 0, W1, C, 9 * C, 1.0f, col, 9 * C, j->w3, C, 0.0f, tmp, C);
+        stem_conv3_row(j, tmp, col, r2, zero, j->w3, y);
         bias_relu_to_patches(j, b, y, tmp);
     }
 }
@@ -607,6 +696,9 @@ void tl_stem_eval_forward(tl_pool *p, float *patches, const float *images, const
     int W1 = tl_conv_out(H, 7, 2, 3);
     stem_eval_job j = {.patches = patches, .img = images, .w1 = w1, .b1 = b1, .w2 = w2, .b2 = b2, .w3 = w3, .b3 = b3,
                        .B = B, .C = C, .H = H, .W1 = W1, .k = k, .g = W1 / k, .scratch = scratch};
+#if defined(__x86_64__)
+    j.avx512 = C == 64 && cpu_avx512();
+#endif
     j.per_thread = tl_stem_eval_scratch(1, C, W1);
     tl_pool_run(p, stem_eval_part, &j);
 }

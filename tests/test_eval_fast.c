@@ -10,7 +10,9 @@
  * attention of the training path. The BatchNorm parameters and running
  * statistics are randomised so a wrong fold (scale, bias, layout) cannot hide
  * behind gamma = 1, beta = 0, mean = 0, var = 1. Sizes include odd ones (grid
- * 9, stem 12 or 24 channels, head dim 15 or 9) and 1, 2, 3 threads (so images
+ * 9, stem 12 or 24 channels, head dim 15 or 9), 64 stem channels (the stem's
+ * AVX-512 kernel, with rows that are not a multiple of its register block) and
+ * 1, 2, 3 threads (so images
  * are split between threads mid-image), batches 1, 3, 5, 8.
  */
 #include <math.h>
@@ -159,10 +161,26 @@ static void test_odd_sizes(void **state) {
     check_case(&b);
 }
 
+/* 64 stem channels: the stem's AVX-512 kernel (on CPUs that have it), with
+ * rows of 24 pixels (3 register blocks of 7 and 3 single pixels) and of 28
+ * (4 blocks), images split between 3 threads */
+static void test_stem64(void **state) {
+    (void)state;
+    eval_case a = {{.img_size = 48, .patch_size = 8, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
+                    .stem_channels = 64, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
+                   3};
+    check_case(&a);
+    eval_case b = {{.img_size = 56, .patch_size = 8, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
+                    .stem_channels = 64, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
+                   2};
+    check_case(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small),
         cmocka_unit_test(test_odd_sizes),
+        cmocka_unit_test(test_stem64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
