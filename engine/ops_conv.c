@@ -25,12 +25,73 @@
 #endif
 
 #define TL_CONV_CHUNK 1024 /* output pixels per im2col tile */
+#define STEM_KR 7    /* output pixels per register block of the AVX-512 kernel */
+
+#if defined(__x86_64__)
+/* out (n,64) = sum over segments s of A_s (n,len) @ W_s (len,64), where row x
+ * of A_s starts at a[s] + x*lda and W_s = w + s*len*64. A 3x3 convolution of
+ * 64 channels is three segments (its padded input rows, lda = 64, len = 192),
+ * conv1 one (its im2col matrix, lda = len = 147). Register block: STEM_KR
+ * pixels x 64 channels = 28 accumulators, 4 weight vectors, the input
+ * broadcast from memory; no packing, no im2col for the 3x3 convolutions.
+ * Each output is summed over the same k in the same order whatever n, the
+ * block or the thread, so results do not depend on the batch or the split. */
+__attribute__((target("avx512f,fma"))) static void gemm64_avx512(float *out /*(n,64)*/, const float *const *a,
+                                                                        int nseg, int lda, int len,
+                                                                        const float *w /*(nseg*len,64)*/, int n) {
+    int x = 0;
+    for (; x + STEM_KR <= n; x += STEM_KR) {
+        __m512 acc[STEM_KR][4];
+        for (int r = 0; r < STEM_KR; r++)
+            for (int q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_ps();
+        for (int sg = 0; sg < nseg; sg++) {
+            const float *s = a[sg] + (size_t)x * lda;
+            const float *ws = w + (size_t)sg * len * 64;
+            for (int k = 0; k < len; k++) {
+                const float *wk = ws + (size_t)k * 64;
+                __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_loadu_ps(wk + 32),
+                       w3 = _mm512_loadu_ps(wk + 48);
+                for (int r = 0; r < STEM_KR; r++) {
+                    __m512 v = _mm512_set1_ps(s[(size_t)r * lda + k]);
+                    acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+                    acc[r][2] = _mm512_fmadd_ps(v, w2, acc[r][2]);
+                    acc[r][3] = _mm512_fmadd_ps(v, w3, acc[r][3]);
+                }
+            }
+        }
+        for (int r = 0; r < STEM_KR; r++)
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(x + r) * 64 + q * 16, acc[r][q]);
+    }
+    for (; x < n; x++) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int sg = 0; sg < nseg; sg++) {
+            const float *s = a[sg] + (size_t)x * lda;
+            const float *ws = w + (size_t)sg * len * 64;
+            for (int k = 0; k < len; k++) {
+                __m512 v = _mm512_set1_ps(s[k]);
+                for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(ws + (size_t)k * 64 + q * 16), acc[q]);
+            }
+        }
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)x * 64 + q * 16, acc[q]);
+    }
+}
+
+static int cpu_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+}
+#endif
+
 
 size_t tl_conv2d_scratch(int nthreads, int Cin, int Cout, int Ho, int Wo, int k) {
-    (void)Ho, (void)Wo;
+    (void)Ho;
     size_t col = (size_t)TL_CONV_CHUNK * Cin * k * k;
     size_t dw = (size_t)Cout * Cin * k * k;
-    return (size_t)nthreads * (col + dw);
+    /* the row path (3x3, 64 channels): flipped weights, and per thread 3 padded rows and a zero row */
+    size_t rows = k == 3 ? (size_t)9 * Cin * Cout + (size_t)nthreads * 4 * (size_t)(Wo + 2) * (Cin > Cout ? Cin : Cout)
+                         : 0;
+    return (size_t)nthreads * (col + dw) + rows;
 }
 
 void tl_conv_weight_pack(float *wt, const float *w, int Cout, int Cin, int k) {
@@ -111,6 +172,68 @@ static size_t nchunks(const conv_job *j) {
     return (P + TL_CONV_CHUNK - 1) / TL_CONV_CHUNK;
 }
 
+/* ---- the row path: a 3x3, stride 1, pad 1 convolution of 64 channels to 64
+ * in NHWC (the stem's conv2 and conv3) runs row by row on the AVX-512 kernel
+ * when the CPU has it, for the forward (input rows against the weights) and
+ * the input gradient (output-gradient rows against the weights flipped in
+ * space and transposed in channels: din = conv(dout, flip(w)^T)), without
+ * im2col or col2im. Each output row is written by one thread, with the same
+ * arithmetic whatever the split. The weight gradient stays im2col + sgemm. */
+static int conv_rows_ok(const conv_job *j) {
+#if defined(__x86_64__)
+    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 && cpu_avx512();
+#else
+    (void)j;
+    return 0;
+#endif
+}
+
+typedef struct {
+    float *out;      /* (B,H,W,64) */
+    const float *in; /* (B,H,W,64) */
+    const float *w;  /* (3,3,64,64) */
+    int B, H, W;
+    float *scratch; /* per thread: 3 padded rows and a zero row */
+} conv_rows_job;
+
+static size_t conv_rows_per_thread(int W) { return ((size_t)4 * (W + 2) * 64 + 15) & ~(size_t)15; }
+
+static void conv_rows_part(void *arg, int tid, int nt) {
+#if defined(__x86_64__)
+    conv_rows_job *j = arg;
+    int H = j->H, W = j->W;
+    size_t prow = (size_t)(W + 2) * 64, lo, hi;
+    float *ring = j->scratch + (size_t)tid * conv_rows_per_thread(W), *zero = ring + 3 * prow;
+    memset(zero, 0, sizeof(float) * prow);
+    for (int r = 0; r < 3; r++) {
+        memset(ring + r * prow, 0, sizeof(float) * 64);
+        memset(ring + r * prow + (size_t)(W + 1) * 64, 0, sizeof(float) * 64);
+    }
+    int held[3] = {-1, -1, -1}, held_b = -1; /* which input row each ring slot holds */
+    tl_split((size_t)j->B * H, tid, nt, &lo, &hi);
+    for (size_t p = lo; p < hi; p++) {
+        int b = (int)(p / (size_t)H), y = (int)(p % (size_t)H);
+        if (b != held_b) held[0] = held[1] = held[2] = -1, held_b = b;
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ky++) {
+            int iy = y - 1 + ky, slot = (iy + 3) % 3;
+            if (iy < 0 || iy >= H) {
+                rows[ky] = zero;
+                continue;
+            }
+            if (held[slot] != iy) {
+                memcpy(ring + slot * prow + 64, j->in + ((size_t)b * H + iy) * W * 64, sizeof(float) * (size_t)W * 64);
+                held[slot] = iy;
+            }
+            rows[ky] = ring + slot * prow;
+        }
+        gemm64_avx512(j->out + p * (size_t)W * 64, rows, 3, 64, 192, j->w, W);
+    }
+#else
+    (void)arg, (void)tid, (void)nt;
+#endif
+}
+
 static void conv_fwd_part(void *arg, int tid, int nt) {
     conv_job *j = arg;
     size_t P = (size_t)j->B * j->Ho * j->Wo, lo, hi;
@@ -131,6 +254,11 @@ void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_nchw, con
                   .k = k, .stride = stride, .pad = pad, .scratch = scratch};
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
+    if (conv_rows_ok(&j)) {
+        conv_rows_job r = {.out = out, .in = in, .w = wt, .B = B, .H = H, .W = W, .scratch = scratch};
+        tl_pool_run(p, conv_rows_part, &r);
+        return;
+    }
     tl_pool_run(p, conv_fwd_part, &j);
 }
 
@@ -202,10 +330,24 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
     int nt = tl_pool_size(p);
+    int rows = j.din && conv_rows_ok(&j);
+    float *din_rows = rows ? j.din : NULL;
+    if (rows) j.din = NULL; /* the input gradient comes from the row path below */
     conv_bwd_ctx cx = {&j, B >= nt};
     tl_pool_run(p, conv_bwd_part, &cx);
     reduce_job r = {dwt, scratch + (size_t)nt * col_floats(&j), dw_floats(&j), nt};
     tl_pool_run(p, reduce_part, &r);
+    if (rows) {
+        /* flip(w)^T: (ky,kx,co,ci) from wt's (2-ky,2-kx,ci,co) */
+        float *wf = scratch + (size_t)nt * (col_floats(&j) + dw_floats(&j));
+        for (int t = 0; t < 9; t++)
+            for (int co = 0; co < 64; co++)
+                for (int ci = 0; ci < 64; ci++)
+                    wf[((size_t)t * 64 + co) * 64 + ci] = wt[((size_t)(8 - t) * 64 + ci) * 64 + co];
+        conv_rows_job rj = {.out = din_rows, .in = dout, .w = wf, .B = B, .H = H, .W = W, .scratch = wf + 9 * 64 * 64};
+        tl_pool_run(p, conv_rows_part, &rj);
+        return;
+    }
     if (cx.by_image || !j.din) return;
     /* few images: the input gradient, chunk by chunk on the calling thread with a pooled GEMM */
     memset(j.din, 0, sizeof(float) * (size_t)B * H * W * Cin);
@@ -467,7 +609,6 @@ void tl_patch_weight_unpack_accum(float *dw, const float *dwp, int D, int C, int
  * row is computed by the same calls whatever the split, so results do not
  * depend on the batch size or the thread count. */
 #define STEM_RING 4
-#define STEM_KR 7 /* output pixels per register block of the AVX-512 kernel */
 
 typedef struct {
     float *patches;
@@ -529,62 +670,6 @@ static void im2col_3x3(float *col, const float *rows[3], int W1, int C) {
         for (int ky = 0; ky < 3; ky++) memcpy(col + (size_t)ox * KK + (size_t)ky * 3 * C, rows[ky] + (size_t)ox * C, run);
 }
 
-#if defined(__x86_64__)
-/* out (n,64) = sum over segments s of A_s (n,len) @ W_s (len,64), where row x
- * of A_s starts at a[s] + x*lda and W_s = w + s*len*64. A 3x3 convolution of
- * 64 channels is three segments (its padded input rows, lda = 64, len = 192),
- * conv1 one (its im2col matrix, lda = len = 147). Register block: STEM_KR
- * pixels x 64 channels = 28 accumulators, 4 weight vectors, the input
- * broadcast from memory; no packing, no im2col for the 3x3 convolutions.
- * Each output is summed over the same k in the same order whatever n, the
- * block or the thread, so results do not depend on the batch or the split. */
-__attribute__((target("avx512f,fma"))) static void stem_gemm64_avx512(float *out /*(n,64)*/, const float *const *a,
-                                                                        int nseg, int lda, int len,
-                                                                        const float *w /*(nseg*len,64)*/, int n) {
-    int x = 0;
-    for (; x + STEM_KR <= n; x += STEM_KR) {
-        __m512 acc[STEM_KR][4];
-        for (int r = 0; r < STEM_KR; r++)
-            for (int q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_ps();
-        for (int sg = 0; sg < nseg; sg++) {
-            const float *s = a[sg] + (size_t)x * lda;
-            const float *ws = w + (size_t)sg * len * 64;
-            for (int k = 0; k < len; k++) {
-                const float *wk = ws + (size_t)k * 64;
-                __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_loadu_ps(wk + 32),
-                       w3 = _mm512_loadu_ps(wk + 48);
-                for (int r = 0; r < STEM_KR; r++) {
-                    __m512 v = _mm512_set1_ps(s[(size_t)r * lda + k]);
-                    acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
-                    acc[r][2] = _mm512_fmadd_ps(v, w2, acc[r][2]);
-                    acc[r][3] = _mm512_fmadd_ps(v, w3, acc[r][3]);
-                }
-            }
-        }
-        for (int r = 0; r < STEM_KR; r++)
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(x + r) * 64 + q * 16, acc[r][q]);
-    }
-    for (; x < n; x++) {
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int sg = 0; sg < nseg; sg++) {
-            const float *s = a[sg] + (size_t)x * lda;
-            const float *ws = w + (size_t)sg * len * 64;
-            for (int k = 0; k < len; k++) {
-                __m512 v = _mm512_set1_ps(s[k]);
-                for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(ws + (size_t)k * 64 + q * 16), acc[q]);
-            }
-        }
-        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)x * 64 + q * 16, acc[q]);
-    }
-}
-
-static int cpu_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-}
-#endif
-
 /* y = max(y + b, 0) over n rows of C */
 TL_VEC static void bias_relu_rows(float *y, const float *b, int n, int C) {
     for (int r = 0; r < n; r++) {
@@ -619,7 +704,7 @@ static void stem_conv1_row(const stem_eval_job *j, float *out, float *col, const
 #if defined(__x86_64__)
     if (j->avx512) {
         const float *a = col;
-        stem_gemm64_avx512(out, &a, 1, 147, 147, j->w1, W1);
+        gemm64_avx512(out, &a, 1, 147, 147, j->w1, W1);
         return;
     }
 #endif
@@ -634,7 +719,7 @@ static void stem_conv3_row(const stem_eval_job *j, float *out, float *col, const
     rows_3x3(rows, ring, zero, W1, (size_t)(W1 + 2) * C, oy);
 #if defined(__x86_64__)
     if (j->avx512) {
-        stem_gemm64_avx512(out, rows, 3, C, 3 * C, w, W1);
+        gemm64_avx512(out, rows, 3, C, 3 * C, w, W1);
         return;
     }
 #endif
