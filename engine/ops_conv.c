@@ -77,6 +77,44 @@ __attribute__((target("avx512f,fma"))) static void gemm64_avx512(float *out /*(n
     }
 }
 
+/* out (m,64) += sum over k < K of a[k*ldk + r] * b[k*64 + :] for each row r:
+ * A^T B with A's rows r contiguous. The weight gradient of a 3x3 convolution
+ * row: r = (kx, ci) of one ky, k = the row's pixels, A = the padded input row
+ * (ldk = 64), B = the output gradient row. */
+__attribute__((target("avx512f,fma"))) static void gemm64_tn_acc_avx512(float *out /*(m,64)*/, const float *a,
+                                                                         int ldk, int m, const float *b /*(K,64)*/,
+                                                                         int K) {
+    int r = 0;
+    for (; r + STEM_KR <= m; r += STEM_KR) {
+        __m512 acc[STEM_KR][4];
+        for (int i = 0; i < STEM_KR; i++)
+            for (int q = 0; q < 4; q++) acc[i][q] = _mm512_loadu_ps(out + (size_t)(r + i) * 64 + q * 16);
+        for (int k = 0; k < K; k++) {
+            const float *bk = b + (size_t)k * 64, *ak = a + (size_t)k * ldk + r;
+            __m512 w0 = _mm512_loadu_ps(bk), w1 = _mm512_loadu_ps(bk + 16), w2 = _mm512_loadu_ps(bk + 32),
+                   w3 = _mm512_loadu_ps(bk + 48);
+            for (int i = 0; i < STEM_KR; i++) {
+                __m512 v = _mm512_set1_ps(ak[i]);
+                acc[i][0] = _mm512_fmadd_ps(v, w0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(v, w1, acc[i][1]);
+                acc[i][2] = _mm512_fmadd_ps(v, w2, acc[i][2]);
+                acc[i][3] = _mm512_fmadd_ps(v, w3, acc[i][3]);
+            }
+        }
+        for (int i = 0; i < STEM_KR; i++)
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(r + i) * 64 + q * 16, acc[i][q]);
+    }
+    for (; r < m; r++) {
+        __m512 acc[4];
+        for (int q = 0; q < 4; q++) acc[q] = _mm512_loadu_ps(out + (size_t)r * 64 + q * 16);
+        for (int k = 0; k < K; k++) {
+            __m512 v = _mm512_set1_ps(a[(size_t)k * ldk + r]);
+            for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(b + (size_t)k * 64 + q * 16), acc[q]);
+        }
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)r * 64 + q * 16, acc[q]);
+    }
+}
+
 static int cpu_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
@@ -198,36 +236,81 @@ typedef struct {
 
 static size_t conv_rows_per_thread(int W) { return ((size_t)4 * (W + 2) * 64 + 15) & ~(size_t)15; }
 
+/* A thread's ring of 3 zero-padded input rows and a zero row: rows[ky] =
+ * the padded row y-1+ky of image b, copied in only when not held already. */
+typedef struct {
+    float *ring, *zero;
+    size_t prow;
+    int held[3], held_b;
+} row_ring;
+
+static void ring_init(row_ring *g, float *mem, int W) {
+    g->prow = (size_t)(W + 2) * 64;
+    g->ring = mem, g->zero = mem + 3 * g->prow;
+    memset(g->zero, 0, sizeof(float) * g->prow);
+    for (int r = 0; r < 3; r++) {
+        memset(g->ring + r * g->prow, 0, sizeof(float) * 64);
+        memset(g->ring + r * g->prow + (size_t)(W + 1) * 64, 0, sizeof(float) * 64);
+    }
+    g->held[0] = g->held[1] = g->held[2] = -1, g->held_b = -1;
+}
+
+static void ring_rows(row_ring *g, const float *rows[3], const float *in /*(B,H,W,64)*/, int b, int y, int H, int W) {
+    if (b != g->held_b) g->held[0] = g->held[1] = g->held[2] = -1, g->held_b = b;
+    for (int ky = 0; ky < 3; ky++) {
+        int iy = y - 1 + ky, slot = (iy + 3) % 3;
+        if (iy < 0 || iy >= H) {
+            rows[ky] = g->zero;
+            continue;
+        }
+        if (g->held[slot] != iy) {
+            memcpy(g->ring + slot * g->prow + 64, in + ((size_t)b * H + iy) * W * 64, sizeof(float) * (size_t)W * 64);
+            g->held[slot] = iy;
+        }
+        rows[ky] = g->ring + slot * g->prow;
+    }
+}
+
 static void conv_rows_part(void *arg, int tid, int nt) {
 #if defined(__x86_64__)
     conv_rows_job *j = arg;
-    int H = j->H, W = j->W;
-    size_t prow = (size_t)(W + 2) * 64, lo, hi;
-    float *ring = j->scratch + (size_t)tid * conv_rows_per_thread(W), *zero = ring + 3 * prow;
-    memset(zero, 0, sizeof(float) * prow);
-    for (int r = 0; r < 3; r++) {
-        memset(ring + r * prow, 0, sizeof(float) * 64);
-        memset(ring + r * prow + (size_t)(W + 1) * 64, 0, sizeof(float) * 64);
-    }
-    int held[3] = {-1, -1, -1}, held_b = -1; /* which input row each ring slot holds */
-    tl_split((size_t)j->B * H, tid, nt, &lo, &hi);
+    size_t lo, hi;
+    row_ring g;
+    ring_init(&g, j->scratch + (size_t)tid * conv_rows_per_thread(j->W), j->W);
+    tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
     for (size_t p = lo; p < hi; p++) {
-        int b = (int)(p / (size_t)H), y = (int)(p % (size_t)H);
-        if (b != held_b) held[0] = held[1] = held[2] = -1, held_b = b;
         const float *rows[3];
-        for (int ky = 0; ky < 3; ky++) {
-            int iy = y - 1 + ky, slot = (iy + 3) % 3;
-            if (iy < 0 || iy >= H) {
-                rows[ky] = zero;
-                continue;
-            }
-            if (held[slot] != iy) {
-                memcpy(ring + slot * prow + 64, j->in + ((size_t)b * H + iy) * W * 64, sizeof(float) * (size_t)W * 64);
-                held[slot] = iy;
-            }
-            rows[ky] = ring + slot * prow;
-        }
-        gemm64_avx512(j->out + p * (size_t)W * 64, rows, 3, 64, 192, j->w, W);
+        ring_rows(&g, rows, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
+        gemm64_avx512(j->out + p * (size_t)j->W * 64, rows, 3, 64, 192, j->w, j->W);
+    }
+#else
+    (void)arg, (void)tid, (void)nt;
+#endif
+}
+
+/* The weight gradient on the row path: thread tid's partial (3,3,64,64) +=,
+ * over its output rows, input window rows^T x output-gradient row. */
+typedef struct {
+    const float *in, *dout; /* (B,H,W,64) each */
+    float *parts;           /* nthreads x (3,3,64,64), zeroed here */
+    float *scratch;         /* per thread: the ring */
+    int B, H, W;
+} conv_dw_rows_job;
+
+static void conv_dw_rows_part(void *arg, int tid, int nt) {
+#if defined(__x86_64__)
+    conv_dw_rows_job *j = arg;
+    float *dwp = j->parts + (size_t)tid * 9 * 64 * 64;
+    size_t lo, hi;
+    row_ring g;
+    memset(dwp, 0, sizeof(float) * 9 * 64 * 64);
+    ring_init(&g, j->scratch + (size_t)tid * conv_rows_per_thread(j->W), j->W);
+    tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+    for (size_t p = lo; p < hi; p++) {
+        const float *rows[3];
+        ring_rows(&g, rows, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
+        for (int ky = 0; ky < 3; ky++)
+            gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, j->dout + p * (size_t)j->W * 64, j->W);
     }
 #else
     (void)arg, (void)tid, (void)nt;
@@ -330,24 +413,27 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
     int nt = tl_pool_size(p);
-    int rows = j.din && conv_rows_ok(&j);
-    float *din_rows = rows ? j.din : NULL;
-    if (rows) j.din = NULL; /* the input gradient comes from the row path below */
-    conv_bwd_ctx cx = {&j, B >= nt};
-    tl_pool_run(p, conv_bwd_part, &cx);
-    reduce_job r = {dwt, scratch + (size_t)nt * col_floats(&j), dw_floats(&j), nt};
-    tl_pool_run(p, reduce_part, &r);
-    if (rows) {
+    if (conv_rows_ok(&j)) {
+        float *parts = scratch + (size_t)nt * col_floats(&j), *wf = parts + (size_t)nt * dw_floats(&j);
+        conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .scratch = wf + 9 * 64 * 64, .B = B, .H = H,
+                               .W = W};
+        tl_pool_run(p, conv_dw_rows_part, &dj);
+        reduce_job r = {dwt, parts, dw_floats(&j), nt};
+        tl_pool_run(p, reduce_part, &r);
+        if (!j.din) return;
         /* flip(w)^T: (ky,kx,co,ci) from wt's (2-ky,2-kx,ci,co) */
-        float *wf = scratch + (size_t)nt * (col_floats(&j) + dw_floats(&j));
         for (int t = 0; t < 9; t++)
             for (int co = 0; co < 64; co++)
                 for (int ci = 0; ci < 64; ci++)
                     wf[((size_t)t * 64 + co) * 64 + ci] = wt[((size_t)(8 - t) * 64 + ci) * 64 + co];
-        conv_rows_job rj = {.out = din_rows, .in = dout, .w = wf, .B = B, .H = H, .W = W, .scratch = wf + 9 * 64 * 64};
+        conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .B = B, .H = H, .W = W, .scratch = wf + 9 * 64 * 64};
         tl_pool_run(p, conv_rows_part, &rj);
         return;
     }
+    conv_bwd_ctx cx = {&j, B >= nt};
+    tl_pool_run(p, conv_bwd_part, &cx);
+    reduce_job r = {dwt, scratch + (size_t)nt * col_floats(&j), dw_floats(&j), nt};
+    tl_pool_run(p, reduce_part, &r);
     if (cx.by_image || !j.din) return;
     /* few images: the input gradient, chunk by chunk on the calling thread with a pooled GEMM */
     memset(j.din, 0, sizeof(float) * (size_t)B * H * W * Cin);
