@@ -53,6 +53,7 @@
  * the same thread count, as for training).
  */
 #include "annotate.h"
+#include "inspect.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -914,30 +915,6 @@ static void decode_part(void *arg, int tid, int nt) {
     }
 }
 
-/* The k largest of v[0..K) best first (ties to the smaller class); -1 on a NaN. */
-static int topk(const float *v, int K, int k, float *val, int *cls) {
-    int n = 0;
-    for (int c = 0; c < K; c++) {
-        float x = v[c];
-        if (isnan(x)) return -1;
-        int pos;
-        if (n < k)
-            pos = n++;
-        else if (x > val[k - 1])
-            pos = k - 1;
-        else
-            continue;
-        while (pos > 0 && x > val[pos - 1]) {
-            val[pos] = val[pos - 1];
-            cls[pos] = cls[pos - 1];
-            pos--;
-        }
-        val[pos] = x;
-        cls[pos] = c;
-    }
-    return 0;
-}
-
 /* One batch [lo, hi): decode, forward, top-k, records to the part. */
 static int annotate_batch(run *r, int64_t lo, int64_t hi) {
     int n = (int)(hi - lo);
@@ -963,9 +940,9 @@ static int annotate_batch(run *r, int64_t lo, int64_t hi) {
     const float *aux = tl_logits_aux(r->ctx);
     int K = r->K, k = r->k, N = r->N;
     float tv[64];
-    int tc[64];
+    int32_t tc[64];
     float *val = k <= 64 ? tv : malloc(sizeof(float) * (size_t)k);
-    int *cls = k <= 64 ? tc : malloc(sizeof(int) * (size_t)k);
+    int32_t *cls = k <= 64 ? tc : malloc(sizeof(int32_t) * (size_t)k);
     if (!val || !cls) {
         if (val != tv) free(val);
         if (cls != tc) free(cls);
@@ -977,7 +954,7 @@ static int annotate_batch(run *r, int64_t lo, int64_t hi) {
         if (!r->ok[i]) continue;
         const char *key = tl_dataset_relpath(r->ds, (int)(lo + i));
         for (int p = 0; p < N; p++) {
-            if (topk(aux + ((size_t)b * N + p) * K, K, k, val, cls) != 0) {
+            if (tl_topk(aux + ((size_t)b * N + p) * K, K, k, cls, val) != 0) {
                 rc = -1;
                 fail(r, "CONFIG_ERROR", "the model produced a NaN logit for %s; the weights are broken", key);
                 break;

@@ -109,14 +109,15 @@ static void carve_result(carver *cv, int n, int N, tl_inspect_result **out) {
 
 static float clampf(float v) { return v > FLT_MAX ? FLT_MAX : v < -FLT_MAX ? -FLT_MAX : v; }
 
-/* Indices of the k largest of v[0..K) into index (best first, ties to the
- * smaller index, NaN never chosen, unused slots -1) and their values into val. */
-static void topk_select(const float *v, int K, int k, int32_t *index, float *val) {
-    int n = 0;
+int tl_topk(const float *v, int K, int k, int32_t *index, float *val) {
+    int n = 0, nans = 0;
     for (int j = 0; j < k; j++) index[j] = -1, val[j] = 0.0f;
     for (int c = 0; c < K; c++) {
         float x = v[c];
-        if (isnan(x)) continue;
+        if (isnan(x)) {
+            nans++;
+            continue;
+        }
         x = clampf(x);
         int pos;
         if (n < k)
@@ -133,6 +134,7 @@ static void topk_select(const float *v, int K, int k, int32_t *index, float *val
         index[pos] = c;
         val[pos] = x;
     }
+    return nans;
 }
 
 void tl_topk_softmax(const float *logits, int K, int k, int32_t *index, float *prob) {
@@ -141,7 +143,7 @@ void tl_topk_softmax(const float *logits, int K, int k, int32_t *index, float *p
         for (int j = 0; j < k; j++) index[j] = -1, prob[j] = 0.0f;
         return;
     }
-    topk_select(logits, K, k, index, prob); /* prob holds the logits for now */
+    tl_topk(logits, K, k, index, prob); /* prob holds the logits for now */
     if (index[0] < 0) return;              /* every logit NaN */
     double m = prob[0], z = 0.0;            /* the largest; infinities clamped to +-FLT_MAX */
     for (int c = 0; c < K; c++)
@@ -282,7 +284,7 @@ static void sample_targets(builder *b, int i, const tl_dataset *ds, int idx, int
         tl_targets_compute(b->t_cls, b->t_dense, b->vals, b->inds, tl_labelmap_topk(b->lm), tl_labelmap_h(b->lm),
                            tl_labelmap_w(b->lm), b->K, &smp->geom, b->grid, 0.0f, b->tscratch);
         for (int tok = 0; tok < N; tok++)
-            topk_select(b->t_dense + (size_t)tok * b->K, b->K, TL_INSPECT_TOPK, t->index + (size_t)tok * TL_INSPECT_TOPK,
+            tl_topk(b->t_dense + (size_t)tok * b->K, b->K, TL_INSPECT_TOPK, t->index + (size_t)tok * TL_INSPECT_TOPK,
                         t->prob + (size_t)tok * TL_INSPECT_TOPK);
         smp->target_kind = TL_TARGET_LABELMAP;
         return;

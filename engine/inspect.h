@@ -97,6 +97,12 @@ void tl_inspect_result_free(tl_inspect_result *r);
  * context's batch size, and fills r. 0, or -1 with a message. */
 int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, char *err, size_t errlen);
 
+/* Indices of the k largest of v[0..K) into index (best first, ties to the
+ * smaller index, NaN never chosen, +-inf ranked as +-FLT_MAX, unused slots -1)
+ * and their values into val. Returns how many NaN it skipped. Shared by token
+ * inspection, the annotator and the inference server. */
+int tl_topk(const float *v, int K, int k, int32_t *index, float *val);
+
 /* Top-k of softmax(logits[0..K)) into index/prob (k <= K entries, the rest of
  * the k slots filled with index -1 and prob 0 when K < k). Helper shared with
  * the inference server. */

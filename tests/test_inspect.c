@@ -14,6 +14,7 @@
  *  - tl_inspect_run: sorted probabilities summing to at most 1, valid classes,
  *    results independent of the context's batch size, a mismatched model refused;
  *  - tl_topk_softmax edge cases: K < k, equal logits, huge, infinite and NaN logits;
+ *    tl_topk's order, ties and NaN count;
  *  - the training loop calls on_inspect at every evaluation (raw then EMA),
  *    with and without validation data, with the same set each time; a run
  *    stopped and resumed inspects the same set and ends with the same
@@ -528,6 +529,15 @@ static void test_topk_softmax(void **state) {
     assert_true(ix[0] == -1 && ix[1] == -1 && p[0] == 0.0f);
     tl_topk_softmax(NULL, 0, 2, ix, p);
     assert_true(ix[0] == -1 && p[1] == 0.0f);
+    /* tl_topk itself: values, ties to the smaller index, the NaN count (the
+     * annotator refuses a row with any) */
+    const float row[6] = {0.5f, NAN, 2.0f, 0.5f, NAN, -1.0f};
+    float v[3];
+    assert_int_equal(tl_topk(row, 6, 3, ix, v), 2);
+    assert_true(ix[0] == 2 && ix[1] == 0 && ix[2] == 3);
+    assert_true(v[0] == 2.0f && v[1] == 0.5f && v[2] == 0.5f);
+    assert_int_equal(tl_topk(row + 2, 2, 2, ix, v), 0);
+    assert_true(ix[0] == 0 && ix[1] == 1);
 }
 
 /* ------------------------------------------------------------------------ */
