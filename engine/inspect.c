@@ -44,6 +44,7 @@
 
 #include "model_internal.h"
 #include "rng.h"
+#include "simd.h"
 
 #define TRY_MAX 64    /* indices tried per sample before giving up on it */
 #define ALIGN 64
@@ -149,6 +150,24 @@ void tl_topk_softmax(const float *logits, int K, int k, int32_t *index, float *p
     for (int c = 0; c < K; c++)
         if (!isnan(logits[c])) z += exp((double)clampf(logits[c]) - m);
     for (int j = 0; j < k && index[j] >= 0; j++) prob[j] = (float)(exp((double)prob[j] - m) / z);
+}
+
+/* One token: the largest logit, then the sum of exp(l - max) (vectorised:
+ * tl_expf, within 2 ulp; K*N libm expf calls cost about 1 ms per lvvit_t
+ * image at 1000 classes), then the first class holding the maximum. */
+TL_VEC static float token_top1_row(const float *l, int K, int32_t *index) {
+    float mx = l[0];
+    for (int k = 1; k < K; k++) mx = l[k] > mx ? l[k] : mx;
+    float se = 0.0f;
+    for (int k = 0; k < K; k++) se += tl_expf(l[k] - mx);
+    int best = 0;
+    while (best < K - 1 && !(l[best] == mx)) best++;
+    *index = best;
+    return 1.0f / se;
+}
+
+void tl_token_top1(const float *aux, int N, int K, int32_t *index, float *prob) {
+    for (int t = 0; t < N; t++) prob[t] = token_top1_row(aux + (size_t)t * K, K, index + t);
 }
 
 /* ------------------------------------------------------------------------ */

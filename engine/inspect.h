@@ -103,6 +103,10 @@ int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, c
  * inspection, the annotator and the inference server. */
 int tl_topk(const float *v, int K, int k, int32_t *index, float *val);
 
+/* Per token of aux (N,K): the top class and its softmax probability, in
+ * float (for display: the token maps of predictions). */
+void tl_token_top1(const float *aux /*(N,K)*/, int N, int K, int32_t *index /*(N)*/, float *prob /*(N)*/);
+
 /* Top-k of softmax(logits[0..K)) into index/prob (k <= K entries, the rest of
  * the k slots filled with index -1 and prob 0 when K < k). Helper shared with
  * the inference server. */

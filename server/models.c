@@ -346,20 +346,6 @@ static entry *list_take(tl_models *M, const char *name) {
 /* ------------------------------------------------------------------ the batcher */
 
 /* Per-token top class and its probability from the aux logits of one image. */
-static void token_top1(const float *aux /*(N,K)*/, int N, int K, int32_t *index, float *prob) {
-    for (int t = 0; t < N; t++) {
-        const float *l = aux + (size_t)t * K;
-        int best = 0;
-        float mx = l[0];
-        for (int k = 1; k < K; k++)
-            if (l[k] > mx) mx = l[k], best = k;
-        float se = 0.0f; /* float exp: the token maps are for display, and K*N double exps cost ~2 ms */
-        for (int k = 0; k < K; k++) se += expf(l[k] - mx);
-        index[t] = best;
-        prob[t] = 1.0f / se;
-    }
-}
-
 static void softmax_into(const float *s, int K, float *out) {
     float mx = s[0];
     for (int k = 1; k < K; k++) mx = s[k] > mx ? s[k] : mx;
@@ -458,7 +444,7 @@ static void *batcher_main(void *arg) {
             tl_infer_out *o = batch[i]->out;
             softmax_into(L->scores + (size_t)i * E->K, E->K, o->probs);
             if (o->logits) memcpy(o->logits, L->scores + (size_t)i * E->K, sizeof(float) * (size_t)E->K);
-            if (o->tok_index) token_top1(aux + (size_t)i * N * E->K, N, E->K, o->tok_index, o->tok_prob);
+            if (o->tok_index) tl_token_top1(aux + (size_t)i * N * E->K, N, E->K, o->tok_index, o->tok_prob);
             o->infer_ms = ms;
             o->batch = B;
             o->queue_ms = (double)(now - batch[i]->enq_ms);

@@ -538,6 +538,31 @@ static void test_topk_softmax(void **state) {
     assert_true(v[0] == 2.0f && v[1] == 0.5f && v[2] == 0.5f);
     assert_int_equal(tl_topk(row + 2, 2, 2, ix, v), 0);
     assert_true(ix[0] == 0 && ix[1] == 1);
+    /* tl_token_top1 (the served token maps) against a double softmax: 3 tokens
+     * of 1000 classes, the last with its maximum twice (the first one wins) */
+    enum { TN = 3, TK = 1000 };
+    static float aux[TN * TK];
+    uint64_t st = 99;
+    for (int i = 0; i < TN * TK; i++) {
+        st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+        aux[i] = (float)((st >> 40) & 0xffff) / 4096.0f - 8.0f;
+    }
+    aux[2 * TK + 17] = aux[2 * TK + 400] = 9.5f;
+    int32_t tix[TN];
+    float tp[TN];
+    tl_token_top1(aux, TN, TK, tix, tp);
+    for (int t = 0; t < TN; t++) {
+        const float *l = aux + t * TK;
+        int best = 0;
+        for (int c = 1; c < TK; c++)
+            if (l[c] > l[best]) best = c;
+        double z = 0.0;
+        for (int c = 0; c < TK; c++) z += exp((double)l[c] - l[best]);
+        assert_int_equal(tix[t], best);
+        printf("  token %d: top %d, prob %.6g, relative error %.2e\n", t, tix[t], tp[t], fabs(tp[t] * z - 1.0));
+        assert_true(fabs(tp[t] * z - 1.0) <= 2e-5); /* float sum of 1000 terms */
+    }
+    assert_int_equal(tix[2], 17);
 }
 
 /* ------------------------------------------------------------------------ */
