@@ -162,6 +162,7 @@ int main(int argc, char **argv) {
     tl_model *m = tl_model_new(&c, 42, err, sizeof err);
     tl_ctx *ctx = m ? tl_ctx_new(m, batch, train, threads, err, sizeof err) : NULL;
     if (!ctx) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
+    if (!train) tl_ctx_freeze_weights(ctx); /* as a served model */
     int K = c.num_classes, g = tl_config_grid(&c);
     size_t npix = (size_t)batch * 3 * c.img_size * c.img_size;
     float *images = malloc(sizeof(float) * npix), *t_cls = calloc((size_t)batch * K, sizeof(float));

@@ -577,6 +577,7 @@ static tl_train_status setup(run *r) {
     }
     r->threads = s->threads > 0 ? s->threads : ncores();
     r->ctx = tl_ctx_new(r->model, r->B, 0, r->threads, err, sizeof err);
+    tl_ctx_freeze_weights(r->ctx); /* the annotating model is fixed */
     if (!r->ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
     if (r->threads > 1 && !(r->dpool = tl_pool_new(r->threads)))
         return fail(r, "OUT_OF_MEMORY", "cannot start %d decoding threads", r->threads);

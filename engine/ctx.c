@@ -163,6 +163,10 @@ fail_alloc:
     return NULL;
 }
 
+void tl_ctx_freeze_weights(tl_ctx *x) {
+    if (x) x->frozen = 1;
+}
+
 void tl_ctx_free(tl_ctx *x) {
     if (!x) return;
     tl_pool_free(x->pool);

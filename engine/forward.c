@@ -28,6 +28,7 @@ static void stem_forward(tl_ctx *x, const float *images, int B, int train) {
     tl_weights *w = &m->wt[0];
     int C = x->C, H = m->cfg.img_size, H1 = x->H1, k = x->k;
     size_t M = (size_t)B * H1 * H1;
+    x->stem_packed = 0; /* wt now holds the unfolded weights */
     for (int l = 0; l < 3; l++) {
         int cin = l == 0 ? 3 : C, ks = l == 0 ? 7 : 3;
         tl_conv_weight_pack(x->wt[l], w->conv[l], C, cin, ks);
@@ -52,10 +53,13 @@ static void stem_forward_eval(tl_ctx *x, const float *images, int B) {
     tl_model *m = x->m;
     tl_weights *w = &m->wt[0];
     int C = x->C, k = x->k;
-    for (int l = 0; l < 3; l++)
-        tl_stem_eval_fold(x->wt[l], x->fold_b[l], w->conv[l], w->bn_w[l], w->bn_b[l], w->bn_rm[l], w->bn_rv[l], C,
-                          l == 0 ? 3 : C, l == 0 ? 7 : 3, l == 0, TL_BN_EPS);
-    tl_patch_weight_pack(x->wp, w->proj_w, x->D, C, k);
+    if (!x->stem_packed) {
+        for (int l = 0; l < 3; l++)
+            tl_stem_eval_fold(x->wt[l], x->fold_b[l], w->conv[l], w->bn_w[l], w->bn_b[l], w->bn_rm[l], w->bn_rv[l],
+                              C, l == 0 ? 3 : C, l == 0 ? 7 : 3, l == 0, TL_BN_EPS);
+        tl_patch_weight_pack(x->wp, w->proj_w, x->D, C, k);
+        x->stem_packed = x->frozen;
+    }
     PROF(x, TL_PROF_STEM_CONV, tl_stem_eval_forward(x->pool, x->patches, images, x->wt[0], x->fold_b[0], x->wt[1],
                                                     x->fold_b[1], x->wt[2], x->fold_b[2], B, C, m->cfg.img_size, k,
                                                     x->scratch));

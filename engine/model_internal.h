@@ -103,6 +103,8 @@ struct tl_ctx {
     float *bn_mean[3], *bn_rstd[3];
     float *fold_b[3];      /* eval: BatchNorm folded into wt[l] (scaled) and this bias, (C) */
     int eval_reference;    /* eval forward by the unfused layer-by-layer path (tests; training contexts only) */
+    int frozen;            /* tl_ctx_freeze_weights: the caller promises the weights no longer change */
+    int stem_packed;       /* frozen, and wt/fold_b/wp hold the eval stem's folded, packed weights */
     float *patches;        /* (B*N, k*k*C) */
     float *tok;            /* (B,N,D) */
     tl_block_acts *blk;    /* depth */

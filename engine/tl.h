@@ -130,6 +130,10 @@ void tl_ctx_free(tl_ctx *c);
 int tl_ctx_batch(const tl_ctx *c);
 /* Per-phase timing of forward and backward (off by default); on resets it. */
 void tl_ctx_profile(tl_ctx *c, int on);
+/* The caller promises that the model's weights no longer change while c is
+ * used (a served model): eval forwards then fold and pack the stem's weights
+ * once instead of at every call. */
+void tl_ctx_freeze_weights(tl_ctx *c);
 /* "phase fwd/bwd ms, ..." summed since profiling was switched on. */
 int tl_ctx_profile_report(const tl_ctx *c, char *buf, size_t len);
 size_t tl_ctx_bytes(const tl_ctx *c);

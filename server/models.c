@@ -365,6 +365,8 @@ static int ensure_ctx(lane *L, int B, char *err, size_t errlen) {
     L->wide = NULL;
     L->narrow = tl_ctx_new(E->model, B, 0, 1, err, errlen);
     if (L->index == 0 && E->M->threads > 1) L->wide = tl_ctx_new(E->model, B, 0, E->M->threads, err, errlen);
+    tl_ctx_freeze_weights(L->narrow); /* a served model's weights never change: pack its stem once */
+    tl_ctx_freeze_weights(L->wide);
     L->in = malloc(sizeof(float) * (size_t)B * 3 * (size_t)E->S * (size_t)E->S);
     L->scores = malloc(sizeof(float) * (size_t)B * (size_t)E->K);
     if (!L->narrow || (L->index == 0 && E->M->threads > 1 && !L->wide) || !L->in || !L->scores) {

@@ -119,6 +119,17 @@ static void check_case(const eval_case *ec) {
         if (!(e1 <= TOL && e2 <= TOL))
             fail_msg("%d threads, images [%d,%d): cls err %.3g, aux err %.3g", ec->nthreads, b0, b0 + n, e1, e2);
     }
+    /* frozen weights: the stem packed once, the same results bit for bit */
+    assert_int_equal(tl_forward(xe, img, BMAX, 0, NULL, 0), 0);
+    memcpy(sc, tl_logits_cls(xe), sizeof(float) * nc);
+    tl_ctx_freeze_weights(xe);
+    tl_ctx_freeze_weights(xr);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(tl_forward(xe, img, BMAX, 0, NULL, 0), 0);
+        assert_true(memcmp(tl_logits_cls(xe), sc, sizeof(float) * nc) == 0);
+    }
+    assert_int_equal(tl_forward(xr, img, BMAX, 0, NULL, 0), 0); /* xr's folded stem packed */
+    assert_true(max_rel(tl_logits_cls(xr), sc, nc) <= TOL);
     /* a training forward after the eval ones still matches a fresh context's */
     tl_ctx *xt = tl_ctx_new(m, BMAX, 1, ec->nthreads, err, sizeof err);
     if (!xt) fail_msg("tl_ctx_new: %s", err);
@@ -126,6 +137,16 @@ static void check_case(const eval_case *ec) {
     memcpy(cls, tl_logits_cls(xt), sizeof(float) * nc);
     assert_int_equal(tl_forward(xr, img, BMAX, 1, NULL, 3), 0);
     assert_true(max_rel(tl_logits_cls(xr), cls, nc) == 0.0);
+    /* the training forwards moved the BatchNorm statistics; the frozen xr's
+     * training forward packed the unfolded weights, so its next eval folds
+     * again and matches a fresh context's */
+    tl_ctx *xf = tl_ctx_new(m, BMAX, 0, ec->nthreads, err, sizeof err);
+    if (!xf) fail_msg("tl_ctx_new: %s", err);
+    assert_int_equal(tl_forward(xf, img, BMAX, 0, NULL, 0), 0);
+    assert_int_equal(tl_forward(xr, img, BMAX, 0, NULL, 0), 0);
+    assert_true(max_rel(tl_logits_cls(xr), tl_logits_cls(xf), nc) <= TOL);
+    assert_true(max_rel(tl_logits_cls(xf), sc, nc) > 0.0); /* the statistics did move */
+    tl_ctx_free(xf);
     tl_ctx_free(xt);
     tl_ctx_free(xe);
     tl_ctx_free(xr);
