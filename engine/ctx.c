@@ -89,7 +89,7 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
     x->branch = take(cv, BT * D);
     size_t conv1 = x->training ? tl_conv2d_scratch(x->nthreads, 3, x->C, x->H1, x->H1, 7) : 0;
     size_t conv23 = x->training ? tl_conv2d_scratch(x->nthreads, x->C, x->C, x->H1, x->H1, 3) : 0;
-    size_t other = tl_attention_scratch(x->nthreads, x->T) + tl_layernorm_scratch(x->nthreads, x->D > x->C ? x->D : x->C);
+    size_t other = tl_attention_scratch(x->nthreads, x->T, x->D / x->Hh) + tl_layernorm_scratch(x->nthreads, x->D > x->C ? x->D : x->C);
     size_t stem_eval = tl_stem_eval_scratch(x->nthreads, x->C, x->H1);
     x->scratch_floats = max3(conv1, conv23, other > stem_eval ? other : stem_eval);
     x->scratch = take(cv, x->scratch_floats);

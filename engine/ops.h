@@ -111,7 +111,7 @@ void tl_layernorm_backward(tl_pool *p, float *dx_accum /*(M,D)*/, float *dw /*(D
  * linear layers around it). qkv rows are [q | k | v], each heads x hd. ---- */
 void tl_attention_forward(tl_pool *p, float *out /*(B,T,D)*/, float *att /*(B,H,T,T)*/, const float *qkv /*(B,T,3D)*/,
                           int B, int T, int D, int H);
-size_t tl_attention_scratch(int nthreads, int T);
+size_t tl_attention_scratch(int nthreads, int T, int hd);
 /* Eval only: the same output without keeping the probabilities (scratch from
  * tl_attention_scratch). */
 void tl_attention_forward_eval(tl_pool *p, float *out /*(B,T,D)*/, const float *qkv /*(B,T,3D)*/, int B, int T, int D,

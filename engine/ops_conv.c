@@ -23,6 +23,7 @@
  * of the stem's time.
  */
 #include "blas.h"
+#include "gemm_avx512.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -123,10 +124,6 @@ __attribute__((target("avx512f,fma"))) static void gemm64_tn_acc_avx512(float *o
     }
 }
 
-static int cpu_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-}
 #endif
 
 
@@ -227,7 +224,7 @@ static size_t nchunks(const conv_job *j) {
  * arithmetic whatever the split. The weight gradient stays im2col + sgemm. */
 static int conv_rows_ok(const conv_job *j) {
 #if defined(__x86_64__)
-    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 && cpu_avx512();
+    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 && tl_cpu_avx512();
 #else
     (void)j;
     return 0;
@@ -876,7 +873,7 @@ void tl_stem_eval_forward(tl_pool *p, float *patches, const float *images, const
     stem_eval_job j = {.patches = patches, .img = images, .w1 = w1, .b1 = b1, .w2 = w2, .b2 = b2, .w3 = w3, .b3 = b3,
                        .B = B, .C = C, .H = H, .W1 = W1, .k = k, .g = W1 / k, .scratch = scratch};
 #if defined(__x86_64__)
-    j.avx512 = C == 64 && cpu_avx512();
+    j.avx512 = C == 64 && tl_cpu_avx512();
 #endif
     j.per_thread = tl_stem_eval_scratch(1, C, W1);
     tl_pool_run(p, stem_eval_part, &j);

@@ -7,6 +7,7 @@
  * gradients) use per-thread partials summed in thread order (deterministic).
  */
 #include "blas.h"
+#include "gemm_avx512.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -195,15 +196,23 @@ void tl_attention_forward(tl_pool *p, float *out, float *att, const float *qkv, 
     tl_pool_run(p, att_fwd_part, &j);
 }
 
-size_t tl_attention_scratch(int nthreads, int T) { return (size_t)nthreads * T * T; }
+/* Per thread: the training path's T x T probabilities, or the eval kernel's
+ * padded scores (T x Tp), scaled K^T (hd x Tp), padded V and output (T x hp). */
+size_t tl_attention_scratch(int nthreads, int T, int hd) {
+    size_t Tp = ((size_t)T + 15) & ~(size_t)15, hp = ((size_t)hd + 15) & ~(size_t)15;
+    size_t eval = (size_t)T * Tp + (size_t)hd * Tp + 2 * (size_t)T * hp, train = (size_t)T * T;
+    return (size_t)nthreads * (eval > train ? eval : train);
+}
+
+static size_t att_per_thread(int T, int hd) { return tl_attention_scratch(1, T, hd); }
 
 /* Eval softmax: the max and the sum are kept in 16 lanes so both passes
  * vectorise (a plain float reduction does not without -ffast-math). */
 #define SM_LANES 16
-TL_VEC static void softmax_rows_eval(float *a, int rows, int cols) {
+TL_VEC static void softmax_rows_eval(float *a, int rows, int cols, size_t ld) {
     int cv = cols - cols % SM_LANES;
     for (int r = 0; r < rows; r++) {
-        float *x = a + (size_t)r * cols;
+        float *x = a + (size_t)r * ld;
         float m[SM_LANES], s[SM_LANES];
         for (int l = 0; l < SM_LANES; l++) m[l] = -INFINITY, s[l] = 0.0f;
         for (int i = 0; i < cv; i += SM_LANES)
@@ -228,21 +237,45 @@ TL_VEC static void softmax_rows_eval(float *a, int rows, int cols) {
     }
 }
 
-/* Eval attention: the probabilities live in the thread's scratch (T x T, in
- * its L2 cache) instead of the (B,H,T,T) buffer that backward needs. */
+/* Eval attention: the probabilities live in the thread's scratch (in its L2
+ * cache) instead of the (B,H,T,T) buffer that backward needs. With AVX-512 the
+ * two products run on tl_gemm_rows_avx512 against K^T (scaled) and V copied
+ * into zero-padded panels once per head: OpenBLAS repacked Q, K, P and V at
+ * every call, and these shapes (K = 60, N = 60 for lvvit_t) are where it was
+ * slowest (about 65 GFLOP/s against 140 for the MLP). */
 static void att_fwd_eval_part(void *arg, int tid, int nt) {
     att_job *j = arg;
     int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
+    int Tp = (T + 15) & ~15, hp = (hd + 15) & ~15;
     float scale = 1.0f / sqrtf((float)hd);
-    float *att = j->scratch + (size_t)tid * T * T;
+    float *att = j->scratch + (size_t)tid * att_per_thread(T, hd);
+    float *kt = att + (size_t)T * Tp, *vp = kt + (size_t)hd * Tp, *o = vp + (size_t)T * hp;
+    int fast = tl_cpu_avx512();
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
-        tl_sgemm(0, 1, T, T, hd, scale, q, D3, k, D3, 0.0f, att, T);
-        softmax_rows_eval(att, T, T);
-        tl_sgemm(0, 0, T, hd, T, 1.0f, att, T, v, D3, 0.0f, j->out + (size_t)b * T * D + h * hd, D);
+        float *out = j->out + (size_t)b * T * D + h * hd;
+        if (!fast) {
+            tl_sgemm(0, 1, T, T, hd, scale, q, D3, k, D3, 0.0f, att, T);
+            softmax_rows_eval(att, T, T, (size_t)T);
+            tl_sgemm(0, 0, T, hd, T, 1.0f, att, T, v, D3, 0.0f, out, D);
+            continue;
+        }
+        for (int t = 0; t < T; t++) {
+            const float *kr = k + (size_t)t * D3, *vr = v + (size_t)t * D3;
+            float *vd = vp + (size_t)t * hp;
+            for (int d = 0; d < hd; d++) kt[(size_t)d * Tp + t] = scale * kr[d];
+            for (int d = 0; d < hd; d++) vd[d] = vr[d];
+            for (int d = hd; d < hp; d++) vd[d] = 0.0f;
+        }
+        for (int d = 0; d < hd; d++)
+            for (int t = T; t < Tp; t++) kt[(size_t)d * Tp + t] = 0.0f;
+        tl_gemm_rows_avx512(att, (size_t)Tp, q, (size_t)D3, hd, kt, (size_t)Tp, T, Tp); /* (T,Tp) */
+        softmax_rows_eval(att, T, T, (size_t)Tp);
+        tl_gemm_rows_avx512(o, (size_t)hp, att, (size_t)Tp, T, vp, (size_t)hp, T, hp);   /* (T,hp) */
+        for (int t = 0; t < T; t++) memcpy(out + (size_t)t * D, o + (size_t)t * hp, sizeof(float) * (size_t)hd);
     }
 }
 

@@ -985,7 +985,7 @@ static void attention_case(tl_pool *p, int B, int T, int D, int H, uint64_t seed
 
     float *dqkv = falloc(nq);
     fill_const(dqkv, nq, 88.0f);
-    float *scr = falloc(tl_attention_scratch(tl_pool_size(p), T));
+    float *scr = falloc(tl_attention_scratch(tl_pool_size(p), T, D / H));
     tl_attention_backward(p, dqkv, c.R, c.qkv, c.att, B, T, D, H, scr);
     double *num = dalloc(nq);
     fd_grad(att_obj, &c, c.qkv, nq, NULL, 2e-3, num, NULL);
