@@ -127,13 +127,18 @@ __attribute__((target("avx512f,fma"))) static void gemm64_tn_acc_avx512(float *o
 #endif
 
 
+/* Per thread on the row path: a ring of 4 zero-padded 64-channel rows and a
+ * zero row, and the Winograd tiles of a row pair (V and M, 16 x W/2 x 64 each). */
+static size_t conv_rows_per_thread(int W) {
+    return ((size_t)5 * (W + 2) * 64 + (size_t)2 * 16 * ((W + 1) / 2) * 64 + 15) & ~(size_t)15;
+}
+
 size_t tl_conv2d_scratch(int nthreads, int Cin, int Cout, int Ho, int Wo, int k) {
     (void)Ho;
     size_t col = (size_t)TL_CONV_CHUNK * Cin * k * k;
     size_t dw = (size_t)Cout * Cin * k * k;
-    /* the row path (3x3, 64 channels): flipped weights, and per thread 3 padded rows and a zero row */
-    size_t rows = k == 3 ? (size_t)9 * Cin * Cout + (size_t)nthreads * 4 * (size_t)(Wo + 2) * (Cin > Cout ? Cin : Cout)
-                         : 0;
+    /* the row path (3x3, 64 channels): flipped and Winograd weights, and per thread its rows (conv_rows_per_thread) */
+    size_t rows = k == 3 ? (size_t)25 * Cin * Cout + (size_t)nthreads * conv_rows_per_thread(Wo) : 0;
     return (size_t)nthreads * (col + dw) + rows;
 }
 
@@ -235,58 +240,150 @@ typedef struct {
     float *out;      /* (B,H,W,64) */
     const float *in; /* (B,H,W,64) */
     const float *w;  /* (3,3,64,64) */
+    const float *U;  /* (16,64,64): w in the Winograd domain */
     int B, H, W;
-    float *scratch; /* per thread: 3 padded rows and a zero row */
+    float *scratch; /* per thread: conv_rows_per_thread floats */
 } conv_rows_job;
 
-static size_t conv_rows_per_thread(int W) { return ((size_t)4 * (W + 2) * 64 + 15) & ~(size_t)15; }
-
-/* A thread's ring of 3 zero-padded input rows and a zero row: rows[ky] =
- * the padded row y-1+ky of image b, copied in only when not held already. */
+/* A thread's ring of 4 zero-padded input rows and a zero row: rows[i] = the
+ * padded row y-1+i of image b, copied in only when not held already. */
 typedef struct {
     float *ring, *zero;
     size_t prow;
-    int held[3], held_b;
+    int held[4], held_b;
 } row_ring;
 
 static void ring_init(row_ring *g, float *mem, int W) {
     g->prow = (size_t)(W + 2) * 64;
-    g->ring = mem, g->zero = mem + 3 * g->prow;
+    g->ring = mem, g->zero = mem + 4 * g->prow;
     memset(g->zero, 0, sizeof(float) * g->prow);
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < 4; r++) {
         memset(g->ring + r * g->prow, 0, sizeof(float) * 64);
         memset(g->ring + r * g->prow + (size_t)(W + 1) * 64, 0, sizeof(float) * 64);
+        g->held[r] = -1;
     }
-    g->held[0] = g->held[1] = g->held[2] = -1, g->held_b = -1;
+    g->held_b = -1;
 }
 
-static void ring_rows(row_ring *g, const float *rows[3], const float *in /*(B,H,W,64)*/, int b, int y, int H, int W) {
-    if (b != g->held_b) g->held[0] = g->held[1] = g->held[2] = -1, g->held_b = b;
-    for (int ky = 0; ky < 3; ky++) {
-        int iy = y - 1 + ky, slot = (iy + 3) % 3;
+static void ring_rows(row_ring *g, const float **rows, int n, const float *in /*(B,H,W,64)*/, int b, int y, int H,
+                      int W) {
+    if (b != g->held_b) g->held[0] = g->held[1] = g->held[2] = g->held[3] = -1, g->held_b = b;
+    for (int i = 0; i < n; i++) {
+        int iy = y - 1 + i, slot = (iy + 4) % 4;
         if (iy < 0 || iy >= H) {
-            rows[ky] = g->zero;
+            rows[i] = g->zero;
             continue;
         }
         if (g->held[slot] != iy) {
             memcpy(g->ring + slot * g->prow + 64, in + ((size_t)b * H + iy) * W * 64, sizeof(float) * (size_t)W * 64);
             g->held[slot] = iy;
         }
-        rows[ky] = g->ring + slot * g->prow;
+        rows[i] = g->ring + slot * g->prow;
     }
 }
 
+/* ---- Winograd F(2x2, 3x3) for a pair of output rows: each 2x2 output tile
+ * from a 4x4 input tile, V = B^T d B per channel, M_xi = V_xi U_xi for the 16
+ * positions xi (a (W/2 x 64) x (64 x 64) product each), Y = A^T M A: 16
+ * multiplications per 4 outputs and channel pair instead of 36 (2.25x
+ * fewer). Rounding differs from the direct sum by about 1e-6 relative. */
+
+/* U (16,64,64) from w (3,3,64,64) (ky,kx,in,out): U = G g G^T per (in,out). */
+static void winograd_weights(float *U, const float *w) {
+    for (int ci = 0; ci < 64; ci++)
+        for (int co = 0; co < 64; co++) {
+            float g[3][3], t[4][3];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++) g[a][b] = w[((size_t)(a * 3 + b) * 64 + ci) * 64 + co];
+            for (int b = 0; b < 3; b++) {
+                t[0][b] = g[0][b];
+                t[1][b] = 0.5f * (g[0][b] + g[1][b] + g[2][b]);
+                t[2][b] = 0.5f * (g[0][b] - g[1][b] + g[2][b]);
+                t[3][b] = g[2][b];
+            }
+            for (int a = 0; a < 4; a++) {
+                float u[4] = {t[a][0], 0.5f * (t[a][0] + t[a][1] + t[a][2]), 0.5f * (t[a][0] - t[a][1] + t[a][2]),
+                              t[a][2]};
+                for (int b = 0; b < 4; b++) U[((size_t)(a * 4 + b) * 64 + ci) * 64 + co] = u[b];
+            }
+        }
+}
+
+#if defined(__x86_64__)
+/* V (16, nt, 64) from the 4 padded input rows: tile t covers padded columns 2t..2t+3. */
+__attribute__((target("avx512f,fma"))) static void winograd_in(float *V, const float *const rows[4], int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 16) {
+            __m512 d[4][4], e[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) d[i][c] = _mm512_loadu_ps(rows[i] + (size_t)(2 * t + c) * 64 + q);
+            for (int c = 0; c < 4; c++) { /* B^T d: rows */
+                e[0][c] = _mm512_sub_ps(d[0][c], d[2][c]);
+                e[1][c] = _mm512_add_ps(d[1][c], d[2][c]);
+                e[2][c] = _mm512_sub_ps(d[2][c], d[1][c]);
+                e[3][c] = _mm512_sub_ps(d[1][c], d[3][c]);
+            }
+            for (int i = 0; i < 4; i++) { /* (B^T d) B: columns */
+                float *v = V + (size_t)(i * 4) * plane + (size_t)t * 64 + q;
+                _mm512_storeu_ps(v, _mm512_sub_ps(e[i][0], e[i][2]));
+                _mm512_storeu_ps(v + plane, _mm512_add_ps(e[i][1], e[i][2]));
+                _mm512_storeu_ps(v + 2 * plane, _mm512_sub_ps(e[i][2], e[i][1]));
+                _mm512_storeu_ps(v + 3 * plane, _mm512_sub_ps(e[i][1], e[i][3]));
+            }
+        }
+}
+
+/* Output rows y (out0) and y+1 (out1), (W,64) each, from M (16, nt, 64). */
+__attribute__((target("avx512f,fma"))) static void winograd_out(float *out0, float *out1, const float *M, int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 16) {
+            __m512 m[4][4], r0[4], r1[4];
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) m[i][c] = _mm512_loadu_ps(M + (size_t)(i * 4 + c) * plane + (size_t)t * 64 + q);
+            for (int c = 0; c < 4; c++) { /* A^T m */
+                r0[c] = _mm512_add_ps(_mm512_add_ps(m[0][c], m[1][c]), m[2][c]);
+                r1[c] = _mm512_sub_ps(_mm512_sub_ps(m[1][c], m[2][c]), m[3][c]);
+            }
+            float *o0 = out0 + (size_t)(2 * t) * 64 + q, *o1 = out1 + (size_t)(2 * t) * 64 + q;
+            _mm512_storeu_ps(o0, _mm512_add_ps(_mm512_add_ps(r0[0], r0[1]), r0[2]));
+            _mm512_storeu_ps(o0 + 64, _mm512_sub_ps(_mm512_sub_ps(r0[1], r0[2]), r0[3]));
+            _mm512_storeu_ps(o1, _mm512_add_ps(_mm512_add_ps(r1[0], r1[1]), r1[2]));
+            _mm512_storeu_ps(o1 + 64, _mm512_sub_ps(_mm512_sub_ps(r1[1], r1[2]), r1[3]));
+        }
+}
+#endif
+
+/* Work units are row pairs (b, y0 = 2u): by Winograd when the pair is whole
+ * and W is even, else row by row on the direct kernel. */
 static void conv_rows_part(void *arg, int tid, int nt) {
 #if defined(__x86_64__)
     conv_rows_job *j = arg;
+    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2;
+    float *mem = j->scratch + (size_t)tid * conv_rows_per_thread(W);
+    float *V = mem + (size_t)5 * (W + 2) * 64, *M = V + (size_t)16 * ((W + 1) / 2) * 64;
     size_t lo, hi;
     row_ring g;
-    ring_init(&g, j->scratch + (size_t)tid * conv_rows_per_thread(j->W), j->W);
-    tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
-    for (size_t p = lo; p < hi; p++) {
-        const float *rows[3];
-        ring_rows(&g, rows, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
-        gemm64_avx512(j->out + p * (size_t)j->W * 64, rows, 3, 64, 192, j->w, j->W);
+    ring_init(&g, mem, W);
+    tl_split((size_t)j->B * pairs, tid, nt, &lo, &hi);
+    for (size_t u = lo; u < hi; u++) {
+        int b = (int)(u / (size_t)pairs), y0 = 2 * (int)(u % (size_t)pairs);
+        float *out = j->out + ((size_t)b * H + y0) * W * 64;
+        const float *rows[4];
+        if (j->U && y0 + 1 < H && W % 2 == 0) {
+            ring_rows(&g, rows, 4, j->in, b, y0, H, W);
+            winograd_in(V, rows, tiles);
+            for (int xi = 0; xi < 16; xi++)
+                tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                    j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
+            winograd_out(out, out + (size_t)W * 64, M, tiles);
+            continue;
+        }
+        for (int y = y0; y < y0 + 2 && y < H; y++) {
+            ring_rows(&g, rows, 3, j->in, b, y, H, W);
+            gemm64_avx512(out + (size_t)(y - y0) * W * 64, rows, 3, 64, 192, j->w, W);
+        }
     }
 #else
     (void)arg, (void)tid, (void)nt;
@@ -313,7 +410,7 @@ static void conv_dw_rows_part(void *arg, int tid, int nt) {
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
     for (size_t p = lo; p < hi; p++) {
         const float *rows[3];
-        ring_rows(&g, rows, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
+        ring_rows(&g, rows, 3, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
         for (int ky = 0; ky < 3; ky++)
             gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, j->dout + p * (size_t)j->W * 64, j->W);
     }
@@ -343,7 +440,9 @@ void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_nchw, con
     j.Ho = tl_conv_out(H, k, stride, pad);
     j.Wo = tl_conv_out(W, k, stride, pad);
     if (conv_rows_ok(&j)) {
-        conv_rows_job r = {.out = out, .in = in, .w = wt, .B = B, .H = H, .W = W, .scratch = scratch};
+        float *U = scratch;
+        winograd_weights(U, wt);
+        conv_rows_job r = {.out = out, .in = in, .w = wt, .U = U, .B = B, .H = H, .W = W, .scratch = U + 16 * 64 * 64};
         tl_pool_run(p, conv_rows_part, &r);
         return;
     }
@@ -420,8 +519,8 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
     int nt = tl_pool_size(p);
     if (conv_rows_ok(&j)) {
         float *parts = scratch + (size_t)nt * col_floats(&j), *wf = parts + (size_t)nt * dw_floats(&j);
-        conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .scratch = wf + 9 * 64 * 64, .B = B, .H = H,
-                               .W = W};
+        float *U = wf + 9 * 64 * 64, *rings = U + 16 * 64 * 64;
+        conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .scratch = rings, .B = B, .H = H, .W = W};
         tl_pool_run(p, conv_dw_rows_part, &dj);
         reduce_job r = {dwt, parts, dw_floats(&j), nt};
         tl_pool_run(p, reduce_part, &r);
@@ -431,7 +530,8 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
             for (int co = 0; co < 64; co++)
                 for (int ci = 0; ci < 64; ci++)
                     wf[((size_t)t * 64 + co) * 64 + ci] = wt[((size_t)(8 - t) * 64 + ci) * 64 + co];
-        conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .B = B, .H = H, .W = W, .scratch = wf + 9 * 64 * 64};
+        winograd_weights(U, wf);
+        conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .U = U, .B = B, .H = H, .W = W, .scratch = rings};
         tl_pool_run(p, conv_rows_part, &rj);
         return;
     }
