@@ -806,19 +806,27 @@ typedef struct {
     const float *img, *w1, *b1, *w2, *b2, *w3, *b3;
     int B, C, H, W1, k, g;
     int avx512; /* C == 64 and the CPU runs AVX-512: the stem's own kernel, not im2col + sgemm */
+    const float *u2, *u3; /* conv2/conv3 in the Winograd domain (16,64,64), or NULL: row by row */
     float *scratch;
     size_t per_thread;
 } stem_eval_job;
 
 /* Per thread: two rings of STEM_RING rows, each row padded with one zero
  * pixel at both ends ((W1+2)*C, so a 3x3 window never leaves the row), one
- * zero row (the padding above and below the image), the im2col buffer and one
- * output row. */
-size_t tl_stem_eval_scratch(int nthreads, int C, int W1) {
+ * zero row (the padding above and below the image), the im2col buffer, two
+ * output rows, a row for results outside the image, and the Winograd tiles
+ * of a row pair (V and M). */
+static size_t stem_eval_per_thread(int C, int W1) {
     size_t kk = (size_t)9 * C > 147 ? (size_t)9 * C : 147;
     size_t prow = (size_t)(W1 + 2) * C;
-    size_t per = (size_t)(2 * STEM_RING + 1) * prow + (size_t)W1 * kk + (size_t)W1 * C;
-    return (size_t)nthreads * ((per + 15) & ~(size_t)15);
+    size_t per = (size_t)(2 * STEM_RING + 1) * prow + (size_t)W1 * kk + (size_t)3 * W1 * C +
+                 (size_t)2 * 16 * ((W1 + 1) / 2) * C;
+    return (per + 15) & ~(size_t)15;
+}
+
+/* Shared: conv2's and conv3's Winograd weights; then each thread's part. */
+size_t tl_stem_eval_scratch(int nthreads, int C, int W1) {
+    return (size_t)32 * C * C + (size_t)nthreads * stem_eval_per_thread(C, W1);
 }
 
 /* conv1's im2col for output row oy: col (W1, 147) with columns (ci, ky, kx),
@@ -952,6 +960,68 @@ static void stem_eval_rows(const stem_eval_job *j, float *ws, int b, int y0, int
     }
 }
 
+#if defined(__x86_64__)
+/* The padded rows oy-1 .. oy+2 of a ring (the zero row outside the image). */
+static void rows_4(const float *rows[4], const float *ring, const float *zero, int H1, size_t prow, int oy) {
+    for (int i = 0; i < 4; i++) {
+        int iy = oy - 1 + i;
+        rows[i] = (iy >= 0 && iy < H1) ? ring + (size_t)(iy % STEM_RING) * prow : zero;
+    }
+}
+
+/* Two output rows (oy, oy+1) of a 3x3 convolution of 64 channels by Winograd
+ * F(2x2,3x3), before bias and ReLU. */
+static void stem_wino_pair(const stem_eval_job *j, float *out0, float *out1, float *V, float *M, const float *ring,
+                           const float *zero, const float *U, int oy) {
+    int W1 = j->W1, tiles = W1 / 2;
+    const float *rows[4];
+    rows_4(rows, ring, zero, W1, (size_t)(W1 + 2) * 64, oy);
+    winograd_in(V, rows, tiles);
+    for (int xi = 0; xi < 16; xi++)
+        tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
+                            U + (size_t)xi * 64 * 64, 64, tiles, 64);
+    winograd_out(out0, out1, M, tiles);
+}
+
+/* a3 rows [y0, y1) of image b, both even, in pairs: a3 pair (y, y+1) needs
+ * a2 rows y-1 .. y+2, made as the pairs (y-1, y) and (y+1, y+2) (a2 pairs
+ * start at odd rows), which need a1 rows y-2 .. y+3, made one by one. A pair
+ * half outside the image (a2 row -1 or H1) goes to a scratch row: the rows
+ * above and below the image read as the zero row. */
+static void stem_eval_rows_wino(const stem_eval_job *j, float *ws, int b, int y0, int y1) {
+    int C = 64, W1 = j->W1, H1 = j->W1, H = j->H;
+    size_t prow = (size_t)(W1 + 2) * C;
+    float *r1 = ws, *r2 = r1 + STEM_RING * prow, *zero = r2 + STEM_RING * prow, *col = zero + prow;
+    float *t0 = col + (size_t)W1 * 9 * C, *t1 = t0 + (size_t)W1 * C, *dump = t1 + (size_t)W1 * C;
+    float *V = dump + (size_t)W1 * C, *M = V + (size_t)16 * (W1 / 2) * C;
+    memset(zero, 0, sizeof(float) * prow);
+    for (int r = 0; r < 2 * STEM_RING; r++) {
+        memset(r1 + (size_t)r * prow, 0, sizeof(float) * (size_t)C);
+        memset(r1 + (size_t)r * prow + (size_t)(W1 + 1) * C, 0, sizeof(float) * (size_t)C);
+    }
+    const float *img = j->img + (size_t)b * 3 * H * H;
+    int n1 = y0 - 2 < 0 ? 0 : y0 - 2, n2 = y0 - 1; /* next a1 row, next a2 pair (odd start) */
+    for (int y = y0; y < y1; y += 2) {
+        for (; n2 <= y + 1; n2 += 2) {
+            int need1 = n2 + 2 < H1 ? n2 + 2 : H1 - 1;
+            for (; n1 <= need1; n1++) {
+                float *o = r1 + (size_t)(n1 % STEM_RING) * prow + C;
+                stem_conv1_row(j, o, col, img, n1);
+                bias_relu_rows(o, j->b1, W1, C);
+            }
+            float *o0 = n2 >= 0 ? r2 + (size_t)(n2 % STEM_RING) * prow + C : dump;
+            float *o1 = n2 + 1 < H1 ? r2 + (size_t)((n2 + 1) % STEM_RING) * prow + C : dump;
+            stem_wino_pair(j, o0, o1, V, M, r1, zero, j->u2, n2);
+            if (n2 >= 0) bias_relu_rows(o0, j->b2, W1, C);
+            if (n2 + 1 < H1) bias_relu_rows(o1, j->b2, W1, C);
+        }
+        stem_wino_pair(j, t0, t1, V, M, r2, zero, j->u3, y);
+        bias_relu_to_patches(j, b, y, t0);
+        bias_relu_to_patches(j, b, y + 1, t1);
+    }
+}
+#endif
+
 static void stem_eval_part(void *arg, int tid, int nt) {
     stem_eval_job *j = arg;
     float *ws = j->scratch + (size_t)tid * j->per_thread;
@@ -961,7 +1031,12 @@ static void stem_eval_part(void *arg, int tid, int nt) {
         int b = (int)(lo / (size_t)j->g), t0 = (int)(lo % (size_t)j->g);
         size_t end = ((size_t)b + 1) * j->g < hi ? ((size_t)b + 1) * j->g : hi;
         int t1 = (int)(end - (size_t)b * j->g);
-        stem_eval_rows(j, ws, b, t0 * j->k, t1 * j->k);
+#if defined(__x86_64__)
+        if (j->u2)
+            stem_eval_rows_wino(j, ws, b, t0 * j->k, t1 * j->k);
+        else
+#endif
+            stem_eval_rows(j, ws, b, t0 * j->k, t1 * j->k);
         lo = end;
     }
 }
@@ -974,8 +1049,14 @@ void tl_stem_eval_forward(tl_pool *p, float *patches, const float *images, const
                        .B = B, .C = C, .H = H, .W1 = W1, .k = k, .g = W1 / k, .scratch = scratch};
 #if defined(__x86_64__)
     j.avx512 = C == 64 && tl_cpu_avx512();
+    if (j.avx512 && k % 2 == 0 && W1 % 2 == 0) { /* row pairs never straddle two threads' token rows */
+        winograd_weights(scratch, w2);
+        winograd_weights(scratch + 16 * 64 * 64, w3);
+        j.u2 = scratch, j.u3 = scratch + 16 * 64 * 64;
+    }
 #endif
-    j.per_thread = tl_stem_eval_scratch(1, C, W1);
+    j.scratch = scratch + (size_t)32 * C * C;
+    j.per_thread = stem_eval_per_thread(C, W1);
     tl_pool_run(p, stem_eval_part, &j);
 }
 

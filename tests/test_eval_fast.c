@@ -182,9 +182,10 @@ static void test_odd_sizes(void **state) {
     check_case(&b);
 }
 
-/* 64 stem channels: the stem's AVX-512 kernel (on CPUs that have it), with
- * rows of 24 pixels (3 register blocks of 7 and 3 single pixels) and of 28
- * (4 blocks), images split between 3 threads */
+/* 64 stem channels: the stem's AVX-512 kernels (on CPUs that have them):
+ * Winograd row pairs with rows of 24 pixels (12 tiles: a register block of 7
+ * and single tiles) and 28 (14 tiles), images split between 3 threads; and
+ * row by row when a token row holds an odd number of stem rows */
 static void test_stem64(void **state) {
     (void)state;
     eval_case a = {{.img_size = 48, .patch_size = 8, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
@@ -195,6 +196,11 @@ static void test_stem64(void **state) {
                     .stem_channels = 64, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
                    2};
     check_case(&b);
+    /* 3 stem rows per token row (odd): row by row on the direct kernel, not in Winograd pairs */
+    eval_case c = {{.img_size = 36, .patch_size = 6, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
+                    .stem_channels = 64, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
+                   3};
+    check_case(&c);
 }
 
 int main(void) {
