@@ -20,7 +20,10 @@
  * rows, for conv2/conv3's forward, input gradient and weight gradient in
  * training (the row path) and for the fused eval stem. OpenBLAS repacks both
  * operands on every call, which for these shapes (N = 64) cost about a third
- * of the stem's time.
+ * of the stem's time. Where output rows come in whole pairs (even heights and
+ * widths: lvvit_t's 112x112), the forward and input-gradient convolutions use
+ * Winograd F(2x2,3x3) instead (2.25x fewer multiplications; about 1e-6
+ * relative rounding difference from the direct sum).
  */
 #include "blas.h"
 #include "gemm_avx512.h"
