@@ -20,8 +20,9 @@
  *
  * Inputs are made as the loader makes them: the image decoded with the
  * loader's DCT-scaling bound (2S for training, S/crop_pct for evaluation),
- * then tl_transform_eval (validation) or tl_augment_train with the default
- * RandomResizedCrop and flip, RandAugment off and erasing off, its generator
+ * then tl_transform_eval (validation) or tl_augment_train with the job's
+ * RandomResizedCrop scale and ratio ranges and flip probability (the defaults
+ * without a job's settings), RandAugment off and erasing off, its generator
  * tl_rng_derive(seed, TL_RNG_INSPECT, dataset index, 0) (training). Nothing
  * here touches a generator the training loop uses.
  *
@@ -283,7 +284,7 @@ typedef struct {
     int S, grid, K, V;
     float crop_pct;
     uint64_t seed;
-    tl_augment_cfg aug;     /* default crop and flip, no RandAugment, no erasing */
+    tl_augment_cfg aug;     /* the job's crop and flip, no RandAugment, no erasing */
     /* label-map scratch, NULL without a map */
     float *vals;            /* (k,h,w) */
     int32_t *inds;          /* (k,h,w) */
@@ -393,8 +394,8 @@ static int add_split(builder *b, const tl_dataset *ds, int n, int is_train) {
 }
 
 tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val_ds, const tl_labelmap *lm,
-                               int n_val, int n_train, int S, int grid, int K, float crop_pct, uint64_t seed,
-                               char *err, size_t errlen) {
+                               int n_val, int n_train, int S, int grid, int K, const tl_augment_cfg *aug,
+                               uint64_t seed, char *err, size_t errlen) {
     char dummy[8];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
     builder b;
@@ -409,7 +410,7 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
                  tl_labelmap_num_classes(lm), K);
         return NULL;
     }
-    if (!(crop_pct > 0.0f && crop_pct <= 1.0f)) crop_pct = 1.0f;
+    if (aug && tl_augment_validate(aug, err, errlen) != 0) return NULL;
     int nv = val_ds && n_val > 0 ? n_val : 0, nt = train_ds && n_train > 0 ? n_train : 0;
     if (nv > TL_INSPECT_MAX) nv = TL_INSPECT_MAX;
     if (nt > TL_INSPECT_MAX - nv) nt = TL_INSPECT_MAX - nv;
@@ -420,11 +421,14 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
         return NULL;
     }
     b.S = S, b.grid = grid, b.K = K, b.V = S > TL_INSPECT_VIEW_MIN ? S : TL_INSPECT_VIEW_MIN;
-    b.crop_pct = crop_pct, b.seed = seed, b.lm = lm;
-    tl_augment_defaults(&b.aug);
+    if (aug) {
+        b.aug = *aug;
+    } else {
+        tl_augment_defaults(&b.aug);
+    }
     b.aug.randaug[0] = '\0';
     b.aug.reprob = 0.0f;
-    b.aug.crop_pct = crop_pct;
+    b.crop_pct = b.aug.crop_pct, b.seed = seed, b.lm = lm;
 
     what = "allocating the set";
     carver cv = {NULL, 0};

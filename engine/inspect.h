@@ -74,7 +74,10 @@ typedef struct {
 } tl_inspect_result;
 
 /* Builds the set. val_ds may be NULL (no validation samples), lm may be NULL.
- * S and grid from the model config, K its classes; seed the job seed.
+ * S and grid from the model config, K its classes; seed the job seed; aug
+ * the job's augmentation (NULL: the defaults): training samples take its
+ * crop scale and ratio ranges and flip probability, validation samples its
+ * crop_pct; RandAugment and erasing stay off (an inspection shows the crop).
  * Images that cannot be read are skipped (the next one is tried).
  * lm is the training set's label map (keys relative to train_ds's root, as
  * the job's data.label_maps): it gives the targets of training samples only.
@@ -85,8 +88,8 @@ typedef struct {
  * all (n_val first); n is smaller when a dataset is smaller or unreadable.
  * Returns NULL with a message on failure (out of memory, no readable image). */
 tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val_ds, const tl_labelmap *lm,
-                               int n_val, int n_train, int S, int grid, int K, float crop_pct, uint64_t seed,
-                               char *err, size_t errlen);
+                               int n_val, int n_train, int S, int grid, int K, const tl_augment_cfg *aug,
+                               uint64_t seed, char *err, size_t errlen);
 void tl_inspect_free(tl_inspect_set *s);
 
 /* Result buffers for a set (free with tl_inspect_result_free). */

@@ -202,8 +202,7 @@ static void setup_inspect(run *r, int threads) {
     char err[TL_ERR_LEN];
     const char *what;
     r->iset = tl_inspect_new(r->train_ds, r->val_ds, r->lm, r->val_ds ? 4 : 0, 4, r->cfg.img_size,
-                             tl_config_grid(&r->cfg), r->cfg.num_classes, s->augment.crop_pct, s->seed, err,
-                             sizeof err);
+                             tl_config_grid(&r->cfg), r->cfg.num_classes, &s->augment, s->seed, err, sizeof err);
     if (!r->iset) {
         log_msg(r, "token inspection is off: %s", err);
         return;

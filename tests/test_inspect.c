@@ -101,7 +101,7 @@ static int teardown(void **state) {
 
 static tl_inspect_set *build(const tl_labelmap *lm, int n_val, int n_train, uint64_t seed) {
     char err[TL_ERR_LEN] = "";
-    tl_inspect_set *s = tl_inspect_new(g_train, g_val, lm, n_val, n_train, S_IN, GRID, NCLS, 0.9f, seed, err, sizeof err);
+    tl_inspect_set *s = tl_inspect_new(g_train, g_val, lm, n_val, n_train, S_IN, GRID, NCLS, NULL, seed, err, sizeof err);
     if (!s) fail_msg("tl_inspect_new: %s", err);
     return s;
 }
@@ -195,14 +195,35 @@ static void test_sample_choice(void **state) {
         assert_true(a->geom.width > 0.0f && a->geom.width <= 1.0f && a->geom.height > 0.0f && a->geom.height <= 1.0f);
     }
     tl_inspect_free(s);
+    /* the job's augmentation: whole-image crops (scale 1, ratio 1 on square
+     * 64 px images), never flipped; an invalid one is refused */
+    {
+        char err2[TL_ERR_LEN];
+        tl_augment_cfg aug;
+        tl_augment_defaults(&aug);
+        aug.scale_min = aug.scale_max = 1.0f;
+        aug.ratio_min = aug.ratio_max = 1.0f;
+        aug.hflip = 0.0f;
+        s = tl_inspect_new(g_train, g_val, NULL, 2, 4, S_IN, GRID, NCLS, &aug, 5, err2, sizeof err2);
+        if (!s) fail_msg("tl_inspect_new: %s", err2);
+        for (int i = 2; i < s->n; i++) {
+            const tl_geom *g = &s->samples[i].geom;
+            assert_int_equal(g->flip, 0);
+            assert_true(g->left == 0.0f && g->top == 0.0f && g->width == 1.0f && g->height == 1.0f);
+        }
+        tl_inspect_free(s);
+        aug.scale_min = 2.0f;
+        assert_null(tl_inspect_new(g_train, g_val, NULL, 2, 4, S_IN, GRID, NCLS, &aug, 5, err2, sizeof err2));
+        assert_non_null(strstr(err2, "scale"));
+    }
     /* limits: no validation set, more than the dataset holds, TL_INSPECT_MAX in all */
     char err[TL_ERR_LEN];
-    s = tl_inspect_new(g_train, NULL, NULL, 4, 3, S_IN, GRID, NCLS, 0.9f, 1, err, sizeof err);
+    s = tl_inspect_new(g_train, NULL, NULL, 4, 3, S_IN, GRID, NCLS, NULL, 1, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(s->n, 3);
     assert_string_equal(s->samples[0].split, "train");
     tl_inspect_free(s);
-    s = tl_inspect_new(g_train, g_val, NULL, 100, 100, S_IN, GRID, NCLS, 0.9f, 1, err, sizeof err);
+    s = tl_inspect_new(g_train, g_val, NULL, 100, 100, S_IN, GRID, NCLS, NULL, 1, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(s->n, TL_INSPECT_MAX);
     for (int i = 0; i < TL_INSPECT_MAX; i++)
@@ -211,10 +232,10 @@ static void test_sample_choice(void **state) {
                 assert_int_not_equal(s->samples[i].dataset_index, s->samples[j].dataset_index);
     tl_inspect_free(s);
     /* refusals */
-    assert_null(tl_inspect_new(g_train, g_val, NULL, 0, 0, S_IN, GRID, NCLS, 0.9f, 1, err, sizeof err));
-    assert_null(tl_inspect_new(g_train, g_val, g_lm, 2, 2, S_IN, GRID, NCLS + 1, 0.9f, 1, err, sizeof err));
+    assert_null(tl_inspect_new(g_train, g_val, NULL, 0, 0, S_IN, GRID, NCLS, NULL, 1, err, sizeof err));
+    assert_null(tl_inspect_new(g_train, g_val, g_lm, 2, 2, S_IN, GRID, NCLS + 1, NULL, 1, err, sizeof err));
     assert_non_null(strstr(err, "classes"));
-    assert_null(tl_inspect_new(g_train, g_val, NULL, 2, 2, 0, GRID, NCLS, 0.9f, 1, err, sizeof err));
+    assert_null(tl_inspect_new(g_train, g_val, NULL, 2, 2, 0, GRID, NCLS, NULL, 1, err, sizeof err));
 }
 
 /* Validation inputs are the evaluation loader's, bit for bit. */
@@ -265,7 +286,7 @@ static void test_unreadable_images(void **state) {
     }
     tl_dataset *d = tl_dataset_open(dir, err, sizeof err);
     assert_non_null(d);
-    assert_null(tl_inspect_new(d, NULL, NULL, 0, 2, S_IN, GRID, 2, 0.9f, 1, err, sizeof err));
+    assert_null(tl_inspect_new(d, NULL, NULL, 0, 2, S_IN, GRID, 2, NULL, 1, err, sizeof err));
     assert_non_null(strstr(err, "could be read"));
     tl_dataset_free(d);
     /* one good picture (c1/1.jpg, index 3): both samples' searches end there, once */
@@ -273,7 +294,7 @@ static void test_unreadable_images(void **state) {
     assert_int_equal(system(cmd), 0);
     d = tl_dataset_open(dir, err, sizeof err);
     assert_non_null(d);
-    tl_inspect_set *s = tl_inspect_new(d, NULL, NULL, 0, 2, S_IN, GRID, 2, 0.9f, 1, err, sizeof err);
+    tl_inspect_set *s = tl_inspect_new(d, NULL, NULL, 0, 2, S_IN, GRID, 2, NULL, 1, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(s->n, 1);
     assert_string_equal(s->samples[0].relpath, "c1/1.jpg");
@@ -416,7 +437,7 @@ static void test_view_matches_input(void **state) {
     tl_dataset *va = tl_dataset_open(path, err, sizeof err);
     assert_non_null(tr);
     assert_non_null(va);
-    s = tl_inspect_new(tr, va, NULL, 4, 8, S_IN, GRID, NCLS, 0.9f, 3, err, sizeof err);
+    s = tl_inspect_new(tr, va, NULL, 4, 8, S_IN, GRID, NCLS, NULL, 3, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(s->n, 12);
     check_views(s);
@@ -705,7 +726,7 @@ static void test_timing(void **state) {
     assert_int_equal(tl_config_preset("lvvit_t", &c), 0);
     c.num_classes = NCLS;
     double t0 = now_s();
-    tl_inspect_set *s = tl_inspect_new(g_train, g_val, g_lm, 4, 4, c.img_size, tl_config_grid(&c), NCLS, 0.9f, 1, err,
+    tl_inspect_set *s = tl_inspect_new(g_train, g_val, g_lm, 4, 4, c.img_size, tl_config_grid(&c), NCLS, NULL, 1, err,
                                        sizeof err);
     double t1 = now_s();
     assert_non_null(s);
