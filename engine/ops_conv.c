@@ -40,6 +40,22 @@
 #define STEM_KR 7    /* output pixels per register block of the AVX-512 kernel */
 
 #if defined(__x86_64__)
+/* The register block of both kernels: acc[i][0..3] += a[i*astride] * w[0..63]
+ * for the STEM_KR rows i (4 weight vectors loaded, each a element broadcast). */
+static inline __attribute__((always_inline, target("avx512f,fma"))) void fma_block(__m512 acc[STEM_KR][4],
+                                                                                   const float *w, const float *a,
+                                                                                   size_t astride) {
+    __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32),
+           w3 = _mm512_loadu_ps(w + 48);
+    for (int i = 0; i < STEM_KR; i++) {
+        __m512 v = _mm512_set1_ps(a[(size_t)i * astride]);
+        acc[i][0] = _mm512_fmadd_ps(v, w0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(v, w1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(v, w2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(v, w3, acc[i][3]);
+    }
+}
+
 /* out (n,64) = sum over segments s of A_s (n,len) @ W_s (len,64), where row x
  * of A_s starts at a[s] + x*lda and W_s = w + s*len*64. A 3x3 convolution of
  * 64 channels is three segments (its padded input rows, lda = 64, len = 192),
@@ -59,18 +75,7 @@ __attribute__((target("avx512f,fma"))) static void gemm64_avx512(float *out /*(n
         for (int sg = 0; sg < nseg; sg++) {
             const float *s = a[sg] + (size_t)x * lda;
             const float *ws = w + (size_t)sg * len * 64;
-            for (int k = 0; k < len; k++) {
-                const float *wk = ws + (size_t)k * 64;
-                __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_loadu_ps(wk + 32),
-                       w3 = _mm512_loadu_ps(wk + 48);
-                for (int r = 0; r < STEM_KR; r++) {
-                    __m512 v = _mm512_set1_ps(s[(size_t)r * lda + k]);
-                    acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
-                    acc[r][2] = _mm512_fmadd_ps(v, w2, acc[r][2]);
-                    acc[r][3] = _mm512_fmadd_ps(v, w3, acc[r][3]);
-                }
-            }
+            for (int k = 0; k < len; k++) fma_block(acc, ws + (size_t)k * 64, s + k, (size_t)lda);
         }
         for (int r = 0; r < STEM_KR; r++)
             for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(x + r) * 64 + q * 16, acc[r][q]);
@@ -101,18 +106,7 @@ __attribute__((target("avx512f,fma"))) static void gemm64_tn_acc_avx512(float *o
         __m512 acc[STEM_KR][4];
         for (int i = 0; i < STEM_KR; i++)
             for (int q = 0; q < 4; q++) acc[i][q] = _mm512_loadu_ps(out + (size_t)(r + i) * 64 + q * 16);
-        for (int k = 0; k < K; k++) {
-            const float *bk = b + (size_t)k * 64, *ak = a + (size_t)k * ldk + r;
-            __m512 w0 = _mm512_loadu_ps(bk), w1 = _mm512_loadu_ps(bk + 16), w2 = _mm512_loadu_ps(bk + 32),
-                   w3 = _mm512_loadu_ps(bk + 48);
-            for (int i = 0; i < STEM_KR; i++) {
-                __m512 v = _mm512_set1_ps(ak[i]);
-                acc[i][0] = _mm512_fmadd_ps(v, w0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(v, w1, acc[i][1]);
-                acc[i][2] = _mm512_fmadd_ps(v, w2, acc[i][2]);
-                acc[i][3] = _mm512_fmadd_ps(v, w3, acc[i][3]);
-            }
-        }
+        for (int k = 0; k < K; k++) fma_block(acc, b + (size_t)k * 64, a + (size_t)k * ldk + r, 1);
         for (int i = 0; i < STEM_KR; i++)
             for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + (size_t)(r + i) * 64 + q * 16, acc[i][q]);
     }
