@@ -21,9 +21,9 @@
  * training (the row path) and for the fused eval stem. OpenBLAS repacks both
  * operands on every call, which for these shapes (N = 64) cost about a third
  * of the stem's time. Where output rows come in whole pairs (even heights and
- * widths: lvvit_t's 112x112), the forward and input-gradient convolutions use
- * Winograd F(2x2,3x3) instead (2.25x fewer multiplications; about 1e-6
- * relative rounding difference from the direct sum).
+ * widths: lvvit_t's 112x112), the forward, input-gradient and weight-gradient
+ * convolutions use Winograd F(2x2,3x3) instead (2.25x fewer multiplications;
+ * about 1e-6 relative rounding difference from the direct sum).
  */
 #include "blas.h"
 #include "gemm_avx512.h"
@@ -352,6 +352,56 @@ __attribute__((target("avx512f,fma"))) static void winograd_out(float *out0, flo
 }
 #endif
 
+#if defined(__x86_64__)
+/* Z (16, nt, 64) = A dY A^T of the 2x2 output-gradient tiles of rows y (d0)
+ * and y+1 (d1): the weight gradient in the Winograd domain is then
+ * dU_xi += V_xi^T Z_xi, and dW = G^T dU G. */
+__attribute__((target("avx512f,fma"))) static void winograd_dout(float *Z, const float *d0, const float *d1, int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 16) {
+            __m512 g[2][2], h[4][2];
+            for (int c = 0; c < 2; c++) {
+                g[0][c] = _mm512_loadu_ps(d0 + (size_t)(2 * t + c) * 64 + q);
+                g[1][c] = _mm512_loadu_ps(d1 + (size_t)(2 * t + c) * 64 + q);
+            }
+            for (int c = 0; c < 2; c++) { /* A dY */
+                h[0][c] = g[0][c];
+                h[1][c] = _mm512_add_ps(g[0][c], g[1][c]);
+                h[2][c] = _mm512_sub_ps(g[0][c], g[1][c]);
+                h[3][c] = _mm512_sub_ps(_mm512_setzero_ps(), g[1][c]);
+            }
+            for (int i = 0; i < 4; i++) { /* (A dY) A^T */
+                float *z = Z + (size_t)(i * 4) * plane + (size_t)t * 64 + q;
+                _mm512_storeu_ps(z, h[i][0]);
+                _mm512_storeu_ps(z + plane, _mm512_add_ps(h[i][0], h[i][1]));
+                _mm512_storeu_ps(z + 2 * plane, _mm512_sub_ps(h[i][0], h[i][1]));
+                _mm512_storeu_ps(z + 3 * plane, _mm512_sub_ps(_mm512_setzero_ps(), h[i][1]));
+            }
+        }
+}
+#endif
+
+/* dwt (3,3,64,64) += G^T dU G per (in, out), dU (16,64,64). */
+static void winograd_dw_accum(float *dwt, const float *dU) {
+    for (int ci = 0; ci < 64; ci++)
+        for (int co = 0; co < 64; co++) {
+            float u[4][4], sa[3][4];
+            for (int i = 0; i < 4; i++)
+                for (int k = 0; k < 4; k++) u[i][k] = dU[((size_t)(i * 4 + k) * 64 + ci) * 64 + co];
+            for (int k = 0; k < 4; k++) {
+                sa[0][k] = u[0][k] + 0.5f * (u[1][k] + u[2][k]);
+                sa[1][k] = 0.5f * (u[1][k] - u[2][k]);
+                sa[2][k] = 0.5f * (u[1][k] + u[2][k]) + u[3][k];
+            }
+            for (int a = 0; a < 3; a++) {
+                float d[3] = {sa[a][0] + 0.5f * (sa[a][1] + sa[a][2]), 0.5f * (sa[a][1] - sa[a][2]),
+                              0.5f * (sa[a][1] + sa[a][2]) + sa[a][3]};
+                for (int b = 0; b < 3; b++) dwt[((size_t)(a * 3 + b) * 64 + ci) * 64 + co] += d[b];
+            }
+        }
+}
+
 /* Work units are row pairs (b, y0 = 2u): by Winograd when the pair is whole
  * and W is even, else row by row on the direct kernel. */
 static void conv_rows_part(void *arg, int tid, int nt) {
@@ -387,29 +437,50 @@ static void conv_rows_part(void *arg, int tid, int nt) {
 #endif
 }
 
-/* The weight gradient on the row path: thread tid's partial (3,3,64,64) +=,
- * over its output rows, input window rows^T x output-gradient row. */
+/* The weight gradient on the row path, per thread: row pairs by Winograd
+ * into its dU partial (16,64,64), other rows directly into its dW partial
+ * (3,3,64,64): input window rows^T x output-gradient row. Both are zeroed
+ * here and summed in thread order by the caller. */
 typedef struct {
     const float *in, *dout; /* (B,H,W,64) each */
-    float *parts;           /* nthreads x (3,3,64,64), zeroed here */
-    float *scratch;         /* per thread: the ring */
+    float *parts;           /* nthreads x (3,3,64,64) */
+    float *uparts;          /* nthreads x (16,64,64) */
+    float *scratch;         /* per thread: conv_rows_per_thread floats */
     int B, H, W;
 } conv_dw_rows_job;
 
 static void conv_dw_rows_part(void *arg, int tid, int nt) {
 #if defined(__x86_64__)
     conv_dw_rows_job *j = arg;
-    float *dwp = j->parts + (size_t)tid * 9 * 64 * 64;
+    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2;
+    float *dwp = j->parts + (size_t)tid * 9 * 64 * 64, *dup = j->uparts + (size_t)tid * 16 * 64 * 64;
+    float *mem = j->scratch + (size_t)tid * conv_rows_per_thread(W);
+    float *V = mem + (size_t)5 * (W + 2) * 64, *Z = V + (size_t)16 * ((W + 1) / 2) * 64;
     size_t lo, hi;
     row_ring g;
     memset(dwp, 0, sizeof(float) * 9 * 64 * 64);
-    ring_init(&g, j->scratch + (size_t)tid * conv_rows_per_thread(j->W), j->W);
-    tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
-    for (size_t p = lo; p < hi; p++) {
-        const float *rows[3];
-        ring_rows(&g, rows, 3, j->in, (int)(p / (size_t)j->H), (int)(p % (size_t)j->H), j->H, j->W);
-        for (int ky = 0; ky < 3; ky++)
-            gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, j->dout + p * (size_t)j->W * 64, j->W);
+    memset(dup, 0, sizeof(float) * 16 * 64 * 64);
+    ring_init(&g, mem, W);
+    tl_split((size_t)j->B * pairs, tid, nt, &lo, &hi);
+    for (size_t u = lo; u < hi; u++) {
+        int b = (int)(u / (size_t)pairs), y0 = 2 * (int)(u % (size_t)pairs);
+        const float *dout = j->dout + ((size_t)b * H + y0) * W * 64;
+        const float *rows[4];
+        if (y0 + 1 < H && W % 2 == 0) {
+            ring_rows(&g, rows, 4, j->in, b, y0, H, W);
+            winograd_in(V, rows, tiles);
+            winograd_dout(Z, dout, dout + (size_t)W * 64, tiles);
+            for (int xi = 0; xi < 16; xi++)
+                gemm64_tn_acc_avx512(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                     Z + (size_t)xi * tiles * 64, tiles);
+            continue;
+        }
+        for (int y = y0; y < y0 + 2 && y < H; y++) {
+            ring_rows(&g, rows, 3, j->in, b, y, H, W);
+            for (int ky = 0; ky < 3; ky++)
+                gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, dout + (size_t)(y - y0) * W * 64,
+                                     W);
+        }
     }
 #else
     (void)arg, (void)tid, (void)nt;
@@ -517,10 +588,16 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
     if (conv_rows_ok(&j)) {
         float *parts = scratch + (size_t)nt * col_floats(&j), *wf = parts + (size_t)nt * dw_floats(&j);
         float *U = wf + 9 * 64 * 64, *rings = U + 16 * 64 * 64;
-        conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .scratch = rings, .B = B, .H = H, .W = W};
+        float *uparts = scratch; /* the im2col buffers are unused on the row path */
+        conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .uparts = uparts, .scratch = rings, .B = B,
+                               .H = H, .W = W};
         tl_pool_run(p, conv_dw_rows_part, &dj);
         reduce_job r = {dwt, parts, dw_floats(&j), nt};
         tl_pool_run(p, reduce_part, &r);
+        memset(U, 0, sizeof(float) * 16 * 64 * 64); /* U first sums the dU partials */
+        reduce_job ru = {U, uparts, 16 * 64 * 64, nt};
+        tl_pool_run(p, reduce_part, &ru);
+        winograd_dw_accum(dwt, U);
         if (!j.din) return;
         /* flip(w)^T: (ky,kx,co,ci) from wt's (2-ky,2-kx,ci,co) */
         for (int t = 0; t < 9; t++)
