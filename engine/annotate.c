@@ -501,13 +501,10 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
 
 static void log_msg(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void log_msg(run *r, const char *fmt, ...) {
-    if (!r->hooks || !r->hooks->on_log) return;
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    if (r->hooks) tl_hook_vlog(r->hooks->on_log, r->hooks->user, fmt, ap);
     va_end(ap);
-    r->hooks->on_log(buf, r->hooks->user);
 }
 
 static int ncores(void) {

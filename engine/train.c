@@ -67,13 +67,10 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
 
 static void log_msg(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void log_msg(run *r, const char *fmt, ...) {
-    if (!r->hooks || !r->hooks->on_log) return;
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    if (r->hooks) tl_hook_vlog(r->hooks->on_log, r->hooks->user, fmt, ap);
     va_end(ap);
-    r->hooks->on_log(buf, r->hooks->user);
 }
 
 static void loader_log(const char *msg, void *user) { log_msg(user, "%s", msg); }
@@ -431,6 +428,13 @@ static tl_train_status loop(run *r, int64_t step) {
     r->res->status = TL_TRAIN_SUCCEEDED;
     snprintf(r->res->message, sizeof r->res->message, "finished %lld steps", (long long)step);
     return TL_TRAIN_SUCCEEDED;
+}
+
+void tl_hook_vlog(void (*on_log)(const char *msg, void *user), void *user, const char *fmt, va_list ap) {
+    if (!on_log) return;
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    on_log(buf, user);
 }
 
 tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap) {

@@ -83,6 +83,8 @@ typedef struct {
 /* Marks res failed with reason and a formatted message; returns TL_TRAIN_FAILED (for the job runners:
  * train.c, annotate.c). */
 tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap);
+/* Formats a log line (at most 1023 bytes) and hands it to on_log, if any (the job runners' hooks). */
+void tl_hook_vlog(void (*on_log)(const char *msg, void *user), void *user, const char *fmt, va_list ap);
 
 /* Runs (or resumes, when run_dir holds last.safetensors) the job. */
 tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
