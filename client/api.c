@@ -317,12 +317,16 @@ int api_json(cli *c, const char *method, const char *path, const char *body, api
     api_req q = {.method = method, .path = path, .body = body, .len = body ? strlen(body) : 0,
                  .ctype = body ? "application/json" : NULL};
     int rc = api_call(c, &q, r);
-    if (rc != EX_OK) return rc;
+    if (rc != EX_OK) {
+        api_free(r);
+        return rc;
+    }
     if (r->status == 204) return EX_OK;
     *out = r->body ? cJSON_ParseWithLength(r->body, r->len) : NULL;
     if (!*out) {
         fprintf(stderr, "tokenlab %s: the answer of %s%s is not JSON (Content-Type '%s')\n", c->cmd, c->server, path,
                 r->ctype);
+        api_free(r);
         return EX_LOCAL;
     }
     return EX_OK;

@@ -81,7 +81,8 @@ int api_explain_status(const cli *c, const api_resp *r);
 int api_call(cli *c, const api_req *q, api_resp *r);
 
 /* api_call for a JSON answer, parsed into *out (free with cJSON_Delete); EX_LOCAL when it is not
- * JSON. method NULL means GET; body, when given, is sent as application/json. */
+ * JSON. method NULL means GET; body, when given, is sent as application/json. On failure r is
+ * already released (api_free may still be called). */
 int api_json(cli *c, const char *method, const char *path, const char *body, api_resp *r, cJSON **out);
 
 void api_free(api_resp *r);

@@ -202,10 +202,7 @@ int cmd_jobs(cli *c, int argc, char **argv) {
     if (cursor > 0) snprintf(path + n, sizeof path - (size_t)n, "&cursor=%lld", cursor);
     api_resp r;
     cJSON *o;
-    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) {
-        api_free(&r);
-        return rc;
-    }
+    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) return rc;
     if (c->json) {
         api_print_body(&r);
     } else {
@@ -308,10 +305,7 @@ int cmd_show(cli *c, int argc, char **argv) {
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
     api_resp r;
     cJSON *j;
-    if ((rc = api_json(c, NULL, path, NULL, &r, &j)) != EX_OK) {
-        api_free(&r);
-        return rc;
-    }
+    if ((rc = api_json(c, NULL, path, NULL, &r, &j)) != EX_OK) return rc;
     if (c->json) {
         api_print_body(&r);
         cJSON_Delete(j);

@@ -31,10 +31,7 @@ static int drain(cli *c, int64_t id, long long *offset) {
         api_resp r;
         cJSON *o;
         int rc = api_json(c, NULL, path, NULL, &r, &o);
-        if (rc != EX_OK) {
-            api_free(&r);
-            return rc;
-        }
+        if (rc != EX_OK) return rc;
         const char *text = out_jstr(o, "text", "");
         long long next = (long long)out_jnum(o, "next_offset", (double)*offset);
         int eof = out_jbool(o, "eof", 1);

@@ -74,10 +74,7 @@ int cmd_metrics(cli *c, int argc, char **argv) {
     if (end >= 0) snprintf(path + n, sizeof path - (size_t)n, "&end_step=%lld", end);
     api_resp r;
     cJSON *o;
-    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) {
-        api_free(&r);
-        return rc;
-    }
+    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) return rc;
     if (c->json) {
         api_print_body(&r);
         cJSON_Delete(o);

@@ -93,10 +93,7 @@ int cmd_models(cli *c, int argc, char **argv) {
     if (npos == 1 && (rc = model_path(c, pos[0], path, sizeof path))) return rc;
     api_resp r;
     cJSON *o;
-    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) {
-        api_free(&r);
-        return rc;
-    }
+    if ((rc = api_json(c, NULL, path, NULL, &r, &o)) != EX_OK) return rc;
     if (c->json) {
         api_print_body(&r);
     } else if (npos == 1) {

@@ -121,10 +121,7 @@ int cmd_samples(cli *c, int argc, char **argv) {
     cJSON *list;
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/samples", (long long)id);
     if (k < 0 || !c->json) { /* the list: wanted itself, or for the class labels of a sample's legend */
-        if ((rc = api_json(c, NULL, path, NULL, &r, &list)) != EX_OK) {
-            api_free(&r);
-            return rc;
-        }
+        if ((rc = api_json(c, NULL, path, NULL, &r, &list)) != EX_OK) return rc;
         if (k < 0) {
             if (c->json) api_print_body(&r);
             else rc = list_samples(c, id, list);
