@@ -32,25 +32,13 @@ static void print_problem(const char *file, const cJSON *p) {
 static void print_result(cli *c, const char *file, const cJSON *res, const cJSON *classes, int tokens) {
     char name[300], lab[200];
     out_sanitize(file, name, sizeof name);
-    const cJSON *preds = out_jarr(res, "predictions"), *p;
+    const cJSON *preds = out_jarr(res, "predictions");
     const cJSON *best = cJSON_GetArrayItem(preds, 0);
     out_sanitize(out_jstr(best, "label", "?"), lab, sizeof lab);
     printf("%s: %s (%.1f%%)   [decode %.1f ms, queue %.1f ms, infer %.1f ms]\n", name, best ? lab : "no prediction",
            100 * out_jnum(best, "score", 0), out_jnum(res, "timing_ms.decode", 0), out_jnum(res, "timing_ms.queue", 0),
            out_jnum(res, "timing_ms.infer", 0));
-    static const char *const head[] = {">#", ">CLASS", "LABEL", ">SCORE"};
-    out_table t;
-    out_table_init(&t, 4, head);
-    int rank = 0;
-    cJSON_ArrayForEach(p, preds) {
-        char r[16], idx[24], sc[24];
-        snprintf(r, sizeof r, "%d", ++rank);
-        snprintf(idx, sizeof idx, "%.0f", out_jnum(p, "index", -1));
-        snprintf(sc, sizeof sc, "%.2f%%", 100 * out_jnum(p, "score", 0));
-        out_table_row(&t, r, idx, out_jstr(p, "label", "?"), sc);
-    }
-    out_table_print(&t, stdout);
-    out_table_free(&t);
+    out_print_predictions(preds, stdout);
     if (tokens) {
         const cJSON *tk = out_jget(res, "tokens");
         int g = (int)out_jnum(tk, "grid", 0);

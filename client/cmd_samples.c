@@ -78,22 +78,10 @@ static int show_sample(cli *c, const cJSON *s, const cJSON *classes) {
         int n = cJSON_IsObject(pred) && tokens_from_json(out_jget(pred, "index"), g, pr) == 0 ? 2 : 1;
         printf("\n");
         tokens_print(stdout, g, n, maps, titles, classes, c->color);
-        const cJSON *top5 = out_jarr(pred, "top5"), *x;
+        const cJSON *top5 = out_jarr(pred, "top5");
         if (cJSON_GetArraySize(top5) > 0) {
             printf("\nimage-level prediction\n");
-            static const char *const head[] = {">#", ">CLASS", "LABEL", ">SCORE"};
-            out_table t;
-            out_table_init(&t, 4, head);
-            int i = 0;
-            cJSON_ArrayForEach(x, top5) {
-                char r[16], idx[24], sc[24];
-                snprintf(r, sizeof r, "%d", ++i);
-                snprintf(idx, sizeof idx, "%.0f", out_jnum(x, "index", -1));
-                snprintf(sc, sizeof sc, "%.2f%%", 100 * out_jnum(x, "score", 0));
-                out_table_row(&t, r, idx, out_jstr(x, "label", "?"), sc);
-            }
-            out_table_print(&t, stdout);
-            out_table_free(&t);
+            out_print_predictions(top5, stdout);
         }
     }
     free(target);

@@ -216,4 +216,21 @@ void out_table_free(out_table *t) {
     memset(t, 0, sizeof *t);
 }
 
+void out_print_predictions(const cJSON *preds, FILE *f) {
+    static const char *const head[] = {">#", ">CLASS", "LABEL", ">SCORE"};
+    out_table t;
+    const cJSON *p;
+    int rank = 0;
+    out_table_init(&t, 4, head);
+    cJSON_ArrayForEach(p, preds) {
+        char r[16], idx[24], sc[24];
+        snprintf(r, sizeof r, "%d", ++rank);
+        snprintf(idx, sizeof idx, "%.0f", out_jnum(p, "index", -1));
+        snprintf(sc, sizeof sc, "%.2f%%", 100 * out_jnum(p, "score", 0));
+        out_table_row(&t, r, idx, out_jstr(p, "label", "?"), sc);
+    }
+    out_table_print(&t, f);
+    out_table_free(&t);
+}
+
 int out_tty(FILE *f) { return isatty(fileno(f)); }

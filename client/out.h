@@ -42,6 +42,9 @@ void out_table_row(out_table *t, ...); /* exactly ncols const char * */
 void out_table_print(const out_table *t, FILE *f);
 void out_table_free(out_table *t);
 
+/* A ranked prediction table (#, CLASS, LABEL, SCORE) of a JSON array of {index, label, score}. */
+void out_print_predictions(const cJSON *preds, FILE *f);
+
 /* Whether stdout / stderr is a terminal. */
 int out_tty(FILE *f);
 
