@@ -27,6 +27,27 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "parity"))
 
+
+def fastest_openblas_coretype():
+    """PyTorch's linear layers run on OpenBLAS here: give it the kernels the engine
+    picks (engine/blas.c), SKYLAKEX on an AVX-512 CPU even over an inherited
+    OPENBLAS_CORETYPE naming an older family, so both sides get the same GEMMs.
+    TL_BLAS_CORETYPE, as for the engine, chooses explicitly."""
+    if os.environ.get("TL_BLAS_CORETYPE"):
+        os.environ["OPENBLAS_CORETYPE"] = os.environ["TL_BLAS_CORETYPE"]
+        return
+    try:
+        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return
+    fast = {"skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5"}
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags and \
+            os.environ.get("OPENBLAS_CORETYPE", "").lower() not in fast:
+        os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
+
+
+fastest_openblas_coretype()  # before torch loads OpenBLAS
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -146,6 +167,7 @@ def main():
         "steps": args.steps,
         "warmup": args.warmup,
         "torch": torch.__version__,
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "autodetected"),
     }
     if args.json:
         print(json.dumps(res))

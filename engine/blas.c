@@ -9,7 +9,9 @@
  * AMD Zen 4 although the CPU has AVX-512, which costs 2.4x in sgemm. Linking
  * normally would run that constructor before main(); opening the library
  * ourselves lets the engine set OPENBLAS_CORETYPE=SKYLAKEX first when the CPU
- * and the OS support AVX-512 (and the user has not chosen a core type).
+ * and the OS support AVX-512 (choose_coretype below: an inherited
+ * OPENBLAS_CORETYPE naming an older family is overridden; TL_BLAS_CORETYPE is
+ * how a user picks a family for tokenlab).
  * OPENBLAS_NUM_THREADS=1 is set too: the engine splits GEMMs over its own pool
  * and never lets OpenBLAS start threads (no oversubscription, no level-3 lock).
  */
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #ifndef TL_OPENBLAS_PATH
 #define TL_OPENBLAS_PATH "libopenblas.so.0"
@@ -38,8 +41,8 @@ static char *(*g_config)(void);
 static void (*g_set_threads)(int);
 static char g_err[TL_ERR_LEN];
 static char g_features[128];
-static char g_chosen[64];
-static char g_core[160]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
+static char g_chosen[96];
+static char g_core[192]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
 
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
@@ -66,17 +69,50 @@ static void describe_features(void) {
     }
 }
 
-static void load_once(void) {
-    describe_features();
-    const char *user = getenv("OPENBLAS_CORETYPE");
-    if (user && *user) {
-        snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", user);
+/* OpenBLAS core types with AVX-512 sgemm kernels (0.3.21 names, any case). */
+static int coretype_has_avx512(const char *name) {
+    static const char *fast[] = {"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS", "ZEN4", "ZEN5"};
+    for (size_t i = 0; i < sizeof fast / sizeof fast[0]; i++)
+        if (strcasecmp(name, fast[i]) == 0) return 1;
+    return 0;
+}
+
+/*
+ * The kernel family, decided before OpenBLAS initialises:
+ *   TL_BLAS_CORETYPE set: that family, as the user asked tokenlab;
+ *   AVX-512 CPU: SKYLAKEX, unless OPENBLAS_CORETYPE already names an AVX-512
+ *     family. An inherited OPENBLAS_CORETYPE naming an older family (a
+ *     machine-wide Haswell, say) is overridden and the report says so: it would
+ *     halve every GEMM, and tokenlab must find the fast path by itself;
+ *   otherwise OPENBLAS_CORETYPE as set, or OpenBLAS's own detection.
+ */
+static void choose_coretype(void) {
+    const char *mine = getenv("TL_BLAS_CORETYPE");
+    const char *inherited = getenv("OPENBLAS_CORETYPE");
+    if (mine && *mine) {
+        setenv("OPENBLAS_CORETYPE", mine, 1);
+        snprintf(g_chosen, sizeof g_chosen, "%s (from TL_BLAS_CORETYPE)", mine);
     } else if (cpu_has_avx512()) {
-        setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
-        snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found)");
+        if (inherited && *inherited && coretype_has_avx512(inherited)) {
+            snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
+        } else if (inherited && *inherited) {
+            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found; OPENBLAS_CORETYPE=%.16s overridden)",
+                     inherited);
+            setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+        } else {
+            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found)");
+            setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+        }
+    } else if (inherited && *inherited) {
+        snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
     } else {
         snprintf(g_chosen, sizeof g_chosen, "autodetected");
     }
+}
+
+static void load_once(void) {
+    describe_features();
+    choose_coretype();
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
 
     const char *path = getenv("TL_OPENBLAS_LIB");

@@ -2,10 +2,12 @@
  * blas.h: the engine's only door to BLAS.
  *
  * OpenBLAS is opened at run time (dlopen) after the engine has chosen its
- * kernels: when the CPU and OS support AVX-512 (F, CD, BW, DQ, VL) and the user
- * has not set OPENBLAS_CORETYPE, the engine sets it to SKYLAKEX before the
- * library initialises, so the fast kernels are used on every such CPU (Debian's
- * 0.3.21 otherwise falls back to Haswell kernels on AMD Zen 4). OpenBLAS is
+ * kernels: when the CPU and OS support AVX-512 (F, CD, BW, DQ, VL), the engine
+ * sets OPENBLAS_CORETYPE=SKYLAKEX before the library initialises (also over an
+ * inherited OPENBLAS_CORETYPE that names an older family, such as Haswell), so
+ * the fast kernels are used on every such CPU (Debian's 0.3.21 otherwise falls
+ * back to Haswell kernels on AMD Zen 4 and 5). TL_BLAS_CORETYPE, when set, is
+ * the family used, whatever the CPU. OpenBLAS is
  * kept single-threaded: the engine parallelises over its own pool.
  * Initialised once (pthread_once); read-only afterwards, so any thread may call.
  */
