@@ -11,6 +11,7 @@
  * GEMM in backward); AdamW and elementwise work are not counted.
  */
 #include "loader.h"
+#include "memtune.h"
 #include "ops.h"
 #include "pool.h"
 #include "tl.h"
@@ -109,6 +110,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    (void)tl_malloc_keep_pages(); /* as tokenlabd does: same allocator behaviour in the figures */
     const char *preset = "lvvit_t", *config_path = NULL, *mode = "train", *data_dir = NULL;
     int loader_threads = 1;
     int img = 0, batch = 32, steps = 5, warmup = 1, json = 0, profile = 0;

@@ -20,6 +20,7 @@ inspection routes (samples, grids, image, heatmaps).
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 import argparse
+import http.client
 import io
 import json
 import os
@@ -428,6 +429,78 @@ def t_upload(d):
     problem(st, b, 404, "MODEL_NOT_FOUND")
 
 
+def sanitized(binary):
+    """True when the daemon was built with AddressSanitizer (its allocator ignores mallopt)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
+def minor_faults(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])  # field 10, minflt
+
+
+@check("predict requests reuse warm pages")
+def t_warm_pages(_):
+    # A fresh daemon serving lvvit_t (224 px, 1000 classes, as bench/serve_bench.py): each request
+    # allocates about 1.6 MB (the body, the decoded photo, the resampler's rows, the model input).
+    # glibc maps and unmaps blocks that size (its mmap threshold only rises when a mapped block of up
+    # to 32 MiB is freed; the 34 MB upload is larger), faulting some 350 pages in again per request
+    # (10-13 us each on a virtual machine: 4 ms of a 25 ms request); tokenlabd keeps them mapped
+    # (engine/memtune.h). One keep-alive connection, as a client sending one request after another.
+    if sanitized(TD.ARGS.bin):
+        print("  skipped: AddressSanitizer's allocator ignores the malloc settings")
+        return
+    try:
+        import torch
+        import torchvision.io
+        import lvvit_ref as L
+        import st_io
+    except ImportError as e:
+        print("  skipped: PyTorch reference unavailable (%s)" % e)
+        return
+    torch.manual_seed(4)
+    cfg = L.preset("lvvit_t", img_size=224, num_classes=1000, drop_path_rate=0.0)
+    model = L.LVViT(cfg).eval()
+    path = os.path.join(TD.ARGS.work, "lvvit_t.safetensors")
+    st_io.save(path, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+    imgs = [open(p, "rb").read() for p in photos()]
+    if not imgs:  # photo-sized JPEGs: 640x426 and 500x375 gradients
+        for w, h in ((640, 426), (500, 375)):
+            y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            rgb = torch.stack([(x * 255 // w), (y * 255 // h), ((x + y) % 256)]).to(torch.uint8)
+            imgs.append(torchvision.io.encode_jpeg(rgb, quality=90).numpy().tobytes())
+    work = os.path.join(TD.ARGS.work, "fresh")
+    os.makedirs(os.path.join(work, "data"), exist_ok=True)
+    d = TD.Daemon(work)
+    d.start()
+    try:
+        st, m, _, _ = d.request("PUT", "/api/v1/models/lvvit-t", raw=open(path, "rb").read(),
+                                headers={"Content-Type": "application/octet-stream"})
+        assert st == 201 and m["input"]["size"] == 224, (st, m)
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        hdr = {"Host": "127.0.0.1:%d" % d.port, "Content-Type": "image/jpeg"}
+
+        def one(x):
+            conn.request("POST", "/api/v1/models/lvvit-t/predict", body=x, headers=hdr)
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, (r.status, body[:300])
+
+        for x in imgs[:5]:
+            one(x)
+        f0 = minor_faults(d.proc.pid)
+        n = 20
+        for i in range(n):
+            one(imgs[i % len(imgs)])
+        per = (minor_faults(d.proc.pid) - f0) / n
+        conn.close()
+    finally:
+        d.stop()
+    print("  %.1f minor page faults per 224 px predict request after warm-up" % per)
+    assert per < 20, per
+
+
 @check("token inspection routes")
 def t_samples(d):
     job = STATE["job"]
@@ -519,7 +592,7 @@ def main():
     d.start()
     try:
         for t in (t_train, t_register, t_register_bad, t_predict, t_predict_synth, t_multipart, t_bad_inputs,
-                  t_batching, t_queue, t_kserve, t_upload, t_samples, t_restart, t_delete):
+                  t_batching, t_queue, t_kserve, t_upload, t_warm_pages, t_samples, t_restart, t_delete):
             t(d)
     finally:
         d.stop()
