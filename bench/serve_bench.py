@@ -40,7 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
-PHOTOS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "photos"))
+PHOTOS = os.path.join(os.environ.get("TL_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data"), "photos")
 
 
 def pct(xs, p):

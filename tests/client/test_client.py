@@ -5,7 +5,7 @@ state folder, the built-in synthetic data), plus a deliberately broken fake
 server for the client's handling of bad answers.
 
 usage: test_client.py --client build/bin/tokenlab --daemon build/bin/tokenlabd --work DIR
-                      [--photos /work/shared/data/photos]
+                      [--photos $TL_SHARED_DATA/photos, default /work/shared/data/photos]
 
 Covers every command and its --json output, usage errors (exit 2), server
 refusals with code and field pointer (3), connection failures with the
@@ -894,7 +894,7 @@ def main():
     ap.add_argument("--client", required=True)
     ap.add_argument("--daemon", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--photos", default="/work/shared/data/photos")
+    ap.add_argument("--photos", default=os.path.join(os.environ.get("TL_SHARED_DATA") or "/work/shared/data", "photos"))
     ARGS = ap.parse_args()
     ARGS.work = os.path.abspath(ARGS.work)
     shutil.rmtree(ARGS.work, ignore_errors=True)

@@ -39,7 +39,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import test_daemon as TD  # noqa: E402  (the Daemon class and helpers)
 
-PHOTOS = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data", "photos"))
+PHOTOS = os.path.join(os.environ.get("TL_SHARED_DATA") or os.path.join(HERE, "..", "..", "..", "shared", "data"),
+                      "photos")
 RESULTS = TD.RESULTS
 check = TD.check
 problem = TD.problem
