@@ -67,7 +67,8 @@ static const char *USAGE =
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
     "                         threads_per_job, max_body, timeout, web_dir\n"
     "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
-    "(mode 0600) on first start.\n";
+    "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
+    "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
 
 static int set_int(const char *name, const char *v, long long lo, long long hi, long long *out) {
     char *end;
