@@ -93,14 +93,12 @@ static void choose_coretype(void) {
         setenv("OPENBLAS_CORETYPE", mine, 1);
         snprintf(g_chosen, sizeof g_chosen, "%s (from TL_BLAS_CORETYPE)", mine);
     } else if (cpu_has_avx512()) {
-        if (inherited && *inherited && coretype_has_avx512(inherited)) {
+        int has = inherited && *inherited;
+        if (has && coretype_has_avx512(inherited)) {
             snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
-        } else if (inherited && *inherited) {
-            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found; OPENBLAS_CORETYPE=%.16s overridden)",
-                     inherited);
-            setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
         } else {
-            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found)");
+            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found%s%.16s%s)", has ? "; OPENBLAS_CORETYPE=" : "",
+                     has ? inherited : "", has ? " overridden" : "");
             setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
         }
     } else if (inherited && *inherited) {

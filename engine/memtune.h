@@ -7,8 +7,8 @@
  * decoded JPEG, the resampler's rows, the model input). glibc hands blocks of
  * that size out with mmap and unmaps them on free, or trims its heaps, so
  * every request faults its pages in again. On virtual machines a page fault
- * costs 10 to 13 us (measured here: 345 faults, about 4 ms, per lvvit_t
- * request; decode 6.4 ms instead of 1.9 ms).
+ * costs 10 to 13 us (measured here: 330 to 345 faults, about 4 ms, per
+ * lvvit_t request; decode 6.4 ms instead of 1.9 ms).
  */
 #ifndef TL_MEMTUNE_H
 #define TL_MEMTUNE_H
