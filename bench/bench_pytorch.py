@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "parity"))
 
 def fastest_openblas_coretype():
     """PyTorch's linear layers run on OpenBLAS here: give it the kernels the engine
-    picks (engine/blas.c), SKYLAKEX on an AVX-512 CPU even over an inherited
+    picks (engine/core/blas.c), SKYLAKEX on an AVX-512 CPU even over an inherited
     OPENBLAS_CORETYPE naming an older family, so both sides get the same GEMMs.
     TL_BLAS_CORETYPE, as for the engine, chooses explicitly."""
     if os.environ.get("TL_BLAS_CORETYPE"):

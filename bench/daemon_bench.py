@@ -6,7 +6,7 @@
 2. p50/p99 latency of GET /api/v1/jobs/{id} and of a downsampled metric
    series at 200 requests/s (wrk from Debian, paced with a Lua delay) while a
    job trains on the same 2 cores.
-(The 1,000,000-point downsampled query is timed by tests/test_store.c.)
+(The 1,000,000-point downsampled query is timed by tests/server/test_store.c.)
 
 usage: bench/daemon_bench.py [--bin build/bin/tokenlabd] [--work /tmp/tokenlab-daemon-bench] [--epochs 4]
 """

@@ -10,11 +10,11 @@
  * Training FLOPs are counted as 3x the forward FLOPs (forward + two GEMMs per
  * GEMM in backward); AdamW and elementwise work are not counted.
  */
-#include "loader.h"
-#include "memtune.h"
-#include "ops.h"
-#include "pool.h"
-#include "tl.h"
+#include "data/loader.h"
+#include "tokenlab/memtune.h"
+#include "ops/ops.h"
+#include "core/pool.h"
+#include "tokenlab/model.h"
 
 #include <math.h>
 #include <stdio.h>

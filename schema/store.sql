@@ -1,8 +1,8 @@
--- schema/store.sql: tokenlabd's SQLite store (server/store.h), schema version 1.
+-- schema/store.sql: tokenlabd's SQLite store (server/store/store.h), schema version 1.
 --
--- server/store.c applies this text as migration step 1, in the transaction
--- that creates a new store file; server/store_schema.c holds it byte for byte
--- (tests/test_store.c checks that the two never drift). A later version adds
+-- server/store/store.c applies this text as migration step 1, in the transaction
+-- that creates a new store file; server/store/store_schema.c holds it byte for byte
+-- (tests/server/test_store.c checks that the two never drift). A later version adds
 -- a migration step in store.c and leaves this file as it is.
 --
 -- Invariants kept here rather than in C, so no writer can break them:

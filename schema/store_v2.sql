@@ -1,8 +1,8 @@
 -- schema/store_v2.sql: tokenlabd's store, migration step 2 (schema version 2):
 -- registered models and the token inspection of training jobs.
 --
--- server/store.c applies this text after schema/store.sql, in the open's
--- transaction; server/store_schema.c holds it byte for byte (tests/test_store.c
+-- server/store/store.c applies this text after schema/store.sql, in the open's
+-- transaction; server/store/store_schema.c holds it byte for byte (tests/server/test_store.c
 -- checks that the two never drift).
 --
 -- Invariants:

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Checks schema/openapi.json against the API that server/routes.c implements.
+"""Checks schema/openapi.json against the API that server/api/routes.c implements.
 
 Usage: check_openapi.py [REPO_ROOT]   (default: two folders above this file)
 
@@ -23,7 +23,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TL_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
                       r'\s*(?:,\s*[A-Za-z0-9_]+\s*)?\}')
 # The route tables: tl_route_def arrays in these files (tl_routes_register registers them all).
-ROUTE_FILES = ("routes.c", "routes_models.c", "routes_samples.c", "routes_labelmaps.c", "datasets.c", "static.c")
+ROUTE_FILES = ("api/routes.c", "api/routes_models.c", "api/routes_inspect.c", "api/routes_labelmaps.c", "api/datasets.c", "http/static.c")
 
 
 class Checker:
@@ -89,7 +89,7 @@ def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     c = Checker()
     doc_path = os.path.join(root, "schema", "openapi.json")
-    routes_path = os.path.join(root, "server", "routes.c")
+    routes_path = os.path.join(root, "server", "routes.c")  # ROUTE_FILES are relative to server/
     jobspec_path = os.path.join(root, "schema", "jobspec.schema.json")
 
     doc = None
@@ -168,7 +168,7 @@ def main():
     try:
         routes = []
         for name in ROUTE_FILES:
-            with open(os.path.join(os.path.dirname(routes_path), name), encoding="utf-8") as f:
+            with open(os.path.join(root, "server", name), encoding="utf-8") as f:
                 routes += parse_tables(f.read())
     except OSError as e:
         routes = None

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """run_import_labelmaps.py: checks scripts/import_label_maps.py end to end,
-reading its output back through the C reader (engine/labelmap.c) with
+reading its output back through the C reader (engine/data/labelmap.c) with
 `tl-parity --labelmap-dump`.
 
     /usr/bin/python3 tests/parity/run_import_labelmaps.py --bin build/bin/tl-parity --work /tmp/ti

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """run_posembed_parity.py: checks the bicubic resampling of the position
-embedding (tl_model_copy_resized in engine/annotate.c, through tl-posembed)
+embedding (tl_model_copy_resized in engine/jobs/annotate.c, through tl-posembed)
 against PyTorch, as timm's resample_abs_pos_embed does it:
 
     grid = pos_embed[:, 1:].reshape(1, G1, G1, D).permute(0, 3, 1, 2)

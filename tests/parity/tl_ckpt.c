@@ -17,8 +17,8 @@
  * Errors go to stderr as "tl-ckpt: <message>" with exit status 1 (2 for bad
  * usage). Threads: TL_THREADS (default 2) for the engine's pool.
  */
-#include "safetensors.h"
-#include "tl.h"
+#include "tokenlab/safetensors.h"
+#include "tokenlab/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -14,7 +14,7 @@
  *
  *   tl-parity --targets --config T.json --in IN.safetensors --out OUT.safetensors
  *
- * Label-map targets (engine/targets.c) for tests/parity/run_targets_parity.py.
+ * Label-map targets (engine/data/targets.c) for tests/parity/run_targets_parity.py.
  * T.json: {"num_classes": K, "grid": S, "smoothing": s}. IN: lm_values F32
  * [B,k,h,w], lm_indices I32 [B,k,h,w], crop F32 [B,4] = (top, left, height,
  * width) fractions of the full image, flip U8 [B]. OUT: target_cls F32 [B,K],
@@ -22,13 +22,13 @@
  *
  *   tl-parity --labelmap-dump FILE.tllm --out OUT.safetensors
  *
- * Reads a label map through engine/labelmap.c (tests/parity/run_import_labelmaps.py):
+ * Reads a label map through engine/data/labelmap.c (tests/parity/run_import_labelmaps.py):
  * OUT holds values F32 [count,k,h,w] and indices I32 [count,k,h,w] in key
  * order, metadata "keys" (the keys joined by '\n'), "num_classes", "topk".
  */
-#include "labelmap.h"
-#include "safetensors.h"
-#include "tl.h"
+#include "tokenlab/labelmap.h"
+#include "tokenlab/safetensors.h"
+#include "tokenlab/model.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>

@@ -1,6 +1,6 @@
 /*
  * tl_posembed.c: the bicubic resampling of the position embedding
- * (tl_model_copy_resized, engine/annotate.c) on random values, for
+ * (tl_model_copy_resized, engine/jobs/annotate.c) on random values, for
  * tests/parity/run_posembed_parity.py to compare with PyTorch.
  *
  *   tl-posembed --from G1 --to G2 --dim D --seed S --out FILE
@@ -11,8 +11,8 @@
  * G2, D, then float32 src pos_embed [(1+G1*G1) * D], then float32 dst
  * pos_embed [(1+G2*G2) * D], little-endian. Exit 0, or 1 with a message.
  */
-#include "annotate.h"
-#include "tl.h"
+#include "tokenlab/annotate.h"
+#include "tokenlab/model.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 // Job-spec helpers for the submit form: JSON pointers, the schema
 // (schema/jobspec.schema.json, compiled into a validator at build time by
 // vite.config.js) and the checks the schema cannot express, mirroring
-// engine/jobspec.c and engine/config.c so that the form names the same field.
+// engine/jobs/jobspec.c and engine/model/config.c so that the form names the same field.
 import { jobspecSchema, validate as schemaValidate } from "virtual:jobspec-validate";
 
 export { jobspecSchema };

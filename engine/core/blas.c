@@ -1,0 +1,166 @@
+/*
+ * blas.c: loads OpenBLAS at run time with the CPU's fastest kernels.
+ *
+ * Owns: the dlopen handle and the resolved function pointers, set once under
+ * pthread_once by whichever thread first needs BLAS; read-only afterwards.
+ *
+ * Why dlopen: OpenBLAS picks its kernel family in its library constructor,
+ * from OPENBLAS_CORETYPE or cpuid. Debian's 0.3.21 picks Haswell (AVX2) on
+ * AMD Zen 4 although the CPU has AVX-512, which costs 2.4x in sgemm. Linking
+ * normally would run that constructor before main(); opening the library
+ * ourselves lets the engine set OPENBLAS_CORETYPE=SKYLAKEX first when the CPU
+ * and the OS support AVX-512 (choose_coretype below: an inherited
+ * OPENBLAS_CORETYPE naming an older family is overridden; TL_BLAS_CORETYPE is
+ * how a user picks a family for tokenlab).
+ * OPENBLAS_NUM_THREADS=1 is set too: the engine splits GEMMs over its own pool
+ * and never lets OpenBLAS start threads (no oversubscription, no level-3 lock).
+ */
+#include "core/blas.h"
+#include "tokenlab/model.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#ifndef TL_OPENBLAS_PATH
+#define TL_OPENBLAS_PATH "libopenblas.so.0"
+#endif
+
+enum { CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112 };
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,
+                         int);
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void *g_handle;
+static sgemm_fn g_sgemm;
+static char *(*g_corename)(void);
+static char *(*g_config)(void);
+static void (*g_set_threads)(int);
+static char g_err[TL_ERR_LEN];
+static char g_features[128];
+static char g_chosen[96];
+static char g_core[192]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
+
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+}
+
+static void describe_features(void) {
+    static const char *names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+                                  "avx512vnni", "avx512bf16"};
+    __builtin_cpu_init();
+    int have[10] = {__builtin_cpu_supports("sse4.2"),   __builtin_cpu_supports("avx"),
+                    __builtin_cpu_supports("avx2"),     __builtin_cpu_supports("fma"),
+                    __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
+                    __builtin_cpu_supports("avx512dq"), __builtin_cpu_supports("avx512vl"),
+                    __builtin_cpu_supports("avx512vnni"), __builtin_cpu_supports("avx512bf16")};
+    size_t off = 0;
+    for (int i = 0; i < 10; i++) {
+        if (!have[i]) continue;
+        int n = snprintf(g_features + off, sizeof g_features - off, "%s%s", off ? "," : "", names[i]);
+        if (n < 0 || (size_t)n >= sizeof g_features - off) break;
+        off += (size_t)n;
+    }
+}
+
+/* OpenBLAS core types with AVX-512 sgemm kernels (0.3.21 names, any case). */
+static int coretype_has_avx512(const char *name) {
+    static const char *fast[] = {"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS", "ZEN4", "ZEN5"};
+    for (size_t i = 0; i < sizeof fast / sizeof fast[0]; i++)
+        if (strcasecmp(name, fast[i]) == 0) return 1;
+    return 0;
+}
+
+/*
+ * The kernel family, decided before OpenBLAS initialises:
+ *   TL_BLAS_CORETYPE set: that family, as the user asked tokenlab;
+ *   AVX-512 CPU: SKYLAKEX, unless OPENBLAS_CORETYPE already names an AVX-512
+ *     family. An inherited OPENBLAS_CORETYPE naming an older family (a
+ *     machine-wide Haswell, say) is overridden and the report says so: it would
+ *     halve every GEMM, and tokenlab must find the fast path by itself;
+ *   otherwise OPENBLAS_CORETYPE as set, or OpenBLAS's own detection.
+ */
+static void choose_coretype(void) {
+    const char *mine = getenv("TL_BLAS_CORETYPE");
+    const char *inherited = getenv("OPENBLAS_CORETYPE");
+    if (mine && *mine) {
+        setenv("OPENBLAS_CORETYPE", mine, 1);
+        snprintf(g_chosen, sizeof g_chosen, "%s (from TL_BLAS_CORETYPE)", mine);
+    } else if (cpu_has_avx512()) {
+        int has = inherited && *inherited;
+        if (has && coretype_has_avx512(inherited)) {
+            snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
+        } else {
+            snprintf(g_chosen, sizeof g_chosen, "SKYLAKEX (AVX-512 found%s%.16s%s)", has ? "; OPENBLAS_CORETYPE=" : "",
+                     has ? inherited : "", has ? " overridden" : "");
+            setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+        }
+    } else if (inherited && *inherited) {
+        snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
+    } else {
+        snprintf(g_chosen, sizeof g_chosen, "autodetected");
+    }
+}
+
+static void load_once(void) {
+    describe_features();
+    choose_coretype();
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+
+    const char *path = getenv("TL_OPENBLAS_LIB");
+    if (!path || !*path) path = TL_OPENBLAS_PATH;
+    g_handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!g_handle && strcmp(path, "libopenblas.so.0") != 0) g_handle = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!g_handle) {
+        snprintf(g_err, sizeof g_err, "cannot load OpenBLAS (%s): %s; install libopenblas0-pthread", path, dlerror());
+        return;
+    }
+    g_sgemm = (sgemm_fn)dlsym(g_handle, "cblas_sgemm");
+    g_corename = (char *(*)(void))dlsym(g_handle, "openblas_get_corename");
+    g_config = (char *(*)(void))dlsym(g_handle, "openblas_get_config");
+    g_set_threads = (void (*)(int))dlsym(g_handle, "openblas_set_num_threads");
+    if (!g_sgemm) {
+        snprintf(g_err, sizeof g_err, "OpenBLAS at %s lacks cblas_sgemm", path);
+        return;
+    }
+    if (g_set_threads) g_set_threads(1);
+    snprintf(g_core, sizeof g_core, "%s (chosen: %s)", g_corename ? g_corename() : "unknown", g_chosen);
+}
+
+int tl_blas_init(char *err, size_t errlen) {
+    pthread_once(&g_once, load_once);
+    if (g_sgemm) return 0;
+    if (err && errlen) snprintf(err, errlen, "%s", g_err);
+    return -1;
+}
+
+int tl_runtime_init(char *err, size_t errlen) { return tl_blas_init(err, errlen); }
+
+const char *tl_blas_config(void) {
+    if (tl_blas_init(NULL, 0) != 0) return "unavailable";
+    return g_config ? g_config() : "OpenBLAS";
+}
+
+const char *tl_blas_corename(void) {
+    if (tl_blas_init(NULL, 0) != 0) return "unavailable";
+    return g_core;
+}
+
+const char *tl_cpu_features(void) {
+    tl_blas_init(NULL, 0);
+    return g_features;
+}
+
+void tl_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+              int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (!g_sgemm && tl_blas_init(NULL, 0) != 0) return;
+    g_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+            lda, B, ldb, beta, C, ldc);
+}

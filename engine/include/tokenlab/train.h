@@ -1,0 +1,97 @@
+/*
+ * train.h: the token-labeling training loop of one job, as the daemon's
+ * worker threads and `tokenlabd run` both run it.
+ *
+ * train.c owns a job's model, EMA, contexts and loaders for the duration of
+ * tl_train_run, on the calling thread (plus the engine's pools and the
+ * loader's threads). It reports through hooks, called on the calling thread.
+ *
+ * Determinism: the sample order of epoch e, each sample's augmentation, the
+ * MixToken box and the drop-path masks of step s all derive from the job
+ * seed and (e, position, s) alone (rng.h). A run stopped after step s and
+ * resumed from its checkpoint therefore continues exactly as the
+ * uninterrupted run would have, given the same thread count.
+ *
+ * Run folder layout: last.safetensors (weights, EMA weights as "ema.<name>",
+ * AdamW moments and the train state; rewritten at every checkpoint) and
+ * best.safetensors (the same without optimizer state, from the evaluation
+ * with the best top-1, of the EMA weights when EMA is on).
+ */
+#ifndef TL_TRAIN_H
+#define TL_TRAIN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tokenlab/inspect.h"
+#include "tokenlab/jobspec.h"
+
+typedef struct {
+    int64_t step;          /* optimizer steps done, 1-based after the first */
+    int64_t total_steps;
+    int epoch;             /* 0-based epoch of this step */
+    int epochs;
+    double loss, loss_cls, loss_dense, lr;
+    double img_per_s;      /* over the recent steps */
+    double eta_seconds;
+    double data_wait;      /* fraction of recent time the trainer waited for data */
+    int64_t skipped_images;/* unreadable images skipped so far in this run */
+} tl_step_report;
+
+typedef struct {
+    int64_t step;
+    int epoch;
+    int ema;               /* 0: raw weights, 1: EMA weights */
+    double top1, top5, loss;
+    int images;
+    double seconds;
+} tl_eval_report;
+
+typedef struct {
+    void (*on_start)(int64_t start_step, int64_t total_steps, void *user); /* after resume is known */
+    void (*on_step)(const tl_step_report *r, void *user);
+    void (*on_eval)(const tl_eval_report *r, void *user);
+    /* Called before a checkpoint is written: whatever must be durable when the
+     * checkpoint exists (the daemon's metric points up to this step) is flushed here. */
+    void (*before_checkpoint)(int64_t step, void *user);
+    void (*on_checkpoint)(const char *path, int64_t step, int is_best, void *user);
+    void (*on_log)(const char *msg, void *user);   /* warnings: skipped images, ... */
+    /* After each evaluation (raw weights, ema 0; then EMA weights, ema 1): the job's inspection
+     * samples (the same set for the whole run, resumes included) and what the model predicts for
+     * them at this step. Both are valid only during the call. */
+    void (*on_inspect)(const tl_inspect_set *set, const tl_inspect_result *res, int64_t step, int ema, void *user);
+    int (*should_stop)(void *user);                /* checked after each step */
+    void *user;
+} tl_train_hooks;
+
+typedef enum {
+    TL_TRAIN_SUCCEEDED = 0,
+    TL_TRAIN_STOPPED = 1,  /* should_stop: a checkpoint was written */
+    TL_TRAIN_FAILED = 2,
+} tl_train_status;
+
+typedef struct {
+    tl_train_status status;
+    char reason[32];       /* NAN_LOSS, DATA_ERROR, CONFIG_ERROR, IO_ERROR, OUT_OF_MEMORY */
+    char message[1024];
+    int64_t step;          /* steps done when it ended */
+    int64_t skipped_images;
+    double best_top1;      /* -1 if never evaluated */
+} tl_train_result;
+
+/* Marks res failed with reason and a formatted message; returns TL_TRAIN_FAILED (for the job runners:
+ * train.c, annotate.c). */
+tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap);
+/* Formats a log line (at most 1023 bytes) and hands it to on_log, if any (the job runners' hooks). */
+void tl_hook_vlog(void (*on_log)(const char *msg, void *user), void *user, const char *fmt, va_list ap);
+
+/* Runs (or resumes, when run_dir holds last.safetensors) the job. */
+tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
+                             tl_train_result *res);
+
+/* The learning rate of a step: linear warm-up from warmup_lr to lr, then
+ * cosine decay to min_lr, per step. */
+double tl_train_lr(const tl_train_spec *s, int64_t step, int64_t steps_per_epoch);
+
+#endif

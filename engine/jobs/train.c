@@ -1,0 +1,461 @@
+/*
+ * train.c: the training loop of one job (see train.h).
+ *
+ * Owns, for the duration of tl_train_run: the datasets and label map, the
+ * model and its EMA, a training context and evaluation contexts, the two
+ * loaders, the token-inspection set and its result buffer, and the run
+ * folder's checkpoints. Everything runs on the calling thread except the
+ * engine's pools and the loaders' workers; hooks are called on the calling
+ * thread.
+ *
+ * Token inspection (inspect.h) is built in setup when the caller has an
+ * on_inspect hook, and runs at every evaluation point, validation data or
+ * not, after each evaluation of the raw and of the EMA weights. It draws from
+ * its own derived generator and runs eval-mode forwards only, so it changes
+ * nothing the training computes. Failing to build it only logs a line.
+ */
+#include "tokenlab/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "data/loader.h"
+#include "tokenlab/safetensors.h"
+
+#define WINDOW 20 /* steps over which images/s and data wait are measured */
+
+typedef struct {
+    const tl_train_spec *spec;
+    const char *run_dir;
+    const tl_train_hooks *hooks;
+    tl_train_result *res;
+    tl_dataset *train_ds, *val_ds;
+    tl_labelmap *lm;
+    tl_model *model, *ema;
+    tl_ctx *ctx, *eval_ctx, *ema_ctx;
+    tl_loader *train_ld, *val_ld;
+    tl_inspect_set *iset;   /* NULL: no inspection (no hook, or it could not be built) */
+    tl_inspect_result *ires;
+    tl_config cfg;
+    int nb;                 /* steps per epoch */
+    int64_t total;
+    float *t_mix;           /* (B,K) class targets mixed by image-level mixup/cutmix */
+    double best;            /* best top-1 so far, -1 none */
+} run;
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    tl_train_result_vfail(r->res, reason, fmt, ap);
+    va_end(ap);
+    return TL_TRAIN_FAILED;
+}
+
+static void log_msg(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_msg(run *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (r->hooks) tl_hook_vlog(r->hooks->on_log, r->hooks->user, fmt, ap);
+    va_end(ap);
+}
+
+static void loader_log(const char *msg, void *user) { log_msg(user, "%s", msg); }
+
+double tl_train_lr(const tl_train_spec *s, int64_t step, int64_t steps_per_epoch) {
+    int64_t total = (int64_t)s->epochs * steps_per_epoch;
+    int64_t warm = (int64_t)llround(s->warmup_epochs * (double)steps_per_epoch);
+    if (step < warm) return s->warmup_lr + (s->lr - s->warmup_lr) * (double)step / (double)warm;
+    int64_t span = total - warm;
+    if (span <= 0) return s->lr;
+    double t = (double)(step - warm) / (double)span;
+    return s->min_lr + 0.5 * (s->lr - s->min_lr) * (1.0 + cos(M_PI * t));
+}
+
+/* Section 4: lambda ~ Beta(1,1), cut = int(g*sqrt(1-lambda)), centre uniform on the grid. */
+static tl_box mixtoken_box(uint64_t seed, int64_t step, int g) {
+    tl_rng r;
+    tl_rng_derive(&r, seed, TL_RNG_MIXTOKEN, (uint64_t)step, 0);
+    double lam = tl_rng_beta11(&r);
+    int cut = (int)(g * sqrt(1.0 - lam));
+    int cy = (int)tl_rng_below(&r, (uint32_t)g), cx = (int)tl_rng_below(&r, (uint32_t)g);
+    tl_box b = {cy - cut / 2, cx - cut / 2, cy + cut / 2, cx + cut / 2};
+    if (b.r0 < 0) b.r0 = 0;
+    if (b.c0 < 0) b.c0 = 0;
+    if (b.r1 > g) b.r1 = g;
+    if (b.c1 > g) b.c1 = g;
+    return b;
+}
+
+static int path_join(char *buf, size_t len, const char *dir, const char *name) {
+    int n = snprintf(buf, len, "%s/%s", dir, name);
+    return (n < 0 || (size_t)n >= len) ? -1 : 0;
+}
+
+static int save_checkpoint(run *r, const char *name, int with_optim, int64_t step, int epoch) {
+    char path[4096], err[TL_ERR_LEN], best[64], stepbuf[32];
+    if (path_join(path, sizeof path, r->run_dir, name) != 0) return -1;
+    snprintf(best, sizeof best, "%.6f", r->best);
+    snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
+    const char *meta[] = {"tokenlab.best_top1", best, "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name, NULL};
+    tl_train_state st = {step, epoch, {0, 0, 0, 0}};
+    if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
+    if (tl_checkpoint_save2(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
+        log_msg(r, "checkpoint %s failed: %s", path, err);
+        return -1;
+    }
+    if (r->hooks && r->hooks->on_checkpoint) r->hooks->on_checkpoint(path, step, !with_optim, r->hooks->user);
+    return 0;
+}
+
+/* top-1, top-5 and loss of the inference score over the validation set. */
+static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
+    double t0 = now_s();
+    int K = r->cfg.num_classes, topk = K < 5 ? K : 5;
+    tl_loader_start(r->val_ld, 0, 0);
+    const tl_batch *b;
+    float *scores = malloc(sizeof(float) * (size_t)r->spec->batch_size * K);
+    if (!scores) return;
+    int64_t n = 0, c1 = 0, c5 = 0;
+    double loss = 0.0;
+    while ((b = tl_loader_next(r->val_ld, NULL)) != NULL) {
+        tl_predict(ctx, b->images, b->n, scores);
+        for (int i = 0; i < b->n; i++) {
+            const float *s = scores + (size_t)i * K;
+            int y = b->labels[i], above = 0;
+            float mx = s[0];
+            for (int k = 0; k < K; k++) {
+                if (s[k] > s[y]) above++;
+                mx = s[k] > mx ? s[k] : mx;
+            }
+            double se = 0.0;
+            for (int k = 0; k < K; k++) se += exp((double)s[k] - mx);
+            loss += mx + log(se) - s[y];
+            c1 += above == 0;
+            c5 += above < topk;
+            n++;
+        }
+    }
+    free(scores);
+    tl_eval_report rep = {step, epoch, ema, n ? (double)c1 / n : 0, n ? (double)c5 / n : 0, n ? loss / n : 0, (int)n,
+                          now_s() - t0};
+    if (r->hooks && r->hooks->on_eval) r->hooks->on_eval(&rep, r->hooks->user);
+    int counts = r->ema ? ema : 1; /* the EMA's top-1 decides "best" when there is an EMA */
+    if (counts && rep.top1 > r->best) {
+        r->best = rep.top1;
+        r->res->best_top1 = rep.top1;
+        save_checkpoint(r, "best.safetensors", 0, step, epoch);
+    }
+}
+
+/* Runs the inspection set through ctx's model and hands the result to on_inspect. */
+static void inspect(run *r, tl_ctx *ctx, int ema, int64_t step) {
+    if (!r->iset || !ctx) return;
+    char err[TL_ERR_LEN];
+    if (tl_inspect_run(ctx, r->iset, r->ires, err, sizeof err) != 0) {
+        log_msg(r, "token inspection at step %lld: %s", (long long)step, err);
+        return;
+    }
+    r->hooks->on_inspect(r->iset, r->ires, step, ema, r->hooks->user);
+}
+
+static void evaluate_all(run *r, int64_t step, int epoch) {
+    if (r->val_ld) evaluate(r, r->eval_ctx, 0, step, epoch);
+    inspect(r, r->eval_ctx, 0, step);
+    if (r->ema) {
+        if (r->val_ld) evaluate(r, r->ema_ctx, 1, step, epoch);
+        inspect(r, r->ema_ctx, 1, step);
+    }
+}
+
+static int64_t every(float epochs, int nb) {
+    if (epochs <= 0.0f) return 0;
+    int64_t s = (int64_t)llround((double)epochs * nb);
+    return s < 1 ? 1 : s;
+}
+
+static int ncores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* Builds the inspection set, its result buffer and (without validation data)
+ * the evaluation contexts it runs on. Any failure logs and leaves inspection off. */
+static void setup_inspect(run *r, int threads) {
+    const tl_train_spec *s = r->spec;
+    char err[TL_ERR_LEN];
+    const char *what;
+    r->iset = tl_inspect_new(r->train_ds, r->val_ds, r->lm, r->val_ds ? 4 : 0, 4, r->cfg.img_size,
+                             tl_config_grid(&r->cfg), r->cfg.num_classes, &s->augment, s->seed, err, sizeof err);
+    if (!r->iset) {
+        log_msg(r, "token inspection is off: %s", err);
+        return;
+    }
+    what = "the result buffer";
+    snprintf(err, sizeof err, "out of memory");
+    r->ires = tl_inspect_result_new(r->iset);
+    if (!r->ires) goto off;
+    int batch = r->iset->n < 8 ? r->iset->n : 8;
+    what = "an evaluation context";
+    if (!r->eval_ctx && !(r->eval_ctx = tl_ctx_new(r->model, batch, 0, threads, err, sizeof err))) goto off;
+    what = "an EMA evaluation context";
+    if (r->ema && !r->ema_ctx && !(r->ema_ctx = tl_ctx_new(r->ema, batch, 0, threads, err, sizeof err))) goto off;
+    return;
+off:
+    log_msg(r, "token inspection is off: %s: %s", what, err);
+    tl_inspect_result_free(r->ires);
+    tl_inspect_free(r->iset);
+    r->ires = NULL;
+    r->iset = NULL;
+    if (!r->val_ds) { /* contexts made for inspection only */
+        tl_ctx_free(r->eval_ctx);
+        tl_ctx_free(r->ema_ctx);
+        r->eval_ctx = r->ema_ctx = NULL;
+    }
+}
+
+static tl_train_status setup(run *r) {
+    const tl_train_spec *s = r->spec;
+    char err[TL_ERR_LEN];
+    if (mkdir(r->run_dir, 0755) != 0 && errno != EEXIST)
+        return fail(r, "IO_ERROR", "cannot create run folder %s: %s", r->run_dir, strerror(errno));
+    r->train_ds = tl_dataset_open(s->train_dir, err, sizeof err);
+    if (!r->train_ds) return fail(r, "DATA_ERROR", "training data: %s", err);
+    int K = tl_dataset_num_classes(r->train_ds);
+    if (s->val_dir[0]) {
+        r->val_ds = tl_dataset_open(s->val_dir, err, sizeof err);
+        if (!r->val_ds) return fail(r, "DATA_ERROR", "validation data: %s", err);
+        if (tl_dataset_num_classes(r->val_ds) != K)
+            return fail(r, "DATA_ERROR", "validation data has %d classes, training data %d",
+                        tl_dataset_num_classes(r->val_ds), K);
+    }
+    if (s->label_maps[0]) {
+        r->lm = tl_labelmap_open(s->label_maps, K, err, sizeof err);
+        if (!r->lm) return fail(r, "DATA_ERROR", "label maps: %s", err);
+    }
+    r->cfg = s->model;
+    if (r->cfg.num_classes != K) log_msg(r, "model: num_classes set to %d, the classes of the training data", K);
+    r->cfg.num_classes = K;
+    r->cfg.drop_path_rate = s->drop_path;
+    if (tl_config_validate(&r->cfg, err, sizeof err) != 0) return fail(r, "CONFIG_ERROR", "model: %s", err);
+    r->model = tl_model_new(&r->cfg, s->seed, err, sizeof err);
+    if (!r->model) return fail(r, "OUT_OF_MEMORY", "%s", err);
+    if (s->ema_decay > 0.0f) {
+        r->ema = tl_model_new(&r->cfg, s->seed, err, sizeof err);
+        if (!r->ema) return fail(r, "OUT_OF_MEMORY", "%s", err);
+    }
+    int threads = s->threads > 0 ? s->threads : ncores();
+    int eval_batch = s->batch_size < 64 ? s->batch_size : 64;
+    r->ctx = tl_ctx_new(r->model, s->batch_size, 1, threads, err, sizeof err);
+    if (!r->ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+    if (r->val_ds) {
+        r->eval_ctx = tl_ctx_new(r->model, eval_batch, 0, threads, err, sizeof err);
+        if (!r->eval_ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+        if (r->ema) {
+            r->ema_ctx = tl_ctx_new(r->ema, eval_batch, 0, threads, err, sizeof err);
+            if (!r->ema_ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+        }
+    }
+    tl_loader_cfg lc = {.ds = r->train_ds, .lm = r->lm, .train = 1, .S = r->cfg.img_size,
+                        .grid = tl_config_grid(&r->cfg), .K = K, .smoothing = s->label_smoothing, .aug = s->augment,
+                        .batch = s->batch_size, .seed = s->seed,
+                        .threads = s->loader_threads > 0 ? s->loader_threads : (ncores() > 2 ? ncores() / 2 : 1),
+                        .prefetch = s->prefetch_batches, .cache_bytes = (size_t)s->cache_mb << 20,
+                        .log = loader_log, .log_user = r};
+    r->train_ld = tl_loader_new(&lc, err, sizeof err);
+    if (!r->train_ld) return fail(r, "DATA_ERROR", "%s", err);
+    if (r->val_ds) {
+        tl_loader_cfg vc = lc;
+        vc.ds = r->val_ds;
+        vc.lm = NULL;
+        vc.train = 0;
+        vc.batch = eval_batch;
+        r->val_ld = tl_loader_new(&vc, err, sizeof err);
+        if (!r->val_ld) return fail(r, "DATA_ERROR", "%s", err);
+    }
+    r->nb = tl_loader_batches(r->train_ld);
+    r->total = (int64_t)s->epochs * r->nb;
+    r->t_mix = malloc(sizeof(float) * (size_t)s->batch_size * K);
+    if (!r->t_mix) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    if (r->hooks && r->hooks->on_inspect) setup_inspect(r, threads);
+    return TL_TRAIN_SUCCEEDED;
+}
+
+/* Resumes from last.safetensors when the run folder has one; returns the step to start at or -1. */
+static int64_t resume(run *r) {
+    char path[4096], err[TL_ERR_LEN];
+    if (path_join(path, sizeof path, r->run_dir, "last.safetensors") != 0 || access(path, F_OK) != 0) {
+        if (r->ema) tl_model_copy_weights(r->ema, r->model);
+        return 0;
+    }
+    tl_train_state st;
+    int flags = TL_CKPT_OPTIM | (r->ema ? TL_CKPT_EMA : 0);
+    if (tl_checkpoint_load2(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
+        fail(r, "IO_ERROR", "cannot resume: %s", err);
+        return -1;
+    }
+    tl_st_file *f = tl_st_open(path, err, sizeof err);
+    const char *b = f ? tl_st_meta(f, "tokenlab.best_top1") : NULL;
+    r->best = b ? atof(b) : -1.0;
+    r->res->best_top1 = r->best;
+    tl_st_close(f);
+    log_msg(r, "resumed from %s at step %lld", path, (long long)st.step);
+    return st.step;
+}
+
+static void cleanup(run *r) {
+    tl_loader_free(r->train_ld);
+    tl_loader_free(r->val_ld);
+    tl_inspect_result_free(r->ires);
+    tl_inspect_free(r->iset);
+    tl_ctx_free(r->ctx);
+    tl_ctx_free(r->eval_ctx);
+    tl_ctx_free(r->ema_ctx);
+    tl_model_free(r->model);
+    tl_model_free(r->ema);
+    tl_labelmap_close(r->lm);
+    tl_dataset_free(r->train_ds);
+    tl_dataset_free(r->val_ds);
+    free(r->t_mix);
+}
+
+static tl_train_status loop(run *r, int64_t step) {
+    const tl_train_spec *s = r->spec;
+    int B = s->batch_size, K = r->cfg.num_classes, g = tl_config_grid(&r->cfg);
+    int64_t eval_every = every(s->eval_every_epochs, r->nb), ckpt_every = every(s->checkpoint_every_epochs, r->nb);
+    tl_loss_weights lw = {s->cls_weight, s->dense_weight};
+    /* image-level mixup/cutmix is the baseline without label maps; with maps, MixToken mixes */
+    int image_mix = s->mix != TL_MIX_NONE && !r->lm;
+    if (s->mix != TL_MIX_NONE && r->lm) log_msg(r, "train.mix is ignored: the job has label maps (MixToken mixes)");
+    tl_adamw hp = {(float)s->lr, s->weight_decay, 0.9f, 0.999f, 1e-8f};
+    double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = now_s(), eval_seconds = 0.0;
+    int started = 0;
+    int64_t done_here = 0;
+    if (r->hooks && r->hooks->on_start) r->hooks->on_start(step, r->total, r->hooks->user);
+    while (step < r->total) {
+        int epoch = (int)(step / r->nb);
+        if (!started || step % r->nb == 0) {
+            tl_loader_start(r->train_ld, epoch, (int)(step % r->nb));
+            started = 1;
+        }
+        double wait = 0.0;
+        const tl_batch *b = tl_loader_next(r->train_ld, &wait);
+        if (!b) return fail(r, "DATA_ERROR", "the loader ended the epoch early at step %lld", (long long)step);
+        if (tl_loader_skipped(r->train_ld) >= tl_dataset_count(r->train_ds))
+            return fail(r, "DATA_ERROR", "no image of %s could be read", s->train_dir);
+        const float *t_cls = b->t_cls;
+        tl_box box = {0, 0, 0, 0};
+        if (image_mix) {
+            tl_rng mr;
+            tl_rng_derive(&mr, s->seed, TL_RNG_MIXUP, (uint64_t)step, 0);
+            float lam = tl_mix_batch(b->images, B, r->cfg.img_size, (int)s->mix, s->mix_alpha, &mr);
+            for (int i = 0; i < B; i++)
+                for (int k = 0; k < K; k++)
+                    r->t_mix[(size_t)i * K + k] =
+                        lam * b->t_cls[(size_t)i * K + k] + (1.0f - lam) * b->t_cls[(size_t)(B - 1 - i) * K + k];
+            t_cls = r->t_mix;
+        } else if (s->mixtoken) {
+            box = mixtoken_box(s->seed, step, g);
+        }
+        hp.lr = (float)tl_train_lr(s, step, r->nb);
+        tl_rng dr;
+        tl_rng_derive(&dr, s->seed, TL_RNG_DROPPATH, (uint64_t)step, 0);
+        tl_loss_parts lp;
+        tl_model_zero_grad(r->model);
+        tl_forward(r->ctx, b->images, B, 1, &box, tl_rng_next(&dr));
+        tl_loss(r->ctx, t_cls, image_mix ? NULL : b->t_dense, &lw, &lp);
+        if (!isfinite(lp.loss))
+            return fail(r, "NAN_LOSS", "the loss became %s at step %lld (lr %.3g); lower the learning rate",
+                        isnan(lp.loss) ? "NaN" : "infinite", (long long)step + 1, (double)hp.lr);
+        tl_backward(r->ctx);
+        tl_ctx_adamw_step(r->ctx, &hp);
+        if (r->ema) { /* warm-up: a short run's EMA must not be stuck at the initial weights */
+            double warm = (1.0 + (double)step) / (10.0 + (double)step);
+            tl_model_ema_update(r->ema, r->model, (float)(warm < s->ema_decay ? warm : s->ema_decay), r->ctx);
+        }
+        step++;
+        done_here++;
+        r->res->step = step;
+        double t = now_s();
+        times[step % WINDOW] = t - t_prev;
+        waits[step % WINDOW] = wait;
+        t_prev = t;
+        if (r->hooks && r->hooks->on_step) {
+            int n = done_here < WINDOW ? (int)done_here : WINDOW;
+            double st = 0, sw = 0;
+            for (int i = 0; i < WINDOW; i++) st += times[i], sw += waits[i];
+            int64_t evals_left = eval_every ? (r->total - step) / eval_every : 0;
+            double eta = st / n * (double)(r->total - step) + eval_seconds * (double)(evals_left + 1);
+            tl_step_report rep = {step, r->total, epoch, s->epochs, lp.loss, lp.loss_cls, lp.loss_dense, hp.lr,
+                                  st > 0 ? (double)B * n / st : 0, st > 0 ? eta : -1.0, st > 0 ? sw / st : 0,
+                                  tl_loader_skipped(r->train_ld)};
+            r->hooks->on_step(&rep, r->hooks->user);
+        }
+        int last = step == r->total, eval_now = last || (eval_every && step % eval_every == 0);
+        int ckpt_now = last || (ckpt_every && step % ckpt_every == 0);
+        int stop = !last && r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user);
+        if (eval_now) {
+            double t_eval = now_s();
+            evaluate_all(r, step, (int)((step - 1) / r->nb));
+            eval_seconds = now_s() - t_eval;
+        }
+        if (ckpt_now || stop) {
+            if (save_checkpoint(r, "last.safetensors", 1, step, (int)(step / r->nb)) != 0)
+                return fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
+        }
+        t_prev = now_s(); /* images/s and the ETA measure training steps, not evaluations or checkpoints */
+        if (stop) {
+            r->res->status = TL_TRAIN_STOPPED;
+            snprintf(r->res->reason, sizeof r->res->reason, "STOPPED");
+            snprintf(r->res->message, sizeof r->res->message, "stopped after step %lld; checkpoint written",
+                     (long long)step);
+            return TL_TRAIN_STOPPED;
+        }
+    }
+    r->res->status = TL_TRAIN_SUCCEEDED;
+    snprintf(r->res->message, sizeof r->res->message, "finished %lld steps", (long long)step);
+    return TL_TRAIN_SUCCEEDED;
+}
+
+void tl_hook_vlog(void (*on_log)(const char *msg, void *user), void *user, const char *fmt, va_list ap) {
+    if (!on_log) return;
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    on_log(buf, user);
+}
+
+tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, const char *fmt, va_list ap) {
+    vsnprintf(res->message, sizeof res->message, fmt, ap);
+    snprintf(res->reason, sizeof res->reason, "%s", reason);
+    res->status = TL_TRAIN_FAILED;
+    return TL_TRAIN_FAILED;
+}
+
+tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
+                             tl_train_result *res) {
+    memset(res, 0, sizeof *res);
+    res->best_top1 = -1.0;
+    run r = {.spec = spec, .run_dir = run_dir, .hooks = hooks, .res = res, .best = -1.0};
+    tl_train_status st = setup(&r);
+    if (st == TL_TRAIN_SUCCEEDED) {
+        int64_t step = resume(&r);
+        st = step < 0 ? TL_TRAIN_FAILED : loop(&r, step);
+    }
+    res->skipped_images = r.train_ld ? tl_loader_skipped(r.train_ld) : 0;
+    if (r.val_ld) res->skipped_images += tl_loader_skipped(r.val_ld);
+    cleanup(&r);
+    return st;
+}

@@ -1,0 +1,611 @@
+/*
+ * routes.c: the REST API under /api/v1 (described by schema/openapi.json).
+ *
+ * Owns nothing long-lived: each handler reads the request, talks to the job
+ * manager, the store and the event bus (all thread-safe), and replies once.
+ * Handlers run on libmicrohttpd's connection threads. Server-Sent Event
+ * streams keep a small state per connection (routes_stream), freed when the
+ * connection ends.
+ */
+#include "api/routes.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tokenlab/model.h"
+
+#define LIST_MAX 200
+#define METRIC_NAMES_MAX 64
+#define POINTS_MAX 100000
+#define LOG_MAX (1 << 20)
+
+/* ---- helpers ---- */
+int tl_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Query parameter as an integer in [lo, hi], dflt when absent; replies 400 and returns -1 when bad. */
+static int query_i64(tl_req *r, const char *name, int64_t lo, int64_t hi, int64_t dflt, int64_t *out) {
+    const char *v = tl_req_query(r, name);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    if (tl_routes_parse_i64(v, lo, hi, out) == 0) return 0;
+    tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %" PRId64 "..%" PRId64,
+                     name, lo, hi);
+    return -1;
+}
+
+static int job_id(tl_req *r, int64_t *id) {
+    if (tl_routes_parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, id) == 0) return 0;
+    tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tl_req_param(r, "id"));
+    return -1;
+}
+
+static void reply_cjson(tl_req *r, int status, cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) tl_reply_json(r, status, s);
+    else tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+    free(s);
+    cJSON_Delete(o);
+}
+
+/* Maps a store/jobs error text to a problem reply. */
+static void reply_error(tl_req *r, const char *err) {
+    if (strstr(err, "not found")) tl_reply_problem(r, 404, "NOT_FOUND", NULL, "%s", err);
+    else if (strstr(err, "invalid transition")) tl_reply_problem(r, 409, "INVALID_STATE", NULL, "%s", err);
+    else tl_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
+}
+
+static cJSON *job_json(tl_routes *R, const tl_job *j) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", (double)j->id);
+    cJSON_AddStringToObject(o, "name", j->name);
+    cJSON_AddItemToObject(o, "spec", cJSON_CreateRaw(j->spec_json ? j->spec_json : "null"));
+    cJSON_AddStringToObject(o, "state", tl_job_state_name(j->state));
+    cJSON_AddStringToObject(o, "state_reason", j->state_reason);
+    cJSON_AddStringToObject(o, "state_message", j->state_message);
+    if (j->state == TL_JOB_QUEUED)
+        cJSON_AddNumberToObject(o, "queue_position", tl_store_job_queue_position(R->store, j->id));
+    cJSON *p = cJSON_AddObjectToObject(o, "progress");
+    cJSON_AddNumberToObject(p, "epoch", (double)j->epoch);
+    cJSON_AddNumberToObject(p, "step", (double)j->step);
+    cJSON_AddNumberToObject(p, "total_steps", (double)j->total_steps);
+    if (j->eta_seconds >= 0 && j->state == TL_JOB_RUNNING) cJSON_AddNumberToObject(o, "eta_seconds", j->eta_seconds);
+    else cJSON_AddNullToObject(o, "eta_seconds");
+    cJSON_AddNumberToObject(o, "created_ms", (double)j->created_ms);
+    if (j->started_ms) cJSON_AddNumberToObject(o, "started_ms", (double)j->started_ms);
+    else cJSON_AddNullToObject(o, "started_ms");
+    if (j->ended_ms) cJSON_AddNumberToObject(o, "ended_ms", (double)j->ended_ms);
+    else cJSON_AddNullToObject(o, "ended_ms");
+    cJSON_AddNumberToObject(o, "attempt", j->attempt);
+    cJSON *m = cJSON_AddObjectToObject(o, "latest_metrics");
+    tl_metric_summary ms[METRIC_NAMES_MAX];
+    int n = 0;
+    char err[256];
+    if (tl_store_metric_names(R->store, j->id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) == 0)
+        for (int i = 0; i < n; i++) cJSON_AddNumberToObject(m, ms[i].name, ms[i].last_value);
+    return o;
+}
+
+/* The job named by the {id} of the route, into *j (free with tl_job_free); on failure a problem
+ * (404 for an unknown id) has been sent and -1 is returned. */
+static int load_job(tl_req *r, tl_routes *R, int64_t *id, tl_job *j) {
+    char err[256];
+    if (job_id(r, id)) return -1;
+    if (tl_store_job_get(R->store, *id, j, err, sizeof err) == 0) return 0;
+    reply_error(r, err);
+    return -1;
+}
+
+/* Only checks that the route's job exists (the reply has been sent when it does not). */
+static int require_job(tl_req *r, tl_routes *R, int64_t *id) {
+    tl_job j;
+    if (load_job(r, R, id, &j) != 0) return -1;
+    tl_job_free(&j);
+    return 0;
+}
+
+/* Replies with the current state of job id. */
+static void reply_job(tl_req *r, tl_routes *R, int64_t id, int status) {
+    tl_job j;
+    char err[256];
+    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    reply_cjson(r, status, job_json(R, &j));
+    tl_job_free(&j);
+}
+
+/* ---- jobs ---- */
+static void h_submit(tl_req *r, void *u) {
+    tl_routes *R = u;
+    const char *ct = tl_req_header(r, "Content-Type");
+    if (!ct || strncmp(ct, "application/json", 16) != 0) {
+        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the job spec as application/json");
+        return;
+    }
+    size_t len;
+    const char *body = tl_req_body(r, &len);
+    if (!body || len == 0) {
+        tl_reply_problem(r, 400, "BAD_JSON", "", "the body is empty; send a job spec");
+        return;
+    }
+    const char *key = tl_req_header(r, "Idempotency-Key");
+    if (key && (strlen(key) == 0 || strlen(key) > 127)) {
+        tl_reply_problem(r, 400, "BAD_HEADER", NULL, "Idempotency-Key: must be 1..127 characters");
+        return;
+    }
+    int64_t id;
+    int existed = 0;
+    tl_spec_error se;
+    char err[512];
+    if (tl_jobs_submit(R->jobs, body, key, &id, &existed, &se, err, sizeof err) != 0) {
+        if (strcmp(err, "spec") == 0) {
+            int syntax = strncmp(se.message, "not valid JSON", 14) == 0 || strstr(se.message, "text after") != NULL;
+            tl_reply_problem(r, syntax ? 400 : 422, syntax ? "BAD_JSON" : "SPEC_INVALID", se.pointer, "%s%s%s",
+                             se.pointer, se.pointer[0] ? ": " : "", se.message);
+        } else {
+            reply_error(r, err);
+        }
+        return;
+    }
+    char loc[64];
+    snprintf(loc, sizeof loc, "/api/v1/jobs/%" PRId64, id);
+    tl_reply_header(r, "Location", loc);
+    reply_job(r, R, id, existed ? 200 : 201);
+}
+
+static void h_list(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int state = -1;
+    const char *sv = tl_req_query(r, "state");
+    if (sv) {
+        tl_job_state s;
+        if (tl_job_state_parse(sv, &s) != 0) {
+            tl_reply_problem(r, 400, "BAD_QUERY", NULL,
+                             "query parameter state: must be one of QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "
+                             "CANCELLED");
+            return;
+        }
+        state = (int)s;
+    }
+    int64_t limit, cursor;
+    if (query_i64(r, "limit", 1, LIST_MAX, 50, &limit) || query_i64(r, "cursor", 0, INT64_MAX, 0, &cursor)) return;
+    tl_job *jobs = calloc((size_t)limit, sizeof *jobs);
+    int n = 0;
+    char err[256];
+    if (!jobs || tl_store_job_list(R->store, state, cursor, (int)limit, jobs, &n, err, sizeof err) != 0) {
+        free(jobs);
+        tl_reply_problem(r, 500, "INTERNAL", NULL, "listing jobs failed");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "jobs");
+    for (int i = 0; i < n; i++) {
+        cJSON_AddItemToArray(arr, job_json(R, &jobs[i]));
+        tl_job_free(&jobs[i]);
+    }
+    if (n == limit && n > 0) cJSON_AddNumberToObject(o, "next_cursor", (double)jobs[n - 1].id);
+    else cJSON_AddNullToObject(o, "next_cursor");
+    free(jobs);
+    reply_cjson(r, 200, o);
+}
+
+#define HISTORY_MAX 64
+
+static void h_get(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    tl_job j;
+    char err[256];
+    if (load_job(r, R, &id, &j) != 0) return;
+    cJSON *o = job_json(R, &j);
+    tl_job_free(&j);
+    tl_state_change *h = calloc(HISTORY_MAX, sizeof *h);
+    int n = 0;
+    cJSON *arr = cJSON_AddArrayToObject(o, "state_history");
+    if (h && tl_store_job_history(R->store, id, h, HISTORY_MAX, &n, err, sizeof err) == 0)
+        for (int i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "time_ms", (double)h[i].time_ms);
+            if (h[i].from[0]) cJSON_AddStringToObject(e, "from", h[i].from);
+            else cJSON_AddNullToObject(e, "from");
+            cJSON_AddStringToObject(e, "to", h[i].to);
+            cJSON_AddStringToObject(e, "reason", h[i].reason);
+            cJSON_AddStringToObject(e, "message", h[i].message);
+            cJSON_AddItemToArray(arr, e);
+        }
+    free(h);
+    reply_cjson(r, 200, o);
+}
+
+static void h_cancel(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    char err[512];
+    if (job_id(r, &id)) return;
+    if (tl_jobs_cancel(R->jobs, id, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    reply_job(r, R, id, 202);
+}
+
+static void h_delete(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    char err[512];
+    if (job_id(r, &id)) return;
+    if (tl_jobs_delete(R->jobs, id, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    tl_reply_bytes(r, 204, "application/json", "", 0);
+}
+
+/* ---- metrics, logs, checkpoints ---- */
+static void h_metric_names(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    char err[256];
+    if (require_job(r, R, &id) != 0) return;
+    tl_metric_summary ms[METRIC_NAMES_MAX];
+    int n = 0;
+    if (tl_store_metric_names(R->store, id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "metrics");
+    for (int i = 0; i < n; i++) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "name", ms[i].name);
+        cJSON_AddNumberToObject(m, "last_value", ms[i].last_value);
+        cJSON_AddNumberToObject(m, "last_step", (double)ms[i].last_step);
+        cJSON_AddNumberToObject(m, "count", (double)ms[i].count);
+        cJSON_AddItemToArray(arr, m);
+    }
+    reply_cjson(r, 200, o);
+}
+
+static void h_metric_series(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id, start, end, maxp;
+    if (job_id(r, &id)) return;
+    const char *name = tl_req_param(r, "name");
+    if (query_i64(r, "start_step", 0, INT64_MAX, 0, &start) || query_i64(r, "end_step", -1, INT64_MAX, -1, &end) ||
+        query_i64(r, "max_points", 1, POINTS_MAX, 1000, &maxp))
+        return;
+    tl_metric_point *pts = malloc(sizeof *pts * (size_t)maxp);
+    int n = 0, bucketed = 0;
+    char err[256];
+    if (!pts || tl_store_metric_query(R->store, id, name, start, end, (int)maxp, pts, &n, &bucketed, err, sizeof err) != 0) {
+        free(pts);
+        reply_error(r, pts ? err : "out of memory");
+        return;
+    }
+    /* an unknown job is a 404; an unknown series or an empty range is an empty answer */
+    if (n == 0 && require_job(r, R, &id) != 0) {
+        free(pts);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddBoolToObject(o, "bucketed", bucketed);
+    cJSON *arr = cJSON_AddArrayToObject(o, bucketed ? "buckets" : "points");
+    for (int i = 0; i < n; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddNumberToObject(p, "step", (double)pts[i].step);
+        cJSON_AddNumberToObject(p, "time_ms", (double)pts[i].time_ms);
+        if (bucketed) {
+            cJSON_AddNumberToObject(p, "last", pts[i].last);
+            cJSON_AddNumberToObject(p, "min", pts[i].min);
+            cJSON_AddNumberToObject(p, "max", pts[i].max);
+            cJSON_AddNumberToObject(p, "count", (double)pts[i].count);
+        } else {
+            cJSON_AddNumberToObject(p, "value", pts[i].last);
+        }
+        cJSON_AddItemToArray(arr, p);
+    }
+    free(pts);
+    reply_cjson(r, 200, o);
+}
+
+static void h_logs(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id, offset, limit;
+    if (job_id(r, &id)) return;
+    if (query_i64(r, "offset", 0, INT64_MAX, 0, &offset) || query_i64(r, "limit_bytes", 1, LOG_MAX, 65536, &limit))
+        return;
+    char *buf = malloc((size_t)limit + 1), err[256];
+    size_t len = 0;
+    int64_t next = offset;
+    int eof = 1;
+    if (!buf || tl_store_log_read(R->store, id, offset, (size_t)limit, buf, &len, &next, &eof, err, sizeof err) != 0) {
+        free(buf);
+        reply_error(r, buf ? err : "out of memory");
+        return;
+    }
+    buf[len] = 0;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "offset", (double)offset);
+    cJSON_AddNumberToObject(o, "next_offset", (double)next);
+    cJSON_AddBoolToObject(o, "eof", eof);
+    cJSON_AddStringToObject(o, "text", buf);
+    free(buf);
+    reply_cjson(r, 200, o);
+}
+
+static void h_checkpoints(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    tl_checkpoint_row rows[64];
+    int n = 0;
+    char err[256];
+    if (require_job(r, R, &id) != 0) return;
+    if (tl_store_checkpoint_list(R->store, id, rows, 64, &n, err, sizeof err) != 0) {
+        reply_error(r, err);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "checkpoints");
+    for (int i = 0; i < n; i++) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "step", (double)rows[i].step);
+        cJSON_AddStringToObject(c, "kind", rows[i].kind);
+        cJSON_AddNumberToObject(c, "bytes", (double)rows[i].bytes);
+        cJSON_AddNumberToObject(c, "time_ms", (double)rows[i].time_ms);
+        cJSON_AddItemToArray(arr, c);
+    }
+    reply_cjson(r, 200, o);
+}
+
+/* ---- Server-Sent Events ---- */
+typedef struct {
+    tl_routes *R;
+    int64_t job;
+    uint64_t after;
+    char pending[64 * 1024];
+    size_t plen, pos;
+    int finished;    /* the job reached a final state: end after pending is sent */
+    int grace;       /* the job was seen final once: one short wait for its last events */
+    int heartbeat;
+} sse_state;
+
+static int job_final(tl_routes *R, int64_t id) {
+    tl_job j;
+    char err[128];
+    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) return 1;
+    int f = tl_job_state_final(j.state);
+    tl_job_free(&j);
+    return f;
+}
+
+static void sse_append(sse_state *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sse_append(sse_state *s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(s->pending + s->plen, sizeof s->pending - s->plen, fmt, ap);
+    va_end(ap);
+    if (n > 0 && (size_t)n < sizeof s->pending - s->plen) s->plen += (size_t)n;
+}
+
+static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
+    sse_state *s = state;
+    (void)pos;
+    if (s->pos == s->plen) {
+        s->pos = s->plen = 0;
+        if (s->finished) return -1;
+        tl_event ev[32];
+        int n = 0;
+        uint64_t next;
+        tl_ev_status st = tl_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, s->grace ? 500 : 15000);
+        if (st == TL_EV_CLOSED) return -1;
+        if (st == TL_EV_GAP) sse_append(s, "event: reset\ndata: {\"id\":%lld}\n\n", (long long)s->job);
+        for (int i = 0; i < n && s->plen + 600 < sizeof s->pending; i++) {
+            sse_append(s, "id: %llu\nevent: %s\ndata: %s\n\n", (unsigned long long)ev[i].id, ev[i].type, ev[i].data);
+            s->after = ev[i].id;
+        }
+        if (n == 0) s->after = next > s->after ? next : s->after;
+        if (st == TL_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
+        /* The store commits a final state just before its event is published: seeing the state final with
+         * nothing newer on the bus, wait once more (briefly) so that the final state event is sent too. */
+        if (s->job && job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) {
+            if (s->grace) s->finished = 1;
+            s->grace = 1;
+        }
+        if (s->plen == 0) return 0;
+    }
+    size_t k = s->plen - s->pos < max ? s->plen - s->pos : max;
+    memcpy(buf, s->pending + s->pos, k);
+    s->pos += k;
+    return (long)k;
+}
+
+static void h_events(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t id;
+    tl_job j;
+    if (load_job(r, R, &id, &j) != 0) return;
+    sse_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        tl_job_free(&j);
+        tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+        return;
+    }
+    s->R = R;
+    s->job = id;
+    const char *last = tl_req_header(r, "Last-Event-ID");
+    int64_t after;
+    if (last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0) {
+        s->after = (uint64_t)after;
+    } else { /* a fresh subscriber starts with the job's current state */
+        s->after = tl_events_last_id(R->events);
+        cJSON *o = job_json(R, &j);
+        char *txt = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        /* the verbatim spec may span lines; an SSE data field may not. Outside strings a newline is
+         * insignificant JSON whitespace, and inside strings valid JSON has none, so a space is safe. */
+        for (char *c = txt; c && *c; c++)
+            if (*c == '\n' || *c == '\r') *c = ' ';
+        if (txt && strlen(txt) + 64 < sizeof s->pending)
+            sse_append(s, "id: %llu\nevent: snapshot\ndata: %s\n\n", (unsigned long long)s->after, txt);
+        free(txt);
+    }
+    s->finished = 0;
+    s->grace = tl_job_state_final(j.state); /* a finished job's stream ends after what is left on the bus */
+    tl_job_free(&j);
+    tl_reply_header(r, "X-Accel-Buffering", "no");
+    tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+}
+
+/* Every job's events (the dashboard's job list); never ends by itself. */
+static void h_events_all(tl_req *r, void *u) {
+    tl_routes *R = u;
+    sse_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+        return;
+    }
+    s->R = R;
+    s->job = 0;
+    const char *last = tl_req_header(r, "Last-Event-ID");
+    int64_t after;
+    s->after = last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tl_events_last_id(R->events);
+    tl_reply_header(r, "X-Accel-Buffering", "no");
+    tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+}
+
+/* ---- daemon ---- */
+static void h_info(tl_req *r, void *u) {
+    tl_routes *R = u;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "version", TL_VERSION);
+    cJSON_AddStringToObject(o, "blas", tl_blas_corename());
+    cJSON_AddStringToObject(o, "blas_config", tl_blas_config());
+    cJSON_AddStringToObject(o, "cpu_features", tl_cpu_features());
+    cJSON *l = cJSON_AddObjectToObject(o, "limits");
+    cJSON_AddNumberToObject(l, "max_body_bytes", (double)R->max_body);
+    cJSON_AddNumberToObject(l, "max_running_jobs", R->max_running);
+    cJSON_AddNumberToObject(l, "threads_per_job", R->threads_per_job);
+    cJSON_AddNumberToObject(l, "list_limit", LIST_MAX);
+    cJSON_AddNumberToObject(l, "max_points", POINTS_MAX);
+    cJSON_AddNumberToObject(l, "max_log_bytes", LOG_MAX);
+    reply_cjson(r, 200, o);
+}
+
+static void h_healthz(tl_req *r, void *u) {
+    (void)u;
+    tl_reply_json(r, 200, "{\"status\":\"ok\"}");
+}
+
+static void h_readyz(tl_req *r, void *u) {
+    tl_routes *R = u;
+    int64_t counts[TL_JOB_NSTATES];
+    if (tl_store_job_counts(R->store, counts) != 0) {
+        tl_reply_problem(r, 503, "NOT_READY", NULL, "the store does not answer");
+        return;
+    }
+    tl_reply_json(r, 200, "{\"status\":\"ready\"}");
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} textbuf;
+
+static void tb_printf(textbuf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tb_printf(textbuf *t, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) return;
+        if (t->buf && (size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap ? t->cap * 2 : 4096) + (size_t)n;
+        char *b = realloc(t->buf, cap);
+        if (!b) return;
+        t->buf = b;
+        t->cap = cap;
+    }
+}
+
+static void counter_line(const char *method, const char *route, int status, uint64_t n, void *u) {
+    tb_printf(u, "tokenlab_http_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n", method, route,
+              status, (unsigned long long)n);
+}
+
+static void h_prometheus(tl_req *r, void *u) {
+    tl_routes *R = u;
+    textbuf t = {0};
+    tb_printf(&t, "# HELP tokenlab_http_requests_total HTTP requests by route and status.\n"
+                  "# TYPE tokenlab_http_requests_total counter\n");
+    tl_http_counters(R->http, counter_line, &t);
+    int64_t counts[TL_JOB_NSTATES] = {0};
+    tl_store_job_counts(R->store, counts);
+    tb_printf(&t, "# HELP tokenlab_jobs Jobs by state.\n# TYPE tokenlab_jobs gauge\n");
+    for (int s = 0; s < TL_JOB_NSTATES; s++)
+        tb_printf(&t, "tokenlab_jobs{state=\"%s\"} %lld\n", tl_job_state_name((tl_job_state)s), (long long)counts[s]);
+    tb_printf(&t, "# HELP tokenlab_queue_depth Jobs waiting to train.\n# TYPE tokenlab_queue_depth gauge\n"
+                  "tokenlab_queue_depth %lld\n", (long long)counts[TL_JOB_QUEUED]);
+    tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
+                  "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
+              tl_jobs_images_per_second(R->jobs));
+    char *mp = R->models ? tl_models_prometheus(R->models) : NULL;
+    if (mp) tb_printf(&t, "%s", mp);
+    free(mp);
+    tl_reply_bytes(r, 200, "text/plain; version=0.0.4", t.buf ? t.buf : "", t.len);
+    free(t.buf);
+}
+
+static void h_openapi(tl_req *r, void *u) {
+    tl_routes *R = u;
+    if (!R->openapi) {
+        tl_reply_problem(r, 500, "INTERNAL", NULL, "the OpenAPI document was not found at start-up");
+        return;
+    }
+    tl_reply_json(r, 200, R->openapi);
+}
+
+static const tl_route_def job_routes[] = {
+    {"POST", "/api/v1/jobs", TL_AUTH_TOKEN, h_submit, 0},
+    {"GET", "/api/v1/jobs", TL_AUTH_PUBLIC, h_list, 0},
+    {"GET", "/api/v1/jobs/{id}", TL_AUTH_PUBLIC, h_get, 0},
+    {"DELETE", "/api/v1/jobs/{id}", TL_AUTH_TOKEN, h_delete, 0},
+    {"POST", "/api/v1/jobs/{id}/cancel", TL_AUTH_TOKEN, h_cancel, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", TL_AUTH_PUBLIC, h_metric_names, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TL_AUTH_PUBLIC, h_metric_series, 0},
+    {"GET", "/api/v1/jobs/{id}/logs", TL_AUTH_PUBLIC, h_logs, 0},
+    {"GET", "/api/v1/jobs/{id}/events", TL_AUTH_PUBLIC, h_events, 0},
+    {"GET", "/api/v1/jobs/{id}/checkpoints", TL_AUTH_PUBLIC, h_checkpoints, 0},
+    {"GET", "/api/v1/events", TL_AUTH_PUBLIC, h_events_all, 0},
+    {"GET", "/api/v1/info", TL_AUTH_PUBLIC, h_info, 0},
+    {"GET", "/api/v1/openapi.json", TL_AUTH_PUBLIC, h_openapi, 0},
+    {"GET", "/healthz", TL_AUTH_PUBLIC, h_healthz, 0},
+    {"GET", "/readyz", TL_AUTH_PUBLIC, h_readyz, 0},
+    {"GET", "/metrics", TL_AUTH_PUBLIC, h_prometheus, 0},
+    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+};
+
+int tl_routes_register(tl_routes *R) {
+    const tl_route_def *tables[] = {job_routes, tl_model_routes, tl_sample_routes, tl_labelmap_routes};
+    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
+        for (const tl_route_def *t = tables[k]; t->method; t++)
+            if (tl_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
+    return 0;
+}

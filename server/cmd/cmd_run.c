@@ -1,0 +1,425 @@
+/*
+ * cmd_run.c: `tokenlabd run SPEC.json [--out DIR] [--weights PATH [--ema]]`,
+ * one job in the foreground, without a server: a training job, or an
+ * annotate job (the spec's "kind" decides; tl_jobspec_kind).
+ *
+ * Annotate jobs: there is no model registry here, so the weights come from
+ * --weights (a safetensors checkpoint); the spec's source must still be
+ * valid but only its "ema" is used: --ema, or "ema": true, annotates with the
+ * checkpoint's EMA weights, "ema": false with its raw weights, and no choice
+ * with the EMA weights when the checkpoint holds any. The run folder (default
+ * runs/<name>) receives the part files; Ctrl-C writes a part at the current
+ * batch and exits, and the same command resumes after the last part.
+ *
+ * Owns the run folder's metrics file (metrics.jsonl: one JSON object per
+ * training step and per evaluation) and the terminal progress display. A run
+ * folder that already holds last.safetensors is resumed; metric lines after
+ * the resumed step are dropped first, so no step appears twice.
+ * Single-threaded (the engine's threads never call back here).
+ * SIGINT/SIGTERM set a flag; the loop then finishes its step, writes a
+ * checkpoint and exits, so the same command resumes it.
+ */
+#include "cmd/commands.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tokenlab/annotate.h"
+#include "tokenlab/files.h"
+#include "tokenlab/jobspec.h"
+#include "tokenlab/safetensors.h"
+#include "tokenlab/train.h"
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+typedef struct {
+    FILE *metrics;
+    int tty;
+    int64_t last_print_step;
+    double last_eta;
+    char run_dir[4096];
+} run_ui;
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else
+        snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+static void on_start(int64_t start, int64_t total, void *user) {
+    (void)user;
+    if (start > 0) printf("resuming at step %lld of %lld\n", (long long)start, (long long)total);
+    else printf("training %lld steps\n", (long long)total);
+}
+
+static void on_step(const tl_step_report *r, void *user) {
+    run_ui *ui = user;
+    fprintf(ui->metrics,
+            "{\"step\":%lld,\"epoch\":%d,\"loss\":%.6g,\"loss_cls\":%.6g,\"loss_dense\":%.6g,\"lr\":%.6g,"
+            "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld}\n",
+            (long long)r->step, r->epoch, r->loss, r->loss_cls, r->loss_dense, r->lr, r->img_per_s, r->data_wait,
+            (long long)r->skipped_images);
+    int every = ui->tty ? 1 : 50;
+    if (r->step % every != 0 && r->step != r->total_steps) return;
+    char eta[32];
+    fmt_eta(eta, sizeof eta, r->eta_seconds);
+    double frac = (double)r->step / (double)r->total_steps;
+    char bar[25];
+    int fill = (int)(frac * 24);
+    for (int i = 0; i < 24; i++) bar[i] = i < fill ? '#' : '-';
+    bar[24] = 0;
+    printf("%sepoch %d/%d [%s] %3.0f%% step %lld/%lld loss %.4f lr %.2e %.0f img/s ETA %s%s", ui->tty ? "\r" : "",
+           r->epoch + 1, r->epochs, bar, 100 * frac, (long long)r->step, (long long)r->total_steps, r->loss, r->lr,
+           r->img_per_s, eta, ui->tty ? "\033[K" : "\n");
+    fflush(stdout);
+}
+
+static void on_eval(const tl_eval_report *r, void *user) {
+    run_ui *ui = user;
+    fprintf(ui->metrics, "{\"step\":%lld,\"epoch\":%d,\"eval\":\"%s\",\"top1\":%.6g,\"top5\":%.6g,\"loss\":%.6g}\n",
+            (long long)r->step, r->epoch, r->ema ? "ema" : "raw", r->top1, r->top5, r->loss);
+    fflush(ui->metrics);
+    printf("%seval %-3s epoch %d step %lld: top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images, %.1fs)\n",
+           ui->tty ? "\r\033[K" : "", r->ema ? "ema" : "raw", r->epoch + 1, (long long)r->step, 100 * r->top1,
+           100 * r->top5, r->loss, r->images, r->seconds);
+}
+
+/* Metric lines up to a checkpoint's step must reach the file before the checkpoint exists. */
+static void before_checkpoint(int64_t step, void *user) {
+    run_ui *ui = user;
+    (void)step;
+    fflush(ui->metrics);
+}
+
+static void on_log(const char *msg, void *user) {
+    run_ui *ui = user;
+    fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+}
+
+static int should_stop(void *user) {
+    (void)user;
+    return g_stop;
+}
+
+/* mkdir -p: creates path and any missing parents. */
+static int mkdir_p(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
+/* Keeps the metric lines whose step is <= keep_step (a resumed run redoes the rest). */
+static int trim_metrics(const char *path, int64_t keep_step) {
+    FILE *in = fopen(path, "r");
+    if (!in) return errno == ENOENT ? 0 : -1;
+    char tmp[4300];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        fclose(in);
+        return -1;
+    }
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return -1;
+    }
+    char line[2048];
+    while (fgets(line, sizeof line, in)) {
+        const char *p = strstr(line, "\"step\":");
+        if (!p || strtoll(p + 7, NULL, 10) > keep_step || line[strlen(line) - 1] != '\n') continue;
+        fputs(line, out);
+    }
+    fclose(in);
+    int rc = (fflush(out) == 0 && fsync(fileno(out)) == 0) ? 0 : -1;
+    fclose(out);
+    if (rc != 0 || rename(tmp, path) != 0) return -1;
+    return tl_fsync_parent_dir(path);
+}
+
+/* The step of the run folder's last checkpoint (0 when there is none). */
+static int64_t checkpoint_step(const char *run_dir) {
+    char path[4200];
+    int64_t step = 0;
+    snprintf(path, sizeof path, "%s/last.safetensors", run_dir);
+    tl_checkpoint_train_step(path, &step);
+    return step;
+}
+
+static char *read_file(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (16u << 20)) {
+                snprintf(err, errlen, "%s is larger than 16 MB", path);
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) break;
+            buf = nb;
+        }
+        size_t n = fread(buf + len, 1, 4096, f);
+        len += n;
+        if (n < 4096) break;
+    }
+    fclose(f);
+    if (!buf) {
+        snprintf(err, errlen, "out of memory reading %s", path);
+        return NULL;
+    }
+    buf[len] = 0;
+    return buf;
+}
+
+/* ------------------------------------------------------------------ annotate jobs */
+
+typedef struct {
+    int tty;
+    int64_t reports;
+} annotate_ui;
+
+static void a_start(int64_t done, int64_t total, void *user) {
+    (void)user;
+    if (done > 0) printf("resuming after %lld of %lld images\n", (long long)done, (long long)total);
+    else printf("annotating %lld images\n", (long long)total);
+    fflush(stdout);
+}
+
+static void a_progress(const tl_annotate_report *r, void *user) {
+    annotate_ui *ui = user;
+    ui->reports++;
+    if (!ui->tty && ui->reports % 20 != 0 && r->done != r->total) return;
+    char eta[32];
+    if (r->eta_seconds >= 0) fmt_eta(eta, sizeof eta, r->eta_seconds);
+    else snprintf(eta, sizeof eta, "?");
+    double frac = r->total > 0 ? (double)r->done / (double)r->total : 1.0;
+    char bar[25];
+    int fill = (int)(frac * 24);
+    for (int i = 0; i < 24; i++) bar[i] = i < fill ? '#' : '-';
+    bar[24] = 0;
+    printf("%sannotate [%s] %3.0f%% %lld/%lld images, %lld skipped, %.1f img/s ETA %s%s", ui->tty ? "\r" : "", bar,
+           100 * frac, (long long)r->done, (long long)r->total, (long long)r->skipped, r->img_per_s, eta,
+           ui->tty ? "\033[K" : "\n");
+    fflush(stdout);
+}
+
+static void a_checkpoint(const char *path, int64_t done, void *user) {
+    annotate_ui *ui = user;
+    if (!ui->tty) printf("part written: %s (%lld images done)\n", path, (long long)done);
+}
+
+static void a_log(const char *msg, void *user) {
+    annotate_ui *ui = user;
+    fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+}
+
+/* Does the checkpoint hold EMA weights ("ema.<name>")? */
+static int checkpoint_has_ema(const char *path) {
+    char err[TL_ERR_LEN];
+    tl_st_file *f = tl_st_open(path, err, sizeof err);
+    if (!f) return 0;
+    int has = tl_st_get(f, "ema.pos_embed") != NULL;
+    tl_st_close(f);
+    return has;
+}
+
+static int run_annotate(const char *spec_path, const char *json, const char *out, const char *weights, int ema) {
+    static tl_annotate_spec spec;
+    tl_spec_error se;
+    char err[1024];
+    if (tl_annotate_spec_parse(json, NULL, &spec, &se) != 0) {
+        tl_spec_error_format(&se, err, sizeof err);
+        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        return 1;
+    }
+    if (!weights) {
+        fprintf(stderr, "tokenlabd run: %s is an annotate spec: give the annotator's checkpoint with --weights PATH\n",
+                spec_path);
+        return 2;
+    }
+    if (strlen(weights) >= sizeof spec.weights_path) {
+        fprintf(stderr, "tokenlabd run: --weights path too long\n");
+        return 2;
+    }
+    memcpy(spec.weights_path, weights, strlen(weights) + 1);
+    int has_ema = checkpoint_has_ema(weights);
+    spec.from_ema = ema ? 1 : spec.source_ema >= 0 ? spec.source_ema : has_ema;
+    if (spec.from_ema && !has_ema) {
+        fprintf(stderr, "tokenlabd run: %s holds no EMA weights (asked for by %s)\n", weights,
+                ema ? "--ema" : "the spec's source.ema");
+        return 1;
+    }
+    char run_dir[4096];
+    if (out) snprintf(run_dir, sizeof run_dir, "%s", out);
+    else snprintf(run_dir, sizeof run_dir, "runs/%s", spec.name);
+    if (mkdir_p(run_dir) != 0) {
+        fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", run_dir, strerror(errno));
+        return 1;
+    }
+    annotate_ui ui = {.tty = isatty(STDOUT_FILENO)};
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    printf("annotate %s -> %s with %s (%s weights), parts in %s (BLAS %s)\n", spec.name, spec.out_path, weights,
+           spec.from_ema ? "EMA" : "raw", run_dir, tl_blas_corename());
+    fflush(stdout);
+    tl_annotate_hooks hooks = {.on_start = a_start, .on_progress = a_progress, .on_checkpoint = a_checkpoint,
+                               .on_log = a_log, .should_stop = should_stop, .user = &ui};
+    tl_train_result res;
+    tl_train_status st = tl_annotate_run(&spec, run_dir, &hooks, &res);
+    if (ui.tty) printf("\n");
+    switch (st) {
+    case TL_TRAIN_SUCCEEDED:
+        printf("done: %s\n", res.message);
+        return 0;
+    case TL_TRAIN_STOPPED:
+        printf("stopped: %s; run the same command to resume\n", res.message);
+        return 3;
+    default:
+        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
+        return 1;
+    }
+}
+
+/* ------------------------------------------------------------------ the command */
+
+#define RUN_USAGE "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"
+
+int cmd_run(int argc, char **argv) {
+    const char *spec_path = NULL, *out = NULL, *weights = NULL;
+    int ema = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
+        else if (!strcmp(argv[i], "--ema")) ema = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf(RUN_USAGE
+                   "Runs one job in the foreground; the spec's \"kind\" decides which.\n"
+                   "train: DIR (default runs/<name>) receives last.safetensors, best.safetensors and\n"
+                   "metrics.jsonl; running the same command again resumes from last.safetensors.\n"
+                   "Ctrl-C stops after the current step and writes a checkpoint.\n"
+                   "annotate: --weights is the annotator's checkpoint (the spec's source is not\n"
+                   "resolved here); --ema annotates with its EMA weights (default: the spec's\n"
+                   "source.ema, else the EMA weights when the checkpoint has them). DIR (default\n"
+                   "runs/<name>) receives the part files; Ctrl-C writes a part at the current batch\n"
+                   "and the same command resumes; at the end data.out is written.\n");
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "tokenlabd run: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (!spec_path) spec_path = argv[i];
+        else {
+            fprintf(stderr, "tokenlabd run: unexpected argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!spec_path) {
+        fprintf(stderr, RUN_USAGE);
+        return 2;
+    }
+    char err[1024];
+    char *json = read_file(spec_path, err, sizeof err);
+    if (!json) {
+        fprintf(stderr, "tokenlabd run: %s\n", err);
+        return 1;
+    }
+    char kind[16];
+    tl_spec_error se;
+    if (tl_jobspec_kind(json, kind, sizeof kind, &se) != 0) {
+        free(json);
+        tl_spec_error_format(&se, err, sizeof err);
+        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        return 1;
+    }
+    if (strcmp(kind, "annotate") == 0) {
+        int rc = run_annotate(spec_path, json, out, weights, ema);
+        free(json);
+        return rc;
+    }
+    if (strcmp(kind, "train") != 0) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: %s: /kind: must be \"train\" or \"annotate\"\n", spec_path);
+        return 1;
+    }
+    if (weights || ema) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --weights and --ema are for annotate specs\n");
+        return 2;
+    }
+    static tl_train_spec spec;
+    int rc = tl_jobspec_parse(json, NULL, &spec, &se);
+    free(json);
+    if (rc != 0) {
+        tl_spec_error_format(&se, err, sizeof err);
+        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        return 1;
+    }
+    run_ui ui = {0};
+    if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
+    else snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec.name);
+    if (mkdir_p(ui.run_dir) != 0) {
+        fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", ui.run_dir, strerror(errno));
+        return 1;
+    }
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ui.run_dir);
+    if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0) {
+        fprintf(stderr, "tokenlabd run: cannot rewrite %s\n", mpath);
+        return 1;
+    }
+    ui.metrics = fopen(mpath, "a");
+    if (!ui.metrics) {
+        fprintf(stderr, "tokenlabd run: cannot open %s: %s\n", mpath, strerror(errno));
+        return 1;
+    }
+    ui.tty = isatty(STDOUT_FILENO);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    printf("job %s -> %s (BLAS %s)\n", spec.name, ui.run_dir, tl_blas_corename());
+    tl_train_hooks hooks = {.on_start = on_start, .on_step = on_step, .on_eval = on_eval,
+                            .before_checkpoint = before_checkpoint, .on_log = on_log, .should_stop = should_stop,
+                            .user = &ui};
+    tl_train_result res;
+    tl_train_status st = tl_train_run(&spec, ui.run_dir, &hooks, &res);
+    fclose(ui.metrics);
+    if (ui.tty) printf("\n");
+    if (res.skipped_images) printf("%lld unreadable images were skipped\n", (long long)res.skipped_images);
+    switch (st) {
+    case TL_TRAIN_SUCCEEDED:
+        printf("done: %s; best top-1 %.2f%%; run folder %s\n", res.message, 100 * res.best_top1, ui.run_dir);
+        return 0;
+    case TL_TRAIN_STOPPED:
+        printf("stopped: %s; run the same command to resume\n", res.message);
+        return 3;
+    default:
+        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
+        return 1;
+    }
+}

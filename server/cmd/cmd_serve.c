@@ -1,0 +1,323 @@
+/*
+ * cmd_serve.c: `tokenlabd serve` (the default subcommand): the daemon.
+ *
+ * Owns the daemon's configuration (flags, then TOKENLAB_* environment, then
+ * an optional JSON config file, then defaults), the state folder with its
+ * database and API token, and the start-up and shutdown order of the
+ * components. The main thread only waits for a signal: the handlers set a
+ * flag and nothing else. Shutdown: event streams are closed, running jobs
+ * finish their step, checkpoint and return to QUEUED, the HTTP server stops,
+ * the store flushes and closes.
+ */
+#include "cmd/commands.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/datasets.h"
+#include "jobs/events.h"
+#include "http/http.h"
+#include "jobs/jobs.h"
+#include "api/routes.h"
+#include "http/static.h"
+#include "store/store.h"
+
+extern const char tl_openapi_json[]; /* generated from schema/openapi.json at build time */
+
+static volatile sig_atomic_t g_quit;
+static void on_signal(int sig) {
+    (void)sig;
+    g_quit = 1;
+}
+
+typedef struct {
+    char bind[64];
+    int port;
+    char state_dir[1024];
+    char data_root[1024];
+    int max_running;
+    int threads_per_job;
+    long long max_body;
+    int timeout_s;
+    int max_connections;
+    char token[128];         /* from TOKENLAB_TOKEN, else the token file */
+    char web_dir[1024];      /* the built dashboard; "" = TL_WEB_DIST (web/CMakeLists.txt) */
+} serve_cfg;
+
+static const char *USAGE =
+    "usage: tokenlabd serve [options]        (also the default with no subcommand)\n"
+    "  --bind ADDR            address to listen on (TOKENLAB_BIND, default 127.0.0.1)\n"
+    "  --port N               port (TOKENLAB_PORT, default 8080; 0 = any free port)\n"
+    "  --state DIR            state folder: database, token, runs (TOKENLAB_STATE, default ./tokenlab-data)\n"
+    "  --data-root DIR        job specs name datasets relative to it (TOKENLAB_DATA_ROOT, default .)\n"
+    "  --max-running N        jobs that train at once (TOKENLAB_MAX_RUNNING, default 1)\n"
+    "  --threads-per-job N    compute threads per job (TOKENLAB_THREADS_PER_JOB, default cores/max-running)\n"
+    "  --max-body BYTES       request body limit (TOKENLAB_MAX_BODY, default 16777216)\n"
+    "  --timeout S            idle connection timeout (TOKENLAB_TIMEOUT, default 30)\n"
+    "  --web-dir DIR          the built dashboard served at / (TOKENLAB_WEB_DIR, default: the build's web/dist)\n"
+    "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
+    "                         threads_per_job, max_body, timeout, web_dir\n"
+    "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
+    "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
+    "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
+
+static int set_int(const char *name, const char *v, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (!*v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "tokenlabd serve: %s must be an integer in %lld..%lld, got '%s'\n", name, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* Applies one setting by key (from a flag, the environment or the config file). */
+static int apply(serve_cfg *c, const char *key, const char *v) {
+    long long x;
+    if (!strcmp(key, "bind")) snprintf(c->bind, sizeof c->bind, "%s", v);
+    else if (!strcmp(key, "port")) { if (set_int(key, v, 0, 65535, &x)) return -1; c->port = (int)x; }
+    else if (!strcmp(key, "state")) snprintf(c->state_dir, sizeof c->state_dir, "%s", v);
+    else if (!strcmp(key, "data_root")) snprintf(c->data_root, sizeof c->data_root, "%s", v);
+    else if (!strcmp(key, "max_running")) { if (set_int(key, v, 1, 64, &x)) return -1; c->max_running = (int)x; }
+    else if (!strcmp(key, "threads_per_job")) { if (set_int(key, v, 0, 256, &x)) return -1; c->threads_per_job = (int)x; }
+    else if (!strcmp(key, "max_body")) { if (set_int(key, v, 1024, 1LL << 34, &x)) return -1; c->max_body = x; }
+    else if (!strcmp(key, "timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->timeout_s = (int)x; }
+    else if (!strcmp(key, "web_dir")) snprintf(c->web_dir, sizeof c->web_dir, "%s", v);
+    else {
+        fprintf(stderr, "tokenlabd serve: unknown setting '%s'\n", key);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_config_file(serve_cfg *c, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "tokenlabd serve: --config %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *o = cJSON_ParseWithOpts(buf, NULL, 1);
+    if (!cJSON_IsObject(o)) {
+        fprintf(stderr, "tokenlabd serve: --config %s: not a JSON object\n", path);
+        cJSON_Delete(o);
+        return -1;
+    }
+    int rc = 0;
+    for (cJSON *it = o->child; it && rc == 0; it = it->next) {
+        char v[1024];
+        if (cJSON_IsString(it)) snprintf(v, sizeof v, "%s", it->valuestring);
+        else if (cJSON_IsNumber(it)) snprintf(v, sizeof v, "%.0f", it->valuedouble);
+        else {
+            fprintf(stderr, "tokenlabd serve: --config %s: %s must be a string or a number\n", path, it->string);
+            rc = -1;
+            break;
+        }
+        rc = apply(c, it->string, v);
+    }
+    cJSON_Delete(o);
+    return rc;
+}
+
+static const struct {
+    const char *flag, *env, *key;
+} OPTS[] = {
+    {"--bind", "TOKENLAB_BIND", "bind"},           {"--port", "TOKENLAB_PORT", "port"},
+    {"--state", "TOKENLAB_STATE", "state"},        {"--data-root", "TOKENLAB_DATA_ROOT", "data_root"},
+    {"--max-running", "TOKENLAB_MAX_RUNNING", "max_running"},
+    {"--threads-per-job", "TOKENLAB_THREADS_PER_JOB", "threads_per_job"},
+    {"--max-body", "TOKENLAB_MAX_BODY", "max_body"}, {"--timeout", "TOKENLAB_TIMEOUT", "timeout"},
+    {"--web-dir", "TOKENLAB_WEB_DIR", "web_dir"},
+};
+#define NOPTS (sizeof OPTS / sizeof OPTS[0])
+
+static int parse_args(serve_cfg *c, int argc, char **argv) {
+    *c = (serve_cfg){.bind = "127.0.0.1", .port = 8080, .state_dir = "tokenlab-data", .data_root = ".",
+                     .max_running = 1, .max_body = 16 << 20, .timeout_s = 30, .max_connections = 256};
+    const char *config = NULL;
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[i + 1];
+    if (config && load_config_file(c, config) != 0) return -1;
+    for (size_t k = 0; k < NOPTS; k++) {
+        const char *v = getenv(OPTS[k].env);
+        if (v && *v && apply(c, OPTS[k].key, v) != 0) return -1;
+    }
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(USAGE, stdout);
+            return 1;
+        }
+        if (!strcmp(argv[i], "--config")) {
+            i++;
+            continue;
+        }
+        size_t k = 0;
+        while (k < NOPTS && strcmp(argv[i], OPTS[k].flag) != 0) k++;
+        if (k == NOPTS) {
+            fprintf(stderr, "tokenlabd serve: unknown option %s (see --help)\n", argv[i]);
+            return -1;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "tokenlabd serve: %s needs a value\n", argv[i]);
+            return -1;
+        }
+        if (apply(c, OPTS[k].key, argv[++i]) != 0) return -1;
+    }
+    const char *t = getenv("TOKENLAB_TOKEN");
+    if (t && *t) snprintf(c->token, sizeof c->token, "%s", t);
+    return 0;
+}
+
+/* Reads <state>/token, or creates it with a random token (mode 0600). */
+static int load_token(serve_cfg *c, char *path, size_t plen) {
+    snprintf(path, plen, "%s/token", c->state_dir);
+    if (c->token[0]) return 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int ok = fgets(c->token, sizeof c->token, f) != NULL;
+        fclose(f);
+        c->token[strcspn(c->token, "\r\n")] = 0;
+        if (ok && strlen(c->token) >= 16) return 0;
+        fprintf(stderr, "tokenlabd serve: %s holds no usable token (16+ characters); remove it to make a new one\n",
+                path);
+        return -1;
+    }
+    unsigned char rnd[24];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        fprintf(stderr, "tokenlabd serve: no randomness for a token\n");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof rnd; i++) snprintf(c->token + 2 * i, 3, "%02x", rnd[i]);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write(fd, c->token, strlen(c->token)) != (ssize_t)strlen(c->token) || write(fd, "\n", 1) != 1 ||
+        fsync(fd) != 0) {
+        fprintf(stderr, "tokenlabd serve: cannot write %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    close(fd);
+    printf("created an API token in %s (mode 0600); send it as 'Authorization: Bearer <token>'\n", path);
+    return 0;
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_cfg c;
+    int rc = parse_args(&c, argc, argv);
+    if (rc != 0) return rc > 0 ? 0 : 2;
+    char err[1024], token_path[1100], db_path[1100];
+    tl_store *store = NULL;
+    tl_events *events = NULL;
+    tl_jobs *jobs = NULL;
+    tl_models *models = NULL;
+    tl_http *http = NULL;
+    int status = 1;
+    if (mkdir(c.state_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "tokenlabd serve: cannot create state folder %s: %s\n", c.state_dir, strerror(errno));
+        return 1;
+    }
+    struct stat st;
+    if (stat(c.data_root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "tokenlabd serve: data root %s is not a folder\n", c.data_root);
+        return 1;
+    }
+    if (load_token(&c, token_path, sizeof token_path) != 0) return 1;
+    if (tl_runtime_init(err, sizeof err) != 0) {
+        fprintf(stderr, "tokenlabd serve: %s\n", err);
+        return 1;
+    }
+    snprintf(db_path, sizeof db_path, "%s/tokenlab.db", c.state_dir);
+    store = tl_store_open(db_path, err, sizeof err);
+    if (!store) {
+        fprintf(stderr, "tokenlabd serve: store: %s\n", err);
+        goto fail;
+    }
+    events = tl_events_new(65536);
+    if (!events) {
+        fprintf(stderr, "tokenlabd serve: out of memory for the event bus\n");
+        goto fail;
+    }
+    tl_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3};
+    jobs = tl_jobs_new(&jc, store, events, err, sizeof err);
+    if (!jobs) {
+        fprintf(stderr, "tokenlabd serve: jobs: %s\n", err);
+        goto fail;
+    }
+    tl_models_cfg mc = {c.state_dir, c.data_root, store, 0};
+    models = tl_models_new(&mc, err, sizeof err);
+    if (!models) {
+        fprintf(stderr, "tokenlabd serve: models: %s\n", err);
+        goto fail;
+    }
+    tl_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL};
+    http = tl_http_new(&hc, err, sizeof err);
+    if (!http) {
+        fprintf(stderr, "tokenlabd serve: http: %s\n", err);
+        goto fail;
+    }
+    static tl_routes routes;
+    routes = (tl_routes){http, store, events, jobs, models, tl_openapi_json, (size_t)c.max_body, c.max_running,
+                         c.threads_per_job, c.data_root};
+    /* the dashboard: an explicit --web-dir must work; the build's default may be absent */
+#ifdef TL_WEB_DIST
+    const char *web_dir = c.web_dir[0] ? c.web_dir : TL_WEB_DIST;
+#else
+    const char *web_dir = c.web_dir[0] ? c.web_dir : NULL;
+#endif
+    char web_err[1200] = "no web folder configured (--web-dir)";
+    int web_ok = web_dir && tl_static_init(http, web_dir, web_err, sizeof web_err) == 0;
+    if (!web_ok && c.web_dir[0]) {
+        fprintf(stderr, "tokenlabd serve: dashboard: %s\n", web_err);
+        goto fail;
+    }
+    if (tl_datasets_register(http, c.data_root) != 0) {
+        fprintf(stderr, "tokenlabd serve: cannot register /api/v1/datasets\n");
+        goto fail;
+    }
+    if (tl_routes_register(&routes) != 0 || tl_http_start(http, err, sizeof err) != 0) {
+        fprintf(stderr, "tokenlabd serve: cannot listen on %s:%d: %s\n", c.bind, c.port, err);
+        goto fail;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
+           TL_VERSION, c.bind, tl_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    if (web_ok) printf("dashboard: http://%s:%d/ (files from %s)\n", c.bind, tl_http_port(http), web_dir);
+    else printf("dashboard: not served: %s\n", web_err);
+    fflush(stdout);
+    while (!g_quit) {
+        struct timespec t = {0, 200 * 1000000L};
+        nanosleep(&t, NULL);
+    }
+    printf("tokenlabd: stopping: running jobs checkpoint and return to the queue\n");
+    fflush(stdout);
+    status = 0;
+fail:
+    if (events) tl_events_close(events);
+    if (jobs) tl_jobs_shutdown(jobs);
+    if (http) { /* requests waiting for a batch finish first: the batchers still run */
+        tl_http_stop(http);
+        tl_http_free(http);
+    }
+    tl_models_free(models);
+    tl_jobs_free(jobs);
+    tl_events_free(events);
+    tl_store_close(store);
+    return status;
+}

@@ -1,0 +1,125 @@
+/*
+ * events.c: the event ring (see events.h).
+ *
+ * Owns: `cap` event slots allocated once; slot of id i is (i - 1) % cap.
+ * Guarded by one mutex; waiters sleep on one condition variable that every
+ * publish broadcasts. Publishers never wait for readers.
+ */
+#include "jobs/events.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct tl_events {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tl_event *ring;
+    size_t cap;
+    uint64_t last;   /* id of the newest event, 0 when none */
+    int closed;
+};
+
+tl_events *tl_events_new(size_t capacity) {
+    if (capacity < 16) capacity = 16;
+    tl_events *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->ring = calloc(capacity, sizeof *e->ring);
+    if (!e->ring) {
+        free(e);
+        return NULL;
+    }
+    e->cap = capacity;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return e;
+}
+
+void tl_events_free(tl_events *e) {
+    if (!e) return;
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e->ring);
+    free(e);
+}
+
+uint64_t tl_events_publish(tl_events *e, int64_t job, const char *type, const char *data) {
+    size_t tl = strlen(type), dl = strlen(data);
+    if (tl >= TL_EVENT_TYPE_LEN || dl >= TL_EVENT_DATA_LEN) return 0;
+    pthread_mutex_lock(&e->mu);
+    uint64_t id = ++e->last;
+    tl_event *ev = &e->ring[(id - 1) % e->cap];
+    ev->id = id;
+    ev->job = job;
+    memcpy(ev->type, type, tl + 1);
+    memcpy(ev->data, data, dl + 1);
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return id;
+}
+
+uint64_t tl_events_last_id(tl_events *e) {
+    pthread_mutex_lock(&e->mu);
+    uint64_t id = e->last;
+    pthread_mutex_unlock(&e->mu);
+    return id;
+}
+
+/* Copies matching events after `after` (caller holds the lock). */
+static int collect(tl_events *e, uint64_t after, int64_t job, tl_event *out, int max, uint64_t *next, int *gap) {
+    uint64_t oldest = e->last >= e->cap ? e->last - e->cap + 1 : 1;
+    *gap = after + 1 < oldest;
+    uint64_t id = after + 1 < oldest ? oldest : after + 1;
+    int n = 0;
+    for (; id <= e->last && n < max; id++) {
+        const tl_event *ev = &e->ring[(id - 1) % e->cap];
+        if (job == 0 || ev->job == job) out[n++] = *ev;
+    }
+    *next = id - 1;
+    return n;
+}
+
+tl_ev_status tl_events_wait(tl_events *e, uint64_t after, int64_t job, tl_event *out, int max, int *n,
+                            uint64_t *next, int timeout_ms) {
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    int gap = 0;
+    *n = 0;
+    *next = after;
+    pthread_mutex_lock(&e->mu);
+    tl_ev_status st = TL_EV_OK;
+    for (;;) {
+        if (e->closed) {
+            st = TL_EV_CLOSED;
+            break;
+        }
+        *n = collect(e, *next, job, out, max, next, &gap);
+        if (gap) st = TL_EV_GAP;
+        if (*n > 0 || gap) break;
+        if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT) {
+            st = TL_EV_TIMEOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return st;
+}
+
+void tl_events_close(tl_events *e) {
+    pthread_mutex_lock(&e->mu);
+    e->closed = 1;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}

@@ -1,0 +1,148 @@
+/*
+ * test_blas.c: the engine picks OpenBLAS's kernel family by itself.
+ *
+ * OpenBLAS decides its kernels once, when it is loaded, so every case runs in
+ * a forked child that sets the environment first, loads BLAS through the
+ * engine, multiplies two matrices and sends back the kernel report and the
+ * largest error against a plain triple loop. The parent never loads BLAS.
+ *
+ * Cases: an inherited OPENBLAS_CORETYPE=Haswell (as on machines that set it
+ * globally) is overridden on an AVX-512 CPU; OPENBLAS_CORETYPE naming an
+ * AVX-512 family is kept; TL_BLAS_CORETYPE is obeyed whatever the CPU; no
+ * setting at all gives SkylakeX on an AVX-512 CPU.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/blas.h"
+#include "tokenlab/model.h"
+
+typedef struct {
+    char core[256];
+    double max_err;
+    int ok;
+} report;
+
+static int cpu_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+}
+
+/* In the child: C = A^T B (A stored K x M) through tl_sgemm, against doubles. */
+static void child_measure(report *r) {
+    enum { M = 77, N = 130, K = 91 };
+    float *a = malloc(sizeof(float) * K * M), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
+    if (!a || !b || !c) return;
+    for (int i = 0; i < K * M; i++) a[i] = (float)((i * 37) % 101 - 50) / 50.0f;
+    for (int i = 0; i < K * N; i++) b[i] = (float)((i * 53) % 97 - 48) / 48.0f;
+    char err[256];
+    if (tl_blas_init(err, sizeof err) != 0) {
+        snprintf(r->core, sizeof r->core, "init failed: %.200s", err);
+        return;
+    }
+    tl_sgemm(1, 0, M, N, K, 1.0f, a, M, b, N, 0.0f, c, N);
+    double worst = 0.0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0.0;
+            for (int k = 0; k < K; k++) s += (double)a[k * M + i] * (double)b[k * N + j];
+            double e = fabs(s - (double)c[i * N + j]);
+            worst = e > worst ? e : worst;
+        }
+    snprintf(r->core, sizeof r->core, "%s", tl_blas_corename());
+    r->max_err = worst;
+    r->ok = 1;
+    free(a);
+    free(b);
+    free(c);
+}
+
+/* Runs child_measure in a child with OPENBLAS_CORETYPE and TL_BLAS_CORETYPE set (NULL: unset). */
+static report run_case(const char *openblas, const char *mine) {
+    report r;
+    memset(&r, 0, sizeof r);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        if (openblas) setenv("OPENBLAS_CORETYPE", openblas, 1); else unsetenv("OPENBLAS_CORETYPE");
+        if (mine) setenv("TL_BLAS_CORETYPE", mine, 1); else unsetenv("TL_BLAS_CORETYPE");
+        report c;
+        memset(&c, 0, sizeof c);
+        child_measure(&c);
+        ssize_t w = write(fds[1], &c, sizeof c);
+        _exit(w == (ssize_t)sizeof c ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = read(fds[0], (char *)&r + got, sizeof r - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(got, sizeof r);
+    print_message("OPENBLAS_CORETYPE=%s TL_BLAS_CORETYPE=%s -> %s, max error %.2e\n", openblas ? openblas : "(unset)",
+                  mine ? mine : "(unset)", r.core, r.max_err);
+    assert_true(r.ok);
+    assert_true(r.max_err < 1e-4);
+    return r;
+}
+
+static void inherited_older_family_is_overridden(void **state) {
+    (void)state;
+    if (!cpu_avx512()) skip();
+    report r = run_case("Haswell", NULL);
+    assert_non_null(strstr(r.core, "SkylakeX"));
+    assert_non_null(strstr(r.core, "OPENBLAS_CORETYPE=Haswell overridden"));
+    r = run_case("zen", NULL);
+    assert_non_null(strstr(r.core, "SkylakeX"));
+}
+
+static void inherited_avx512_family_is_kept(void **state) {
+    (void)state;
+    if (!cpu_avx512()) skip();
+    report r = run_case("SKYLAKEX", NULL);
+    assert_non_null(strstr(r.core, "SkylakeX (chosen: SKYLAKEX (from OPENBLAS_CORETYPE))"));
+}
+
+static void no_setting_gives_the_fastest(void **state) {
+    (void)state;
+    if (!cpu_avx512()) skip();
+    report r = run_case(NULL, NULL);
+    assert_non_null(strstr(r.core, "SkylakeX (chosen: SKYLAKEX (AVX-512 found))"));
+}
+
+static void tl_blas_coretype_is_obeyed(void **state) {
+    (void)state;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) skip();
+    report r = run_case("SKYLAKEX", "Haswell");
+    assert_non_null(strstr(r.core, "Haswell (chosen: Haswell (from TL_BLAS_CORETYPE))"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(inherited_older_family_is_overridden),
+        cmocka_unit_test(inherited_avx512_family_is_kept),
+        cmocka_unit_test(no_setting_gives_the_fastest),
+        cmocka_unit_test(tl_blas_coretype_is_obeyed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
