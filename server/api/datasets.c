@@ -106,7 +106,7 @@ static char *scan(const char *root) {
     size_t qn = 0, qcap = 0, qhead = 0, nfound = 0;
     if (!realpath(root, root_real)) goto done;
     queue = malloc(sizeof *queue * 64);
-    found = malloc(sizeof *found * TL_DATASETS_MAX);
+    found = malloc(sizeof *found * TLD_DATASETS_MAX);
     if (!queue || !found) goto done;
     qcap = 64;
     queue[qn++] = (dir_item){strdup("."), 0};
@@ -114,7 +114,7 @@ static char *scan(const char *root) {
     while (qhead < qn) {
         dir_item it = queue[qhead++];
         char full[PATH_MAX], real[PATH_MAX], err[256];
-        if (!it.rel || ++visited > TL_DATASETS_MAX_DIRS) {
+        if (!it.rel || ++visited > TLD_DATASETS_MAX_DIRS) {
             truncated |= it.rel != NULL;
             free(it.rel);
             continue;
@@ -129,7 +129,7 @@ static char *scan(const char *root) {
             d = NULL;
         }
         if (d) {
-            if (nfound < TL_DATASETS_MAX) {
+            if (nfound < TLD_DATASETS_MAX) {
                 char maps[PATH_MAX + 8];
                 struct stat st;
                 int has = snprintf(maps, sizeof maps, "%s.tllm", full) < (int)sizeof maps && stat(maps, &st) == 0 &&
@@ -143,7 +143,7 @@ static char *scan(const char *root) {
             free(it.rel);
             continue;
         }
-        if (it.depth >= TL_DATASETS_DEPTH) {
+        if (it.depth >= TLD_DATASETS_DEPTH) {
             free(it.rel);
             continue;
         }
@@ -195,11 +195,11 @@ done:
     return s;
 }
 
-static void h_datasets(tl_req *r, void *user) {
+static void h_datasets(tld_req *r, void *user) {
     (void)user;
     pthread_mutex_lock(&g_ds.mu);
     int64_t now = mono_ms();
-    if (!g_ds.cached || now - g_ds.cached_ms > TL_DATASETS_CACHE_MS) {
+    if (!g_ds.cached || now - g_ds.cached_ms > TLD_DATASETS_CACHE_MS) {
         char *s = scan(g_ds.root);
         if (s) {
             free(g_ds.cached);
@@ -207,22 +207,22 @@ static void h_datasets(tl_req *r, void *user) {
             g_ds.cached_ms = mono_ms();
         }
     }
-    if (g_ds.cached) tl_reply_json(r, 200, g_ds.cached);
-    else tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory listing datasets");
+    if (g_ds.cached) tld_reply_json(r, 200, g_ds.cached);
+    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory listing datasets");
     pthread_mutex_unlock(&g_ds.mu);
 }
 
 /* A route table as in routes.h, so that tests/parity/check_openapi.py reads it like the others. */
-static const tl_route_def tl_dataset_routes[] = {
-    {"GET", "/api/v1/datasets", TL_AUTH_PUBLIC, h_datasets, 0},
+static const tld_route_def tld_dataset_routes[] = {
+    {"GET", "/api/v1/datasets", TLD_AUTH_PUBLIC, h_datasets, 0},
 };
 
-int tl_datasets_register(tl_http *h, const char *data_root) {
+int tld_datasets_register(tld_http *h, const char *data_root) {
     if (!data_root || strlen(data_root) >= sizeof g_ds.root) return -1;
     snprintf(g_ds.root, sizeof g_ds.root, "%s", data_root);
-    for (size_t i = 0; i < sizeof tl_dataset_routes / sizeof tl_dataset_routes[0]; i++) {
-        const tl_route_def *d = &tl_dataset_routes[i];
-        if (tl_http_route(h, d->method, d->pattern, d->auth, d->fn, NULL) != 0) return -1;
+    for (size_t i = 0; i < sizeof tld_dataset_routes / sizeof tld_dataset_routes[0]; i++) {
+        const tld_route_def *d = &tld_dataset_routes[i];
+        if (tld_http_route(h, d->method, d->pattern, d->auth, d->fn, NULL) != 0) return -1;
     }
     return 0;
 }

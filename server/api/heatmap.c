@@ -1,9 +1,9 @@
 /*
  * heatmap.c: the class palette and token-label overlays (see heatmap.h).
  *
- * Owns nothing: tl_heatmap_render writes into the caller's buffer (which may
+ * Owns nothing: tld_heatmap_render writes into the caller's buffer (which may
  * be the input itself: every pixel is read once, before it is written);
- * tl_heatmap_jpeg allocates one V*V*3 scratch image, freed before it returns,
+ * tld_heatmap_jpeg allocates one V*V*3 scratch image, freed before it returns,
  * and hands back the encoder's buffer. No globals; any thread.
  *
  * The palette must match web/ exactly, so it is computed in double precision
@@ -32,7 +32,7 @@ static uint8_t to8u(double x) {
 
 static uint8_t to8(double x) { return to8u(x * 255.0); }
 
-void tl_class_colour(int c, uint8_t rgb[3]) {
+void tld_class_colour(int c, uint8_t rgb[3]) {
     double h = fmod((double)c * HM_GOLDEN, 1.0);
     if (h < 0) h += 1.0; /* negative classes: the same fractional part rule, frac(x) = x - floor(x) */
     double h6 = h * 6.0;
@@ -56,7 +56,7 @@ void tl_class_colour(int c, uint8_t rgb[3]) {
 
 static int64_t edge(int i, int V, int grid) { return (int64_t)i * V / grid; }
 
-void tl_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t *out) {
+void tld_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t *out) {
     if (!rgb || !out || V <= 0) return;
     size_t npx = (size_t)V * (size_t)V * 3;
     if (grid <= 0 || !index) {
@@ -76,7 +76,7 @@ void tl_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index
                 if (!(pr >= 0)) pr = 0; /* also NaN */
                 if (pr > 1) pr = 1;
                 a = 0.15 + 0.6 * pr;
-                tl_class_colour(cls, col);
+                tld_class_colour(cls, col);
             }
             /* borders: the first row / column of a square whose upper / left neighbour has another class */
             int top = r > 0 && index[t - (size_t)grid] != cls;
@@ -97,7 +97,7 @@ void tl_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index
     }
 }
 
-int tl_heatmap_jpeg(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t **jpeg,
+int tld_heatmap_jpeg(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t **jpeg,
                     size_t *len, char *err, size_t errlen) {
     uint8_t *img = NULL;
     if (jpeg) *jpeg = NULL;
@@ -119,7 +119,7 @@ int tl_heatmap_jpeg(const uint8_t *rgb, int V, int grid, const int32_t *index, c
         if (err && errlen) snprintf(err, errlen, "heatmap: out of memory for a %dx%d image", V, V);
         goto fail;
     }
-    tl_heatmap_render(rgb, V, grid, index, prob, img);
+    tld_heatmap_render(rgb, V, grid, index, prob, img);
     if (tl_image_encode(img, V, V, 90, jpeg, len, err, errlen)) goto fail;
     free(img);
     return 0;

@@ -8,13 +8,13 @@
  * saturation 0.70, value 0.95, converted HSV -> RGB (8-bit, rounded).
  * Pure functions; any thread.
  */
-#ifndef TL_HEATMAP_H
-#define TL_HEATMAP_H
+#ifndef TLD_HEATMAP_H
+#define TLD_HEATMAP_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-void tl_class_colour(int c, uint8_t rgb[3]);
+void tld_class_colour(int c, uint8_t rgb[3]);
 
 /* out (V,V,3) = rgb (V,V,3) blended with the class colour of each token's square: token t = r*grid + c
  * covers rows [r*V/grid, (r+1)*V/grid) and the same for columns; alpha = 0.15 + 0.6 * prob[t]
@@ -23,10 +23,10 @@ void tl_class_colour(int c, uint8_t rgb[3]);
 /* (Additions:) the line is the first row / column of a square whose upper / left neighbour has another
  * index (-1 counts as an index), its pixels the blended 8-bit colour times 0.5, rounded. out may be rgb (in place).
  * prob may be NULL (every token at probability 1); grid <= 0 or index NULL copies rgb. */
-void tl_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t *out);
+void tld_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t *out);
 
 /* The same rendered and encoded as JPEG (quality 90) into a malloc'd buffer. 0 or -1 with a message. */
-int tl_heatmap_jpeg(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t **jpeg,
+int tld_heatmap_jpeg(const uint8_t *rgb, int V, int grid, const int32_t *index, const float *prob, uint8_t **jpeg,
                     size_t *len, char *err, size_t errlen);
 
 #endif

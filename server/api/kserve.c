@@ -3,7 +3,7 @@
  * kserve.h).
  *
  * Owns nothing but what it returns: the request's pixel buffer (u8 or f32,
- * freed by tl_kserve_request_free) and the response string. No globals of its
+ * freed by tld_kserve_request_free) and the response string. No globals of its
  * own; any thread (cJSON keeps a global "last error" pointer, which we never
  * read: parse errors are located with cJSON_ParseWithLengthOpts instead).
  *
@@ -128,7 +128,7 @@ static size_t count_values(const char *s, size_t len) {
 /* ---- data ---- */
 
 typedef struct {
-    tl_ks_layout layout;
+    tld_ks_layout layout;
     const int64_t *shape;
     size_t total, pos;
     uint8_t *u8;
@@ -140,7 +140,7 @@ static int put_value(data_walk *w, const cJSON *v, const char *ptr) {
     if (!cJSON_IsNumber(v)) return ks_fail(w->e, ptr, "must be a number");
     double d = v->valuedouble;
     if (w->pos >= w->total) return ks_fail(w->e, ptr, "more elements than the shape needs");
-    if (w->layout == TL_KS_UINT8_NHWC) {
+    if (w->layout == TLD_KS_UINT8_NHWC) {
         if (!isfinite(d) || d < 0 || d > 255) return ks_fail(w->e, ptr, "value %.10g out of range for UINT8", d);
         if (d != floor(d)) return ks_fail(w->e, ptr, "value %.10g is not an integer (UINT8)", d);
         w->u8[w->pos++] = (uint8_t)d;
@@ -192,7 +192,7 @@ static int parse_data(data_walk *w, const cJSON *data, const char *ptr) {
 
 /* ---- request ---- */
 
-static int parse_outputs(const cJSON *outs, tl_ks_request *out, ks_err *e) {
+static int parse_outputs(const cJSON *outs, tld_ks_request *out, ks_err *e) {
     if (!cJSON_IsArray(outs)) return ks_fail(e, "/outputs", "must be an array");
     int n = cJSON_GetArraySize(outs);
     if (n == 0) return 0;
@@ -226,7 +226,7 @@ static int parse_outputs(const cJSON *outs, tl_ks_request *out, ks_err *e) {
     return 0;
 }
 
-static int parse_shape(const cJSON *s, tl_ks_layout layout, size_t max_elems, int64_t shape[4], size_t *total,
+static int parse_shape(const cJSON *s, tld_ks_layout layout, size_t max_elems, int64_t shape[4], size_t *total,
                        ks_err *e) {
     const char *base = "/inputs/0/shape";
     if (!cJSON_IsArray(s)) return ks_fail(e, base, "must be an array of 4 integers");
@@ -242,10 +242,10 @@ static int parse_shape(const cJSON *s, tl_ks_layout layout, size_t max_elems, in
         if (d > INT_MAX) return ks_fail(e, p, "must be at most %d, got %.10g", INT_MAX, d);
         shape[i] = (int64_t)d;
     }
-    if (layout == TL_KS_UINT8_NHWC && shape[3] != 3)
+    if (layout == TLD_KS_UINT8_NHWC && shape[3] != 3)
         return ks_fail(e, "/inputs/0/shape/3", "must be 3 (RGB channels of [N,H,W,3] UINT8), got %lld",
                        (long long)shape[3]);
-    if (layout == TL_KS_FP32_NCHW && shape[1] != 3)
+    if (layout == TLD_KS_FP32_NCHW && shape[1] != 3)
         return ks_fail(e, "/inputs/0/shape/1", "must be 3 (RGB channels of [N,3,S,S] FP32), got %lld",
                        (long long)shape[1]);
     uint64_t prod = 1;
@@ -258,7 +258,7 @@ static int parse_shape(const cJSON *s, tl_ks_layout layout, size_t max_elems, in
     return 0;
 }
 
-static int parse_input(const cJSON *ins, size_t max_elems, tl_ks_request *out, ks_err *e) {
+static int parse_input(const cJSON *ins, size_t max_elems, tld_ks_request *out, ks_err *e) {
     if (!cJSON_IsArray(ins)) return ks_fail(e, "/inputs", "must be an array with one input");
     int n = cJSON_GetArraySize(ins);
     if (n != 1) return ks_fail(e, "/inputs", "must have exactly one input, got %d", n);
@@ -271,8 +271,8 @@ static int parse_input(const cJSON *ins, size_t max_elems, tl_ks_request *out, k
     if (take_string(f[0], "/inputs/0/name", out->input_name, sizeof out->input_name, 1, e)) return -1;
     if (!f[2]) return ks_fail(e, "/inputs/0/datatype", "is required");
     if (!cJSON_IsString(f[2]) || !f[2]->valuestring) return ks_fail(e, "/inputs/0/datatype", "must be a string");
-    if (strcmp(f[2]->valuestring, "UINT8") == 0) out->layout = TL_KS_UINT8_NHWC;
-    else if (strcmp(f[2]->valuestring, "FP32") == 0) out->layout = TL_KS_FP32_NCHW;
+    if (strcmp(f[2]->valuestring, "UINT8") == 0) out->layout = TLD_KS_UINT8_NHWC;
+    else if (strcmp(f[2]->valuestring, "FP32") == 0) out->layout = TLD_KS_FP32_NCHW;
     else return ks_fail(e, "/inputs/0/datatype", "datatype must be UINT8 or FP32, got \"%.32s\"", f[2]->valuestring);
     if (f[3]) {
         if (!cJSON_IsObject(f[3])) return ks_fail(e, "/inputs/0/parameters", "must be an object");
@@ -288,7 +288,7 @@ static int parse_input(const cJSON *ins, size_t max_elems, tl_ks_request *out, k
     if (parse_shape(f[1], out->layout, max_elems, shape, &total, e)) return -1;
     if (!f[4]) return ks_fail(e, "/inputs/0/data", "is required");
     data_walk w = {out->layout, shape, total, 0, NULL, NULL, e};
-    if (out->layout == TL_KS_UINT8_NHWC) {
+    if (out->layout == TLD_KS_UINT8_NHWC) {
         w.u8 = malloc(total ? total : 1);
         if (!w.u8) return ks_fail(e, "/inputs/0/data", "out of memory for %zu elements", total);
     } else {
@@ -301,7 +301,7 @@ static int parse_input(const cJSON *ins, size_t max_elems, tl_ks_request *out, k
     out->f32 = w.f32;
     if (parse_data(&w, f[4], "/inputs/0/data")) return -1;
     out->n = (int)shape[0];
-    if (out->layout == TL_KS_UINT8_NHWC) {
+    if (out->layout == TLD_KS_UINT8_NHWC) {
         out->h = (int)shape[1];
         out->w = (int)shape[2];
     } else {
@@ -311,7 +311,7 @@ static int parse_input(const cJSON *ins, size_t max_elems, tl_ks_request *out, k
     return 0;
 }
 
-int tl_kserve_parse(const char *json, size_t len, size_t max_elems, tl_ks_request *out, char *pointer,
+int tld_kserve_parse(const char *json, size_t len, size_t max_elems, tld_ks_request *out, char *pointer,
                     size_t pointer_len, char *err, size_t errlen) {
     ks_err e;
     memset(&e, 0, sizeof e);
@@ -381,7 +381,7 @@ int tl_kserve_parse(const char *json, size_t len, size_t max_elems, tl_ks_reques
 fail:
     cJSON_Delete(root);
     if (out) {
-        tl_kserve_request_free(out);
+        tld_kserve_request_free(out);
         memset(out, 0, sizeof *out);
     }
     if (pointer && pointer_len) snprintf(pointer, pointer_len, "%s", e.ptr);
@@ -389,7 +389,7 @@ fail:
     return -1;
 }
 
-void tl_kserve_request_free(tl_ks_request *r) {
+void tld_kserve_request_free(tld_ks_request *r) {
     if (!r) return;
     free(r->u8);
     free(r->f32);
@@ -496,7 +496,7 @@ static void softmax_row(const float *s, int K, ranked *r) {
     for (int k = 0; k < K; k++) r[k].p /= sum; /* sum >= 1: the maximum contributes exp(0) */
 }
 
-char *tl_kserve_response(const char *model, const char *id, int n, int K, const float *scores,
+char *tld_kserve_response(const char *model, const char *id, int n, int K, const float *scores,
                          const char *const *labels, int classification, const char *out_name) {
     cJSON *root = NULL;
     char *raw = NULL, *tmp = NULL, *str = NULL, *result = NULL;

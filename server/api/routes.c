@@ -25,7 +25,7 @@
 #define LOG_MAX (1 << 20)
 
 /* ---- helpers ---- */
-int tl_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+int tld_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (!s || !*s) return -1;
     char *end;
     errno = 0;
@@ -36,54 +36,54 @@ int tl_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
 }
 
 /* Query parameter as an integer in [lo, hi], dflt when absent; replies 400 and returns -1 when bad. */
-static int query_i64(tl_req *r, const char *name, int64_t lo, int64_t hi, int64_t dflt, int64_t *out) {
-    const char *v = tl_req_query(r, name);
+static int query_i64(tld_req *r, const char *name, int64_t lo, int64_t hi, int64_t dflt, int64_t *out) {
+    const char *v = tld_req_query(r, name);
     if (!v) {
         *out = dflt;
         return 0;
     }
-    if (tl_routes_parse_i64(v, lo, hi, out) == 0) return 0;
-    tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %" PRId64 "..%" PRId64,
+    if (tld_routes_parse_i64(v, lo, hi, out) == 0) return 0;
+    tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %" PRId64 "..%" PRId64,
                      name, lo, hi);
     return -1;
 }
 
-static int job_id(tl_req *r, int64_t *id) {
-    if (tl_routes_parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, id) == 0) return 0;
-    tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tl_req_param(r, "id"));
+static int job_id(tld_req *r, int64_t *id) {
+    if (tld_routes_parse_i64(tld_req_param(r, "id"), 1, INT64_MAX, id) == 0) return 0;
+    tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tld_req_param(r, "id"));
     return -1;
 }
 
-static void reply_cjson(tl_req *r, int status, cJSON *o) {
+static void reply_cjson(tld_req *r, int status, cJSON *o) {
     char *s = cJSON_PrintUnformatted(o);
-    if (s) tl_reply_json(r, status, s);
-    else tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+    if (s) tld_reply_json(r, status, s);
+    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
     free(s);
     cJSON_Delete(o);
 }
 
 /* Maps a store/jobs error text to a problem reply. */
-static void reply_error(tl_req *r, const char *err) {
-    if (strstr(err, "not found")) tl_reply_problem(r, 404, "NOT_FOUND", NULL, "%s", err);
-    else if (strstr(err, "invalid transition")) tl_reply_problem(r, 409, "INVALID_STATE", NULL, "%s", err);
-    else tl_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
+static void reply_error(tld_req *r, const char *err) {
+    if (strstr(err, "not found")) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "%s", err);
+    else if (strstr(err, "invalid transition")) tld_reply_problem(r, 409, "INVALID_STATE", NULL, "%s", err);
+    else tld_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
 }
 
-static cJSON *job_json(tl_routes *R, const tl_job *j) {
+static cJSON *job_json(tld_routes *R, const tld_job *j) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)j->id);
     cJSON_AddStringToObject(o, "name", j->name);
     cJSON_AddItemToObject(o, "spec", cJSON_CreateRaw(j->spec_json ? j->spec_json : "null"));
-    cJSON_AddStringToObject(o, "state", tl_job_state_name(j->state));
+    cJSON_AddStringToObject(o, "state", tld_job_state_name(j->state));
     cJSON_AddStringToObject(o, "state_reason", j->state_reason);
     cJSON_AddStringToObject(o, "state_message", j->state_message);
-    if (j->state == TL_JOB_QUEUED)
-        cJSON_AddNumberToObject(o, "queue_position", tl_store_job_queue_position(R->store, j->id));
+    if (j->state == TLD_JOB_QUEUED)
+        cJSON_AddNumberToObject(o, "queue_position", tld_store_job_queue_position(R->store, j->id));
     cJSON *p = cJSON_AddObjectToObject(o, "progress");
     cJSON_AddNumberToObject(p, "epoch", (double)j->epoch);
     cJSON_AddNumberToObject(p, "step", (double)j->step);
     cJSON_AddNumberToObject(p, "total_steps", (double)j->total_steps);
-    if (j->eta_seconds >= 0 && j->state == TL_JOB_RUNNING) cJSON_AddNumberToObject(o, "eta_seconds", j->eta_seconds);
+    if (j->eta_seconds >= 0 && j->state == TLD_JOB_RUNNING) cJSON_AddNumberToObject(o, "eta_seconds", j->eta_seconds);
     else cJSON_AddNullToObject(o, "eta_seconds");
     cJSON_AddNumberToObject(o, "created_ms", (double)j->created_ms);
     if (j->started_ms) cJSON_AddNumberToObject(o, "started_ms", (double)j->started_ms);
@@ -92,71 +92,71 @@ static cJSON *job_json(tl_routes *R, const tl_job *j) {
     else cJSON_AddNullToObject(o, "ended_ms");
     cJSON_AddNumberToObject(o, "attempt", j->attempt);
     cJSON *m = cJSON_AddObjectToObject(o, "latest_metrics");
-    tl_metric_summary ms[METRIC_NAMES_MAX];
+    tld_metric_summary ms[METRIC_NAMES_MAX];
     int n = 0;
     char err[256];
-    if (tl_store_metric_names(R->store, j->id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) == 0)
+    if (tld_store_metric_names(R->store, j->id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) == 0)
         for (int i = 0; i < n; i++) cJSON_AddNumberToObject(m, ms[i].name, ms[i].last_value);
     return o;
 }
 
-/* The job named by the {id} of the route, into *j (free with tl_job_free); on failure a problem
+/* The job named by the {id} of the route, into *j (free with tld_job_free); on failure a problem
  * (404 for an unknown id) has been sent and -1 is returned. */
-static int load_job(tl_req *r, tl_routes *R, int64_t *id, tl_job *j) {
+static int load_job(tld_req *r, tld_routes *R, int64_t *id, tld_job *j) {
     char err[256];
     if (job_id(r, id)) return -1;
-    if (tl_store_job_get(R->store, *id, j, err, sizeof err) == 0) return 0;
+    if (tld_store_job_get(R->store, *id, j, err, sizeof err) == 0) return 0;
     reply_error(r, err);
     return -1;
 }
 
 /* Only checks that the route's job exists (the reply has been sent when it does not). */
-static int require_job(tl_req *r, tl_routes *R, int64_t *id) {
-    tl_job j;
+static int require_job(tld_req *r, tld_routes *R, int64_t *id) {
+    tld_job j;
     if (load_job(r, R, id, &j) != 0) return -1;
-    tl_job_free(&j);
+    tld_job_free(&j);
     return 0;
 }
 
 /* Replies with the current state of job id. */
-static void reply_job(tl_req *r, tl_routes *R, int64_t id, int status) {
-    tl_job j;
+static void reply_job(tld_req *r, tld_routes *R, int64_t id, int status) {
+    tld_job j;
     char err[256];
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
+    if (tld_store_job_get(R->store, id, &j, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
     }
     reply_cjson(r, status, job_json(R, &j));
-    tl_job_free(&j);
+    tld_job_free(&j);
 }
 
 /* ---- jobs ---- */
-static void h_submit(tl_req *r, void *u) {
-    tl_routes *R = u;
-    const char *ct = tl_req_header(r, "Content-Type");
+static void h_submit(tld_req *r, void *u) {
+    tld_routes *R = u;
+    const char *ct = tld_req_header(r, "Content-Type");
     if (!ct || strncmp(ct, "application/json", 16) != 0) {
-        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the job spec as application/json");
+        tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the job spec as application/json");
         return;
     }
     size_t len;
-    const char *body = tl_req_body(r, &len);
+    const char *body = tld_req_body(r, &len);
     if (!body || len == 0) {
-        tl_reply_problem(r, 400, "BAD_JSON", "", "the body is empty; send a job spec");
+        tld_reply_problem(r, 400, "BAD_JSON", "", "the body is empty; send a job spec");
         return;
     }
-    const char *key = tl_req_header(r, "Idempotency-Key");
+    const char *key = tld_req_header(r, "Idempotency-Key");
     if (key && (strlen(key) == 0 || strlen(key) > 127)) {
-        tl_reply_problem(r, 400, "BAD_HEADER", NULL, "Idempotency-Key: must be 1..127 characters");
+        tld_reply_problem(r, 400, "BAD_HEADER", NULL, "Idempotency-Key: must be 1..127 characters");
         return;
     }
     int64_t id;
     int existed = 0;
     tl_spec_error se;
     char err[512];
-    if (tl_jobs_submit(R->jobs, body, key, &id, &existed, &se, err, sizeof err) != 0) {
+    if (tld_jobs_submit(R->jobs, body, key, &id, &existed, &se, err, sizeof err) != 0) {
         if (strcmp(err, "spec") == 0) {
             int syntax = strncmp(se.message, "not valid JSON", 14) == 0 || strstr(se.message, "text after") != NULL;
-            tl_reply_problem(r, syntax ? 400 : 422, syntax ? "BAD_JSON" : "SPEC_INVALID", se.pointer, "%s%s%s",
+            tld_reply_problem(r, syntax ? 400 : 422, syntax ? "BAD_JSON" : "SPEC_INVALID", se.pointer, "%s%s%s",
                              se.pointer, se.pointer[0] ? ": " : "", se.message);
         } else {
             reply_error(r, err);
@@ -165,18 +165,18 @@ static void h_submit(tl_req *r, void *u) {
     }
     char loc[64];
     snprintf(loc, sizeof loc, "/api/v1/jobs/%" PRId64, id);
-    tl_reply_header(r, "Location", loc);
+    tld_reply_header(r, "Location", loc);
     reply_job(r, R, id, existed ? 200 : 201);
 }
 
-static void h_list(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_list(tld_req *r, void *u) {
+    tld_routes *R = u;
     int state = -1;
-    const char *sv = tl_req_query(r, "state");
+    const char *sv = tld_req_query(r, "state");
     if (sv) {
-        tl_job_state s;
-        if (tl_job_state_parse(sv, &s) != 0) {
-            tl_reply_problem(r, 400, "BAD_QUERY", NULL,
+        tld_job_state s;
+        if (tld_job_state_parse(sv, &s) != 0) {
+            tld_reply_problem(r, 400, "BAD_QUERY", NULL,
                              "query parameter state: must be one of QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "
                              "CANCELLED");
             return;
@@ -185,18 +185,18 @@ static void h_list(tl_req *r, void *u) {
     }
     int64_t limit, cursor;
     if (query_i64(r, "limit", 1, LIST_MAX, 50, &limit) || query_i64(r, "cursor", 0, INT64_MAX, 0, &cursor)) return;
-    tl_job *jobs = calloc((size_t)limit, sizeof *jobs);
+    tld_job *jobs = calloc((size_t)limit, sizeof *jobs);
     int n = 0;
     char err[256];
-    if (!jobs || tl_store_job_list(R->store, state, cursor, (int)limit, jobs, &n, err, sizeof err) != 0) {
+    if (!jobs || tld_store_job_list(R->store, state, cursor, (int)limit, jobs, &n, err, sizeof err) != 0) {
         free(jobs);
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "listing jobs failed");
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "listing jobs failed");
         return;
     }
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "jobs");
     for (int i = 0; i < n; i++) {
         cJSON_AddItemToArray(arr, job_json(R, &jobs[i]));
-        tl_job_free(&jobs[i]);
+        tld_job_free(&jobs[i]);
     }
     if (n == limit && n > 0) cJSON_AddNumberToObject(o, "next_cursor", (double)jobs[n - 1].id);
     else cJSON_AddNullToObject(o, "next_cursor");
@@ -206,18 +206,18 @@ static void h_list(tl_req *r, void *u) {
 
 #define HISTORY_MAX 64
 
-static void h_get(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_get(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
-    tl_job j;
+    tld_job j;
     char err[256];
     if (load_job(r, R, &id, &j) != 0) return;
     cJSON *o = job_json(R, &j);
-    tl_job_free(&j);
-    tl_state_change *h = calloc(HISTORY_MAX, sizeof *h);
+    tld_job_free(&j);
+    tld_state_change *h = calloc(HISTORY_MAX, sizeof *h);
     int n = 0;
     cJSON *arr = cJSON_AddArrayToObject(o, "state_history");
-    if (h && tl_store_job_history(R->store, id, h, HISTORY_MAX, &n, err, sizeof err) == 0)
+    if (h && tld_store_job_history(R->store, id, h, HISTORY_MAX, &n, err, sizeof err) == 0)
         for (int i = 0; i < n; i++) {
             cJSON *e = cJSON_CreateObject();
             cJSON_AddNumberToObject(e, "time_ms", (double)h[i].time_ms);
@@ -232,39 +232,39 @@ static void h_get(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_cancel(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_cancel(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
     char err[512];
     if (job_id(r, &id)) return;
-    if (tl_jobs_cancel(R->jobs, id, err, sizeof err) != 0) {
+    if (tld_jobs_cancel(R->jobs, id, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
     }
     reply_job(r, R, id, 202);
 }
 
-static void h_delete(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_delete(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
     char err[512];
     if (job_id(r, &id)) return;
-    if (tl_jobs_delete(R->jobs, id, err, sizeof err) != 0) {
+    if (tld_jobs_delete(R->jobs, id, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
     }
-    tl_reply_bytes(r, 204, "application/json", "", 0);
+    tld_reply_bytes(r, 204, "application/json", "", 0);
 }
 
 /* ---- metrics, logs, checkpoints ---- */
-static void h_metric_names(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_metric_names(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
     char err[256];
     if (require_job(r, R, &id) != 0) return;
-    tl_metric_summary ms[METRIC_NAMES_MAX];
+    tld_metric_summary ms[METRIC_NAMES_MAX];
     int n = 0;
-    if (tl_store_metric_names(R->store, id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) != 0) {
+    if (tld_store_metric_names(R->store, id, ms, METRIC_NAMES_MAX, &n, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
     }
@@ -280,18 +280,18 @@ static void h_metric_names(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_metric_series(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_metric_series(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id, start, end, maxp;
     if (job_id(r, &id)) return;
-    const char *name = tl_req_param(r, "name");
+    const char *name = tld_req_param(r, "name");
     if (query_i64(r, "start_step", 0, INT64_MAX, 0, &start) || query_i64(r, "end_step", -1, INT64_MAX, -1, &end) ||
         query_i64(r, "max_points", 1, POINTS_MAX, 1000, &maxp))
         return;
-    tl_metric_point *pts = malloc(sizeof *pts * (size_t)maxp);
+    tld_metric_point *pts = malloc(sizeof *pts * (size_t)maxp);
     int n = 0, bucketed = 0;
     char err[256];
-    if (!pts || tl_store_metric_query(R->store, id, name, start, end, (int)maxp, pts, &n, &bucketed, err, sizeof err) != 0) {
+    if (!pts || tld_store_metric_query(R->store, id, name, start, end, (int)maxp, pts, &n, &bucketed, err, sizeof err) != 0) {
         free(pts);
         reply_error(r, pts ? err : "out of memory");
         return;
@@ -323,8 +323,8 @@ static void h_metric_series(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_logs(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_logs(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id, offset, limit;
     if (job_id(r, &id)) return;
     if (query_i64(r, "offset", 0, INT64_MAX, 0, &offset) || query_i64(r, "limit_bytes", 1, LOG_MAX, 65536, &limit))
@@ -333,7 +333,7 @@ static void h_logs(tl_req *r, void *u) {
     size_t len = 0;
     int64_t next = offset;
     int eof = 1;
-    if (!buf || tl_store_log_read(R->store, id, offset, (size_t)limit, buf, &len, &next, &eof, err, sizeof err) != 0) {
+    if (!buf || tld_store_log_read(R->store, id, offset, (size_t)limit, buf, &len, &next, &eof, err, sizeof err) != 0) {
         free(buf);
         reply_error(r, buf ? err : "out of memory");
         return;
@@ -348,14 +348,14 @@ static void h_logs(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_checkpoints(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_checkpoints(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
-    tl_checkpoint_row rows[64];
+    tld_checkpoint_row rows[64];
     int n = 0;
     char err[256];
     if (require_job(r, R, &id) != 0) return;
-    if (tl_store_checkpoint_list(R->store, id, rows, 64, &n, err, sizeof err) != 0) {
+    if (tld_store_checkpoint_list(R->store, id, rows, 64, &n, err, sizeof err) != 0) {
         reply_error(r, err);
         return;
     }
@@ -373,7 +373,7 @@ static void h_checkpoints(tl_req *r, void *u) {
 
 /* ---- Server-Sent Events ---- */
 typedef struct {
-    tl_routes *R;
+    tld_routes *R;
     int64_t job;
     uint64_t after;
     char pending[64 * 1024];
@@ -383,12 +383,12 @@ typedef struct {
     int heartbeat;
 } sse_state;
 
-static int job_final(tl_routes *R, int64_t id) {
-    tl_job j;
+static int job_final(tld_routes *R, int64_t id) {
+    tld_job j;
     char err[128];
-    if (tl_store_job_get(R->store, id, &j, err, sizeof err) != 0) return 1;
-    int f = tl_job_state_final(j.state);
-    tl_job_free(&j);
+    if (tld_store_job_get(R->store, id, &j, err, sizeof err) != 0) return 1;
+    int f = tld_job_state_final(j.state);
+    tld_job_free(&j);
     return f;
 }
 
@@ -407,21 +407,21 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     if (s->pos == s->plen) {
         s->pos = s->plen = 0;
         if (s->finished) return -1;
-        tl_event ev[32];
+        tld_event ev[32];
         int n = 0;
         uint64_t next;
-        tl_ev_status st = tl_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, s->grace ? 500 : 15000);
-        if (st == TL_EV_CLOSED) return -1;
-        if (st == TL_EV_GAP) sse_append(s, "event: reset\ndata: {\"id\":%lld}\n\n", (long long)s->job);
+        tld_ev_status st = tld_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, s->grace ? 500 : 15000);
+        if (st == TLD_EV_CLOSED) return -1;
+        if (st == TLD_EV_GAP) sse_append(s, "event: reset\ndata: {\"id\":%lld}\n\n", (long long)s->job);
         for (int i = 0; i < n && s->plen + 600 < sizeof s->pending; i++) {
             sse_append(s, "id: %llu\nevent: %s\ndata: %s\n\n", (unsigned long long)ev[i].id, ev[i].type, ev[i].data);
             s->after = ev[i].id;
         }
         if (n == 0) s->after = next > s->after ? next : s->after;
-        if (st == TL_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
+        if (st == TLD_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
         /* The store commits a final state just before its event is published: seeing the state final with
          * nothing newer on the bus, wait once more (briefly) so that the final state event is sent too. */
-        if (s->job && job_final(s->R, s->job) && tl_events_last_id(s->R->events) <= s->after) {
+        if (s->job && job_final(s->R, s->job) && tld_events_last_id(s->R->events) <= s->after) {
             if (s->grace) s->finished = 1;
             s->grace = 1;
         }
@@ -433,25 +433,25 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     return (long)k;
 }
 
-static void h_events(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_events(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t id;
-    tl_job j;
+    tld_job j;
     if (load_job(r, R, &id, &j) != 0) return;
     sse_state *s = calloc(1, sizeof *s);
     if (!s) {
-        tl_job_free(&j);
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+        tld_job_free(&j);
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
         return;
     }
     s->R = R;
     s->job = id;
-    const char *last = tl_req_header(r, "Last-Event-ID");
+    const char *last = tld_req_header(r, "Last-Event-ID");
     int64_t after;
-    if (last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0) {
+    if (last && tld_routes_parse_i64(last, 0, INT64_MAX, &after) == 0) {
         s->after = (uint64_t)after;
     } else { /* a fresh subscriber starts with the job's current state */
-        s->after = tl_events_last_id(R->events);
+        s->after = tld_events_last_id(R->events);
         cJSON *o = job_json(R, &j);
         char *txt = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
@@ -464,32 +464,32 @@ static void h_events(tl_req *r, void *u) {
         free(txt);
     }
     s->finished = 0;
-    s->grace = tl_job_state_final(j.state); /* a finished job's stream ends after what is left on the bus */
-    tl_job_free(&j);
-    tl_reply_header(r, "X-Accel-Buffering", "no");
-    tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+    s->grace = tld_job_state_final(j.state); /* a finished job's stream ends after what is left on the bus */
+    tld_job_free(&j);
+    tld_reply_header(r, "X-Accel-Buffering", "no");
+    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
 }
 
 /* Every job's events (the dashboard's job list); never ends by itself. */
-static void h_events_all(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_events_all(tld_req *r, void *u) {
+    tld_routes *R = u;
     sse_state *s = calloc(1, sizeof *s);
     if (!s) {
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
         return;
     }
     s->R = R;
     s->job = 0;
-    const char *last = tl_req_header(r, "Last-Event-ID");
+    const char *last = tld_req_header(r, "Last-Event-ID");
     int64_t after;
-    s->after = last && tl_routes_parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tl_events_last_id(R->events);
-    tl_reply_header(r, "X-Accel-Buffering", "no");
-    tl_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+    s->after = last && tld_routes_parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tld_events_last_id(R->events);
+    tld_reply_header(r, "X-Accel-Buffering", "no");
+    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
 }
 
 /* ---- daemon ---- */
-static void h_info(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_info(tld_req *r, void *u) {
+    tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "version", TL_VERSION);
     cJSON_AddStringToObject(o, "blas", tl_blas_corename());
@@ -505,19 +505,19 @@ static void h_info(tl_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_healthz(tl_req *r, void *u) {
+static void h_healthz(tld_req *r, void *u) {
     (void)u;
-    tl_reply_json(r, 200, "{\"status\":\"ok\"}");
+    tld_reply_json(r, 200, "{\"status\":\"ok\"}");
 }
 
-static void h_readyz(tl_req *r, void *u) {
-    tl_routes *R = u;
-    int64_t counts[TL_JOB_NSTATES];
-    if (tl_store_job_counts(R->store, counts) != 0) {
-        tl_reply_problem(r, 503, "NOT_READY", NULL, "the store does not answer");
+static void h_readyz(tld_req *r, void *u) {
+    tld_routes *R = u;
+    int64_t counts[TLD_JOB_NSTATES];
+    if (tld_store_job_counts(R->store, counts) != 0) {
+        tld_reply_problem(r, 503, "NOT_READY", NULL, "the store does not answer");
         return;
     }
-    tl_reply_json(r, 200, "{\"status\":\"ready\"}");
+    tld_reply_json(r, 200, "{\"status\":\"ready\"}");
 }
 
 typedef struct {
@@ -550,62 +550,62 @@ static void counter_line(const char *method, const char *route, int status, uint
               status, (unsigned long long)n);
 }
 
-static void h_prometheus(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_prometheus(tld_req *r, void *u) {
+    tld_routes *R = u;
     textbuf t = {0};
     tb_printf(&t, "# HELP tokenlab_http_requests_total HTTP requests by route and status.\n"
                   "# TYPE tokenlab_http_requests_total counter\n");
-    tl_http_counters(R->http, counter_line, &t);
-    int64_t counts[TL_JOB_NSTATES] = {0};
-    tl_store_job_counts(R->store, counts);
+    tld_http_counters(R->http, counter_line, &t);
+    int64_t counts[TLD_JOB_NSTATES] = {0};
+    tld_store_job_counts(R->store, counts);
     tb_printf(&t, "# HELP tokenlab_jobs Jobs by state.\n# TYPE tokenlab_jobs gauge\n");
-    for (int s = 0; s < TL_JOB_NSTATES; s++)
-        tb_printf(&t, "tokenlab_jobs{state=\"%s\"} %lld\n", tl_job_state_name((tl_job_state)s), (long long)counts[s]);
+    for (int s = 0; s < TLD_JOB_NSTATES; s++)
+        tb_printf(&t, "tokenlab_jobs{state=\"%s\"} %lld\n", tld_job_state_name((tld_job_state)s), (long long)counts[s]);
     tb_printf(&t, "# HELP tokenlab_queue_depth Jobs waiting to train.\n# TYPE tokenlab_queue_depth gauge\n"
-                  "tokenlab_queue_depth %lld\n", (long long)counts[TL_JOB_QUEUED]);
+                  "tokenlab_queue_depth %lld\n", (long long)counts[TLD_JOB_QUEUED]);
     tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
                   "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
-              tl_jobs_images_per_second(R->jobs));
-    char *mp = R->models ? tl_models_prometheus(R->models) : NULL;
+              tld_jobs_images_per_second(R->jobs));
+    char *mp = R->models ? tld_models_prometheus(R->models) : NULL;
     if (mp) tb_printf(&t, "%s", mp);
     free(mp);
-    tl_reply_bytes(r, 200, "text/plain; version=0.0.4", t.buf ? t.buf : "", t.len);
+    tld_reply_bytes(r, 200, "text/plain; version=0.0.4", t.buf ? t.buf : "", t.len);
     free(t.buf);
 }
 
-static void h_openapi(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_openapi(tld_req *r, void *u) {
+    tld_routes *R = u;
     if (!R->openapi) {
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "the OpenAPI document was not found at start-up");
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "the OpenAPI document was not found at start-up");
         return;
     }
-    tl_reply_json(r, 200, R->openapi);
+    tld_reply_json(r, 200, R->openapi);
 }
 
-static const tl_route_def job_routes[] = {
-    {"POST", "/api/v1/jobs", TL_AUTH_TOKEN, h_submit, 0},
-    {"GET", "/api/v1/jobs", TL_AUTH_PUBLIC, h_list, 0},
-    {"GET", "/api/v1/jobs/{id}", TL_AUTH_PUBLIC, h_get, 0},
-    {"DELETE", "/api/v1/jobs/{id}", TL_AUTH_TOKEN, h_delete, 0},
-    {"POST", "/api/v1/jobs/{id}/cancel", TL_AUTH_TOKEN, h_cancel, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", TL_AUTH_PUBLIC, h_metric_names, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TL_AUTH_PUBLIC, h_metric_series, 0},
-    {"GET", "/api/v1/jobs/{id}/logs", TL_AUTH_PUBLIC, h_logs, 0},
-    {"GET", "/api/v1/jobs/{id}/events", TL_AUTH_PUBLIC, h_events, 0},
-    {"GET", "/api/v1/jobs/{id}/checkpoints", TL_AUTH_PUBLIC, h_checkpoints, 0},
-    {"GET", "/api/v1/events", TL_AUTH_PUBLIC, h_events_all, 0},
-    {"GET", "/api/v1/info", TL_AUTH_PUBLIC, h_info, 0},
-    {"GET", "/api/v1/openapi.json", TL_AUTH_PUBLIC, h_openapi, 0},
-    {"GET", "/healthz", TL_AUTH_PUBLIC, h_healthz, 0},
-    {"GET", "/readyz", TL_AUTH_PUBLIC, h_readyz, 0},
-    {"GET", "/metrics", TL_AUTH_PUBLIC, h_prometheus, 0},
-    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+static const tld_route_def job_routes[] = {
+    {"POST", "/api/v1/jobs", TLD_AUTH_TOKEN, h_submit, 0},
+    {"GET", "/api/v1/jobs", TLD_AUTH_PUBLIC, h_list, 0},
+    {"GET", "/api/v1/jobs/{id}", TLD_AUTH_PUBLIC, h_get, 0},
+    {"DELETE", "/api/v1/jobs/{id}", TLD_AUTH_TOKEN, h_delete, 0},
+    {"POST", "/api/v1/jobs/{id}/cancel", TLD_AUTH_TOKEN, h_cancel, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics", TLD_AUTH_PUBLIC, h_metric_names, 0},
+    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TLD_AUTH_PUBLIC, h_metric_series, 0},
+    {"GET", "/api/v1/jobs/{id}/logs", TLD_AUTH_PUBLIC, h_logs, 0},
+    {"GET", "/api/v1/jobs/{id}/events", TLD_AUTH_PUBLIC, h_events, 0},
+    {"GET", "/api/v1/jobs/{id}/checkpoints", TLD_AUTH_PUBLIC, h_checkpoints, 0},
+    {"GET", "/api/v1/events", TLD_AUTH_PUBLIC, h_events_all, 0},
+    {"GET", "/api/v1/info", TLD_AUTH_PUBLIC, h_info, 0},
+    {"GET", "/api/v1/openapi.json", TLD_AUTH_PUBLIC, h_openapi, 0},
+    {"GET", "/healthz", TLD_AUTH_PUBLIC, h_healthz, 0},
+    {"GET", "/readyz", TLD_AUTH_PUBLIC, h_readyz, 0},
+    {"GET", "/metrics", TLD_AUTH_PUBLIC, h_prometheus, 0},
+    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
 };
 
-int tl_routes_register(tl_routes *R) {
-    const tl_route_def *tables[] = {job_routes, tl_model_routes, tl_sample_routes, tl_labelmap_routes};
+int tld_routes_register(tld_routes *R) {
+    const tld_route_def *tables[] = {job_routes, tld_model_routes, tld_sample_routes, tld_labelmap_routes};
     for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
-        for (const tl_route_def *t = tables[k]; t->method; t++)
-            if (tl_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
+        for (const tld_route_def *t = tables[k]; t->method; t++)
+            if (tld_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
     return 0;
 }

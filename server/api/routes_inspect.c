@@ -25,52 +25,52 @@
 
 
 /* The job id and sample index of the path; replies 404 and returns -1 when bad. */
-static int ids(tl_req *r, tl_routes *R, int64_t *job, int64_t *k, int want_k) {
-    tl_job j;
+static int ids(tld_req *r, tld_routes *R, int64_t *job, int64_t *k, int want_k) {
+    tld_job j;
     char err[256];
-    if (tl_routes_parse_i64(tl_req_param(r, "id"), 1, INT64_MAX, job) != 0 ||
-        tl_store_job_get(R->store, *job, &j, err, sizeof err) != 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tl_req_param(r, "id"));
+    if (tld_routes_parse_i64(tld_req_param(r, "id"), 1, INT64_MAX, job) != 0 ||
+        tld_store_job_get(R->store, *job, &j, err, sizeof err) != 0) {
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no job %s", tld_req_param(r, "id"));
         return -1;
     }
-    tl_job_free(&j);
-    if (want_k && tl_routes_parse_i64(tl_req_param(r, "k"), 0, 1 << 20, k) != 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no sample %s of job %" PRId64, tl_req_param(r, "k"), *job);
+    tld_job_free(&j);
+    if (want_k && tld_routes_parse_i64(tld_req_param(r, "k"), 0, 1 << 20, k) != 0) {
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no sample %s of job %" PRId64, tld_req_param(r, "k"), *job);
         return -1;
     }
     return 0;
 }
 
 /* ?step= (default -1: the latest) and ?ema= (true/false; default -1: EMA when recorded). */
-static int step_query(tl_req *r, int64_t *step, int *ema) {
-    const char *s = tl_req_query(r, "step"), *e = tl_req_query(r, "ema");
+static int step_query(tld_req *r, int64_t *step, int *ema) {
+    const char *s = tld_req_query(r, "step"), *e = tld_req_query(r, "ema");
     *step = -1;
     *ema = -1;
-    if (s && tl_routes_parse_i64(s, 0, INT64_MAX, step) != 0) {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter step: must be an integer >= 0");
+    if (s && tld_routes_parse_i64(s, 0, INT64_MAX, step) != 0) {
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter step: must be an integer >= 0");
         return -1;
     }
     if (e) {
         if (!strcmp(e, "true") || !strcmp(e, "1")) *ema = 1;
         else if (!strcmp(e, "false") || !strcmp(e, "0")) *ema = 0;
         else {
-            tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter ema: must be true or false");
+            tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter ema: must be true or false");
             return -1;
         }
     }
     return 0;
 }
 
-static void reply_cjson(tl_req *r, cJSON *o) {
+static void reply_cjson(tld_req *r, cJSON *o) {
     char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tl_reply_json(r, 200, s);
-    else tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+    if (s) tld_reply_json(r, 200, s);
+    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
     free(s);
     cJSON_Delete(o);
 }
 
-static void reply_no_set(tl_req *r, int64_t job) {
-    tl_reply_problem(r, 404, "NO_SAMPLES", NULL,
+static void reply_no_set(tld_req *r, int64_t job) {
+    tld_reply_problem(r, 404, "NO_SAMPLES", NULL,
                      "job %" PRId64 " has no inspection samples yet (they are recorded at its first evaluation)", job);
 }
 
@@ -100,24 +100,24 @@ static const char *label_of(cJSON *labels, int c) {
     return cJSON_IsString(l) ? l->valuestring : "";
 }
 
-static void h_samples(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_samples(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t job, k;
     if (ids(r, R, &job, &k, 0) != 0) return;
     char err[512];
-    tl_inspect_set_row set;
-    if (tl_store_inspect_set_get(R->store, job, &set, err, sizeof err) != 0) {
+    tld_inspect_set_row set;
+    if (tld_store_inspect_set_get(R->store, job, &set, err, sizeof err) != 0) {
         if (strcmp(err, "not found") == 0) return reply_no_set(r, job);
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         return;
     }
-    tl_inspect_sample_info info[64];
+    tld_inspect_sample_info info[64];
     int64_t *steps = malloc(sizeof *steps * STEPS_MAX);
     int *emas = malloc(sizeof *emas * STEPS_MAX);
     int n = 0, ns = 0;
-    if (!steps || !emas || tl_store_inspect_samples(R->store, job, info, 64, &n, err, sizeof err) != 0 ||
-        tl_store_inspect_steps(R->store, job, steps, emas, STEPS_MAX, &ns, err, sizeof err) != 0) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", steps && emas ? err : "out of memory");
+    if (!steps || !emas || tld_store_inspect_samples(R->store, job, info, 64, &n, err, sizeof err) != 0 ||
+        tld_store_inspect_steps(R->store, job, steps, emas, STEPS_MAX, &ns, err, sizeof err) != 0) {
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", steps && emas ? err : "out of memory");
         goto done;
     }
     cJSON *labels = cJSON_Parse(set.labels_json);
@@ -157,23 +157,23 @@ static void h_samples(tl_req *r, void *u) {
 done:
     free(steps);
     free(emas);
-    tl_inspect_set_row_free(&set);
+    tld_inspect_set_row_free(&set);
 }
 
 /* The sample's set row and info; replies 404 and returns -1 when absent. */
-static int load_sample(tl_req *r, tl_routes *R, int64_t job, int64_t k, tl_inspect_set_row *set,
-                       tl_inspect_sample_info *info) {
+static int load_sample(tld_req *r, tld_routes *R, int64_t job, int64_t k, tld_inspect_set_row *set,
+                       tld_inspect_sample_info *info) {
     char err[512];
-    if (tl_store_inspect_set_get(R->store, job, set, err, sizeof err) != 0) {
+    if (tld_store_inspect_set_get(R->store, job, set, err, sizeof err) != 0) {
         if (strcmp(err, "not found") == 0) reply_no_set(r, job);
-        else tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+        else tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         return -1;
     }
-    tl_inspect_sample_info all[64];
+    tld_inspect_sample_info all[64];
     int n = 0;
-    if (tl_store_inspect_samples(R->store, job, all, 64, &n, err, sizeof err) != 0) {
-        tl_inspect_set_row_free(set);
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+    if (tld_store_inspect_samples(R->store, job, all, 64, &n, err, sizeof err) != 0) {
+        tld_inspect_set_row_free(set);
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         return -1;
     }
     for (int i = 0; i < n; i++)
@@ -181,34 +181,34 @@ static int load_sample(tl_req *r, tl_routes *R, int64_t job, int64_t k, tl_inspe
             *info = all[i];
             return 0;
         }
-    tl_inspect_set_row_free(set);
-    tl_reply_problem(r, 404, "NOT_FOUND", NULL, "job %" PRId64 " has no sample %" PRId64 " (it has %d)", job, k, n);
+    tld_inspect_set_row_free(set);
+    tld_reply_problem(r, 404, "NOT_FOUND", NULL, "job %" PRId64 " has no sample %" PRId64 " (it has %d)", job, k, n);
     return -1;
 }
 
-static void h_sample(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_sample(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t job, k, step, got_step = 0;
     int ema, got_ema = 0;
     if (ids(r, R, &job, &k, 1) != 0 || step_query(r, &step, &ema) != 0) return;
-    tl_inspect_set_row set;
-    tl_inspect_sample_info info;
+    tld_inspect_set_row set;
+    tld_inspect_sample_info info;
     if (load_sample(r, R, job, k, &set, &info) != 0) return;
     char err[512];
     void *target = NULL, *tokens = NULL, *top5 = NULL;
     size_t tlen;
-    if (tl_store_inspect_sample_blob(R->store, job, (int)k, 1, &target, &tlen, err, sizeof err) != 0) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+    if (tld_store_inspect_sample_blob(R->store, job, (int)k, 1, &target, &tlen, err, sizeof err) != 0) {
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         goto done;
     }
-    int have_pred = tl_store_inspect_pred_get(R->store, job, (int)k, step, ema, &got_step, &got_ema, &tokens, &top5,
+    int have_pred = tld_store_inspect_pred_get(R->store, job, (int)k, step, ema, &got_step, &got_ema, &tokens, &top5,
                                               err, sizeof err) == 0;
     if (!have_pred && strcmp(err, "not found") != 0) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         goto done;
     }
     if (!have_pred && step >= 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no predictions recorded for sample %" PRId64 " at step %" PRId64
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no predictions recorded for sample %" PRId64 " at step %" PRId64
                          "%s", k, step, ema == 1 ? " (EMA)" : ema == 0 ? " (raw)" : "");
         goto done;
     }
@@ -253,65 +253,65 @@ done:
     free(target);
     free(tokens);
     free(top5);
-    tl_inspect_set_row_free(&set);
+    tld_inspect_set_row_free(&set);
 }
 
-static void h_sample_image(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_sample_image(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t job, k;
     if (ids(r, R, &job, &k, 1) != 0) return;
-    tl_inspect_set_row set;
-    tl_inspect_sample_info info;
+    tld_inspect_set_row set;
+    tld_inspect_sample_info info;
     if (load_sample(r, R, job, k, &set, &info) != 0) return;
-    tl_inspect_set_row_free(&set);
+    tld_inspect_set_row_free(&set);
     void *jpeg = NULL;
     size_t len = 0;
     char err[512];
-    if (tl_store_inspect_sample_blob(R->store, job, (int)k, 0, &jpeg, &len, err, sizeof err) != 0) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+    if (tld_store_inspect_sample_blob(R->store, job, (int)k, 0, &jpeg, &len, err, sizeof err) != 0) {
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         return;
     }
-    tl_reply_header(r, "Cache-Control", "max-age=3600"); /* a sample's image never changes */
-    tl_reply_bytes(r, 200, "image/jpeg", jpeg, len);
+    tld_reply_header(r, "Cache-Control", "max-age=3600"); /* a sample's image never changes */
+    tld_reply_bytes(r, 200, "image/jpeg", jpeg, len);
     free(jpeg);
 }
 
-static void h_sample_heatmap(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_sample_heatmap(tld_req *r, void *u) {
+    tld_routes *R = u;
     int64_t job, k, step, got_step;
     int ema, got_ema;
     if (ids(r, R, &job, &k, 1) != 0 || step_query(r, &step, &ema) != 0) return;
-    const char *kind = tl_req_query(r, "kind");
+    const char *kind = tld_req_query(r, "kind");
     if (!kind) kind = "pred";
     if (strcmp(kind, "pred") != 0 && strcmp(kind, "target") != 0) {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter kind: must be target or pred");
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter kind: must be target or pred");
         return;
     }
-    tl_inspect_set_row set;
-    tl_inspect_sample_info info;
+    tld_inspect_set_row set;
+    tld_inspect_sample_info info;
     if (load_sample(r, R, job, k, &set, &info) != 0) return;
     char err[512];
     void *jpeg = NULL, *grid = NULL, *top5 = NULL;
     uint8_t *out = NULL;
     size_t len = 0, glen;
     tl_image im = {0};
-    if (tl_store_inspect_sample_blob(R->store, job, (int)k, 0, &jpeg, &len, err, sizeof err) != 0) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+    if (tld_store_inspect_sample_blob(R->store, job, (int)k, 0, &jpeg, &len, err, sizeof err) != 0) {
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
         goto done;
     }
     if (kind[0] == 't') {
-        if (tl_store_inspect_sample_blob(R->store, job, (int)k, 1, &grid, &glen, err, sizeof err) != 0) {
-            tl_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
+        if (tld_store_inspect_sample_blob(R->store, job, (int)k, 1, &grid, &glen, err, sizeof err) != 0) {
+            tld_reply_problem(r, 500, "STORE_ERROR", NULL, "%s", err);
             goto done;
         }
-    } else if (tl_store_inspect_pred_get(R->store, job, (int)k, step, ema, &got_step, &got_ema, &grid, &top5, err,
+    } else if (tld_store_inspect_pred_get(R->store, job, (int)k, step, ema, &got_step, &got_ema, &grid, &top5, err,
                                          sizeof err) != 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no predictions recorded for sample %" PRId64 "%s", k,
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no predictions recorded for sample %" PRId64 "%s", k,
                          step >= 0 ? " at that step" : " yet");
         goto done;
     }
     if (tl_image_decode(jpeg, len, 0, &im, err, sizeof err) != 0 || im.w != set.view || im.h != set.view) {
-        tl_reply_problem(r, 500, "STORE_ERROR", NULL, "the stored image of sample %" PRId64 " is unreadable", k);
+        tld_reply_problem(r, 500, "STORE_ERROR", NULL, "the stored image of sample %" PRId64 " is unreadable", k);
         goto done;
     }
     /* top-1 of each token: the first of its TOPK entries */
@@ -327,27 +327,27 @@ static void h_sample_heatmap(tl_req *r, void *u) {
         }
     }
     size_t olen = 0;
-    int ok = idx && prob && tl_heatmap_jpeg(im.rgb, set.view, set.grid, idx, prob, &out, &olen, err, sizeof err) == 0;
+    int ok = idx && prob && tld_heatmap_jpeg(im.rgb, set.view, set.grid, idx, prob, &out, &olen, err, sizeof err) == 0;
     free(idx);
     free(prob);
     if (!ok) {
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "cannot render the heatmap: %s", err);
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "cannot render the heatmap: %s", err);
         goto done;
     }
-    tl_reply_bytes(r, 200, "image/jpeg", out, olen);
+    tld_reply_bytes(r, 200, "image/jpeg", out, olen);
 done:
     free(out);
     tl_image_free(&im);
     free(jpeg);
     free(grid);
     free(top5);
-    tl_inspect_set_row_free(&set);
+    tld_inspect_set_row_free(&set);
 }
 
-const tl_route_def tl_sample_routes[] = {
-    {"GET", "/api/v1/jobs/{id}/samples", TL_AUTH_PUBLIC, h_samples, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}", TL_AUTH_PUBLIC, h_sample, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}/image", TL_AUTH_PUBLIC, h_sample_image, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}/heatmap.jpg", TL_AUTH_PUBLIC, h_sample_heatmap, 0},
-    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+const tld_route_def tld_sample_routes[] = {
+    {"GET", "/api/v1/jobs/{id}/samples", TLD_AUTH_PUBLIC, h_samples, 0},
+    {"GET", "/api/v1/jobs/{id}/samples/{k}", TLD_AUTH_PUBLIC, h_sample, 0},
+    {"GET", "/api/v1/jobs/{id}/samples/{k}/image", TLD_AUTH_PUBLIC, h_sample_image, 0},
+    {"GET", "/api/v1/jobs/{id}/samples/{k}/heatmap.jpg", TLD_AUTH_PUBLIC, h_sample_heatmap, 0},
+    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
 };

@@ -89,24 +89,24 @@ static int map_dataset(const char *root, const char *rel, const char *hint, char
 }
 
 /* The map named by ?path=, opened; replies 400/404 and returns NULL otherwise. */
-static tl_labelmap *open_map(tl_req *r, tl_routes *R, char *rel, size_t rlen) {
-    const char *p = tl_req_query(r, "path");
+static tl_labelmap *open_map(tld_req *r, tld_routes *R, char *rel, size_t rlen) {
+    const char *p = tld_req_query(r, "path");
     char abs[PATH_MAX], err[512];
     if (!p) {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter path: required (a .tllm file under the data root)");
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter path: required (a .tllm file under the data root)");
         return NULL;
     }
     if (!ends_with(p, ".tllm")) {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter path: must name a .tllm file");
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter path: must name a .tllm file");
         return NULL;
     }
     if (resolve(R->data_root, p, 0, abs) != 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no label map %s under the data root", p);
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no label map %s under the data root", p);
         return NULL;
     }
     tl_labelmap *lm = tl_labelmap_open(abs, 0, err, sizeof err);
     if (!lm) {
-        tl_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", p, err);
+        tld_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", p, err);
         return NULL;
     }
     snprintf(rel, rlen, "%s", p);
@@ -128,10 +128,10 @@ static cJSON *class_names(const char *root, const char *ds_rel, int K) {
     return a;
 }
 
-static void reply_cjson(tl_req *r, cJSON *o) {
+static void reply_cjson(tld_req *r, cJSON *o) {
     char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tl_reply_json(r, 200, s);
-    else tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+    if (s) tld_reply_json(r, 200, s);
+    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
     free(s);
     cJSON_Delete(o);
 }
@@ -139,7 +139,7 @@ static void reply_cjson(tl_req *r, cJSON *o) {
 /* ------------------------------------------------------------------ list */
 
 typedef struct {
-    tl_routes *R;
+    tld_routes *R;
     cJSON *arr;
     int n, truncated;
 } scan_ctx;
@@ -192,8 +192,8 @@ static void scan(scan_ctx *c, const char *rel, int depth) {
     closedir(d);
 }
 
-static void h_labelmaps(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_labelmaps(tld_req *r, void *u) {
+    tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0};
     scan(&c, "", 0);
@@ -203,16 +203,16 @@ static void h_labelmaps(tl_req *r, void *u) {
 
 /* ------------------------------------------------------------------ one map */
 
-static void h_keys(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_keys(tld_req *r, void *u) {
+    tld_routes *R = u;
     char rel[PATH_MAX];
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
     if (!lm) return;
-    const char *prefix = tl_req_query(r, "prefix"), *off = tl_req_query(r, "offset"), *lim = tl_req_query(r, "limit");
+    const char *prefix = tld_req_query(r, "prefix"), *off = tld_req_query(r, "offset"), *lim = tld_req_query(r, "limit");
     long long offset = off ? atoll(off) : 0, limit = lim ? atoll(lim) : 100;
     if (offset < 0 || limit < 1 || limit > KEYS_MAX) {
         tl_labelmap_close(lm);
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "offset must be >= 0 and limit from 1 to %d", KEYS_MAX);
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "offset must be >= 0 and limit from 1 to %d", KEYS_MAX);
         return;
     }
     int64_t n = tl_labelmap_count(lm), seen = 0;
@@ -235,15 +235,15 @@ static void h_keys(tl_req *r, void *u) {
 }
 
 /* The entry of ?key=; replies 400/404 and returns -1 otherwise. */
-static int find_key(tl_req *r, tl_labelmap *lm, const char *rel, int64_t *e) {
-    const char *key = tl_req_query(r, "key");
+static int find_key(tld_req *r, tl_labelmap *lm, const char *rel, int64_t *e) {
+    const char *key = tld_req_query(r, "key");
     if (!key) {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter key: required (an image path in the map)");
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter key: required (an image path in the map)");
         return -1;
     }
     *e = tl_labelmap_find(lm, key);
     if (*e < 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "%s has no entry %s", rel, key);
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "%s has no entry %s", rel, key);
         return -1;
     }
     return 0;
@@ -267,8 +267,8 @@ static void top1(const float *values, const int32_t *indices, int k, int hw, int
     }
 }
 
-static void h_entry(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_entry(tld_req *r, void *u) {
+    tld_routes *R = u;
     char rel[PATH_MAX], err[512], ds[PATH_MAX];
     int64_t e;
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
@@ -282,14 +282,14 @@ static void h_entry(tl_req *r, void *u) {
     float *values = malloc(n * sizeof *values), *prob = malloc((size_t)h * w * sizeof *prob);
     int32_t *indices = malloc(n * sizeof *indices), *idx = malloc((size_t)h * w * sizeof *idx);
     if (!values || !indices || !prob || !idx || tl_labelmap_read(lm, e, values, indices, err, sizeof err) != 0) {
-        tl_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", rel, values && indices ? err : "out of memory");
+        tld_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", rel, values && indices ? err : "out of memory");
         goto done;
     }
     top1(values, indices, k, h * w, K, idx, prob);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "path", rel);
-    cJSON_AddStringToObject(o, "key", tl_req_query(r, "key"));
-    int have_ds = map_dataset(R->data_root, rel, tl_req_query(r, "dataset"), ds, sizeof ds) == 0;
+    cJSON_AddStringToObject(o, "key", tld_req_query(r, "key"));
+    int have_ds = map_dataset(R->data_root, rel, tld_req_query(r, "dataset"), ds, sizeof ds) == 0;
     if (have_ds) cJSON_AddStringToObject(o, "dataset", ds);
     else cJSON_AddNullToObject(o, "dataset");
     cJSON_AddNumberToObject(o, "num_classes", K);
@@ -320,28 +320,28 @@ done:
 }
 
 /* The dataset image of ?key= decoded; replies and returns -1 otherwise. */
-static int load_image(tl_req *r, tl_routes *R, const char *rel, tl_image *im, char *abs_out) {
+static int load_image(tld_req *r, tld_routes *R, const char *rel, tl_image *im, char *abs_out) {
     char ds[PATH_MAX], abs[PATH_MAX], joined[PATH_MAX * 2], err[512];
-    if (map_dataset(R->data_root, rel, tl_req_query(r, "dataset"), ds, sizeof ds) != 0) {
-        tl_reply_problem(r, 404, "NO_DATASET", NULL,
+    if (map_dataset(R->data_root, rel, tld_req_query(r, "dataset"), ds, sizeof ds) != 0) {
+        tld_reply_problem(r, 404, "NO_DATASET", NULL,
                          "the dataset of %s is unknown: give ?dataset= (its folder under the data root)", rel);
         return -1;
     }
-    snprintf(joined, sizeof joined, "%s/%s", ds, tl_req_query(r, "key"));
+    snprintf(joined, sizeof joined, "%s/%s", ds, tld_req_query(r, "key"));
     if (resolve(R->data_root, joined, 0, abs) != 0) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "image %s is not in %s", tl_req_query(r, "key"), ds);
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "image %s is not in %s", tld_req_query(r, "key"), ds);
         return -1;
     }
     if (abs_out) snprintf(abs_out, PATH_MAX, "%s", abs);
     if (im && tl_image_load(abs, 0, im, err, sizeof err) != 0) {
-        tl_reply_problem(r, 422, "CORRUPT_IMAGE", NULL, "%s", err);
+        tld_reply_problem(r, 422, "CORRUPT_IMAGE", NULL, "%s", err);
         return -1;
     }
     return 0;
 }
 
-static void h_image(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_image(tld_req *r, void *u) {
+    tld_routes *R = u;
     char rel[PATH_MAX], abs[PATH_MAX], err[512];
     int64_t e;
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
@@ -354,9 +354,9 @@ static void h_image(tl_req *r, void *u) {
     uint8_t *jpeg = NULL;
     size_t len = 0;
     if (tl_image_encode(im.rgb, im.w, im.h, 90, &jpeg, &len, err, sizeof err) != 0)
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
     else
-        tl_reply_bytes(r, 200, "image/jpeg", jpeg, len);
+        tld_reply_bytes(r, 200, "image/jpeg", jpeg, len);
     free(jpeg);
     tl_image_free(&im);
 }
@@ -385,8 +385,8 @@ static void resize_full(const tl_image *im, int V, uint8_t *out) {
     }
 }
 
-static void h_heatmap(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_heatmap(tld_req *r, void *u) {
+    tld_routes *R = u;
     char rel[PATH_MAX], err[512];
     int64_t e;
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
@@ -398,7 +398,7 @@ static void h_heatmap(tl_req *r, void *u) {
     int K = tl_labelmap_num_classes(lm), k = tl_labelmap_topk(lm), h = tl_labelmap_h(lm), w = tl_labelmap_w(lm);
     if (h != w) {
         tl_labelmap_close(lm);
-        tl_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: maps of %dx%d are not square; no overlay", rel, h, w);
+        tld_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: maps of %dx%d are not square; no overlay", rel, h, w);
         return;
     }
     size_t n = (size_t)k * h * w;
@@ -409,17 +409,17 @@ static void h_heatmap(tl_req *r, void *u) {
     tl_image im = {0};
     size_t len = 0;
     if (!values || !indices || !prob || !idx || !view || tl_labelmap_read(lm, e, values, indices, err, sizeof err)) {
-        tl_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", rel, values && indices ? err : "out of memory");
+        tld_reply_problem(r, 422, "INVALID_LABELMAP", NULL, "%s: %s", rel, values && indices ? err : "out of memory");
         goto done;
     }
     top1(values, indices, k, h * w, K, idx, prob);
     if (load_image(r, R, rel, &im, NULL) != 0) goto done;
     resize_full(&im, V, view);
-    if (tl_heatmap_jpeg(view, V, h, idx, prob, &jpeg, &len, err, sizeof err) != 0) {
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
+    if (tld_heatmap_jpeg(view, V, h, idx, prob, &jpeg, &len, err, sizeof err) != 0) {
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
         goto done;
     }
-    tl_reply_bytes(r, 200, "image/jpeg", jpeg, len);
+    tld_reply_bytes(r, 200, "image/jpeg", jpeg, len);
 done:
     free(values);
     free(indices);
@@ -431,11 +431,11 @@ done:
     tl_labelmap_close(lm);
 }
 
-const tl_route_def tl_labelmap_routes[] = {
-    {"GET", "/api/v1/labelmaps", TL_AUTH_PUBLIC, h_labelmaps, 0},
-    {"GET", "/api/v1/labelmaps/keys", TL_AUTH_PUBLIC, h_keys, 0},
-    {"GET", "/api/v1/labelmaps/entry", TL_AUTH_PUBLIC, h_entry, 0},
-    {"GET", "/api/v1/labelmaps/image", TL_AUTH_PUBLIC, h_image, 0},
-    {"GET", "/api/v1/labelmaps/heatmap.jpg", TL_AUTH_PUBLIC, h_heatmap, 0},
-    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+const tld_route_def tld_labelmap_routes[] = {
+    {"GET", "/api/v1/labelmaps", TLD_AUTH_PUBLIC, h_labelmaps, 0},
+    {"GET", "/api/v1/labelmaps/keys", TLD_AUTH_PUBLIC, h_keys, 0},
+    {"GET", "/api/v1/labelmaps/entry", TLD_AUTH_PUBLIC, h_entry, 0},
+    {"GET", "/api/v1/labelmaps/image", TLD_AUTH_PUBLIC, h_image, 0},
+    {"GET", "/api/v1/labelmaps/heatmap.jpg", TLD_AUTH_PUBLIC, h_heatmap, 0},
+    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
 };

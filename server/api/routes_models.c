@@ -95,36 +95,36 @@ static double jprob(float p) { return isfinite(p) ? (double)p : 0.0; }
 
 /* ------------------------------------------------------------------ helpers */
 
-static void reply_models_error(tl_req *r, const tl_models_error *e) {
+static void reply_models_error(tld_req *r, const tld_models_error *e) {
     if (e->status == 429) {
         char ra[16];
         snprintf(ra, sizeof ra, "%d", e->retry_after_s > 0 ? e->retry_after_s : 1);
-        tl_reply_header(r, "Retry-After", ra);
+        tld_reply_header(r, "Retry-After", ra);
     }
-    tl_reply_problem(r, e->status ? e->status : 500, e->code[0] ? e->code : "INTERNAL", e->pointer[0] ? e->pointer : NULL,
+    tld_reply_problem(r, e->status ? e->status : 500, e->code[0] ? e->code : "INTERNAL", e->pointer[0] ? e->pointer : NULL,
                      "%s", e->detail);
 }
 
 static int parse_int(const char *s, long long lo, long long hi, long long *out) {
     int64_t v;
-    if (tl_routes_parse_i64(s, lo, hi, &v) != 0) return -1;
+    if (tld_routes_parse_i64(s, lo, hi, &v) != 0) return -1;
     *out = v;
     return 0;
 }
 
-static int query_int(tl_req *r, const char *name, long long lo, long long hi, long long dflt, long long *out) {
-    const char *v = tl_req_query(r, name);
+static int query_int(tld_req *r, const char *name, long long lo, long long hi, long long dflt, long long *out) {
+    const char *v = tld_req_query(r, name);
     if (!v) {
         *out = dflt;
         return 0;
     }
     if (parse_int(v, lo, hi, out) == 0) return 0;
-    tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %lld..%lld", name, lo, hi);
+    tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be an integer in %lld..%lld", name, lo, hi);
     return -1;
 }
 
-static int query_bool(tl_req *r, const char *name, int dflt, int *out) {
-    const char *v = tl_req_query(r, name);
+static int query_bool(tld_req *r, const char *name, int dflt, int *out) {
+    const char *v = tld_req_query(r, name);
     if (!v) {
         *out = dflt;
         return 0;
@@ -132,15 +132,15 @@ static int query_bool(tl_req *r, const char *name, int dflt, int *out) {
     if (!strcmp(v, "true") || !strcmp(v, "1")) *out = 1;
     else if (!strcmp(v, "false") || !strcmp(v, "0")) *out = 0;
     else {
-        tl_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be true or false", name);
+        tld_reply_problem(r, 400, "BAD_QUERY", NULL, "query parameter %s: must be true or false", name);
         return -1;
     }
     return 0;
 }
 
 /* The media type of the request without parameters, lower-cased, into buf. */
-static void media_type(tl_req *r, char *buf, size_t len) {
-    const char *ct = tl_req_header(r, "Content-Type");
+static void media_type(tld_req *r, char *buf, size_t len) {
+    const char *ct = tld_req_header(r, "Content-Type");
     size_t n = 0;
     for (; ct && ct[n] && ct[n] != ';' && n + 1 < len; n++)
         buf[n] = (char)(ct[n] >= 'A' && ct[n] <= 'Z' ? ct[n] + 32 : ct[n]);
@@ -156,44 +156,44 @@ static double mono_ms(void) {
 
 /* ------------------------------------------------------------------ model registry routes */
 
-static void h_models_list(tl_req *r, void *u) {
-    tl_routes *R = u;
-    tl_models_error e;
-    char *s = tl_models_list_json(R->models, &e);
+static void h_models_list(tld_req *r, void *u) {
+    tld_routes *R = u;
+    tld_models_error e;
+    char *s = tld_models_list_json(R->models, &e);
     if (!s) return reply_models_error(r, &e);
-    tl_reply_json(r, 200, s);
+    tld_reply_json(r, 200, s);
     free(s);
 }
 
-static void h_model_get(tl_req *r, void *u) {
-    tl_routes *R = u;
-    tl_models_error e;
-    char *s = tl_models_json(R->models, tl_req_param(r, "name"), &e);
+static void h_model_get(tld_req *r, void *u) {
+    tld_routes *R = u;
+    tld_models_error e;
+    char *s = tld_models_json(R->models, tld_req_param(r, "name"), &e);
     if (!s) return reply_models_error(r, &e);
-    tl_reply_json(r, 200, s);
+    tld_reply_json(r, 200, s);
     free(s);
 }
 
-static void reply_model(tl_req *r, tl_routes *R, const char *name, int status) {
-    tl_models_error e;
-    char *s = tl_models_json(R->models, name, &e);
+static void reply_model(tld_req *r, tld_routes *R, const char *name, int status) {
+    tld_models_error e;
+    char *s = tld_models_json(R->models, name, &e);
     if (!s) return reply_models_error(r, &e);
     char loc[160];
     snprintf(loc, sizeof loc, "/api/v1/models/%s", name);
-    if (status == 201) tl_reply_header(r, "Location", loc);
-    tl_reply_json(r, status, s);
+    if (status == 201) tld_reply_header(r, "Location", loc);
+    tld_reply_json(r, status, s);
     free(s);
 }
 
 /* An optional integer member of a JSON object: 0 absent, 1 found (in *out), -1 replied 422. */
-static int json_int(tl_req *r, cJSON *o, const char *key, long long lo, long long hi, long long *out) {
+static int json_int(tld_req *r, cJSON *o, const char *key, long long lo, long long hi, long long *out) {
     cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!it) return 0;
     double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
     if (!cJSON_IsNumber(it) || v != floor(v) || v < (double)lo || v > (double)hi) {
         char p[64];
         snprintf(p, sizeof p, "/%s", key);
-        tl_reply_problem(r, 422, "INVALID_FIELD", p, "must be an integer from %lld to %lld", lo, hi);
+        tld_reply_problem(r, 422, "INVALID_FIELD", p, "must be an integer from %lld to %lld", lo, hi);
         return -1;
     }
     *out = (long long)v;
@@ -201,57 +201,57 @@ static int json_int(tl_req *r, cJSON *o, const char *key, long long lo, long lon
 }
 
 /* The request body as a JSON object; replies 400/415 and returns NULL otherwise. */
-static cJSON *json_body(tl_req *r) {
+static cJSON *json_body(tld_req *r) {
     char mt[64];
     media_type(r, mt, sizeof mt);
     if (strcmp(mt, "application/json") != 0) {
-        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send application/json");
+        tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send application/json");
         return NULL;
     }
     size_t len;
-    const char *body = tl_req_body(r, &len);
+    const char *body = tld_req_body(r, &len);
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!o || !cJSON_IsObject(o)) {
         cJSON_Delete(o);
-        tl_reply_problem(r, 400, "BAD_JSON", NULL, "the body is not a JSON object");
+        tld_reply_problem(r, 400, "BAD_JSON", NULL, "the body is not a JSON object");
         return NULL;
     }
     return o;
 }
 
-static int only_keys(tl_req *r, cJSON *o, const char *const *keys) {
+static int only_keys(tld_req *r, cJSON *o, const char *const *keys) {
     for (cJSON *it = o->child; it; it = it->next) {
         int ok = 0;
         for (int i = 0; keys[i] && !ok; i++) ok = strcmp(it->string, keys[i]) == 0;
         if (!ok) {
             char p[160];
             snprintf(p, sizeof p, "/%.150s", it->string);
-            tl_reply_problem(r, 422, "UNKNOWN_FIELD", p, "unknown field");
+            tld_reply_problem(r, 422, "UNKNOWN_FIELD", p, "unknown field");
             return -1;
         }
     }
     return 0;
 }
 
-static void h_model_register(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_model_register(tld_req *r, void *u) {
+    tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
     static const char *const keys[] = {"name", "job_id", "checkpoint", "ema", "max_batch", "max_delay_ms",
                                        "max_queue", NULL};
-    tl_register_req q = {.ema = -1, .max_delay_ms = -1};
+    tld_register_req q = {.ema = -1, .max_delay_ms = -1};
     char ckpt[32] = "best";
     long long v;
     if (only_keys(r, o, keys) != 0) goto done;
     cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
     if (!cJSON_IsString(name)) {
-        tl_reply_problem(r, 422, "INVALID_FIELD", "/name", name ? "must be a string" : "required");
+        tld_reply_problem(r, 422, "INVALID_FIELD", "/name", name ? "must be a string" : "required");
         goto done;
     }
     q.name = name->valuestring;
     if (!cJSON_GetObjectItemCaseSensitive(o, "job_id")) {
-        tl_reply_problem(r, 422, "INVALID_FIELD", "/job_id", "required");
+        tld_reply_problem(r, 422, "INVALID_FIELD", "/job_id", "required");
         goto done;
     }
     if (json_int(r, o, "job_id", 1, INT64_MAX / 2, &v) < 0) goto done;
@@ -264,7 +264,7 @@ static void h_model_register(tl_req *r, void *u) {
                    ck->valuedouble < 9e15) {
             snprintf(ckpt, sizeof ckpt, "%lld", (long long)ck->valuedouble);
         } else {
-            tl_reply_problem(r, 422, "INVALID_FIELD", "/checkpoint", "must be \"best\", \"last\" or a step number");
+            tld_reply_problem(r, 422, "INVALID_FIELD", "/checkpoint", "must be \"best\", \"last\" or a step number");
             goto done;
         }
     }
@@ -272,7 +272,7 @@ static void h_model_register(tl_req *r, void *u) {
     cJSON *ema = cJSON_GetObjectItemCaseSensitive(o, "ema");
     if (ema) {
         if (!cJSON_IsBool(ema)) {
-            tl_reply_problem(r, 422, "INVALID_FIELD", "/ema", "must be true or false");
+            tld_reply_problem(r, 422, "INVALID_FIELD", "/ema", "must be true or false");
             goto done;
         }
         q.ema = cJSON_IsTrue(ema);
@@ -283,8 +283,8 @@ static void h_model_register(tl_req *r, void *u) {
     if (cJSON_GetObjectItemCaseSensitive(o, "max_delay_ms")) q.max_delay_ms = (int)v;
     if (json_int(r, o, "max_queue", 1, 4096, &v) < 0) goto done;
     if (cJSON_GetObjectItemCaseSensitive(o, "max_queue")) q.max_queue = (int)v;
-    tl_models_error e;
-    if (tl_models_register_job(R->models, &q, &e) != 0) {
+    tld_models_error e;
+    if (tld_models_register_job(R->models, &q, &e) != 0) {
         reply_models_error(r, &e);
         goto done;
     }
@@ -293,12 +293,12 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_put(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_model_put(tld_req *r, void *u) {
+    tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
     if (strcmp(mt, "application/octet-stream") != 0 && strcmp(mt, "application/vnd.safetensors") != 0) {
-        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL,
+        tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL,
                          "send the safetensors file as application/octet-stream");
         return;
     }
@@ -307,17 +307,17 @@ static void h_model_put(tl_req *r, void *u) {
         query_int(r, "max_queue", 1, 4096, 0, &mq))
         return;
     size_t len;
-    const char *body = tl_req_body(r, &len);
+    const char *body = tld_req_body(r, &len);
     int created = 0;
-    tl_models_error e;
-    const char *name = tl_req_param(r, "name");
-    if (tl_models_upload(R->models, name, body, len, (int)mb, (int)md, (int)mq, &created, &e) != 0)
+    tld_models_error e;
+    const char *name = tld_req_param(r, "name");
+    if (tld_models_upload(R->models, name, body, len, (int)mb, (int)md, (int)mq, &created, &e) != 0)
         return reply_models_error(r, &e);
     reply_model(r, R, name, created ? 201 : 200);
 }
 
-static void h_model_patch(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_model_patch(tld_req *r, void *u) {
+    tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
     static const char *const keys[] = {"labels", "max_batch", "max_delay_ms", "max_queue", NULL};
@@ -330,13 +330,13 @@ static void h_model_patch(tl_req *r, void *u) {
     if (l) {
         labels = cJSON_PrintUnformatted(l);
         if (!labels) {
-            tl_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
+            tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
             goto done;
         }
     }
-    tl_models_error e;
-    const char *name = tl_req_param(r, "name");
-    if (tl_models_update(R->models, name, labels, (int)mb, (int)md, (int)mq, &e) != 0) {
+    tld_models_error e;
+    const char *name = tld_req_param(r, "name");
+    if (tld_models_update(R->models, name, labels, (int)mb, (int)md, (int)mq, &e) != 0) {
         reply_models_error(r, &e);
         goto done;
     }
@@ -346,11 +346,11 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_delete(tl_req *r, void *u) {
-    tl_routes *R = u;
-    tl_models_error e;
-    if (tl_models_delete(R->models, tl_req_param(r, "name"), &e) != 0) return reply_models_error(r, &e);
-    tl_reply_bytes(r, 204, "application/json", "", 0);
+static void h_model_delete(tld_req *r, void *u) {
+    tld_routes *R = u;
+    tld_models_error e;
+    if (tld_models_delete(R->models, tld_req_param(r, "name"), &e) != 0) return reply_models_error(r, &e);
+    tld_reply_bytes(r, 204, "application/json", "", 0);
 }
 
 /* ------------------------------------------------------------------ predict */
@@ -358,15 +358,15 @@ static void h_model_delete(tl_req *r, void *u) {
 typedef struct {
     char filename[256];
     int ok;                    /* decoded and queued */
-    tl_models_error err;       /* when !ok */
+    tld_models_error err;       /* when !ok */
     double decode_ms;
-    tl_infer_out out;
+    tld_infer_out out;
 } image_job;
 
 /* Decodes one JPEG and applies the model's evaluation transform into dst (3,S,S). */
-static int prepare(tl_model_ref *m, const uint8_t *jpeg, size_t len, float *dst, tl_models_error *e) {
-    int S = tl_model_ref_size(m);
-    float crop = tl_model_ref_crop_pct(m);
+static int prepare(tld_model_ref *m, const uint8_t *jpeg, size_t len, float *dst, tld_models_error *e) {
+    int S = tld_model_ref_size(m);
+    float crop = tld_model_ref_crop_pct(m);
     tl_image im;
     tl_image_status st;
     char err[TL_ERR_LEN];
@@ -390,8 +390,8 @@ static int prepare(tl_model_ref *m, const uint8_t *jpeg, size_t len, float *dst,
     return 0;
 }
 
-static void write_result(sb *b, tl_model_ref *m, const image_job *j, int top_k, int tokens) {
-    int K = tl_model_ref_classes(m), g = tl_model_ref_grid(m);
+static void write_result(sb *b, tld_model_ref *m, const image_job *j, int top_k, int tokens) {
+    int K = tld_model_ref_classes(m), g = tld_model_ref_grid(m);
     int idx[64];
     int k = top_k < K ? top_k : K;
     /* top-k by selection (k <= 64) */
@@ -407,7 +407,7 @@ static void write_result(sb *b, tl_model_ref *m, const image_job *j, int top_k, 
     sb_printf(b, "\"predictions\":[");
     for (int i = 0; i < k; i++) {
         sb_printf(b, "%s{\"index\":%d,\"label\":", i ? "," : "", idx[i]);
-        sb_str(b, tl_model_ref_label(m, idx[i]));
+        sb_str(b, tld_model_ref_label(m, idx[i]));
         sb_printf(b, ",\"score\":%.6g}", jprob(j->out.probs[idx[i]]));
     }
     sb_printf(b, "]");
@@ -422,7 +422,7 @@ static void write_result(sb *b, tl_model_ref *m, const image_job *j, int top_k, 
               j->out.queue_ms, j->out.infer_ms, j->out.batch);
 }
 
-static void write_error(sb *b, const tl_models_error *e) {
+static void write_error(sb *b, const tld_models_error *e) {
     sb_printf(b, "\"error\":{\"type\":\"about:blank\",\"title\":");
     const char *reason = MHD_get_reason_phrase_for((unsigned)e->status);
     sb_str(b, reason && reason[0] ? reason : e->code);
@@ -433,13 +433,13 @@ static void write_error(sb *b, const tl_models_error *e) {
     sb_printf(b, "}");
 }
 
-static void h_predict(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_predict(tld_req *r, void *u) {
+    tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
     int multipart = strcmp(mt, "multipart/form-data") == 0;
     if (!multipart && strcmp(mt, "image/jpeg") != 0) {
-        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL,
+        tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL,
                          "send one JPEG as image/jpeg, or several as multipart/form-data (got %s)",
                          mt[0] ? mt : "no Content-Type");
         return;
@@ -450,42 +450,42 @@ static void h_predict(tl_req *r, void *u) {
         query_int(r, "timeout_ms", 1, PREDICT_TIMEOUT_MAX_MS, PREDICT_TIMEOUT_MS, &timeout))
         return;
     size_t len;
-    const uint8_t *body = (const uint8_t *)tl_req_body(r, &len);
+    const uint8_t *body = (const uint8_t *)tld_req_body(r, &len);
     if (len == 0) {
-        tl_reply_problem(r, 400, "EMPTY_BODY", NULL, "the body is empty; send a JPEG");
+        tld_reply_problem(r, 400, "EMPTY_BODY", NULL, "the body is empty; send a JPEG");
         return;
     }
-    int64_t deadline = tl_models_now_ms() + timeout;
-    tl_part parts[PREDICT_MAX_IMAGES];
+    int64_t deadline = tld_models_now_ms() + timeout;
+    tld_part parts[PREDICT_MAX_IMAGES];
     int n = 1;
     if (multipart) {
         char err[256];
-        n = tl_multipart_parse(tl_req_header(r, "Content-Type"), body, len, parts, PREDICT_MAX_IMAGES, err, sizeof err);
+        n = tld_multipart_parse(tld_req_header(r, "Content-Type"), body, len, parts, PREDICT_MAX_IMAGES, err, sizeof err);
         if (n < 0) {
-            tl_reply_problem(r, 400, "BAD_MULTIPART", NULL, "%s", err);
+            tld_reply_problem(r, 400, "BAD_MULTIPART", NULL, "%s", err);
             return;
         }
         if (n == 0) {
-            tl_reply_problem(r, 400, "EMPTY_BODY", NULL, "the multipart body holds no part; send one or more JPEGs");
+            tld_reply_problem(r, 400, "EMPTY_BODY", NULL, "the multipart body holds no part; send one or more JPEGs");
             return;
         }
     }
-    tl_models_error e;
-    tl_model_ref *m = tl_models_acquire(R->models, tl_req_param(r, "name"), &e);
+    tld_models_error e;
+    tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
-    int S = tl_model_ref_size(m), K = tl_model_ref_classes(m), g = tl_model_ref_grid(m);
+    int S = tld_model_ref_size(m), K = tld_model_ref_classes(m), g = tld_model_ref_grid(m);
     size_t img = (size_t)3 * S * S;
     image_job *jobs = calloc((size_t)n, sizeof *jobs);
     float *in = malloc(sizeof(float) * img * (size_t)n);
     float *probs = malloc(sizeof(float) * (size_t)K * (size_t)n);
     int32_t *tix = malloc(sizeof(int32_t) * (size_t)g * g * (size_t)n);
     float *tpr = malloc(sizeof(float) * (size_t)g * g * (size_t)n);
-    tl_infer_out *outs = calloc((size_t)n, sizeof *outs);
+    tld_infer_out *outs = calloc((size_t)n, sizeof *outs);
     int *which = calloc((size_t)n, sizeof *which);
     sb b = {0};
     if (!jobs || !in || !probs || !tix || !tpr || !outs || !which) {
-        tl_models_release(m);
-        tl_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory for %d images", n);
+        tld_models_release(m);
+        tld_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory for %d images", n);
         goto done;
     }
     int queued = 0;
@@ -506,25 +506,25 @@ static void h_predict(tl_req *r, void *u) {
         }
         j->decode_ms = mono_ms() - t0;
         j->ok = 1;
-        tl_infer_out *o = &outs[queued];
+        tld_infer_out *o = &outs[queued];
         o->probs = probs + (size_t)K * queued;
         o->tok_index = tokens ? tix + (size_t)g * g * queued : NULL;
         o->tok_prob = tpr + (size_t)g * g * queued;
         which[queued++] = i;
     }
     if (!multipart && !jobs[0].ok) {
-        tl_models_release(m);
+        tld_models_release(m);
         reply_models_error(r, &jobs[0].err);
         goto done;
     }
-    if (queued > 0 && tl_models_infer(m, in, queued, outs, deadline, &e) != 0) {
-        tl_models_release(m);
+    if (queued > 0 && tld_models_infer(m, in, queued, outs, deadline, &e) != 0) {
+        tld_models_release(m);
         reply_models_error(r, &e);
         goto done;
     }
     for (int q = 0; q < queued; q++) jobs[which[q]].out = outs[q];
     sb_printf(&b, "{\"model\":");
-    sb_str(&b, tl_model_ref_name(m));
+    sb_str(&b, tld_model_ref_name(m));
     if (!multipart) {
         sb_printf(&b, ",");
         write_result(&b, m, &jobs[0], (int)top_k, tokens);
@@ -543,11 +543,11 @@ static void h_predict(tl_req *r, void *u) {
         sb_printf(&b, "]");
     }
     sb_printf(&b, "}");
-    tl_models_release(m);
+    tld_models_release(m);
     if (b.oom)
-        tl_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory writing the answer");
+        tld_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory writing the answer");
     else
-        tl_reply_json(r, 200, b.buf);
+        tld_reply_json(r, 200, b.buf);
 done:
     free(b.buf);
     free(jobs);
@@ -561,104 +561,104 @@ done:
 
 /* ------------------------------------------------------------------ KServe v2 */
 
-static void h_v2_server(tl_req *r, void *u) {
+static void h_v2_server(tld_req *r, void *u) {
     (void)u;
-    tl_reply_json(r, 200, "{\"name\":\"tokenlabd\",\"version\":\"" TL_VERSION "\",\"extensions\":[\"classification\"]}");
+    tld_reply_json(r, 200, "{\"name\":\"tokenlabd\",\"version\":\"" TL_VERSION "\",\"extensions\":[\"classification\"]}");
 }
 
-static void h_v2_live(tl_req *r, void *u) {
+static void h_v2_live(tld_req *r, void *u) {
     (void)u;
-    tl_reply_json(r, 200, "{\"live\":true}");
+    tld_reply_json(r, 200, "{\"live\":true}");
 }
 
-static void h_v2_ready(tl_req *r, void *u) {
-    tl_routes *R = u;
-    int64_t counts[TL_JOB_NSTATES];
-    int ready = tl_store_job_counts(R->store, counts) == 0 && tl_models_all_loaded(R->models);
-    tl_reply_json(r, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
+static void h_v2_ready(tld_req *r, void *u) {
+    tld_routes *R = u;
+    int64_t counts[TLD_JOB_NSTATES];
+    int ready = tld_store_job_counts(R->store, counts) == 0 && tld_models_all_loaded(R->models);
+    tld_reply_json(r, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
 }
 
-static void h_v2_model(tl_req *r, void *u) {
-    tl_routes *R = u;
-    tl_models_error e;
-    tl_model_ref *m = tl_models_acquire(R->models, tl_req_param(r, "name"), &e);
+static void h_v2_model(tld_req *r, void *u) {
+    tld_routes *R = u;
+    tld_models_error e;
+    tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
-    int S = tl_model_ref_size(m), K = tl_model_ref_classes(m);
+    int S = tld_model_ref_size(m), K = tld_model_ref_classes(m);
     sb b = {0};
     sb_printf(&b, "{\"name\":");
-    sb_str(&b, tl_model_ref_name(m));
+    sb_str(&b, tld_model_ref_name(m));
     sb_printf(&b,
               ",\"versions\":[\"1\"],\"platform\":\"tokenlab_lvvit\","
               "\"inputs\":[{\"name\":\"image\",\"datatype\":\"UINT8\",\"shape\":[-1,-1,-1,3]},"
               "{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[-1,3,%d,%d]}],"
               "\"outputs\":[{\"name\":\"scores\",\"datatype\":\"FP32\",\"shape\":[-1,%d]}]}",
               S, S, K);
-    tl_models_release(m);
-    if (b.oom) tl_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory");
-    else tl_reply_json(r, 200, b.buf);
+    tld_models_release(m);
+    if (b.oom) tld_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory");
+    else tld_reply_json(r, 200, b.buf);
     free(b.buf);
 }
 
-static void h_v2_model_ready(tl_req *r, void *u) {
-    tl_routes *R = u;
-    tl_models_error e;
-    tl_model_ref *m = tl_models_acquire(R->models, tl_req_param(r, "name"), &e);
+static void h_v2_model_ready(tld_req *r, void *u) {
+    tld_routes *R = u;
+    tld_models_error e;
+    tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
-    tl_models_release(m);
-    tl_reply_json(r, 200, "{\"ready\":true}");
+    tld_models_release(m);
+    tld_reply_json(r, 200, "{\"ready\":true}");
 }
 
-static void h_v2_infer(tl_req *r, void *u) {
-    tl_routes *R = u;
+static void h_v2_infer(tld_req *r, void *u) {
+    tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
     if (strcmp(mt, "application/json") != 0) {
-        tl_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the inference request as application/json");
+        tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the inference request as application/json");
         return;
     }
     size_t len;
-    const char *body = tl_req_body(r, &len);
-    tl_ks_request q;
+    const char *body = tld_req_body(r, &len);
+    tld_ks_request q;
     char ptr[128] = "", err[512] = "";
-    if (tl_kserve_parse(body, len, KSERVE_MAX_ELEMS, &q, ptr, sizeof ptr, err, sizeof err) != 0) {
-        tl_reply_problem(r, 400, "INVALID_INFER_REQUEST", ptr[0] ? ptr : NULL, "%s", err);
+    if (tld_kserve_parse(body, len, KSERVE_MAX_ELEMS, &q, ptr, sizeof ptr, err, sizeof err) != 0) {
+        tld_reply_problem(r, 400, "INVALID_INFER_REQUEST", ptr[0] ? ptr : NULL, "%s", err);
         return;
     }
-    tl_models_error e;
+    tld_models_error e;
     float *in = NULL, *probs = NULL, *logits = NULL;
-    tl_infer_out *outs = NULL;
+    tld_infer_out *outs = NULL;
     char *resp = NULL;
-    tl_model_ref *m = tl_models_acquire(R->models, tl_req_param(r, "name"), &e);
+    tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) {
         reply_models_error(r, &e);
         goto done;
     }
-    int S = tl_model_ref_size(m), K = tl_model_ref_classes(m), n = q.n;
+    int S = tld_model_ref_size(m), K = tld_model_ref_classes(m), n = q.n;
     size_t img = (size_t)3 * S * S;
-    if (q.layout == TL_KS_FP32_NCHW && (q.h != S || q.w != S)) {
-        tl_reply_problem(r, 400, "INVALID_INFER_REQUEST", "/inputs/0/shape",
+    if (q.layout == TLD_KS_FP32_NCHW && (q.h != S || q.w != S)) {
+        tld_reply_problem(r, 400, "INVALID_INFER_REQUEST", "/inputs/0/shape",
                          "FP32 input must be [N,3,%d,%d] for this model (got H=%d, W=%d)", S, S, q.h, q.w);
         goto done;
     }
     probs = malloc(sizeof(float) * (size_t)K * n);
     logits = malloc(sizeof(float) * (size_t)K * n);
     outs = calloc((size_t)n, sizeof *outs);
-    if (q.layout == TL_KS_UINT8_NHWC) in = malloc(sizeof(float) * img * n);
-    if (!probs || !logits || !outs || (q.layout == TL_KS_UINT8_NHWC && !in)) {
-        tl_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory for %d images", n);
+    if (q.layout == TLD_KS_UINT8_NHWC) in = malloc(sizeof(float) * img * n);
+    if (!probs || !logits || !outs || (q.layout == TLD_KS_UINT8_NHWC && !in)) {
+        tld_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory for %d images", n);
         goto done;
     }
-    if (q.layout == TL_KS_UINT8_NHWC) {
+    if (q.layout == TLD_KS_UINT8_NHWC) {
         for (int i = 0; i < n; i++) {
             tl_image im = {q.w, q.h, q.u8 + (size_t)q.h * q.w * 3 * i};
-            tl_transform_eval(&im, S, tl_model_ref_crop_pct(m), in + img * i, NULL);
+            tl_transform_eval(&im, S, tld_model_ref_crop_pct(m), in + img * i, NULL);
         }
     }
     for (int i = 0; i < n; i++) {
         outs[i].probs = probs + (size_t)K * i;
         outs[i].logits = logits + (size_t)K * i;
     }
-    if (tl_models_infer(m, q.layout == TL_KS_UINT8_NHWC ? in : q.f32, n, outs, tl_models_now_ms() + PREDICT_TIMEOUT_MS,
+    if (tld_models_infer(m, q.layout == TLD_KS_UINT8_NHWC ? in : q.f32, n, outs, tld_models_now_ms() + PREDICT_TIMEOUT_MS,
                         &e) != 0) {
         reply_models_error(r, &e);
         goto done;
@@ -666,40 +666,40 @@ static void h_v2_infer(tl_req *r, void *u) {
     {
         const char **labels = malloc(sizeof *labels * (size_t)K);
         if (labels)
-            for (int c = 0; c < K; c++) labels[c] = tl_model_ref_label(m, c);
+            for (int c = 0; c < K; c++) labels[c] = tld_model_ref_label(m, c);
         int cls = q.classification > K ? K : q.classification;
-        resp = tl_kserve_response(tl_model_ref_name(m), q.id, n, K, logits, labels, cls, q.output_name);
+        resp = tld_kserve_response(tld_model_ref_name(m), q.id, n, K, logits, labels, cls, q.output_name);
         free(labels);
     }
     if (!resp)
-        tl_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory writing the answer");
+        tld_reply_problem(r, 503, "OUT_OF_MEMORY", NULL, "out of memory writing the answer");
     else
-        tl_reply_json(r, 200, resp);
+        tld_reply_json(r, 200, resp);
 done:
-    if (m) tl_models_release(m);
+    if (m) tld_models_release(m);
     free(resp);
     free(in);
     free(probs);
     free(logits);
     free(outs);
-    tl_kserve_request_free(&q);
+    tld_kserve_request_free(&q);
 }
 
 /* ------------------------------------------------------------------ table */
 
-const tl_route_def tl_model_routes[] = {
-    {"GET", "/api/v1/models", TL_AUTH_PUBLIC, h_models_list, 0},
-    {"POST", "/api/v1/models", TL_AUTH_TOKEN, h_model_register, 0},
-    {"GET", "/api/v1/models/{name}", TL_AUTH_PUBLIC, h_model_get, 0},
-    {"PUT", "/api/v1/models/{name}", TL_AUTH_TOKEN, h_model_put, TL_MODEL_UPLOAD_MAX},
-    {"PATCH", "/api/v1/models/{name}", TL_AUTH_TOKEN, h_model_patch, 0},
-    {"DELETE", "/api/v1/models/{name}", TL_AUTH_TOKEN, h_model_delete, 0},
-    {"POST", "/api/v1/models/{name}/predict", TL_AUTH_PUBLIC, h_predict, 0},
-    {"GET", "/v2", TL_AUTH_PUBLIC, h_v2_server, 0},
-    {"GET", "/v2/health/live", TL_AUTH_PUBLIC, h_v2_live, 0},
-    {"GET", "/v2/health/ready", TL_AUTH_PUBLIC, h_v2_ready, 0},
-    {"GET", "/v2/models/{name}", TL_AUTH_PUBLIC, h_v2_model, 0},
-    {"GET", "/v2/models/{name}/ready", TL_AUTH_PUBLIC, h_v2_model_ready, 0},
-    {"POST", "/v2/models/{name}/infer", TL_AUTH_PUBLIC, h_v2_infer, 0},
-    {NULL, NULL, TL_AUTH_PUBLIC, NULL, 0},
+const tld_route_def tld_model_routes[] = {
+    {"GET", "/api/v1/models", TLD_AUTH_PUBLIC, h_models_list, 0},
+    {"POST", "/api/v1/models", TLD_AUTH_TOKEN, h_model_register, 0},
+    {"GET", "/api/v1/models/{name}", TLD_AUTH_PUBLIC, h_model_get, 0},
+    {"PUT", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_put, TLD_MODEL_UPLOAD_MAX},
+    {"PATCH", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_patch, 0},
+    {"DELETE", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_delete, 0},
+    {"POST", "/api/v1/models/{name}/predict", TLD_AUTH_PUBLIC, h_predict, 0},
+    {"GET", "/v2", TLD_AUTH_PUBLIC, h_v2_server, 0},
+    {"GET", "/v2/health/live", TLD_AUTH_PUBLIC, h_v2_live, 0},
+    {"GET", "/v2/health/ready", TLD_AUTH_PUBLIC, h_v2_ready, 0},
+    {"GET", "/v2/models/{name}", TLD_AUTH_PUBLIC, h_v2_model, 0},
+    {"GET", "/v2/models/{name}/ready", TLD_AUTH_PUBLIC, h_v2_model_ready, 0},
+    {"POST", "/v2/models/{name}/infer", TLD_AUTH_PUBLIC, h_v2_infer, 0},
+    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
 };

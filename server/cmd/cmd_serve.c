@@ -31,7 +31,7 @@
 #include "http/static.h"
 #include "store/store.h"
 
-extern const char tl_openapi_json[]; /* generated from schema/openapi.json at build time */
+extern const char tld_openapi_json[]; /* generated from schema/openapi.json at build time */
 
 static volatile sig_atomic_t g_quit;
 static void on_signal(int sig) {
@@ -219,11 +219,11 @@ int cmd_serve(int argc, char **argv) {
     int rc = parse_args(&c, argc, argv);
     if (rc != 0) return rc > 0 ? 0 : 2;
     char err[1024], token_path[1100], db_path[1100];
-    tl_store *store = NULL;
-    tl_events *events = NULL;
-    tl_jobs *jobs = NULL;
-    tl_models *models = NULL;
-    tl_http *http = NULL;
+    tld_store *store = NULL;
+    tld_events *events = NULL;
+    tld_jobs *jobs = NULL;
+    tld_models *models = NULL;
+    tld_http *http = NULL;
     int status = 1;
     if (mkdir(c.state_dir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "tokenlabd serve: cannot create state folder %s: %s\n", c.state_dir, strerror(errno));
@@ -240,36 +240,36 @@ int cmd_serve(int argc, char **argv) {
         return 1;
     }
     snprintf(db_path, sizeof db_path, "%s/tokenlab.db", c.state_dir);
-    store = tl_store_open(db_path, err, sizeof err);
+    store = tld_store_open(db_path, err, sizeof err);
     if (!store) {
         fprintf(stderr, "tokenlabd serve: store: %s\n", err);
         goto fail;
     }
-    events = tl_events_new(65536);
+    events = tld_events_new(65536);
     if (!events) {
         fprintf(stderr, "tokenlabd serve: out of memory for the event bus\n");
         goto fail;
     }
-    tl_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3};
-    jobs = tl_jobs_new(&jc, store, events, err, sizeof err);
+    tld_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3};
+    jobs = tld_jobs_new(&jc, store, events, err, sizeof err);
     if (!jobs) {
         fprintf(stderr, "tokenlabd serve: jobs: %s\n", err);
         goto fail;
     }
-    tl_models_cfg mc = {c.state_dir, c.data_root, store, 0};
-    models = tl_models_new(&mc, err, sizeof err);
+    tld_models_cfg mc = {c.state_dir, c.data_root, store, 0};
+    models = tld_models_new(&mc, err, sizeof err);
     if (!models) {
         fprintf(stderr, "tokenlabd serve: models: %s\n", err);
         goto fail;
     }
-    tl_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL};
-    http = tl_http_new(&hc, err, sizeof err);
+    tld_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL};
+    http = tld_http_new(&hc, err, sizeof err);
     if (!http) {
         fprintf(stderr, "tokenlabd serve: http: %s\n", err);
         goto fail;
     }
-    static tl_routes routes;
-    routes = (tl_routes){http, store, events, jobs, models, tl_openapi_json, (size_t)c.max_body, c.max_running,
+    static tld_routes routes;
+    routes = (tld_routes){http, store, events, jobs, models, tld_openapi_json, (size_t)c.max_body, c.max_running,
                          c.threads_per_job, c.data_root};
     /* the dashboard: an explicit --web-dir must work; the build's default may be absent */
 #ifdef TL_WEB_DIST
@@ -278,16 +278,16 @@ int cmd_serve(int argc, char **argv) {
     const char *web_dir = c.web_dir[0] ? c.web_dir : NULL;
 #endif
     char web_err[1200] = "no web folder configured (--web-dir)";
-    int web_ok = web_dir && tl_static_init(http, web_dir, web_err, sizeof web_err) == 0;
+    int web_ok = web_dir && tld_static_init(http, web_dir, web_err, sizeof web_err) == 0;
     if (!web_ok && c.web_dir[0]) {
         fprintf(stderr, "tokenlabd serve: dashboard: %s\n", web_err);
         goto fail;
     }
-    if (tl_datasets_register(http, c.data_root) != 0) {
+    if (tld_datasets_register(http, c.data_root) != 0) {
         fprintf(stderr, "tokenlabd serve: cannot register /api/v1/datasets\n");
         goto fail;
     }
-    if (tl_routes_register(&routes) != 0 || tl_http_start(http, err, sizeof err) != 0) {
+    if (tld_routes_register(&routes) != 0 || tld_http_start(http, err, sizeof err) != 0) {
         fprintf(stderr, "tokenlabd serve: cannot listen on %s:%d: %s\n", c.bind, c.port, err);
         goto fail;
     }
@@ -297,8 +297,8 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
-           TL_VERSION, c.bind, tl_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
-    if (web_ok) printf("dashboard: http://%s:%d/ (files from %s)\n", c.bind, tl_http_port(http), web_dir);
+           TL_VERSION, c.bind, tld_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    if (web_ok) printf("dashboard: http://%s:%d/ (files from %s)\n", c.bind, tld_http_port(http), web_dir);
     else printf("dashboard: not served: %s\n", web_err);
     fflush(stdout);
     while (!g_quit) {
@@ -309,15 +309,15 @@ int cmd_serve(int argc, char **argv) {
     fflush(stdout);
     status = 0;
 fail:
-    if (events) tl_events_close(events);
-    if (jobs) tl_jobs_shutdown(jobs);
+    if (events) tld_events_close(events);
+    if (jobs) tld_jobs_shutdown(jobs);
     if (http) { /* requests waiting for a batch finish first: the batchers still run */
-        tl_http_stop(http);
-        tl_http_free(http);
+        tld_http_stop(http);
+        tld_http_free(http);
     }
-    tl_models_free(models);
-    tl_jobs_free(jobs);
-    tl_events_free(events);
-    tl_store_close(store);
+    tld_models_free(models);
+    tld_jobs_free(jobs);
+    tld_events_free(events);
+    tld_store_close(store);
     return status;
 }

@@ -2,8 +2,8 @@
  * commands.h: tokenlabd's subcommands, each in its own file. argv excludes
  * the program and subcommand names. Each returns the process exit code.
  */
-#ifndef TL_COMMANDS_H
-#define TL_COMMANDS_H
+#ifndef TLD_COMMANDS_H
+#define TLD_COMMANDS_H
 
 int cmd_run(int argc, char **argv);    /* cmd_run.c */
 int cmd_synth(int argc, char **argv);  /* cmd_synth.c */

@@ -2,23 +2,23 @@
  * http.c: tokenlabd's HTTP layer on libmicrohttpd 0.9.75 (interface: http.h).
  *
  * Owns:
- *   - tl_http: copies of the configuration strings, the allowed Host names,
+ *   - tld_http: copies of the configuration strings, the allowed Host names,
  *     the route table (patterns split into segments; immutable once
  *     started), the MHD daemon, the request counters (a fixed table under a
- *     mutex) and the last log line (kept so tl_http_start can report why MHD
+ *     mutex) and the last log line (kept so tld_http_start can report why MHD
  *     refused to start).
- *   - tl_req: one per request, created by the first access-handler call and
+ *   - tld_req: one per request, created by the first access-handler call and
  *     freed by MHD's request-completed callback: a copy of the path split
  *     into segments (the {param} values point into it), the body received so
- *     far, the headers queued by tl_reply_header and the response a handler
+ *     far, the headers queued by tld_reply_header and the response a handler
  *     built (queued once the handler returns).
- *   - http_stream: one per tl_reply_stream, owned by the MHD response; MHD's
+ *   - http_stream: one per tld_reply_stream, owned by the MHD response; MHD's
  *     free callback releases it and calls the caller's free_fn.
- * Threads: tl_http_new/route/fallback/start/stop/free/port run on the
+ * Threads: tld_http_new/route/fallback/start/stop/free/port run on the
  * owner's thread. MHD runs a listening thread and one thread per connection
  * (MHD_USE_THREAD_PER_CONNECTION); the access handler, the handlers,
- * tl_req_* / tl_reply_* and the stream callbacks run on the connection's
- * thread, so a tl_req is never shared. Shared between threads: the
+ * tld_req_* / tld_reply_* and the stream callbacks run on the connection's
+ * thread, so a tld_req is never shared. Shared between threads: the
  * configuration and routes (read-only while started), the counters
  * (counter_mu), the last log line (log_mu) and the stopping flag (atomic).
  *
@@ -27,7 +27,7 @@
  *     localhost, 127.0.0.1, [::1] or an extra host: 403 HOST_NOT_ALLOWED),
  *     done before routing so a page on a rebound name learns nothing, then
  *     the route (404 NOT_FOUND; 405 METHOD_NOT_ALLOWED with Allow if another
- *     method has the path), the bearer token of TL_AUTH_TOKEN routes (401
+ *     method has the path), the bearer token of TLD_AUTH_TOKEN routes (401
  *     UNAUTHENTICATED with WWW-Authenticate: Bearer; 403 FORBIDDEN), and
  *     Content-Length against max_body (413 BODY_TOO_LARGE). A rejection is
  *     queued at once: MHD then sends no "100 Continue", never reads the body
@@ -45,10 +45,10 @@
  * HEAD is routed as GET when no HEAD route matches (MHD sends no body).
  * The fallback gets every request that no route matches, whatever its path
  * (405 still wins when another method has the path); it is public. Without a
- * configured token, TL_AUTH_TOKEN routes refuse every request (403). Paths
+ * configured token, TLD_AUTH_TOKEN routes refuse every request (403). Paths
  * reach the router percent-decoded by MHD, so a {param} never holds a '/'.
  * Handlers reply before they return (the response is queued afterwards);
- * a Cache-Control set with tl_reply_header replaces the default no-store.
+ * a Cache-Control set with tld_reply_header replaces the default no-store.
  * Counted per (method, route pattern, status) when a reply is queued;
  * requests matching no route (and those refused by the Host check, which
  * comes first) count under "unmatched", those given to the fallback under
@@ -59,14 +59,14 @@
  * Streams: MHD calls the reader on the connection's thread and a return of 0
  * would make it spin, so the wrapper blocks instead: while fn returns 0 it
  * waits 25 ms (in poll() on the socket, to notice a client that hung up) and
- * asks again, ending the stream when the client is gone, when tl_http_stop
+ * asks again, ending the stream when the client is gone, when tld_http_stop
  * runs, or when fn has produced nothing for timeout_s (the idle timeout,
  * as for any connection; Server-Sent Event handlers send comments to keep a
  * quiet stream open). The stopping flag is read between calls of fn, so fn
- * must not block for long: tl_http_stop waits for it.
+ * must not block for long: tld_http_stop waits for it.
  *
  * Logging: to stderr with a "tokenlabd http: " prefix, unless the variable
- * TL_HTTP_QUIET is set in the environment when tl_http_new runs (tests).
+ * TL_HTTP_QUIET is set in the environment when tld_http_new runs (tests).
  */
 #include "http/http.h"
 
@@ -90,7 +90,7 @@
 #define HTTP_MAX_SEGS 16            /* path segments a route pattern may have */
 #define HTTP_MAX_PARAMS 8           /* {param} segments per route */
 #define HTTP_MAX_METHOD 16
-#define HTTP_MAX_REPLY_HEADERS 16   /* tl_reply_header calls per reply */
+#define HTTP_MAX_REPLY_HEADERS 16   /* tld_reply_header calls per reply */
 #define HTTP_NCOUNTERS 128          /* the last slot takes whatever does not fit */
 #define HTTP_MEMORY_LIMIT ((size_t)64 * 1024) /* per connection: headers, read and write buffers */
 #define HTTP_STREAM_BLOCK ((size_t)16 * 1024)
@@ -112,10 +112,10 @@ typedef struct {
     unsigned char is_param[HTTP_MAX_SEGS];
     int nsegs;
     uint32_t literal_mask;         /* bit (31 - i) set for a literal segment i: more specific wins */
-    tl_auth auth;
-    tl_handler fn;
+    tld_auth auth;
+    tld_handler fn;
     void *user;
-    size_t max_body;               /* this route's body limit (tl_http_route_limit), else the daemon's */
+    size_t max_body;               /* this route's body limit (tld_http_route_limit), else the daemon's */
 } http_route;
 
 typedef struct {
@@ -125,12 +125,12 @@ typedef struct {
     uint64_t n;
 } http_counter;
 
-struct tl_http {
+struct tld_http {
     char *bind_addr;
     int port;                      /* configured; the bound one once started */
     int max_connections, timeout_s;
     size_t max_body;
-    char *token;                   /* NULL: no token configured, TL_AUTH_TOKEN routes are refused */
+    char *token;                   /* NULL: no token configured, TLD_AUTH_TOKEN routes are refused */
     size_t token_len;
     char **hosts;                  /* allowed Host names (without port), NULL-terminated */
     struct sockaddr_storage addr;
@@ -140,7 +140,7 @@ struct tl_http {
 
     http_route *routes;
     int nroutes, route_cap;
-    tl_handler fallback;
+    tld_handler fallback;
     void *fallback_user;
 
     struct MHD_Daemon *daemon;
@@ -154,10 +154,10 @@ struct tl_http {
     char last_log[HTTP_LOG_MAX];
 };
 
-struct tl_req {
-    tl_http *h;
+struct tld_req {
+    tld_http *h;
     struct MHD_Connection *conn;
-    char method[HTTP_MAX_METHOD];  /* truncated copy, for counters and tl_req_method */
+    char method[HTTP_MAX_METHOD];  /* truncated copy, for counters and tld_req_method */
     const char *method_full;       /* MHD's, valid for the request */
     char *path;
     char *segbuf;
@@ -165,7 +165,7 @@ struct tl_req {
     int nsegs;                     /* -1: the path does not split into at most HTTP_MAX_SEGS */
     const http_route *route;       /* NULL: fallback or unmatched */
     const char *label;             /* counters' route label */
-    tl_handler fn;
+    tld_handler fn;
     void *user;
     int nparams;
     const char *pnames[HTTP_MAX_PARAMS], *pvals[HTTP_MAX_PARAMS];
@@ -179,15 +179,15 @@ struct tl_req {
 
     char *hnames[HTTP_MAX_REPLY_HEADERS], *hvals[HTTP_MAX_REPLY_HEADERS];
     int nheaders;
-    struct MHD_Response *resp;     /* built by a tl_reply_*, queued by the access handler */
+    struct MHD_Response *resp;     /* built by a tld_reply_*, queued by the access handler */
     int status;
     int replied;
 };
 
 typedef struct {
-    tl_http *h;
+    tld_http *h;
     int fd;                        /* the connection's socket, polled while fn has nothing */
-    tl_stream_fn fn;
+    tld_stream_fn fn;
     void *state;
     void (*free_fn)(void *state);
 } http_stream;
@@ -216,7 +216,7 @@ static char *xstrdup(const char *s) {
     return p;
 }
 
-static void http_vlog(tl_http *h, const char *fmt, va_list ap) {
+static void http_vlog(tld_http *h, const char *fmt, va_list ap) {
     char msg[HTTP_LOG_MAX];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
@@ -229,8 +229,8 @@ static void http_vlog(tl_http *h, const char *fmt, va_list ap) {
     if (!h->quiet) fprintf(stderr, "tokenlabd http: %s\n", msg);
 }
 
-static void http_log(tl_http *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void http_log(tl_http *h, const char *fmt, ...) {
+static void http_log(tld_http *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void http_log(tld_http *h, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     http_vlog(h, fmt, ap);
@@ -358,7 +358,7 @@ static const char *method_label(const char *m) {
     return "OTHER";
 }
 
-static void count_request(tl_http *h, const char *method, const char *route, int status) {
+static void count_request(tld_http *h, const char *method, const char *route, int status) {
     const char *m = method_label(method);
     pthread_mutex_lock(&h->counter_mu);
     http_counter *c = NULL;
@@ -388,7 +388,7 @@ static void count_request(tl_http *h, const char *method, const char *route, int
     pthread_mutex_unlock(&h->counter_mu);
 }
 
-void tl_http_counters(tl_http *h, void (*fn)(const char *method, const char *route, int status, uint64_t n, void *u),
+void tld_http_counters(tld_http *h, void (*fn)(const char *method, const char *route, int status, uint64_t n, void *u),
                       void *u) {
     if (!h || !fn) return;
     http_counter copy[HTTP_NCOUNTERS];
@@ -426,7 +426,7 @@ static int add_host(char ***hosts, int *n, const char *name) {
     return 0;
 }
 
-tl_http *tl_http_new(const tl_http_cfg *cfg, char *err, size_t errlen) {
+tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     if (!cfg) {
         seterr(err, errlen, "no HTTP configuration");
         return NULL;
@@ -436,7 +436,7 @@ tl_http *tl_http_new(const tl_http_cfg *cfg, char *err, size_t errlen) {
         seterr(err, errlen, "port %d is out of range (0..65535)", cfg->port);
         return NULL;
     }
-    tl_http *h = calloc(1, sizeof *h);
+    tld_http *h = calloc(1, sizeof *h);
     if (!h) {
         seterr(err, errlen, "out of memory");
         return NULL;
@@ -488,20 +488,20 @@ tl_http *tl_http_new(const tl_http_cfg *cfg, char *err, size_t errlen) {
 oom:
     seterr(err, errlen, "out of memory");
 fail:
-    tl_http_free(h);
+    tld_http_free(h);
     return NULL;
 }
 
-int tl_http_route(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user) {
-    return tl_http_route_limit(h, method, pattern, auth, fn, user, 0);
+int tld_http_route(tld_http *h, const char *method, const char *pattern, tld_auth auth, tld_handler fn, void *user) {
+    return tld_http_route_limit(h, method, pattern, auth, fn, user, 0);
 }
 
-int tl_http_route_limit(tl_http *h, const char *method, const char *pattern, tl_auth auth, tl_handler fn, void *user,
+int tld_http_route_limit(tld_http *h, const char *method, const char *pattern, tld_auth auth, tld_handler fn, void *user,
                         size_t max_body) {
     if (!h || !method || !pattern || !fn || h->daemon) return -1;
     size_t mlen = strlen(method);
     if (mlen == 0 || mlen >= HTTP_MAX_METHOD) return -1;
-    if (auth != TL_AUTH_PUBLIC && auth != TL_AUTH_TOKEN) return -1;
+    if (auth != TLD_AUTH_PUBLIC && auth != TLD_AUTH_TOKEN) return -1;
     if (h->nroutes == h->route_cap) {
         int cap = h->route_cap ? h->route_cap * 2 : 16;
         http_route *grown = realloc(h->routes, (size_t)cap * sizeof *grown);
@@ -545,7 +545,7 @@ fail:
     return -1;
 }
 
-int tl_http_fallback(tl_http *h, tl_handler fn, void *user) {
+int tld_http_fallback(tld_http *h, tld_handler fn, void *user) {
     if (!h || h->daemon) return -1;
     h->fallback = fn;
     h->fallback_user = user;
@@ -554,7 +554,7 @@ int tl_http_fallback(tl_http *h, tl_handler fn, void *user) {
 
 /* ------------------------------------------------------------------ replies */
 
-static void reply_set(tl_req *r, int status, struct MHD_Response *resp, const char *content_type) {
+static void reply_set(tld_req *r, int status, struct MHD_Response *resp, const char *content_type) {
     if (!resp) {
         http_log(r->h, "%s %s: out of memory building a %d reply", r->method, r->path ? r->path : "?", status);
         return;
@@ -578,7 +578,7 @@ static void reply_set(tl_req *r, int status, struct MHD_Response *resp, const ch
 }
 
 /* First reply wins; a second is a handler bug, logged. */
-static int reply_begin(tl_req *r, int *status) {
+static int reply_begin(tld_req *r, int *status) {
     if (r->replied) {
         http_log(r->h, "%s %s: second reply (%d) ignored", r->method, r->path ? r->path : "?", *status);
         return -1;
@@ -591,7 +591,7 @@ static int reply_begin(tl_req *r, int *status) {
     return 0;
 }
 
-void tl_reply_header(tl_req *r, const char *name, const char *value) {
+void tld_reply_header(tld_req *r, const char *name, const char *value) {
     if (!r || !name || !value) return;
     if (!name[0] || header_unsafe(name) || header_unsafe(value) || strchr(name, ':')) {
         http_log(r->h, "%s %s: unsafe reply header '%s' dropped", r->method, r->path ? r->path : "?", name);
@@ -613,15 +613,15 @@ void tl_reply_header(tl_req *r, const char *name, const char *value) {
     r->nheaders++;
 }
 
-void tl_reply_bytes(tl_req *r, int status, const char *content_type, const void *data, size_t len) {
+void tld_reply_bytes(tld_req *r, int status, const char *content_type, const void *data, size_t len) {
     if (!r || reply_begin(r, &status) != 0) return;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(data ? len : 0, (void *)(data ? data : ""), MHD_RESPMEM_MUST_COPY);
     reply_set(r, status, resp, content_type);
 }
 
-void tl_reply_json(tl_req *r, int status, const char *json) {
-    tl_reply_bytes(r, status, "application/json", json, json ? strlen(json) : 0);
+void tld_reply_json(tld_req *r, int status, const char *json) {
+    tld_reply_bytes(r, status, "application/json", json, json ? strlen(json) : 0);
 }
 
 /* The problem document, malloc'd; NULL when out of memory. */
@@ -648,7 +648,7 @@ static char *problem_json(int status, const char *code, const char *pointer, con
     return out;
 }
 
-static void reply_problem_text(tl_req *r, int status, const char *code, const char *pointer, const char *detail) {
+static void reply_problem_text(tld_req *r, int status, const char *code, const char *pointer, const char *detail) {
     if (reply_begin(r, &status) != 0) return;
     size_t len = 0;
     char *doc = problem_json(status, code, pointer, detail, &len);
@@ -660,7 +660,7 @@ static void reply_problem_text(tl_req *r, int status, const char *code, const ch
     reply_set(r, status, resp, "application/problem+json");
 }
 
-void tl_reply_problem(tl_req *r, int status, const char *code, const char *pointer, const char *fmt, ...) {
+void tld_reply_problem(tld_req *r, int status, const char *code, const char *pointer, const char *fmt, ...) {
     if (!r) return;
     char detail[HTTP_DETAIL_MAX];
     detail[0] = '\0';
@@ -712,7 +712,7 @@ static void stream_free(void *cls) {
     free(s);
 }
 
-void tl_reply_stream(tl_req *r, int status, const char *content_type, tl_stream_fn fn, void *state,
+void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stream_fn fn, void *state,
                      void (*free_fn)(void *state)) {
     if (!r) {
         if (free_fn) free_fn(state);
@@ -748,22 +748,22 @@ void tl_reply_stream(tl_req *r, int status, const char *content_type, tl_stream_
 
 /* ------------------------------------------------------------------ requests */
 
-const char *tl_req_method(const tl_req *r) {
+const char *tld_req_method(const tld_req *r) {
     return r ? r->method_full : NULL;
 }
 
-const char *tl_req_path(const tl_req *r) {
+const char *tld_req_path(const tld_req *r) {
     return r ? r->path : NULL;
 }
 
-const char *tl_req_param(const tl_req *r, const char *name) {
+const char *tld_req_param(const tld_req *r, const char *name) {
     if (!r || !name) return NULL;
     for (int i = 0; i < r->nparams; i++)
         if (strcmp(r->pnames[i], name) == 0) return r->pvals[i];
     return NULL;
 }
 
-const char *tl_req_query(const tl_req *r, const char *name) {
+const char *tld_req_query(const tld_req *r, const char *name) {
     if (!r || !name) return NULL;
     const char *v = NULL;
     size_t vlen = 0;
@@ -772,17 +772,17 @@ const char *tl_req_query(const tl_req *r, const char *name) {
     return v ? v : ""; /* "?flag" without a value */
 }
 
-const char *tl_req_header(const tl_req *r, const char *name) {
+const char *tld_req_header(const tld_req *r, const char *name) {
     if (!r || !name) return NULL;
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
-const char *tl_req_body(const tl_req *r, size_t *len) {
+const char *tld_req_body(const tld_req *r, size_t *len) {
     if (len) *len = r && r->body ? r->body_len : 0;
     return r && r->body ? r->body : "";
 }
 
-static void req_free(tl_req *r) {
+static void req_free(tld_req *r) {
     if (!r) return;
     if (r->resp) MHD_destroy_response(r->resp);
     for (int i = 0; i < r->nheaders; i++) {
@@ -801,7 +801,7 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
 }
 
 /* 0: allowed; otherwise the problem has been set on r. */
-static int check_host(tl_req *r) {
+static int check_host(tld_req *r) {
     int count = 0;
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_header, &count);
     const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
@@ -838,7 +838,7 @@ refuse:
 }
 
 /* The most specific route for method and the split path, or NULL. */
-static const http_route *find_route(const tl_http *h, const char *method, char *const *segs, int nsegs) {
+static const http_route *find_route(const tld_http *h, const char *method, char *const *segs, int nsegs) {
     const http_route *best = NULL;
     for (int i = 0; i < h->nroutes; i++) {
         const http_route *rt = &h->routes[i];
@@ -852,7 +852,7 @@ static const http_route *find_route(const tl_http *h, const char *method, char *
 }
 
 /* "GET, HEAD, POST": the methods of the routes matching the path; "" if none. */
-static void allowed_methods(const tl_http *h, char *const *segs, int nsegs, char *out, size_t outlen) {
+static void allowed_methods(const tld_http *h, char *const *segs, int nsegs, char *out, size_t outlen) {
     size_t o = 0;
     out[0] = '\0';
     int has_get = 0, has_head = 0;
@@ -883,8 +883,8 @@ static void allowed_methods(const tl_http *h, char *const *segs, int nsegs, char
 }
 
 /* Routing and the checks before the body; 0 to go on, -1 with a problem set on r. */
-static int admit(tl_req *r) {
-    tl_http *h = r->h;
+static int admit(tld_req *r) {
+    tld_http *h = r->h;
     if (check_host(r) != 0) return -1;
 
     const http_route *rt = NULL;
@@ -908,7 +908,7 @@ static int admit(tl_req *r) {
         char allow[256] = "";
         if (r->nsegs >= 0) allowed_methods(h, r->segs, r->nsegs, allow, sizeof allow);
         if (allow[0]) {
-            tl_reply_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+            tld_reply_header(r, MHD_HTTP_HEADER_ALLOW, allow);
             reply_problem_text(r, 405, "METHOD_NOT_ALLOWED", NULL, "this resource does not support the method");
             return -1;
         }
@@ -921,7 +921,7 @@ static int admit(tl_req *r) {
         r->user = h->fallback_user;
     }
 
-    if (rt && rt->auth == TL_AUTH_TOKEN) {
+    if (rt && rt->auth == TLD_AUTH_TOKEN) {
         const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *tok = NULL;
         size_t toklen = 0;
@@ -936,7 +936,7 @@ static int admit(tl_req *r) {
             }
         }
         if (!tok) {
-            tl_reply_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+            tld_reply_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
             reply_problem_text(r, 401, "UNAUTHENTICATED", NULL, "this request needs an Authorization: Bearer token");
             return -1;
         }
@@ -951,7 +951,7 @@ static int admit(tl_req *r) {
         errno = 0;
         unsigned long long n = strtoull(cl, NULL, 10);
         if (errno == ERANGE || n > (unsigned long long)r->max_body) {
-            tl_reply_problem(r, 413, "BODY_TOO_LARGE", NULL, "the request body is larger than %zu bytes", r->max_body);
+            tld_reply_problem(r, 413, "BODY_TOO_LARGE", NULL, "the request body is larger than %zu bytes", r->max_body);
             return -1;
         }
         if (n > 0) { /* the exact size up to 1 MiB, so small bodies are never copied while they grow */
@@ -966,7 +966,7 @@ static int admit(tl_req *r) {
     return 0;
 }
 
-static int body_append(tl_req *r, const char *data, size_t n) {
+static int body_append(tld_req *r, const char *data, size_t n) {
     size_t need = r->body_len + n + 1;
     if (need > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
@@ -985,8 +985,8 @@ static int body_append(tl_req *r, const char *data, size_t n) {
 
 /* Mid-upload 413 (see the top of the file): written to the socket, then
  * the write side is shut down. */
-static void reject_upload(tl_req *r) {
-    tl_http *h = r->h;
+static void reject_upload(tld_req *r) {
+    tld_http *h = r->h;
     char detail[128];
     snprintf(detail, sizeof detail, "the request body is larger than %zu bytes", r->max_body);
     size_t len = 0;
@@ -1022,7 +1022,7 @@ done:
     free(doc);
 }
 
-static enum MHD_Result queue_reply(tl_req *r) {
+static enum MHD_Result queue_reply(tld_req *r) {
     if (!r->resp) return MHD_NO; /* out of memory: close the connection */
     count_request(r->h, r->method, r->label, r->status);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, r->resp);
@@ -1034,8 +1034,8 @@ static enum MHD_Result queue_reply(tl_req *r) {
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
-    tl_http *h = cls;
-    tl_req *r = *con_cls;
+    tld_http *h = cls;
+    tld_req *r = *con_cls;
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
@@ -1094,7 +1094,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ------------------------------------------------------------------ lifecycle */
 
-int tl_http_start(tl_http *h, char *err, size_t errlen) {
+int tld_http_start(tld_http *h, char *err, size_t errlen) {
     if (!h) return -1;
     if (h->daemon) {
         seterr(err, errlen, "the HTTP server is already running");
@@ -1131,20 +1131,20 @@ int tl_http_start(tl_http *h, char *err, size_t errlen) {
     return 0;
 }
 
-int tl_http_port(const tl_http *h) {
+int tld_http_port(const tld_http *h) {
     return h ? h->port : 0;
 }
 
-void tl_http_stop(tl_http *h) {
+void tld_http_stop(tld_http *h) {
     if (!h || !h->daemon) return;
     atomic_store(&h->stopping, 1); /* streams waiting for data end */
     MHD_stop_daemon(h->daemon);    /* closes the connections and joins their threads */
     h->daemon = NULL;
 }
 
-void tl_http_free(tl_http *h) {
+void tld_http_free(tld_http *h) {
     if (!h) return;
-    tl_http_stop(h);
+    tld_http_stop(h);
     for (int i = 0; i < h->nroutes; i++) {
         free(h->routes[i].pattern);
         free(h->routes[i].segbuf);

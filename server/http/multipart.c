@@ -26,7 +26,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define TL_MP_BOUNDARY_MAX 70
+#define TLD_MP_BOUNDARY_MAX 70
 
 static int mp_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int mp_fail(char *err, size_t errlen, const char *fmt, ...) {
@@ -126,7 +126,7 @@ static int parse_params(const char *s, char *value, size_t vcap, param_fn fn, vo
 /* ---- Content-Type of the request ---- */
 
 typedef struct {
-    char boundary[TL_MP_BOUNDARY_MAX + 1];
+    char boundary[TLD_MP_BOUNDARY_MAX + 1];
     int found, dup, toolong;
 } ct_state;
 
@@ -138,7 +138,7 @@ static int ct_param(const char *name, const char *value, void *user) {
         return 0;
     }
     size_t n = strlen(value);
-    if (n > TL_MP_BOUNDARY_MAX) st->toolong = 1;
+    if (n > TLD_MP_BOUNDARY_MAX) st->toolong = 1;
     else memcpy(st->boundary, value, n + 1);
     return 0;
 }
@@ -158,7 +158,7 @@ static int get_boundary(const char *ct, char *boundary, char *err, size_t errlen
     if (!st.found) return mp_fail(err, errlen, "no boundary parameter in Content-Type");
     if (st.dup) return mp_fail(err, errlen, "more than one boundary parameter in Content-Type");
     if (st.toolong)
-        return mp_fail(err, errlen, "multipart boundary is longer than %d characters", TL_MP_BOUNDARY_MAX);
+        return mp_fail(err, errlen, "multipart boundary is longer than %d characters", TLD_MP_BOUNDARY_MAX);
     size_t n = strlen(st.boundary);
     if (n < 1) return mp_fail(err, errlen, "multipart boundary is empty");
     for (size_t i = 0; i < n; i++)
@@ -212,7 +212,7 @@ static const uint8_t *find_delim(const uint8_t *p, const uint8_t *e, const char 
 
 /* ---- part headers ---- */
 
-static int parse_disposition(const char *v, tl_part *part, char *err, size_t errlen, int idx) {
+static int parse_disposition(const char *v, tld_part *part, char *err, size_t errlen, int idx) {
     const char *s = v;
     static const char fd[] = "form-data";
     if (strncasecmp(s, fd, sizeof fd - 1) != 0 || is_tchar((unsigned char)s[sizeof fd - 1]))
@@ -237,7 +237,7 @@ static int parse_disposition(const char *v, tl_part *part, char *err, size_t err
         if (n == 0 || *s != '=') return mp_fail(err, errlen, "part %d: malformed Content-Disposition", idx);
         s++;
         while (is_ws(*s)) s++;
-        char tmp[TL_MULTIPART_MAX_HEADERS + 1];
+        char tmp[TLD_MULTIPART_MAX_HEADERS + 1];
         int rc = read_value(&s, tmp, sizeof tmp);
         if (rc) return mp_fail(err, errlen, "part %d: malformed Content-Disposition parameter %s", idx, name);
         if (strcasecmp(name, "name") == 0) {
@@ -257,7 +257,7 @@ static int parse_disposition(const char *v, tl_part *part, char *err, size_t err
 }
 
 /* Parses the header block [h, h+n) (lines separated by CRLF, no final CRLF) into part. */
-static int parse_headers(const uint8_t *h, size_t n, tl_part *part, int idx, char *err, size_t errlen) {
+static int parse_headers(const uint8_t *h, size_t n, tld_part *part, int idx, char *err, size_t errlen) {
     int have_cd = 0, have_ct = 0;
     const uint8_t *e = h + n, *line = h;
     while (line < e) {
@@ -266,7 +266,7 @@ static int parse_headers(const uint8_t *h, size_t n, tl_part *part, int idx, cha
         size_t ll = (size_t)(le - line);
         if (ll == 0) return mp_fail(err, errlen, "part %d: empty header line", idx);
         if (is_ws(line[0])) return mp_fail(err, errlen, "part %d: folded header lines are not supported", idx);
-        char buf[TL_MULTIPART_MAX_HEADERS + 1];
+        char buf[TLD_MULTIPART_MAX_HEADERS + 1];
         for (size_t i = 0; i < ll; i++) {
             uint8_t c = line[i];
             if (c == '\r' || c == '\n') return mp_fail(err, errlen, "part %d: header lines must end with CRLF", idx);
@@ -304,14 +304,14 @@ static int parse_headers(const uint8_t *h, size_t n, tl_part *part, int idx, cha
 
 /* ---- body ---- */
 
-int tl_multipart_parse(const char *content_type, const uint8_t *body, size_t len, tl_part *parts, int max_parts,
+int tld_multipart_parse(const char *content_type, const uint8_t *body, size_t len, tld_part *parts, int max_parts,
                        char *err, size_t errlen) {
     if (err && errlen) err[0] = 0;
-    char boundary[TL_MP_BOUNDARY_MAX + 1];
+    char boundary[TLD_MP_BOUNDARY_MAX + 1];
     if (get_boundary(content_type, boundary, err, errlen)) return -1;
     if (!body && len) return mp_fail(err, errlen, "no body");
     if (!body) body = (const uint8_t *)"";
-    char dash_b[TL_MP_BOUNDARY_MAX + 3];
+    char dash_b[TLD_MP_BOUNDARY_MAX + 3];
     size_t dlen = (size_t)snprintf(dash_b, sizeof dash_b, "--%s", boundary);
     const uint8_t *e = body + len, *start = NULL;
     int kind = 0;
@@ -341,15 +341,15 @@ int tl_multipart_parse(const char *content_type, const uint8_t *body, size_t len
          * (d + 2) so that headers followed by no data at all are found too. */
         const uint8_t *hs = start - 2;
         size_t region = (size_t)(d + 2 - hs);
-        size_t cap = (size_t)TL_MULTIPART_MAX_HEADERS + 4;
+        size_t cap = (size_t)TLD_MULTIPART_MAX_HEADERS + 4;
         const uint8_t *he = memmem(hs, region < cap ? region : cap, "\r\n\r\n", 4);
         if (!he) {
             if (region > cap)
                 return mp_fail(err, errlen, "part %d: header block longer than %d bytes", idx,
-                               TL_MULTIPART_MAX_HEADERS);
+                               TLD_MULTIPART_MAX_HEADERS);
             return mp_fail(err, errlen, "part %d: no blank line after the headers", idx);
         }
-        tl_part *pt = &parts[count];
+        tld_part *pt = &parts[count];
         memset(pt, 0, sizeof *pt);
         /* he == hs: no header lines; otherwise the lines are [start, he) (he + 2 - start <= the limit,
          * counting each line's CRLF, by the bound of the search above). */

@@ -2,10 +2,10 @@
  * static.c: the web dashboard's files, served by the HTTP fallback (see static.h).
  *
  * Owns g_site, the canonical path of the web folder, written once by
- * tl_static_init before the server starts and only read afterwards by the
+ * tld_static_init before the server starts and only read afterwards by the
  * handler (on libmicrohttpd's connection threads), so no lock is needed.
  * Each request opens, checks and reads its file and frees the copy once the
- * reply holds it (tl_reply_bytes copies).
+ * reply holds it (tld_reply_bytes copies).
  */
 #include "http/static.h"
 
@@ -103,7 +103,7 @@ static int etag_matches(const char *header, const char *etag) {
     return 0;
 }
 
-/* Reads the whole regular file at path (at most TL_STATIC_MAX_BYTES) into a malloc'd buffer. */
+/* Reads the whole regular file at path (at most TLD_STATIC_MAX_BYTES) into a malloc'd buffer. */
 static int read_file(const char *path, char **out, size_t *len, struct stat *st) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? -2 : -1;
@@ -111,7 +111,7 @@ static int read_file(const char *path, char **out, size_t *len, struct stat *st)
         close(fd);
         return -2;
     }
-    if ((uint64_t)st->st_size > TL_STATIC_MAX_BYTES) {
+    if ((uint64_t)st->st_size > TLD_STATIC_MAX_BYTES) {
         close(fd);
         return -3;
     }
@@ -134,56 +134,56 @@ static int read_file(const char *path, char **out, size_t *len, struct stat *st)
 }
 
 /* Sends the file at the canonical path real (inside the site); rel is its path from the site root. */
-static void send_file(tl_req *r, const char *real, const char *rel) {
+static void send_file(tld_req *r, const char *real, const char *rel) {
     char *data = NULL;
     size_t len = 0;
     struct stat st;
     int rc = read_file(real, &data, &len, &st);
     if (rc == -2) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         return;
     }
     if (rc == -3) {
-        tl_reply_problem(r, 500, "FILE_TOO_LARGE", NULL, "the file is larger than %zu bytes", TL_STATIC_MAX_BYTES);
+        tld_reply_problem(r, 500, "FILE_TOO_LARGE", NULL, "the file is larger than %zu bytes", TLD_STATIC_MAX_BYTES);
         return;
     }
     if (rc != 0) {
-        tl_reply_problem(r, 500, "INTERNAL", NULL, "cannot read the file");
+        tld_reply_problem(r, 500, "INTERNAL", NULL, "cannot read the file");
         return;
     }
     char etag[96];
     snprintf(etag, sizeof etag, "\"%llx-%llx-%lx\"", (unsigned long long)st.st_size,
              (unsigned long long)st.st_mtim.tv_sec, (unsigned long)st.st_mtim.tv_nsec);
     int immutable = strncmp(rel, "assets/", 7) == 0;
-    tl_reply_header(r, "ETag", etag);
-    tl_reply_header(r, "Cache-Control", immutable ? "public, max-age=31536000, immutable" : "no-cache");
+    tld_reply_header(r, "ETag", etag);
+    tld_reply_header(r, "Cache-Control", immutable ? "public, max-age=31536000, immutable" : "no-cache");
     const char *type = content_type(real);
     if (strncmp(type, "text/html", 9) == 0) {
-        tl_reply_header(r, "Content-Security-Policy", CSP);
-        tl_reply_header(r, "X-Frame-Options", "DENY");
-        tl_reply_header(r, "Referrer-Policy", "no-referrer");
+        tld_reply_header(r, "Content-Security-Policy", CSP);
+        tld_reply_header(r, "X-Frame-Options", "DENY");
+        tld_reply_header(r, "Referrer-Policy", "no-referrer");
     }
-    if (etag_matches(tl_req_header(r, "If-None-Match"), etag)) tl_reply_bytes(r, 304, NULL, "", 0);
-    else tl_reply_bytes(r, 200, type, data, len);
+    if (etag_matches(tld_req_header(r, "If-None-Match"), etag)) tld_reply_bytes(r, 304, NULL, "", 0);
+    else tld_reply_bytes(r, 200, type, data, len);
     free(data);
 }
 
-static void send_index(tl_req *r) {
+static void send_index(tld_req *r) {
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/index.html", g_site.root);
     send_file(r, path, "index.html");
 }
 
-static void h_static(tl_req *r, void *user) {
+static void h_static(tld_req *r, void *user) {
     (void)user;
-    const char *method = tl_req_method(r), *path = tl_req_path(r);
+    const char *method = tld_req_method(r), *path = tld_req_path(r);
     if (!path || path[0] != '/' || is_api_path(path)) {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no such resource");
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such resource");
         return;
     }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-        tl_reply_header(r, "Allow", "GET, HEAD");
-        tl_reply_problem(r, 405, "METHOD_NOT_ALLOWED", NULL, "the dashboard's files support GET and HEAD only");
+        tld_reply_header(r, "Allow", "GET, HEAD");
+        tld_reply_problem(r, 405, "METHOD_NOT_ALLOWED", NULL, "the dashboard's files support GET and HEAD only");
         return;
     }
     const char *rel = path + 1;
@@ -196,24 +196,24 @@ static void h_static(tl_req *r, void *user) {
     int n = snprintf(full, sizeof full, "%s/%s", g_site.root, rel);
     if (n < 0 || (size_t)n >= sizeof full || !realpath(full, real)) {
         /* nothing there: a page address of the dashboard, unless it names a file */
-        if (extension(rel)) tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
+        if (extension(rel)) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         else send_index(r);
         return;
     }
     if (strncmp(real, g_site.root, g_site.rootlen) != 0 || real[g_site.rootlen] != '/') {
-        tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file"); /* outside the site: refused */
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file"); /* outside the site: refused */
         return;
     }
     struct stat st;
     if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
-        if (extension(rel)) tl_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
+        if (extension(rel)) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         else send_index(r);
         return;
     }
     send_file(r, real, real + g_site.rootlen + 1);
 }
 
-int tl_static_init(tl_http *h, const char *web_dir, char *err, size_t errlen) {
+int tld_static_init(tld_http *h, const char *web_dir, char *err, size_t errlen) {
     char real[PATH_MAX], index[PATH_MAX + 16];
     struct stat st;
     if (!web_dir || !*web_dir) {
@@ -241,7 +241,7 @@ int tl_static_init(tl_http *h, const char *web_dir, char *err, size_t errlen) {
     }
     memcpy(g_site.root, real, len + 1);
     g_site.rootlen = len;
-    if (tl_http_fallback(h, h_static, NULL) != 0) {
+    if (tld_http_fallback(h, h_static, NULL) != 0) {
         snprintf(err, errlen, "cannot register the dashboard (the server has started)");
         return -1;
     }

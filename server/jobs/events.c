@@ -13,18 +13,18 @@
 #include <string.h>
 #include <time.h>
 
-struct tl_events {
+struct tld_events {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    tl_event *ring;
+    tld_event *ring;
     size_t cap;
     uint64_t last;   /* id of the newest event, 0 when none */
     int closed;
 };
 
-tl_events *tl_events_new(size_t capacity) {
+tld_events *tld_events_new(size_t capacity) {
     if (capacity < 16) capacity = 16;
-    tl_events *e = calloc(1, sizeof *e);
+    tld_events *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->ring = calloc(capacity, sizeof *e->ring);
     if (!e->ring) {
@@ -41,7 +41,7 @@ tl_events *tl_events_new(size_t capacity) {
     return e;
 }
 
-void tl_events_free(tl_events *e) {
+void tld_events_free(tld_events *e) {
     if (!e) return;
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -49,12 +49,12 @@ void tl_events_free(tl_events *e) {
     free(e);
 }
 
-uint64_t tl_events_publish(tl_events *e, int64_t job, const char *type, const char *data) {
+uint64_t tld_events_publish(tld_events *e, int64_t job, const char *type, const char *data) {
     size_t tl = strlen(type), dl = strlen(data);
-    if (tl >= TL_EVENT_TYPE_LEN || dl >= TL_EVENT_DATA_LEN) return 0;
+    if (tl >= TLD_EVENT_TYPE_LEN || dl >= TLD_EVENT_DATA_LEN) return 0;
     pthread_mutex_lock(&e->mu);
     uint64_t id = ++e->last;
-    tl_event *ev = &e->ring[(id - 1) % e->cap];
+    tld_event *ev = &e->ring[(id - 1) % e->cap];
     ev->id = id;
     ev->job = job;
     memcpy(ev->type, type, tl + 1);
@@ -64,7 +64,7 @@ uint64_t tl_events_publish(tl_events *e, int64_t job, const char *type, const ch
     return id;
 }
 
-uint64_t tl_events_last_id(tl_events *e) {
+uint64_t tld_events_last_id(tld_events *e) {
     pthread_mutex_lock(&e->mu);
     uint64_t id = e->last;
     pthread_mutex_unlock(&e->mu);
@@ -72,20 +72,20 @@ uint64_t tl_events_last_id(tl_events *e) {
 }
 
 /* Copies matching events after `after` (caller holds the lock). */
-static int collect(tl_events *e, uint64_t after, int64_t job, tl_event *out, int max, uint64_t *next, int *gap) {
+static int collect(tld_events *e, uint64_t after, int64_t job, tld_event *out, int max, uint64_t *next, int *gap) {
     uint64_t oldest = e->last >= e->cap ? e->last - e->cap + 1 : 1;
     *gap = after + 1 < oldest;
     uint64_t id = after + 1 < oldest ? oldest : after + 1;
     int n = 0;
     for (; id <= e->last && n < max; id++) {
-        const tl_event *ev = &e->ring[(id - 1) % e->cap];
+        const tld_event *ev = &e->ring[(id - 1) % e->cap];
         if (job == 0 || ev->job == job) out[n++] = *ev;
     }
     *next = id - 1;
     return n;
 }
 
-tl_ev_status tl_events_wait(tl_events *e, uint64_t after, int64_t job, tl_event *out, int max, int *n,
+tld_ev_status tld_events_wait(tld_events *e, uint64_t after, int64_t job, tld_event *out, int max, int *n,
                             uint64_t *next, int timeout_ms) {
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
@@ -99,17 +99,17 @@ tl_ev_status tl_events_wait(tl_events *e, uint64_t after, int64_t job, tl_event 
     *n = 0;
     *next = after;
     pthread_mutex_lock(&e->mu);
-    tl_ev_status st = TL_EV_OK;
+    tld_ev_status st = TLD_EV_OK;
     for (;;) {
         if (e->closed) {
-            st = TL_EV_CLOSED;
+            st = TLD_EV_CLOSED;
             break;
         }
         *n = collect(e, *next, job, out, max, next, &gap);
-        if (gap) st = TL_EV_GAP;
+        if (gap) st = TLD_EV_GAP;
         if (*n > 0 || gap) break;
         if (pthread_cond_timedwait(&e->cv, &e->mu, &dl) == ETIMEDOUT) {
-            st = TL_EV_TIMEOUT;
+            st = TLD_EV_TIMEOUT;
             break;
         }
     }
@@ -117,7 +117,7 @@ tl_ev_status tl_events_wait(tl_events *e, uint64_t after, int64_t job, tl_event 
     return st;
 }
 
-void tl_events_close(tl_events *e) {
+void tld_events_close(tld_events *e) {
     pthread_mutex_lock(&e->mu);
     e->closed = 1;
     pthread_cond_broadcast(&e->cv);

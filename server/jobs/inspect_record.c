@@ -25,7 +25,7 @@ static int64_t now_ms(void) {
 /* (g*g,3) indices and probabilities as one blob. */
 static void *grid_blob(const tl_token_topk *t, int grid) {
     size_t n = (size_t)grid * (size_t)grid * TL_INSPECT_TOPK;
-    uint8_t *b = malloc(TL_GRID_BLOB_BYTES(grid));
+    uint8_t *b = malloc(TLD_GRID_BLOB_BYTES(grid));
     if (!b) return NULL;
     memcpy(b, t->index, n * sizeof(int32_t));
     memcpy(b + n * sizeof(int32_t), t->prob, n * sizeof(float));
@@ -50,14 +50,14 @@ static char *labels_json(const char *train_dir, int K, char *err, size_t errlen)
     return out;
 }
 
-static int write_set(tl_store *s, int64_t job, const char *train_dir, const tl_inspect_set *set, char *err,
+static int write_set(tld_store *s, int64_t job, const char *train_dir, const tl_inspect_set *set, char *err,
                      size_t errlen) {
     int n = set->n, rc = -1;
-    tl_inspect_sample_info *info = calloc((size_t)n + 1, sizeof *info);
+    tld_inspect_sample_info *info = calloc((size_t)n + 1, sizeof *info);
     uint8_t **jpegs = calloc((size_t)n + 1, sizeof *jpegs);
     size_t *lens = calloc((size_t)n + 1, sizeof *lens);
     void **targets = calloc((size_t)n + 1, sizeof *targets);
-    tl_inspect_set_row row = {set->S, set->grid, set->view, set->K, NULL};
+    tld_inspect_set_row row = {set->S, set->grid, set->view, set->K, NULL};
     if (!info || !jpegs || !lens || !targets) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -82,7 +82,7 @@ static int write_set(tl_store *s, int64_t job, const char *train_dir, const tl_i
             goto done;
         }
     }
-    rc = tl_store_inspect_set_put(s, job, &row, n, info, (const void *const *)jpegs, lens,
+    rc = tld_store_inspect_set_put(s, job, &row, n, info, (const void *const *)jpegs, lens,
                                   (const void *const *)targets, err, errlen);
 done:
     for (int i = 0; i < n && jpegs && targets; i++) {
@@ -97,7 +97,7 @@ done:
     return rc;
 }
 
-int tl_inspect_record(tl_store *s, int64_t job, const char *train_dir, int *set_written, const tl_inspect_set *set,
+int tld_inspect_record(tld_store *s, int64_t job, const char *train_dir, int *set_written, const tl_inspect_set *set,
                       const tl_inspect_result *res, int64_t step, int ema, char *err, size_t errlen) {
     if (!*set_written) {
         if (write_set(s, job, train_dir, set, err, errlen) != 0) return -1;
@@ -105,7 +105,7 @@ int tl_inspect_record(tl_store *s, int64_t job, const char *train_dir, int *set_
     }
     int n = res->n, rc = -1;
     void **tokens = calloc((size_t)n + 1, sizeof *tokens);
-    uint8_t (*top5)[TL_TOP5_BLOB_BYTES] = calloc((size_t)n + 1, sizeof *top5);
+    uint8_t (*top5)[TLD_TOP5_BLOB_BYTES] = calloc((size_t)n + 1, sizeof *top5);
     const void **top5p = calloc((size_t)n + 1, sizeof *top5p);
     if (!tokens || !top5 || !top5p) {
         snprintf(err, errlen, "out of memory");
@@ -121,7 +121,7 @@ int tl_inspect_record(tl_store *s, int64_t job, const char *train_dir, int *set_
         memcpy(top5[i] + 20, res->top_prob + (size_t)i * TL_INSPECT_TOP5, 5 * sizeof(float));
         top5p[i] = top5[i];
     }
-    rc = tl_store_inspect_preds_put(s, job, step, ema, n, (const void *const *)tokens, top5p, now_ms(), err, errlen);
+    rc = tld_store_inspect_preds_put(s, job, step, ema, n, (const void *const *)tokens, top5p, now_ms(), err, errlen);
 done:
     for (int i = 0; i < n && tokens; i++) free(tokens[i]);
     free(tokens);

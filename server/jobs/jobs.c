@@ -38,7 +38,7 @@
 #define STOP_SHUTDOWN 2
 
 typedef struct {
-    struct tl_jobs *J;
+    struct tld_jobs *J;
     int64_t id;
     pthread_t thread;
     int busy;                 /* guarded by J->mu */
@@ -51,11 +51,11 @@ typedef struct {
     int inspect_set_written;  /* this run has stored (or found) its inspection set */
 } slot;
 
-struct tl_jobs {
-    tl_jobs_cfg cfg;
+struct tld_jobs {
+    tld_jobs_cfg cfg;
     char *state_dir, *data_root;
-    tl_store *store;
-    tl_events *ev;
+    tld_store *store;
+    tld_events *ev;
     pthread_mutex_t mu;
     pthread_cond_t wake;
     int quit;
@@ -70,14 +70,14 @@ static int64_t now_ms(void) {
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static void publish(tl_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void publish(tl_jobs *J, int64_t id, const char *type, const char *fmt, ...) {
-    char buf[TL_EVENT_DATA_LEN];
+static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) {
+    char buf[TLD_EVENT_DATA_LEN];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n > 0 && (size_t)n < sizeof buf) tl_events_publish(J->ev, id, type, buf);
+    if (n > 0 && (size_t)n < sizeof buf) tld_events_publish(J->ev, id, type, buf);
 }
 
 /* A number as JSON: non-finite values become null (JSON has no NaN). */
@@ -104,19 +104,19 @@ static void json_escape(char *out, size_t len, const char *s) {
     out[o] = 0;
 }
 
-static void publish_state(tl_jobs *J, int64_t id) {
-    tl_job job;
+static void publish_state(tld_jobs *J, int64_t id) {
+    tld_job job;
     char err[256], msg[300];
-    if (tl_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
+    if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
     json_escape(msg, sizeof msg, job.state_message);
     publish(J, id, "state", "{\"id\":%lld,\"state\":\"%s\",\"state_reason\":\"%s\",\"state_message\":\"%s\",\"attempt\":%d}",
-            (long long)id, tl_job_state_name(job.state), job.state_reason, msg, job.attempt);
-    tl_job_free(&job);
+            (long long)id, tld_job_state_name(job.state), job.state_reason, msg, job.attempt);
+    tld_job_free(&job);
 }
 
-static int transition(tl_jobs *J, int64_t id, unsigned from, tl_job_state to, const char *reason, const char *msg) {
+static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg) {
     char err[256];
-    int rc = tl_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
+    int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
     if (rc == 0) publish_state(J, id);
     return rc;
 }
@@ -129,26 +129,26 @@ static void h_start(int64_t start, int64_t total, void *u) {
     char line[128];
     if (start > 0) {
         snprintf(line, sizeof line, "resuming from step %lld of %lld", (long long)start, (long long)total);
-        tl_store_log_append(s->J->store, s->id, line);
+        tld_store_log_append(s->J->store, s->id, line);
     }
     int64_t per_epoch = s->spec.epochs > 0 ? total / s->spec.epochs : 0;
-    tl_store_job_set_progress(s->J->store, s->id, per_epoch ? start / per_epoch : 0, start, total, -1.0);
+    tld_store_job_set_progress(s->J->store, s->id, per_epoch ? start / per_epoch : 0, start, total, -1.0);
 }
 
 static void h_step(const tl_step_report *r, void *u) {
     slot *s = u;
-    tl_jobs *J = s->J;
+    tld_jobs *J = s->J;
     int64_t t = now_ms();
     atomic_store(&s->img_s, r->img_per_s);
-    tl_store_job_set_progress(J->store, s->id, r->epoch, r->step, r->total_steps, r->eta_seconds);
-    tl_store_metric_add(J->store, s->id, "loss", r->step, r->loss, t);
-    tl_store_metric_add(J->store, s->id, "loss_cls", r->step, r->loss_cls, t);
-    tl_store_metric_add(J->store, s->id, "loss_dense", r->step, r->loss_dense, t);
-    tl_store_metric_add(J->store, s->id, "lr", r->step, r->lr, t);
-    tl_store_metric_add(J->store, s->id, "img_per_s", r->step, r->img_per_s, t);
-    tl_store_metric_add(J->store, s->id, "data_wait", r->step, r->data_wait, t);
+    tld_store_job_set_progress(J->store, s->id, r->epoch, r->step, r->total_steps, r->eta_seconds);
+    tld_store_metric_add(J->store, s->id, "loss", r->step, r->loss, t);
+    tld_store_metric_add(J->store, s->id, "loss_cls", r->step, r->loss_cls, t);
+    tld_store_metric_add(J->store, s->id, "loss_dense", r->step, r->loss_dense, t);
+    tld_store_metric_add(J->store, s->id, "lr", r->step, r->lr, t);
+    tld_store_metric_add(J->store, s->id, "img_per_s", r->step, r->img_per_s, t);
+    tld_store_metric_add(J->store, s->id, "data_wait", r->step, r->data_wait, t);
     if (r->skipped_images > 0)
-        tl_store_metric_add(J->store, s->id, "skipped_images", r->step, (double)r->skipped_images, t);
+        tld_store_metric_add(J->store, s->id, "skipped_images", r->step, (double)r->skipped_images, t);
     char a[6][32];
     publish(J, s->id, "progress",
             "{\"id\":%lld,\"epoch\":%d,\"step\":%lld,\"total_steps\":%lld,\"eta_seconds\":%.1f,\"time_ms\":%lld,"
@@ -161,16 +161,16 @@ static void h_step(const tl_step_report *r, void *u) {
 
 static void h_eval(const tl_eval_report *r, void *u) {
     slot *s = u;
-    tl_jobs *J = s->J;
+    tld_jobs *J = s->J;
     int64_t t = now_ms();
     const char *p = r->ema ? "ema_" : "";
     char n1[32], n5[32], nl[32];
     snprintf(n1, sizeof n1, "%stop1", p);
     snprintf(n5, sizeof n5, "%stop5", p);
     snprintf(nl, sizeof nl, "%sval_loss", p);
-    tl_store_metric_add(J->store, s->id, n1, r->step, r->top1, t);
-    tl_store_metric_add(J->store, s->id, n5, r->step, r->top5, t);
-    tl_store_metric_add(J->store, s->id, nl, r->step, r->loss, t);
+    tld_store_metric_add(J->store, s->id, n1, r->step, r->top1, t);
+    tld_store_metric_add(J->store, s->id, n5, r->step, r->top5, t);
+    tld_store_metric_add(J->store, s->id, nl, r->step, r->loss, t);
     char a[3][32];
     publish(J, s->id, "eval",
             "{\"id\":%lld,\"step\":%lld,\"epoch\":%d,\"weights\":\"%s\",\"time_ms\":%lld,\"metrics\":{\"%s\":%s,"
@@ -184,25 +184,25 @@ static void h_eval(const tl_eval_report *r, void *u) {
 static void h_before_checkpoint(int64_t step, void *u) {
     slot *s = u;
     (void)step;
-    tl_store_flush(s->J->store);
+    tld_store_flush(s->J->store);
 }
 
 static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {
     slot *s = u;
-    tl_checkpoint_row row = {.step = step, .time_ms = now_ms(), .top1 = -1.0};
+    tld_checkpoint_row row = {.step = step, .time_ms = now_ms(), .top1 = -1.0};
     snprintf(row.kind, sizeof row.kind, "%s", is_best ? "best" : "last");
     snprintf(row.path, sizeof row.path, "%s", path);
     struct stat st;
     row.bytes = stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
     char err[256];
-    tl_store_checkpoint_add(s->J->store, s->id, &row, err, sizeof err);
+    tld_store_checkpoint_add(s->J->store, s->id, &row, err, sizeof err);
     publish(s->J, s->id, "checkpoint", "{\"id\":%lld,\"step\":%lld,\"kind\":\"%s\",\"bytes\":%lld}", (long long)s->id,
             (long long)step, row.kind, (long long)row.bytes);
 }
 
 static void h_log(const char *msg, void *u) {
     slot *s = u;
-    tl_store_log_append(s->J->store, s->id, msg);
+    tld_store_log_append(s->J->store, s->id, msg);
     char esc[400];
     json_escape(esc, sizeof esc, msg);
     publish(s->J, s->id, "log", "{\"id\":%lld,\"line\":\"%s\"}", (long long)s->id, esc);
@@ -212,7 +212,7 @@ static void h_log(const char *msg, void *u) {
 static void h_inspect(const tl_inspect_set *set, const tl_inspect_result *res, int64_t step, int ema, void *u) {
     slot *s = u;
     char err[512];
-    if (tl_inspect_record(s->J->store, s->id, s->spec.train_dir, &s->inspect_set_written, set, res, step, ema, err,
+    if (tld_inspect_record(s->J->store, s->id, s->spec.train_dir, &s->inspect_set_written, set, res, step, ema, err,
                           sizeof err) != 0) {
         char line[600];
         snprintf(line, sizeof line, "token inspection not recorded at step %lld: %s", (long long)step, err);
@@ -234,19 +234,19 @@ static void a_start(int64_t done, int64_t total, void *u) {
     if (done > 0) {
         char line[128];
         snprintf(line, sizeof line, "resuming after %lld of %lld images", (long long)done, (long long)total);
-        tl_store_log_append(s->J->store, s->id, line);
+        tld_store_log_append(s->J->store, s->id, line);
     }
-    tl_store_job_set_progress(s->J->store, s->id, 0, done, total, -1.0);
+    tld_store_job_set_progress(s->J->store, s->id, 0, done, total, -1.0);
 }
 
 static void a_progress(const tl_annotate_report *r, void *u) {
     slot *s = u;
-    tl_jobs *J = s->J;
+    tld_jobs *J = s->J;
     int64_t t = now_ms();
     atomic_store(&s->img_s, r->img_per_s);
-    tl_store_job_set_progress(J->store, s->id, 0, r->done, r->total, r->eta_seconds);
-    tl_store_metric_add(J->store, s->id, "img_per_s", r->done, r->img_per_s, t);
-    tl_store_metric_add(J->store, s->id, "skipped_images", r->done, (double)r->skipped, t);
+    tld_store_job_set_progress(J->store, s->id, 0, r->done, r->total, r->eta_seconds);
+    tld_store_metric_add(J->store, s->id, "img_per_s", r->done, r->img_per_s, t);
+    tld_store_metric_add(J->store, s->id, "skipped_images", r->done, (double)r->skipped, t);
     char a[2][32];
     publish(J, s->id, "progress",
             "{\"id\":%lld,\"epoch\":0,\"step\":%lld,\"total_steps\":%lld,\"eta_seconds\":%.1f,\"time_ms\":%lld,"
@@ -259,12 +259,12 @@ static void a_checkpoint(const char *path, int64_t done, void *u) {
     slot *s = u;
     char line[1400];
     snprintf(line, sizeof line, "%lld images annotated and saved (%s)", (long long)done, path);
-    tl_store_log_append(s->J->store, s->id, line);
+    tld_store_log_append(s->J->store, s->id, line);
 }
 
 /* <out>.json beside a finished label map: which dataset it annotates (relative to the data root, for the
  * label-map routes) and where it came from. Crash-safe (temp file, fsync, rename, fsync of the folder). */
-static void write_sidecar(tl_jobs *J, const slot *s) {
+static void write_sidecar(tld_jobs *J, const slot *s) {
     const tl_annotate_spec *a = &s->aspec;
     char root[PATH_MAX], path[PATH_MAX + 16], tmp[PATH_MAX + 32];
     const char *ds = a->images_dir;
@@ -291,35 +291,35 @@ static void write_sidecar(tl_jobs *J, const slot *s) {
         unlink(tmp);
         char line[PATH_MAX + 64];
         snprintf(line, sizeof line, "could not write %s: %s", path, strerror(errno));
-        tl_store_log_append(J->store, s->id, line);
+        tld_store_log_append(J->store, s->id, line);
     }
     free(txt);
 }
 
 /* The weights an annotate job reads: a registered model's file, or a training job's checkpoint. */
-static int resolve_source(tl_jobs *J, tl_annotate_spec *a, char *msg, size_t len) {
+static int resolve_source(tld_jobs *J, tl_annotate_spec *a, char *msg, size_t len) {
     char err[512];
     if (a->source_model[0]) {
-        tl_model_row m;
-        if (tl_store_model_get(J->store, a->source_model, &m, err, sizeof err) != 0) {
+        tld_model_row m;
+        if (tld_store_model_get(J->store, a->source_model, &m, err, sizeof err) != 0) {
             snprintf(msg, len, "/source/model: no model named %s (%s)", a->source_model, err);
             return -1;
         }
         snprintf(a->weights_path, sizeof a->weights_path, "%s", m.path);
         a->from_ema = 0; /* a model's file holds the weights it serves */
-        tl_model_row_free(&m);
+        tld_model_row_free(&m);
         return 0;
     }
-    tl_job job;
-    if (tl_store_job_get(J->store, a->source_job, &job, err, sizeof err) != 0) {
+    tld_job job;
+    if (tld_store_job_get(J->store, a->source_job, &job, err, sizeof err) != 0) {
         snprintf(msg, len, "/source/job_id: job %lld does not exist", (long long)a->source_job);
         return -1;
     }
-    tl_models_error e;
+    tld_models_error e;
     int64_t step;
-    int has_ema, rc = tl_job_checkpoint_file(&job, a->source_checkpoint, a->weights_path, sizeof a->weights_path,
+    int has_ema, rc = tld_job_checkpoint_file(&job, a->source_checkpoint, a->weights_path, sizeof a->weights_path,
                                              &step, &has_ema, &e);
-    tl_job_free(&job);
+    tld_job_free(&job);
     if (rc != 0) {
         snprintf(msg, len, "/source%s: %s", e.pointer, e.detail);
         return -1;
@@ -334,7 +334,7 @@ static int resolve_source(tl_jobs *J, tl_annotate_spec *a, char *msg, size_t len
 
 static void *worker_main(void *arg) {
     slot *s = arg;
-    tl_jobs *J = s->J;
+    tld_jobs *J = s->J;
     /* Training yields to inference: this thread and every thread it starts (the engine's pool, the
      * loader) inherit a lower priority, so a predict request gets the cores at once while training
      * keeps the share CFS gives nice TRAIN_NICE against nice 0 (about a quarter) and all of them when
@@ -342,7 +342,7 @@ static void *worker_main(void *arg) {
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), TRAIN_NICE) != 0) {
         char line[128];
         snprintf(line, sizeof line, "could not lower the training threads' priority: %s", strerror(errno));
-        tl_store_log_append(J->store, s->id, line);
+        tld_store_log_append(J->store, s->id, line);
     }
     tl_train_result res;
     tl_train_status st;
@@ -356,12 +356,12 @@ static void *worker_main(void *arg) {
                                 .on_log = h_log, .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
         st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
     }
-    tl_store_flush(J->store);
+    tld_store_flush(J->store);
     int stop = atomic_load(&s->stop);
     if (res.skipped_images) {
         char line[128];
         snprintf(line, sizeof line, "%lld unreadable images were skipped", (long long)res.skipped_images);
-        tl_store_log_append(J->store, s->id, line);
+        tld_store_log_append(J->store, s->id, line);
     }
     if (st == TL_TRAIN_SUCCEEDED && s->annotate) write_sidecar(J, s);
     /* The last log line goes out before the state change: a client that reads the log when it sees the
@@ -369,18 +369,18 @@ static void *worker_main(void *arg) {
     h_log(res.message, s);
     switch (st) {
     case TL_TRAIN_SUCCEEDED:
-        transition(J, s->id, M(TL_JOB_RUNNING) | M(TL_JOB_CANCELLING), TL_JOB_SUCCEEDED, "", res.message);
+        transition(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_SUCCEEDED, "", res.message);
         break;
     case TL_TRAIN_STOPPED:
         if (stop == STOP_CANCEL)
-            transition(J, s->id, M(TL_JOB_CANCELLING) | M(TL_JOB_RUNNING), TL_JOB_CANCELLED, "USER_CANCEL",
+            transition(J, s->id, M(TLD_JOB_CANCELLING) | M(TLD_JOB_RUNNING), TLD_JOB_CANCELLED, "USER_CANCEL",
                        "cancelled by the user; a checkpoint was written");
-        else if (transition(J, s->id, M(TL_JOB_RUNNING), TL_JOB_QUEUED, "DAEMON_SHUTDOWN",
+        else if (transition(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_SHUTDOWN",
                             "the daemon stopped; the job resumes from its checkpoint") != 0)
-            transition(J, s->id, M(TL_JOB_CANCELLING), TL_JOB_CANCELLED, "USER_CANCEL", "cancelled by the user");
+            transition(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL", "cancelled by the user");
         break;
     default:
-        transition(J, s->id, M(TL_JOB_RUNNING) | M(TL_JOB_CANCELLING), TL_JOB_FAILED, res.reason, res.message);
+        transition(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_FAILED, res.reason, res.message);
         break;
     }
     atomic_store(&s->img_s, 0.0);
@@ -392,43 +392,43 @@ static void *worker_main(void *arg) {
 }
 
 /* ---- scheduler ---- */
-static int64_t oldest_queued(tl_jobs *J) {
-    tl_job jobs[64];
+static int64_t oldest_queued(tld_jobs *J) {
+    tld_job jobs[64];
     int n = 0;
     char err[256];
     int64_t before = 0, oldest = 0;
     for (;;) { /* newest first, paged: the last one seen is the oldest */
-        if (tl_store_job_list(J->store, TL_JOB_QUEUED, before, 64, jobs, &n, err, sizeof err) != 0 || n == 0) break;
+        if (tld_store_job_list(J->store, TLD_JOB_QUEUED, before, 64, jobs, &n, err, sizeof err) != 0 || n == 0) break;
         oldest = jobs[n - 1].id;
         before = oldest;
-        for (int i = 0; i < n; i++) tl_job_free(&jobs[i]);
+        for (int i = 0; i < n; i++) tld_job_free(&jobs[i]);
         if (n < 64) break;
     }
     return oldest;
 }
 
 /* Starts job id in slot s (J->mu held). */
-static void start_job(tl_jobs *J, slot *s, int64_t id) {
-    tl_job job;
+static void start_job(tld_jobs *J, slot *s, int64_t id) {
+    tld_job job;
     char err[512];
-    if (tl_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
+    if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
     tl_spec_error se;
     char kind[16] = "", msg[900] = "";
     tl_jobspec_kind(job.spec_json, kind, sizeof kind, &se);
     s->annotate = strcmp(kind, "annotate") == 0;
     int ok = s->annotate ? tl_annotate_spec_parse(job.spec_json, J->data_root, &s->aspec, &se) == 0
                          : tl_jobspec_parse(job.spec_json, J->data_root, &s->spec, &se) == 0;
-    tl_job_free(&job);
+    tld_job_free(&job);
     if (!ok) tl_spec_error_format(&se, msg, sizeof msg);
     else if (s->annotate && resolve_source(J, &s->aspec, msg, sizeof msg) != 0) ok = 0;
-    if (transition(J, id, M(TL_JOB_QUEUED), TL_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0) return;
+    if (transition(J, id, M(TLD_JOB_QUEUED), TLD_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0) return;
     if (!ok) {
-        transition(J, id, M(TL_JOB_RUNNING), TL_JOB_FAILED, "DATA_ERROR", msg);
+        transition(J, id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DATA_ERROR", msg);
         return;
     }
     if (J->cfg.threads_per_job > 0) s->spec.threads = s->aspec.threads = J->cfg.threads_per_job;
     snprintf(s->run_dir, sizeof s->run_dir, "%s/runs/%lld", J->state_dir, (long long)id);
-    tl_store_job_set_run_dir(J->store, id, s->run_dir, err, sizeof err);
+    tld_store_job_set_run_dir(J->store, id, s->run_dir, err, sizeof err);
     s->J = J;
     s->id = id;
     s->inspect_set_written = 0;
@@ -436,14 +436,14 @@ static void start_job(tl_jobs *J, slot *s, int64_t id) {
     s->busy = 1;
     if (pthread_create(&s->thread, NULL, worker_main, s) != 0) {
         s->busy = 0;
-        transition(J, id, M(TL_JOB_RUNNING), TL_JOB_QUEUED, "DAEMON_BUSY", "could not start a worker thread");
+        transition(J, id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_BUSY", "could not start a worker thread");
         return;
     }
     pthread_detach(s->thread);
 }
 
 static void *scheduler_main(void *arg) {
-    tl_jobs *J = arg;
+    tld_jobs *J = arg;
     pthread_mutex_lock(&J->mu);
     while (!J->quit) {
         slot *free_slot = NULL;
@@ -472,20 +472,20 @@ static int64_t checkpoint_step(const char *run_dir, int *has) {
     return step;
 }
 
-static void recover(tl_jobs *J) {
-    for (int state = TL_JOB_RUNNING; state <= TL_JOB_CANCELLING; state++) {
-        tl_job jobs[64];
+static void recover(tld_jobs *J) {
+    for (int state = TLD_JOB_RUNNING; state <= TLD_JOB_CANCELLING; state++) {
+        tld_job jobs[64];
         int n = 0;
         char err[512], msg[256];
-        while (tl_store_job_list(J->store, state, 0, 64, jobs, &n, err, sizeof err) == 0 && n > 0) {
+        while (tld_store_job_list(J->store, state, 0, 64, jobs, &n, err, sizeof err) == 0 && n > 0) {
             for (int i = 0; i < n; i++) {
-                tl_job *jb = &jobs[i];
-                if (state == TL_JOB_CANCELLING) {
-                    transition(J, jb->id, M(TL_JOB_CANCELLING), TL_JOB_CANCELLED, "USER_CANCEL",
+                tld_job *jb = &jobs[i];
+                if (state == TLD_JOB_CANCELLING) {
+                    transition(J, jb->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
                                "cancelled (the daemon stopped before the job did)");
                 } else if (jb->attempt >= J->cfg.max_attempts) {
                     snprintf(msg, sizeof msg, "the daemon stopped during each of %d attempts", jb->attempt);
-                    transition(J, jb->id, M(TL_JOB_RUNNING), TL_JOB_FAILED, "DAEMON_RESTART", msg);
+                    transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DAEMON_RESTART", msg);
                 } else {
                     int has;
                     int64_t step = checkpoint_step(jb->run_dir, &has);
@@ -494,10 +494,10 @@ static void recover(tl_jobs *J) {
                     tl_jobspec_kind(jb->spec_json, kind, sizeof kind, &kse);
                     int annotate = strcmp(kind, "annotate") == 0;
                     if (!annotate) { /* an annotate job resumes after its last part; its points are upserts */
-                        tl_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
-                        tl_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
+                        tld_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
+                        tld_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
                     }
-                    tl_store_job_begin_attempt(J->store, jb->id, err, sizeof err);
+                    tld_store_job_begin_attempt(J->store, jb->id, err, sizeof err);
                     if (annotate)
                         snprintf(msg, sizeof msg, "the daemon restarted; annotation resumes after its last saved part");
                     else if (has)
@@ -505,17 +505,17 @@ static void recover(tl_jobs *J) {
                                  (long long)step);
                     else
                         snprintf(msg, sizeof msg, "the daemon restarted; no checkpoint yet, starting again");
-                    tl_store_log_append(J->store, jb->id, msg);
-                    transition(J, jb->id, M(TL_JOB_RUNNING), TL_JOB_QUEUED, "DAEMON_RESTART", msg);
+                    tld_store_log_append(J->store, jb->id, msg);
+                    transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_RESTART", msg);
                 }
-                tl_job_free(jb);
+                tld_job_free(jb);
             }
         }
     }
 }
 
-tl_jobs *tl_jobs_new(const tl_jobs_cfg *cfg, tl_store *store, tl_events *events, char *err, size_t errlen) {
-    tl_jobs *J = calloc(1, sizeof *J);
+tld_jobs *tld_jobs_new(const tld_jobs_cfg *cfg, tld_store *store, tld_events *events, char *err, size_t errlen) {
+    tld_jobs *J = calloc(1, sizeof *J);
     if (!J) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -539,20 +539,20 @@ tl_jobs *tl_jobs_new(const tl_jobs_cfg *cfg, tl_store *store, tl_events *events,
     snprintf(runs, sizeof runs, "%s/runs", J->state_dir);
     if (!J->state_dir || !J->data_root || (mkdir(runs, 0755) != 0 && errno != EEXIST)) {
         snprintf(err, errlen, "cannot create %s: %s", runs, strerror(errno));
-        tl_jobs_free(J);
+        tld_jobs_free(J);
         return NULL;
     }
     recover(J);
     if (pthread_create(&J->scheduler, NULL, scheduler_main, J) != 0) {
         snprintf(err, errlen, "cannot start the scheduler thread");
-        tl_jobs_free(J);
+        tld_jobs_free(J);
         return NULL;
     }
     J->scheduler_started = 1;
     return J;
 }
 
-int tl_jobs_submit(tl_jobs *J, const char *spec_json, const char *key, int64_t *id, int *existed, tl_spec_error *se,
+int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t *id, int *existed, tl_spec_error *se,
                    char *err, size_t errlen) {
     tl_train_spec *spec = malloc(sizeof *spec); /* ~13 KB: not on an HTTP thread's stack */
     if (!spec) {
@@ -567,22 +567,22 @@ int tl_jobs_submit(tl_jobs *J, const char *spec_json, const char *key, int64_t *
         if (!a) snprintf(se->pointer, sizeof se->pointer, "%s", ""), snprintf(se->message, sizeof se->message, "out of memory");
         if (rc == 0) { /* the source must exist now; its checkpoint is resolved when the job starts */
             char e2[256];
-            tl_model_row m;
-            tl_job job;
+            tld_model_row m;
+            tld_job job;
             if (a->source_model[0]) {
-                if (tl_store_model_get(J->store, a->source_model, &m, e2, sizeof e2) != 0) {
+                if (tld_store_model_get(J->store, a->source_model, &m, e2, sizeof e2) != 0) {
                     snprintf(se->pointer, sizeof se->pointer, "/source/model");
                     snprintf(se->message, sizeof se->message, "no model named %s", a->source_model);
                     rc = -1;
                 } else {
-                    tl_model_row_free(&m);
+                    tld_model_row_free(&m);
                 }
-            } else if (tl_store_job_get(J->store, a->source_job, &job, e2, sizeof e2) != 0) {
+            } else if (tld_store_job_get(J->store, a->source_job, &job, e2, sizeof e2) != 0) {
                 snprintf(se->pointer, sizeof se->pointer, "/source/job_id");
                 snprintf(se->message, sizeof se->message, "job %lld does not exist", (long long)a->source_job);
                 rc = -1;
             } else {
-                tl_job_free(&job);
+                tld_job_free(&job);
             }
         }
         if (a) snprintf(name, sizeof name, "%s", a->name);
@@ -596,7 +596,7 @@ int tl_jobs_submit(tl_jobs *J, const char *spec_json, const char *key, int64_t *
         snprintf(err, errlen, "spec");
         return -1;
     }
-    if (tl_store_job_create(J->store, name, spec_json, key, id, existed, err, errlen) != 0) return -1;
+    if (tld_store_job_create(J->store, name, spec_json, key, id, existed, err, errlen) != 0) return -1;
     if (!*existed) publish_state(J, *id);
     pthread_mutex_lock(&J->mu);
     pthread_cond_broadcast(&J->wake);
@@ -604,24 +604,24 @@ int tl_jobs_submit(tl_jobs *J, const char *spec_json, const char *key, int64_t *
     return 0;
 }
 
-int tl_jobs_cancel(tl_jobs *J, int64_t id, char *err, size_t errlen) {
+int tld_jobs_cancel(tld_jobs *J, int64_t id, char *err, size_t errlen) {
     pthread_mutex_lock(&J->mu);
     int rc = -1;
-    if (tl_store_job_transition(J->store, id, M(TL_JOB_QUEUED), TL_JOB_CANCELLED, "USER_CANCEL",
+    if (tld_store_job_transition(J->store, id, M(TLD_JOB_QUEUED), TLD_JOB_CANCELLED, "USER_CANCEL",
                                 "cancelled by the user before it started", err, errlen) == 0) {
         rc = 0;
-    } else if (tl_store_job_transition(J->store, id, M(TL_JOB_RUNNING), TL_JOB_CANCELLING, "USER_CANCEL",
+    } else if (tld_store_job_transition(J->store, id, M(TLD_JOB_RUNNING), TLD_JOB_CANCELLING, "USER_CANCEL",
                                        "cancelling: the current step ends and a checkpoint is written", err,
                                        errlen) == 0) {
         for (int i = 0; i < J->cfg.max_running; i++)
             if (J->slots[i].busy && J->slots[i].id == id) atomic_store(&J->slots[i].stop, STOP_CANCEL);
         rc = 0;
     } else if (strstr(err, "not found") == NULL) {
-        tl_job job; /* already cancelling counts as accepted */
+        tld_job job; /* already cancelling counts as accepted */
         char e2[128];
-        if (tl_store_job_get(J->store, id, &job, e2, sizeof e2) == 0) {
-            if (job.state == TL_JOB_CANCELLING) rc = 0;
-            tl_job_free(&job);
+        if (tld_store_job_get(J->store, id, &job, e2, sizeof e2) == 0) {
+            if (job.state == TLD_JOB_CANCELLING) rc = 0;
+            tld_job_free(&job);
         }
     }
     pthread_mutex_unlock(&J->mu);
@@ -634,25 +634,25 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
-int tl_jobs_delete(tl_jobs *J, int64_t id, char *err, size_t errlen) {
-    tl_job job;
-    if (tl_store_job_get(J->store, id, &job, err, errlen) != 0) return -1;
-    int final = tl_job_state_final(job.state);
+int tld_jobs_delete(tld_jobs *J, int64_t id, char *err, size_t errlen) {
+    tld_job job;
+    if (tld_store_job_get(J->store, id, &job, err, errlen) != 0) return -1;
+    int final = tld_job_state_final(job.state);
     char run_dir[1024];
     snprintf(run_dir, sizeof run_dir, "%s", job.run_dir);
-    tl_job_free(&job);
+    tld_job_free(&job);
     if (!final) {
         snprintf(err, errlen, "invalid transition: job %lld is %s; cancel it first", (long long)id,
-                 tl_job_state_name(job.state));
+                 tld_job_state_name(job.state));
         return -1;
     }
-    if (tl_store_job_delete(J->store, id, err, errlen) != 0) return -1;
+    if (tld_store_job_delete(J->store, id, err, errlen) != 0) return -1;
     if (run_dir[0]) nftw(run_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     publish(J, id, "deleted", "{\"id\":%lld}", (long long)id);
     return 0;
 }
 
-int tl_jobs_running(tl_jobs *J) {
+int tld_jobs_running(tld_jobs *J) {
     pthread_mutex_lock(&J->mu);
     int n = 0;
     for (int i = 0; i < J->cfg.max_running; i++) n += J->slots[i].busy;
@@ -660,13 +660,13 @@ int tl_jobs_running(tl_jobs *J) {
     return n;
 }
 
-double tl_jobs_images_per_second(tl_jobs *J) {
+double tld_jobs_images_per_second(tld_jobs *J) {
     double s = 0.0;
     for (int i = 0; i < J->cfg.max_running; i++) s += atomic_load(&J->slots[i].img_s);
     return s;
 }
 
-void tl_jobs_shutdown(tl_jobs *J) {
+void tld_jobs_shutdown(tld_jobs *J) {
     pthread_mutex_lock(&J->mu);
     J->quit = 1;
     for (int i = 0; i < J->cfg.max_running; i++)
@@ -687,9 +687,9 @@ void tl_jobs_shutdown(tl_jobs *J) {
     pthread_mutex_unlock(&J->mu);
 }
 
-void tl_jobs_free(tl_jobs *J) {
+void tld_jobs_free(tld_jobs *J) {
     if (!J) return;
-    tl_jobs_shutdown(J);
+    tld_jobs_shutdown(J);
     pthread_mutex_destroy(&J->mu);
     pthread_cond_destroy(&J->wake);
     free(J->state_dir);

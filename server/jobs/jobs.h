@@ -9,19 +9,19 @@
  * its hooks into store writes (progress, metrics, logs, checkpoints) and bus
  * events. State changes always go through the store's checked transitions.
  *
- * Recovery (tl_jobs_new): a job left RUNNING or CANCELLING by a daemon that
+ * Recovery (tld_jobs_new): a job left RUNNING or CANCELLING by a daemon that
  * died is re-queued as attempt+1 to resume from its last checkpoint, after
  * dropping the metric points past that checkpoint's step; one with no
  * checkpoint restarts from scratch; one that has already been retried
  * max_attempts times is marked FAILED with DAEMON_RESTART. A CANCELLING job
  * becomes CANCELLED.
- * Shutdown (tl_jobs_shutdown): running jobs finish their step, checkpoint and
+ * Shutdown (tld_jobs_shutdown): running jobs finish their step, checkpoint and
  * return to QUEUED (DAEMON_SHUTDOWN), then the threads are joined.
  *
  * Thread-safe: HTTP handlers call submit/cancel/delete from any thread.
  */
-#ifndef TL_JOBS_H
-#define TL_JOBS_H
+#ifndef TLD_JOBS_H
+#define TLD_JOBS_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -36,24 +36,24 @@ typedef struct {
     int max_running;         /* default 1 */
     int threads_per_job;     /* default: all cores / max_running */
     int max_attempts;        /* default 3 */
-} tl_jobs_cfg;
+} tld_jobs_cfg;
 
-typedef struct tl_jobs tl_jobs;
+typedef struct tld_jobs tld_jobs;
 
-tl_jobs *tl_jobs_new(const tl_jobs_cfg *cfg, tl_store *store, tl_events *events, char *err, size_t errlen);
+tld_jobs *tld_jobs_new(const tld_jobs_cfg *cfg, tld_store *store, tld_events *events, char *err, size_t errlen);
 /* Validates and queues a job. On a spec error fills *se and returns -1 with err "spec". With an
  * idempotency key already used, returns the existing job (*existed = 1). */
-int tl_jobs_submit(tl_jobs *j, const char *spec_json, const char *idempotency_key, int64_t *id, int *existed,
+int tld_jobs_submit(tld_jobs *j, const char *spec_json, const char *idempotency_key, int64_t *id, int *existed,
                    tl_spec_error *se, char *err, size_t errlen);
 /* QUEUED -> CANCELLED at once; RUNNING -> CANCELLING, then CANCELLED after the step ends and a checkpoint
  * is written. -1 "invalid transition" for a finished job, "not found" for none. */
-int tl_jobs_cancel(tl_jobs *j, int64_t id, char *err, size_t errlen);
+int tld_jobs_cancel(tld_jobs *j, int64_t id, char *err, size_t errlen);
 /* Deletes a finished job with its run folder; -1 "invalid transition" otherwise. */
-int tl_jobs_delete(tl_jobs *j, int64_t id, char *err, size_t errlen);
-int tl_jobs_running(tl_jobs *j);                 /* jobs training now */
-double tl_jobs_images_per_second(tl_jobs *j);    /* summed over running jobs */
+int tld_jobs_delete(tld_jobs *j, int64_t id, char *err, size_t errlen);
+int tld_jobs_running(tld_jobs *j);                 /* jobs training now */
+double tld_jobs_images_per_second(tld_jobs *j);    /* summed over running jobs */
 /* Stops the scheduler; running jobs checkpoint and go back to QUEUED. */
-void tl_jobs_shutdown(tl_jobs *j);
-void tl_jobs_free(tl_jobs *j);
+void tld_jobs_shutdown(tld_jobs *j);
+void tld_jobs_free(tld_jobs *j);
 
 #endif

@@ -12,7 +12,7 @@
  * start-up, one at a time (state LOADING until then).
  *
  * Lifetime: the registry holds one reference to each entry, every
- * tl_model_ref one more. Deleting or replacing a model drops it from the
+ * tld_model_ref one more. Deleting or replacing a model drops it from the
  * list; its lanes keep serving the queue of the callers that still hold
  * it and the last release stops the threads and frees everything.
  *
@@ -46,7 +46,7 @@ enum { IT_PENDING = 0, IT_DONE = 1, IT_EXPIRED = 2, IT_UNLOADED = 3 };
 
 typedef struct item {
     const float *image;      /* (3,S,S), the caller's */
-    tl_infer_out *out;
+    tld_infer_out *out;
     int64_t enq_ms, deadline_ms;
     int status;              /* IT_*, under E->mu */
     struct item *next;
@@ -68,8 +68,8 @@ typedef struct {
 } lane;
 
 typedef struct entry {
-    tl_models *M;
-    tl_model_row row;        /* as stored (labels_json owned) */
+    tld_models *M;
+    tld_model_row row;        /* as stored (labels_json owned) */
     char **labels;           /* (K) */
     int K, S, grid;
     tl_config cfg;
@@ -102,14 +102,14 @@ typedef struct entry {
 } entry;
 
 /* One caller's hold on an entry. */
-struct tl_model_ref {
+struct tld_model_ref {
     entry *E;
     int preparing;           /* still counted in E->preparing */
 };
 
-struct tl_models {
+struct tld_models {
     char *state_dir, *models_dir, *data_root;
-    tl_store *store;
+    tld_store *store;
     int threads;
     pthread_mutex_t mu;
     entry **list;
@@ -121,7 +121,7 @@ struct tl_models {
 
 /* ------------------------------------------------------------------ helpers */
 
-int64_t tl_models_now_ms(void) {
+int64_t tld_models_now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
@@ -139,9 +139,9 @@ static double mono_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int seterr(tl_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...)
+static int seterr(tld_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static int seterr(tl_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...) {
+static int seterr(tld_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...) {
     if (!e) return -1;
     e->status = status;
     snprintf(e->code, sizeof e->code, "%s", code);
@@ -212,7 +212,7 @@ static void free_labels(char **l, int K) {
 }
 
 /* Checks a labels array: K non-empty strings of at most 200 bytes. */
-static int check_labels(const char *json, int K, tl_models_error *e) {
+static int check_labels(const char *json, int K, tld_models_error *e) {
     cJSON *a = cJSON_Parse(json);
     int rc = 0;
     if (!cJSON_IsArray(a))
@@ -234,7 +234,7 @@ static int check_labels(const char *json, int K, tl_models_error *e) {
 
 /* ------------------------------------------------------------------ entries */
 
-static entry *entry_new(tl_models *M, const tl_model_row *row) {
+static entry *entry_new(tld_models *M, const tld_model_row *row) {
     entry *E = calloc(1, sizeof *E);
     if (!E) return NULL;
     E->M = M;
@@ -273,7 +273,7 @@ static void entry_free(entry *E) {
     tl_model_free(E->model);
     free_labels(E->labels, E->K);
     for (int i = 0; i < E->nretired; i++) free_labels(E->retired[i], E->K);
-    tl_model_row_free(&E->row);
+    tld_model_row_free(&E->row);
     pthread_mutex_destroy(&E->mu);
     pthread_cond_destroy(&E->cv);
     pthread_cond_destroy(&E->done_cv);
@@ -281,7 +281,7 @@ static void entry_free(entry *E) {
 }
 
 static void entry_unref(entry *E) {
-    tl_models *M = E->M;
+    tld_models *M = E->M;
     pthread_mutex_lock(&M->mu);
     int last = --E->refs == 0;
     pthread_mutex_unlock(&M->mu);
@@ -289,7 +289,7 @@ static void entry_unref(entry *E) {
 }
 
 /* The entry named name with a new reference, or NULL. */
-static entry *find_ref(tl_models *M, const char *name) {
+static entry *find_ref(tld_models *M, const char *name) {
     entry *E = NULL;
     pthread_mutex_lock(&M->mu);
     for (int i = 0; i < M->n; i++)
@@ -303,7 +303,7 @@ static entry *find_ref(tl_models *M, const char *name) {
 }
 
 /* Puts E in the list, replacing (and returning, still referenced by the list's old hold) one of the same name. */
-static int list_put(tl_models *M, entry *E, entry **replaced) {
+static int list_put(tld_models *M, entry *E, entry **replaced) {
     *replaced = NULL;
     pthread_mutex_lock(&M->mu);
     for (int i = 0; i < M->n; i++)
@@ -329,7 +329,7 @@ static int list_put(tl_models *M, entry *E, entry **replaced) {
 }
 
 /* Removes the entry named name from the list; returns it (the list's reference passes to the caller). */
-static entry *list_take(tl_models *M, const char *name) {
+static entry *list_take(tld_models *M, const char *name) {
     entry *E = NULL;
     pthread_mutex_lock(&M->mu);
     for (int i = 0; i < M->n; i++)
@@ -401,7 +401,7 @@ static void *batcher_main(void *arg) {
         if (E->quit) break;
         /* Wait for the batch to fill, but only while more requests are on their way. */
         int64_t until = E->head->enq_ms + E->max_delay_ms;
-        while (!E->quit && E->head && E->queued < E->max_batch && E->preparing > 0 && tl_models_now_ms() < until) {
+        while (!E->quit && E->head && E->queued < E->max_batch && E->preparing > 0 && tld_models_now_ms() < until) {
             struct timespec ts;
             timespec_at(&ts, until);
             pthread_cond_timedwait(&E->cv, &E->mu, &ts);
@@ -409,7 +409,7 @@ static void *batcher_main(void *arg) {
         if (E->quit) break;
         if (!E->head) continue; /* another lane took it */
         int B = 0, maxb = E->max_batch;
-        int64_t now = tl_models_now_ms();
+        int64_t now = tld_models_now_ms();
         while (E->head && B < maxb) {
             item *it = E->head;
             E->head = it->next;
@@ -443,7 +443,7 @@ static void *batcher_main(void *arg) {
         double ms = (mono_s() - t0) * 1000.0;
         const float *aux = ok ? tl_logits_aux(ctx) : NULL;
         for (int i = 0; i < B && ok; i++) {
-            tl_infer_out *o = batch[i]->out;
+            tld_infer_out *o = batch[i]->out;
             softmax_into(L->scores + (size_t)i * E->K, E->K, o->probs);
             if (o->logits) memcpy(o->logits, L->scores + (size_t)i * E->K, sizeof(float) * (size_t)E->K);
             if (o->tok_index) tl_token_top1(aux + (size_t)i * N * E->K, N, E->K, o->tok_index, o->tok_prob);
@@ -520,7 +520,7 @@ fail:
 }
 
 static void *loader_main(void *arg) {
-    tl_models *M = arg;
+    tld_models *M = arg;
     for (;;) {
         entry *E = NULL;
         pthread_mutex_lock(&M->mu);
@@ -543,9 +543,9 @@ static void *loader_main(void *arg) {
     return NULL;
 }
 
-tl_models *tl_models_new(const tl_models_cfg *cfg, char *err, size_t errlen) {
-    tl_models *M = calloc(1, sizeof *M);
-    tl_model_row *rows = NULL;
+tld_models *tld_models_new(const tld_models_cfg *cfg, char *err, size_t errlen) {
+    tld_models *M = calloc(1, sizeof *M);
+    tld_model_row *rows = NULL;
     int n = 0;
     if (!M) {
         snprintf(err, errlen, "out of memory");
@@ -567,7 +567,7 @@ tl_models *tl_models_new(const tl_models_cfg *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "cannot create %s: %s", M->models_dir, strerror(errno));
         goto fail;
     }
-    if (tl_store_model_list(M->store, &rows, &n, err, errlen) != 0) goto fail;
+    if (tld_store_model_list(M->store, &rows, &n, err, errlen) != 0) goto fail;
     for (int i = 0; i < n; i++) {
         entry *E = entry_new(M, &rows[i]), *old = NULL;
         if (!E || list_put(M, E, &old) != 0) {
@@ -583,17 +583,17 @@ tl_models *tl_models_new(const tl_models_cfg *cfg, char *err, size_t errlen) {
         }
         M->loader_started = 1;
     }
-    for (int i = 0; i < n; i++) tl_model_row_free(&rows[i]);
+    for (int i = 0; i < n; i++) tld_model_row_free(&rows[i]);
     free(rows);
     return M;
 fail:
-    for (int i = 0; i < n; i++) tl_model_row_free(&rows[i]);
+    for (int i = 0; i < n; i++) tld_model_row_free(&rows[i]);
     free(rows);
-    tl_models_free(M);
+    tld_models_free(M);
     return NULL;
 }
 
-void tl_models_free(tl_models *M) {
+void tld_models_free(tld_models *M) {
     if (!M) return;
     pthread_mutex_lock(&M->mu);
     M->quit = 1;
@@ -619,7 +619,7 @@ void tl_models_free(tl_models *M) {
     free(M);
 }
 
-int tl_models_all_loaded(tl_models *M) {
+int tld_models_all_loaded(tld_models *M) {
     int all = 1;
     pthread_mutex_lock(&M->mu);
     for (int i = 0; i < M->n && all; i++) {
@@ -633,10 +633,10 @@ int tl_models_all_loaded(tl_models *M) {
 
 /* ------------------------------------------------------------------ registration */
 
-static int check_batching(int *max_batch, int *max_delay_ms, int *max_queue, tl_models_error *e) {
-    if (*max_batch == 0) *max_batch = TL_MODELS_DEFAULT_MAX_BATCH;
-    if (*max_delay_ms < 0) *max_delay_ms = TL_MODELS_DEFAULT_MAX_DELAY_MS;
-    if (*max_queue == 0) *max_queue = TL_MODELS_DEFAULT_MAX_QUEUE;
+static int check_batching(int *max_batch, int *max_delay_ms, int *max_queue, tld_models_error *e) {
+    if (*max_batch == 0) *max_batch = TLD_MODELS_DEFAULT_MAX_BATCH;
+    if (*max_delay_ms < 0) *max_delay_ms = TLD_MODELS_DEFAULT_MAX_DELAY_MS;
+    if (*max_queue == 0) *max_queue = TLD_MODELS_DEFAULT_MAX_QUEUE;
     if (*max_batch < 1 || *max_batch > 64)
         return seterr(e, 422, "INVALID_FIELD", "/max_batch", "must be an integer from 1 to 64");
     if (*max_delay_ms > 1000)
@@ -647,13 +647,13 @@ static int check_batching(int *max_batch, int *max_delay_ms, int *max_queue, tl_
 }
 
 /* The crop_pct and class names of a job (its spec and dataset); defaults when they cannot be read. */
-static char *job_labels(tl_models *M, const tl_job *job, int K, float *crop_pct) {
+static char *job_labels(tld_models *M, const tld_job *job, int K, float *crop_pct) {
     tl_train_spec spec;
     tl_spec_error se;
     char err[TL_ERR_LEN];
     *crop_pct = 0.9f;
-    tl_inspect_set_row set;
-    if (tl_store_inspect_set_get(M->store, job->id, &set, err, sizeof err) == 0) {
+    tld_inspect_set_row set;
+    if (tld_store_inspect_set_get(M->store, job->id, &set, err, sizeof err) == 0) {
         char *l = set.labels_json; /* already the job's class names */
         set.labels_json = NULL;
         if (tl_jobspec_parse(job->spec_json, M->data_root[0] ? M->data_root : NULL, &spec, &se) == 0)
@@ -678,8 +678,8 @@ static char *job_labels(tl_models *M, const tl_job *job, int K, float *crop_pct)
     return out;
 }
 
-int tl_job_checkpoint_file(const tl_job *job, const char *want, char *path, size_t plen, int64_t *step, int *has_ema,
-                           tl_models_error *e) {
+int tld_job_checkpoint_file(const tld_job *job, const char *want, char *path, size_t plen, int64_t *step, int *has_ema,
+                           tld_models_error *e) {
     const char *kinds[2] = {"best", "last"};
     int64_t steps[2] = {-1, -1};
     int emas[2] = {0, 0};
@@ -721,7 +721,7 @@ int tl_job_checkpoint_file(const tl_job *job, const char *want, char *path, size
 }
 
 /* Registers a fully written model file: store row, then a loaded entry in the list. */
-static int install(tl_models *M, tl_model_row *row, int replace, int *created, tl_models_error *e) {
+static int install(tld_models *M, tld_model_row *row, int replace, int *created, tld_models_error *e) {
     char err[TL_ERR_LEN];
     entry *E = entry_new(M, row);
     if (!E) return seterr(e, 500, "INTERNAL", NULL, "out of memory");
@@ -730,7 +730,7 @@ static int install(tl_models *M, tl_model_row *row, int replace, int *created, t
         return seterr(e, 422, "INVALID_MODEL", NULL, "the model cannot be loaded: %s", err);
     }
     int existed = 0;
-    if (tl_store_model_put(M->store, row, replace, &existed, err, sizeof err) != 0) {
+    if (tld_store_model_put(M->store, row, replace, &existed, err, sizeof err) != 0) {
         entry_free(E);
         if (strcmp(err, "exists") == 0)
             return seterr(e, 409, "MODEL_EXISTS", "/name", "a model named %s exists (DELETE it first)", row->name);
@@ -752,13 +752,13 @@ static int install(tl_models *M, tl_model_row *row, int replace, int *created, t
     return 0;
 }
 
-static int name_taken(tl_models *M, const char *name) {
+static int name_taken(tld_models *M, const char *name) {
     entry *E = find_ref(M, name);
     if (E) entry_unref(E);
     return E != NULL;
 }
 
-int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_error *e) {
+int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models_error *e) {
     char err[TL_ERR_LEN];
     if (!valid_name(r->name))
         return seterr(e, 422, "INVALID_FIELD", "/name",
@@ -767,15 +767,15 @@ int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_err
     if (check_batching(&max_batch, &max_delay, &max_queue, e) != 0) return -1;
     if (name_taken(M, r->name))
         return seterr(e, 409, "MODEL_EXISTS", "/name", "a model named %s exists (DELETE it first)", r->name);
-    tl_job job;
-    if (tl_store_job_get(M->store, r->job_id, &job, err, sizeof err) != 0)
+    tld_job job;
+    if (tld_store_job_get(M->store, r->job_id, &job, err, sizeof err) != 0)
         return seterr(e, 404, "JOB_NOT_FOUND", "/job_id", "job %lld does not exist", (long long)r->job_id);
     char src[1200], dst[1200];
     int64_t step = 0;
     int has_ema = 0, rc = -1;
     tl_model *m = NULL;
     char *labels = NULL;
-    if (tl_job_checkpoint_file(&job, r->checkpoint ? r->checkpoint : "best", src, sizeof src, &step, &has_ema, e) != 0)
+    if (tld_job_checkpoint_file(&job, r->checkpoint ? r->checkpoint : "best", src, sizeof src, &step, &has_ema, e) != 0)
         goto done;
     int ema = r->ema < 0 ? has_ema : r->ema;
     if (ema && !has_ema) {
@@ -803,7 +803,7 @@ int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_err
         seterr(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }
-    tl_model_row row = {0};
+    tld_model_row row = {0};
     snprintf(row.name, sizeof row.name, "%s", r->name);
     snprintf(row.source_kind, sizeof row.source_kind, "job");
     row.job_id = job.id;
@@ -827,7 +827,7 @@ int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_err
 done:
     tl_model_free(m);
     free(labels);
-    tl_job_free(&job);
+    tld_job_free(&job);
     return rc;
 }
 
@@ -862,8 +862,8 @@ static unsigned upload_seq(void) {
     return ++seq;
 }
 
-int tl_models_upload(tl_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
-                     int max_queue, int *created, tl_models_error *e) {
+int tld_models_upload(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
+                     int max_queue, int *created, tld_models_error *e) {
     char err[TL_ERR_LEN], tmp[1200], dst[1200];
     int rc = -1;
     tl_model *m = NULL;
@@ -910,7 +910,7 @@ int tl_models_upload(tl_models *M, const char *name, const void *data, size_t le
         goto done;
     }
     const char *cl = tl_st_meta(f, "tokenlab.classes");
-    tl_models_error le;
+    tld_models_error le;
     if (cl && check_labels(cl, cfg.num_classes, &le) == 0) {
         labels = strdup(cl);
     } else {
@@ -934,7 +934,7 @@ int tl_models_upload(tl_models *M, const char *name, const void *data, size_t le
         seterr(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }
-    tl_model_row row = {0};
+    tld_model_row row = {0};
     snprintf(row.name, sizeof row.name, "%s", name);
     snprintf(row.source_kind, sizeof row.source_kind, "upload");
     if (snprintf(row.path, sizeof row.path, "%s", dst) >= (int)sizeof row.path) {
@@ -958,8 +958,8 @@ done:
     return rc;
 }
 
-int tl_models_update(tl_models *M, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
-                     int max_queue, tl_models_error *e) {
+int tld_models_update(tld_models *M, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
+                     int max_queue, tld_models_error *e) {
     entry *E = find_ref(M, name);
     if (!E) return seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
     int rc = -1;
@@ -987,7 +987,7 @@ int tl_models_update(tl_models *M, const char *name, const char *labels_json, in
         if (mq == 0) seterr(e, 422, "INVALID_FIELD", "/max_queue", "must be an integer from 1 to 4096");
         goto done;
     }
-    if (tl_store_model_update(M->store, name, labels_json, mb, md, mq, err, sizeof err) != 0) {
+    if (tld_store_model_update(M->store, name, labels_json, mb, md, mq, err, sizeof err) != 0) {
         if (strcmp(err, "not found") == 0)
             seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
         else
@@ -1026,14 +1026,14 @@ done:
     return rc;
 }
 
-int tl_models_delete(tl_models *M, const char *name, tl_models_error *e) {
+int tld_models_delete(tld_models *M, const char *name, tld_models_error *e) {
     char err[TL_ERR_LEN];
     entry *E = find_ref(M, name);
     if (!E) return seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
     char path[1024];
     snprintf(path, sizeof path, "%s", E->row.path);
     entry_unref(E);
-    if (tl_store_model_delete(M->store, name, err, sizeof err) != 0) {
+    if (tld_store_model_delete(M->store, name, err, sizeof err) != 0) {
         if (strcmp(err, "not found") == 0) return seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
         return seterr(e, 500, "STORE_ERROR", NULL, "%s", err);
     }
@@ -1055,7 +1055,7 @@ static cJSON *entry_json(entry *E) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     pthread_mutex_lock(&E->mu);
-    const tl_model_row *r = &E->row;
+    const tld_model_row *r = &E->row;
     cJSON_AddStringToObject(o, "name", r->name);
     cJSON_AddStringToObject(o, "state", state_names[E->state]);
     if (E->state == ST_FAILED)
@@ -1117,7 +1117,7 @@ static cJSON *entry_json(entry *E) {
     return o;
 }
 
-char *tl_models_json(tl_models *M, const char *name, tl_models_error *e) {
+char *tld_models_json(tld_models *M, const char *name, tld_models_error *e) {
     entry *E = find_ref(M, name);
     if (!E) {
         seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
@@ -1132,7 +1132,7 @@ char *tl_models_json(tl_models *M, const char *name, tl_models_error *e) {
 }
 
 /* References to every entry, newest first (release each). */
-static int snapshot(tl_models *M, entry ***out) {
+static int snapshot(tld_models *M, entry ***out) {
     pthread_mutex_lock(&M->mu);
     int n = M->n;
     entry **v = calloc((size_t)n + 1, sizeof *v);
@@ -1152,7 +1152,7 @@ static int snapshot(tl_models *M, entry ***out) {
     return n;
 }
 
-char *tl_models_list_json(tl_models *M, tl_models_error *e) {
+char *tld_models_list_json(tld_models *M, tld_models_error *e) {
     entry **v = NULL;
     int n = snapshot(M, &v);
     if (n < 0) {
@@ -1172,7 +1172,7 @@ char *tl_models_list_json(tl_models *M, tl_models_error *e) {
     return s;
 }
 
-char *tl_models_prometheus(tl_models *M) {
+char *tld_models_prometheus(tld_models *M) {
     entry **v = NULL;
     int n = snapshot(M, &v);
     if (n < 0) return NULL;
@@ -1220,13 +1220,13 @@ char *tl_models_prometheus(tl_models *M) {
 
 /* ------------------------------------------------------------------ inference */
 
-tl_model_ref *tl_models_acquire(tl_models *M, const char *name, tl_models_error *e) {
+tld_model_ref *tld_models_acquire(tld_models *M, const char *name, tld_models_error *e) {
     entry *E = find_ref(M, name);
     if (!E) {
         seterr(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
         return NULL;
     }
-    tl_model_ref *r = calloc(1, sizeof *r);
+    tld_model_ref *r = calloc(1, sizeof *r);
     pthread_mutex_lock(&E->mu);
     int st = E->state;
     char msg[512];
@@ -1253,14 +1253,14 @@ tl_model_ref *tl_models_acquire(tl_models *M, const char *name, tl_models_error 
 }
 
 /* The caller has its images ready (or gave up): the batcher need not wait for it (E->mu held). */
-static void stop_preparing(tl_model_ref *r) {
+static void stop_preparing(tld_model_ref *r) {
     if (!r->preparing) return;
     r->preparing = 0;
     if (r->E->preparing > 0) r->E->preparing--;
     pthread_cond_broadcast(&r->E->cv); /* the batcher may be waiting only for us */
 }
 
-void tl_models_release(tl_model_ref *r) {
+void tld_models_release(tld_model_ref *r) {
     if (!r) return;
     pthread_mutex_lock(&r->E->mu);
     stop_preparing(r);
@@ -1269,12 +1269,12 @@ void tl_models_release(tl_model_ref *r) {
     free(r);
 }
 
-const char *tl_model_ref_name(const tl_model_ref *r) { return r->E->row.name; }
-int tl_model_ref_size(const tl_model_ref *r) { return r->E->S; }
-float tl_model_ref_crop_pct(const tl_model_ref *r) { return (float)r->E->row.crop_pct; }
-int tl_model_ref_classes(const tl_model_ref *r) { return r->E->K; }
-int tl_model_ref_grid(const tl_model_ref *r) { return r->E->grid; }
-const char *tl_model_ref_label(const tl_model_ref *r, int c) {
+const char *tld_model_ref_name(const tld_model_ref *r) { return r->E->row.name; }
+int tld_model_ref_size(const tld_model_ref *r) { return r->E->S; }
+float tld_model_ref_crop_pct(const tld_model_ref *r) { return (float)r->E->row.crop_pct; }
+int tld_model_ref_classes(const tld_model_ref *r) { return r->E->K; }
+int tld_model_ref_grid(const tld_model_ref *r) { return r->E->grid; }
+const char *tld_model_ref_label(const tld_model_ref *r, int c) {
     entry *E = r->E;
     pthread_mutex_lock(&E->mu);
     const char *l = c >= 0 && c < E->K && E->labels ? E->labels[c] : "";
@@ -1282,8 +1282,8 @@ const char *tl_model_ref_label(const tl_model_ref *r, int c) {
     return l;
 }
 
-int tl_models_infer(tl_model_ref *r, const float *images, int n, tl_infer_out *out, int64_t deadline_ms,
-                    tl_models_error *e) {
+int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out *out, int64_t deadline_ms,
+                    tld_models_error *e) {
     entry *E = r->E;
     size_t img = (size_t)3 * (size_t)E->S * (size_t)E->S;
     item *items = calloc((size_t)(n > 0 ? n : 1), sizeof *items);
@@ -1313,7 +1313,7 @@ int tl_models_infer(tl_model_ref *r, const float *images, int n, tl_infer_out *o
         e->retry_after_s = retry < 1 ? 1 : retry;
         return -1;
     }
-    int64_t now = tl_models_now_ms();
+    int64_t now = tld_models_now_ms();
     for (int i = 0; i < n; i++) {
         items[i] = (item){images + img * (size_t)i, &out[i], now, deadline_ms, IT_PENDING, NULL};
         if (E->tail)

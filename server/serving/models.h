@@ -17,27 +17,27 @@
  * waits at most for the batch ahead of it, never for training.
  *
  * Threads: every function may be called from any thread (HTTP handlers,
- * the daemon's main thread). A tl_model_ref keeps its model alive (and its
+ * the daemon's main thread). A tld_model_ref keeps its model alive (and its
  * batcher running) until released, even if the model is deleted or
  * replaced meanwhile.
  */
-#ifndef TL_MODELS_H
-#define TL_MODELS_H
+#ifndef TLD_MODELS_H
+#define TLD_MODELS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "store/store.h"
 
-typedef struct tl_models tl_models;
-typedef struct tl_model_ref tl_model_ref;
+typedef struct tld_models tld_models;
+typedef struct tld_model_ref tld_model_ref;
 
 typedef struct {
     const char *state_dir;     /* model files in <state_dir>/models/ */
     const char *data_root;     /* to read a job's spec (class names, crop_pct) */
-    tl_store *store;
+    tld_store *store;
     int threads;               /* compute threads per model, default: all cores */
-} tl_models_cfg;
+} tld_models_cfg;
 
 /* An error for an HTTP problem answer: status, stable code, JSON pointer (may be ""), detail. */
 typedef struct {
@@ -46,17 +46,17 @@ typedef struct {
     char pointer[64];
     char detail[512];
     int retry_after_s;         /* for 429 */
-} tl_models_error;
+} tld_models_error;
 
-#define TL_MODELS_DEFAULT_MAX_BATCH 8
-#define TL_MODELS_DEFAULT_MAX_DELAY_MS 5
-#define TL_MODELS_DEFAULT_MAX_QUEUE 64
+#define TLD_MODELS_DEFAULT_MAX_BATCH 8
+#define TLD_MODELS_DEFAULT_MAX_DELAY_MS 5
+#define TLD_MODELS_DEFAULT_MAX_QUEUE 64
 
-tl_models *tl_models_new(const tl_models_cfg *cfg, char *err, size_t errlen);
+tld_models *tld_models_new(const tld_models_cfg *cfg, char *err, size_t errlen);
 /* Fails every queued request (503), stops the batchers and the loader, frees. */
-void tl_models_free(tl_models *M);
+void tld_models_free(tld_models *M);
 /* 1 when no model is LOADING (KServe readiness). */
-int tl_models_all_loaded(tl_models *M);
+int tld_models_all_loaded(tld_models *M);
 
 /* ---- registration ---- */
 typedef struct {
@@ -65,43 +65,43 @@ typedef struct {
     const char *checkpoint;    /* "best", "last" or a step in decimal */
     int ema;                   /* -1: when the checkpoint holds EMA weights */
     int max_batch, max_delay_ms, max_queue; /* 0: defaults */
-} tl_register_req;
+} tld_register_req;
 
 /* Copies a job's checkpoint into the model's own file and loads it (READY on return). */
-int tl_models_register_job(tl_models *M, const tl_register_req *r, tl_models_error *e);
+int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models_error *e);
 /* Validates an uploaded safetensors file strictly (tokenlab checkpoint or an LV-ViT state_dict),
  * stores it as the model's file and loads it; *created = 0 when it replaced a model. */
-int tl_models_upload(tl_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
-                     int max_queue, int *created, tl_models_error *e);
+int tld_models_upload(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
+                     int max_queue, int *created, tld_models_error *e);
 /* Changes labels (labels_json: a JSON array of K strings, or NULL) and batching (< 0: unchanged). */
-int tl_models_update(tl_models *M, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
-                     int max_queue, tl_models_error *e);
-int tl_models_delete(tl_models *M, const char *name, tl_models_error *e);
+int tld_models_update(tld_models *M, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
+                     int max_queue, tld_models_error *e);
+int tld_models_delete(tld_models *M, const char *name, tld_models_error *e);
 
 /* Which file of a training job holds the checkpoint want ("best", "last" or a step in decimal): its path,
  * training step and whether it has EMA weights. 422 CHECKPOINT_NOT_FOUND / INVALID_FIELD (pointer
  * "/checkpoint") otherwise. Also used to resolve the source of annotate jobs. */
-int tl_job_checkpoint_file(const tl_job *job, const char *want, char *path, size_t plen, int64_t *step, int *has_ema,
-                           tl_models_error *e);
+int tld_job_checkpoint_file(const tld_job *job, const char *want, char *path, size_t plen, int64_t *step, int *has_ema,
+                           tld_models_error *e);
 
 /* The model as JSON (see schema/openapi.json, Model), malloc'd; NULL with e (404). */
-char *tl_models_json(tl_models *M, const char *name, tl_models_error *e);
+char *tld_models_json(tld_models *M, const char *name, tld_models_error *e);
 /* {"models": [...]}, newest first, malloc'd. */
-char *tl_models_list_json(tl_models *M, tl_models_error *e);
+char *tld_models_list_json(tld_models *M, tld_models_error *e);
 /* Prometheus lines for every model (requests, images, batches, rejected, queue depth), malloc'd. */
-char *tl_models_prometheus(tl_models *M);
+char *tld_models_prometheus(tld_models *M);
 
 /* ---- inference ---- */
 /* A READY model, kept alive until released. 404 MODEL_NOT_FOUND, 409 MODEL_NOT_READY. The model
- * counts the caller as preparing a request until tl_models_infer or release. */
-tl_model_ref *tl_models_acquire(tl_models *M, const char *name, tl_models_error *e);
-void tl_models_release(tl_model_ref *r);
-const char *tl_model_ref_name(const tl_model_ref *r);
-int tl_model_ref_size(const tl_model_ref *r);       /* input side S */
-float tl_model_ref_crop_pct(const tl_model_ref *r);
-int tl_model_ref_classes(const tl_model_ref *r);    /* K */
-int tl_model_ref_grid(const tl_model_ref *r);       /* token grid side g */
-const char *tl_model_ref_label(const tl_model_ref *r, int c);
+ * counts the caller as preparing a request until tld_models_infer or release. */
+tld_model_ref *tld_models_acquire(tld_models *M, const char *name, tld_models_error *e);
+void tld_models_release(tld_model_ref *r);
+const char *tld_model_ref_name(const tld_model_ref *r);
+int tld_model_ref_size(const tld_model_ref *r);       /* input side S */
+float tld_model_ref_crop_pct(const tld_model_ref *r);
+int tld_model_ref_classes(const tld_model_ref *r);    /* K */
+int tld_model_ref_grid(const tld_model_ref *r);       /* token grid side g */
+const char *tld_model_ref_label(const tld_model_ref *r, int c);
 
 typedef struct {
     float *probs;              /* (K) softmax of the inference score cls + 0.5 max aux; caller's buffer */
@@ -110,13 +110,13 @@ typedef struct {
     float *tok_prob;           /* (g*g) its probability (softmax of the token's aux logits) */
     double queue_ms, infer_ms; /* filled: time queued, time of the batch's forward pass */
     int batch;                 /* filled: the size of the batch it ran in */
-} tl_infer_out;
+} tld_infer_out;
 
 /* Queues n normalised images (n,3,S,S) and waits for them. deadline_ms: monotonic milliseconds
- * (tl_models_now_ms() + timeout). 429 QUEUE_FULL (retry_after_s set), 504 DEADLINE_EXCEEDED,
+ * (tld_models_now_ms() + timeout). 429 QUEUE_FULL (retry_after_s set), 504 DEADLINE_EXCEEDED,
  * 503 MODEL_UNLOADED when the model is deleted or the daemon stops meanwhile. */
-int tl_models_infer(tl_model_ref *r, const float *images, int n, tl_infer_out *out, int64_t deadline_ms,
-                    tl_models_error *e);
-int64_t tl_models_now_ms(void);
+int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out *out, int64_t deadline_ms,
+                    tld_models_error *e);
+int64_t tld_models_now_ms(void);
 
 #endif

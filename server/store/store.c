@@ -15,20 +15,20 @@
  *     applies the lot in one transaction (batching), then wakes the callers
  *     of awaited ops. Queued ops (metric points, log lines, progress) return
  *     at once; a queued op that fails is reported on stderr with the count of
- *     failures, and the next tl_store_flush returns -1. Awaited ops (job
+ *     failures, and the next tld_store_flush returns -1. Awaited ops (job
  *     create, transition, run dir, attempt, delete, metric truncate,
  *     checkpoint add, flush) each run in a savepoint, so one refused op
  *     leaves the others of its batch alone, and return their own result once
  *     the batch is committed (or an error if the commit failed).
  *   - the read connections: one per thread that reads (pthread key; closed
- *     by the key's destructor when the thread exits, or by tl_store_close),
+ *     by the key's destructor when the thread exits, or by tld_store_close),
  *     each with its own cache of prepared statements, query_only. Reads that
  *     take several statements run in one read transaction (a snapshot).
  * Every connection: journal_mode=WAL, synchronous=NORMAL (Debian's SQLite
  * defaults to FULL), busy_timeout 5000 ms, foreign_keys=ON.
  *
- * Threads: every tl_store_* function may be called from any thread at once,
- * except tl_store_close, which must not overlap any other call on the store
+ * Threads: every tld_store_* function may be called from any thread at once,
+ * except tld_store_close, which must not overlap any other call on the store
  * (nor the exit of a thread that used it).
  *
  * Metrics: a point at an existing (job, name, step) replaces it (upsert).
@@ -72,7 +72,7 @@
 #define STORE_BUSY_MS 5000
 #define STORE_BLOCK 64                 /* steps per metric_blocks row; part of the schema */
 #define STORE_STEP_MAX ((int64_t)1 << 62)
-#define STORE_NAME_MAX 64              /* metric name bytes + NUL (tl_metric_summary.name) */
+#define STORE_NAME_MAX 64              /* metric name bytes + NUL (tld_metric_summary.name) */
 #define STORE_LOG_CHUNK 65536          /* bytes per log chunk at most */
 #define STORE_ERR 256
 
@@ -81,13 +81,13 @@ static const struct {
     int version;
     const char *sql;
 } migrations[] = {
-    {1, tl_store_schema_v1}, /* schema/store.sql */
-    {2, tl_store_schema_v2}, /* schema/store_v2.sql: models, token inspection */
+    {1, tld_store_schema_v1}, /* schema/store.sql */
+    {2, tld_store_schema_v2}, /* schema/store_v2.sql: models, token inspection */
 };
 #define STORE_NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 #define STORE_VERSION (migrations[STORE_NMIGRATIONS - 1].version)
 
-static const char *const state_names[TL_JOB_NSTATES] = {"QUEUED",    "RUNNING", "CANCELLING",
+static const char *const state_names[TLD_JOB_NSTATES] = {"QUEUED",    "RUNNING", "CANCELLING",
                                                         "SUCCEEDED", "FAILED",  "CANCELLED"};
 
 /* ------------------------------------------------------------------ statements */
@@ -239,17 +239,17 @@ typedef struct {
     /* inputs, borrowed from the caller */
     const char *name, *spec, *key, *reason, *message, *run_dir;
     unsigned from_mask;
-    tl_job_state to;
+    tld_job_state to;
     int64_t step;
-    const tl_checkpoint_row *ckpt;
-    tl_store_write_fn fn;
+    const tld_checkpoint_row *ckpt;
+    tld_store_write_fn fn;
     void *fn_arg;
     /* results */
     int rc;
     int64_t id;
     int existed;
     char err[STORE_ERR];
-    int done; /* under tl_store.mu */
+    int done; /* under tld_store.mu */
 } await_op;
 
 typedef struct {
@@ -280,13 +280,13 @@ typedef struct {
 } dirty_block;
 
 typedef struct rconn {
-    tl_store *s;
+    tld_store *s;
     sqlite3 *db;
     sqlite3_stmt *st[R_COUNT];
     struct rconn *prev, *next;
 } rconn;
 
-struct tl_store {
+struct tld_store {
     char *path;
     int version;
 
@@ -387,40 +387,40 @@ static void bind_double(sqlite3_stmt *st, int i, double v) {
     else sqlite3_bind_double(st, i, v);
 }
 
-const char *tl_job_state_name(tl_job_state s) {
-    return ((int)s >= 0 && s < TL_JOB_NSTATES) ? state_names[s] : "?";
+const char *tld_job_state_name(tld_job_state s) {
+    return ((int)s >= 0 && s < TLD_JOB_NSTATES) ? state_names[s] : "?";
 }
 
-int tl_job_state_parse(const char *name, tl_job_state *out) {
+int tld_job_state_parse(const char *name, tld_job_state *out) {
     if (!name) return -1;
-    for (int i = 0; i < TL_JOB_NSTATES; i++) {
+    for (int i = 0; i < TLD_JOB_NSTATES; i++) {
         if (strcmp(name, state_names[i]) == 0) {
-            if (out) *out = (tl_job_state)i;
+            if (out) *out = (tld_job_state)i;
             return 0;
         }
     }
     return -1;
 }
 
-int tl_job_state_final(tl_job_state s) {
-    return s == TL_JOB_SUCCEEDED || s == TL_JOB_FAILED || s == TL_JOB_CANCELLED;
+int tld_job_state_final(tld_job_state s) {
+    return s == TLD_JOB_SUCCEEDED || s == TLD_JOB_FAILED || s == TLD_JOB_CANCELLED;
 }
 
 /* The state machine of schema/store.sql (trigger jobs_state_machine), checked here first for a clear message. */
-static int transition_allowed(tl_job_state from, tl_job_state to) {
+static int transition_allowed(tld_job_state from, tld_job_state to) {
     switch (from) {
-    case TL_JOB_QUEUED:
-        return to == TL_JOB_RUNNING || to == TL_JOB_CANCELLED || to == TL_JOB_FAILED;
-    case TL_JOB_RUNNING:
-        return to == TL_JOB_SUCCEEDED || to == TL_JOB_FAILED || to == TL_JOB_CANCELLING || to == TL_JOB_QUEUED;
-    case TL_JOB_CANCELLING:
-        return to == TL_JOB_CANCELLED || to == TL_JOB_FAILED || to == TL_JOB_SUCCEEDED || to == TL_JOB_QUEUED;
+    case TLD_JOB_QUEUED:
+        return to == TLD_JOB_RUNNING || to == TLD_JOB_CANCELLED || to == TLD_JOB_FAILED;
+    case TLD_JOB_RUNNING:
+        return to == TLD_JOB_SUCCEEDED || to == TLD_JOB_FAILED || to == TLD_JOB_CANCELLING || to == TLD_JOB_QUEUED;
+    case TLD_JOB_CANCELLING:
+        return to == TLD_JOB_CANCELLED || to == TLD_JOB_FAILED || to == TLD_JOB_SUCCEEDED || to == TLD_JOB_QUEUED;
     default:
         return 0;
     }
 }
 
-void tl_job_free(tl_job *j) {
+void tld_job_free(tld_job *j) {
     if (!j) return;
     free(j->spec_json);
     j->spec_json = NULL;
@@ -492,7 +492,7 @@ fail:
 }
 
 /* The file's schema version: 0 for an empty database. */
-static int read_version(tl_store *s, int64_t *version, char *err, size_t errlen) {
+static int read_version(tld_store *s, int64_t *version, char *err, size_t errlen) {
     char msg[STORE_ERR];
     int64_t have = 0;
     if (query_int(s->wdb, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
@@ -522,7 +522,7 @@ static int read_version(tl_store *s, int64_t *version, char *err, size_t errlen)
 }
 
 /* Brings the file to STORE_VERSION in one transaction. */
-static int migrate(tl_store *s, char *err, size_t errlen) {
+static int migrate(tld_store *s, char *err, size_t errlen) {
     char msg[STORE_ERR];
     int64_t v = 0;
     if (exec_sql(s->wdb, "BEGIN IMMEDIATE", "cannot begin the migration", msg, sizeof msg) != 0) {
@@ -583,8 +583,8 @@ fail:
 static void *writer_main(void *arg);
 static void reader_destroy(void *p);
 
-tl_store *tl_store_open(const char *path, char *err, size_t errlen) {
-    tl_store *s = NULL;
+tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
+    tld_store *s = NULL;
     if (!path || !*path) {
         seterr(err, errlen, "no store path");
         return NULL;
@@ -668,7 +668,7 @@ fail:
     return NULL;
 }
 
-int tl_store_schema_version(tl_store *s) {
+int tld_store_schema_version(tld_store *s) {
     return s ? s->version : -1;
 }
 
@@ -683,7 +683,7 @@ static void reader_close(rconn *c) {
 /* Key destructor: the thread exits. */
 static void reader_destroy(void *p) {
     rconn *c = p;
-    tl_store *s = c->s;
+    tld_store *s = c->s;
     pthread_mutex_lock(&s->rmu);
     if (c->prev) c->prev->next = c->next;
     else s->readers = c->next;
@@ -693,7 +693,7 @@ static void reader_destroy(void *p) {
 }
 
 /* This thread's read connection, opened on first use. */
-static rconn *reader(tl_store *s, char *err, size_t errlen) {
+static rconn *reader(tld_store *s, char *err, size_t errlen) {
     rconn *c = pthread_getspecific(s->key);
     if (c) return c;
     char msg[STORE_ERR];
@@ -752,8 +752,8 @@ static int rexec(rconn *c, int q, char *err, size_t errlen) {
 
 /* ------------------------------------------------------------------ the write queue */
 
-/* Adds an op, waiting while the ring is full. Not for use after tl_store_close has begun. */
-static void enqueue(tl_store *s, const wop *op) {
+/* Adds an op, waiting while the ring is full. Not for use after tld_store_close has begun. */
+static void enqueue(tld_store *s, const wop *op) {
     pthread_mutex_lock(&s->mu);
     while (s->count == STORE_QUEUE_CAP) pthread_cond_wait(&s->not_full, &s->mu);
     s->ring[(s->head + s->count) % STORE_QUEUE_CAP] = *op;
@@ -763,7 +763,7 @@ static void enqueue(tl_store *s, const wop *op) {
 }
 
 /* Queues an awaited op and waits until its batch is committed (or failed). */
-static int submit(tl_store *s, op_kind kind, int64_t job, await_op *aw, char *err, size_t errlen) {
+static int submit(tld_store *s, op_kind kind, int64_t job, await_op *aw, char *err, size_t errlen) {
     wop op;
     memset(&op, 0, sizeof op);
     op.kind = kind;
@@ -780,7 +780,7 @@ static int submit(tl_store *s, op_kind kind, int64_t job, await_op *aw, char *er
     return aw->rc;
 }
 
-int tl_store_write_exec(tl_store *s, tl_store_write_fn fn, void *arg, char *err, size_t errlen) {
+int tld_store_write_exec(tld_store *s, tld_store_write_fn fn, void *arg, char *err, size_t errlen) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
     aw.fn = fn;
@@ -788,7 +788,7 @@ int tl_store_write_exec(tl_store *s, tl_store_write_fn fn, void *arg, char *err,
     return submit(s, OP_EXEC, 0, &aw, err, errlen);
 }
 
-sqlite3 *tl_store_read_db(tl_store *s, char *err, size_t errlen) {
+sqlite3 *tld_store_read_db(tld_store *s, char *err, size_t errlen) {
     rconn *c = reader(s, err, errlen);
     return c ? c->db : NULL;
 }
@@ -796,20 +796,20 @@ sqlite3 *tl_store_read_db(tl_store *s, char *err, size_t errlen) {
 /* ------------------------------------------------------------------ the writer */
 
 /* Steps a write statement to completion (no rows); resets it. */
-static int wstep(tl_store *s, int q) {
+static int wstep(tld_store *s, int q) {
     int r = sqlite3_step(s->w[q]);
     sqlite3_reset(s->w[q]);
     sqlite3_clear_bindings(s->w[q]);
     return r == SQLITE_DONE ? 0 : -1;
 }
 
-static void queued_failed(tl_store *s, int64_t n, const char *what) {
+static void queued_failed(tld_store *s, int64_t n, const char *what) {
     if (s->batch_failures == 0)
         snprintf(s->batch_failure, sizeof s->batch_failure, "%s: %s", what, sqlite3_errmsg(s->wdb));
     s->batch_failures += n;
 }
 
-static void mark_dirty(tl_store *s, int64_t job, const char *name, int64_t block) {
+static void mark_dirty(tld_store *s, int64_t job, const char *name, int64_t block) {
     if (s->ndirty) {
         dirty_block *d = &s->dirty[s->ndirty - 1];
         if (d->job == job && d->block == block && strcmp(d->name, name) == 0) return;
@@ -827,7 +827,7 @@ static int cmp_dirty(const void *a, const void *b) {
 }
 
 /* Recomputes one metric_blocks row from the points it covers. */
-static int block_recompute(tl_store *s, int64_t job, const char *name, int64_t block, char *err, size_t errlen) {
+static int block_recompute(tld_store *s, int64_t job, const char *name, int64_t block, char *err, size_t errlen) {
     sqlite3_stmt *agg = s->w[W_BLOCK_AGG], *last = s->w[W_BLOCK_LAST];
     int64_t lo = block * STORE_BLOCK, hi = lo + STORE_BLOCK - 1;
     int rc = -1;
@@ -886,7 +886,7 @@ fail:
 }
 
 /* Writes the pending log chunk of the batch. */
-static void log_flush(tl_store *s) {
+static void log_flush(tld_store *s) {
     if (s->loglen == 0) return;
     sqlite3_bind_int64(s->w[W_LOG_PUT], 1, s->logjob);
     sqlite3_bind_text(s->w[W_LOG_PUT], 2, s->logbuf, (int)s->loglen, SQLITE_STATIC);
@@ -899,15 +899,15 @@ static void log_flush(tl_store *s) {
     s->loglines = 0;
 }
 
-static void log_add(tl_store *s, int64_t job, const char *text, size_t len) {
+static void log_add(tld_store *s, int64_t job, const char *text, size_t len) {
     if (s->loglen && (s->logjob != job || s->loglen + len > STORE_LOG_CHUNK)) log_flush(s);
     s->logjob = job;
-    memcpy(s->logbuf + s->loglen, text, len); /* len <= STORE_LOG_CHUNK (tl_store_log_append) */
+    memcpy(s->logbuf + s->loglen, text, len); /* len <= STORE_LOG_CHUNK (tld_store_log_append) */
     s->loglen += len;
     s->loglines++;
 }
 
-static void apply_queued(tl_store *s, wop *op) {
+static void apply_queued(tld_store *s, wop *op) {
     switch (op->kind) {
     case OP_METRIC: {
         sqlite3_stmt *st = s->w[W_METRIC_PUT];
@@ -948,7 +948,7 @@ static void apply_queued(tl_store *s, wop *op) {
 }
 
 /* The state of a job inside the write transaction: 0, 1 (not found) or -1 (error in aw->err). */
-static int job_state_w(tl_store *s, int64_t job, tl_job_state *state, await_op *aw) {
+static int job_state_w(tld_store *s, int64_t job, tld_job_state *state, await_op *aw) {
     sqlite3_stmt *st = s->w[W_JOB_STATE];
     int rc = -1;
     sqlite3_bind_int64(st, 1, job);
@@ -958,7 +958,7 @@ static int job_state_w(tl_store *s, int64_t job, tl_job_state *state, await_op *
         rc = 1;
     } else if (r != SQLITE_ROW) {
         snprintf(aw->err, sizeof aw->err, "cannot read job %" PRId64 ": %s", job, sqlite3_errmsg(s->wdb));
-    } else if (tl_job_state_parse((const char *)sqlite3_column_text(st, 0), state) != 0) {
+    } else if (tld_job_state_parse((const char *)sqlite3_column_text(st, 0), state) != 0) {
         snprintf(aw->err, sizeof aw->err, "job %" PRId64 " has an unknown state '%s'", job,
                  (const char *)sqlite3_column_text(st, 0));
     } else {
@@ -969,7 +969,7 @@ static int job_state_w(tl_store *s, int64_t job, tl_job_state *state, await_op *
     return rc;
 }
 
-static int do_create(tl_store *s, await_op *aw) {
+static int do_create(tld_store *s, await_op *aw) {
     if (aw->key) {
         sqlite3_stmt *st = s->w[W_JOB_BY_KEY];
         sqlite3_bind_text(st, 1, aw->key, -1, SQLITE_STATIC);
@@ -1001,13 +1001,13 @@ static int do_create(tl_store *s, await_op *aw) {
     return 0;
 }
 
-static int do_transition(tl_store *s, int64_t job, await_op *aw) {
-    tl_job_state cur;
+static int do_transition(tld_store *s, int64_t job, await_op *aw) {
+    tld_job_state cur;
     if (job_state_w(s, job, &cur, aw) != 0) return -1;
     if (!(aw->from_mask & (1u << cur))) {
         char want[96] = "";
         size_t at = 0;
-        for (int i = 0; i < TL_JOB_NSTATES; i++) {
+        for (int i = 0; i < TLD_JOB_NSTATES; i++) {
             if (!(aw->from_mask & (1u << i))) continue;
             int w = snprintf(want + at, sizeof want - at, "%s%s", at ? " or " : "", state_names[i]);
             if (w < 0 || (size_t)w >= sizeof want - at) break;
@@ -1028,8 +1028,8 @@ static int do_transition(tl_store *s, int64_t job, await_op *aw) {
     sqlite3_bind_text(st, 3, aw->reason ? aw->reason : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, aw->message ? aw->message : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, now_ms());
-    sqlite3_bind_int(st, 6, aw->to == TL_JOB_RUNNING);
-    sqlite3_bind_int(st, 7, tl_job_state_final(aw->to));
+    sqlite3_bind_int(st, 6, aw->to == TLD_JOB_RUNNING);
+    sqlite3_bind_int(st, 7, tld_job_state_final(aw->to));
     if (wstep(s, W_JOB_TRANSITION) != 0) {
         snprintf(aw->err, sizeof aw->err, "invalid transition: job %" PRId64 " from %s to %s refused: %s", job,
                  state_names[cur], state_names[aw->to], sqlite3_errmsg(s->wdb));
@@ -1039,7 +1039,7 @@ static int do_transition(tl_store *s, int64_t job, await_op *aw) {
 }
 
 /* An UPDATE or DELETE of one job by id: "not found" when no row changed. */
-static int do_job_update(tl_store *s, int q, int64_t job, await_op *aw, const char *what) {
+static int do_job_update(tld_store *s, int q, int64_t job, await_op *aw, const char *what) {
     sqlite3_bind_int64(s->w[q], 1, job);
     if (q == W_JOB_RUN_DIR) sqlite3_bind_text(s->w[q], 2, aw->run_dir, -1, SQLITE_STATIC);
     if (wstep(s, q) != 0) {
@@ -1058,8 +1058,8 @@ typedef struct {
     int n, cap;
 } name_list;
 
-static int do_truncate(tl_store *s, int64_t job, await_op *aw) {
-    tl_job_state cur;
+static int do_truncate(tld_store *s, int64_t job, await_op *aw) {
+    tld_job_state cur;
     name_list nl = {NULL, 0, 0};
     int rc = -1;
     if (job_state_w(s, job, &cur, aw) != 0) return -1;
@@ -1112,10 +1112,10 @@ fail:
     return rc;
 }
 
-static int do_checkpoint(tl_store *s, int64_t job, await_op *aw) {
-    tl_job_state cur;
+static int do_checkpoint(tld_store *s, int64_t job, await_op *aw) {
+    tld_job_state cur;
     if (job_state_w(s, job, &cur, aw) != 0) return -1;
-    const tl_checkpoint_row *c = aw->ckpt;
+    const tld_checkpoint_row *c = aw->ckpt;
     sqlite3_stmt *st = s->w[W_CKPT_PUT];
     sqlite3_bind_int64(st, 1, job);
     sqlite3_bind_text(st, 2, c->kind, -1, SQLITE_STATIC);
@@ -1133,7 +1133,7 @@ static int do_checkpoint(tl_store *s, int64_t job, await_op *aw) {
 }
 
 /* Runs one awaited op in a savepoint: a refused op is undone alone. */
-static void apply_awaited(tl_store *s, wop *op) {
+static void apply_awaited(tld_store *s, wop *op) {
     await_op *aw = op->u.aw;
     if (op->kind == OP_FLUSH) {
         aw->rc = 0;
@@ -1188,7 +1188,7 @@ static void apply_awaited(tl_store *s, wop *op) {
 }
 
 /* Recomputes the blocks touched since the last call; -1 (message in lost) means the batch must not commit. */
-static int blocks_flush(tl_store *s, char *lost, size_t lostlen) {
+static int blocks_flush(tld_store *s, char *lost, size_t lostlen) {
     if (!s->ndirty) return 0;
     qsort(s->dirty, s->ndirty, sizeof *s->dirty, cmp_dirty);
     int rc = 0;
@@ -1204,7 +1204,7 @@ static int blocks_flush(tl_store *s, char *lost, size_t lostlen) {
 }
 
 /* Applies ring entries [start, start + n) in one transaction. */
-static void apply_batch(tl_store *s, size_t start, size_t n) {
+static void apply_batch(tld_store *s, size_t start, size_t n) {
     char lost[STORE_ERR] = "";
     s->ndirty = 0;
     s->loglen = 0;
@@ -1251,7 +1251,7 @@ static void apply_batch(tl_store *s, size_t start, size_t n) {
 }
 
 static void *writer_main(void *arg) {
-    tl_store *s = arg;
+    tld_store *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (s->count == 0 && !s->stopping) pthread_cond_wait(&s->not_empty, &s->mu);
@@ -1297,7 +1297,7 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-void tl_store_close(tl_store *s) {
+void tld_store_close(tld_store *s) {
     if (!s) return;
     if (s->writer_started) {
         pthread_mutex_lock(&s->mu);
@@ -1330,7 +1330,7 @@ void tl_store_close(tl_store *s) {
     free(s);
 }
 
-int tl_store_flush(tl_store *s) {
+int tld_store_flush(tld_store *s) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
     char err[STORE_ERR];
@@ -1343,12 +1343,12 @@ int tl_store_flush(tl_store *s) {
 
 /* ------------------------------------------------------------------ jobs */
 
-int tl_store_job_create(tl_store *s, const char *name, const char *spec_json, const char *idempotency_key,
+int tld_store_job_create(tld_store *s, const char *name, const char *spec_json, const char *idempotency_key,
                         int64_t *id, int *existed, char *err, size_t errlen) {
     if (id) *id = 0;
     if (existed) *existed = 0;
-    if (!name || !*name || strlen(name) >= sizeof ((tl_job *)0)->name) {
-        seterr(err, errlen, "job name must be 1 to %zu bytes", sizeof ((tl_job *)0)->name - 1);
+    if (!name || !*name || strlen(name) >= sizeof ((tld_job *)0)->name) {
+        seterr(err, errlen, "job name must be 1 to %zu bytes", sizeof ((tld_job *)0)->name - 1);
         return -1;
     }
     if (!spec_json) {
@@ -1356,8 +1356,8 @@ int tl_store_job_create(tl_store *s, const char *name, const char *spec_json, co
         return -1;
     }
     if (idempotency_key && !*idempotency_key) idempotency_key = NULL;
-    if (idempotency_key && strlen(idempotency_key) >= sizeof ((tl_job *)0)->idempotency_key) {
-        seterr(err, errlen, "idempotency key longer than %zu bytes", sizeof ((tl_job *)0)->idempotency_key - 1);
+    if (idempotency_key && strlen(idempotency_key) >= sizeof ((tld_job *)0)->idempotency_key) {
+        seterr(err, errlen, "idempotency key longer than %zu bytes", sizeof ((tld_job *)0)->idempotency_key - 1);
         return -1;
     }
     await_op aw;
@@ -1372,7 +1372,7 @@ int tl_store_job_create(tl_store *s, const char *name, const char *spec_json, co
 }
 
 /* Fills j from a row of JOB_COLS. */
-static int read_job(sqlite3_stmt *st, tl_job *j, char *err, size_t errlen) {
+static int read_job(sqlite3_stmt *st, tld_job *j, char *err, size_t errlen) {
     memset(j, 0, sizeof *j);
     j->id = sqlite3_column_int64(st, 0);
     copy_col(j->name, sizeof j->name, st, 1);
@@ -1386,9 +1386,9 @@ static int read_job(sqlite3_stmt *st, tl_job *j, char *err, size_t errlen) {
     if (slen) memcpy(j->spec_json, spec, slen);
     j->spec_json[slen] = '\0';
     const char *state = (const char *)sqlite3_column_text(st, 3);
-    if (tl_job_state_parse(state, &j->state) != 0) {
+    if (tld_job_state_parse(state, &j->state) != 0) {
         seterr(err, errlen, "job %" PRId64 " has an unknown state '%s'", j->id, state ? state : "");
-        tl_job_free(j);
+        tld_job_free(j);
         return -1;
     }
     copy_col(j->state_reason, sizeof j->state_reason, st, 4);
@@ -1406,7 +1406,7 @@ static int read_job(sqlite3_stmt *st, tl_job *j, char *err, size_t errlen) {
     return 0;
 }
 
-int tl_store_job_get(tl_store *s, int64_t id, tl_job *out, char *err, size_t errlen) {
+int tld_store_job_get(tld_store *s, int64_t id, tld_job *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     rconn *c = reader(s, err, errlen);
     if (!c) return -1;
@@ -1423,11 +1423,11 @@ int tl_store_job_get(tl_store *s, int64_t id, tl_job *out, char *err, size_t err
     return rc;
 }
 
-int tl_store_job_list(tl_store *s, int state_filter, int64_t before_id, int limit, tl_job *out, int *n, char *err,
+int tld_store_job_list(tld_store *s, int state_filter, int64_t before_id, int limit, tld_job *out, int *n, char *err,
                       size_t errlen) {
     *n = 0;
     if (limit <= 0) return 0;
-    if (state_filter >= TL_JOB_NSTATES) {
+    if (state_filter >= TLD_JOB_NSTATES) {
         seterr(err, errlen, "unknown job state %d", state_filter);
         return -1;
     }
@@ -1451,20 +1451,20 @@ int tl_store_job_list(tl_store *s, int state_filter, int64_t before_id, int limi
     rc = 0;
 fail:
     if (rc != 0)
-        for (int i = 0; i < got; i++) tl_job_free(&out[i]);
+        for (int i = 0; i < got; i++) tld_job_free(&out[i]);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc;
 }
 
-int tl_store_job_transition(tl_store *s, int64_t id, unsigned from_mask, tl_job_state to, const char *reason,
+int tld_store_job_transition(tld_store *s, int64_t id, unsigned from_mask, tld_job_state to, const char *reason,
                             const char *message, char *err, size_t errlen) {
-    if ((int)to < 0 || to >= TL_JOB_NSTATES) {
+    if ((int)to < 0 || to >= TLD_JOB_NSTATES) {
         seterr(err, errlen, "invalid transition: unknown target state %d", (int)to);
         return -1;
     }
-    if (reason && strlen(reason) >= sizeof ((tl_job *)0)->state_reason) {
-        seterr(err, errlen, "state reason longer than %zu bytes", sizeof ((tl_job *)0)->state_reason - 1);
+    if (reason && strlen(reason) >= sizeof ((tld_job *)0)->state_reason) {
+        seterr(err, errlen, "state reason longer than %zu bytes", sizeof ((tld_job *)0)->state_reason - 1);
         return -1;
     }
     await_op aw;
@@ -1476,7 +1476,7 @@ int tl_store_job_transition(tl_store *s, int64_t id, unsigned from_mask, tl_job_
     return submit(s, OP_TRANSITION, id, &aw, err, errlen);
 }
 
-int tl_store_job_set_progress(tl_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
+int tld_store_job_set_progress(tld_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
                               double eta_seconds) {
     wop op;
     memset(&op, 0, sizeof op);
@@ -1490,9 +1490,9 @@ int tl_store_job_set_progress(tl_store *s, int64_t id, int64_t epoch, int64_t st
     return 0;
 }
 
-int tl_store_job_set_run_dir(tl_store *s, int64_t id, const char *run_dir, char *err, size_t errlen) {
-    if (!run_dir || strlen(run_dir) >= sizeof ((tl_job *)0)->run_dir) {
-        seterr(err, errlen, "run folder must be at most %zu bytes", sizeof ((tl_job *)0)->run_dir - 1);
+int tld_store_job_set_run_dir(tld_store *s, int64_t id, const char *run_dir, char *err, size_t errlen) {
+    if (!run_dir || strlen(run_dir) >= sizeof ((tld_job *)0)->run_dir) {
+        seterr(err, errlen, "run folder must be at most %zu bytes", sizeof ((tld_job *)0)->run_dir - 1);
         return -1;
     }
     await_op aw;
@@ -1501,19 +1501,19 @@ int tl_store_job_set_run_dir(tl_store *s, int64_t id, const char *run_dir, char 
     return submit(s, OP_RUN_DIR, id, &aw, err, errlen);
 }
 
-int tl_store_job_begin_attempt(tl_store *s, int64_t id, char *err, size_t errlen) {
+int tld_store_job_begin_attempt(tld_store *s, int64_t id, char *err, size_t errlen) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
     return submit(s, OP_ATTEMPT, id, &aw, err, errlen);
 }
 
-int tl_store_job_delete(tl_store *s, int64_t id, char *err, size_t errlen) {
+int tld_store_job_delete(tld_store *s, int64_t id, char *err, size_t errlen) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
     return submit(s, OP_DELETE, id, &aw, err, errlen);
 }
 
-int tl_store_job_queue_position(tl_store *s, int64_t id) {
+int tld_store_job_queue_position(tld_store *s, int64_t id) {
     char err[STORE_ERR];
     rconn *c = reader(s, err, sizeof err);
     sqlite3_stmt *st = c ? rstmt(c, R_QUEUE_POS, err, sizeof err) : NULL;
@@ -1530,9 +1530,9 @@ int tl_store_job_queue_position(tl_store *s, int64_t id) {
     return pos;
 }
 
-int tl_store_job_counts(tl_store *s, int64_t counts[TL_JOB_NSTATES]) {
+int tld_store_job_counts(tld_store *s, int64_t counts[TLD_JOB_NSTATES]) {
     char err[STORE_ERR];
-    for (int i = 0; i < TL_JOB_NSTATES; i++) counts[i] = 0;
+    for (int i = 0; i < TLD_JOB_NSTATES; i++) counts[i] = 0;
     rconn *c = reader(s, err, sizeof err);
     sqlite3_stmt *st = c ? rstmt(c, R_COUNTS, err, sizeof err) : NULL;
     if (!st) {
@@ -1541,9 +1541,9 @@ int tl_store_job_counts(tl_store *s, int64_t counts[TL_JOB_NSTATES]) {
     }
     int r, rc = 0;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_job_state js;
+        tld_job_state js;
         const char *name = (const char *)sqlite3_column_text(st, 0);
-        if (tl_job_state_parse(name, &js) != 0) {
+        if (tld_job_state_parse(name, &js) != 0) {
             report("job counts: unknown state '%s'", name ? name : "");
             rc = -1;
             continue;
@@ -1568,7 +1568,7 @@ static int check_metric_name(const char *name, char *err, size_t errlen) {
     return 0;
 }
 
-int tl_store_metric_add(tl_store *s, int64_t job, const char *name, int64_t step, double value, int64_t time_ms) {
+int tld_store_metric_add(tld_store *s, int64_t job, const char *name, int64_t step, double value, int64_t time_ms) {
     char err[STORE_ERR];
     if (check_metric_name(name, err, sizeof err) != 0) {
         report("metric of job %" PRId64 " refused: %s", job, err);
@@ -1589,14 +1589,14 @@ int tl_store_metric_add(tl_store *s, int64_t job, const char *name, int64_t step
     return 0;
 }
 
-int tl_store_metric_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen) {
+int tld_store_metric_truncate(tld_store *s, int64_t job, int64_t step, char *err, size_t errlen) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
     aw.step = step;
     return submit(s, OP_TRUNCATE, job, &aw, err, errlen);
 }
 
-int tl_store_metric_names(tl_store *s, int64_t job, tl_metric_summary *out, int max, int *n, char *err,
+int tld_store_metric_names(tld_store *s, int64_t job, tld_metric_summary *out, int max, int *n, char *err,
                           size_t errlen) {
     *n = 0;
     if (max <= 0) return 0;
@@ -1607,7 +1607,7 @@ int tl_store_metric_names(tl_store *s, int64_t job, tl_metric_summary *out, int 
     int got = 0, r = SQLITE_DONE, rc = 0;
     sqlite3_bind_int64(st, 1, job);
     while (got < max && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_metric_summary *m = &out[got++];
+        tld_metric_summary *m = &out[got++];
         memset(m, 0, sizeof *m);
         copy_col(m->name, sizeof m->name, st, 0);
         m->last_step = sqlite3_column_int64(st, 2);
@@ -1712,7 +1712,7 @@ static int edge_step(rconn *c, int q, int64_t job, const char *name, int64_t a, 
 
 /* Bucketed query over [lo, hi] (both holding points) into at most max_points buckets. */
 static int query_buckets(rconn *c, int64_t job, const char *name, int64_t lo, int64_t hi, int max_points,
-                         tl_metric_point *out, int *n, char *err, size_t errlen) {
+                         tld_metric_point *out, int *n, char *err, size_t errlen) {
     sqlite3_stmt *raw = rstmt(c, R_METRIC_RAW, err, errlen), *blk = rstmt(c, R_BLOCKS, err, errlen);
     if (!raw || !blk) return -1;
     int64_t span = hi - lo + 1;
@@ -1736,7 +1736,7 @@ static int query_buckets(rconn *c, int64_t job, const char *name, int64_t lo, in
             return -1;
         }
         if (bk.count == 0) continue;
-        tl_metric_point *p = &out[got++];
+        tld_metric_point *p = &out[got++];
         p->step = a;
         p->time_ms = bk.time_ms;
         p->last = bk.last;
@@ -1749,13 +1749,13 @@ static int query_buckets(rconn *c, int64_t job, const char *name, int64_t lo, in
 }
 
 static int query_raw(rconn *c, int64_t job, const char *name, int64_t lo, int64_t hi, int max_points,
-                     tl_metric_point *out, int *n, char *err, size_t errlen) {
+                     tld_metric_point *out, int *n, char *err, size_t errlen) {
     sqlite3_stmt *st = rstmt(c, R_METRIC_RAW, err, errlen);
     if (!st) return -1;
     bind_range(st, job, name, lo, hi);
     int got = 0, r = SQLITE_DONE;
     while (got < max_points && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_metric_point *p = &out[got++];
+        tld_metric_point *p = &out[got++];
         p->step = sqlite3_column_int64(st, 0);
         p->last = p->min = p->max = col_double(st, 1);
         p->time_ms = sqlite3_column_int64(st, 2);
@@ -1771,8 +1771,8 @@ static int query_raw(rconn *c, int64_t job, const char *name, int64_t lo, int64_
     return rc;
 }
 
-int tl_store_metric_query(tl_store *s, int64_t job, const char *name, int64_t start_step, int64_t end_step,
-                          int max_points, tl_metric_point *out, int *n, int *bucketed, char *err, size_t errlen) {
+int tld_store_metric_query(tld_store *s, int64_t job, const char *name, int64_t start_step, int64_t end_step,
+                          int max_points, tld_metric_point *out, int *n, int *bucketed, char *err, size_t errlen) {
     *n = 0;
     *bucketed = 0;
     if (check_metric_name(name, err, errlen) != 0) return -1;
@@ -1821,7 +1821,7 @@ fail:
 
 /* ------------------------------------------------------------------ logs */
 
-int tl_store_log_append(tl_store *s, int64_t job, const char *line) {
+int tld_store_log_append(tld_store *s, int64_t job, const char *line) {
     if (!line) {
         report("log line of job %" PRId64 " refused: no text", job);
         return -1;
@@ -1848,7 +1848,7 @@ int tl_store_log_append(tl_store *s, int64_t job, const char *line) {
     return 0;
 }
 
-int tl_store_log_read(tl_store *s, int64_t job, int64_t offset, size_t limit, char *buf, size_t *len, int64_t *next,
+int tld_store_log_read(tld_store *s, int64_t job, int64_t offset, size_t limit, char *buf, size_t *len, int64_t *next,
                       int *eof, char *err, size_t errlen) {
     *len = 0;
     *next = offset;
@@ -1964,7 +1964,7 @@ fail:
 
 /* ------------------------------------------------------------------ checkpoints */
 
-int tl_store_checkpoint_add(tl_store *s, int64_t job, const tl_checkpoint_row *row, char *err, size_t errlen) {
+int tld_store_checkpoint_add(tld_store *s, int64_t job, const tld_checkpoint_row *row, char *err, size_t errlen) {
     if (!row) {
         seterr(err, errlen, "no checkpoint");
         return -1;
@@ -1988,7 +1988,7 @@ int tl_store_checkpoint_add(tl_store *s, int64_t job, const tl_checkpoint_row *r
     return submit(s, OP_CHECKPOINT, job, &aw, err, errlen);
 }
 
-int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, int max, int *n, char *err,
+int tld_store_checkpoint_list(tld_store *s, int64_t job, tld_checkpoint_row *out, int max, int *n, char *err,
                              size_t errlen) {
     *n = 0;
     if (max <= 0) return 0;
@@ -2000,7 +2000,7 @@ int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, i
     sqlite3_bind_int64(st, 1, job);
     sqlite3_bind_int(st, 2, max);
     while (got < max && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_checkpoint_row *k = &out[got++];
+        tld_checkpoint_row *k = &out[got++];
         memset(k, 0, sizeof *k);
         k->step = sqlite3_column_int64(st, 0);
         copy_col(k->kind, sizeof k->kind, st, 1);
@@ -2020,7 +2020,7 @@ int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, i
     return rc;
 }
 
-int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max, int *n, char *err, size_t errlen) {
+int tld_store_job_history(tld_store *s, int64_t job, tld_state_change *out, int max, int *n, char *err, size_t errlen) {
     *n = 0;
     if (max <= 0) return 0;
     rconn *c = reader(s, err, errlen);
@@ -2031,7 +2031,7 @@ int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max
     sqlite3_bind_int64(st, 1, job);
     sqlite3_bind_int(st, 2, max);
     while (got < max && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_state_change *h = &out[got++];
+        tld_state_change *h = &out[got++];
         memset(h, 0, sizeof *h);
         h->time_ms = sqlite3_column_int64(st, 0);
         copy_col(h->from, sizeof h->from, st, 1);

@@ -16,33 +16,33 @@
  *
  * All functions are thread-safe. Errors return -1 with a message.
  */
-#ifndef TL_STORE_H
-#define TL_STORE_H
+#ifndef TLD_STORE_H
+#define TLD_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct tl_store tl_store;
+typedef struct tld_store tld_store;
 
 typedef enum {
-    TL_JOB_QUEUED = 0,
-    TL_JOB_RUNNING,
-    TL_JOB_CANCELLING,
-    TL_JOB_SUCCEEDED,
-    TL_JOB_FAILED,
-    TL_JOB_CANCELLED,
-    TL_JOB_NSTATES
-} tl_job_state;
+    TLD_JOB_QUEUED = 0,
+    TLD_JOB_RUNNING,
+    TLD_JOB_CANCELLING,
+    TLD_JOB_SUCCEEDED,
+    TLD_JOB_FAILED,
+    TLD_JOB_CANCELLED,
+    TLD_JOB_NSTATES
+} tld_job_state;
 
-const char *tl_job_state_name(tl_job_state s);          /* "QUEUED", ... */
-int tl_job_state_parse(const char *name, tl_job_state *out);
-int tl_job_state_final(tl_job_state s);                 /* SUCCEEDED, FAILED, CANCELLED */
+const char *tld_job_state_name(tld_job_state s);          /* "QUEUED", ... */
+int tld_job_state_parse(const char *name, tld_job_state *out);
+int tld_job_state_final(tld_job_state s);                 /* SUCCEEDED, FAILED, CANCELLED */
 
 typedef struct {
     int64_t id;
     char name[128];
-    char *spec_json;          /* as submitted, verbatim (malloc'd; tl_job_free) */
-    tl_job_state state;
+    char *spec_json;          /* as submitted, verbatim (malloc'd; tld_job_free) */
+    tld_job_state state;
     char state_reason[32];    /* USER_CANCEL, NAN_LOSS, DATA_ERROR, DAEMON_RESTART, ... or "" */
     char state_message[512];
     int64_t created_ms, started_ms, ended_ms; /* 0 when not yet */
@@ -51,52 +51,52 @@ typedef struct {
     double eta_seconds;       /* -1 unknown */
     char idempotency_key[128];
     char run_dir[1024];
-} tl_job;
+} tld_job;
 
-void tl_job_free(tl_job *j);  /* frees spec_json; the struct is the caller's */
+void tld_job_free(tld_job *j);  /* frees spec_json; the struct is the caller's */
 
 /* Opens (creating and migrating) the database at path. */
-tl_store *tl_store_open(const char *path, char *err, size_t errlen);
-void tl_store_close(tl_store *s);   /* flushes queued writes first */
-int tl_store_schema_version(tl_store *s);
+tld_store *tld_store_open(const char *path, char *err, size_t errlen);
+void tld_store_close(tld_store *s);   /* flushes queued writes first */
+int tld_store_schema_version(tld_store *s);
 
 /* ---- jobs ---- */
 /* Creates a QUEUED job. With an idempotency key that already names a job,
  * returns that job's id and sets *existed = 1 instead. */
-int tl_store_job_create(tl_store *s, const char *name, const char *spec_json, const char *idempotency_key,
+int tld_store_job_create(tld_store *s, const char *name, const char *spec_json, const char *idempotency_key,
                         int64_t *id, int *existed, char *err, size_t errlen);
-int tl_store_job_get(tl_store *s, int64_t id, tl_job *out, char *err, size_t errlen); /* -1 + "not found" */
+int tld_store_job_get(tld_store *s, int64_t id, tld_job *out, char *err, size_t errlen); /* -1 + "not found" */
 /* Newest first. state_filter < 0 = any. Returns up to limit jobs with id < before_id (0 = from the newest);
- * *n receives the count; out is an array of limit jobs (free each with tl_job_free). */
-int tl_store_job_list(tl_store *s, int state_filter, int64_t before_id, int limit, tl_job *out, int *n, char *err,
+ * *n receives the count; out is an array of limit jobs (free each with tld_job_free). */
+int tld_store_job_list(tld_store *s, int state_filter, int64_t before_id, int limit, tld_job *out, int *n, char *err,
                       size_t errlen);
 /* Moves a job from one of the states in `from` (bitmask of 1<<state) to `to`, atomically; -1 with
  * "invalid transition" if the job is in another state. Sets started/ended times as the state implies. */
-int tl_store_job_transition(tl_store *s, int64_t id, unsigned from_mask, tl_job_state to, const char *reason,
+int tld_store_job_transition(tld_store *s, int64_t id, unsigned from_mask, tld_job_state to, const char *reason,
                             const char *message, char *err, size_t errlen);
-int tl_store_job_set_progress(tl_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
+int tld_store_job_set_progress(tld_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
                               double eta_seconds); /* queued, not awaited */
-int tl_store_job_set_run_dir(tl_store *s, int64_t id, const char *run_dir, char *err, size_t errlen);
-int tl_store_job_begin_attempt(tl_store *s, int64_t id, char *err, size_t errlen); /* attempt += 1 */
-int tl_store_job_delete(tl_store *s, int64_t id, char *err, size_t errlen); /* job, metrics, logs, checkpoints */
+int tld_store_job_set_run_dir(tld_store *s, int64_t id, const char *run_dir, char *err, size_t errlen);
+int tld_store_job_begin_attempt(tld_store *s, int64_t id, char *err, size_t errlen); /* attempt += 1 */
+int tld_store_job_delete(tld_store *s, int64_t id, char *err, size_t errlen); /* job, metrics, logs, checkpoints */
 /* Queue position (1 = next) of a QUEUED job, 0 otherwise. */
-int tl_store_job_queue_position(tl_store *s, int64_t id);
+int tld_store_job_queue_position(tld_store *s, int64_t id);
 /* Counts of jobs by state (for /metrics). */
-int tl_store_job_counts(tl_store *s, int64_t counts[TL_JOB_NSTATES]);
+int tld_store_job_counts(tld_store *s, int64_t counts[TLD_JOB_NSTATES]);
 
 /* ---- metrics ---- */
 /* Queued write; a point at a (job, name, step) already stored is replaced, never duplicated. */
-int tl_store_metric_add(tl_store *s, int64_t job, const char *name, int64_t step, double value, int64_t time_ms);
+int tld_store_metric_add(tld_store *s, int64_t job, const char *name, int64_t step, double value, int64_t time_ms);
 /* Drops every point with step > step (recovery from a checkpoint). Awaited. */
-int tl_store_metric_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen);
+int tld_store_metric_truncate(tld_store *s, int64_t job, int64_t step, char *err, size_t errlen);
 
 typedef struct {
     char name[64];
     double last_value;
     int64_t last_step;
     int64_t count;
-} tl_metric_summary;
-int tl_store_metric_names(tl_store *s, int64_t job, tl_metric_summary *out, int max, int *n, char *err,
+} tld_metric_summary;
+int tld_store_metric_names(tld_store *s, int64_t job, tld_metric_summary *out, int max, int *n, char *err,
                           size_t errlen);
 
 typedef struct {
@@ -104,18 +104,18 @@ typedef struct {
     int64_t time_ms;     /* raw: the point's time; bucket: the last point's time */
     double last, min, max;
     int64_t count;       /* 1 for raw points */
-} tl_metric_point;
+} tld_metric_point;
 /* Points of one series with start_step <= step <= end_step (end_step < 0: no bound). When there are at
  * most max_points points they come back raw; otherwise in at most max_points buckets of equal step
  * width, each with its last, min, max and count (so spikes stay visible). *bucketed tells which.
  * Must answer 1000 buckets over 1,000,000 points in under 50 ms (an index on (job, name, step)). */
-int tl_store_metric_query(tl_store *s, int64_t job, const char *name, int64_t start_step, int64_t end_step,
-                          int max_points, tl_metric_point *out, int *n, int *bucketed, char *err, size_t errlen);
+int tld_store_metric_query(tld_store *s, int64_t job, const char *name, int64_t start_step, int64_t end_step,
+                          int max_points, tld_metric_point *out, int *n, int *bucketed, char *err, size_t errlen);
 
 /* ---- logs: one text stream per job, addressed by byte offset ---- */
-int tl_store_log_append(tl_store *s, int64_t job, const char *line); /* queued; a '\n' is added */
+int tld_store_log_append(tld_store *s, int64_t job, const char *line); /* queued; a '\n' is added */
 /* Up to limit bytes from offset; *next receives the offset after them, *eof whether nothing follows. */
-int tl_store_log_read(tl_store *s, int64_t job, int64_t offset, size_t limit, char *buf, size_t *len, int64_t *next,
+int tld_store_log_read(tld_store *s, int64_t job, int64_t offset, size_t limit, char *buf, size_t *len, int64_t *next,
                       int *eof, char *err, size_t errlen);
 
 /* ---- checkpoints ---- */
@@ -126,9 +126,9 @@ typedef struct {
     int64_t bytes;
     int64_t time_ms;
     double top1;         /* -1 unknown */
-} tl_checkpoint_row;
-int tl_store_checkpoint_add(tl_store *s, int64_t job, const tl_checkpoint_row *row, char *err, size_t errlen);
-int tl_store_checkpoint_list(tl_store *s, int64_t job, tl_checkpoint_row *out, int max, int *n, char *err,
+} tld_checkpoint_row;
+int tld_store_checkpoint_add(tld_store *s, int64_t job, const tld_checkpoint_row *row, char *err, size_t errlen);
+int tld_store_checkpoint_list(tld_store *s, int64_t job, tld_checkpoint_row *out, int max, int *n, char *err,
                              size_t errlen);
 
 /* ---- state history (every transition, oldest first; the first is the creation as QUEUED) ---- */
@@ -138,8 +138,8 @@ typedef struct {
     char to[16];
     char reason[32];
     char message[512];
-} tl_state_change;
-int tl_store_job_history(tl_store *s, int64_t job, tl_state_change *out, int max, int *n, char *err, size_t errlen);
+} tld_state_change;
+int tld_store_job_history(tld_store *s, int64_t job, tld_state_change *out, int max, int *n, char *err, size_t errlen);
 
 /* ---- registered models (store_models.c; schema version 2) ---- */
 typedef struct {
@@ -151,34 +151,34 @@ typedef struct {
     int ema;                  /* 1: the weights are the job's EMA weights */
     char path[1024];          /* the model's own weights file */
     int64_t bytes;
-    char *labels_json;        /* JSON array of K strings (malloc'd; tl_model_row_free) */
+    char *labels_json;        /* JSON array of K strings (malloc'd; tld_model_row_free) */
     double crop_pct;
     int max_batch, max_delay_ms, max_queue;
     int64_t created_ms;
-} tl_model_row;
+} tld_model_row;
 
-void tl_model_row_free(tl_model_row *m);   /* frees labels_json; the struct is the caller's */
+void tld_model_row_free(tld_model_row *m);   /* frees labels_json; the struct is the caller's */
 /* Inserts a model; with replace, an existing one of the same name is replaced (*existed = 1). Without
  * replace, a taken name fails with "exists". Awaited. */
-int tl_store_model_put(tl_store *s, const tl_model_row *m, int replace, int *existed, char *err, size_t errlen);
-int tl_store_model_get(tl_store *s, const char *name, tl_model_row *out, char *err, size_t errlen); /* "not found" */
+int tld_store_model_put(tld_store *s, const tld_model_row *m, int replace, int *existed, char *err, size_t errlen);
+int tld_store_model_get(tld_store *s, const char *name, tld_model_row *out, char *err, size_t errlen); /* "not found" */
 /* Every model, newest first, into a malloc'd array (*out; free each row, then the array). */
-int tl_store_model_list(tl_store *s, tl_model_row **out, int *n, char *err, size_t errlen);
+int tld_store_model_list(tld_store *s, tld_model_row **out, int *n, char *err, size_t errlen);
 /* Updates labels (when labels_json is not NULL) and the batching settings. "not found" when absent. */
-int tl_store_model_update(tl_store *s, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
+int tld_store_model_update(tld_store *s, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
                           int max_queue, char *err, size_t errlen);
-int tl_store_model_delete(tl_store *s, const char *name, char *err, size_t errlen); /* "not found" */
+int tld_store_model_delete(tld_store *s, const char *name, char *err, size_t errlen); /* "not found" */
 
 /* ---- token inspection of training jobs (store_inspect.c; schema version 2) ---- */
 /* A token grid blob: g*g*3 int32 class indices, then g*g*3 float32 probabilities (little-endian). */
-#define TL_GRID_BLOB_BYTES(g) ((size_t)(g) * (size_t)(g) * 3u * 8u)
-#define TL_TOP5_BLOB_BYTES 40u
+#define TLD_GRID_BLOB_BYTES(g) ((size_t)(g) * (size_t)(g) * 3u * 8u)
+#define TLD_TOP5_BLOB_BYTES 40u
 
 typedef struct {
     int size, grid, view, num_classes;
-    char *labels_json;        /* malloc'd; tl_inspect_set_row_free */
-} tl_inspect_set_row;
-void tl_inspect_set_row_free(tl_inspect_set_row *r);
+    char *labels_json;        /* malloc'd; tld_inspect_set_row_free */
+} tld_inspect_set_row;
+void tld_inspect_set_row_free(tld_inspect_set_row *r);
 
 typedef struct {
     int k;
@@ -186,36 +186,36 @@ typedef struct {
     char path[1024];
     int label;
     char target_kind[16];     /* "class" or "labelmap" */
-} tl_inspect_sample_info;
+} tld_inspect_sample_info;
 
 /* Writes a job's set once: the set row and every sample (image JPEG, target grid). A set already
  * stored for the job is left as it is (a resumed job writes the same set again). Awaited. */
-int tl_store_inspect_set_put(tl_store *s, int64_t job, const tl_inspect_set_row *set, int n,
-                             const tl_inspect_sample_info *samples, const void *const *jpegs, const size_t *jpeg_lens,
+int tld_store_inspect_set_put(tld_store *s, int64_t job, const tld_inspect_set_row *set, int n,
+                             const tld_inspect_sample_info *samples, const void *const *jpegs, const size_t *jpeg_lens,
                              const void *const *targets, char *err, size_t errlen);
 /* Records the predictions of one evaluation: n samples' token grids and top-5 blobs (replacing any
  * recorded at the same step and ema). Awaited. */
-int tl_store_inspect_preds_put(tl_store *s, int64_t job, int64_t step, int ema, int n, const void *const *tokens,
+int tld_store_inspect_preds_put(tld_store *s, int64_t job, int64_t step, int ema, int n, const void *const *tokens,
                                const void *const *top5, int64_t time_ms, char *err, size_t errlen);
 /* Drops predictions recorded after step (recovery from a checkpoint). Awaited. */
-int tl_store_inspect_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen);
+int tld_store_inspect_truncate(tld_store *s, int64_t job, int64_t step, char *err, size_t errlen);
 
 /* 0 and *out, or -1 with "not found" when the job has no set (yet). */
-int tl_store_inspect_set_get(tl_store *s, int64_t job, tl_inspect_set_row *out, char *err, size_t errlen);
-int tl_store_inspect_samples(tl_store *s, int64_t job, tl_inspect_sample_info *out, int max, int *n, char *err,
+int tld_store_inspect_set_get(tld_store *s, int64_t job, tld_inspect_set_row *out, char *err, size_t errlen);
+int tld_store_inspect_samples(tld_store *s, int64_t job, tld_inspect_sample_info *out, int max, int *n, char *err,
                              size_t errlen);
 /* The (step, ema) pairs recorded, oldest first. */
-int tl_store_inspect_steps(tl_store *s, int64_t job, int64_t *steps, int *emas, int max, int *n, char *err,
+int tld_store_inspect_steps(tld_store *s, int64_t job, int64_t *steps, int *emas, int max, int *n, char *err,
                            size_t errlen);
 /* A sample's image JPEG (what = 0) or target grid (what = 1), malloc'd. -1 "not found". */
-int tl_store_inspect_sample_blob(tl_store *s, int64_t job, int k, int what, void **data, size_t *len, char *err,
+int tld_store_inspect_sample_blob(tld_store *s, int64_t job, int k, int what, void **data, size_t *len, char *err,
                                  size_t errlen);
 /* The predictions of sample k at (step, ema); step < 0: the latest step recorded, preferring ema = 1 when
  * ema < 0. step_out and ema_out receive what was found. Blobs malloc'd. -1 "not found". */
-int tl_store_inspect_pred_get(tl_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
+int tld_store_inspect_pred_get(tld_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
                               int *ema_out, void **tokens, void **top5, char *err, size_t errlen);
 
 /* Waits until every queued write so far is committed. */
-int tl_store_flush(tl_store *s);
+int tld_store_flush(tld_store *s);
 
 #endif

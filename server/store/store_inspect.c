@@ -5,7 +5,7 @@
  * predictions recorded at every evaluation.
  *
  * Owns nothing but the SQL: writes run on the store's writer thread through
- * tl_store_write_exec (awaited, each in its own savepoint, so a set is
+ * tld_store_write_exec (awaited, each in its own savepoint, so a set is
  * written whole or not at all), reads on the calling thread's read
  * connection. Blob lengths are checked against the grid before writing and
  * after reading: a grid of the wrong size is an error, never a short read.
@@ -19,7 +19,7 @@
 #include "store/store.h"
 #include "store/store_internal.h"
 
-void tl_inspect_set_row_free(tl_inspect_set_row *r) {
+void tld_inspect_set_row_free(tld_inspect_set_row *r) {
     if (!r) return;
     free(r->labels_json);
     r->labels_json = NULL;
@@ -36,9 +36,9 @@ static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, size
 
 typedef struct {
     int64_t job;
-    const tl_inspect_set_row *set;
+    const tld_inspect_set_row *set;
     int n;
-    const tl_inspect_sample_info *samples;
+    const tld_inspect_sample_info *samples;
     const void *const *jpegs;
     const size_t *jpeg_lens;
     const void *const *targets;
@@ -77,7 +77,7 @@ static int set_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
              &st, err, errlen) != 0)
         return -1;
     for (int i = 0; i < p->n; i++) {
-        const tl_inspect_sample_info *s = &p->samples[i];
+        const tld_inspect_sample_info *s = &p->samples[i];
         sqlite3_bind_int64(st, 1, p->job);
         sqlite3_bind_int(st, 2, s->k);
         sqlite3_bind_text(st, 3, s->split, -1, SQLITE_STATIC);
@@ -85,7 +85,7 @@ static int set_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
         sqlite3_bind_int(st, 5, s->label);
         sqlite3_bind_text(st, 6, s->target_kind, -1, SQLITE_STATIC);
         sqlite3_bind_blob(st, 7, p->jpegs[i], (int)p->jpeg_lens[i], SQLITE_STATIC);
-        sqlite3_bind_blob(st, 8, p->targets[i], (int)TL_GRID_BLOB_BYTES(p->set->grid), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 8, p->targets[i], (int)TLD_GRID_BLOB_BYTES(p->set->grid), SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_DONE) {
             snprintf(err, errlen, "cannot record inspection sample %d of job %" PRId64 ": %s", s->k, p->job,
                      sqlite3_errmsg(db));
@@ -100,8 +100,8 @@ done:
     return rc;
 }
 
-int tl_store_inspect_set_put(tl_store *s, int64_t job, const tl_inspect_set_row *set, int n,
-                             const tl_inspect_sample_info *samples, const void *const *jpegs, const size_t *jpeg_lens,
+int tld_store_inspect_set_put(tld_store *s, int64_t job, const tld_inspect_set_row *set, int n,
+                             const tld_inspect_sample_info *samples, const void *const *jpegs, const size_t *jpeg_lens,
                              const void *const *targets, char *err, size_t errlen) {
     if (set->grid <= 0 || set->grid > 1024 || n < 0 || n > 1024) {
         snprintf(err, errlen, "inspection set of job %" PRId64 ": grid %d or %d samples out of range", job, set->grid,
@@ -114,7 +114,7 @@ int tl_store_inspect_set_put(tl_store *s, int64_t job, const tl_inspect_set_row 
             return -1;
         }
     set_arg a = {job, set, n, samples, jpegs, jpeg_lens, targets};
-    return tl_store_write_exec(s, set_fn, &a, err, errlen);
+    return tld_store_write_exec(s, set_fn, &a, err, errlen);
 }
 
 typedef struct {
@@ -147,8 +147,8 @@ static int preds_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
         sqlite3_bind_int64(st, 2, p->step);
         sqlite3_bind_int(st, 3, p->ema);
         sqlite3_bind_int(st, 4, k);
-        sqlite3_bind_blob(st, 5, p->tokens[k], (int)TL_GRID_BLOB_BYTES(grid), SQLITE_STATIC);
-        sqlite3_bind_blob(st, 6, p->top5[k], (int)TL_TOP5_BLOB_BYTES, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, p->tokens[k], (int)TLD_GRID_BLOB_BYTES(grid), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 6, p->top5[k], (int)TLD_TOP5_BLOB_BYTES, SQLITE_STATIC);
         sqlite3_bind_int64(st, 7, p->time_ms);
         if (sqlite3_step(st) != SQLITE_DONE) {
             snprintf(err, errlen, "cannot record the predictions of sample %d of job %" PRId64 ": %s", k, p->job,
@@ -164,10 +164,10 @@ done:
     return rc;
 }
 
-int tl_store_inspect_preds_put(tl_store *s, int64_t job, int64_t step, int ema, int n, const void *const *tokens,
+int tld_store_inspect_preds_put(tld_store *s, int64_t job, int64_t step, int ema, int n, const void *const *tokens,
                                const void *const *top5, int64_t time_ms, char *err, size_t errlen) {
     preds_arg a = {job, step, time_ms, ema ? 1 : 0, n, tokens, top5};
-    return tl_store_write_exec(s, preds_fn, &a, err, errlen);
+    return tld_store_write_exec(s, preds_fn, &a, err, errlen);
 }
 
 typedef struct {
@@ -186,16 +186,16 @@ static int trunc_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
     return rc;
 }
 
-int tl_store_inspect_truncate(tl_store *s, int64_t job, int64_t step, char *err, size_t errlen) {
+int tld_store_inspect_truncate(tld_store *s, int64_t job, int64_t step, char *err, size_t errlen) {
     trunc_arg a = {job, step};
-    return tl_store_write_exec(s, trunc_fn, &a, err, errlen);
+    return tld_store_write_exec(s, trunc_fn, &a, err, errlen);
 }
 
 /* ------------------------------------------------------------------ reads */
 
-int tl_store_inspect_set_get(tl_store *s, int64_t job, tl_inspect_set_row *out, char *err, size_t errlen) {
+int tld_store_inspect_set_get(tld_store *s, int64_t job, tld_inspect_set_row *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     sqlite3_stmt *st = NULL;
     if (!db || prep(db, "SELECT size, grid, view, num_classes, labels_json FROM inspect_sets WHERE job_id = ?1", &st,
                     err, errlen) != 0)
@@ -220,10 +220,10 @@ int tl_store_inspect_set_get(tl_store *s, int64_t job, tl_inspect_set_row *out, 
     return rc;
 }
 
-int tl_store_inspect_samples(tl_store *s, int64_t job, tl_inspect_sample_info *out, int max, int *n, char *err,
+int tld_store_inspect_samples(tld_store *s, int64_t job, tld_inspect_sample_info *out, int max, int *n, char *err,
                              size_t errlen) {
     *n = 0;
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     sqlite3_stmt *st = NULL;
     if (!db || prep(db,
                     "SELECT k, split, path, label, target_kind FROM inspect_samples WHERE job_id = ?1 "
@@ -234,7 +234,7 @@ int tl_store_inspect_samples(tl_store *s, int64_t job, tl_inspect_sample_info *o
     sqlite3_bind_int(st, 2, max);
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        tl_inspect_sample_info *o = &out[(*n)++];
+        tld_inspect_sample_info *o = &out[(*n)++];
         o->k = sqlite3_column_int(st, 0);
         snprintf(o->split, sizeof o->split, "%s", (const char *)sqlite3_column_text(st, 1));
         snprintf(o->path, sizeof o->path, "%s", (const char *)sqlite3_column_text(st, 2));
@@ -247,10 +247,10 @@ int tl_store_inspect_samples(tl_store *s, int64_t job, tl_inspect_sample_info *o
     return rc;
 }
 
-int tl_store_inspect_steps(tl_store *s, int64_t job, int64_t *steps, int *emas, int max, int *n, char *err,
+int tld_store_inspect_steps(tld_store *s, int64_t job, int64_t *steps, int *emas, int max, int *n, char *err,
                            size_t errlen) {
     *n = 0;
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     sqlite3_stmt *st = NULL;
     /* the newest max pairs, returned oldest first */
     if (!db || prep(db,
@@ -289,10 +289,10 @@ static int blob_copy(sqlite3_stmt *st, int col, size_t want, void **data, size_t
     return 0;
 }
 
-int tl_store_inspect_sample_blob(tl_store *s, int64_t job, int k, int what, void **data, size_t *len, char *err,
+int tld_store_inspect_sample_blob(tld_store *s, int64_t job, int k, int what, void **data, size_t *len, char *err,
                                  size_t errlen) {
     *data = NULL;
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     sqlite3_stmt *st = NULL;
     const char *sql = what == 0 ? "SELECT s.image_jpeg, 0 FROM inspect_samples s WHERE s.job_id = ?1 AND s.k = ?2"
                                 : "SELECT s.target, t.grid FROM inspect_samples s JOIN inspect_sets t USING (job_id) "
@@ -302,7 +302,7 @@ int tl_store_inspect_sample_blob(tl_store *s, int64_t job, int k, int what, void
     sqlite3_bind_int(st, 2, k);
     int r = sqlite3_step(st), rc = -1;
     if (r == SQLITE_ROW)
-        rc = blob_copy(st, 0, what == 0 ? 0 : TL_GRID_BLOB_BYTES(sqlite3_column_int(st, 1)), data, len, err, errlen);
+        rc = blob_copy(st, 0, what == 0 ? 0 : TLD_GRID_BLOB_BYTES(sqlite3_column_int(st, 1)), data, len, err, errlen);
     else if (r == SQLITE_DONE)
         snprintf(err, errlen, "not found");
     else
@@ -311,10 +311,10 @@ int tl_store_inspect_sample_blob(tl_store *s, int64_t job, int k, int what, void
     return rc;
 }
 
-int tl_store_inspect_pred_get(tl_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
+int tld_store_inspect_pred_get(tld_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
                               int *ema_out, void **tokens, void **top5, char *err, size_t errlen) {
     *tokens = *top5 = NULL;
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     sqlite3_stmt *st = NULL;
     /* ?3 < 0: any step (the latest); ?4 < 0: either (EMA first) */
     if (!db || prep(db,
@@ -332,8 +332,8 @@ int tl_store_inspect_pred_get(tl_store *s, int64_t job, int k, int64_t step, int
         *step_out = sqlite3_column_int64(st, 0);
         *ema_out = sqlite3_column_int(st, 1);
         int grid = sqlite3_column_int(st, 4);
-        rc = blob_copy(st, 2, TL_GRID_BLOB_BYTES(grid), tokens, NULL, err, errlen);
-        if (rc == 0) rc = blob_copy(st, 3, TL_TOP5_BLOB_BYTES, top5, NULL, err, errlen);
+        rc = blob_copy(st, 2, TLD_GRID_BLOB_BYTES(grid), tokens, NULL, err, errlen);
+        if (rc == 0) rc = blob_copy(st, 3, TLD_TOP5_BLOB_BYTES, top5, NULL, err, errlen);
         if (rc != 0) {
             free(*tokens);
             free(*top5);

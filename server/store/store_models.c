@@ -3,7 +3,7 @@
  * schema/store_v2.sql).
  *
  * Owns nothing but the SQL: writes run on the store's writer thread through
- * tl_store_write_exec (awaited, each in its own savepoint), reads on the
+ * tld_store_write_exec (awaited, each in its own savepoint), reads on the
  * calling thread's read connection. The schema enforces the invariants (name
  * rule, source consistency, setting ranges); a violation comes back as an
  * error, never silently. Any thread.
@@ -20,7 +20,7 @@
     "name, source_kind, coalesce(job_id, 0), checkpoint, step, ema, path, bytes, labels_json, crop_pct, "      \
     "max_batch, max_delay_ms, max_queue, created_ms"
 
-void tl_model_row_free(tl_model_row *m) {
+void tld_model_row_free(tld_model_row *m) {
     if (!m) return;
     free(m->labels_json);
     m->labels_json = NULL;
@@ -31,7 +31,7 @@ static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
     snprintf(dst, n, "%s", t ? (const char *)t : "");
 }
 
-static int read_row(sqlite3_stmt *st, tl_model_row *m, char *err, size_t errlen) {
+static int read_row(sqlite3_stmt *st, tld_model_row *m, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
     copy_text(m->name, sizeof m->name, st, 0);
     copy_text(m->source_kind, sizeof m->source_kind, st, 1);
@@ -58,14 +58,14 @@ static int read_row(sqlite3_stmt *st, tl_model_row *m, char *err, size_t errlen)
 /* ------------------------------------------------------------------ writes */
 
 typedef struct {
-    const tl_model_row *m;
+    const tld_model_row *m;
     int replace;
     int existed;
 } put_arg;
 
 static int put_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
     put_arg *p = a;
-    const tl_model_row *m = p->m;
+    const tld_model_row *m = p->m;
     sqlite3_stmt *st = NULL;
     int rc = -1;
     if (sqlite3_prepare_v2(db, "SELECT 1 FROM models WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) goto fail_prepare;
@@ -113,9 +113,9 @@ done:
     return rc;
 }
 
-int tl_store_model_put(tl_store *s, const tl_model_row *m, int replace, int *existed, char *err, size_t errlen) {
+int tld_store_model_put(tld_store *s, const tld_model_row *m, int replace, int *existed, char *err, size_t errlen) {
     put_arg a = {m, replace, 0};
-    int rc = tl_store_write_exec(s, put_fn, &a, err, errlen);
+    int rc = tld_store_write_exec(s, put_fn, &a, err, errlen);
     if (existed) *existed = a.existed;
     return rc;
 }
@@ -157,21 +157,21 @@ static int upd_fn(sqlite3 *db, void *a, char *err, size_t errlen) {
     return rc;
 }
 
-int tl_store_model_update(tl_store *s, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
+int tld_store_model_update(tld_store *s, const char *name, const char *labels_json, int max_batch, int max_delay_ms,
                           int max_queue, char *err, size_t errlen) {
     upd_arg a = {name, labels_json, max_batch, max_delay_ms, max_queue, 0};
-    return tl_store_write_exec(s, upd_fn, &a, err, errlen);
+    return tld_store_write_exec(s, upd_fn, &a, err, errlen);
 }
 
-int tl_store_model_delete(tl_store *s, const char *name, char *err, size_t errlen) {
+int tld_store_model_delete(tld_store *s, const char *name, char *err, size_t errlen) {
     upd_arg a = {name, NULL, 0, 0, 0, 1};
-    return tl_store_write_exec(s, upd_fn, &a, err, errlen);
+    return tld_store_write_exec(s, upd_fn, &a, err, errlen);
 }
 
 /* ------------------------------------------------------------------ reads */
 
-int tl_store_model_get(tl_store *s, const char *name, tl_model_row *out, char *err, size_t errlen) {
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+int tld_store_model_get(tld_store *s, const char *name, tld_model_row *out, char *err, size_t errlen) {
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     if (!db) return -1;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "SELECT " MODEL_COLS " FROM models WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
@@ -190,10 +190,10 @@ int tl_store_model_get(tl_store *s, const char *name, tl_model_row *out, char *e
     return rc;
 }
 
-int tl_store_model_list(tl_store *s, tl_model_row **out, int *n, char *err, size_t errlen) {
+int tld_store_model_list(tld_store *s, tld_model_row **out, int *n, char *err, size_t errlen) {
     *out = NULL;
     *n = 0;
-    sqlite3 *db = tl_store_read_db(s, err, errlen);
+    sqlite3 *db = tld_store_read_db(s, err, errlen);
     if (!db) return -1;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "SELECT " MODEL_COLS " FROM models ORDER BY created_ms DESC, name", -1, &st, NULL) !=
@@ -201,12 +201,12 @@ int tl_store_model_list(tl_store *s, tl_model_row **out, int *n, char *err, size
         snprintf(err, errlen, "cannot prepare the model list: %s", sqlite3_errmsg(db));
         return -1;
     }
-    tl_model_row *rows = NULL;
+    tld_model_row *rows = NULL;
     int cap = 0, cnt = 0, r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == cap) {
             int ncap = cap ? cap * 2 : 16;
-            tl_model_row *g = realloc(rows, sizeof *rows * (size_t)ncap);
+            tld_model_row *g = realloc(rows, sizeof *rows * (size_t)ncap);
             if (!g) {
                 snprintf(err, errlen, "out of memory listing models");
                 goto fail;
@@ -226,7 +226,7 @@ int tl_store_model_list(tl_store *s, tl_model_row **out, int *n, char *err, size
     *n = cnt;
     return 0;
 fail:
-    for (int i = 0; i < cnt; i++) tl_model_row_free(&rows[i]);
+    for (int i = 0; i < cnt; i++) tld_model_row_free(&rows[i]);
     free(rows);
     sqlite3_finalize(st);
     return -1;

@@ -10,7 +10,7 @@
  */
 #include "store/store_schema.h"
 
-const char tl_store_schema_v1[] =
+const char tld_store_schema_v1[] =
     "-- schema/store.sql: tokenlabd's SQLite store (server/store/store.h), schema version 1.\n"
     "--\n"
     "-- server/store/store.c applies this text as migration step 1, in the transaction\n"
@@ -172,10 +172,10 @@ const char tl_store_schema_v1[] =
     ") WITHOUT ROWID;\n"
     ;
 
-const size_t tl_store_schema_v1_len = sizeof tl_store_schema_v1 - 1;
+const size_t tld_store_schema_v1_len = sizeof tld_store_schema_v1 - 1;
 
 /* schema/store_v2.sql (schema version 2) */
-const char tl_store_schema_v2[] =
+const char tld_store_schema_v2[] =
     "-- schema/store_v2.sql: tokenlabd's store, migration step 2 (schema version 2):\n"
     "-- registered models and the token inspection of training jobs.\n"
     "--\n"
@@ -256,4 +256,4 @@ const char tl_store_schema_v2[] =
     ") WITHOUT ROWID;\n"
     ;
 
-const size_t tl_store_schema_v2_len = sizeof tl_store_schema_v2 - 1;
+const size_t tld_store_schema_v2_len = sizeof tld_store_schema_v2 - 1;

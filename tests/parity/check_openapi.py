@@ -6,8 +6,8 @@ Usage: check_openapi.py [REPO_ROOT]   (default: two folders above this file)
 Checks: the document is JSON with openapi "3.1.0"; every operation has an
 operationId (unique), a summary, a description and responses; every $ref
 resolves inside the document; the (method, path) pairs are exactly the routes
-of the tl_route_def tables of server/routes*.c, datasets.c and static.c; the operations whose
-effective security names bearerAuth are exactly the TL_AUTH_TOKEN routes,
+of the tld_route_def tables of server/routes*.c, datasets.c and static.c; the operations whose
+effective security names bearerAuth are exactly the TLD_AUTH_TOKEN routes,
 which also document 401 and 403; every {param} of a path is declared as a
 path parameter; components/schemas/JobSpec equals schema/jobspec.schema.json
 and components/schemas/AnnotateSpec equals schema/annotatespec.schema.json
@@ -20,9 +20,9 @@ import re
 import sys
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TL_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
+ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TLD_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
                       r'\s*(?:,\s*[A-Za-z0-9_]+\s*)?\}')
-# The route tables: tl_route_def arrays in these files (tl_routes_register registers them all).
+# The route tables: tld_route_def arrays in these files (tld_routes_register registers them all).
 ROUTE_FILES = ("api/routes.c", "api/routes_models.c", "api/routes_inspect.c", "api/routes_labelmaps.c", "api/datasets.c", "http/static.c")
 
 
@@ -42,9 +42,9 @@ class Checker:
 
 
 def parse_tables(c_source):
-    """Every tl_route_def table of a file: a list of (METHOD, pattern, auth, handler)."""
+    """Every tld_route_def table of a file: a list of (METHOD, pattern, auth, handler)."""
     out = []
-    for m in re.finditer(r"tl_route_def\s+[A-Za-z_][A-Za-z0-9_]*\[\]\s*=\s*\{(.*?)\n\};", c_source, flags=re.S):
+    for m in re.finditer(r"tld_route_def\s+[A-Za-z_][A-Za-z0-9_]*\[\]\s*=\s*\{(.*?)\n\};", c_source, flags=re.S):
         body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
         body = re.sub(r"//[^\n]*", "", body)
         out += [(r.group(1).upper(), r.group(2), r.group(3), r.group(4)) for r in ROUTE_RE.finditer(body)]
@@ -185,18 +185,18 @@ def main():
                     ", ".join(only_c), ", ".join(only_doc),
                     "; duplicate routes in routes.c" if len(want) != len(routes) else ""))
 
-        token = set((m, p) for m, p, a, _ in routes if a == "TL_AUTH_TOKEN")
+        token = set((m, p) for m, p, a, _ in routes if a == "TLD_AUTH_TOKEN")
         global_sec = doc.get("security", [])
         bearer_ops = set(k for k, op in ops.items()
                          if isinstance(op, dict) and is_bearer(op.get("security", global_sec)))
-        c.check("bearerAuth operations are exactly the TL_AUTH_TOKEN routes",
+        c.check("bearerAuth operations are exactly the TLD_AUTH_TOKEN routes",
                 bearer_ops == token,
-                "bearer but public in routes.c: [%s]; TL_AUTH_TOKEN without bearer: [%s]" % (
+                "bearer but public in routes.c: [%s]; TLD_AUTH_TOKEN without bearer: [%s]" % (
                     ", ".join(sorted("%s %s" % k for k in bearer_ops - token)),
                     ", ".join(sorted("%s %s" % k for k in token - bearer_ops))))
         no_auth_resp = sorted("%s %s" % k for k in token if k in ops and isinstance(ops[k], dict)
                               and not {"401", "403"} <= set(ops[k].get("responses", {})))
-        c.check("TL_AUTH_TOKEN operations document 401 and 403", not no_auth_resp, ", ".join(no_auth_resp))
+        c.check("TLD_AUTH_TOKEN operations document 401 and 403", not no_auth_resp, ", ".join(no_auth_resp))
 
     schemes = ((doc.get("components") or {}).get("securitySchemes") or {})
     bearer = schemes.get("bearerAuth")

@@ -46,12 +46,12 @@ static void test_palette(void **state) {
                {7, {80, 242, 73}}, {10, {228, 242, 73}}, {999, {73, 242, 157}}};
     for (size_t i = 0; i < sizeof lit / sizeof *lit; i++) {
         uint8_t got[3];
-        tl_class_colour(lit[i].c, got);
+        tld_class_colour(lit[i].c, got);
         assert_memory_equal(got, lit[i].rgb, 3);
     }
     for (int c = 0; c < 1000; c++) {
         uint8_t got[3], want[3];
-        tl_class_colour(c, got);
+        tld_class_colour(c, got);
         hsv_ref(c, want);
         for (int k = 0; k < 3; k++) {
             /* the two formulas may differ in the last bit before rounding; never by more than 1 */
@@ -88,9 +88,9 @@ static void test_blend(void **state) {
     fill(in, 100, 150, 200);
     int32_t idx[G * G] = {3, 3, 3, 3}; /* one class: no borders */
     float p0[G * G] = {0, 0, 0, 0}, p1[G * G] = {1, 1, 1, 1};
-    tl_heatmap_render(in, V, G, idx, p0, out0);
-    tl_heatmap_render(in, V, G, idx, p1, out1);
-    tl_class_colour(3, col);
+    tld_heatmap_render(in, V, G, idx, p0, out0);
+    tld_heatmap_render(in, V, G, idx, p1, out1);
+    tld_class_colour(3, col);
     for (int y = 0; y < V; y++)
         for (int x = 0; x < V; x++)
             for (int k = 0; k < 3; k++) {
@@ -103,16 +103,16 @@ static void test_blend(void **state) {
     /* clamping: below 0 and NaN act as 0, above 1 as 1; NULL prob is 1 everywhere */
     float pc[G * G] = {-5, NAN, 7, 1};
     uint8_t outc[V * V * 3], outn[V * V * 3];
-    tl_heatmap_render(in, V, G, idx, pc, outc);
+    tld_heatmap_render(in, V, G, idx, pc, outc);
     assert_memory_equal(px(outc, 0, 0), px(out0, 0, 0), 3);
     assert_memory_equal(px(outc, 0, 7), px(out0, 0, 7), 3);
     assert_memory_equal(px(outc, 7, 0), px(out1, 7, 0), 3);
-    tl_heatmap_render(in, V, G, idx, NULL, outn);
+    tld_heatmap_render(in, V, G, idx, NULL, outn);
     assert_memory_equal(outn, out1, sizeof outn);
     /* in place gives the same */
     uint8_t inplace[V * V * 3];
     memcpy(inplace, in, sizeof in);
-    tl_heatmap_render(inplace, V, G, idx, p1, inplace);
+    tld_heatmap_render(inplace, V, G, idx, p1, inplace);
     assert_memory_equal(inplace, out1, sizeof out1);
 }
 
@@ -123,15 +123,15 @@ static void test_untinted_and_borders(void **state) {
     for (int i = 0; i < V * V * 3; i++) in[i] = (uint8_t)(i * 7 % 251);
     int32_t none[G * G] = {-1, -1, -1, -1};
     float p[G * G] = {1, 1, 1, 1};
-    tl_heatmap_render(in, V, G, none, p, out);
+    tld_heatmap_render(in, V, G, none, p, out);
     assert_memory_equal(out, in, sizeof in);
 
     /* square 0 (top left) is class 2, the rest untinted: square 1 gets a dark left column, square 2 a
      * dark top row (their neighbour has another index), square 3 (neighbours -1 like itself) nothing */
     int32_t idx[G * G] = {2, -1, -1, -1};
     float q[G * G] = {0.5f, 1, 1, 1};
-    tl_heatmap_render(in, V, G, idx, q, out);
-    tl_class_colour(2, col);
+    tld_heatmap_render(in, V, G, idx, q, out);
+    tld_class_colour(2, col);
     for (int y = 0; y < V; y++)
         for (int x = 0; x < V; x++)
             for (int k = 0; k < 3; k++) {
@@ -149,16 +149,16 @@ static void test_untinted_and_borders(void **state) {
     int32_t two[G * G] = {0, 1, 0, 1};
     uint8_t flat[V * V * 3];
     fill(flat, 200, 200, 200);
-    tl_heatmap_render(flat, V, G, two, p, out);
+    tld_heatmap_render(flat, V, G, two, p, out);
     uint8_t c1[3];
-    tl_class_colour(1, c1);
+    tld_class_colour(1, c1);
     for (int y = 0; y < V; y++)
         for (int k = 0; k < 3; k++) {
             assert_int_equal(px(out, y, 4)[k], (uint8_t)floor(blend(200, c1[k], 1) * 0.5 + 0.5));
             assert_int_equal(px(out, y, 5)[k], blend(200, c1[k], 1));
         }
     /* grid of 0 or no index: a copy */
-    tl_heatmap_render(in, V, 0, idx, q, out);
+    tld_heatmap_render(in, V, 0, idx, q, out);
     assert_memory_equal(out, in, sizeof in);
 }
 
@@ -177,7 +177,7 @@ static void test_jpeg(void **state) {
     uint8_t *jpg = NULL;
     size_t len = 0;
     char err[256] = "";
-    int rc = tl_heatmap_jpeg(img, S, GR, idx, p, &jpg, &len, err, sizeof err);
+    int rc = tld_heatmap_jpeg(img, S, GR, idx, p, &jpg, &len, err, sizeof err);
     if (rc) print_error("%s\n", err);
     assert_int_equal(rc, 0);
     assert_non_null(jpg);
@@ -189,8 +189,8 @@ static void test_jpeg(void **state) {
     assert_int_equal(im.w, S);
     assert_int_equal(im.h, S);
     uint8_t c0[3], c1[3];
-    tl_class_colour(0, c0);
-    tl_class_colour(1, c1);
+    tld_class_colour(0, c0);
+    tld_class_colour(1, c1);
     const int probes[4][2] = {{8, 8}, {40, 20}, {8, 48}, {56, 56}}; /* (y, x), away from the border */
     for (int i = 0; i < 4; i++) {
         const uint8_t *q = im.rgb + ((size_t)probes[i][0] * S + (size_t)probes[i][1]) * 3;
@@ -207,13 +207,13 @@ static void test_jpeg(void **state) {
     free(jpg);
 
     /* refusals */
-    assert_int_equal(tl_heatmap_jpeg(img, 0, GR, idx, p, &jpg, &len, err, sizeof err), -1);
+    assert_int_equal(tld_heatmap_jpeg(img, 0, GR, idx, p, &jpg, &len, err, sizeof err), -1);
     assert_non_null(strstr(err, "side"));
     assert_null(jpg);
-    assert_int_equal(tl_heatmap_jpeg(img, S, 0, idx, p, &jpg, &len, err, sizeof err), -1);
+    assert_int_equal(tld_heatmap_jpeg(img, S, 0, idx, p, &jpg, &len, err, sizeof err), -1);
     assert_non_null(strstr(err, "grid"));
-    assert_int_equal(tl_heatmap_jpeg(img, S, GR, NULL, p, &jpg, &len, err, sizeof err), -1);
-    assert_int_equal(tl_heatmap_jpeg(img, TL_IMAGE_MAX_SIDE + 1, GR, idx, p, &jpg, &len, err, sizeof err), -1);
+    assert_int_equal(tld_heatmap_jpeg(img, S, GR, NULL, p, &jpg, &len, err, sizeof err), -1);
+    assert_int_equal(tld_heatmap_jpeg(img, TL_IMAGE_MAX_SIDE + 1, GR, idx, p, &jpg, &len, err, sizeof err), -1);
     free(img);
 }
 

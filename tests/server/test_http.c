@@ -45,7 +45,7 @@
 #define TOKEN "t0ken-for-tests"
 #define MAX_BODY ((size_t)2 * 1024 * 1024)
 
-static tl_http *srv;
+static tld_http *srv;
 static int port;
 
 static double now_s(void) {
@@ -61,67 +61,67 @@ static void sleep_ms(int ms) {
 
 /* ------------------------------------------------------------------ handlers */
 
-static void h_hello(tl_req *r, void *u) {
-    tl_reply_json(r, 200, "{\"hello\":\"world\"}");
+static void h_hello(tld_req *r, void *u) {
+    tld_reply_json(r, 200, "{\"hello\":\"world\"}");
 }
 
 /* Echoes what the router and the query parser saw. */
-static void h_metric(tl_req *r, void *u) {
+static void h_metric(tld_req *r, void *u) {
     cJSON *o = cJSON_CreateObject();
     const char *keys[] = {"id", "name"};
     for (int i = 0; i < 2; i++) {
-        const char *v = tl_req_param(r, keys[i]);
+        const char *v = tld_req_param(r, keys[i]);
         if (v) cJSON_AddStringToObject(o, keys[i], v);
     }
     const char *qs[] = {"since", "flag", "q", "absent"};
     for (int i = 0; i < 4; i++) {
-        const char *v = tl_req_query(r, qs[i]);
+        const char *v = tld_req_query(r, qs[i]);
         if (v) cJSON_AddStringToObject(o, qs[i], v);
     }
-    cJSON_AddStringToObject(o, "method", tl_req_method(r));
-    cJSON_AddStringToObject(o, "path", tl_req_path(r));
-    if (tl_req_param(r, "nope")) cJSON_AddTrueToObject(o, "bad_param");
+    cJSON_AddStringToObject(o, "method", tld_req_method(r));
+    cJSON_AddStringToObject(o, "path", tld_req_path(r));
+    if (tld_req_param(r, "nope")) cJSON_AddTrueToObject(o, "bad_param");
     char *s = cJSON_PrintUnformatted(o);
-    tl_reply_json(r, 200, s);
+    tld_reply_json(r, 200, s);
     free(s);
     cJSON_Delete(o);
 }
 
-static void h_job(tl_req *r, void *u) {
+static void h_job(tld_req *r, void *u) {
     char buf[128];
-    snprintf(buf, sizeof buf, "{\"job\":\"%s\"}", tl_req_param(r, "id"));
-    tl_reply_json(r, 200, buf);
+    snprintf(buf, sizeof buf, "{\"job\":\"%s\"}", tld_req_param(r, "id"));
+    tld_reply_json(r, 200, buf);
 }
 
-static void h_stats(tl_req *r, void *u) {
-    tl_reply_json(r, 200, "{\"stats\":true}");
+static void h_stats(tld_req *r, void *u) {
+    tld_reply_json(r, 200, "{\"stats\":true}");
 }
 
-static void h_items_post(tl_req *r, void *u) {
-    tl_reply_header(r, "Location", "/api/v1/items/1");
-    tl_reply_json(r, 201, "{\"created\":true}");
+static void h_items_post(tld_req *r, void *u) {
+    tld_reply_header(r, "Location", "/api/v1/items/1");
+    tld_reply_json(r, 201, "{\"created\":true}");
 }
 
-static void h_echo(tl_req *r, void *u) {
+static void h_echo(tld_req *r, void *u) {
     size_t len = 0;
-    const char *b = tl_req_body(r, &len);
+    const char *b = tld_req_body(r, &len);
     if (b[len] != '\0') {
-        tl_reply_problem(r, 500, "NOT_TERMINATED", NULL, "body copy is not NUL-terminated");
+        tld_reply_problem(r, 500, "NOT_TERMINATED", NULL, "body copy is not NUL-terminated");
         return;
     }
-    tl_reply_bytes(r, 200, "application/octet-stream", b, len);
+    tld_reply_bytes(r, 200, "application/octet-stream", b, len);
 }
 
 #define PROBLEM_DETAIL "he said \"hi\"\nthen left \\ caf\xc3\xa9 \x01 tab\t end"
-static void h_problem(tl_req *r, void *u) {
-    tl_reply_problem(r, 422, "INVALID_FIELD", "/spec/\"lr\"", "%s%s", PROBLEM_DETAIL, " bad:\xff");
+static void h_problem(tld_req *r, void *u) {
+    tld_reply_problem(r, 422, "INVALID_FIELD", "/spec/\"lr\"", "%s%s", PROBLEM_DETAIL, " bad:\xff");
 }
 
-static void h_forget(tl_req *r, void *u) {
+static void h_forget(tld_req *r, void *u) {
 }
 
-static void h_count(tl_req *r, void *u) {
-    tl_reply_json(r, 200, "{}");
+static void h_count(tld_req *r, void *u) {
+    tld_reply_json(r, 200, "{}");
 }
 
 /* A stream of 5 chunks, with ~40 ms of "nothing yet" (returning 0) before each. */
@@ -153,10 +153,10 @@ static void stream_free(void *state) {
     atomic_fetch_add(&stream_freed, 1);
 }
 
-static void h_stream(tl_req *r, void *u) {
+static void h_stream(tld_req *r, void *u) {
     stream_state *s = calloc(1, sizeof *s);
     s->last = now_s();
-    tl_reply_stream(r, 200, "text/event-stream", stream_fn, s, stream_free);
+    tld_reply_stream(r, 200, "text/event-stream", stream_fn, s, stream_free);
 }
 
 /* A stream with nothing to say, ever (the shutdown test). */
@@ -171,8 +171,8 @@ static void idle_free(void *state) {
     atomic_fetch_add(&idle_freed, 1);
 }
 
-static void h_idle_stream(tl_req *r, void *u) {
-    tl_reply_stream(r, 200, "text/event-stream", idle_fn, NULL, idle_free);
+static void h_idle_stream(tld_req *r, void *u) {
+    tld_reply_stream(r, 200, "text/event-stream", idle_fn, NULL, idle_free);
 }
 
 /* A stream that never produces anything, on the main server (timeout_s = 1). */
@@ -186,14 +186,14 @@ static void quiet_free(void *state) {
     atomic_fetch_add(&quiet_freed, 1);
 }
 
-static void h_quiet_stream(tl_req *r, void *u) {
-    tl_reply_stream(r, 200, "text/event-stream", quiet_fn, NULL, quiet_free);
+static void h_quiet_stream(tld_req *r, void *u) {
+    tld_reply_stream(r, 200, "text/event-stream", quiet_fn, NULL, quiet_free);
 }
 
-static void h_fallback(tl_req *r, void *u) {
+static void h_fallback(tld_req *r, void *u) {
     char buf[256];
-    int n = snprintf(buf, sizeof buf, "fallback:%s", tl_req_path(r));
-    tl_reply_bytes(r, 200, "text/plain", buf, (size_t)n);
+    int n = snprintf(buf, sizeof buf, "fallback:%s", tld_req_path(r));
+    tld_reply_bytes(r, 200, "text/plain", buf, (size_t)n);
 }
 
 /* ------------------------------------------------------------------ client helpers */
@@ -378,25 +378,25 @@ static size_t raw_read(int fd, char *buf, size_t cap, double timeout_s, int *clo
 
 /* ------------------------------------------------------------------ setup */
 
-static void add_routes(tl_http *h) {
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/hello", TL_AUTH_PUBLIC, h_hello, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/jobs/{id}", TL_AUTH_PUBLIC, h_job, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/jobs/stats", TL_AUTH_PUBLIC, h_stats, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/jobs/{id}/metrics/{name}", TL_AUTH_PUBLIC, h_metric, NULL), 0);
-    assert_int_equal(tl_http_route(h, "POST", "/api/v1/items", TL_AUTH_TOKEN, h_items_post, NULL), 0);
-    assert_int_equal(tl_http_route(h, "POST", "/api/v1/echo", TL_AUTH_TOKEN, h_echo, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/problem", TL_AUTH_PUBLIC, h_problem, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/forget", TL_AUTH_PUBLIC, h_forget, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/count", TL_AUTH_PUBLIC, h_count, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/stream", TL_AUTH_PUBLIC, h_stream, NULL), 0);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/quiet", TL_AUTH_PUBLIC, h_quiet_stream, NULL), 0);
+static void add_routes(tld_http *h) {
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/hello", TLD_AUTH_PUBLIC, h_hello, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/jobs/{id}", TLD_AUTH_PUBLIC, h_job, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/jobs/stats", TLD_AUTH_PUBLIC, h_stats, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/jobs/{id}/metrics/{name}", TLD_AUTH_PUBLIC, h_metric, NULL), 0);
+    assert_int_equal(tld_http_route(h, "POST", "/api/v1/items", TLD_AUTH_TOKEN, h_items_post, NULL), 0);
+    assert_int_equal(tld_http_route(h, "POST", "/api/v1/echo", TLD_AUTH_TOKEN, h_echo, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/problem", TLD_AUTH_PUBLIC, h_problem, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/forget", TLD_AUTH_PUBLIC, h_forget, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/count", TLD_AUTH_PUBLIC, h_count, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/stream", TLD_AUTH_PUBLIC, h_stream, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/quiet", TLD_AUTH_PUBLIC, h_quiet_stream, NULL), 0);
 }
 
 static int group_setup(void **state) {
     setenv("TL_HTTP_QUIET", "1", 1);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
     static const char *const extra[] = {"tokenlab.internal", NULL};
-    tl_http_cfg cfg = {.bind_addr = "127.0.0.1",
+    tld_http_cfg cfg = {.bind_addr = "127.0.0.1",
                        .port = 0,
                        .max_connections = 64,
                        .timeout_s = 1,
@@ -404,22 +404,22 @@ static int group_setup(void **state) {
                        .token = TOKEN,
                        .extra_hosts = extra};
     char err[256] = "";
-    srv = tl_http_new(&cfg, err, sizeof err);
+    srv = tld_http_new(&cfg, err, sizeof err);
     if (!srv) {
-        fprintf(stderr, "tl_http_new: %s\n", err);
+        fprintf(stderr, "tld_http_new: %s\n", err);
         return -1;
     }
     add_routes(srv);
-    if (tl_http_start(srv, err, sizeof err) != 0) {
-        fprintf(stderr, "tl_http_start: %s\n", err);
+    if (tld_http_start(srv, err, sizeof err) != 0) {
+        fprintf(stderr, "tld_http_start: %s\n", err);
         return -1;
     }
-    port = tl_http_port(srv);
+    port = tld_http_port(srv);
     return port > 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state) {
-    tl_http_free(srv);
+    tld_http_free(srv);
     curl_global_cleanup();
     return 0;
 }
@@ -428,32 +428,32 @@ static int group_teardown(void **state) {
 
 static void test_config_errors(void **state) {
     char err[256] = "";
-    tl_http_cfg bad = {.bind_addr = "not-an-address"};
-    assert_null(tl_http_new(&bad, err, sizeof err));
+    tld_http_cfg bad = {.bind_addr = "not-an-address"};
+    assert_null(tld_http_new(&bad, err, sizeof err));
     assert_non_null(strstr(err, "not-an-address"));
-    tl_http_cfg badport = {.bind_addr = "127.0.0.1", .port = 70000};
+    tld_http_cfg badport = {.bind_addr = "127.0.0.1", .port = 70000};
     err[0] = '\0';
-    assert_null(tl_http_new(&badport, err, sizeof err));
+    assert_null(tld_http_new(&badport, err, sizeof err));
     assert_true(err[0] != '\0');
 
-    tl_http_cfg ok = {.bind_addr = "127.0.0.1"};
-    tl_http *h = tl_http_new(&ok, err, sizeof err);
+    tld_http_cfg ok = {.bind_addr = "127.0.0.1"};
+    tld_http *h = tld_http_new(&ok, err, sizeof err);
     assert_non_null(h);
     const char *bad_patterns[] = {"no-slash", "/a/{", "/a/{}", "/a//b", "/a/b{c}", "/a/", ""};
     for (size_t i = 0; i < sizeof bad_patterns / sizeof bad_patterns[0]; i++)
-        if (tl_http_route(h, "GET", bad_patterns[i], TL_AUTH_PUBLIC, h_hello, NULL) == 0)
+        if (tld_http_route(h, "GET", bad_patterns[i], TLD_AUTH_PUBLIC, h_hello, NULL) == 0)
             fail_msg("pattern '%s' accepted", bad_patterns[i]);
-    assert_int_equal(tl_http_route(h, "GET", "/", TL_AUTH_PUBLIC, h_hello, NULL), 0);
-    assert_int_equal(tl_http_route(h, "", "/x", TL_AUTH_PUBLIC, h_hello, NULL), -1);
-    assert_int_equal(tl_http_route(h, "POST", "/api/v1/items", TL_AUTH_TOKEN, h_items_post, NULL), 0);
-    assert_int_equal(tl_http_start(h, err, sizeof err), 0);
-    assert_true(tl_http_port(h) > 0);
-    assert_int_equal(tl_http_route(h, "GET", "/late", TL_AUTH_PUBLIC, h_hello, NULL), -1); /* after start */
-    assert_int_equal(tl_http_start(h, err, sizeof err), -1);                               /* twice */
+    assert_int_equal(tld_http_route(h, "GET", "/", TLD_AUTH_PUBLIC, h_hello, NULL), 0);
+    assert_int_equal(tld_http_route(h, "", "/x", TLD_AUTH_PUBLIC, h_hello, NULL), -1);
+    assert_int_equal(tld_http_route(h, "POST", "/api/v1/items", TLD_AUTH_TOKEN, h_items_post, NULL), 0);
+    assert_int_equal(tld_http_start(h, err, sizeof err), 0);
+    assert_true(tld_http_port(h) > 0);
+    assert_int_equal(tld_http_route(h, "GET", "/late", TLD_AUTH_PUBLIC, h_hello, NULL), -1); /* after start */
+    assert_int_equal(tld_http_start(h, err, sizeof err), -1);                               /* twice */
 
     /* No token configured: token routes refuse everyone. */
     int saved = port;
-    port = tl_http_port(h);
+    port = tld_http_port(h);
     const char *any[] = {"Authorization: Bearer anything", NULL};
     req_t q = {.method = "POST", .path = "/api/v1/items", .headers = any, .body = "{}", .body_len = 2, .has_body = 1};
     resp_t r;
@@ -461,18 +461,18 @@ static void test_config_errors(void **state) {
     expect_problem_free(&r, 403, "FORBIDDEN");
     resp_free(&r);
     port = saved;
-    tl_http_stop(h);
-    tl_http_stop(h);
-    tl_http_free(h);
+    tld_http_stop(h);
+    tld_http_stop(h);
+    tld_http_free(h);
 
     /* A port in use: the error says why. */
-    tl_http_cfg busy = {.bind_addr = "127.0.0.1", .port = port};
-    h = tl_http_new(&busy, err, sizeof err);
+    tld_http_cfg busy = {.bind_addr = "127.0.0.1", .port = port};
+    h = tld_http_new(&busy, err, sizeof err);
     assert_non_null(h);
     err[0] = '\0';
-    assert_int_equal(tl_http_start(h, err, sizeof err), -1);
+    assert_int_equal(tld_http_start(h, err, sizeof err), -1);
     if (!strstr(err, "127.0.0.1")) fail_msg("error '%s'", err);
-    tl_http_free(h);
+    tld_http_free(h);
 }
 
 static void test_routes_and_query(void **state) {
@@ -860,7 +860,7 @@ static void find_counter(const char *method, const char *route, int status, uint
 
 static uint64_t counter(const char *method, const char *route, int status) {
     counter_query q = {method, route, status, 0};
-    tl_http_counters(srv, find_counter, &q);
+    tld_http_counters(srv, find_counter, &q);
     return q.n;
 }
 
@@ -914,15 +914,15 @@ static void test_no_reply(void **state) {
 }
 
 static void test_fallback(void **state) {
-    tl_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 2, .token = TOKEN};
+    tld_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 2, .token = TOKEN};
     char err[256] = "";
-    tl_http *h = tl_http_new(&cfg, err, sizeof err);
+    tld_http *h = tld_http_new(&cfg, err, sizeof err);
     assert_non_null(h);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/hello", TL_AUTH_PUBLIC, h_hello, NULL), 0);
-    assert_int_equal(tl_http_fallback(h, h_fallback, NULL), 0);
-    assert_int_equal(tl_http_start(h, err, sizeof err), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/hello", TLD_AUTH_PUBLIC, h_hello, NULL), 0);
+    assert_int_equal(tld_http_fallback(h, h_fallback, NULL), 0);
+    assert_int_equal(tld_http_start(h, err, sizeof err), 0);
     int saved = port;
-    port = tl_http_port(h);
+    port = tld_http_port(h);
     resp_t r;
     get("/index.html", NULL, &r);
     assert_int_equal(r.status, 200);
@@ -940,22 +940,22 @@ static void test_fallback(void **state) {
     expect_problem_free(&r, 403, "HOST_NOT_ALLOWED");
     resp_free(&r);
     port = saved;
-    tl_http_free(h);
+    tld_http_free(h);
 }
 
 static void test_ipv6(void **state) {
-    tl_http_cfg cfg = {.bind_addr = "::1", .timeout_s = 2};
+    tld_http_cfg cfg = {.bind_addr = "::1", .timeout_s = 2};
     char err[256] = "";
-    tl_http *h = tl_http_new(&cfg, err, sizeof err);
+    tld_http *h = tld_http_new(&cfg, err, sizeof err);
     assert_non_null(h);
-    assert_int_equal(tl_http_route(h, "GET", "/api/v1/hello", TL_AUTH_PUBLIC, h_hello, NULL), 0);
-    if (tl_http_start(h, err, sizeof err) != 0) {
-        tl_http_free(h);
+    assert_int_equal(tld_http_route(h, "GET", "/api/v1/hello", TLD_AUTH_PUBLIC, h_hello, NULL), 0);
+    if (tld_http_start(h, err, sizeof err) != 0) {
+        tld_http_free(h);
         print_message("no IPv6 loopback here (%s)\n", err);
         skip();
     }
     char url[128];
-    snprintf(url, sizeof url, "http://[::1]:%d/api/v1/hello", tl_http_port(h));
+    snprintf(url, sizeof url, "http://[::1]:%d/api/v1/hello", tld_http_port(h));
     CURL *c = curl_easy_init();
     buf_t body = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -970,7 +970,7 @@ static void test_ipv6(void **state) {
     assert_string_equal(body.data, "{\"hello\":\"world\"}");
     free(body.data);
     curl_easy_cleanup(c);
-    tl_http_free(h);
+    tld_http_free(h);
 }
 
 typedef struct {
@@ -996,19 +996,19 @@ static void *idle_client_thread(void *arg) {
 }
 
 static void test_stop_with_open_stream(void **state) {
-    tl_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 30};
+    tld_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 30};
     char err[256] = "";
-    tl_http *h = tl_http_new(&cfg, err, sizeof err);
+    tld_http *h = tld_http_new(&cfg, err, sizeof err);
     assert_non_null(h);
-    assert_int_equal(tl_http_route(h, "GET", "/events", TL_AUTH_PUBLIC, h_idle_stream, NULL), 0);
-    assert_int_equal(tl_http_start(h, err, sizeof err), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/events", TLD_AUTH_PUBLIC, h_idle_stream, NULL), 0);
+    assert_int_equal(tld_http_start(h, err, sizeof err), 0);
     atomic_store(&idle_calls, 0);
     atomic_store(&idle_freed, 0);
 
     /* A client that hangs up on a quiet stream is noticed within a pause, not after timeout_s. */
-    int fd = raw_connect(tl_http_port(h));
+    int fd = raw_connect(tld_http_port(h));
     char req[256], buf[1024];
-    snprintf(req, sizeof req, "GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", tl_http_port(h));
+    snprintf(req, sizeof req, "GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", tld_http_port(h));
     raw_send(fd, req);
     int closed = 0;
     raw_read(fd, buf, sizeof buf, 0.3, &closed);
@@ -1020,20 +1020,20 @@ static void test_stop_with_open_stream(void **state) {
 
     atomic_store(&idle_calls, 0);
     atomic_store(&idle_freed, 0);
-    idle_client ic = {.port = tl_http_port(h)};
+    idle_client ic = {.port = tld_http_port(h)};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, idle_client_thread, &ic), 0);
     for (int i = 0; i < 500 && atomic_load(&idle_calls) < 3; i++) sleep_ms(10);
     assert_true(atomic_load(&idle_calls) >= 3);
     double t0 = now_s();
-    tl_http_stop(h); /* must not wait for the stream, which would never end */
+    tld_http_stop(h); /* must not wait for the stream, which would never end */
     double dt = now_s() - t0;
     assert_true(dt < 2.0);
     assert_int_equal(atomic_load(&idle_freed), 1);
     pthread_join(th, NULL);
     assert_int_not_equal(ic.rc, CURLE_OK); /* cut short, not a complete reply */
     free(ic.body.data);
-    tl_http_free(h);
+    tld_http_free(h);
 }
 
 int main(void) {

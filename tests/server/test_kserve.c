@@ -25,19 +25,19 @@
 
 #define MAX_ELEMS ((size_t)1 << 20)
 
-static int parse(const char *json, tl_ks_request *r, char *ptr, char *err) {
+static int parse(const char *json, tld_ks_request *r, char *ptr, char *err) {
     /* exact-size heap copy without terminator: ASan catches reads past len */
     size_t n = strlen(json);
     char *b = malloc(n ? n : 1);
     assert_non_null(b);
     memcpy(b, json, n);
-    int rc = tl_kserve_parse(b, n, MAX_ELEMS, r, ptr, 256, err, 256);
+    int rc = tld_kserve_parse(b, n, MAX_ELEMS, r, ptr, 256, err, 256);
     free(b);
     return rc;
 }
 
 static void expect_err(const char *json, const char *pointer, const char *needle) {
-    tl_ks_request r;
+    tld_ks_request r;
     char ptr[256] = "?", err[256] = "";
     int rc = parse(json, &r, ptr, err);
     if (rc != -1 || strcmp(ptr, pointer) != 0 || !strstr(err, needle)) {
@@ -56,14 +56,14 @@ static void test_uint8_flat_and_nested(void **state) {
                        "\"other\":1}}";
     const char *nested = "{\"inputs\":[{\"name\":\"image\",\"shape\":[2,1,2,3],\"datatype\":\"UINT8\","
                          "\"data\":[[[[0,1,2],[3,4,5]]],[[[6,7,8],[9,10,255.0]]]]}]}";
-    tl_ks_request a, b;
+    tld_ks_request a, b;
     char ptr[256], err[256];
     assert_int_equal(parse(flat, &a, ptr, err), 0);
     assert_int_equal(parse(nested, &b, ptr, err), 0);
     assert_string_equal(a.id, "req-1");
     assert_string_equal(b.id, "");
     assert_string_equal(a.input_name, "image");
-    assert_int_equal(a.layout, TL_KS_UINT8_NHWC);
+    assert_int_equal(a.layout, TLD_KS_UINT8_NHWC);
     assert_int_equal(a.n, 2);
     assert_int_equal(a.h, 1);
     assert_int_equal(a.w, 2);
@@ -77,8 +77,8 @@ static void test_uint8_flat_and_nested(void **state) {
     assert_int_equal(b.w, 2);
     assert_string_equal(a.output_name, "");
     assert_int_equal(a.classification, 0);
-    tl_kserve_request_free(&a);
-    tl_kserve_request_free(&b);
+    tld_kserve_request_free(&a);
+    tld_kserve_request_free(&b);
 }
 
 static void test_fp32(void **state) {
@@ -91,12 +91,12 @@ static void test_fp32(void **state) {
     static const float want[12] = {0.5f, -1.25f, 3e-2f, 2, -2.1179f, 2.64f, 0, 1, 2, 3, 4, 5};
     const char *js[2] = {flat, nested};
     for (int i = 0; i < 2; i++) {
-        tl_ks_request r;
+        tld_ks_request r;
         char ptr[256], err[256];
         int rc = parse(js[i], &r, ptr, err);
         if (rc) print_error("%s %s\n", ptr, err);
         assert_int_equal(rc, 0);
-        assert_int_equal(r.layout, TL_KS_FP32_NCHW);
+        assert_int_equal(r.layout, TLD_KS_FP32_NCHW);
         assert_int_equal(r.n, 1);
         assert_int_equal(r.h, 2);
         assert_int_equal(r.w, 2);
@@ -104,7 +104,7 @@ static void test_fp32(void **state) {
         assert_non_null(r.f32);
         for (int k = 0; k < 12; k++) assert_true(r.f32[k] == want[k]);
         assert_string_equal(r.output_name, i == 0 ? "logits" : "");
-        tl_kserve_request_free(&r);
+        tld_kserve_request_free(&r);
     }
 }
 
@@ -200,7 +200,7 @@ static void test_outputs(void **state) {
     (void)state;
     const char *one = "{\"name\":\"i\",\"shape\":[1,1,1,3],\"datatype\":\"UINT8\",\"data\":[1,2,3]}";
     char js[1024];
-    tl_ks_request r;
+    tld_ks_request r;
     char ptr[256], err[256];
     snprintf(js, sizeof js,
              "{\"inputs\":[%s],\"outputs\":[{\"name\":\"probs\",\"parameters\":{\"classification\":5,"
@@ -209,17 +209,17 @@ static void test_outputs(void **state) {
     assert_int_equal(parse(js, &r, ptr, err), 0);
     assert_string_equal(r.output_name, "probs");
     assert_int_equal(r.classification, 5);
-    tl_kserve_request_free(&r);
+    tld_kserve_request_free(&r);
     snprintf(js, sizeof js, "{\"inputs\":[%s],\"outputs\":[]}", one);
     assert_int_equal(parse(js, &r, ptr, err), 0);
     assert_string_equal(r.output_name, "");
     assert_int_equal(r.classification, 0);
-    tl_kserve_request_free(&r);
+    tld_kserve_request_free(&r);
     snprintf(js, sizeof js, "{\"inputs\":[%s],\"outputs\":[{\"name\":\"s\",\"parameters\":{\"classification\":2.0}}]}",
              one);
     assert_int_equal(parse(js, &r, ptr, err), 0);
     assert_int_equal(r.classification, 2);
-    tl_kserve_request_free(&r);
+    tld_kserve_request_free(&r);
 
     static const char *const bad[] = {"0", "-3", "2.5", "\"3\"", "true", "null", "1e10"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -259,21 +259,21 @@ static void test_limits(void **state) {
     size_t n = (size_t)snprintf(js, cap, "{\"inputs\":[{\"name\":\"i\",\"shape\":[1,1,1,3],\"datatype\":\"UINT8\",\"data\":[");
     for (int i = 0; i < 5000; i++) n += (size_t)snprintf(js + n, cap - n, i ? ",0" : "0");
     n += (size_t)snprintf(js + n, cap - n, "]}]}");
-    tl_ks_request r;
+    tld_ks_request r;
     char ptr[256] = "?", err[256] = "";
-    assert_int_equal(tl_kserve_parse(js, n, 3, &r, ptr, sizeof ptr, err, sizeof err), -1);
+    assert_int_equal(tld_kserve_parse(js, n, 3, &r, ptr, sizeof ptr, err, sizeof err), -1);
     assert_string_equal(ptr, "");
     assert_non_null(strstr(err, "JSON values"));
-    assert_int_equal(tl_kserve_parse(js, n, MAX_ELEMS, &r, ptr, sizeof ptr, err, sizeof err), -1);
+    assert_int_equal(tld_kserve_parse(js, n, MAX_ELEMS, &r, ptr, sizeof ptr, err, sizeof err), -1);
     assert_string_equal(ptr, "/inputs/0/data");
     /* commas and brackets inside strings (with escaped quotes) do not count */
     n = (size_t)snprintf(js, cap, "{\"parameters\":{\"note\":\"\\\"");
     for (int i = 0; i < 5000; i++) n += (size_t)snprintf(js + n, cap - n, ",[{");
     n += (size_t)snprintf(js + n, cap - n,
                           "\"},\"inputs\":[{\"name\":\"i\",\"shape\":[1,1,1,3],\"datatype\":\"UINT8\",\"data\":[1,2,3]}]}");
-    assert_int_equal(tl_kserve_parse(js, n, 3, &r, ptr, sizeof ptr, err, sizeof err), 0);
+    assert_int_equal(tld_kserve_parse(js, n, 3, &r, ptr, sizeof ptr, err, sizeof err), 0);
     assert_int_equal(r.u8[2], 3);
-    tl_kserve_request_free(&r);
+    tld_kserve_request_free(&r);
     free(js);
 }
 
@@ -308,7 +308,7 @@ static void check_shape(const cJSON *out, int a, int b) {
 static void test_response_scores(void **state) {
     (void)state;
     const float s[6] = {0.1f, -3.25e-7f, 123456.78f, NAN, INFINITY, -INFINITY};
-    char *txt = tl_kserve_response("lvvit \"t\"", "abc", 2, 3, s, NULL, 0, NULL);
+    char *txt = tld_kserve_response("lvvit \"t\"", "abc", 2, 3, s, NULL, 0, NULL);
     cJSON *o = parse_resp(txt);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(o, "model_name")->valuestring, "lvvit \"t\"");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(o, "model_version")->valuestring, "1");
@@ -329,16 +329,16 @@ static void test_response_scores(void **state) {
     free(txt);
 
     /* no id, named output */
-    txt = tl_kserve_response("m", NULL, 1, 3, s, NULL, 0, "logits");
+    txt = tld_kserve_response("m", NULL, 1, 3, s, NULL, 0, "logits");
     o = parse_resp(txt);
     assert_null(cJSON_GetObjectItemCaseSensitive(o, "id"));
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(only_output(o), "name")->valuestring, "logits");
     cJSON_Delete(o);
     free(txt);
-    assert_null(tl_kserve_response("m", NULL, 1, 0, s, NULL, 0, NULL));
-    assert_null(tl_kserve_response("m", NULL, -1, 3, s, NULL, 0, NULL));
-    assert_null(tl_kserve_response("m", NULL, 1, 3, NULL, NULL, 0, NULL));
-    assert_null(tl_kserve_response("m", NULL, 1, 3, s, NULL, -1, NULL));
+    assert_null(tld_kserve_response("m", NULL, 1, 0, s, NULL, 0, NULL));
+    assert_null(tld_kserve_response("m", NULL, -1, 3, s, NULL, 0, NULL));
+    assert_null(tld_kserve_response("m", NULL, 1, 3, NULL, NULL, 0, NULL));
+    assert_null(tld_kserve_response("m", NULL, 1, 3, s, NULL, -1, NULL));
 }
 
 static void expect_class(const cJSON *d, int i, double p, int idx, const char *label) {
@@ -357,7 +357,7 @@ static void test_response_classification(void **state) {
     /* row 0: scores 1, 3, 2; row 1: large scores (stability), 1000 and 999 */
     const float s[6] = {1, 3, 2, 1000, 999, -1000};
     const char *const labels[3] = {"cat", "dog \"big\"", "bird"};
-    char *txt = tl_kserve_response("m", "x", 2, 3, s, labels, 2, "out");
+    char *txt = tld_kserve_response("m", "x", 2, 3, s, labels, 2, "out");
     cJSON *o = parse_resp(txt);
     const cJSON *out = only_output(o);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(out, "name")->valuestring, "out");
@@ -376,7 +376,7 @@ static void test_response_classification(void **state) {
 
     /* no labels: the label is the index; k past K is clamped; NaN scores rank last; ties: lower index first */
     const float t[4] = {NAN, 0.5f, 0.5f, -INFINITY};
-    txt = tl_kserve_response("m", NULL, 1, 4, t, NULL, 10, NULL);
+    txt = tld_kserve_response("m", NULL, 1, 4, t, NULL, 10, NULL);
     o = parse_resp(txt);
     out = only_output(o);
     check_shape(out, 1, 4);
@@ -392,7 +392,7 @@ static void test_response_classification(void **state) {
     /* invalid UTF-8 in a label becomes '?', so the document stays valid */
     const char *const bad[2] = {"ok\xc3\xa9", "x\xff\xc3"};
     const float u[2] = {2, 1};
-    txt = tl_kserve_response("m", NULL, 1, 2, u, bad, 2, NULL);
+    txt = tld_kserve_response("m", NULL, 1, 2, u, bad, 2, NULL);
     o = parse_resp(txt);
     d = cJSON_GetObjectItemCaseSensitive(only_output(o), "data");
     expect_class(d, 0, 1 / (1 + exp(-1.0)), 0, "ok\xc3\xa9");

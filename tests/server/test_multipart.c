@@ -30,16 +30,16 @@ static uint8_t *dup_exact(const void *p, size_t n) {
     return b;
 }
 
-static int parse(const char *ct, const void *body, size_t len, tl_part *parts, int max, char *err) {
+static int parse(const char *ct, const void *body, size_t len, tld_part *parts, int max, char *err) {
     uint8_t *b = dup_exact(body, len);
-    int n = tl_multipart_parse(ct, b, len, parts, max, err, 256);
+    int n = tld_multipart_parse(ct, b, len, parts, max, err, 256);
     /* parts point into b: callers of this helper only look at counts and errors, or use parse_keep */
     free(b);
     return n;
 }
 
 static void expect_error(const char *ct, const void *body, size_t len, int max, const char *needle) {
-    tl_part parts[8];
+    tld_part parts[8];
     char err[256] = "";
     int n = parse(ct, body, len, parts, max, err);
     if (n != -1 || !strstr(err, needle)) {
@@ -58,9 +58,9 @@ static void test_one_part(void **state) {
                         "JPEGDATA\r\n"
                         "--XyZ--\r\n";
     uint8_t *b = dup_exact(body, sizeof body - 1);
-    tl_part p[4];
+    tld_part p[4];
     char err[256] = "";
-    assert_int_equal(tl_multipart_parse(CT, b, sizeof body - 1, p, 4, err, sizeof err), 1);
+    assert_int_equal(tld_multipart_parse(CT, b, sizeof body - 1, p, 4, err, sizeof err), 1);
     assert_string_equal(p[0].name, "image");
     assert_string_equal(p[0].filename, "cat.jpg");
     assert_string_equal(p[0].content_type, "image/jpeg");
@@ -99,9 +99,9 @@ static void test_three_parts_binary(void **state) {
     memcpy(buf + len, bin, sizeof bin), len += sizeof bin;
     memcpy(buf + len, tail, strlen(tail)), len += strlen(tail);
     uint8_t *b = dup_exact(buf, len);
-    tl_part p[3];
+    tld_part p[3];
     char err[256] = "";
-    int n = tl_multipart_parse(CT, b, len, p, 3, err, sizeof err);
+    int n = tld_multipart_parse(CT, b, len, p, 3, err, sizeof err);
     if (n != 3) print_error("%s\n", err);
     assert_int_equal(n, 3);
     assert_string_equal(p[0].name, "a");
@@ -137,9 +137,9 @@ static void test_empty_parts_and_escapes(void **state) {
                         "x\r\n"
                         "--XyZ--";
     uint8_t *b = dup_exact(body, sizeof body - 1);
-    tl_part p[4];
+    tld_part p[4];
     char err[256] = "";
-    int n = tl_multipart_parse(CT, b, sizeof body - 1, p, 4, err, sizeof err);
+    int n = tld_multipart_parse(CT, b, sizeof body - 1, p, 4, err, sizeof err);
     if (n != 3) print_error("%s\n", err);
     assert_int_equal(n, 3);
     assert_string_equal(p[0].name, "e");
@@ -151,13 +151,13 @@ static void test_empty_parts_and_escapes(void **state) {
     assert_int_equal(p[2].len, 1);
     free(b);
     /* the first delimiter is the closing one: no parts */
-    tl_part q[1];
+    tld_part q[1];
     assert_int_equal(parse(CT, "--XyZ--\r\n", 9, q, 1, err), 0);
 }
 
 static void test_boundary_parameter(void **state) {
     (void)state;
-    tl_part p[2];
+    tld_part p[2];
     char err[256];
     const char body[] = "--a b'()+_,-./:=?\r\n\r\nv\r\n--a b'()+_,-./:=?--";
     int n = parse("Multipart/Form-Data; charset=utf-8; BOUNDARY=\"a b'()+_,-./:=?\"", body, sizeof body - 1, p, 2,
@@ -214,7 +214,7 @@ static void test_refusals(void **state) {
     const char three[] = "--XyZ\r\n\r\n1\r\n--XyZ\r\n\r\n2\r\n--XyZ\r\n\r\n3\r\n--XyZ--";
     expect_error(CT, three, sizeof three - 1, 2, "more than 2 parts");
     expect_error(CT, three, sizeof three - 1, 0, "more than 0 parts");
-    tl_part p[3];
+    tld_part p[3];
     char err[256];
     assert_int_equal(parse(CT, three, sizeof three - 1, p, 3, err), 3);
     const char badline[] = "--XyZ\t-\r\n\r\n1\r\n--XyZ--";
@@ -246,18 +246,18 @@ static void test_refusals(void **state) {
 /* The header block limit counts header lines with their CRLFs: exactly the limit passes, one more fails. */
 static void test_header_limit(void **state) {
     (void)state;
-    size_t cap = TL_MULTIPART_MAX_HEADERS + 256;
+    size_t cap = TLD_MULTIPART_MAX_HEADERS + 256;
     char *body = malloc(cap);
     assert_non_null(body);
     for (int extra = 0; extra <= 1; extra++) {
         /* "X: " + filler + "\r\n" == limit + extra bytes */
-        size_t line = (size_t)TL_MULTIPART_MAX_HEADERS + (size_t)extra;
+        size_t line = (size_t)TLD_MULTIPART_MAX_HEADERS + (size_t)extra;
         size_t len = 0;
         len += (size_t)sprintf(body + len, "--XyZ\r\nX: ");
         memset(body + len, 'f', line - 5);
         len += line - 5;
         len += (size_t)sprintf(body + len, "\r\n\r\nD\r\n--XyZ--");
-        tl_part p[1];
+        tld_part p[1];
         char err[256] = "";
         int n = parse(CT, body, len, p, 1, err);
         if (extra == 0) {
@@ -288,10 +288,10 @@ static void truncations(const char *body, size_t full, int parts_expected) {
     assert_non_null(close);
     size_t need = (size_t)(close - body) + 7;
     for (size_t len = 0; len <= full; len++) {
-        tl_part p[4];
+        tld_part p[4];
         char err[256] = "";
         uint8_t *b = dup_exact(body, len);
-        int n = tl_multipart_parse(CT, b, len, p, 4, err, sizeof err);
+        int n = tld_multipart_parse(CT, b, len, p, 4, err, sizeof err);
         if (len < need) {
             if (n != -1) print_error("length %zu of %zu parsed as %d parts\n", len, full, n);
             assert_int_equal(n, -1);
@@ -347,9 +347,9 @@ static void test_mutations(void **state) {
             }
         }
         uint8_t *b = dup_exact(buf, len);
-        tl_part p[3];
+        tld_part p[3];
         char err[256] = "";
-        int n = tl_multipart_parse(CT, b, len, p, 3, err, sizeof err);
+        int n = tld_multipart_parse(CT, b, len, p, 3, err, sizeof err);
         assert_true(n >= -1 && n <= 3);
         if (n == -1) assert_true(err[0] != 0);
         for (int i = 0; i < n; i++) assert_true(p[i].data >= b && p[i].data + p[i].len <= b + len);

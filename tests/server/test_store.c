@@ -51,38 +51,38 @@ static void remove_db(const char *path) {
 }
 
 /* A new store on a fresh file; path receives the file's name. */
-static tl_store *open_fresh(const char *name, char *path, size_t n) {
+static tld_store *open_fresh(const char *name, char *path, size_t n) {
     char err[512] = "";
     db_path(path, n, name);
     remove_db(path);
-    tl_store *s = tl_store_open(path, err, sizeof err);
-    if (!s) fail_msg("tl_store_open(%s): %s", path, err);
+    tld_store *s = tld_store_open(path, err, sizeof err);
+    if (!s) fail_msg("tld_store_open(%s): %s", path, err);
     return s;
 }
 
-static int64_t new_job(tl_store *s, const char *name) {
+static int64_t new_job(tld_store *s, const char *name) {
     char err[512] = "";
     int64_t id = 0;
     int existed = -1;
-    if (tl_store_job_create(s, name, "{\"model\":\"lvvit-t\"}", NULL, &id, &existed, err, sizeof err) != 0)
+    if (tld_store_job_create(s, name, "{\"model\":\"lvvit-t\"}", NULL, &id, &existed, err, sizeof err) != 0)
         fail_msg("job create: %s", err);
     assert_int_equal(existed, 0);
     assert_true(id > 0);
     return id;
 }
 
-static void transition_ok(tl_store *s, int64_t id, tl_job_state from, tl_job_state to) {
+static void transition_ok(tld_store *s, int64_t id, tld_job_state from, tld_job_state to) {
     char err[512] = "";
-    if (tl_store_job_transition(s, id, 1u << from, to, "", "", err, sizeof err) != 0)
-        fail_msg("transition %s -> %s: %s", tl_job_state_name(from), tl_job_state_name(to), err);
+    if (tld_store_job_transition(s, id, 1u << from, to, "", "", err, sizeof err) != 0)
+        fail_msg("transition %s -> %s: %s", tld_job_state_name(from), tld_job_state_name(to), err);
 }
 
-static tl_job_state job_state(tl_store *s, int64_t id) {
+static tld_job_state job_state(tld_store *s, int64_t id) {
     char err[512] = "";
-    tl_job j;
-    if (tl_store_job_get(s, id, &j, err, sizeof err) != 0) fail_msg("job get %lld: %s", (long long)id, err);
-    tl_job_state st = j.state;
-    tl_job_free(&j);
+    tld_job j;
+    if (tld_store_job_get(s, id, &j, err, sizeof err) != 0) fail_msg("job get %lld: %s", (long long)id, err);
+    tld_job_state st = j.state;
+    tld_job_free(&j);
     return st;
 }
 
@@ -119,8 +119,8 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void flush_ok(tl_store *s) {
-    assert_int_equal(tl_store_flush(s), 0);
+static void flush_ok(tld_store *s) {
+    assert_int_equal(tld_store_flush(s), 0);
 }
 
 /* ------------------------------------------------------------------ schema */
@@ -148,30 +148,30 @@ static void check_embedded(const char *file, const char *text, size_t text_len) 
 
 static void test_schema_embedded_equals_file(void **state) {
     (void)state;
-    check_embedded("store.sql", tl_store_schema_v1, tl_store_schema_v1_len);
-    check_embedded("store_v2.sql", tl_store_schema_v2, tl_store_schema_v2_len);
+    check_embedded("store.sql", tld_store_schema_v1, tld_store_schema_v1_len);
+    check_embedded("store_v2.sql", tld_store_schema_v2, tld_store_schema_v2_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tl_store_schema_version(s), 2);
+    tld_store *s = open_fresh("version", path, sizeof path);
+    assert_int_equal(tld_store_schema_version(s), 2);
     int64_t id = new_job(s, "v");
-    tl_store_close(s);
+    tld_store_close(s);
     assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 2);
 
     /* Reopening a current file applies nothing and keeps the data. */
-    s = tl_store_open(path, err, sizeof err);
+    s = tld_store_open(path, err, sizeof err);
     if (!s) fail_msg("reopen: %s", err);
-    assert_int_equal(job_state(s, id), TL_JOB_QUEUED);
-    tl_store_close(s);
+    assert_int_equal(job_state(s, id), TLD_JOB_QUEUED);
+    tld_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
     sql_exec(path, "UPDATE schema_version SET version = 3");
     err[0] = '\0';
-    s = tl_store_open(path, err, sizeof err);
-    if (s) tl_store_close(s);
+    s = tld_store_open(path, err, sizeof err);
+    if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
@@ -181,12 +181,12 @@ static void test_version_and_refusals(void **state) {
     char v1[1024];
     db_path(v1, sizeof v1, "v1");
     remove_db(v1);
-    sql_exec(v1, tl_store_schema_v1);
+    sql_exec(v1, tld_store_schema_v1);
     sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
-    s = tl_store_open(v1, err, sizeof err);
+    s = tld_store_open(v1, err, sizeof err);
     if (!s) fail_msg("migrating a version 1 file: %s", err);
-    assert_int_equal(tl_store_schema_version(s), 2);
-    tl_store_close(s);
+    assert_int_equal(tld_store_schema_version(s), 2);
+    tld_store_close(s);
     assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 2);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
@@ -199,14 +199,14 @@ static void test_version_and_refusals(void **state) {
     remove_db(other);
     sql_exec(other, "CREATE TABLE t (x)");
     err[0] = '\0';
-    s = tl_store_open(other, err, sizeof err);
-    if (s) tl_store_close(s);
+    s = tld_store_open(other, err, sizeof err);
+    if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "not a tokenlabd store")) fail_msg("message \"%s\"", err);
 
     /* A folder that does not exist. */
     err[0] = '\0';
-    s = tl_store_open("/nonexistent-folder-tokenlab/x.db", err, sizeof err);
+    s = tld_store_open("/nonexistent-folder-tokenlab/x.db", err, sizeof err);
     assert_null(s);
     assert_true(err[0] != '\0');
     remove_db(path);
@@ -216,9 +216,9 @@ static void test_version_and_refusals(void **state) {
 static void test_pragmas(void **state) {
     (void)state;
     char path[1024];
-    tl_store *s = open_fresh("pragmas", path, sizeof path);
+    tld_store *s = open_fresh("pragmas", path, sizeof path);
     new_job(s, "p");
-    tl_store_close(s);
+    tld_store_close(s);
     assert_true(sql_int(path, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1);
     remove_db(path);
 }
@@ -228,23 +228,23 @@ static void test_pragmas(void **state) {
 static void test_job_create_get_list(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("jobs", path, sizeof path);
+    tld_store *s = open_fresh("jobs", path, sizeof path);
     const char *spec = "{ \"name\": \"caf\xc3\xa9\",\n  \"steps\" : 10 }  ";
     int64_t ids[6];
     for (int i = 0; i < 6; i++) {
         char name[32];
         snprintf(name, sizeof name, "job-%d", i);
         int existed = -1;
-        assert_int_equal(tl_store_job_create(s, name, spec, NULL, &ids[i], &existed, err, sizeof err), 0);
+        assert_int_equal(tld_store_job_create(s, name, spec, NULL, &ids[i], &existed, err, sizeof err), 0);
         assert_int_equal(existed, 0);
         if (i) assert_true(ids[i] > ids[i - 1]);
     }
-    tl_job j;
-    assert_int_equal(tl_store_job_get(s, ids[2], &j, err, sizeof err), 0);
+    tld_job j;
+    assert_int_equal(tld_store_job_get(s, ids[2], &j, err, sizeof err), 0);
     assert_int_equal(j.id, ids[2]);
     assert_string_equal(j.name, "job-2");
     assert_string_equal(j.spec_json, spec);
-    assert_int_equal(j.state, TL_JOB_QUEUED);
+    assert_int_equal(j.state, TLD_JOB_QUEUED);
     assert_string_equal(j.state_reason, "");
     assert_true(j.created_ms > 1600000000000LL);
     assert_int_equal(j.started_ms, 0);
@@ -253,46 +253,46 @@ static void test_job_create_get_list(void **state) {
     assert_true(j.eta_seconds == -1);
     assert_string_equal(j.idempotency_key, "");
     assert_string_equal(j.run_dir, "");
-    tl_job_free(&j);
+    tld_job_free(&j);
     assert_null(j.spec_json);
 
     /* Not found. */
-    assert_int_equal(tl_store_job_get(s, 999999, &j, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_get(s, 999999, &j, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
 
     /* Newest first, in pages. */
-    tl_job list[4];
+    tld_job list[4];
     int n = -1;
-    assert_int_equal(tl_store_job_list(s, -1, 0, 4, list, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_list(s, -1, 0, 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 4);
     for (int i = 0; i < 4; i++) assert_int_equal(list[i].id, ids[5 - i]);
     int64_t cursor = list[3].id;
-    for (int i = 0; i < n; i++) tl_job_free(&list[i]);
-    assert_int_equal(tl_store_job_list(s, -1, cursor, 4, list, &n, err, sizeof err), 0);
+    for (int i = 0; i < n; i++) tld_job_free(&list[i]);
+    assert_int_equal(tld_store_job_list(s, -1, cursor, 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 2);
     assert_int_equal(list[0].id, ids[1]);
     assert_int_equal(list[1].id, ids[0]);
-    for (int i = 0; i < n; i++) tl_job_free(&list[i]);
+    for (int i = 0; i < n; i++) tld_job_free(&list[i]);
 
     /* State filter. */
-    transition_ok(s, ids[1], TL_JOB_QUEUED, TL_JOB_RUNNING);
-    transition_ok(s, ids[4], TL_JOB_QUEUED, TL_JOB_RUNNING);
-    assert_int_equal(tl_store_job_list(s, TL_JOB_RUNNING, 0, 4, list, &n, err, sizeof err), 0);
+    transition_ok(s, ids[1], TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    transition_ok(s, ids[4], TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    assert_int_equal(tld_store_job_list(s, TLD_JOB_RUNNING, 0, 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 2);
     assert_int_equal(list[0].id, ids[4]);
     assert_int_equal(list[1].id, ids[1]);
-    assert_int_equal(list[0].state, TL_JOB_RUNNING);
-    for (int i = 0; i < n; i++) tl_job_free(&list[i]);
-    assert_int_equal(tl_store_job_list(s, TL_JOB_RUNNING, ids[4], 4, list, &n, err, sizeof err), 0);
+    assert_int_equal(list[0].state, TLD_JOB_RUNNING);
+    for (int i = 0; i < n; i++) tld_job_free(&list[i]);
+    assert_int_equal(tld_store_job_list(s, TLD_JOB_RUNNING, ids[4], 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(list[0].id, ids[1]);
-    tl_job_free(&list[0]);
-    assert_int_equal(tl_store_job_list(s, TL_JOB_QUEUED, 0, 4, list, &n, err, sizeof err), 0);
+    tld_job_free(&list[0]);
+    assert_int_equal(tld_store_job_list(s, TLD_JOB_QUEUED, 0, 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 4);
     assert_int_equal(list[0].id, ids[5]);
     assert_int_equal(list[3].id, ids[0]);
-    for (int i = 0; i < n; i++) tl_job_free(&list[i]);
-    assert_int_equal(tl_store_job_list(s, TL_JOB_FAILED, 0, 4, list, &n, err, sizeof err), 0);
+    for (int i = 0; i < n; i++) tld_job_free(&list[i]);
+    assert_int_equal(tld_store_job_list(s, TLD_JOB_FAILED, 0, 4, list, &n, err, sizeof err), 0);
     assert_int_equal(n, 0);
 
     /* Refusals before anything is queued. */
@@ -300,93 +300,93 @@ static void test_job_create_get_list(void **state) {
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
     int64_t id;
-    assert_int_equal(tl_store_job_create(s, longname, spec, NULL, &id, NULL, err, sizeof err), -1);
-    assert_int_equal(tl_store_job_create(s, "", spec, NULL, &id, NULL, err, sizeof err), -1);
-    assert_int_equal(tl_store_job_create(s, "x", NULL, NULL, &id, NULL, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_create(s, longname, spec, NULL, &id, NULL, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_create(s, "", spec, NULL, &id, NULL, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_create(s, "x", NULL, NULL, &id, NULL, err, sizeof err), -1);
 
     /* Run dir and attempts. */
-    assert_int_equal(tl_store_job_set_run_dir(s, ids[0], "/var/lib/tokenlab/runs/1", err, sizeof err), 0);
-    assert_int_equal(tl_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
-    assert_int_equal(tl_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
-    assert_int_equal(tl_store_job_set_progress(s, ids[0], 3, 1200, 5000, 42.5), 0);
+    assert_int_equal(tld_store_job_set_run_dir(s, ids[0], "/var/lib/tokenlab/runs/1", err, sizeof err), 0);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
+    assert_int_equal(tld_store_job_set_progress(s, ids[0], 3, 1200, 5000, 42.5), 0);
     flush_ok(s);
-    assert_int_equal(tl_store_job_get(s, ids[0], &j, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_get(s, ids[0], &j, err, sizeof err), 0);
     assert_string_equal(j.run_dir, "/var/lib/tokenlab/runs/1");
     assert_int_equal(j.attempt, 3);
     assert_int_equal(j.epoch, 3);
     assert_int_equal(j.step, 1200);
     assert_int_equal(j.total_steps, 5000);
     assert_true(j.eta_seconds == 42.5);
-    tl_job_free(&j);
-    assert_int_equal(tl_store_job_set_run_dir(s, 999999, "/x", err, sizeof err), -1);
+    tld_job_free(&j);
+    assert_int_equal(tld_store_job_set_run_dir(s, 999999, "/x", err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    assert_int_equal(tl_store_job_begin_attempt(s, 999999, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_begin_attempt(s, 999999, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
 static void test_idempotency_key(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("idem", path, sizeof path);
+    tld_store *s = open_fresh("idem", path, sizeof path);
     int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
     int existed = -1;
-    assert_int_equal(tl_store_job_create(s, "a", "{}", "key-1", &a, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "a", "{}", "key-1", &a, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 0);
-    assert_int_equal(tl_store_job_create(s, "a again", "{\"other\":1}", "key-1", &b, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "a again", "{\"other\":1}", "key-1", &b, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 1);
     assert_int_equal(b, a);
-    assert_int_equal(tl_store_job_create(s, "c", "{}", "key-2", &c, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "c", "{}", "key-2", &c, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 0);
     assert_true(c != a);
     /* No key (NULL or empty): a new job each time. */
-    assert_int_equal(tl_store_job_create(s, "d", "{}", NULL, &d, &existed, err, sizeof err), 0);
-    assert_int_equal(tl_store_job_create(s, "e", "{}", "", &e, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "d", "{}", NULL, &d, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "e", "{}", "", &e, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 0);
     assert_true(d != e);
-    tl_job j;
-    assert_int_equal(tl_store_job_get(s, a, &j, err, sizeof err), 0);
+    tld_job j;
+    assert_int_equal(tld_store_job_get(s, a, &j, err, sizeof err), 0);
     assert_string_equal(j.name, "a");
     assert_string_equal(j.spec_json, "{}");
     assert_string_equal(j.idempotency_key, "key-1");
-    tl_job_free(&j);
+    tld_job_free(&j);
     /* The key still names the job once it has finished. */
-    transition_ok(s, a, TL_JOB_QUEUED, TL_JOB_CANCELLED);
-    assert_int_equal(tl_store_job_create(s, "a3", "{}", "key-1", &b, &existed, err, sizeof err), 0);
+    transition_ok(s, a, TLD_JOB_QUEUED, TLD_JOB_CANCELLED);
+    assert_int_equal(tld_store_job_create(s, "a3", "{}", "key-1", &b, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 1);
     assert_int_equal(b, a);
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
-static const int allowed[TL_JOB_NSTATES][TL_JOB_NSTATES] = {
+static const int allowed[TLD_JOB_NSTATES][TLD_JOB_NSTATES] = {
     /* to:          Q  R  Cg S  F  Cd */
-    [TL_JOB_QUEUED] = {0, 1, 0, 0, 1, 1},
-    [TL_JOB_RUNNING] = {1, 0, 1, 1, 1, 0},
-    [TL_JOB_CANCELLING] = {1, 0, 0, 1, 1, 1},
+    [TLD_JOB_QUEUED] = {0, 1, 0, 0, 1, 1},
+    [TLD_JOB_RUNNING] = {1, 0, 1, 1, 1, 0},
+    [TLD_JOB_CANCELLING] = {1, 0, 0, 1, 1, 1},
 };
 
 /* Drives a new job to state st along allowed transitions. */
-static int64_t job_in_state(tl_store *s, tl_job_state st) {
+static int64_t job_in_state(tld_store *s, tld_job_state st) {
     int64_t id = new_job(s, "sm");
     switch (st) {
-    case TL_JOB_QUEUED:
+    case TLD_JOB_QUEUED:
         break;
-    case TL_JOB_RUNNING:
-        transition_ok(s, id, TL_JOB_QUEUED, TL_JOB_RUNNING);
+    case TLD_JOB_RUNNING:
+        transition_ok(s, id, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
         break;
-    case TL_JOB_CANCELLING:
-        transition_ok(s, id, TL_JOB_QUEUED, TL_JOB_RUNNING);
-        transition_ok(s, id, TL_JOB_RUNNING, TL_JOB_CANCELLING);
+    case TLD_JOB_CANCELLING:
+        transition_ok(s, id, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+        transition_ok(s, id, TLD_JOB_RUNNING, TLD_JOB_CANCELLING);
         break;
-    case TL_JOB_SUCCEEDED:
-        transition_ok(s, id, TL_JOB_QUEUED, TL_JOB_RUNNING);
-        transition_ok(s, id, TL_JOB_RUNNING, TL_JOB_SUCCEEDED);
+    case TLD_JOB_SUCCEEDED:
+        transition_ok(s, id, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+        transition_ok(s, id, TLD_JOB_RUNNING, TLD_JOB_SUCCEEDED);
         break;
-    case TL_JOB_FAILED:
-    case TL_JOB_CANCELLED:
-        transition_ok(s, id, TL_JOB_QUEUED, st);
+    case TLD_JOB_FAILED:
+    case TLD_JOB_CANCELLED:
+        transition_ok(s, id, TLD_JOB_QUEUED, st);
         break;
     default:
         fail();
@@ -398,37 +398,37 @@ static int64_t job_in_state(tl_store *s, tl_job_state st) {
 static void test_state_machine_every_pair(void **state) {
     (void)state;
     char path[1024], err[512];
-    tl_store *s = open_fresh("machine", path, sizeof path);
-    for (int from = 0; from < TL_JOB_NSTATES; from++) {
-        for (int to = 0; to < TL_JOB_NSTATES; to++) {
-            int64_t id = job_in_state(s, (tl_job_state)from);
+    tld_store *s = open_fresh("machine", path, sizeof path);
+    for (int from = 0; from < TLD_JOB_NSTATES; from++) {
+        for (int to = 0; to < TLD_JOB_NSTATES; to++) {
+            int64_t id = job_in_state(s, (tld_job_state)from);
             err[0] = '\0';
             /* Even a mask naming every state cannot force a transition the machine forbids. */
-            int rc = tl_store_job_transition(s, id, 0x3Fu, (tl_job_state)to, "TEST", "every pair", err, sizeof err);
+            int rc = tld_store_job_transition(s, id, 0x3Fu, (tld_job_state)to, "TEST", "every pair", err, sizeof err);
             if (allowed[from][to]) {
-                if (rc != 0) fail_msg("%s -> %s refused: %s", tl_job_state_name(from), tl_job_state_name(to), err);
+                if (rc != 0) fail_msg("%s -> %s refused: %s", tld_job_state_name(from), tld_job_state_name(to), err);
                 assert_int_equal(job_state(s, id), to);
             } else {
-                if (rc == 0) fail_msg("%s -> %s accepted", tl_job_state_name(from), tl_job_state_name(to));
+                if (rc == 0) fail_msg("%s -> %s accepted", tld_job_state_name(from), tld_job_state_name(to));
                 if (!strstr(err, "invalid transition")) fail_msg("message \"%s\"", err);
                 assert_int_equal(job_state(s, id), from);
             }
         }
     }
     /* A mask that does not hold the current state. */
-    int64_t id = job_in_state(s, TL_JOB_RUNNING);
-    assert_int_equal(tl_store_job_transition(s, id, 1u << TL_JOB_QUEUED, TL_JOB_FAILED, "", "", err, sizeof err), -1);
+    int64_t id = job_in_state(s, TLD_JOB_RUNNING);
+    assert_int_equal(tld_store_job_transition(s, id, 1u << TLD_JOB_QUEUED, TLD_JOB_FAILED, "", "", err, sizeof err), -1);
     assert_non_null(strstr(err, "invalid transition"));
     assert_non_null(strstr(err, "RUNNING"));
-    assert_int_equal(job_state(s, id), TL_JOB_RUNNING);
-    assert_int_equal(tl_store_job_transition(s, 999999, 0x3Fu, TL_JOB_RUNNING, "", "", err, sizeof err), -1);
+    assert_int_equal(job_state(s, id), TLD_JOB_RUNNING);
+    assert_int_equal(tld_store_job_transition(s, 999999, 0x3Fu, TLD_JOB_RUNNING, "", "", err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    assert_int_equal(tl_store_job_transition(s, id, 0x3Fu, TL_JOB_NSTATES, "", "", err, sizeof err), -1);
+    assert_int_equal(tld_store_job_transition(s, id, 0x3Fu, TLD_JOB_NSTATES, "", "", err, sizeof err), -1);
 
     /* The schema refuses a forbidden change even from outside store.c. */
     char sql[256];
-    int64_t done = job_in_state(s, TL_JOB_SUCCEEDED);
-    tl_store_close(s);
+    int64_t done = job_in_state(s, TLD_JOB_SUCCEEDED);
+    tld_store_close(s);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     snprintf(sql, sizeof sql, "UPDATE jobs SET state = 'RUNNING' WHERE id = %lld", (long long)done);
@@ -444,46 +444,46 @@ static void test_state_machine_every_pair(void **state) {
 static void test_transition_times_and_history(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("times", path, sizeof path);
+    tld_store *s = open_fresh("times", path, sizeof path);
     int64_t id = new_job(s, "t");
-    tl_job j;
-    assert_int_equal(tl_store_job_transition(s, id, 1u << TL_JOB_QUEUED, TL_JOB_RUNNING, "", NULL, err, sizeof err), 0);
-    assert_int_equal(tl_store_job_get(s, id, &j, err, sizeof err), 0);
+    tld_job j;
+    assert_int_equal(tld_store_job_transition(s, id, 1u << TLD_JOB_QUEUED, TLD_JOB_RUNNING, "", NULL, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_get(s, id, &j, err, sizeof err), 0);
     assert_true(j.started_ms >= j.created_ms);
     assert_int_equal(j.ended_ms, 0);
-    tl_job_free(&j);
+    tld_job_free(&j);
     /* Re-queued on shutdown, then run again. */
-    assert_int_equal(tl_store_job_transition(s, id, 1u << TL_JOB_RUNNING, TL_JOB_QUEUED, "DAEMON_RESTART",
+    assert_int_equal(tld_store_job_transition(s, id, 1u << TLD_JOB_RUNNING, TLD_JOB_QUEUED, "DAEMON_RESTART",
                                              "tokenlabd stopped", err, sizeof err),
                      0);
-    assert_int_equal(tl_store_job_get(s, id, &j, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_get(s, id, &j, err, sizeof err), 0);
     assert_string_equal(j.state_reason, "DAEMON_RESTART");
     assert_string_equal(j.state_message, "tokenlabd stopped");
     assert_int_equal(j.ended_ms, 0);
-    tl_job_free(&j);
-    transition_ok(s, id, TL_JOB_QUEUED, TL_JOB_RUNNING);
-    assert_int_equal(tl_store_job_transition(s, id, (1u << TL_JOB_RUNNING) | (1u << TL_JOB_QUEUED), TL_JOB_CANCELLING,
+    tld_job_free(&j);
+    transition_ok(s, id, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    assert_int_equal(tld_store_job_transition(s, id, (1u << TLD_JOB_RUNNING) | (1u << TLD_JOB_QUEUED), TLD_JOB_CANCELLING,
                                              "USER_CANCEL", "cancelled by user", err, sizeof err),
                      0);
     char longmsg[2000];
     memset(longmsg, 'm', sizeof longmsg - 1);
     longmsg[sizeof longmsg - 1] = '\0';
-    assert_int_equal(tl_store_job_transition(s, id, 1u << TL_JOB_CANCELLING, TL_JOB_CANCELLED, "USER_CANCEL",
+    assert_int_equal(tld_store_job_transition(s, id, 1u << TLD_JOB_CANCELLING, TLD_JOB_CANCELLED, "USER_CANCEL",
                                              longmsg, err, sizeof err),
                      0);
-    assert_int_equal(tl_store_job_get(s, id, &j, err, sizeof err), 0);
-    assert_int_equal(j.state, TL_JOB_CANCELLED);
+    assert_int_equal(tld_store_job_get(s, id, &j, err, sizeof err), 0);
+    assert_int_equal(j.state, TLD_JOB_CANCELLED);
     assert_true(j.ended_ms >= j.started_ms && j.started_ms > 0);
     assert_string_equal(j.state_reason, "USER_CANCEL");
     assert_int_equal(strlen(j.state_message), sizeof j.state_message - 1);
-    tl_job_free(&j);
+    tld_job_free(&j);
     /* A reason that does not fit is refused. */
     int64_t other = new_job(s, "o");
-    assert_int_equal(tl_store_job_transition(s, other, 1u << TL_JOB_QUEUED, TL_JOB_RUNNING,
+    assert_int_equal(tld_store_job_transition(s, other, 1u << TLD_JOB_QUEUED, TLD_JOB_RUNNING,
                                              "A_REASON_FAR_TOO_LONG_FOR_THIRTY_ONE_BYTES", "", err, sizeof err),
                      -1);
-    assert_int_equal(job_state(s, other), TL_JOB_QUEUED);
-    tl_store_close(s);
+    assert_int_equal(job_state(s, other), TLD_JOB_QUEUED);
+    tld_store_close(s);
 
     /* History: created, then five changes, in order. */
     assert_int_equal(sql_int(path, "SELECT count(*) FROM state_transitions WHERE job_id = %lld", (long long)id), 6);
@@ -508,74 +508,74 @@ static void test_transition_times_and_history(void **state) {
 static void test_queue_position_and_counts(void **state) {
     (void)state;
     char path[1024];
-    tl_store *s = open_fresh("queue", path, sizeof path);
+    tld_store *s = open_fresh("queue", path, sizeof path);
     int64_t a = new_job(s, "a"), b = new_job(s, "b"), c = new_job(s, "c");
-    assert_int_equal(tl_store_job_queue_position(s, a), 1);
-    assert_int_equal(tl_store_job_queue_position(s, b), 2);
-    assert_int_equal(tl_store_job_queue_position(s, c), 3);
-    transition_ok(s, a, TL_JOB_QUEUED, TL_JOB_RUNNING);
-    assert_int_equal(tl_store_job_queue_position(s, a), 0);
-    assert_int_equal(tl_store_job_queue_position(s, b), 1);
-    assert_int_equal(tl_store_job_queue_position(s, c), 2);
-    assert_int_equal(tl_store_job_queue_position(s, 999999), 0);
+    assert_int_equal(tld_store_job_queue_position(s, a), 1);
+    assert_int_equal(tld_store_job_queue_position(s, b), 2);
+    assert_int_equal(tld_store_job_queue_position(s, c), 3);
+    transition_ok(s, a, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    assert_int_equal(tld_store_job_queue_position(s, a), 0);
+    assert_int_equal(tld_store_job_queue_position(s, b), 1);
+    assert_int_equal(tld_store_job_queue_position(s, c), 2);
+    assert_int_equal(tld_store_job_queue_position(s, 999999), 0);
     /* A re-queued job keeps its place by id: ahead of newer jobs. */
-    transition_ok(s, a, TL_JOB_RUNNING, TL_JOB_QUEUED);
-    assert_int_equal(tl_store_job_queue_position(s, a), 1);
-    assert_int_equal(tl_store_job_queue_position(s, c), 3);
-    transition_ok(s, a, TL_JOB_QUEUED, TL_JOB_RUNNING);
-    transition_ok(s, b, TL_JOB_QUEUED, TL_JOB_FAILED);
+    transition_ok(s, a, TLD_JOB_RUNNING, TLD_JOB_QUEUED);
+    assert_int_equal(tld_store_job_queue_position(s, a), 1);
+    assert_int_equal(tld_store_job_queue_position(s, c), 3);
+    transition_ok(s, a, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    transition_ok(s, b, TLD_JOB_QUEUED, TLD_JOB_FAILED);
     int64_t d = new_job(s, "d");
-    transition_ok(s, d, TL_JOB_QUEUED, TL_JOB_CANCELLED);
-    int64_t counts[TL_JOB_NSTATES];
-    assert_int_equal(tl_store_job_counts(s, counts), 0);
-    assert_int_equal(counts[TL_JOB_QUEUED], 1);
-    assert_int_equal(counts[TL_JOB_RUNNING], 1);
-    assert_int_equal(counts[TL_JOB_CANCELLING], 0);
-    assert_int_equal(counts[TL_JOB_SUCCEEDED], 0);
-    assert_int_equal(counts[TL_JOB_FAILED], 1);
-    assert_int_equal(counts[TL_JOB_CANCELLED], 1);
-    tl_store_close(s);
+    transition_ok(s, d, TLD_JOB_QUEUED, TLD_JOB_CANCELLED);
+    int64_t counts[TLD_JOB_NSTATES];
+    assert_int_equal(tld_store_job_counts(s, counts), 0);
+    assert_int_equal(counts[TLD_JOB_QUEUED], 1);
+    assert_int_equal(counts[TLD_JOB_RUNNING], 1);
+    assert_int_equal(counts[TLD_JOB_CANCELLING], 0);
+    assert_int_equal(counts[TLD_JOB_SUCCEEDED], 0);
+    assert_int_equal(counts[TLD_JOB_FAILED], 1);
+    assert_int_equal(counts[TLD_JOB_CANCELLED], 1);
+    tld_store_close(s);
     remove_db(path);
 }
 
 static void test_state_names(void **state) {
     (void)state;
-    for (int i = 0; i < TL_JOB_NSTATES; i++) {
-        tl_job_state st;
-        assert_int_equal(tl_job_state_parse(tl_job_state_name((tl_job_state)i), &st), 0);
+    for (int i = 0; i < TLD_JOB_NSTATES; i++) {
+        tld_job_state st;
+        assert_int_equal(tld_job_state_parse(tld_job_state_name((tld_job_state)i), &st), 0);
         assert_int_equal(st, i);
     }
-    tl_job_state st;
-    assert_int_equal(tl_job_state_parse("queued", &st), -1);
-    assert_int_equal(tl_job_state_parse(NULL, &st), -1);
-    assert_string_equal(tl_job_state_name(TL_JOB_CANCELLING), "CANCELLING");
-    assert_true(tl_job_state_final(TL_JOB_SUCCEEDED) && tl_job_state_final(TL_JOB_FAILED) &&
-                tl_job_state_final(TL_JOB_CANCELLED));
-    assert_false(tl_job_state_final(TL_JOB_QUEUED) || tl_job_state_final(TL_JOB_RUNNING) ||
-                 tl_job_state_final(TL_JOB_CANCELLING));
+    tld_job_state st;
+    assert_int_equal(tld_job_state_parse("queued", &st), -1);
+    assert_int_equal(tld_job_state_parse(NULL, &st), -1);
+    assert_string_equal(tld_job_state_name(TLD_JOB_CANCELLING), "CANCELLING");
+    assert_true(tld_job_state_final(TLD_JOB_SUCCEEDED) && tld_job_state_final(TLD_JOB_FAILED) &&
+                tld_job_state_final(TLD_JOB_CANCELLED));
+    assert_false(tld_job_state_final(TLD_JOB_QUEUED) || tld_job_state_final(TLD_JOB_RUNNING) ||
+                 tld_job_state_final(TLD_JOB_CANCELLING));
 }
 
 static void test_delete_cascades(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("delete", path, sizeof path);
+    tld_store *s = open_fresh("delete", path, sizeof path);
     int64_t id = new_job(s, "gone"), keep = new_job(s, "kept");
     for (int64_t j = 0; j < 2; j++) {
         int64_t job = j ? keep : id;
-        for (int i = 0; i < 300; i++) assert_int_equal(tl_store_metric_add(s, job, "loss", i, 1.0 / (i + 1), i), 0);
-        assert_int_equal(tl_store_log_append(s, job, "a line"), 0);
-        tl_checkpoint_row row = {.step = 100, .kind = "last", .path = "/tmp/x.safetensors", .bytes = 10, .top1 = -1};
-        assert_int_equal(tl_store_checkpoint_add(s, job, &row, err, sizeof err), 0);
-        transition_ok(s, job, TL_JOB_QUEUED, TL_JOB_RUNNING);
+        for (int i = 0; i < 300; i++) assert_int_equal(tld_store_metric_add(s, job, "loss", i, 1.0 / (i + 1), i), 0);
+        assert_int_equal(tld_store_log_append(s, job, "a line"), 0);
+        tld_checkpoint_row row = {.step = 100, .kind = "last", .path = "/tmp/x.safetensors", .bytes = 10, .top1 = -1};
+        assert_int_equal(tld_store_checkpoint_add(s, job, &row, err, sizeof err), 0);
+        transition_ok(s, job, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
     }
     flush_ok(s);
-    assert_int_equal(tl_store_job_delete(s, id, err, sizeof err), 0);
-    tl_job j;
-    assert_int_equal(tl_store_job_get(s, id, &j, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_delete(s, id, err, sizeof err), 0);
+    tld_job j;
+    assert_int_equal(tld_store_job_get(s, id, &j, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    assert_int_equal(tl_store_job_delete(s, id, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_delete(s, id, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    tl_store_close(s);
+    tld_store_close(s);
     static const char *const tables[] = {"metrics", "metric_blocks", "logs", "checkpoints", "state_transitions"};
     for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
         assert_int_equal(sql_int(path, "SELECT count(*) FROM %s WHERE job_id = %lld", tables[t], (long long)id), 0);
@@ -589,22 +589,22 @@ static void test_delete_cascades(void **state) {
 static void test_metric_add_replace_names(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("metrics", path, sizeof path);
+    tld_store *s = open_fresh("metrics", path, sizeof path);
     int64_t id = new_job(s, "m");
     for (int i = 0; i < 10; i++) {
-        assert_int_equal(tl_store_metric_add(s, id, "loss", i * 10, 2.0 - i * 0.1, 1000 + i), 0);
-        if (i % 2 == 0) assert_int_equal(tl_store_metric_add(s, id, "top1", i * 10, i * 0.05, 1000 + i), 0);
+        assert_int_equal(tld_store_metric_add(s, id, "loss", i * 10, 2.0 - i * 0.1, 1000 + i), 0);
+        if (i % 2 == 0) assert_int_equal(tld_store_metric_add(s, id, "top1", i * 10, i * 0.05, 1000 + i), 0);
     }
     /* Same step again: replaced, not duplicated (in the same batch and in a later one). */
-    assert_int_equal(tl_store_metric_add(s, id, "loss", 50, 7.5, 2000), 0);
+    assert_int_equal(tld_store_metric_add(s, id, "loss", 50, 7.5, 2000), 0);
     flush_ok(s);
-    assert_int_equal(tl_store_metric_add(s, id, "loss", 90, -3.25, 3000), 0);
-    assert_int_equal(tl_store_metric_add(s, id, "lr", 0, NAN, 1), 0);
+    assert_int_equal(tld_store_metric_add(s, id, "loss", 90, -3.25, 3000), 0);
+    assert_int_equal(tld_store_metric_add(s, id, "lr", 0, NAN, 1), 0);
     flush_ok(s);
 
-    tl_metric_summary names[8];
+    tld_metric_summary names[8];
     int n = 0;
-    assert_int_equal(tl_store_metric_names(s, id, names, 8, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, id, names, 8, &n, err, sizeof err), 0);
     assert_int_equal(n, 3);
     assert_string_equal(names[0].name, "loss");
     assert_int_equal(names[0].count, 10);
@@ -615,12 +615,12 @@ static void test_metric_add_replace_names(void **state) {
     assert_string_equal(names[2].name, "top1");
     assert_int_equal(names[2].count, 5);
     assert_int_equal(names[2].last_step, 80);
-    assert_int_equal(tl_store_metric_names(s, id, names, 1, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, id, names, 1, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
 
-    tl_metric_point pts[16];
+    tld_metric_point pts[16];
     int bucketed = -1;
-    assert_int_equal(tl_store_metric_query(s, id, "loss", 0, -1, 16, pts, &n, &bucketed, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_query(s, id, "loss", 0, -1, 16, pts, &n, &bucketed, err, sizeof err), 0);
     assert_int_equal(bucketed, 0);
     assert_int_equal(n, 10);
     for (int i = 0; i < n; i++) {
@@ -631,20 +631,20 @@ static void test_metric_add_replace_names(void **state) {
     }
     assert_int_equal(pts[5].time_ms, 2000);
     /* A range. */
-    assert_int_equal(tl_store_metric_query(s, id, "loss", 15, 45, 16, pts, &n, &bucketed, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_query(s, id, "loss", 15, 45, 16, pts, &n, &bucketed, err, sizeof err), 0);
     assert_int_equal(n, 3);
     assert_int_equal(pts[0].step, 20);
     assert_int_equal(pts[2].step, 40);
     /* Unknown series, unknown job: empty. */
-    assert_int_equal(tl_store_metric_query(s, id, "nope", 0, -1, 16, pts, &n, &bucketed, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_query(s, id, "nope", 0, -1, 16, pts, &n, &bucketed, err, sizeof err), 0);
     assert_int_equal(n, 0);
-    assert_int_equal(tl_store_metric_names(s, 999999, names, 8, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, 999999, names, 8, &n, err, sizeof err), 0);
     assert_int_equal(n, 0);
     /* Refused at once. */
-    assert_int_equal(tl_store_metric_add(s, id, "loss", -1, 0, 0), -1);
-    assert_int_equal(tl_store_metric_add(s, id, "", 1, 0, 0), -1);
-    assert_int_equal(tl_store_metric_query(s, id, "loss", 0, -1, 0, pts, &n, &bucketed, err, sizeof err), -1);
-    tl_store_close(s);
+    assert_int_equal(tld_store_metric_add(s, id, "loss", -1, 0, 0), -1);
+    assert_int_equal(tld_store_metric_add(s, id, "", 1, 0, 0), -1);
+    assert_int_equal(tld_store_metric_query(s, id, "loss", 0, -1, 0, pts, &n, &bucketed, err, sizeof err), -1);
+    tld_store_close(s);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM metrics WHERE job_id = %lld AND name = 'loss'", (long long)id),
                      10);
     remove_db(path);
@@ -658,8 +658,8 @@ typedef struct {
     int64_t time[SER_N];
 } series;
 
-static void series_put(tl_store *s, series *ser, int64_t job, int64_t step, double v) {
-    assert_int_equal(tl_store_metric_add(s, job, "loss", step, v, 5000000 + step * 3), 0);
+static void series_put(tld_store *s, series *ser, int64_t job, int64_t step, double v) {
+    assert_int_equal(tld_store_metric_add(s, job, "loss", step, v, 5000000 + step * 3), 0);
     ser->present[step] = 1;
     ser->value[step] = v;
     ser->time[step] = 5000000 + step * 3;
@@ -670,12 +670,12 @@ static int same(double a, double b) {
 }
 
 /* Checks one query against the naive computation: (step - lo) / width over the points present. */
-static void check_query(tl_store *s, const series *ser, int64_t job, int64_t start, int64_t end, int max_points) {
+static void check_query(tld_store *s, const series *ser, int64_t job, int64_t start, int64_t end, int max_points) {
     char err[512] = "";
-    tl_metric_point *pts = calloc((size_t)max_points, sizeof *pts);
+    tld_metric_point *pts = calloc((size_t)max_points, sizeof *pts);
     assert_non_null(pts);
     int n = -1, bucketed = -1;
-    if (tl_store_metric_query(s, job, "loss", start, end, max_points, pts, &n, &bucketed, err, sizeof err) != 0)
+    if (tld_store_metric_query(s, job, "loss", start, end, max_points, pts, &n, &bucketed, err, sizeof err) != 0)
         fail_msg("query: %s", err);
     int64_t a = start < 0 ? 0 : start, b = (end < 0 || end >= SER_N) ? SER_N - 1 : end, count = 0;
     int64_t lo = -1, hi = -1;
@@ -730,7 +730,7 @@ static void check_query(tl_store *s, const series *ser, int64_t job, int64_t sta
     free(pts);
 }
 
-static void check_queries(tl_store *s, const series *ser, int64_t job) {
+static void check_queries(tld_store *s, const series *ser, int64_t job) {
     static const struct {
         int64_t start, end;
         int max;
@@ -743,7 +743,7 @@ static void check_queries(tl_store *s, const series *ser, int64_t job) {
 static void test_metric_buckets(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("buckets", path, sizeof path);
+    tld_store *s = open_fresh("buckets", path, sizeof path);
     int64_t job = new_job(s, "b");
     series *ser = calloc(1, sizeof *ser);
     assert_non_null(ser);
@@ -757,9 +757,9 @@ static void test_metric_buckets(void **state) {
     check_queries(s, ser, job);
 
     /* The spike is its bucket's max, though the bucket's last value is ordinary. */
-    tl_metric_point pts[100];
+    tld_metric_point pts[100];
     int n, bucketed;
-    assert_int_equal(tl_store_metric_query(s, job, "loss", 0, -1, 100, pts, &n, &bucketed, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_query(s, job, "loss", 0, -1, 100, pts, &n, &bucketed, err, sizeof err), 0);
     assert_int_equal(bucketed, 1);
     int seen = 0;
     for (int i = 0; i < n; i++) {
@@ -782,7 +782,7 @@ static void test_metric_buckets(void **state) {
     check_queries(s, ser, job);
 
     /* Truncation at a step inside a block, then more points after it. */
-    assert_int_equal(tl_store_metric_truncate(s, job, 15000, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_truncate(s, job, 15000, err, sizeof err), 0);
     for (int64_t i = 15001; i < SER_N; i++) ser->present[i] = 0;
     check_queries(s, ser, job);
     for (int64_t i = 15001; i < 16000; i += 2) series_put(s, ser, job, i, cos((double)i));
@@ -790,7 +790,7 @@ static void test_metric_buckets(void **state) {
     check_queries(s, ser, job);
 
     /* The summaries equal the points, block by block. */
-    tl_store_close(s);
+    tld_store_close(s);
     assert_int_equal(sql_int(path,
                              "SELECT count(*) FROM metric_blocks AS b WHERE n_points != (SELECT count(*) FROM metrics "
                              "AS m WHERE m.job_id = b.job_id AND m.name = b.name AND m.step / 64 = b.block)"),
@@ -806,19 +806,19 @@ static void test_metric_buckets(void **state) {
 static void test_metric_truncate(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("truncate", path, sizeof path);
+    tld_store *s = open_fresh("truncate", path, sizeof path);
     int64_t a = new_job(s, "a"), b = new_job(s, "b");
     for (int i = 0; i < 1000; i++) {
-        assert_int_equal(tl_store_metric_add(s, a, "loss", i, i, i), 0);
-        assert_int_equal(tl_store_metric_add(s, a, "lr", i, 0.1, i), 0);
-        assert_int_equal(tl_store_metric_add(s, b, "loss", i, i, i), 0);
+        assert_int_equal(tld_store_metric_add(s, a, "loss", i, i, i), 0);
+        assert_int_equal(tld_store_metric_add(s, a, "lr", i, 0.1, i), 0);
+        assert_int_equal(tld_store_metric_add(s, b, "loss", i, i, i), 0);
     }
-    assert_int_equal(tl_store_metric_add(s, a, "top1", 250, 0.5, 250), 0);
-    assert_int_equal(tl_store_metric_add(s, a, "top1", 750, 0.7, 750), 0);
-    assert_int_equal(tl_store_metric_truncate(s, a, 500, err, sizeof err), 0); /* after the queued points */
-    tl_metric_summary names[4];
+    assert_int_equal(tld_store_metric_add(s, a, "top1", 250, 0.5, 250), 0);
+    assert_int_equal(tld_store_metric_add(s, a, "top1", 750, 0.7, 750), 0);
+    assert_int_equal(tld_store_metric_truncate(s, a, 500, err, sizeof err), 0); /* after the queued points */
+    tld_metric_summary names[4];
     int n;
-    assert_int_equal(tl_store_metric_names(s, a, names, 4, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, a, names, 4, &n, err, sizeof err), 0);
     assert_int_equal(n, 3);
     for (int i = 0; i < 3; i++) {
         if (strcmp(names[i].name, "top1") == 0) {
@@ -830,24 +830,24 @@ static void test_metric_truncate(void **state) {
         }
     }
     /* Other jobs are untouched. */
-    assert_int_equal(tl_store_metric_names(s, b, names, 4, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, b, names, 4, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(names[0].count, 1000);
     /* Resumed training writes the steps again. */
-    for (int i = 501; i < 600; i++) assert_int_equal(tl_store_metric_add(s, a, "loss", i, -i, i), 0);
+    for (int i = 501; i < 600; i++) assert_int_equal(tld_store_metric_add(s, a, "loss", i, -i, i), 0);
     flush_ok(s);
-    tl_metric_point pts[8];
+    tld_metric_point pts[8];
     int bucketed;
-    assert_int_equal(tl_store_metric_query(s, a, "loss", 499, 502, 8, pts, &n, &bucketed, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_query(s, a, "loss", 499, 502, 8, pts, &n, &bucketed, err, sizeof err), 0);
     assert_int_equal(n, 4);
     assert_true(pts[1].last == 500 && pts[2].last == -501);
     /* Truncating before the first step drops everything. */
-    assert_int_equal(tl_store_metric_truncate(s, a, -1, err, sizeof err), 0);
-    assert_int_equal(tl_store_metric_names(s, a, names, 4, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_truncate(s, a, -1, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, a, names, 4, &n, err, sizeof err), 0);
     assert_int_equal(n, 0);
-    assert_int_equal(tl_store_metric_truncate(s, 999999, 0, err, sizeof err), -1);
+    assert_int_equal(tld_store_metric_truncate(s, 999999, 0, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    tl_store_close(s);
+    tld_store_close(s);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM metrics WHERE job_id = %lld", (long long)a), 0);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM metric_blocks WHERE job_id = %lld", (long long)a), 0);
     remove_db(path);
@@ -856,24 +856,24 @@ static void test_metric_truncate(void **state) {
 static void test_metric_million_points(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("million", path, sizeof path);
+    tld_store *s = open_fresh("million", path, sizeof path);
     int64_t job = new_job(s, "big");
     const int64_t N = 1000000;
     double t0 = now_s();
     for (int64_t i = 0; i < N; i++) {
         double v = i == 654321 ? 99.0 : 1.0 + 0.5 * sin((double)i * 1e-3);
-        assert_int_equal(tl_store_metric_add(s, job, "loss", i, v, i), 0);
+        assert_int_equal(tld_store_metric_add(s, job, "loss", i, v, i), 0);
     }
     flush_ok(s);
     double t_ins = now_s() - t0;
 
-    tl_metric_point *pts = calloc(1000, sizeof *pts);
+    tld_metric_point *pts = calloc(1000, sizeof *pts);
     assert_non_null(pts);
     int n = 0, bucketed = 0;
     double best = 1e9, first = 0;
     for (int rep = 0; rep < 5; rep++) {
         t0 = now_s();
-        assert_int_equal(tl_store_metric_query(s, job, "loss", 0, -1, 1000, pts, &n, &bucketed, err, sizeof err), 0);
+        assert_int_equal(tld_store_metric_query(s, job, "loss", 0, -1, 1000, pts, &n, &bucketed, err, sizeof err), 0);
         double t = now_s() - t0;
         if (rep == 0) first = t;
         if (t < best) best = t;
@@ -894,14 +894,14 @@ static void test_metric_million_points(void **state) {
     assert_int_equal(total, N);
     /* A window inside the series, edges not on block boundaries. */
     t0 = now_s();
-    assert_int_equal(tl_store_metric_query(s, job, "loss", 123457, 876543, 1000, pts, &n, &bucketed, err, sizeof err),
+    assert_int_equal(tld_store_metric_query(s, job, "loss", 123457, 876543, 1000, pts, &n, &bucketed, err, sizeof err),
                      0);
     printf("  window [123457, 876543] in 1000 buckets: %.1f ms\n", (now_s() - t0) * 1e3);
     total = 0;
     for (int i = 0; i < n; i++) total += pts[i].count;
     assert_int_equal(total, 876543 - 123457 + 1);
     free(pts);
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
@@ -910,7 +910,7 @@ static void test_metric_million_points(void **state) {
 static void test_logs(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("logs", path, sizeof path);
+    tld_store *s = open_fresh("logs", path, sizeof path);
     int64_t job = new_job(s, "l"), empty = new_job(s, "e");
     size_t cap = 1 << 20, want_len = 0;
     char *want = malloc(cap), *buf = malloc(cap);
@@ -922,7 +922,7 @@ static void test_logs(void **state) {
             char line[160];
             snprintf(line, sizeof line, "batch %d line %d: loss=%.4f \xe2\x86\x92 caf\xc3\xa9", batch, i,
                      1.0 / (i + 1));
-            assert_int_equal(tl_store_log_append(s, job, line), 0);
+            assert_int_equal(tld_store_log_append(s, job, line), 0);
             size_t l = strlen(line);
             memcpy(want + want_len, line, l);
             want[want_len + l] = '\n';
@@ -930,7 +930,7 @@ static void test_logs(void **state) {
         }
         flush_ok(s);
     }
-    assert_int_equal(tl_store_log_append(s, job, ""), 0); /* an empty line is a '\n' */
+    assert_int_equal(tld_store_log_append(s, job, ""), 0); /* an empty line is a '\n' */
     want[want_len++] = '\n';
     flush_ok(s);
     assert_true(sql_int(path, "SELECT count(*) FROM logs WHERE job_id = %lld", (long long)job) >= 5);
@@ -939,7 +939,7 @@ static void test_logs(void **state) {
     size_t len = 0;
     int64_t next = -1;
     int eof = -1;
-    assert_int_equal(tl_store_log_read(s, job, 0, cap, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, job, 0, cap, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_int_equal(len, want_len);
     assert_memory_equal(buf, want, want_len);
     assert_int_equal(next, (int64_t)want_len);
@@ -951,7 +951,7 @@ static void test_logs(void **state) {
         size_t got = 0;
         eof = 0;
         while (!eof) {
-            assert_int_equal(tl_store_log_read(s, job, off, slice, buf + got, &len, &next, &eof, err, sizeof err), 0);
+            assert_int_equal(tld_store_log_read(s, job, off, slice, buf + got, &len, &next, &eof, err, sizeof err), 0);
             assert_true(len <= slice);
             assert_int_equal(next, off + (int64_t)len);
             if (!eof) assert_true(len > 0 && len + 3 >= slice); /* may stop before a split UTF-8 sequence */
@@ -964,27 +964,27 @@ static void test_logs(void **state) {
         assert_memory_equal(buf, want, want_len);
     }
     /* From the middle of a chunk; at the end; past it. */
-    assert_int_equal(tl_store_log_read(s, job, 1001, 10, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, job, 1001, 10, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_true(len >= 7 && len <= 10);
     assert_memory_equal(buf, want + 1001, len);
     assert_int_equal(next, 1001 + (int64_t)len);
     assert_int_equal(eof, 0);
-    assert_int_equal(tl_store_log_read(s, job, (int64_t)want_len, 10, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, job, (int64_t)want_len, 10, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_int_equal(len, 0);
     assert_int_equal(eof, 1);
     assert_int_equal(next, (int64_t)want_len);
-    assert_int_equal(tl_store_log_read(s, job, (int64_t)want_len + 1, 10, buf, &len, &next, &eof, err, sizeof err),
+    assert_int_equal(tld_store_log_read(s, job, (int64_t)want_len + 1, 10, buf, &len, &next, &eof, err, sizeof err),
                      -1);
     assert_non_null(strstr(err, "past the end"));
     /* Exactly the rest: eof. */
-    assert_int_equal(tl_store_log_read(s, job, 5, want_len - 5, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, job, 5, want_len - 5, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_int_equal(len, want_len - 5);
     assert_int_equal(eof, 1);
     /* An empty log; a job that does not exist. */
-    assert_int_equal(tl_store_log_read(s, empty, 0, 10, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, empty, 0, 10, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_int_equal(len, 0);
     assert_int_equal(eof, 1);
-    assert_int_equal(tl_store_log_read(s, 999999, 0, 10, buf, &len, &next, &eof, err, sizeof err), -1);
+    assert_int_equal(tld_store_log_read(s, 999999, 0, 10, buf, &len, &next, &eof, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
 
     /* A line longer than a chunk is cut and marked. */
@@ -992,16 +992,16 @@ static void test_logs(void **state) {
     assert_non_null(huge);
     memset(huge, 'h', 199999);
     huge[199999] = '\0';
-    assert_int_equal(tl_store_log_append(s, empty, huge), 0);
-    assert_int_equal(tl_store_log_append(s, empty, "after"), 0);
+    assert_int_equal(tld_store_log_append(s, empty, huge), 0);
+    assert_int_equal(tld_store_log_append(s, empty, "after"), 0);
     flush_ok(s);
-    assert_int_equal(tl_store_log_read(s, empty, 0, cap, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, empty, 0, cap, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_true(len < 70000);
     assert_non_null(memmem(buf, len, "[line cut]\nafter\n", 17));
     free(huge);
     free(want);
     free(buf);
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
@@ -1010,22 +1010,22 @@ static void test_logs(void **state) {
 static void test_checkpoints(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("ckpt", path, sizeof path);
+    tld_store *s = open_fresh("ckpt", path, sizeof path);
     int64_t job = new_job(s, "c");
-    tl_checkpoint_row r1 = {.step = 100, .kind = "last", .path = "/runs/1/last.safetensors", .bytes = 1000,
+    tld_checkpoint_row r1 = {.step = 100, .kind = "last", .path = "/runs/1/last.safetensors", .bytes = 1000,
                             .time_ms = 11, .top1 = -1};
-    tl_checkpoint_row r2 = {.step = 100, .kind = "best", .path = "/runs/1/best.safetensors", .bytes = 1000,
+    tld_checkpoint_row r2 = {.step = 100, .kind = "best", .path = "/runs/1/best.safetensors", .bytes = 1000,
                             .time_ms = 12, .top1 = 0.625};
-    tl_checkpoint_row r3 = {.step = 200, .kind = "last", .path = "/runs/1/last.safetensors", .bytes = 1001,
+    tld_checkpoint_row r3 = {.step = 200, .kind = "last", .path = "/runs/1/last.safetensors", .bytes = 1001,
                             .time_ms = 13, .top1 = -1};
-    assert_int_equal(tl_store_checkpoint_add(s, job, &r1, err, sizeof err), 0);
-    assert_int_equal(tl_store_checkpoint_add(s, job, &r2, err, sizeof err), 0);
-    assert_int_equal(tl_store_checkpoint_add(s, job, &r3, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_add(s, job, &r1, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_add(s, job, &r2, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_add(s, job, &r3, err, sizeof err), 0);
     r3.bytes = 2002; /* written again at the same step: replaced */
-    assert_int_equal(tl_store_checkpoint_add(s, job, &r3, err, sizeof err), 0);
-    tl_checkpoint_row out[8];
+    assert_int_equal(tld_store_checkpoint_add(s, job, &r3, err, sizeof err), 0);
+    tld_checkpoint_row out[8];
     int n = 0;
-    assert_int_equal(tl_store_checkpoint_list(s, job, out, 8, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_list(s, job, out, 8, &n, err, sizeof err), 0);
     assert_int_equal(n, 3);
     assert_int_equal(out[0].step, 200);
     assert_string_equal(out[0].kind, "last");
@@ -1037,21 +1037,21 @@ static void test_checkpoints(void **state) {
     assert_int_equal(out[1].time_ms, 12);
     assert_string_equal(out[2].kind, "last");
     assert_true(out[2].top1 == -1);
-    assert_int_equal(tl_store_checkpoint_list(s, job, out, 1, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_list(s, job, out, 1, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(out[0].step, 200);
     /* Refusals. */
-    tl_checkpoint_row bad = r1;
+    tld_checkpoint_row bad = r1;
     snprintf(bad.kind, sizeof bad.kind, "worst");
-    assert_int_equal(tl_store_checkpoint_add(s, job, &bad, err, sizeof err), -1);
+    assert_int_equal(tld_store_checkpoint_add(s, job, &bad, err, sizeof err), -1);
     bad = r1;
     bad.path[0] = '\0';
-    assert_int_equal(tl_store_checkpoint_add(s, job, &bad, err, sizeof err), -1);
-    assert_int_equal(tl_store_checkpoint_add(s, 999999, &r1, err, sizeof err), -1);
+    assert_int_equal(tld_store_checkpoint_add(s, job, &bad, err, sizeof err), -1);
+    assert_int_equal(tld_store_checkpoint_add(s, 999999, &r1, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    assert_int_equal(tl_store_checkpoint_list(s, 999999, out, 8, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_checkpoint_list(s, 999999, out, 8, &n, err, sizeof err), 0);
     assert_int_equal(n, 0);
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
@@ -1060,47 +1060,47 @@ static void test_checkpoints(void **state) {
 static void test_reopen_finds_everything(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("reopen", path, sizeof path);
+    tld_store *s = open_fresh("reopen", path, sizeof path);
     int64_t ids[3];
     for (int i = 0; i < 3; i++) {
         char key[16];
         snprintf(key, sizeof key, "k%d", i);
         int existed;
-        assert_int_equal(tl_store_job_create(s, "durable", "{\"x\": 1}", key, &ids[i], &existed, err, sizeof err), 0);
+        assert_int_equal(tld_store_job_create(s, "durable", "{\"x\": 1}", key, &ids[i], &existed, err, sizeof err), 0);
     }
-    transition_ok(s, ids[0], TL_JOB_QUEUED, TL_JOB_RUNNING);
-    transition_ok(s, ids[0], TL_JOB_RUNNING, TL_JOB_SUCCEEDED);
-    transition_ok(s, ids[1], TL_JOB_QUEUED, TL_JOB_RUNNING);
-    for (int i = 0; i < 5000; i++) assert_int_equal(tl_store_metric_add(s, ids[1], "loss", i, i * 0.5, i), 0);
+    transition_ok(s, ids[0], TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    transition_ok(s, ids[0], TLD_JOB_RUNNING, TLD_JOB_SUCCEEDED);
+    transition_ok(s, ids[1], TLD_JOB_QUEUED, TLD_JOB_RUNNING);
+    for (int i = 0; i < 5000; i++) assert_int_equal(tld_store_metric_add(s, ids[1], "loss", i, i * 0.5, i), 0);
     for (int i = 0; i < 100; i++) {
         char line[32];
         snprintf(line, sizeof line, "line %d", i);
-        assert_int_equal(tl_store_log_append(s, ids[1], line), 0);
+        assert_int_equal(tld_store_log_append(s, ids[1], line), 0);
     }
-    tl_checkpoint_row row = {.step = 4000, .kind = "last", .path = "/r/last.safetensors", .bytes = 5, .top1 = 0.5};
-    assert_int_equal(tl_store_checkpoint_add(s, ids[1], &row, err, sizeof err), 0);
-    assert_int_equal(tl_store_job_set_progress(s, ids[1], 2, 4999, 10000, 12.0), 0);
-    tl_store_close(s); /* no flush: close writes what is queued */
+    tld_checkpoint_row row = {.step = 4000, .kind = "last", .path = "/r/last.safetensors", .bytes = 5, .top1 = 0.5};
+    assert_int_equal(tld_store_checkpoint_add(s, ids[1], &row, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_set_progress(s, ids[1], 2, 4999, 10000, 12.0), 0);
+    tld_store_close(s); /* no flush: close writes what is queued */
 
-    s = tl_store_open(path, err, sizeof err);
+    s = tld_store_open(path, err, sizeof err);
     if (!s) fail_msg("reopen: %s", err);
-    assert_int_equal(job_state(s, ids[0]), TL_JOB_SUCCEEDED);
-    assert_int_equal(job_state(s, ids[1]), TL_JOB_RUNNING);
-    assert_int_equal(job_state(s, ids[2]), TL_JOB_QUEUED);
-    tl_job j;
-    assert_int_equal(tl_store_job_get(s, ids[1], &j, err, sizeof err), 0);
+    assert_int_equal(job_state(s, ids[0]), TLD_JOB_SUCCEEDED);
+    assert_int_equal(job_state(s, ids[1]), TLD_JOB_RUNNING);
+    assert_int_equal(job_state(s, ids[2]), TLD_JOB_QUEUED);
+    tld_job j;
+    assert_int_equal(tld_store_job_get(s, ids[1], &j, err, sizeof err), 0);
     assert_int_equal(j.step, 4999);
     assert_string_equal(j.spec_json, "{\"x\": 1}");
     assert_string_equal(j.idempotency_key, "k1");
-    tl_job_free(&j);
+    tld_job_free(&j);
     int64_t again;
     int existed = 0;
-    assert_int_equal(tl_store_job_create(s, "durable", "{}", "k2", &again, &existed, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_create(s, "durable", "{}", "k2", &again, &existed, err, sizeof err), 0);
     assert_int_equal(existed, 1);
     assert_int_equal(again, ids[2]);
-    tl_metric_summary m;
+    tld_metric_summary m;
     int n;
-    assert_int_equal(tl_store_metric_names(s, ids[1], &m, 1, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, ids[1], &m, 1, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(m.count, 5000);
     assert_true(m.last_value == 4999 * 0.5);
@@ -1108,40 +1108,40 @@ static void test_reopen_finds_everything(void **state) {
     size_t len;
     int64_t next;
     int eof;
-    assert_int_equal(tl_store_log_read(s, ids[1], 0, sizeof buf, buf, &len, &next, &eof, err, sizeof err), 0);
+    assert_int_equal(tld_store_log_read(s, ids[1], 0, sizeof buf, buf, &len, &next, &eof, err, sizeof err), 0);
     assert_int_equal(eof, 1);
     assert_true(len > 6 && memcmp(buf, "line 0\n", 7) == 0);
     assert_non_null(memmem(buf, len, "line 99\n", 8));
-    tl_checkpoint_row out;
-    assert_int_equal(tl_store_checkpoint_list(s, ids[1], &out, 1, &n, err, sizeof err), 0);
+    tld_checkpoint_row out;
+    assert_int_equal(tld_store_checkpoint_list(s, ids[1], &out, 1, &n, err, sizeof err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(out.step, 4000);
     /* New ids never reuse old ones, even after a delete. */
-    assert_int_equal(tl_store_job_delete(s, ids[2], err, sizeof err), 0);
+    assert_int_equal(tld_store_job_delete(s, ids[2], err, sizeof err), 0);
     int64_t fresh = new_job(s, "fresh");
     assert_true(fresh > ids[2]);
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
 static void test_queued_failures_reported_by_flush(void **state) {
     (void)state;
     char path[1024];
-    tl_store *s = open_fresh("failures", path, sizeof path);
+    tld_store *s = open_fresh("failures", path, sizeof path);
     int64_t job = new_job(s, "f");
     printf("  (two store messages about job 999999 are expected here)\n");
     fflush(stdout);
-    assert_int_equal(tl_store_metric_add(s, job, "ok", 1, 1, 1), 0);
-    assert_int_equal(tl_store_metric_add(s, 999999, "orphan", 1, 1, 1), 0); /* no such job: refused by the schema */
-    assert_int_equal(tl_store_log_append(s, 999999, "orphan"), 0);
-    assert_int_equal(tl_store_flush(s), -1);
-    assert_int_equal(tl_store_flush(s), 0); /* reported once */
-    tl_metric_summary m;
+    assert_int_equal(tld_store_metric_add(s, job, "ok", 1, 1, 1), 0);
+    assert_int_equal(tld_store_metric_add(s, 999999, "orphan", 1, 1, 1), 0); /* no such job: refused by the schema */
+    assert_int_equal(tld_store_log_append(s, 999999, "orphan"), 0);
+    assert_int_equal(tld_store_flush(s), -1);
+    assert_int_equal(tld_store_flush(s), 0); /* reported once */
+    tld_metric_summary m;
     int n;
     char err[512];
-    assert_int_equal(tl_store_metric_names(s, job, &m, 1, &n, err, sizeof err), 0);
+    assert_int_equal(tld_store_metric_names(s, job, &m, 1, &n, err, sizeof err), 0);
     assert_int_equal(n, 1); /* the good point of the same batch is kept */
-    tl_store_close(s);
+    tld_store_close(s);
     remove_db(path);
 }
 
@@ -1150,7 +1150,7 @@ static void test_queued_failures_reported_by_flush(void **state) {
 #define THREAD_POINTS 20000
 
 typedef struct {
-    tl_store *s;
+    tld_store *s;
     int64_t job;
     int t;
     int errors;
@@ -1159,30 +1159,30 @@ typedef struct {
 static void *worker(void *p) {
     worker_arg *a = p;
     char err[512];
-    tl_metric_point pts[50];
+    tld_metric_point pts[50];
     for (int i = 0; i < THREAD_POINTS; i++) {
-        if (tl_store_metric_add(a->s, a->job, "loss", i, (double)(i % 100), i) != 0) a->errors++;
-        if (tl_store_metric_add(a->s, a->job, "shared", i, a->t, i) != 0) a->errors++;
+        if (tld_store_metric_add(a->s, a->job, "loss", i, (double)(i % 100), i) != 0) a->errors++;
+        if (tld_store_metric_add(a->s, a->job, "shared", i, a->t, i) != 0) a->errors++;
         if (i % 500 == 0) {
             char line[64];
             snprintf(line, sizeof line, "thread %d step %d", a->t, i);
-            if (tl_store_log_append(a->s, a->job, line) != 0) a->errors++;
+            if (tld_store_log_append(a->s, a->job, line) != 0) a->errors++;
             int n, bucketed;
-            if (tl_store_metric_query(a->s, a->job, "loss", 0, -1, 50, pts, &n, &bucketed, err, sizeof err) != 0)
+            if (tld_store_metric_query(a->s, a->job, "loss", 0, -1, 50, pts, &n, &bucketed, err, sizeof err) != 0)
                 a->errors++;
-            tl_job j;
-            if (tl_store_job_get(a->s, a->job, &j, err, sizeof err) != 0) a->errors++;
-            else tl_job_free(&j);
-            int64_t counts[TL_JOB_NSTATES];
-            if (tl_store_job_counts(a->s, counts) != 0) a->errors++;
+            tld_job j;
+            if (tld_store_job_get(a->s, a->job, &j, err, sizeof err) != 0) a->errors++;
+            else tld_job_free(&j);
+            int64_t counts[TLD_JOB_NSTATES];
+            if (tld_store_job_counts(a->s, counts) != 0) a->errors++;
             /* Awaited writes from several threads at once too. */
             int64_t id;
-            if (tl_store_job_create(a->s, "side", "{}", NULL, &id, NULL, err, sizeof err) != 0) a->errors++;
-            else if (tl_store_job_transition(a->s, id, 1u << TL_JOB_QUEUED, TL_JOB_CANCELLED, "", "", err,
+            if (tld_store_job_create(a->s, "side", "{}", NULL, &id, NULL, err, sizeof err) != 0) a->errors++;
+            else if (tld_store_job_transition(a->s, id, 1u << TLD_JOB_QUEUED, TLD_JOB_CANCELLED, "", "", err,
                                              sizeof err) != 0)
                 a->errors++;
             /* A refused op in the middle of other threads' batches: refused alone. */
-            else if (tl_store_job_transition(a->s, id, 0x3Fu, TL_JOB_RUNNING, "", "", err, sizeof err) != -1 ||
+            else if (tld_store_job_transition(a->s, id, 0x3Fu, TLD_JOB_RUNNING, "", "", err, sizeof err) != -1 ||
                      !strstr(err, "invalid transition"))
                 a->errors++;
         }
@@ -1193,12 +1193,12 @@ static void *worker(void *p) {
 static void test_concurrent_threads(void **state) {
     (void)state;
     char path[1024], err[512] = "";
-    tl_store *s = open_fresh("threads", path, sizeof path);
+    tld_store *s = open_fresh("threads", path, sizeof path);
     pthread_t th[4];
     worker_arg args[4];
     for (int t = 0; t < 4; t++) {
         args[t] = (worker_arg){s, new_job(s, "w"), t, 0};
-        transition_ok(s, args[t].job, TL_JOB_QUEUED, TL_JOB_RUNNING);
+        transition_ok(s, args[t].job, TLD_JOB_QUEUED, TLD_JOB_RUNNING);
     }
     double t0 = now_s();
     for (int t = 0; t < 4; t++) assert_int_equal(pthread_create(&th[t], NULL, worker, &args[t]), 0);
@@ -1207,9 +1207,9 @@ static void test_concurrent_threads(void **state) {
     printf("  4 threads x %d points x 2 series, with reads: %.2f s\n", THREAD_POINTS, now_s() - t0);
     for (int t = 0; t < 4; t++) {
         assert_int_equal(args[t].errors, 0);
-        tl_metric_summary m[4];
+        tld_metric_summary m[4];
         int n;
-        assert_int_equal(tl_store_metric_names(s, args[t].job, m, 4, &n, err, sizeof err), 0);
+        assert_int_equal(tld_store_metric_names(s, args[t].job, m, 4, &n, err, sizeof err), 0);
         assert_int_equal(n, 2);
         assert_int_equal(m[0].count, THREAD_POINTS);
         assert_int_equal(m[1].count, THREAD_POINTS);
@@ -1218,18 +1218,18 @@ static void test_concurrent_threads(void **state) {
         size_t len;
         int64_t next;
         int eof;
-        assert_int_equal(tl_store_log_read(s, args[t].job, 0, sizeof buf, buf, &len, &next, &eof, err, sizeof err),
+        assert_int_equal(tld_store_log_read(s, args[t].job, 0, sizeof buf, buf, &len, &next, &eof, err, sizeof err),
                          0);
         assert_int_equal(eof, 1);
         int lines = 0;
         for (size_t i = 0; i < len; i++) lines += buf[i] == '\n';
         assert_int_equal(lines, THREAD_POINTS / 500);
     }
-    int64_t counts[TL_JOB_NSTATES];
-    assert_int_equal(tl_store_job_counts(s, counts), 0);
-    assert_int_equal(counts[TL_JOB_RUNNING], 4);
-    assert_int_equal(counts[TL_JOB_CANCELLED], 4 * THREAD_POINTS / 500);
-    tl_store_close(s);
+    int64_t counts[TLD_JOB_NSTATES];
+    assert_int_equal(tld_store_job_counts(s, counts), 0);
+    assert_int_equal(counts[TLD_JOB_RUNNING], 4);
+    assert_int_equal(counts[TLD_JOB_CANCELLED], 4 * THREAD_POINTS / 500);
+    tld_store_close(s);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM metrics"), 4 * 2 * THREAD_POINTS);
     remove_db(path);
 }
