@@ -51,5 +51,6 @@ int cmd_models(cli *c, int argc, char **argv);
 int cmd_register(cli *c, int argc, char **argv);
 int cmd_predict(cli *c, int argc, char **argv);
 int cmd_samples(cli *c, int argc, char **argv);
+int cmd_palette(cli *c, int argc, char **argv); /* hidden: the class palette as JSON, for tests */
 
 #endif

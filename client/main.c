@@ -85,6 +85,13 @@ static const command COMMANDS[] = {
 };
 #define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
+/* Commands left out of the overview and the list of commands: debugging aids for the tests. */
+static const command HIDDEN[] = {
+    {"palette", cmd_palette, "palette [N]", "the class palette's first N colours (default 1000) as JSON",
+     "  Prints [[r, g, b], ...] for classes 0..N-1 (N in 1..100000), the colours of tokenlab/palette.h;\n"
+     "  tests/e2e/browser/run.mjs compares them with the dashboard's web/src/palette.js.\n"},
+};
+
 static const char *GLOBAL_HELP =
     "Global options (anywhere on the line):\n"
     "  --server URL         the daemon (TOKENLAB_SERVER, config \"server\"; default http://127.0.0.1:8080)\n"
@@ -113,6 +120,8 @@ static const char *GLOBAL_HELP =
 static const command *find_command(const char *name) {
     for (size_t i = 0; i < NCOMMANDS; i++)
         if (strcmp(COMMANDS[i].name, name) == 0) return &COMMANDS[i];
+    for (size_t i = 0; i < sizeof HIDDEN / sizeof HIDDEN[0]; i++)
+        if (strcmp(HIDDEN[i].name, name) == 0) return &HIDDEN[i];
     return NULL;
 }
 

@@ -2,15 +2,18 @@
  * tokens.c: letter grids for token maps (see tokens.h). Classes are given
  * letters by how many tokens they hold (most first): A-Z, a-z, 0-9; classes
  * beyond those 62 share '*'. Allocation: one count array for the classes
- * seen, bounded by the number of tokens.
+ * seen, bounded by the number of tokens. Colours come from the class palette
+ * in tokenlab/palette.h (header-only, so no engine library is linked).
  */
 #include "tokens.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "out.h"
+#include "tokenlab/palette.h"
 
 static const char SYMBOLS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 #define NSYM ((int)sizeof SYMBOLS - 1)
@@ -26,21 +29,6 @@ int tokens_from_json(const cJSON *arr, int g, int *out) {
         out[i++] = (int)x->valuedouble;
     }
     return 0;
-}
-
-void tokens_color(int c, int rgb[3]) {
-    double h = fmod(c * 0.618033988749895, 1.0) * 6.0, s = 0.70, v = 0.95;
-    int k = (int)h;
-    double f = h - k, p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f)), r, g, b;
-    switch (k % 6) {
-    case 0: r = v, g = t, b = p; break;
-    case 1: r = q, g = v, b = p; break;
-    case 2: r = p, g = v, b = t; break;
-    case 3: r = p, g = q, b = v; break;
-    case 4: r = t, g = p, b = v; break;
-    default: r = v, g = p, b = q; break;
-    }
-    rgb[0] = (int)lround(r * 255), rgb[1] = (int)lround(g * 255), rgb[2] = (int)lround(b * 255);
 }
 
 typedef struct {
@@ -100,8 +88,8 @@ void tokens_print(FILE *f, int g, int n, const int *const *maps, const char *con
                 while (k < nseen && s[k].cls != c) k++;
                 char sym = k < nseen ? s[k].sym : '?';
                 if (color) {
-                    int rgb[3];
-                    tokens_color(c, rgb);
+                    uint8_t rgb[3];
+                    tl_class_colour(c, rgb);
                     int dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140;
                     fprintf(f, "\033[48;2;%d;%d;%dm\033[38;2;%s%c \033[0m", rgb[0], rgb[1], rgb[2],
                             dark ? "0;0;0m" : "255;255;255m", sym);
@@ -123,8 +111,8 @@ void tokens_print(FILE *f, int g, int n, const int *const *maps, const char *con
         char lab[200];
         label_of(classes, s[k].cls, lab, sizeof lab);
         if (color) {
-            int rgb[3];
-            tokens_color(s[k].cls, rgb);
+            uint8_t rgb[3];
+            tl_class_colour(s[k].cls, rgb);
             fprintf(f, "  \033[48;2;%d;%d;%dm  \033[0m %c  %s (class %d):", rgb[0], rgb[1], rgb[2], s[k].sym, lab,
                     s[k].cls);
         } else {

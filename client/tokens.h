@@ -3,7 +3,7 @@
  * printed as a grid of letters with a legend, one or more maps side by side
  * (predict --tokens, samples K). On a terminal the cells are also coloured
  * with the class palette shared with the daemon's heat maps and the
- * dashboard: hue frac(c * 0.618033988749895), saturation 0.70, value 0.95.
+ * dashboard (tl_class_colour in tokenlab/palette.h).
  */
 #ifndef TOKENLAB_TOKENS_H
 #define TOKENLAB_TOKENS_H
@@ -21,8 +21,5 @@ int tokens_from_json(const cJSON *arr, int g, int *out);
  * array of {"index", "label"} (may be NULL: "class N"). */
 void tokens_print(FILE *f, int g, int n, const int *const *maps, const char *const *titles, const cJSON *classes,
                   int color);
-
-/* The palette colour of class c as 0..255 RGB. */
-void tokens_color(int c, int rgb[3]);
 
 #endif

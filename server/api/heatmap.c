@@ -1,14 +1,11 @@
 /*
- * heatmap.c: the class palette and token-label overlays (see heatmap.h).
+ * heatmap.c: token-label overlays (see heatmap.h), tinted with the class
+ * palette of tokenlab/palette.h.
  *
  * Owns nothing: tld_heatmap_render writes into the caller's buffer (which may
  * be the input itself: every pixel is read once, before it is written);
  * tld_heatmap_jpeg allocates one V*V*3 scratch image, freed before it returns,
  * and hands back the encoder's buffer. No globals; any thread.
- *
- * The palette must match web/ exactly, so it is computed in double precision
- * with the textbook HSV -> RGB sectors and each channel rounded half up
- * (Math.round(x * 255) in the browser).
  */
 #include "api/heatmap.h"
 
@@ -18,40 +15,14 @@
 #include <string.h>
 
 #include "tokenlab/data.h"
+#include "tokenlab/palette.h"
 
-#define HM_SAT 0.70
-#define HM_VAL 0.95
-#define HM_GOLDEN 0.618033988749895
 #define HM_LINE 0.5 /* border pixels are the blended colour times this */
 
 /* x in [0, 255] rounded half up */
 static uint8_t to8u(double x) {
     double v = floor(x + 0.5);
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
-static uint8_t to8(double x) { return to8u(x * 255.0); }
-
-void tld_class_colour(int c, uint8_t rgb[3]) {
-    double h = fmod((double)c * HM_GOLDEN, 1.0);
-    if (h < 0) h += 1.0; /* negative classes: the same fractional part rule, frac(x) = x - floor(x) */
-    double h6 = h * 6.0;
-    int i = (int)floor(h6);
-    double f = h6 - i;
-    double v = HM_VAL, s = HM_SAT;
-    double p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
-    double r, g, b;
-    switch (i % 6) {
-    case 0: r = v, g = t, b = p; break;
-    case 1: r = q, g = v, b = p; break;
-    case 2: r = p, g = v, b = t; break;
-    case 3: r = p, g = q, b = v; break;
-    case 4: r = t, g = p, b = v; break;
-    default: r = v, g = p, b = q; break;
-    }
-    rgb[0] = to8(r);
-    rgb[1] = to8(g);
-    rgb[2] = to8(b);
 }
 
 static int64_t edge(int i, int V, int grid) { return (int64_t)i * V / grid; }
@@ -76,7 +47,7 @@ void tld_heatmap_render(const uint8_t *rgb, int V, int grid, const int32_t *inde
                 if (!(pr >= 0)) pr = 0; /* also NaN */
                 if (pr > 1) pr = 1;
                 a = 0.15 + 0.6 * pr;
-                tld_class_colour(cls, col);
+                tl_class_colour(cls, col);
             }
             /* borders: the first row / column of a square whose upper / left neighbour has another class */
             int top = r > 0 && index[t - (size_t)grid] != cls;

@@ -4,8 +4,8 @@
  * look with curl and an image viewer (the dashboard draws the same thing in
  * the browser with the same palette).
  *
- * Palette (shared with web/): class c of K has hue h = frac(c * 0.618033988749895),
- * saturation 0.70, value 0.95, converted HSV -> RGB (8-bit, rounded).
+ * The colours are the class palette of tokenlab/palette.h (tl_class_colour),
+ * which the client shares and web/src/palette.js copies.
  * Pure functions; any thread.
  */
 #ifndef TLD_HEATMAP_H
@@ -13,8 +13,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-void tld_class_colour(int c, uint8_t rgb[3]);
 
 /* out (V,V,3) = rgb (V,V,3) blended with the class colour of each token's square: token t = r*grid + c
  * covers rows [r*V/grid, (r+1)*V/grid) and the same for columns; alpha = 0.15 + 0.6 * prob[t]

@@ -1,5 +1,5 @@
 /*
- * test_heatmap.c: the class palette against values computed independently
+ * test_heatmap.c: the class palette (tokenlab/palette.h) against values computed independently
  * (literals from Python's colorsys and a chroma-based HSV -> RGB written
  * here), the overlay's blending (probability 0 vs 1, clamping, untinted
  * squares, border lines, in-place rendering) and the JPEG variant decoded
@@ -17,6 +17,7 @@
 
 #include "tokenlab/data.h"
 #include "api/heatmap.h"
+#include "tokenlab/palette.h"
 
 /* HSV -> RGB the other way round: chroma C = V*S, X = C*(1 - |(H/60) mod 2 - 1|), m = V - C. */
 static void hsv_ref(int c, uint8_t out[3]) {
@@ -46,12 +47,12 @@ static void test_palette(void **state) {
                {7, {80, 242, 73}}, {10, {228, 242, 73}}, {999, {73, 242, 157}}};
     for (size_t i = 0; i < sizeof lit / sizeof *lit; i++) {
         uint8_t got[3];
-        tld_class_colour(lit[i].c, got);
+        tl_class_colour(lit[i].c, got);
         assert_memory_equal(got, lit[i].rgb, 3);
     }
     for (int c = 0; c < 1000; c++) {
         uint8_t got[3], want[3];
-        tld_class_colour(c, got);
+        tl_class_colour(c, got);
         hsv_ref(c, want);
         for (int k = 0; k < 3; k++) {
             /* the two formulas may differ in the last bit before rounding; never by more than 1 */
@@ -90,7 +91,7 @@ static void test_blend(void **state) {
     float p0[G * G] = {0, 0, 0, 0}, p1[G * G] = {1, 1, 1, 1};
     tld_heatmap_render(in, V, G, idx, p0, out0);
     tld_heatmap_render(in, V, G, idx, p1, out1);
-    tld_class_colour(3, col);
+    tl_class_colour(3, col);
     for (int y = 0; y < V; y++)
         for (int x = 0; x < V; x++)
             for (int k = 0; k < 3; k++) {
@@ -131,7 +132,7 @@ static void test_untinted_and_borders(void **state) {
     int32_t idx[G * G] = {2, -1, -1, -1};
     float q[G * G] = {0.5f, 1, 1, 1};
     tld_heatmap_render(in, V, G, idx, q, out);
-    tld_class_colour(2, col);
+    tl_class_colour(2, col);
     for (int y = 0; y < V; y++)
         for (int x = 0; x < V; x++)
             for (int k = 0; k < 3; k++) {
@@ -151,7 +152,7 @@ static void test_untinted_and_borders(void **state) {
     fill(flat, 200, 200, 200);
     tld_heatmap_render(flat, V, G, two, p, out);
     uint8_t c1[3];
-    tld_class_colour(1, c1);
+    tl_class_colour(1, c1);
     for (int y = 0; y < V; y++)
         for (int k = 0; k < 3; k++) {
             assert_int_equal(px(out, y, 4)[k], (uint8_t)floor(blend(200, c1[k], 1) * 0.5 + 0.5));
@@ -189,8 +190,8 @@ static void test_jpeg(void **state) {
     assert_int_equal(im.w, S);
     assert_int_equal(im.h, S);
     uint8_t c0[3], c1[3];
-    tld_class_colour(0, c0);
-    tld_class_colour(1, c1);
+    tl_class_colour(0, c0);
+    tl_class_colour(1, c1);
     const int probes[4][2] = {{8, 8}, {40, 20}, {8, 48}, {56, 56}}; /* (y, x), away from the border */
     for (int i = 0; i < 4; i++) {
         const uint8_t *q = im.rgb + ((size_t)probes[i][0] * S + (size_t)probes[i][1]) * 3;

@@ -1,5 +1,11 @@
-// The class palette, shared with the daemon's heatmaps: class c has hue
-// frac(c * 0.618033988749895), saturation 0.70 and value 0.95 (HSV -> RGB).
+// The class palette, shared with the daemon's heatmaps and the client's token
+// grids: class c has hue frac(c * 0.618033988749895), saturation 0.70 and value
+// 0.95 (HSV -> RGB, each channel Math.round(x * 255)).
+//
+// This is the JavaScript copy; the C one is engine/include/tokenlab/palette.h
+// (tl_class_colour). They must give the same bytes: tests/e2e/browser/run.mjs
+// compares classRgb with `tokenlab palette 1000` (the C copy) and fails on any
+// difference, so change both together.
 
 const GOLDEN = 0.618033988749895;
 const cache = new Map();

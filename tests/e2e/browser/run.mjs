@@ -5,9 +5,12 @@
 // (from web/node_modules).
 //
 // usage: node tests/e2e/browser/run.mjs --bin build/bin/tokenlabd --web-dir build/web/dist --work DIR
+//                                   [--client build/bin/tokenlab, default: next to --bin]
 //                                   [--chromium /usr/bin/chromium] [--photos DIR] [--headed]
 //
-// Checks: the daemon's static file serving (types, caching, ETag/304,
+// Checks: the dashboard's class palette (web/src/palette.js) gives the same
+// bytes as the C one (engine/include/tokenlab/palette.h, which the daemon's
+// heat maps and the client use) for classes 0..999; the daemon's static file serving (types, caching, ETag/304,
 // traversal, API 404s, 405); a bad spec in the submit form shows the field
 // error and sends nothing (no POST seen by request interception); a small
 // job submitted through the form (token asked for in the dialog) reaches
@@ -38,6 +41,7 @@ function arg(name, dflt) {
   return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
 }
 const BIN = arg("bin");
+const CLIENT = arg("client", BIN ? path.join(path.dirname(BIN), "tokenlab") : undefined);
 const WEB = arg("web-dir");
 const WORK = path.resolve(arg("work", path.join(repo, "build/test-tmp/browser")));
 const CHROMIUM = arg("chromium", "/usr/bin/chromium");
@@ -263,7 +267,31 @@ const SPEC_MODEL = { img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_h
                      skip_lam: 1.0, drop_path_rate: 0.0 };
 
 // ---------------------------------------------------------------- the tests
+// The palette exists twice, in C (engine/include/tokenlab/palette.h) and in JavaScript
+// (web/src/palette.js, bundled into the dashboard as it is), and the two must agree to the byte.
+// Pixels are no good for this (the daemon's heat maps are JPEG, the canvases blend), so the C copy
+// is asked directly: the client's hidden `tokenlab palette N` prints tl_class_colour for classes
+// 0..N-1 as JSON, and classRgb from the dashboard's source is imported here in node. A change to
+// either copy (hue step, saturation, value, sector order, rounding) fails this check.
+async function checkPalette() {
+  await check("class palette: web/src/palette.js = tokenlab/palette.h", async () => {
+    assert(CLIENT && fs.existsSync(CLIENT), `no client binary at ${CLIENT} (build the tokenlab target or pass --client)`);
+    const out = spawnSync(CLIENT, ["palette", "1000"], { encoding: "utf8" });
+    assert(out.status === 0, `tokenlab palette 1000 exited ${out.status}: ${out.stderr}`);
+    const want = JSON.parse(out.stdout);
+    assert(Array.isArray(want) && want.length === 1000, "tokenlab palette 1000 printed " + out.stdout.slice(0, 200));
+    const { classRgb } = await import(path.join(repo, "web/src/palette.js"));
+    const bad = [];
+    for (let c = 0; c < want.length; c++) {
+      const got = classRgb(c);
+      if (got.length !== 3 || got.some((v, k) => v !== want[c][k])) bad.push(`class ${c}: JS ${got} vs C ${want[c]}`);
+    }
+    assert(bad.length === 0, `${bad.length} of 1000 classes differ, e.g. ${bad.slice(0, 5).join("; ")}`);
+  });
+}
+
 async function main() {
+  await checkPalette();
   await startDaemon();
   console.log(`daemon on port ${daemon.port}, work folder ${WORK}`);
   const browser = await chromium.launch({

@@ -250,6 +250,10 @@ def t_usage():
     expect(tl(), 2, "no command", where="err")
     expect(tl("frobnicate"), 2, "unknown command 'frobnicate'", where="err")
     expect(tl("--frob"), 2, "unknown option", where="err")
+    # the hidden `palette` (for the browser test's palette comparison): not in the overview, no server needed
+    assert "palette" not in r.out, "palette is hidden from the overview"
+    assert as_json(expect(tl("palette", "3", server=False), 0)) == [[242, 73, 73], [73, 122, 242], [172, 242, 73]]
+    expect(tl("palette", "0"), 2, "1..100000", where="err")
     for c in ["submit", "show", "watch", "logs", "cancel", "delete", "metrics", "register", "predict", "samples"]:
         expect(tl(c), 2, "missing argument", "usage: tokenlab " + c, where="err")
     expect(tl("jobs", "--bogus"), 2, "unknown option '--bogus'", where="err")
