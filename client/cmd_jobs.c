@@ -14,11 +14,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
 #include "cli.h"
+#include "clock.h"
 #include "files.h"
 #include "opts.h"
 #include "out.h"
@@ -27,17 +27,6 @@
 #define SPEC_MAX (16u << 20)
 
 static const char *const STATES[] = {"QUEUED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED"};
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (double)t.tv_sec * 1000.0 + t.tv_nsec / 1e6;
-}
-
-static int job_arg(cli *c, const char *s, int64_t *id) {
-    if (parse_id(s, id) != 0) return usage_error(c, "a job ID is a positive integer, got '%s'", s);
-    return EX_OK;
-}
 
 /* The spec with its "name" replaced (a new malloc'd text), or NULL after printing why. */
 static char *rename_spec(cli *c, const char *path, const char *spec, size_t len, const char *name) {
@@ -61,7 +50,7 @@ static char *rename_spec(cli *c, const char *path, const char *spec, size_t len,
 static void random_key(char *out, size_t len) {
     unsigned char r[16];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) { /* unlikely; time and pid are unique enough here */
-        unsigned long long t = (unsigned long long)now_ms();
+        unsigned long long t = (unsigned long long)clock_wall_ms();
         snprintf(out, len, "tokenlab-%llx-%x", t, (unsigned)getpid());
         return;
     }
@@ -173,7 +162,7 @@ static void fmt_pct(double v, char *buf, size_t len) {
 static void fmt_took(const cJSON *j, char *buf, size_t len) {
     double s = out_jnum(j, "started_ms", 0), e = out_jnum(j, "ended_ms", 0);
     if (s <= 0) snprintf(buf, len, "-");
-    else out_duration(((e > 0 ? e : now_ms()) - s) / 1000.0, buf, len);
+    else out_duration(((e > 0 ? e : clock_wall_ms()) - s) / 1000.0, buf, len);
 }
 
 int cmd_jobs(cli *c, int argc, char **argv) {
@@ -300,7 +289,7 @@ int cmd_show(cli *c, int argc, char **argv) {
     char *pos[1];
     int npos, rc = opts_parse(c, argc, argv, NULL, pos, 1, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = job_arg(c, pos[0], &id))) return rc;
+    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     char path[64], buf[600], a[40], b[40];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
     api_resp r;
@@ -377,7 +366,7 @@ int cmd_cancel(cli *c, int argc, char **argv) {
     char *pos[1];
     int npos, rc = opts_parse(c, argc, argv, NULL, pos, 1, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = job_arg(c, pos[0], &id))) return rc;
+    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     char path[80];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", (long long)id);
     api_resp r;
@@ -395,7 +384,7 @@ int cmd_delete(cli *c, int argc, char **argv) {
     char *pos[1];
     int npos, rc = opts_parse(c, argc, argv, NULL, pos, 1, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = job_arg(c, pos[0], &id))) return rc;
+    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     char path[64];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
     api_req q = {.method = "DELETE", .path = path};
@@ -414,7 +403,7 @@ int cmd_watch(cli *c, int argc, char **argv) {
     char *pos[1];
     int npos, rc = opts_parse(c, argc, argv, defs, pos, 1, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = job_arg(c, pos[0], &id))) return rc;
+    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     watch_opts wo = {.interval_s = interval};
     return watch_job(c, id, &wo);
 }

@@ -5,23 +5,17 @@
  * until the job is final, then reads what the trainer wrote last and stops.
  */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "api.h"
 #include "cli.h"
+#include "clock.h"
 #include "opts.h"
 #include "out.h"
+#include "watch.h"
 
 #define SLICE 262144
-
-static void nap_ms(long ms) {
-    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&t, &t) != 0 && errno == EINTR && !api_interrupted) {
-    }
-}
 
 /* Prints the log from *offset to its current end. Returns EX_OK or an error (explained). */
 static int drain(cli *c, int64_t id, long long *offset) {
@@ -56,8 +50,7 @@ static int job_final(cli *c, int64_t id, int *final) {
     cJSON *j;
     int rc = api_json(c, NULL, path, NULL, &r, &j);
     if (rc == EX_OK) {
-        const char *s = out_jstr(j, "state", "");
-        *final = !strcmp(s, "SUCCEEDED") || !strcmp(s, "FAILED") || !strcmp(s, "CANCELLED");
+        *final = watch_state_final(out_jstr(j, "state", ""));
     }
     cJSON_Delete(j);
     api_free(&r);
@@ -70,18 +63,17 @@ int cmd_logs(cli *c, int argc, char **argv) {
     char *pos[1];
     int npos, rc = opts_parse(c, argc, argv, defs, pos, 1, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 1))) return rc;
-    if (parse_id(pos[0], &id) != 0) return usage_error(c, "a job ID is a positive integer, got '%s'", pos[0]);
+    if (rc || (rc = opts_count(c, npos, 1, 1)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     long long offset = 0;
     if ((rc = drain(c, id, &offset)) != EX_OK || !follow) return rc;
     for (;;) {
         int final = 0;
         if ((rc = job_final(c, id, &final)) != EX_OK) return rc;
         if (final) { /* the trainer's last line is appended just after the final state: read once more */
-            nap_ms(500);
+            clock_nap_s(0.5);
             return drain(c, id, &offset);
         }
-        nap_ms(1000);
+        clock_nap_s(1.0);
         if (api_interrupted) {
             fprintf(stderr, "tokenlab %s: interrupted\n", c->cmd);
             return EX_INTERRUPTED;

@@ -59,8 +59,7 @@ int cmd_metrics(cli *c, int argc, char **argv) {
     char *pos[2];
     int npos, rc = opts_parse(c, argc, argv, defs, pos, 2, &npos);
     int64_t id;
-    if (rc || (rc = opts_count(c, npos, 1, 2))) return rc;
-    if (parse_id(pos[0], &id) != 0) return usage_error(c, "a job ID is a positive integer, got '%s'", pos[0]);
+    if (rc || (rc = opts_count(c, npos, 1, 2)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     if (csv && c->json) return usage_error(c, "--csv and --json exclude each other");
     if (npos == 1) {
         if (csv) return usage_error(c, "--csv needs a metric NAME");

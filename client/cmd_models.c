@@ -5,15 +5,14 @@
  * then waits (polling GET /api/v1/models/{name}) until it has loaded.
  */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "api.h"
 #include "cli.h"
+#include "clock.h"
 #include "opts.h"
 #include "out.h"
 
@@ -124,12 +123,6 @@ int cmd_models(cli *c, int argc, char **argv) {
     return EX_OK;
 }
 
-static void nap_ms(long ms) {
-    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&t, &t) != 0 && errno == EINTR && !api_interrupted) {
-    }
-}
-
 int cmd_register(cli *c, int argc, char **argv) {
     long long job = 0, max_batch = 0, max_delay = -1;
     const char *ckpt = "best";
@@ -174,7 +167,7 @@ int cmd_register(cli *c, int argc, char **argv) {
             fprintf(stderr, "tokenlab %s: model %s is still LOADING after %d s\n", c->cmd, pos[0], LOAD_WAIT_S);
             break;
         }
-        nap_ms(200);
+        clock_nap_s(0.2);
         if (api_interrupted) {
             fprintf(stderr, "tokenlab %s: interrupted (the model keeps loading on the server)\n", c->cmd);
             rc = EX_INTERRUPTED;

@@ -96,8 +96,7 @@ int cmd_samples(cli *c, int argc, char **argv) {
     char *pos[2];
     int npos, rc = opts_parse(c, argc, argv, defs, pos, 2, &npos);
     int64_t id, k = -1;
-    if (rc || (rc = opts_count(c, npos, 1, 2))) return rc;
-    if (parse_id(pos[0], &id) != 0) return usage_error(c, "a job ID is a positive integer, got '%s'", pos[0]);
+    if (rc || (rc = opts_count(c, npos, 1, 2)) || (rc = opts_job_id(c, pos[0], &id))) return rc;
     if (npos == 2) {
         if (strcmp(pos[1], "0") == 0) k = 0;
         else if (parse_id(pos[1], &k) != 0) return usage_error(c, "a sample K is an integer >= 0, got '%s'", pos[1]);

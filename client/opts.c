@@ -94,6 +94,11 @@ int opts_count(cli *c, int npos, int min, int max) {
     return EX_OK;
 }
 
+int opts_job_id(cli *c, const char *s, int64_t *id) {
+    if (parse_id(s, id) != 0) return usage_error(c, "a job ID is a positive integer, got '%s'", s);
+    return EX_OK;
+}
+
 int parse_id(const char *s, int64_t *out) {
     if (!s || *s < '0' || *s > '9') return -1;
     char *end;

@@ -34,6 +34,10 @@ int opts_count(cli *c, int npos, int min, int max);
 /* A job id: a positive decimal integer. Returns 0 or -1. */
 int parse_id(const char *s, int64_t *out);
 
+/* The job ID argument s of a command (parse_id): EX_OK with *id set, or EX_USAGE after saying that
+ * a job ID is a positive integer. */
+int opts_job_id(cli *c, const char *s, int64_t *id);
+
 /* Prints "tokenlab CMD: <message>", the command's usage line and a --help hint to stderr;
  * returns EX_USAGE. Implemented in main.c, which holds the command table. */
 int usage_error(const cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -11,16 +11,15 @@
  */
 #include "watch.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
+#include "clock.h"
 #include "out.h"
 #include "sse.h"
 
@@ -40,25 +39,13 @@ typedef struct {
     sse_parser sse;
 } wstate;
 
-static double mono(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static void nap(double s) {
-    struct timespec t = {(time_t)s, (long)((s - floor(s)) * 1e9)};
-    while (nanosleep(&t, &t) != 0 && errno == EINTR && !api_interrupted) {
-    }
-}
-
 int watch_exit_for_state(const char *state) {
     if (strcmp(state, "FAILED") == 0) return EX_FAILED;
     if (strcmp(state, "CANCELLED") == 0) return EX_CANCELLED;
     return EX_OK;
 }
 
-static int is_final(const char *s) {
+int watch_state_final(const char *s) {
     return strcmp(s, "SUCCEEDED") == 0 || strcmp(s, "FAILED") == 0 || strcmp(s, "CANCELLED") == 0;
 }
 
@@ -164,7 +151,7 @@ static void say(wstate *w, const char *line) {
 
 static void show_progress(wstate *w, int force) {
     if (w->o->quiet || w->c->json || !w->have_progress) return;
-    double now = mono();
+    double now = clock_mono_s();
     if (w->tty) {
         if (force || now - w->last_draw >= 0.1) {
             draw_bar(w);
@@ -218,7 +205,7 @@ static void on_eval(wstate *w, const cJSON *d) {
     if (ema) w->ema_top1 = out_jnum(d, k1, NAN);
     else w->top1 = out_jnum(d, k1, NAN);
     /* evaluations are part of the status line; a line of their own at most once per interval */
-    double now = mono();
+    double now = clock_mono_s();
     long long step = (long long)out_jnum(d, "step", 0);
     if (step != w->eval_step_shown && w->last_eval_line > 0 && now - w->last_eval_line < w->o->interval_s) return;
     w->last_eval_line = now;
@@ -275,7 +262,7 @@ static int on_event(const char *type, const char *id, const char *data, void *u)
     if (!d) return 0;
     if (strcmp(type, "snapshot") == 0) {
         take_job(w, d);
-        if (is_final(w->state)) w->done = 1;
+        if (watch_state_final(w->state)) w->done = 1;
         if (!w->c->json && !w->o->quiet) {
             char name[160];
             out_sanitize(w->name, name, sizeof name);
@@ -283,7 +270,7 @@ static int on_event(const char *type, const char *id, const char *data, void *u)
             snprintf(line, sizeof line, "job %lld '%s': %s", (long long)w->id, name, w->state);
             say(w, line);
         }
-        if (is_final(w->state)) w->done = 1;
+        if (watch_state_final(w->state)) w->done = 1;
         show_progress(w, 1);
     } else if (strcmp(type, "state") == 0) {
         const char *s = out_jstr(d, "state", "?");
@@ -291,7 +278,7 @@ static int on_event(const char *type, const char *id, const char *data, void *u)
         snprintf(w->state, sizeof w->state, "%s", s);
         snprintf(w->reason, sizeof w->reason, "%s", out_jstr(d, "state_reason", ""));
         snprintf(w->message, sizeof w->message, "%s", out_jstr(d, "state_message", ""));
-        if (is_final(w->state)) {
+        if (watch_state_final(w->state)) {
             w->done = 1;
         } else if (changed) {
             state_line(w);
@@ -326,17 +313,25 @@ static int feed(const char *data, size_t n, void *u) {
     return sse_feed(&w->sse, data, n);
 }
 
-/* Final report from GET /api/v1/jobs/{id} (falls back on what the events said). */
-static int finish(wstate *w) {
+/* The job by GET /api/v1/jobs/{id}: the parsed Job (the caller deletes it), or NULL when the answer
+ * is not one (no connection, another status, not JSON); a 404 sets w->deleted. Nothing is printed. */
+static cJSON *fetch_job(wstate *w) {
     char path[64];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)w->id);
     api_resp r;
     api_req q = {.path = path, .timeout_s = 30};
     cJSON *j = NULL;
-    int rc = api_do(w->c, &q, &r);
-    if (rc == EX_OK && r.status == 200) j = cJSON_ParseWithLength(r.body, r.len);
-    if (rc == EX_OK && r.status == 404) w->deleted = 1;
+    if (api_do(w->c, &q, &r) == EX_OK) {
+        if (r.status == 200) j = cJSON_ParseWithLength(r.body, r.len);
+        if (r.status == 404) w->deleted = 1;
+    }
     api_free(&r);
+    return j;
+}
+
+/* Final report from GET /api/v1/jobs/{id} (falls back on what the events said). */
+static int finish(wstate *w) {
+    cJSON *j = fetch_job(w);
     if (j) take_job(w, j);
     clear_bar(w);
     if (w->deleted) {
@@ -371,18 +366,9 @@ static int finish(wstate *w) {
 
 /* Whether the job is final or gone, by GET (after a stream ended without saying so). */
 static void job_ended(wstate *w) {
-    char path[64];
-    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)w->id);
-    api_resp r;
-    api_req q = {.path = path, .timeout_s = 30};
-    if (api_do(w->c, &q, &r) == EX_OK) {
-        cJSON *j = r.status == 200 ? cJSON_ParseWithLength(r.body, r.len) : NULL;
-        const char *s = out_jstr(j, "state", "");
-        if (r.status == 404) w->deleted = w->done = 1;
-        else if (is_final(s)) w->done = 1;
-        cJSON_Delete(j);
-    }
-    api_free(&r);
+    cJSON *j = fetch_job(w);
+    if (w->deleted || watch_state_final(out_jstr(j, "state", ""))) w->done = 1;
+    cJSON_Delete(j);
 }
 
 int watch_job(cli *c, int64_t id, const watch_opts *o) {
@@ -392,7 +378,7 @@ int watch_job(cli *c, int64_t id, const watch_opts *o) {
     sse_init(&w.sse, on_event, &w);
     char path[96], hdr[128];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/events", (long long)id);
-    double last_ok = mono();
+    double last_ok = clock_mono_s();
     int attempts = 0, warned = 0, rc = EX_OK;
     while (!w.done) {
         api_req q = {.path = path, .timeout_s = -1, .sink = feed, .sink_u = &w};
@@ -428,12 +414,12 @@ int watch_job(cli *c, int64_t id, const watch_opts *o) {
             api_free(&r);
             break;
         }
-        if (rc == EX_OK || w.events > before) last_ok = mono();
+        if (rc == EX_OK || w.events > before) last_ok = clock_mono_s();
         api_free(&r);
         if (w.done) break;
         if (rc == EX_OK) job_ended(&w); /* the stream ended early: maybe the job is final and we missed it */
         if (w.done) break;
-        if (mono() - last_ok > RECONNECT_S) {
+        if (clock_mono_s() - last_ok > RECONNECT_S) {
             clear_bar(&w);
             fprintf(stderr, "tokenlab %s: lost the connection to %s for more than %.0f s; job %lld was %s\n", c->cmd,
                     c->server, RECONNECT_S, (long long)id, w.state);
@@ -447,7 +433,7 @@ int watch_job(cli *c, int64_t id, const watch_opts *o) {
             w.reconnecting = !o->quiet;
         }
         if (rc == EX_OK) warned = 0;
-        nap(rc == EX_OK ? 0.2 : 1.0);
+        clock_nap_s(rc == EX_OK ? 0.2 : 1.0);
         if (api_interrupted) {
             clear_bar(&w);
             fprintf(stderr, "\ntokenlab %s: interrupted\n", c->cmd);

@@ -19,6 +19,9 @@ typedef struct {
  * and not quiet, prints each event as one JSON line. */
 int watch_job(cli *c, int64_t id, const watch_opts *o);
 
+/* Whether a job state is final: SUCCEEDED, FAILED or CANCELLED (the job will not change again). */
+int watch_state_final(const char *state);
+
 /* The exit status for a final job state (EX_OK for SUCCEEDED). */
 int watch_exit_for_state(const char *state);
 
