@@ -50,7 +50,7 @@ int cmd_metrics(cli *c, int argc, char **argv);
 int cmd_models(cli *c, int argc, char **argv);
 int cmd_register(cli *c, int argc, char **argv);
 int cmd_predict(cli *c, int argc, char **argv);
-int cmd_samples(cli *c, int argc, char **argv);
+int cmd_inspect(cli *c, int argc, char **argv); /* also run as `samples`, its old name */
 int cmd_palette(cli *c, int argc, char **argv); /* hidden: the class palette as JSON, for tests */
 
 #endif

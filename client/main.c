@@ -77,13 +77,21 @@ static const command COMMANDS[] = {
      "  --top-k K                 classes to show per image (1..1000, default 5).\n"
      "  --tokens                  also print the token map: each patch's top class as a letter, with a legend.\n"
      "  Several images are sent in one multipart request. With --json: the server's answer.\n"},
-    {"samples", cmd_samples, "samples ID [K] [--step S] [--raw]", "token-level inspection of a job's samples",
+    {"inspect", cmd_inspect, "inspect ID [K] [--step S] [--raw]", "token-level inspection of a job's samples",
      "  Without K: the inspected samples and the evaluations recorded for them.\n"
      "  With K: sample K's target token map and the model's predicted map as letter grids, and its top-5.\n"
      "  --step S                  the evaluation at step S (default: the latest).\n"
-     "  --raw                     the raw weights' prediction instead of the EMA's.\n"},
+     "  --raw                     the raw weights' prediction instead of the EMA's.\n"
+     "  `tokenlab samples ...` is the same command under its old name, kept for scripts.\n"},
 };
 #define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
+/* Other names of commands, kept so that scripts written for them go on working: the same function,
+ * options and output; messages name the word that was typed. */
+static const struct {
+    const char *alias, *name;
+} ALIASES[] = {{"samples", "inspect"}};
+#define NALIASES (sizeof ALIASES / sizeof ALIASES[0])
 
 /* Commands left out of the overview and the list of commands: debugging aids for the tests. */
 static const command HIDDEN[] = {
@@ -122,13 +130,20 @@ static const command *find_command(const char *name) {
         if (strcmp(COMMANDS[i].name, name) == 0) return &COMMANDS[i];
     for (size_t i = 0; i < sizeof HIDDEN / sizeof HIDDEN[0]; i++)
         if (strcmp(HIDDEN[i].name, name) == 0) return &HIDDEN[i];
+    for (size_t i = 0; i < NALIASES; i++)
+        if (strcmp(ALIASES[i].alias, name) == 0) return find_command(ALIASES[i].name);
     return NULL;
 }
 
 static void print_overview(FILE *f) {
     fprintf(f, "usage: tokenlab [global options] COMMAND [arguments]\n\n"
                "The command-line client of tokenlabd, the LV-ViT token-labeling training daemon.\n\nCommands:\n");
-    for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        fprintf(f, "  %-10s %s", COMMANDS[i].name, COMMANDS[i].summary);
+        for (size_t k = 0; k < NALIASES; k++)
+            if (strcmp(ALIASES[k].name, COMMANDS[i].name) == 0) fprintf(f, " (also `%s`)", ALIASES[k].alias);
+        fputc('\n', f);
+    }
     fprintf(f, "\n%s\nRun `tokenlab COMMAND --help` for a command's options.\n", GLOBAL_HELP);
 }
 
@@ -260,7 +275,7 @@ static int run(int argc, char **argv) {
     }
     g_current = cmd;
     cli c = {0};
-    c.cmd = cmd->name;
+    c.cmd = name; /* the word typed: under an alias, messages name the alias */
     c.json = g.json;
     const char *term = getenv("TERM"), *nc = getenv("NO_COLOR");
     c.color = !g.no_color && !(nc && *nc) && !(term && strcmp(term, "dumb") == 0) && out_tty(stdout);

@@ -1,7 +1,7 @@
 /*
  * tokens.h: a token map (one class per patch of the image, row-major g x g)
  * printed as a grid of letters with a legend, one or more maps side by side
- * (predict --tokens, samples K). On a terminal the cells are also coloured
+ * (predict --tokens, inspect ID K). On a terminal the cells are also coloured
  * with the class palette shared with the daemon's heat maps and the
  * dashboard (tl_class_colour in tokenlab/palette.h).
  */

@@ -13,7 +13,7 @@ address tried (4), a job that fails (5) and a cancelled job (6), watch and
 logs -f ending with the job, metrics as CSV, config precedence (flag > env >
 config file, token > token file), and malformed, oversized and truncated
 answers from a fake server (no crash, exit 1/3/4). The model-serving tests
-(models, register, predict, samples) are skipped as PENDING when the daemon
+(models, register, predict, inspect) are skipped as PENDING when the daemon
 does not have those endpoints yet (issue 5).
 Prints `N passed, M failed, K skipped` last; exits non-zero on any failure.
 """
@@ -234,7 +234,7 @@ def check(name):
 SHARED = {}  # results other checks build on: the id of a SUCCEEDED job, ...
 
 COMMANDS = ["submit", "jobs", "show", "watch", "logs", "cancel", "delete", "metrics", "models", "register",
-            "predict", "samples"]
+            "predict", "inspect"]
 
 
 # ---------------------------------------------------------------- usage
@@ -254,8 +254,13 @@ def t_usage():
     assert "palette" not in r.out, "palette is hidden from the overview"
     assert as_json(expect(tl("palette", "3", server=False), 0)) == [[242, 73, 73], [73, 122, 242], [172, 242, 73]]
     expect(tl("palette", "0"), 2, "1..100000", where="err")
-    for c in ["submit", "show", "watch", "logs", "cancel", "delete", "metrics", "register", "predict", "samples"]:
+    for c in ["submit", "show", "watch", "logs", "cancel", "delete", "metrics", "register", "predict", "inspect"]:
         expect(tl(c), 2, "missing argument", "usage: tokenlab " + c, where="err")
+    # `samples` is inspect's old name, kept for scripts: said in the overview and the help, same usage
+    assert "(also `samples`)" in r.out, r.out
+    r = expect(tl("samples", "--help"), 0, "usage: tokenlab inspect", "`tokenlab samples ...` is the same command")
+    assert r.out == tl("inspect", "--help").out
+    expect(tl("samples"), 2, "tokenlab samples: missing argument", "usage: tokenlab inspect", where="err")
     expect(tl("jobs", "--bogus"), 2, "unknown option '--bogus'", where="err")
     expect(tl("jobs", "--limit"), 2, "--limit needs a value", where="err")
     expect(tl("jobs", "--limit", "0"), 2, "--limit must be an integer in 1..200", where="err")
@@ -274,8 +279,9 @@ def t_usage():
     expect(tl("register", "m", "--job", "x"), 2, "--job must be an integer", where="err")
     expect(tl("predict", "m"), 2, "missing argument", where="err")
     expect(tl("predict", "m", "a.jpg", "--top-k", "0"), 2, "--top-k", where="err")
-    expect(tl("samples", "1", "--step", "3"), 2, "need a sample K", where="err")
-    expect(tl("samples", "1", "-1"), 2, "unknown option", where="err")
+    for c in ["inspect", "samples"]:
+        expect(tl(c, "1", "--step", "3"), 2, "need a sample K", where="err")
+        expect(tl(c, "1", "-1"), 2, "unknown option", where="err")
     expect(tl("submit", "x.json", "--name", ""), 2, "--name must not be empty", where="err")
     expect(tl("jobs", "--server"), 2, "--server needs a value", where="err")
     expect(tl("jobs", "--server", "ftp://example.org"), 2, "must start with http:// or https://", where="err")
@@ -768,7 +774,8 @@ def t_fake():
         r = run("truncated", "jobs")
         assert r.rc in (1, 4), r
         for argv in (["jobs"], ["show", "1"], ["metrics", "1"], ["metrics", "1", "loss"], ["metrics", "1", "loss",
-                     "--csv"], ["logs", "1"], ["models"], ["models", "m"], ["samples", "1"], ["samples", "1", "0"]):
+                     "--csv"], ["logs", "1"], ["models"], ["models", "m"], ["inspect", "1"], ["inspect", "1", "0"],
+                     ["samples", "1"], ["samples", "1", "0"]):
             r = run("wrongtypes", *argv)
             assert r.rc in (0, 1, 3), r
         for argv in (["--json", "jobs"], ["--json", "show", "1"]):
@@ -790,7 +797,7 @@ def t_fake():
         srv.server_close()
 
 
-# ---------------------------------------------------------------- models, predict, samples (issue 5)
+# ---------------------------------------------------------------- models, predict, inspect (issue 5)
 
 def serving_available():
     if "serving" not in SHARED:
@@ -868,25 +875,34 @@ def t_predict():
     expect(tl("predict", "nosuch", one), 3, "404", where="err")
 
 
-@check("samples: list, one sample's grids, --json")
-def t_samples():
+@check("inspect: list, one sample's grids, --json; samples (old name) the same")
+def t_inspect():
     serving_available()
     jid = SHARED["ok"]
     st, body = D.get("/api/v1/jobs/%d/samples" % jid)
     if st == 404 and isinstance(body, dict) and body.get("detail") == "no such resource":
         raise Skip("PENDING: the daemon has no /api/v1/jobs/{id}/samples yet (issue 5)")
-    r = expect(tl("samples", str(jid)), 0, "samples", "evaluations recorded at steps", "SPLIT", "LABEL")
-    lst = as_json(expect(tl("--json", "samples", str(jid)), 0))
+    r = expect(tl("inspect", str(jid)), 0, "samples", "evaluations recorded at steps", "SPLIT", "LABEL",
+               "tokenlab inspect %d K" % jid)
+    lst = as_json(expect(tl("--json", "inspect", str(jid)), 0))
     assert lst["samples"], lst
     k = lst["samples"][0]["k"]
     g = lst["grid"]
-    r = expect(tl("samples", str(jid), str(k)), 0, "target", "prediction", "(class ")
+    r = expect(tl("inspect", str(jid), str(k)), 0, "target", "prediction", "(class ")
     rows = [x for x in r.out.splitlines() if re.fullmatch(r"([A-Za-z0-9*] ){%d}\s+([A-Za-z0-9*] ){%d}" % (g, g), x)]
     assert len(rows) == g, r.out
-    s = as_json(expect(tl("--json", "samples", str(jid), str(k)), 0))
+    s = as_json(expect(tl("--json", "inspect", str(jid), str(k)), 0))
     assert s["k"] == k and len(s["target"]["index"]) == g * g, s
     step = lst["steps"][0]["step"]
-    expect(tl("samples", str(jid), str(k), "--step", str(step)), 0, "step %d" % step)
+    r = expect(tl("inspect", str(jid), str(k), "--step", str(step)), 0, "step %d" % step)
+    expect(tl("inspect", str(jid), "9999"), 3, "404", where="err")
+    # the old name, kept for scripts: the same answers (the list's hint names the word typed)
+    old = expect(tl("samples", str(jid)), 0, "tokenlab samples %d K" % jid)
+    new = tl("inspect", str(jid))
+    assert old.out.replace("tokenlab samples", "tokenlab inspect") == new.out, (old.out, new.out)
+    assert as_json(expect(tl("--json", "samples", str(jid)), 0)) == lst
+    assert expect(tl("samples", str(jid), str(k), "--step", str(step)), 0).out == r.out
+    assert as_json(expect(tl("--json", "samples", str(jid), str(k)), 0)) == s
     expect(tl("samples", str(jid), "9999"), 3, "404", where="err")
 
 
@@ -912,7 +928,7 @@ def main():
     t0 = time.time()
     try:
         for t in (t_usage, t_unreachable, t_refusals, t_submit_wait, t_idempotency, t_jobs_show, t_metrics, t_logs,
-                  t_watch_cancel, t_watch_throttle, t_watch_tty, t_failed, t_config, t_fake, t_models, t_predict, t_samples):
+                  t_watch_cancel, t_watch_throttle, t_watch_tty, t_failed, t_config, t_fake, t_models, t_predict, t_inspect):
             t()
     finally:
         D.stop()

@@ -1,9 +1,11 @@
 /*
- * cmd_samples.c: `tokenlab samples ID [K]`: the token-level inspection the
- * daemon records at each evaluation of a job. Without K the list of
- * inspected samples (GET /api/v1/jobs/{id}/samples); with K sample K's
- * target token map next to the model's prediction as letter grids
- * (GET /api/v1/jobs/{id}/samples/{k}), with its top-5.
+ * cmd_inspect.c: `tokenlab inspect ID [K]` (also `tokenlab samples`, its
+ * old name, kept for scripts): the token inspection the daemon records at
+ * each evaluation of a job, the feature the dashboard shows at
+ * #/jobs/ID/inspect. Without K the list of inspected samples
+ * (GET /api/v1/jobs/{id}/samples); with K sample K's target token map next
+ * to the model's prediction as letter grids (GET /api/v1/jobs/{id}/samples/{k}),
+ * with its top-5. Single-threaded; owns only the answers it frees.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -46,7 +48,7 @@ static int list_samples(cli *c, int64_t id, const cJSON *o) {
     }
     out_table_print(&t, stdout);
     out_table_free(&t);
-    printf("(see one with `tokenlab samples %lld K`)\n", (long long)id);
+    printf("(see one with `tokenlab %s %lld K`)\n", c->cmd, (long long)id);
     return EX_OK;
 }
 
@@ -89,7 +91,7 @@ static int show_sample(cli *c, const cJSON *s, const cJSON *classes) {
     return rc;
 }
 
-int cmd_samples(cli *c, int argc, char **argv) {
+int cmd_inspect(cli *c, int argc, char **argv) {
     long long step = -1;
     int raw = 0;
     opt_def defs[] = {{"--step", 0, OPT_INT, &step, 0, INT64_MAX}, {"--raw", 0, OPT_FLAG, &raw, 0, 0}, {0}};
