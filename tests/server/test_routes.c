@@ -1,0 +1,680 @@
+/*
+ * test_routes.c: the REST routes (server/api/routes*.c) on the real HTTP
+ * layer, bound to 127.0.0.1 on an ephemeral port, with a real store (SQLite
+ * under $TL_TEST_TMP), event bus, job manager and model registry, wired as
+ * server/cmd/cmd_serve.c does; driven by libcurl. Answers are checked
+ * against schema/openapi.json:
+ *  - POST /api/v1/jobs: 201 with Location and the job, 200 for a repeated
+ *    Idempotency-Key; 422 SPEC_INVALID with the pointer of the bad field;
+ *    400 BAD_JSON (pointer set, "" for an empty body), 400 BAD_HEADER, 415;
+ *  - the job runs: GET of the job (with state_history), its metrics (raw and
+ *    bucketed by max_points), logs (offset/limit_bytes), checkpoints;
+ *  - unknown and malformed job ids are 404 NOT_FOUND on every job route;
+ *  - query validation: max_points, offset, limit_bytes, limit, state: 400
+ *    BAD_QUERY;
+ *  - bearer token: 401 UNAUTHENTICATED with WWW-Authenticate: Bearer
+ *    without it, 403 FORBIDDEN with a wrong one; reading and predicting are
+ *    public;
+ *  - 405 METHOD_NOT_ALLOWED with an Allow header naming the path's methods;
+ *    HEAD on GET routes (headers, no body); 404 for an unknown path;
+ *  - cancel (202), cancel of a finished job and delete of an unfinished one
+ *    (409 INVALID_STATE), delete (204, then 404);
+ *  - model routes: unknown model 404 MODEL_NOT_FOUND, a bad upload 422
+ *    INVALID_MODEL, 415 for a wrong media type.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/routes.h"
+#include "http/http.h"
+#include "jobs/events.h"
+#include "jobs/jobs.h"
+#include "serving/models.h"
+#include "store/store.h"
+#include "tokenlab/synth.h"
+
+extern const char tld_openapi_json[];
+
+#define TOKEN "route-test-token-0123456789"
+
+static char g_root[1024], g_state[1100];
+static tld_store *g_store;
+static tld_events *g_ev;
+static tld_jobs *g_jobs;
+static tld_models *g_models;
+static tld_http *g_http;
+static tld_routes g_routes;
+static int g_port;
+
+static void sleep_ms(int ms) {
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static int setup(void **state) {
+    (void)state;
+    setenv("TL_HTTP_QUIET", "1", 1);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
+    const char *tmp = getenv("TL_TEST_TMP");
+    snprintf(g_root, sizeof g_root, "%s/routes_%d", tmp ? tmp : "/tmp", (int)getpid());
+    snprintf(g_state, sizeof g_state, "%s/state", g_root);
+    mkdir(g_root, 0755);
+    mkdir(g_state, 0755);
+    char data[1100], err[1024] = "";
+    snprintf(data, sizeof data, "%s/synth", g_root);
+    tl_synth_cfg c;
+    tl_synth_defaults(&c);
+    c.classes = 3;
+    c.train = 16;
+    c.val = 8;
+    c.size = 32;
+    c.map_size = 8;
+    c.seed = 9;
+    if (tl_synth_write(data, &c, err, sizeof err) != 0) {
+        fprintf(stderr, "synth: %s\n", err);
+        return -1;
+    }
+    char db[1200];
+    snprintf(db, sizeof db, "%s/tokenlab.db", g_state);
+    g_store = tld_store_open(db, err, sizeof err);
+    g_ev = tld_events_new(65536);
+    if (!g_store || !g_ev) return -1;
+    tld_jobs_cfg jc = {g_state, g_root, 1, 1, 3};
+    g_jobs = tld_jobs_new(&jc, g_store, g_ev, err, sizeof err);
+    tld_models_cfg mc = {g_state, g_root, g_store, 1};
+    g_models = g_jobs ? tld_models_new(&mc, err, sizeof err) : NULL;
+    tld_http_cfg hc = {"127.0.0.1", 0, 64, 10, (size_t)1 << 20, TOKEN, NULL};
+    g_http = g_models ? tld_http_new(&hc, err, sizeof err) : NULL;
+    if (!g_http) {
+        fprintf(stderr, "setup: %s\n", err);
+        return -1;
+    }
+    g_routes = (tld_routes){g_http, g_store, g_ev, g_jobs, g_models, tld_openapi_json, (size_t)1 << 20, 1, 1, g_root};
+    if (tld_routes_register(&g_routes) != 0 || tld_http_start(g_http, err, sizeof err) != 0) {
+        fprintf(stderr, "start: %s\n", err);
+        return -1;
+    }
+    g_port = tld_http_port(g_http);
+    return g_port > 0 ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    /* the daemon's shutdown order (cmd_serve.c) */
+    tld_events_close(g_ev);
+    tld_jobs_shutdown(g_jobs);
+    tld_http_stop(g_http);
+    tld_http_free(g_http);
+    tld_models_free(g_models);
+    tld_jobs_free(g_jobs);
+    tld_events_free(g_ev);
+    tld_store_close(g_store);
+    curl_global_cleanup();
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ a small client */
+
+typedef struct {
+    char *data;
+    size_t len;
+} buf_t;
+
+typedef struct {
+    long status;
+    buf_t body, headers;
+    char ctype[128];
+} resp_t;
+
+static size_t buf_write(char *p, size_t sz, size_t n, void *u) {
+    buf_t *b = u;
+    size_t add = sz * n;
+    char *g = realloc(b->data, b->len + add + 1);
+    if (!g) return 0;
+    memcpy(g + b->len, p, add);
+    b->data = g;
+    b->len += add;
+    b->data[b->len] = '\0';
+    return add;
+}
+
+static void resp_free(resp_t *r) {
+    free(r->body.data);
+    free(r->headers.data);
+    memset(r, 0, sizeof *r);
+}
+
+/* The value of a response header, or NULL; into out. */
+static const char *resp_header(const resp_t *r, const char *name, char *out, size_t outlen) {
+    size_t nlen = strlen(name);
+    for (const char *p = r->headers.data; p && *p;) {
+        const char *eol = strstr(p, "\r\n");
+        size_t llen = eol ? (size_t)(eol - p) : strlen(p);
+        if (llen > nlen && strncasecmp(p, name, nlen) == 0 && p[nlen] == ':') {
+            const char *v = p + nlen + 1;
+            while (*v == ' ') v++;
+            size_t vlen = llen - (size_t)(v - p);
+            if (vlen >= outlen) vlen = outlen - 1;
+            memcpy(out, v, vlen);
+            out[vlen] = '\0';
+            return out;
+        }
+        if (!eol) break;
+        p = eol + 2;
+    }
+    return NULL;
+}
+
+/* One request. auth: NULL none, else the bearer token to send. ctype: Content-Type of body, may be NULL. */
+static void http(const char *method, const char *path, const char *auth, const char *ctype, const void *body,
+                 size_t body_len, const char *extra_header, resp_t *out) {
+    char url[1200], ah[256], ch[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g_port, path);
+    memset(out, 0, sizeof *out);
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, buf_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out->body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, buf_write);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &out->headers);
+    struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
+    if (auth) {
+        snprintf(ah, sizeof ah, "Authorization: Bearer %s", auth);
+        hl = curl_slist_append(hl, ah);
+    }
+    if (ctype) {
+        snprintf(ch, sizeof ch, "Content-Type: %s", ctype);
+        hl = curl_slist_append(hl, ch);
+    }
+    if (extra_header) hl = curl_slist_append(hl, extra_header);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (strcmp(method, "GET") != 0 || body)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    char *ct = NULL;
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
+    snprintf(out->ctype, sizeof out->ctype, "%s", ct ? ct : "");
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+}
+
+static void get(const char *path, resp_t *out) { http("GET", path, NULL, NULL, NULL, 0, NULL, out); }
+
+/* The reply is JSON with this status; returns it parsed. */
+static cJSON *expect_json(resp_t *r, long status, const char *what) {
+    if (r->status != status) fail_msg("%s: status %ld, want %ld; body %s", what, r->status, status, r->body.data);
+    assert_string_equal(r->ctype, "application/json");
+    cJSON *j = cJSON_Parse(r->body.data ? r->body.data : "");
+    if (!j) fail_msg("%s: not JSON: %s", what, r->body.data);
+    return j;
+}
+
+/* A problem document with this status and code (and pointer: NULL = must be absent, else its value). */
+static void expect_problem(resp_t *r, long status, const char *code, const char *pointer, const char *what) {
+    if (r->status != status) fail_msg("%s: status %ld, want %ld; body %s", what, r->status, status, r->body.data);
+    if (strcmp(r->ctype, "application/problem+json") != 0) fail_msg("%s: content type %s", what, r->ctype);
+    cJSON *j = cJSON_Parse(r->body.data ? r->body.data : "");
+    if (!j) fail_msg("%s: problem is not JSON: %s", what, r->body.data);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    assert_true(cJSON_IsNumber(st) && (long)st->valuedouble == status);
+    const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "code"));
+    if (!c || strcmp(c, code) != 0) fail_msg("%s: code %s, want %s (%s)", what, c ? c : "(none)", code, r->body.data);
+    assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "detail")));
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pointer");
+    if (pointer) {
+        if (!cJSON_IsString(p) || strcmp(p->valuestring, pointer) != 0)
+            fail_msg("%s: pointer %s, want %s", what, cJSON_IsString(p) ? p->valuestring : "(none)", pointer);
+    }
+    cJSON_Delete(j);
+    resp_free(r);
+}
+
+/* Problem with a pointer that starts with prefix. */
+static void expect_problem_ptr_prefix(resp_t *r, long status, const char *code, const char *prefix, const char *what) {
+    cJSON *j = cJSON_Parse(r->body.data ? r->body.data : "");
+    assert_non_null(j);
+    const char *p = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "pointer"));
+    if (!p || strncmp(p, prefix, strlen(prefix)) != 0) fail_msg("%s: pointer %s, want %s...", what, p ? p : "(none)", prefix);
+    cJSON_Delete(j);
+    expect_problem(r, status, code, NULL, what);
+}
+
+static void spec_json(char *buf, size_t len, const char *name, int epochs) {
+    snprintf(buf, len,
+             "{\"kind\":\"train\",\"name\":\"%s\",\"model\":{\"img_size\":16,\"patch_size\":4,\"embed_dim\":16,"
+             "\"depth\":1,\"num_heads\":2,\"mlp_ratio\":2,\"stem_channels\":8,\"skip_lam\":1,\"num_classes\":3,"
+             "\"drop_path_rate\":0},\"data\":{\"train\":\"synth/train\",\"val\":\"synth/val\"},"
+             "\"train\":{\"batch_size\":8,\"epochs\":%d,\"warmup_epochs\":0,\"threads\":1,\"loader_threads\":1,"
+             "\"eval_every_epochs\":1,\"checkpoint_every_epochs\":1}}",
+             name, epochs);
+}
+
+static int64_t post_job(const char *name, int epochs, const char *key_header, long want_status) {
+    char spec[2048];
+    spec_json(spec, sizeof spec, name, epochs);
+    resp_t r;
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", spec, strlen(spec), key_header, &r);
+    cJSON *j = expect_json(&r, want_status, "submit");
+    int64_t id = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "id"));
+    assert_true(id > 0);
+    char loc[128], want[64];
+    assert_non_null(resp_header(&r, "Location", loc, sizeof loc));
+    snprintf(want, sizeof want, "/api/v1/jobs/%lld", (long long)id);
+    assert_string_equal(loc, want);
+    cJSON_Delete(j);
+    resp_free(&r);
+    return id;
+}
+
+static char *job_state(int64_t id, char *out, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
+    resp_t r;
+    get(path, &r);
+    cJSON *j = expect_json(&r, 200, "get job");
+    snprintf(out, len, "%s", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "state")));
+    cJSON_Delete(j);
+    resp_free(&r);
+    return out;
+}
+
+static void wait_state(int64_t id, const char *want) {
+    char st[32] = "";
+    for (int i = 0; i < 9000; i++) {
+        job_state(id, st, sizeof st);
+        if (strcmp(st, want) == 0) return;
+        sleep_ms(20);
+    }
+    fail_msg("job %lld: %s, waited for %s", (long long)id, st, want);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void test_job_lifecycle(void **state) {
+    (void)state;
+    int64_t id = post_job("life", 2, "Idempotency-Key: life-1", 201);
+    assert_int_equal(post_job("life", 2, "Idempotency-Key: life-1", 200), id); /* the same key */
+    wait_state(id, "SUCCEEDED");
+    char path[256];
+    resp_t r;
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
+    get(path, &r);
+    cJSON *j = expect_json(&r, 200, "get");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "name")), "life");
+    cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "state_history");
+    assert_int_equal(cJSON_GetArraySize(h), 3);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(h, 0), "from")));
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(h, 2), "to")),
+                        "SUCCEEDED");
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "latest_metrics"),
+                                                                "loss")));
+    cJSON_Delete(j);
+    char cc[64];
+    assert_non_null(resp_header(&r, "Cache-Control", cc, sizeof cc));
+    assert_string_equal(cc, "no-store");
+    resp_free(&r);
+    tld_store_flush(g_store);
+    /* metrics: 2 epochs x 2 steps of loss, raw and in buckets */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "metric names");
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "metrics")) >= 5);
+    cJSON_Delete(j);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics/loss", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "loss");
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(j, "bucketed")));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "points")), 4);
+    cJSON_Delete(j);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics/loss?max_points=2", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "loss bucketed");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "bucketed")));
+    cJSON *bk = cJSON_GetObjectItemCaseSensitive(j, "buckets");
+    assert_true(cJSON_GetArraySize(bk) >= 1 && cJSON_GetArraySize(bk) <= 2);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* an unknown series of a known job: empty */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics/nothing", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "unknown series");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "points")), 0);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* logs, sliced by offset */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/logs", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "logs");
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "text"));
+    assert_true(text && strlen(text) > 10);
+    size_t total = strlen(text);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "eof")));
+    assert_int_equal((int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "next_offset")), (int64_t)total);
+    cJSON_Delete(j);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/logs?offset=3&limit_bytes=5", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "log slice");
+    assert_int_equal(strlen(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "text"))), 5);
+    assert_int_equal((int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "next_offset")), 8);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(j, "eof")));
+    cJSON_Delete(j);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/checkpoints", (long long)id);
+    get(path, &r);
+    j = expect_json(&r, 200, "checkpoints");
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "checkpoints")) >= 2);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* the events of a finished job: a snapshot, then the stream ends */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/events", (long long)id);
+    get(path, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.ctype, "text/event-stream");
+    assert_non_null(strstr(r.body.data, "event: snapshot"));
+    resp_free(&r);
+    /* query validation */
+    const char *badq[] = {"metrics/loss?max_points=0", "metrics/loss?max_points=100001", "metrics/loss?max_points=abc",
+                          "metrics/loss?max_points=", "metrics/loss?start_step=-1", "metrics/loss?end_step=-2",
+                          "logs?offset=-1", "logs?offset=x", "logs?offset=1.5", "logs?limit_bytes=0",
+                          "logs?limit_bytes=1048577"};
+    for (size_t i = 0; i < sizeof badq / sizeof badq[0]; i++) {
+        snprintf(path, sizeof path, "/api/v1/jobs/%lld/%s", (long long)id, badq[i]);
+        get(path, &r);
+        expect_problem(&r, 400, "BAD_QUERY", NULL, badq[i]);
+    }
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics/loss?max_points=100000", (long long)id);
+    get(path, &r);
+    cJSON_Delete(expect_json(&r, 200, "max_points at its bound"));
+    resp_free(&r);
+    /* the list */
+    get("/api/v1/jobs?limit=1", &r);
+    j = expect_json(&r, 200, "list");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "jobs")), 1);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "next_cursor")));
+    cJSON_Delete(j);
+    resp_free(&r);
+    const char *badl[] = {"/api/v1/jobs?limit=0", "/api/v1/jobs?limit=201", "/api/v1/jobs?state=DONE",
+                          "/api/v1/jobs?cursor=-5"};
+    for (size_t i = 0; i < 4; i++) {
+        get(badl[i], &r);
+        expect_problem(&r, 400, "BAD_QUERY", NULL, badl[i]);
+    }
+    /* delete: 204, then gone */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)id);
+    http("DELETE", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 204);
+    resp_free(&r);
+    get(path, &r);
+    expect_problem(&r, 404, "NOT_FOUND", NULL, "deleted job");
+}
+
+static void test_unknown_and_malformed_ids(void **state) {
+    (void)state;
+    const char *ids[] = {"999999", "abc", "0", "-1", "1.5", "99999999999999999999", "12abc", "%20"};
+    const char *sub[] = {"", "/metrics", "/metrics/loss", "/logs", "/checkpoints", "/events"};
+    char path[256];
+    resp_t r;
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        for (size_t k = 0; k < sizeof sub / sizeof sub[0]; k++) {
+            snprintf(path, sizeof path, "/api/v1/jobs/%s%s", ids[i], sub[k]);
+            get(path, &r);
+            expect_problem(&r, 404, "NOT_FOUND", NULL, path);
+        }
+        snprintf(path, sizeof path, "/api/v1/jobs/%s/cancel", ids[i]);
+        http("POST", path, TOKEN, NULL, NULL, 0, NULL, &r);
+        expect_problem(&r, 404, "NOT_FOUND", NULL, path);
+        snprintf(path, sizeof path, "/api/v1/jobs/%s", ids[i]);
+        http("DELETE", path, TOKEN, NULL, NULL, 0, NULL, &r);
+        expect_problem(&r, 404, "NOT_FOUND", NULL, path);
+    }
+    get("/api/v1/no-such-route", &r);
+    expect_problem(&r, 404, "NOT_FOUND", NULL, "unknown path");
+}
+
+static void test_submit_refusals(void **state) {
+    (void)state;
+    resp_t r;
+    char spec[2048];
+    /* a bad field: 422 with its pointer */
+    spec_json(spec, sizeof spec, "bad", 2);
+    char *p = strstr(spec, "\"embed_dim\":16");
+    assert_non_null(p);
+    memcpy(p, "\"embed_dim\":-1", 14);
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", spec, strlen(spec), NULL, &r);
+    expect_problem(&r, 422, "SPEC_INVALID", "/model/embed_dim", "negative embed_dim");
+    spec_json(spec, sizeof spec, "bad", 2);
+    p = strstr(spec, "synth/val");
+    memcpy(p, "synth/xyz", 9);
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", spec, strlen(spec), NULL, &r);
+    expect_problem(&r, 422, "SPEC_INVALID", "/data/val", "missing dataset");
+    const char *unknown = "{\"kind\":\"train\",\"name\":\"u\",\"surprise\":1}";
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", unknown, strlen(unknown), NULL, &r);
+    expect_problem_ptr_prefix(&r, 422, "SPEC_INVALID", "/", "unknown field");
+    /* not JSON: 400 with a pointer; empty: 400 with pointer "" */
+    const char *broken = "{\"kind\":\"train\",";
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", broken, strlen(broken), NULL, &r);
+    assert_int_equal(r.status, 400);
+    {
+        cJSON *j = cJSON_Parse(r.body.data);
+        assert_non_null(j);
+        assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "pointer")));
+        cJSON_Delete(j);
+    }
+    expect_problem(&r, 400, "BAD_JSON", NULL, "broken JSON");
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", "", 0, NULL, &r);
+    expect_problem(&r, 400, "BAD_JSON", "", "empty body");
+    /* media type and Idempotency-Key */
+    spec_json(spec, sizeof spec, "bad", 2);
+    http("POST", "/api/v1/jobs", TOKEN, "text/plain", spec, strlen(spec), NULL, &r);
+    expect_problem(&r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "text/plain");
+    char key[200] = "Idempotency-Key: ";
+    memset(key + strlen(key), 'k', 128);
+    key[17 + 128] = 0;
+    http("POST", "/api/v1/jobs", TOKEN, "application/json", spec, strlen(spec), key, &r);
+    expect_problem(&r, 400, "BAD_HEADER", NULL, "long key");
+    /* nothing was created */
+    resp_t l;
+    get("/api/v1/jobs?state=QUEUED", &l);
+    cJSON *j = expect_json(&l, 200, "list");
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "jobs");
+    for (int i = 0; i < cJSON_GetArraySize(arr); i++)
+        assert_string_not_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, i), "name")),
+                                "bad");
+    cJSON_Delete(j);
+    resp_free(&l);
+}
+
+static void test_auth(void **state) {
+    (void)state;
+    char spec[2048];
+    spec_json(spec, sizeof spec, "auth", 1);
+    resp_t r;
+    http("POST", "/api/v1/jobs", NULL, "application/json", spec, strlen(spec), NULL, &r);
+    char wa[64];
+    assert_non_null(resp_header(&r, "WWW-Authenticate", wa, sizeof wa));
+    assert_string_equal(wa, "Bearer");
+    expect_problem(&r, 401, "UNAUTHENTICATED", NULL, "no token");
+    http("POST", "/api/v1/jobs", "wrong-token-wrong-token", "application/json", spec, strlen(spec), NULL, &r);
+    expect_problem(&r, 403, "FORBIDDEN", NULL, "wrong token");
+    /* before the handler: an unknown job is still 401 without a token */
+    http("DELETE", "/api/v1/jobs/999999", NULL, NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 401, "UNAUTHENTICATED", NULL, "delete without token");
+    http("POST", "/api/v1/jobs/999999/cancel", "nope", NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 403, "FORBIDDEN", NULL, "cancel with a wrong token");
+    http("PUT", "/api/v1/models/m1", NULL, "application/octet-stream", "x", 1, NULL, &r);
+    expect_problem(&r, 401, "UNAUTHENTICATED", NULL, "upload without token");
+    http("DELETE", "/api/v1/models/m1", "nope", NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 403, "FORBIDDEN", NULL, "model delete with a wrong token");
+    /* reading and inference are public */
+    get("/api/v1/info", &r);
+    cJSON *j = expect_json(&r, 200, "info");
+    assert_int_equal((int)cJSON_GetNumberValue(
+                         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "limits"), "max_points")),
+                     100000);
+    cJSON_Delete(j);
+    resp_free(&r);
+    http("POST", "/api/v1/models/none/predict", NULL, "image/jpeg", "\xff\xd8\xff", 3, NULL, &r);
+    expect_problem(&r, 404, "MODEL_NOT_FOUND", NULL, "predict on an unknown model");
+    /* the Host check */
+    http("GET", "/api/v1/info", NULL, NULL, NULL, 0, "Host: evil.example", &r);
+    expect_problem(&r, 403, "HOST_NOT_ALLOWED", NULL, "foreign Host");
+}
+
+static void test_methods_and_head(void **state) {
+    (void)state;
+    resp_t r;
+    char allow[128];
+    http("PUT", "/api/v1/jobs", TOKEN, "application/json", "{}", 2, NULL, &r);
+    assert_non_null(resp_header(&r, "Allow", allow, sizeof allow));
+    assert_non_null(strstr(allow, "GET"));
+    assert_non_null(strstr(allow, "POST"));
+    assert_non_null(strstr(allow, "HEAD"));
+    assert_null(strstr(allow, "PUT"));
+    expect_problem(&r, 405, "METHOD_NOT_ALLOWED", NULL, "PUT /api/v1/jobs");
+    http("PATCH", "/api/v1/jobs/1", TOKEN, "application/json", "{}", 2, NULL, &r);
+    assert_non_null(resp_header(&r, "Allow", allow, sizeof allow));
+    assert_non_null(strstr(allow, "GET"));
+    assert_non_null(strstr(allow, "DELETE"));
+    assert_null(strstr(allow, "POST"));
+    expect_problem(&r, 405, "METHOD_NOT_ALLOWED", NULL, "PATCH /api/v1/jobs/1");
+    http("GET", "/api/v1/jobs/1/cancel", NULL, NULL, NULL, 0, NULL, &r);
+    assert_non_null(resp_header(&r, "Allow", allow, sizeof allow));
+    assert_string_equal(allow, "POST");
+    expect_problem(&r, 405, "METHOD_NOT_ALLOWED", NULL, "GET .../cancel");
+    /* HEAD on GET routes: the GET's status and headers, no body */
+    http("HEAD", "/api/v1/info", NULL, NULL, NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.ctype, "application/json");
+    assert_int_equal(r.body.len, 0);
+    resp_free(&r);
+    http("HEAD", "/api/v1/jobs/999999", NULL, NULL, NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(r.ctype, "application/problem+json");
+    assert_int_equal(r.body.len, 0);
+    resp_free(&r);
+    http("HEAD", "/healthz", NULL, NULL, NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    get("/api/v1/openapi.json", &r);
+    cJSON *j = expect_json(&r, 200, "openapi");
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "paths"));
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+
+static void test_cancel_and_delete_states(void **state) {
+    (void)state;
+    int64_t a = post_job("long", 500, NULL, 201), b = post_job("behind", 1, NULL, 201);
+    wait_state(a, "RUNNING");
+    char path[128], st[32];
+    resp_t r;
+    /* b waits in the queue at position 1; unfinished jobs cannot be deleted */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)b);
+    get(path, &r);
+    cJSON *j = expect_json(&r, 200, "queued job");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "state")), "QUEUED");
+    assert_int_equal((int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "queue_position")), 1);
+    cJSON_Delete(j);
+    resp_free(&r);
+    http("DELETE", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 409, "INVALID_STATE", NULL, "delete queued");
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)a);
+    http("DELETE", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 409, "INVALID_STATE", NULL, "delete running");
+    /* cancel both: 202 with the job */
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", (long long)b);
+    http("POST", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    j = expect_json(&r, 202, "cancel queued");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "state")), "CANCELLED");
+    cJSON_Delete(j);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", (long long)a);
+    http("POST", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    j = expect_json(&r, 202, "cancel running");
+    const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "state"));
+    assert_true(strcmp(s, "CANCELLING") == 0 || strcmp(s, "CANCELLED") == 0);
+    cJSON_Delete(j);
+    resp_free(&r);
+    wait_state(a, "CANCELLED");
+    assert_string_equal(job_state(b, st, sizeof st), "CANCELLED");
+    /* a finished job cannot be cancelled; it can be deleted */
+    http("POST", path, TOKEN, NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 409, "INVALID_STATE", NULL, "cancel finished");
+    int64_t ids[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "/api/v1/jobs/%lld", (long long)ids[i]);
+        http("DELETE", path, TOKEN, NULL, NULL, 0, NULL, &r);
+        assert_int_equal(r.status, 204);
+        assert_int_equal(r.body.len, 0);
+        resp_free(&r);
+    }
+}
+
+static void test_model_routes(void **state) {
+    (void)state;
+    resp_t r;
+    get("/api/v1/models", &r);
+    cJSON *j = expect_json(&r, 200, "models");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "models")), 0);
+    cJSON_Delete(j);
+    resp_free(&r);
+    get("/api/v1/models/none", &r);
+    expect_problem(&r, 404, "MODEL_NOT_FOUND", NULL, "unknown model");
+    http("DELETE", "/api/v1/models/none", TOKEN, NULL, NULL, 0, NULL, &r);
+    expect_problem(&r, 404, "MODEL_NOT_FOUND", NULL, "delete unknown model");
+    const char junk[] = "not a safetensors file";
+    http("PUT", "/api/v1/models/m1", TOKEN, "application/octet-stream", junk, sizeof junk - 1, NULL, &r);
+    expect_problem(&r, 422, "INVALID_MODEL", NULL, "junk upload");
+    http("PUT", "/api/v1/models/m1", TOKEN, "text/plain", junk, sizeof junk - 1, NULL, &r);
+    expect_problem(&r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "upload as text");
+    http("PUT", "/api/v1/models/m1?max_batch=0", TOKEN, "application/octet-stream", junk, sizeof junk - 1, NULL, &r);
+    expect_problem(&r, 400, "BAD_QUERY", NULL, "max_batch=0");
+    http("POST", "/api/v1/models/none/predict", NULL, "text/plain", "x", 1, NULL, &r);
+    expect_problem(&r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "predict as text");
+    get("/api/v1/models", &r);
+    j = expect_json(&r, 200, "models after refusals");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "models")), 0);
+    cJSON_Delete(j);
+    resp_free(&r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_job_lifecycle),
+        cmocka_unit_test(test_unknown_and_malformed_ids),
+        cmocka_unit_test(test_submit_refusals),
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_methods_and_head),
+        cmocka_unit_test(test_cancel_and_delete_states),
+        cmocka_unit_test(test_model_routes),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
