@@ -8,6 +8,7 @@
  * connection ends.
  */
 #include "api/routes.h"
+#include "api/handlers.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -131,7 +132,7 @@ static void reply_job(tld_req *r, tld_routes *R, int64_t id, int status) {
 }
 
 /* ---- jobs ---- */
-static void h_submit(tld_req *r, void *u) {
+void tld_h_job_submit(tld_req *r, void *u) {
     tld_routes *R = u;
     const char *ct = tld_req_header(r, "Content-Type");
     if (!ct || strncmp(ct, "application/json", 16) != 0) {
@@ -169,7 +170,7 @@ static void h_submit(tld_req *r, void *u) {
     reply_job(r, R, id, existed ? 200 : 201);
 }
 
-static void h_list(tld_req *r, void *u) {
+void tld_h_job_list(tld_req *r, void *u) {
     tld_routes *R = u;
     int state = -1;
     const char *sv = tld_req_query(r, "state");
@@ -206,7 +207,7 @@ static void h_list(tld_req *r, void *u) {
 
 #define HISTORY_MAX 64
 
-static void h_get(tld_req *r, void *u) {
+void tld_h_job_get(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_job j;
@@ -232,7 +233,7 @@ static void h_get(tld_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_cancel(tld_req *r, void *u) {
+void tld_h_job_cancel(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[512];
@@ -244,7 +245,7 @@ static void h_cancel(tld_req *r, void *u) {
     reply_job(r, R, id, 202);
 }
 
-static void h_delete(tld_req *r, void *u) {
+void tld_h_job_delete(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[512];
@@ -257,7 +258,7 @@ static void h_delete(tld_req *r, void *u) {
 }
 
 /* ---- metrics, logs, checkpoints ---- */
-static void h_metric_names(tld_req *r, void *u) {
+void tld_h_job_metric_names(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[256];
@@ -280,7 +281,7 @@ static void h_metric_names(tld_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_metric_series(tld_req *r, void *u) {
+void tld_h_job_metric_series(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id, start, end, maxp;
     if (job_id(r, &id)) return;
@@ -323,7 +324,7 @@ static void h_metric_series(tld_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_logs(tld_req *r, void *u) {
+void tld_h_job_logs(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id, offset, limit;
     if (job_id(r, &id)) return;
@@ -348,7 +349,7 @@ static void h_logs(tld_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_checkpoints(tld_req *r, void *u) {
+void tld_h_job_checkpoints(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_checkpoint_row rows[64];
@@ -433,7 +434,7 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     return (long)k;
 }
 
-static void h_events(tld_req *r, void *u) {
+void tld_h_job_events(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_job j;
@@ -471,7 +472,7 @@ static void h_events(tld_req *r, void *u) {
 }
 
 /* Every job's events (the dashboard's job list); never ends by itself. */
-static void h_events_all(tld_req *r, void *u) {
+void tld_h_events_all(tld_req *r, void *u) {
     tld_routes *R = u;
     sse_state *s = calloc(1, sizeof *s);
     if (!s) {
@@ -488,7 +489,7 @@ static void h_events_all(tld_req *r, void *u) {
 }
 
 /* ---- daemon ---- */
-static void h_info(tld_req *r, void *u) {
+void tld_h_info(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "version", TL_VERSION);
@@ -505,12 +506,12 @@ static void h_info(tld_req *r, void *u) {
     reply_cjson(r, 200, o);
 }
 
-static void h_healthz(tld_req *r, void *u) {
+void tld_h_healthz(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"status\":\"ok\"}");
 }
 
-static void h_readyz(tld_req *r, void *u) {
+void tld_h_readyz(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t counts[TLD_JOB_NSTATES];
     if (tld_store_job_counts(R->store, counts) != 0) {
@@ -550,7 +551,7 @@ static void counter_line(const char *method, const char *route, int status, uint
               status, (unsigned long long)n);
 }
 
-static void h_prometheus(tld_req *r, void *u) {
+void tld_h_prometheus(tld_req *r, void *u) {
     tld_routes *R = u;
     textbuf t = {0};
     tb_printf(&t, "# HELP tokenlab_http_requests_total HTTP requests by route and status.\n"
@@ -573,39 +574,11 @@ static void h_prometheus(tld_req *r, void *u) {
     free(t.buf);
 }
 
-static void h_openapi(tld_req *r, void *u) {
+void tld_h_openapi(tld_req *r, void *u) {
     tld_routes *R = u;
     if (!R->openapi) {
         tld_reply_problem(r, 500, "INTERNAL", NULL, "the OpenAPI document was not found at start-up");
         return;
     }
     tld_reply_json(r, 200, R->openapi);
-}
-
-static const tld_route_def job_routes[] = {
-    {"POST", "/api/v1/jobs", TLD_AUTH_TOKEN, h_submit, 0},
-    {"GET", "/api/v1/jobs", TLD_AUTH_PUBLIC, h_list, 0},
-    {"GET", "/api/v1/jobs/{id}", TLD_AUTH_PUBLIC, h_get, 0},
-    {"DELETE", "/api/v1/jobs/{id}", TLD_AUTH_TOKEN, h_delete, 0},
-    {"POST", "/api/v1/jobs/{id}/cancel", TLD_AUTH_TOKEN, h_cancel, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", TLD_AUTH_PUBLIC, h_metric_names, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TLD_AUTH_PUBLIC, h_metric_series, 0},
-    {"GET", "/api/v1/jobs/{id}/logs", TLD_AUTH_PUBLIC, h_logs, 0},
-    {"GET", "/api/v1/jobs/{id}/events", TLD_AUTH_PUBLIC, h_events, 0},
-    {"GET", "/api/v1/jobs/{id}/checkpoints", TLD_AUTH_PUBLIC, h_checkpoints, 0},
-    {"GET", "/api/v1/events", TLD_AUTH_PUBLIC, h_events_all, 0},
-    {"GET", "/api/v1/info", TLD_AUTH_PUBLIC, h_info, 0},
-    {"GET", "/api/v1/openapi.json", TLD_AUTH_PUBLIC, h_openapi, 0},
-    {"GET", "/healthz", TLD_AUTH_PUBLIC, h_healthz, 0},
-    {"GET", "/readyz", TLD_AUTH_PUBLIC, h_readyz, 0},
-    {"GET", "/metrics", TLD_AUTH_PUBLIC, h_prometheus, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};
-
-int tld_routes_register(tld_routes *R) {
-    const tld_route_def *tables[] = {job_routes, tld_model_routes, tld_sample_routes, tld_labelmap_routes};
-    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
-        for (const tld_route_def *t = tables[k]; t->method; t++)
-            if (tld_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
-    return 0;
 }

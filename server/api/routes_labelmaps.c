@@ -28,6 +28,7 @@
 #include "tokenlab/data.h"
 #include "api/heatmap.h"
 #include "tokenlab/labelmap.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 
 #define LIST_MAX 256
@@ -192,7 +193,7 @@ static void scan(scan_ctx *c, const char *rel, int depth) {
     closedir(d);
 }
 
-static void h_labelmaps(tld_req *r, void *u) {
+void tld_h_labelmap_list(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0};
@@ -203,7 +204,7 @@ static void h_labelmaps(tld_req *r, void *u) {
 
 /* ------------------------------------------------------------------ one map */
 
-static void h_keys(tld_req *r, void *u) {
+void tld_h_labelmap_keys(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX];
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
@@ -267,7 +268,7 @@ static void top1(const float *values, const int32_t *indices, int k, int hw, int
     }
 }
 
-static void h_entry(tld_req *r, void *u) {
+void tld_h_labelmap_entry(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], err[512], ds[PATH_MAX];
     int64_t e;
@@ -340,7 +341,7 @@ static int load_image(tld_req *r, tld_routes *R, const char *rel, tl_image *im, 
     return 0;
 }
 
-static void h_image(tld_req *r, void *u) {
+void tld_h_labelmap_image(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], abs[PATH_MAX], err[512];
     int64_t e;
@@ -385,7 +386,7 @@ static void resize_full(const tl_image *im, int V, uint8_t *out) {
     }
 }
 
-static void h_heatmap(tld_req *r, void *u) {
+void tld_h_labelmap_heatmap(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], err[512];
     int64_t e;
@@ -430,12 +431,3 @@ done:
     tl_image_free(&im);
     tl_labelmap_close(lm);
 }
-
-const tld_route_def tld_labelmap_routes[] = {
-    {"GET", "/api/v1/labelmaps", TLD_AUTH_PUBLIC, h_labelmaps, 0},
-    {"GET", "/api/v1/labelmaps/keys", TLD_AUTH_PUBLIC, h_keys, 0},
-    {"GET", "/api/v1/labelmaps/entry", TLD_AUTH_PUBLIC, h_entry, 0},
-    {"GET", "/api/v1/labelmaps/image", TLD_AUTH_PUBLIC, h_image, 0},
-    {"GET", "/api/v1/labelmaps/heatmap.jpg", TLD_AUTH_PUBLIC, h_heatmap, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};

@@ -26,6 +26,7 @@
 #include "api/kserve.h"
 #include "serving/models.h"
 #include "http/multipart.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 #include "tokenlab/model.h"
 
@@ -156,7 +157,7 @@ static double mono_ms(void) {
 
 /* ------------------------------------------------------------------ model registry routes */
 
-static void h_models_list(tld_req *r, void *u) {
+void tld_h_model_list(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     char *s = tld_models_list_json(R->models, &e);
@@ -165,7 +166,7 @@ static void h_models_list(tld_req *r, void *u) {
     free(s);
 }
 
-static void h_model_get(tld_req *r, void *u) {
+void tld_h_model_get(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     char *s = tld_models_json(R->models, tld_req_param(r, "name"), &e);
@@ -234,7 +235,7 @@ static int only_keys(tld_req *r, cJSON *o, const char *const *keys) {
     return 0;
 }
 
-static void h_model_register(tld_req *r, void *u) {
+void tld_h_model_register(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
@@ -293,7 +294,7 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_put(tld_req *r, void *u) {
+void tld_h_model_put(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -316,7 +317,7 @@ static void h_model_put(tld_req *r, void *u) {
     reply_model(r, R, name, created ? 201 : 200);
 }
 
-static void h_model_patch(tld_req *r, void *u) {
+void tld_h_model_patch(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
@@ -346,7 +347,7 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_delete(tld_req *r, void *u) {
+void tld_h_model_delete(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     if (tld_models_delete(R->models, tld_req_param(r, "name"), &e) != 0) return reply_models_error(r, &e);
@@ -433,7 +434,7 @@ static void write_error(sb *b, const tld_models_error *e) {
     sb_printf(b, "}");
 }
 
-static void h_predict(tld_req *r, void *u) {
+void tld_h_model_predict(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -561,24 +562,24 @@ done:
 
 /* ------------------------------------------------------------------ KServe v2 */
 
-static void h_v2_server(tld_req *r, void *u) {
+void tld_h_v2_server(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"name\":\"tokenlabd\",\"version\":\"" TL_VERSION "\",\"extensions\":[\"classification\"]}");
 }
 
-static void h_v2_live(tld_req *r, void *u) {
+void tld_h_v2_live(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"live\":true}");
 }
 
-static void h_v2_ready(tld_req *r, void *u) {
+void tld_h_v2_ready(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t counts[TLD_JOB_NSTATES];
     int ready = tld_store_job_counts(R->store, counts) == 0 && tld_models_all_loaded(R->models);
     tld_reply_json(r, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
 }
 
-static void h_v2_model(tld_req *r, void *u) {
+void tld_h_v2_model(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
@@ -599,7 +600,7 @@ static void h_v2_model(tld_req *r, void *u) {
     free(b.buf);
 }
 
-static void h_v2_model_ready(tld_req *r, void *u) {
+void tld_h_v2_model_ready(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
@@ -608,7 +609,7 @@ static void h_v2_model_ready(tld_req *r, void *u) {
     tld_reply_json(r, 200, "{\"ready\":true}");
 }
 
-static void h_v2_infer(tld_req *r, void *u) {
+void tld_h_v2_infer(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -684,22 +685,3 @@ done:
     free(outs);
     tld_kserve_request_free(&q);
 }
-
-/* ------------------------------------------------------------------ table */
-
-const tld_route_def tld_model_routes[] = {
-    {"GET", "/api/v1/models", TLD_AUTH_PUBLIC, h_models_list, 0},
-    {"POST", "/api/v1/models", TLD_AUTH_TOKEN, h_model_register, 0},
-    {"GET", "/api/v1/models/{name}", TLD_AUTH_PUBLIC, h_model_get, 0},
-    {"PUT", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_put, TLD_MODEL_UPLOAD_MAX},
-    {"PATCH", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_patch, 0},
-    {"DELETE", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_delete, 0},
-    {"POST", "/api/v1/models/{name}/predict", TLD_AUTH_PUBLIC, h_predict, 0},
-    {"GET", "/v2", TLD_AUTH_PUBLIC, h_v2_server, 0},
-    {"GET", "/v2/health/live", TLD_AUTH_PUBLIC, h_v2_live, 0},
-    {"GET", "/v2/health/ready", TLD_AUTH_PUBLIC, h_v2_ready, 0},
-    {"GET", "/v2/models/{name}", TLD_AUTH_PUBLIC, h_v2_model, 0},
-    {"GET", "/v2/models/{name}/ready", TLD_AUTH_PUBLIC, h_v2_model_ready, 0},
-    {"POST", "/v2/models/{name}/infer", TLD_AUTH_PUBLIC, h_v2_infer, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "tokenlab/annotate.h"
+#include "tokenlab/base.h"
 #include "tokenlab/files.h"
 #include "jobs/inspect_record.h"
 #include "serving/models.h"
@@ -114,8 +115,12 @@ static void publish_state(tld_jobs *J, int64_t id) {
     tld_job_free(&job);
 }
 
+/* Moves a job along the state machine and publishes its new state. The scheduler asks only for transitions the
+ * state machine allows from every state of `from` (an invariant: a request outside it is refused here). */
 static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg) {
     char err[256];
+    for (int f = 0; f < TLD_JOB_NSTATES; f++)
+        if ((from & (1u << f)) && TL_NEVER(!tld_job_transition_allowed((tld_job_state)f, to))) return -1;
     int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
     if (rc == 0) publish_state(J, id);
     return rc;
@@ -373,7 +378,7 @@ static void *worker_main(void *arg) {
         break;
     case TL_TRAIN_STOPPED:
         if (stop == STOP_CANCEL)
-            transition(J, s->id, M(TLD_JOB_CANCELLING) | M(TLD_JOB_RUNNING), TLD_JOB_CANCELLED, "USER_CANCEL",
+            transition(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
                        "cancelled by the user; a checkpoint was written");
         else if (transition(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_SHUTDOWN",
                             "the daemon stopped; the job resumes from its checkpoint") != 0)
