@@ -5,7 +5,7 @@
  * Owns nothing long-lived: handlers run on libmicrohttpd's connection
  * threads. A predict request is decoded and transformed on its own
  * connection thread (so decoding runs in parallel across clients), then
- * queued to the model's batcher (models.c) and answered when its batch is
+ * queued to the model's batcher (serving/batcher.c) and answered when its batch is
  * done. Every refusal is problem+json with a stable code: bad input gets a
  * 4xx in the time it takes to read the JPEG header, and never reaches a
  * model.
@@ -29,6 +29,7 @@
 #include "api/handlers.h"
 #include "api/routes.h"
 #include "tokenlab/model.h"
+#include "tokenlab/base.h"
 
 #define PREDICT_MAX_IMAGES 64            /* images of one multipart request */
 #define PREDICT_TIMEOUT_MS 30000         /* default deadline, queue included */
@@ -147,12 +148,6 @@ static void media_type(tld_req *r, char *buf, size_t len) {
         buf[n] = (char)(ct[n] >= 'A' && ct[n] <= 'Z' ? ct[n] + 32 : ct[n]);
     while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\t')) n--;
     buf[n] = '\0';
-}
-
-static double mono_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec * 1e-6;
 }
 
 /* ------------------------------------------------------------------ model registry routes */
@@ -499,13 +494,13 @@ void tld_h_model_predict(tld_req *r, void *u) {
             dlen = parts[i].len;
             snprintf(j->filename, sizeof j->filename, "%s", parts[i].filename[0] ? parts[i].filename : parts[i].name);
         }
-        double t0 = mono_ms();
+        double t0 = (tl_clock_mono_s() * 1000.0);
         float *dst = in + img * (size_t)queued;
         if (prepare(m, data, dlen, dst, &j->err) != 0) {
-            j->decode_ms = mono_ms() - t0;
+            j->decode_ms = (tl_clock_mono_s() * 1000.0) - t0;
             continue;
         }
-        j->decode_ms = mono_ms() - t0;
+        j->decode_ms = (tl_clock_mono_s() * 1000.0) - t0;
         j->ok = 1;
         tld_infer_out *o = &outs[queued];
         o->probs = probs + (size_t)K * queued;
