@@ -65,12 +65,6 @@ struct tld_jobs {
     slot slots[MAX_SLOTS];
 };
 
-static int64_t now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) {
     char buf[TLD_EVENT_DATA_LEN];
@@ -143,7 +137,7 @@ static void h_start(int64_t start, int64_t total, void *u) {
 static void h_step(const tl_step_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     atomic_store(&s->img_s, r->img_per_s);
     tld_store_job_set_progress(J->store, s->id, r->epoch, r->step, r->total_steps, r->eta_seconds);
     tld_store_metric_add(J->store, s->id, "loss", r->step, r->loss, t);
@@ -167,7 +161,7 @@ static void h_step(const tl_step_report *r, void *u) {
 static void h_eval(const tl_eval_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     const char *p = r->ema ? "ema_" : "";
     char n1[32], n5[32], nl[32];
     snprintf(n1, sizeof n1, "%stop1", p);
@@ -194,7 +188,7 @@ static void h_before_checkpoint(int64_t step, void *u) {
 
 static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {
     slot *s = u;
-    tld_checkpoint_row row = {.step = step, .time_ms = now_ms(), .top1 = -1.0};
+    tld_checkpoint_row row = {.step = step, .time_ms = tl_clock_wall_ms(), .top1 = -1.0};
     snprintf(row.kind, sizeof row.kind, "%s", is_best ? "best" : "last");
     snprintf(row.path, sizeof row.path, "%s", path);
     struct stat st;
@@ -247,7 +241,7 @@ static void a_start(int64_t done, int64_t total, void *u) {
 static void a_progress(const tl_annotate_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     atomic_store(&s->img_s, r->img_per_s);
     tld_store_job_set_progress(J->store, s->id, 0, r->done, r->total, r->eta_seconds);
     tld_store_metric_add(J->store, s->id, "img_per_s", r->done, r->img_per_s, t);
@@ -283,7 +277,7 @@ static void write_sidecar(tld_jobs *J, const slot *s) {
     if (a->source_model[0]) cJSON_AddStringToObject(o, "model", a->source_model);
     else cJSON_AddNumberToObject(o, "source_job_id", (double)a->source_job);
     cJSON_AddNumberToObject(o, "topk", a->topk);
-    cJSON_AddNumberToObject(o, "created_ms", (double)now_ms());
+    cJSON_AddNumberToObject(o, "created_ms", (double)tl_clock_wall_ms());
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
     snprintf(path, sizeof path, "%s.json", a->out_path);
