@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenlab/base.h"
 #include "tokenlab/model.h"
 
 #define LIST_MAX 200
@@ -567,6 +568,10 @@ void tld_h_prometheus(tld_req *r, void *u) {
     tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
                   "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
               tld_jobs_images_per_second(R->jobs));
+    tb_printf(&t, "# HELP tokenlabd_invariant_failures_total Broken invariants (TL_NEVER / TL_ALWAYS) logged and "
+                  "refused since the daemon started.\n# TYPE tokenlabd_invariant_failures_total counter\n"
+                  "tokenlabd_invariant_failures_total %llu\n",
+              (unsigned long long)tl_invariant_failures());
     char *mp = R->models ? tld_models_prometheus(R->models) : NULL;
     if (mp) tb_printf(&t, "%s", mp);
     free(mp);
