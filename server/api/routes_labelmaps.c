@@ -27,6 +27,7 @@
 
 #include "tokenlab/data.h"
 #include "api/heatmap.h"
+#include "tokenlab/files.h"
 #include "tokenlab/labelmap.h"
 #include "api/handlers.h"
 #include "api/routes.h"
@@ -38,20 +39,14 @@
 
 /* ------------------------------------------------------------------ paths */
 
-/* root/rel resolved into out when it stays inside the root (realpath); 0 or -1. want_dir: 1 folder, 0 file. */
+/* root/rel resolved into out when it stays inside the root (tl_path_confine: relative, no "..", canonical
+ * path inside the root); 0 or -1. want_dir: 1 folder, 0 regular file. A query names something: "" and
+ * paths over 2048 bytes are refused. */
 static int resolve(const char *root, const char *rel, int want_dir, char *out) {
-    if (!rel || !rel[0] || rel[0] == '/' || strlen(rel) > 2048) return -1;
-    for (const char *p = rel; *p; p++)
-        if (p[0] == '.' && p[1] == '.' && (p == rel || p[-1] == '/') && (p[2] == '/' || p[2] == '\0')) return -1;
-    char rroot[PATH_MAX], joined[PATH_MAX * 2];
+    if (!rel || !rel[0] || strlen(rel) > 2048) return -1;
+    char rroot[PATH_MAX];
     if (!realpath(root, rroot)) return -1;
-    snprintf(joined, sizeof joined, "%s/%s", rroot, rel);
-    if (!realpath(joined, out)) return -1;
-    size_t n = strlen(rroot);
-    if (strncmp(out, rroot, n) != 0 || (out[n] != '/' && out[n] != '\0')) return -1;
-    struct stat st;
-    if (stat(out, &st) != 0) return -1;
-    return (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)) ? 0 : -1;
+    return tl_path_confine(rroot, rel, want_dir ? TL_PATH_WANT_DIR : TL_PATH_WANT_FILE, out) == TL_PATH_OK ? 0 : -1;
 }
 
 static int ends_with(const char *s, const char *suf) {

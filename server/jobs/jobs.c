@@ -267,10 +267,8 @@ static void write_sidecar(tld_jobs *J, const slot *s) {
     const tl_annotate_spec *a = &s->aspec;
     char root[PATH_MAX], path[PATH_MAX + 16], tmp[PATH_MAX + 32];
     const char *ds = a->images_dir;
-    if (realpath(J->data_root, root)) {
-        size_t n = strlen(root);
-        if (strncmp(ds, root, n) == 0 && ds[n] == '/') ds += n + 1;
-    }
+    if (realpath(J->data_root, root) && tl_path_is_inside(ds, root) && strcmp(ds, root) != 0)
+        ds += strcmp(root, "/") == 0 ? 1 : strlen(root) + 1; /* relative to the data root */
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "dataset", ds);
     cJSON_AddNumberToObject(o, "job_id", (double)s->id);
