@@ -56,8 +56,8 @@ static int job_id(tld_req *r, int64_t *id) {
     return -1;
 }
 
-static void reply_cjson(tld_req *r, int status, cJSON *o) {
-    char *s = cJSON_PrintUnformatted(o);
+void tld_routes_reply_cjson(tld_req *r, int status, struct cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o); /* NULL for a NULL o (out of memory building it) */
     if (s) tld_reply_json(r, status, s);
     else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
     free(s);
@@ -128,7 +128,7 @@ static void reply_job(tld_req *r, tld_routes *R, int64_t id, int status) {
         reply_error(r, err);
         return;
     }
-    reply_cjson(r, status, job_json(R, &j));
+    tld_routes_reply_cjson(r, status, job_json(R, &j));
     tld_job_free(&j);
 }
 
@@ -203,7 +203,7 @@ void tld_h_job_list(tld_req *r, void *u) {
     if (n == limit && n > 0) cJSON_AddNumberToObject(o, "next_cursor", (double)jobs[n - 1].id);
     else cJSON_AddNullToObject(o, "next_cursor");
     free(jobs);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 #define HISTORY_MAX 64
@@ -231,7 +231,7 @@ void tld_h_job_get(tld_req *r, void *u) {
             cJSON_AddItemToArray(arr, e);
         }
     free(h);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 void tld_h_job_cancel(tld_req *r, void *u) {
@@ -279,7 +279,7 @@ void tld_h_job_metric_names(tld_req *r, void *u) {
         cJSON_AddNumberToObject(m, "count", (double)ms[i].count);
         cJSON_AddItemToArray(arr, m);
     }
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 void tld_h_job_metric_series(tld_req *r, void *u) {
@@ -322,7 +322,7 @@ void tld_h_job_metric_series(tld_req *r, void *u) {
         cJSON_AddItemToArray(arr, p);
     }
     free(pts);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 void tld_h_job_logs(tld_req *r, void *u) {
@@ -347,7 +347,7 @@ void tld_h_job_logs(tld_req *r, void *u) {
     cJSON_AddBoolToObject(o, "eof", eof);
     cJSON_AddStringToObject(o, "text", buf);
     free(buf);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 void tld_h_job_checkpoints(tld_req *r, void *u) {
@@ -370,7 +370,7 @@ void tld_h_job_checkpoints(tld_req *r, void *u) {
         cJSON_AddNumberToObject(c, "time_ms", (double)rows[i].time_ms);
         cJSON_AddItemToArray(arr, c);
     }
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* ---- Server-Sent Events ---- */
@@ -504,7 +504,7 @@ void tld_h_info(tld_req *r, void *u) {
     cJSON_AddNumberToObject(l, "list_limit", LIST_MAX);
     cJSON_AddNumberToObject(l, "max_points", POINTS_MAX);
     cJSON_AddNumberToObject(l, "max_log_bytes", LOG_MAX);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 void tld_h_healthz(tld_req *r, void *u) {

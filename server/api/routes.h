@@ -34,6 +34,11 @@ typedef struct {
 } tld_routes;
 
 
+struct cJSON;
+/* Replies with o as JSON (status) and deletes o; 500 INTERNAL "out of memory" when o is NULL or cannot be
+ * printed. The one way the route files answer with a cJSON document. */
+void tld_routes_reply_cjson(tld_req *r, int status, struct cJSON *o);
+
 /* A decimal integer in [lo, hi] (the whole string): 0 and *out, or -1. For path and query parameters. */
 int tld_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 

@@ -62,14 +62,6 @@ static int step_query(tld_req *r, int64_t *step, int *ema) {
     return 0;
 }
 
-static void reply_cjson(tld_req *r, cJSON *o) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tld_reply_json(r, 200, s);
-    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
-    free(s);
-    cJSON_Delete(o);
-}
-
 static void reply_no_set(tld_req *r, int64_t job) {
     tld_reply_problem(r, 404, "NO_SAMPLES", NULL,
                      "job %" PRId64 " has no inspection samples yet (they are recorded at its first evaluation)", job);
@@ -154,7 +146,7 @@ void tld_h_inspect_samples(tld_req *r, void *u) {
         cJSON_AddItemToArray(sa, it);
     }
     cJSON_Delete(labels);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(steps);
     free(emas);
@@ -249,7 +241,7 @@ void tld_h_inspect_sample(tld_req *r, void *u) {
         cJSON_AddNullToObject(o, "pred");
     }
     cJSON_Delete(labels);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(target);
     free(tokens);

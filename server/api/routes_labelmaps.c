@@ -124,14 +124,6 @@ static cJSON *class_names(const char *root, const char *ds_rel, int K) {
     return a;
 }
 
-static void reply_cjson(tld_req *r, cJSON *o) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tld_reply_json(r, 200, s);
-    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
-    free(s);
-    cJSON_Delete(o);
-}
-
 /* ------------------------------------------------------------------ list */
 
 typedef struct {
@@ -194,7 +186,7 @@ void tld_h_labelmap_list(tld_req *r, void *u) {
     scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0};
     scan(&c, "", 0);
     cJSON_AddBoolToObject(o, "truncated", c.truncated);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* ------------------------------------------------------------------ one map */
@@ -227,7 +219,7 @@ void tld_h_labelmap_keys(tld_req *r, void *u) {
     }
     cJSON_AddBoolToObject(o, "more", i < n);
     tl_labelmap_close(lm);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* The entry of ?key=; replies 400/404 and returns -1 otherwise. */
@@ -306,7 +298,7 @@ void tld_h_labelmap_entry(tld_req *r, void *u) {
         cJSON_AddItemToArray(ki, cJSON_CreateNumber(indices[i]));
         cJSON_AddItemToArray(kv, cJSON_CreateNumber(round((double)values[i] * 1e4) / 1e4));
     }
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(values);
     free(indices);

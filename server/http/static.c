@@ -196,8 +196,8 @@ static void h_static(tld_req *r, void *user) {
     }
     char full[PATH_MAX + 8], real[PATH_MAX];
     int n = snprintf(full, sizeof full, "%s/%s", g_site.root, rel);
-    tl_path_status ps = n < 0 || (size_t)n >= sizeof full ? TL_PATH_TOO_LONG
-                                                           : tl_path_confine_abs(g_site.root, full, TL_PATH_WANT_ANY, real);
+    tl_path_status ps = TL_PATH_TOO_LONG;
+    if (n >= 0 && (size_t)n < sizeof full) ps = tl_path_confine_abs(g_site.root, full, TL_PATH_WANT_ANY, real);
     if (ps != TL_PATH_OK && ps != TL_PATH_OUTSIDE) {
         /* nothing there: a page address of the dashboard, unless it names a file */
         if (extension(rel)) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
@@ -205,7 +205,8 @@ static void h_static(tld_req *r, void *user) {
         return;
     }
     if (ps == TL_PATH_OUTSIDE || strcmp(real, g_site.root) == 0) {
-        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file"); /* outside the site, or the site itself: refused */
+        /* outside the site, or the site's folder itself: refused */
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         return;
     }
     struct stat st;

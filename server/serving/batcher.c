@@ -198,7 +198,7 @@ int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out
         pthread_mutex_unlock(&E->mu);
         free(items);
         return tld_models_fail(e, 503, "MODEL_UNLOADED", NULL, "model %s was deleted or replaced, or the daemon is stopping",
-                      E->row.name);
+                               E->row.name);
     }
     if (E->queued + n > E->max_queue) {
         E->rejected++;
@@ -209,7 +209,7 @@ int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out
         pthread_mutex_unlock(&E->mu);
         free(items);
         tld_models_fail(e, 429, "QUEUE_FULL", NULL, "model %s has %d images queued (max_queue %d); retry in %d s", E->row.name,
-               q, mq, retry < 1 ? 1 : retry);
+                        q, mq, retry < 1 ? 1 : retry);
         e->retry_after_s = retry < 1 ? 1 : retry;
         return -1;
     }
@@ -237,9 +237,9 @@ int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out
     free(items);
     if (unloaded)
         return tld_models_fail(e, 503, "MODEL_UNLOADED", NULL,
-                      "model %s was deleted or replaced, or the daemon is stopping, before the request ran", name);
+                               "model %s was deleted or replaced, or the daemon is stopping, before the request ran", name);
     if (expired)
         return tld_models_fail(e, 504, "DEADLINE_EXCEEDED", NULL,
-                      "the request's deadline passed while it waited in model %s's queue", name);
+                               "the request's deadline passed while it waited in model %s's queue", name);
     return 0;
 }

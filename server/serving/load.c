@@ -153,8 +153,8 @@ int tld_job_checkpoint_file(const tld_job *job, const char *want, char *path, si
         pick = want[0] == 'b' ? 0 : 1;
         if (steps[pick] < 0)
             return tld_models_fail(e, 422, "CHECKPOINT_NOT_FOUND", "/checkpoint", "job %lld has no %s checkpoint%s",
-                          (long long)job->id, want,
-                          pick == 0 ? " (it has no evaluation yet: best comes from the validation set)" : " yet");
+                                   (long long)job->id, want,
+                                   pick == 0 ? " (it has no evaluation yet: best comes from the validation set)" : " yet");
     } else {
         char *end;
         long long s = strtoll(want, &end, 10);
@@ -164,8 +164,8 @@ int tld_job_checkpoint_file(const tld_job *job, const char *want, char *path, si
             if (steps[i] == s) pick = i;
         if (pick < 0)
             return tld_models_fail(e, 422, "CHECKPOINT_NOT_FOUND", "/checkpoint",
-                          "job %lld keeps no checkpoint of step %lld (best: %lld, last: %lld; -1 = none)",
-                          (long long)job->id, s, (long long)steps[0], (long long)steps[1]);
+                                   "job %lld keeps no checkpoint of step %lld (best: %lld, last: %lld; -1 = none)",
+                                   (long long)job->id, s, (long long)steps[0], (long long)steps[1]);
     }
     snprintf(path, plen, "%s", paths[pick]);
     *step = steps[pick];
@@ -215,7 +215,7 @@ int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models
     char err[TL_ERR_LEN];
     if (!tld_models_valid_name(r->name))
         return tld_models_fail(e, 422, "INVALID_FIELD", "/name",
-                      "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+                               "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
     int max_batch = r->max_batch, max_delay = r->max_delay_ms, max_queue = r->max_queue;
     if (tld_models_check_batching(&max_batch, &max_delay, &max_queue, e) != 0) return -1;
     if (name_taken(M, r->name))

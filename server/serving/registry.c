@@ -104,7 +104,7 @@ int tld_models_check_labels(const char *json, int K, tld_models_error *e) {
         rc = tld_models_fail(e, 422, "INVALID_FIELD", "/labels", "must be an array of %d strings", K);
     else if (cJSON_GetArraySize(a) != K)
         rc = tld_models_fail(e, 422, "INVALID_FIELD", "/labels", "has %d entries; the model has %d classes",
-                    cJSON_GetArraySize(a), K);
+                             cJSON_GetArraySize(a), K);
     for (int i = 0; rc == 0 && i < K; i++) {
         cJSON *it = cJSON_GetArrayItem(a, i);
         if (!cJSON_IsString(it) || !it->valuestring[0] || strlen(it->valuestring) > 200) {

@@ -67,7 +67,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     char *labels = NULL;
     if (!tld_models_valid_name(name))
         return tld_models_fail(e, 422, "INVALID_FIELD", "/name",
-                      "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+                               "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
     entry *prev = tld_models_find_ref(M, name); /* a replaced model keeps the batching settings not given again */
     if (prev) {
         pthread_mutex_lock(&prev->mu);
@@ -102,7 +102,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     }
     if (tl_checkpoint_load(m, tmp, 0, NULL, err, sizeof err) != 0) {
         tld_models_fail(e, 422, "INVALID_MODEL", NULL, "the file does not hold an LV-ViT with this config: %s",
-               untmp(err, tmp));
+                        untmp(err, tmp));
         goto done;
     }
     const char *cl = tl_st_meta(f, "tokenlab.classes");
