@@ -1,7 +1,7 @@
 /*
  * datasets.c: GET /api/v1/datasets (see datasets.h).
  *
- * Owns g_ds: a copy of the data root and the cached answer (a malloc'd JSON
+ * Owns g_ds: a copy of the data root (tld_datasets_init) and the cached answer (a malloc'd JSON
  * text and the time it was made), guarded by g_ds.mu. The handler runs on
  * libmicrohttpd's connection threads; a scan runs under the mutex, so
  * concurrent requests wait for one scan instead of each doing their own.
@@ -20,7 +20,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "tokenlab/base.h"
 #include "tokenlab/data.h"
+#include "tokenlab/files.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 
 static struct {
@@ -40,12 +43,6 @@ typedef struct {
     int classes, images, has_maps;
 } ds_entry;
 
-static int64_t mono_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static int cmp_entry(const void *a, const void *b) {
     return strcmp(((const ds_entry *)a)->rel, ((const ds_entry *)b)->rel);
 }
@@ -54,12 +51,6 @@ static int cmp_entry(const void *a, const void *b) {
 static int join(const char *root, const char *rel, char *out, size_t len) {
     int n = strcmp(rel, ".") == 0 ? snprintf(out, len, "%s", root) : snprintf(out, len, "%s/%s", root, rel);
     return n < 0 || (size_t)n >= len ? -1 : 0;
-}
-
-static int inside(const char *real, const char *root_real) {
-    size_t n = strlen(root_real);
-    if (strcmp(root_real, "/") == 0) return 1;
-    return strncmp(real, root_real, n) == 0 && (real[n] == '\0' || real[n] == '/');
 }
 
 /* Whether the folder holds a sub-folder (not hidden). */
@@ -119,7 +110,8 @@ static char *scan(const char *root) {
             free(it.rel);
             continue;
         }
-        if (join(root_real, it.rel, full, sizeof full) != 0 || !realpath(full, real) || !inside(real, root_real)) {
+        if (join(root_real, it.rel, full, sizeof full) != 0 ||
+            tl_path_confine(root_real, it.rel, TL_PATH_WANT_ANY, real) != TL_PATH_OK) {
             free(it.rel);
             continue;
         }
@@ -195,16 +187,16 @@ done:
     return s;
 }
 
-static void h_datasets(tld_req *r, void *user) {
+void tld_h_datasets(tld_req *r, void *user) {
     (void)user;
     pthread_mutex_lock(&g_ds.mu);
-    int64_t now = mono_ms();
+    int64_t now = tl_clock_mono_ms();
     if (!g_ds.cached || now - g_ds.cached_ms > TLD_DATASETS_CACHE_MS) {
         char *s = scan(g_ds.root);
         if (s) {
             free(g_ds.cached);
             g_ds.cached = s;
-            g_ds.cached_ms = mono_ms();
+            g_ds.cached_ms = tl_clock_mono_ms();
         }
     }
     if (g_ds.cached) tld_reply_json(r, 200, g_ds.cached);
@@ -212,17 +204,9 @@ static void h_datasets(tld_req *r, void *user) {
     pthread_mutex_unlock(&g_ds.mu);
 }
 
-/* A route table as in routes.h, so that tests/parity/check_openapi.py reads it like the others. */
-static const tld_route_def tld_dataset_routes[] = {
-    {"GET", "/api/v1/datasets", TLD_AUTH_PUBLIC, h_datasets, 0},
-};
 
-int tld_datasets_register(tld_http *h, const char *data_root) {
+int tld_datasets_init(const char *data_root) {
     if (!data_root || strlen(data_root) >= sizeof g_ds.root) return -1;
     snprintf(g_ds.root, sizeof g_ds.root, "%s", data_root);
-    for (size_t i = 0; i < sizeof tld_dataset_routes / sizeof tld_dataset_routes[0]; i++) {
-        const tld_route_def *d = &tld_dataset_routes[i];
-        if (tld_http_route(h, d->method, d->pattern, d->auth, d->fn, NULL) != 0) return -1;
-    }
     return 0;
 }

@@ -19,14 +19,14 @@
 #ifndef TLD_DATASETS_H
 #define TLD_DATASETS_H
 
-#include "http/http.h"
 
 #define TLD_DATASETS_DEPTH 3
 #define TLD_DATASETS_MAX_DIRS 4096
 #define TLD_DATASETS_MAX 256
 #define TLD_DATASETS_CACHE_MS 5000
 
-/* Registers GET /api/v1/datasets (public). data_root is copied. Returns 0 or -1. */
-int tld_datasets_register(tld_http *h, const char *data_root);
+/* Sets the data root GET /api/v1/datasets (tld_h_datasets, in the route table) scans; data_root is copied.
+ * Call once before the HTTP server starts. Returns 0, or -1 when data_root is NULL or too long. */
+int tld_datasets_init(const char *data_root);
 
 #endif

@@ -8,6 +8,7 @@
  * connection ends.
  */
 #include "api/routes.h"
+#include "api/handlers.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenlab/base.h"
 #include "tokenlab/model.h"
 
 #define LIST_MAX 200
@@ -54,8 +56,8 @@ static int job_id(tld_req *r, int64_t *id) {
     return -1;
 }
 
-static void reply_cjson(tld_req *r, int status, cJSON *o) {
-    char *s = cJSON_PrintUnformatted(o);
+void tld_routes_reply_cjson(tld_req *r, int status, struct cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o); /* NULL for a NULL o (out of memory building it) */
     if (s) tld_reply_json(r, status, s);
     else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
     free(s);
@@ -126,12 +128,12 @@ static void reply_job(tld_req *r, tld_routes *R, int64_t id, int status) {
         reply_error(r, err);
         return;
     }
-    reply_cjson(r, status, job_json(R, &j));
+    tld_routes_reply_cjson(r, status, job_json(R, &j));
     tld_job_free(&j);
 }
 
 /* ---- jobs ---- */
-static void h_submit(tld_req *r, void *u) {
+void tld_h_job_submit(tld_req *r, void *u) {
     tld_routes *R = u;
     const char *ct = tld_req_header(r, "Content-Type");
     if (!ct || strncmp(ct, "application/json", 16) != 0) {
@@ -169,7 +171,7 @@ static void h_submit(tld_req *r, void *u) {
     reply_job(r, R, id, existed ? 200 : 201);
 }
 
-static void h_list(tld_req *r, void *u) {
+void tld_h_job_list(tld_req *r, void *u) {
     tld_routes *R = u;
     int state = -1;
     const char *sv = tld_req_query(r, "state");
@@ -201,12 +203,12 @@ static void h_list(tld_req *r, void *u) {
     if (n == limit && n > 0) cJSON_AddNumberToObject(o, "next_cursor", (double)jobs[n - 1].id);
     else cJSON_AddNullToObject(o, "next_cursor");
     free(jobs);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 #define HISTORY_MAX 64
 
-static void h_get(tld_req *r, void *u) {
+void tld_h_job_get(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_job j;
@@ -229,10 +231,10 @@ static void h_get(tld_req *r, void *u) {
             cJSON_AddItemToArray(arr, e);
         }
     free(h);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
-static void h_cancel(tld_req *r, void *u) {
+void tld_h_job_cancel(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[512];
@@ -244,7 +246,7 @@ static void h_cancel(tld_req *r, void *u) {
     reply_job(r, R, id, 202);
 }
 
-static void h_delete(tld_req *r, void *u) {
+void tld_h_job_delete(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[512];
@@ -257,7 +259,7 @@ static void h_delete(tld_req *r, void *u) {
 }
 
 /* ---- metrics, logs, checkpoints ---- */
-static void h_metric_names(tld_req *r, void *u) {
+void tld_h_job_metric_names(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     char err[256];
@@ -277,10 +279,10 @@ static void h_metric_names(tld_req *r, void *u) {
         cJSON_AddNumberToObject(m, "count", (double)ms[i].count);
         cJSON_AddItemToArray(arr, m);
     }
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
-static void h_metric_series(tld_req *r, void *u) {
+void tld_h_job_metric_series(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id, start, end, maxp;
     if (job_id(r, &id)) return;
@@ -320,10 +322,10 @@ static void h_metric_series(tld_req *r, void *u) {
         cJSON_AddItemToArray(arr, p);
     }
     free(pts);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
-static void h_logs(tld_req *r, void *u) {
+void tld_h_job_logs(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id, offset, limit;
     if (job_id(r, &id)) return;
@@ -345,10 +347,10 @@ static void h_logs(tld_req *r, void *u) {
     cJSON_AddBoolToObject(o, "eof", eof);
     cJSON_AddStringToObject(o, "text", buf);
     free(buf);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
-static void h_checkpoints(tld_req *r, void *u) {
+void tld_h_job_checkpoints(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_checkpoint_row rows[64];
@@ -368,7 +370,7 @@ static void h_checkpoints(tld_req *r, void *u) {
         cJSON_AddNumberToObject(c, "time_ms", (double)rows[i].time_ms);
         cJSON_AddItemToArray(arr, c);
     }
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* ---- Server-Sent Events ---- */
@@ -433,7 +435,7 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     return (long)k;
 }
 
-static void h_events(tld_req *r, void *u) {
+void tld_h_job_events(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t id;
     tld_job j;
@@ -471,7 +473,7 @@ static void h_events(tld_req *r, void *u) {
 }
 
 /* Every job's events (the dashboard's job list); never ends by itself. */
-static void h_events_all(tld_req *r, void *u) {
+void tld_h_events_all(tld_req *r, void *u) {
     tld_routes *R = u;
     sse_state *s = calloc(1, sizeof *s);
     if (!s) {
@@ -488,7 +490,7 @@ static void h_events_all(tld_req *r, void *u) {
 }
 
 /* ---- daemon ---- */
-static void h_info(tld_req *r, void *u) {
+void tld_h_info(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "version", TL_VERSION);
@@ -502,15 +504,15 @@ static void h_info(tld_req *r, void *u) {
     cJSON_AddNumberToObject(l, "list_limit", LIST_MAX);
     cJSON_AddNumberToObject(l, "max_points", POINTS_MAX);
     cJSON_AddNumberToObject(l, "max_log_bytes", LOG_MAX);
-    reply_cjson(r, 200, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
-static void h_healthz(tld_req *r, void *u) {
+void tld_h_healthz(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"status\":\"ok\"}");
 }
 
-static void h_readyz(tld_req *r, void *u) {
+void tld_h_readyz(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t counts[TLD_JOB_NSTATES];
     if (tld_store_job_counts(R->store, counts) != 0) {
@@ -550,7 +552,7 @@ static void counter_line(const char *method, const char *route, int status, uint
               status, (unsigned long long)n);
 }
 
-static void h_prometheus(tld_req *r, void *u) {
+void tld_h_prometheus(tld_req *r, void *u) {
     tld_routes *R = u;
     textbuf t = {0};
     tb_printf(&t, "# HELP tokenlab_http_requests_total HTTP requests by route and status.\n"
@@ -566,6 +568,10 @@ static void h_prometheus(tld_req *r, void *u) {
     tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
                   "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
               tld_jobs_images_per_second(R->jobs));
+    tb_printf(&t, "# HELP tokenlabd_invariant_failures_total Broken invariants (TL_NEVER / TL_ALWAYS) logged and "
+                  "refused since the daemon started.\n# TYPE tokenlabd_invariant_failures_total counter\n"
+                  "tokenlabd_invariant_failures_total %llu\n",
+              (unsigned long long)tl_invariant_failures());
     char *mp = R->models ? tld_models_prometheus(R->models) : NULL;
     if (mp) tb_printf(&t, "%s", mp);
     free(mp);
@@ -573,39 +579,11 @@ static void h_prometheus(tld_req *r, void *u) {
     free(t.buf);
 }
 
-static void h_openapi(tld_req *r, void *u) {
+void tld_h_openapi(tld_req *r, void *u) {
     tld_routes *R = u;
     if (!R->openapi) {
         tld_reply_problem(r, 500, "INTERNAL", NULL, "the OpenAPI document was not found at start-up");
         return;
     }
     tld_reply_json(r, 200, R->openapi);
-}
-
-static const tld_route_def job_routes[] = {
-    {"POST", "/api/v1/jobs", TLD_AUTH_TOKEN, h_submit, 0},
-    {"GET", "/api/v1/jobs", TLD_AUTH_PUBLIC, h_list, 0},
-    {"GET", "/api/v1/jobs/{id}", TLD_AUTH_PUBLIC, h_get, 0},
-    {"DELETE", "/api/v1/jobs/{id}", TLD_AUTH_TOKEN, h_delete, 0},
-    {"POST", "/api/v1/jobs/{id}/cancel", TLD_AUTH_TOKEN, h_cancel, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics", TLD_AUTH_PUBLIC, h_metric_names, 0},
-    {"GET", "/api/v1/jobs/{id}/metrics/{name}", TLD_AUTH_PUBLIC, h_metric_series, 0},
-    {"GET", "/api/v1/jobs/{id}/logs", TLD_AUTH_PUBLIC, h_logs, 0},
-    {"GET", "/api/v1/jobs/{id}/events", TLD_AUTH_PUBLIC, h_events, 0},
-    {"GET", "/api/v1/jobs/{id}/checkpoints", TLD_AUTH_PUBLIC, h_checkpoints, 0},
-    {"GET", "/api/v1/events", TLD_AUTH_PUBLIC, h_events_all, 0},
-    {"GET", "/api/v1/info", TLD_AUTH_PUBLIC, h_info, 0},
-    {"GET", "/api/v1/openapi.json", TLD_AUTH_PUBLIC, h_openapi, 0},
-    {"GET", "/healthz", TLD_AUTH_PUBLIC, h_healthz, 0},
-    {"GET", "/readyz", TLD_AUTH_PUBLIC, h_readyz, 0},
-    {"GET", "/metrics", TLD_AUTH_PUBLIC, h_prometheus, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};
-
-int tld_routes_register(tld_routes *R) {
-    const tld_route_def *tables[] = {job_routes, tld_model_routes, tld_sample_routes, tld_labelmap_routes};
-    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++)
-        for (const tld_route_def *t = tables[k]; t->method; t++)
-            if (tld_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;
-    return 0;
 }

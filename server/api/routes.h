@@ -1,8 +1,11 @@
 /*
- * routes.h: the REST API handlers (routes.c: jobs, events, daemon;
- * routes_models.c: models, predict, KServe v2; routes_samples.c: token
- * inspection) and what they share.
- * The struct is filled once at start-up and read-only afterwards.
+ * routes.h: what the REST API's route files share (routes.c: jobs, events,
+ * daemon; routes_models.c: models, predict, KServe v2; routes_inspect.c:
+ * token inspection; routes_labelmaps.c: label maps; datasets.c: datasets).
+ * Their handlers are declared in api/handlers.h and bound to methods and
+ * paths only by the table of api/route_table.c. The struct is filled once at
+ * start-up and read-only afterwards; every handler gets it as its user
+ * pointer.
  */
 #ifndef TLD_ROUTES_H
 #define TLD_ROUTES_H
@@ -30,20 +33,11 @@ typedef struct {
     const char *data_root;   /* datasets and label maps live under it */
 } tld_routes;
 
-/* One route of a table; the tables are registered by tld_routes_register and read by
- * tests/parity/check_openapi.py, which compares them with schema/openapi.json. */
-typedef struct {
-    const char *method, *pattern;
-    tld_auth auth;
-    tld_handler fn;
-    size_t max_body;    /* 0: the daemon's limit */
-} tld_route_def;
 
-extern const tld_route_def tld_model_routes[];   /* routes_models.c, NULL-terminated */
-extern const tld_route_def tld_sample_routes[];  /* routes_samples.c, NULL-terminated */
-extern const tld_route_def tld_labelmap_routes[]; /* routes_labelmaps.c, NULL-terminated */
-
-int tld_routes_register(tld_routes *R);
+struct cJSON;
+/* Replies with o as JSON (status) and deletes o; 500 INTERNAL "out of memory" when o is NULL or cannot be
+ * printed. The one way the route files answer with a cJSON document. */
+void tld_routes_reply_cjson(tld_req *r, int status, struct cJSON *o);
 
 /* A decimal integer in [lo, hi] (the whole string): 0 and *out, or -1. For path and query parameters. */
 int tld_routes_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);

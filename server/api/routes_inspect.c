@@ -1,5 +1,5 @@
 /*
- * routes_samples.c: token inspection of training jobs over HTTP
+ * routes_inspect.c: token inspection of training jobs over HTTP
  * (/api/v1/jobs/{id}/samples...): the samples a job inspects, the token
  * grids recorded at each evaluation (targets: what each token was taught;
  * predictions: what it predicts now), the images, and heatmap overlays
@@ -18,6 +18,7 @@
 
 #include "tokenlab/data.h"
 #include "api/heatmap.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 
 #define STEPS_MAX 4096
@@ -61,14 +62,6 @@ static int step_query(tld_req *r, int64_t *step, int *ema) {
     return 0;
 }
 
-static void reply_cjson(tld_req *r, cJSON *o) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tld_reply_json(r, 200, s);
-    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
-    free(s);
-    cJSON_Delete(o);
-}
-
 static void reply_no_set(tld_req *r, int64_t job) {
     tld_reply_problem(r, 404, "NO_SAMPLES", NULL,
                      "job %" PRId64 " has no inspection samples yet (they are recorded at its first evaluation)", job);
@@ -100,7 +93,7 @@ static const char *label_of(cJSON *labels, int c) {
     return cJSON_IsString(l) ? l->valuestring : "";
 }
 
-static void h_samples(tld_req *r, void *u) {
+void tld_h_inspect_samples(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t job, k;
     if (ids(r, R, &job, &k, 0) != 0) return;
@@ -153,7 +146,7 @@ static void h_samples(tld_req *r, void *u) {
         cJSON_AddItemToArray(sa, it);
     }
     cJSON_Delete(labels);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(steps);
     free(emas);
@@ -186,7 +179,7 @@ static int load_sample(tld_req *r, tld_routes *R, int64_t job, int64_t k, tld_in
     return -1;
 }
 
-static void h_sample(tld_req *r, void *u) {
+void tld_h_inspect_sample(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t job, k, step, got_step = 0;
     int ema, got_ema = 0;
@@ -248,7 +241,7 @@ static void h_sample(tld_req *r, void *u) {
         cJSON_AddNullToObject(o, "pred");
     }
     cJSON_Delete(labels);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(target);
     free(tokens);
@@ -256,7 +249,7 @@ done:
     tld_inspect_set_row_free(&set);
 }
 
-static void h_sample_image(tld_req *r, void *u) {
+void tld_h_inspect_sample_image(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t job, k;
     if (ids(r, R, &job, &k, 1) != 0) return;
@@ -276,7 +269,7 @@ static void h_sample_image(tld_req *r, void *u) {
     free(jpeg);
 }
 
-static void h_sample_heatmap(tld_req *r, void *u) {
+void tld_h_inspect_sample_heatmap(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t job, k, step, got_step;
     int ema, got_ema;
@@ -343,11 +336,3 @@ done:
     free(top5);
     tld_inspect_set_row_free(&set);
 }
-
-const tld_route_def tld_sample_routes[] = {
-    {"GET", "/api/v1/jobs/{id}/samples", TLD_AUTH_PUBLIC, h_samples, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}", TLD_AUTH_PUBLIC, h_sample, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}/image", TLD_AUTH_PUBLIC, h_sample_image, 0},
-    {"GET", "/api/v1/jobs/{id}/samples/{k}/heatmap.jpg", TLD_AUTH_PUBLIC, h_sample_heatmap, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};

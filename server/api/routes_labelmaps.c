@@ -27,7 +27,9 @@
 
 #include "tokenlab/data.h"
 #include "api/heatmap.h"
+#include "tokenlab/files.h"
 #include "tokenlab/labelmap.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 
 #define LIST_MAX 256
@@ -37,20 +39,14 @@
 
 /* ------------------------------------------------------------------ paths */
 
-/* root/rel resolved into out when it stays inside the root (realpath); 0 or -1. want_dir: 1 folder, 0 file. */
+/* root/rel resolved into out when it stays inside the root (tl_path_confine: relative, no "..", canonical
+ * path inside the root); 0 or -1. want_dir: 1 folder, 0 regular file. A query names something: "" and
+ * paths over 2048 bytes are refused. */
 static int resolve(const char *root, const char *rel, int want_dir, char *out) {
-    if (!rel || !rel[0] || rel[0] == '/' || strlen(rel) > 2048) return -1;
-    for (const char *p = rel; *p; p++)
-        if (p[0] == '.' && p[1] == '.' && (p == rel || p[-1] == '/') && (p[2] == '/' || p[2] == '\0')) return -1;
-    char rroot[PATH_MAX], joined[PATH_MAX * 2];
+    if (!rel || !rel[0] || strlen(rel) > 2048) return -1;
+    char rroot[PATH_MAX];
     if (!realpath(root, rroot)) return -1;
-    snprintf(joined, sizeof joined, "%s/%s", rroot, rel);
-    if (!realpath(joined, out)) return -1;
-    size_t n = strlen(rroot);
-    if (strncmp(out, rroot, n) != 0 || (out[n] != '/' && out[n] != '\0')) return -1;
-    struct stat st;
-    if (stat(out, &st) != 0) return -1;
-    return (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)) ? 0 : -1;
+    return tl_path_confine(rroot, rel, want_dir ? TL_PATH_WANT_DIR : TL_PATH_WANT_FILE, out) == TL_PATH_OK ? 0 : -1;
 }
 
 static int ends_with(const char *s, const char *suf) {
@@ -128,14 +124,6 @@ static cJSON *class_names(const char *root, const char *ds_rel, int K) {
     return a;
 }
 
-static void reply_cjson(tld_req *r, cJSON *o) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    if (s) tld_reply_json(r, 200, s);
-    else tld_reply_problem(r, 500, "INTERNAL", NULL, "out of memory");
-    free(s);
-    cJSON_Delete(o);
-}
-
 /* ------------------------------------------------------------------ list */
 
 typedef struct {
@@ -192,18 +180,18 @@ static void scan(scan_ctx *c, const char *rel, int depth) {
     closedir(d);
 }
 
-static void h_labelmaps(tld_req *r, void *u) {
+void tld_h_labelmap_list(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
     scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0};
     scan(&c, "", 0);
     cJSON_AddBoolToObject(o, "truncated", c.truncated);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* ------------------------------------------------------------------ one map */
 
-static void h_keys(tld_req *r, void *u) {
+void tld_h_labelmap_keys(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX];
     tl_labelmap *lm = open_map(r, R, rel, sizeof rel);
@@ -231,7 +219,7 @@ static void h_keys(tld_req *r, void *u) {
     }
     cJSON_AddBoolToObject(o, "more", i < n);
     tl_labelmap_close(lm);
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 }
 
 /* The entry of ?key=; replies 400/404 and returns -1 otherwise. */
@@ -267,7 +255,7 @@ static void top1(const float *values, const int32_t *indices, int k, int hw, int
     }
 }
 
-static void h_entry(tld_req *r, void *u) {
+void tld_h_labelmap_entry(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], err[512], ds[PATH_MAX];
     int64_t e;
@@ -310,7 +298,7 @@ static void h_entry(tld_req *r, void *u) {
         cJSON_AddItemToArray(ki, cJSON_CreateNumber(indices[i]));
         cJSON_AddItemToArray(kv, cJSON_CreateNumber(round((double)values[i] * 1e4) / 1e4));
     }
-    reply_cjson(r, o);
+    tld_routes_reply_cjson(r, 200, o);
 done:
     free(values);
     free(indices);
@@ -340,7 +328,7 @@ static int load_image(tld_req *r, tld_routes *R, const char *rel, tl_image *im, 
     return 0;
 }
 
-static void h_image(tld_req *r, void *u) {
+void tld_h_labelmap_image(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], abs[PATH_MAX], err[512];
     int64_t e;
@@ -385,7 +373,7 @@ static void resize_full(const tl_image *im, int V, uint8_t *out) {
     }
 }
 
-static void h_heatmap(tld_req *r, void *u) {
+void tld_h_labelmap_heatmap(tld_req *r, void *u) {
     tld_routes *R = u;
     char rel[PATH_MAX], err[512];
     int64_t e;
@@ -430,12 +418,3 @@ done:
     tl_image_free(&im);
     tl_labelmap_close(lm);
 }
-
-const tld_route_def tld_labelmap_routes[] = {
-    {"GET", "/api/v1/labelmaps", TLD_AUTH_PUBLIC, h_labelmaps, 0},
-    {"GET", "/api/v1/labelmaps/keys", TLD_AUTH_PUBLIC, h_keys, 0},
-    {"GET", "/api/v1/labelmaps/entry", TLD_AUTH_PUBLIC, h_entry, 0},
-    {"GET", "/api/v1/labelmaps/image", TLD_AUTH_PUBLIC, h_image, 0},
-    {"GET", "/api/v1/labelmaps/heatmap.jpg", TLD_AUTH_PUBLIC, h_heatmap, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};

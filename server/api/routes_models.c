@@ -5,7 +5,7 @@
  * Owns nothing long-lived: handlers run on libmicrohttpd's connection
  * threads. A predict request is decoded and transformed on its own
  * connection thread (so decoding runs in parallel across clients), then
- * queued to the model's batcher (models.c) and answered when its batch is
+ * queued to the model's batcher (serving/batcher.c) and answered when its batch is
  * done. Every refusal is problem+json with a stable code: bad input gets a
  * 4xx in the time it takes to read the JPEG header, and never reaches a
  * model.
@@ -26,8 +26,10 @@
 #include "api/kserve.h"
 #include "serving/models.h"
 #include "http/multipart.h"
+#include "api/handlers.h"
 #include "api/routes.h"
 #include "tokenlab/model.h"
+#include "tokenlab/base.h"
 
 #define PREDICT_MAX_IMAGES 64            /* images of one multipart request */
 #define PREDICT_TIMEOUT_MS 30000         /* default deadline, queue included */
@@ -148,15 +150,9 @@ static void media_type(tld_req *r, char *buf, size_t len) {
     buf[n] = '\0';
 }
 
-static double mono_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec * 1e-6;
-}
-
 /* ------------------------------------------------------------------ model registry routes */
 
-static void h_models_list(tld_req *r, void *u) {
+void tld_h_model_list(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     char *s = tld_models_list_json(R->models, &e);
@@ -165,7 +161,7 @@ static void h_models_list(tld_req *r, void *u) {
     free(s);
 }
 
-static void h_model_get(tld_req *r, void *u) {
+void tld_h_model_get(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     char *s = tld_models_json(R->models, tld_req_param(r, "name"), &e);
@@ -234,7 +230,7 @@ static int only_keys(tld_req *r, cJSON *o, const char *const *keys) {
     return 0;
 }
 
-static void h_model_register(tld_req *r, void *u) {
+void tld_h_model_register(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
@@ -293,7 +289,7 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_put(tld_req *r, void *u) {
+void tld_h_model_put(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -316,7 +312,7 @@ static void h_model_put(tld_req *r, void *u) {
     reply_model(r, R, name, created ? 201 : 200);
 }
 
-static void h_model_patch(tld_req *r, void *u) {
+void tld_h_model_patch(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = json_body(r);
     if (!o) return;
@@ -346,7 +342,7 @@ done:
     cJSON_Delete(o);
 }
 
-static void h_model_delete(tld_req *r, void *u) {
+void tld_h_model_delete(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     if (tld_models_delete(R->models, tld_req_param(r, "name"), &e) != 0) return reply_models_error(r, &e);
@@ -433,7 +429,7 @@ static void write_error(sb *b, const tld_models_error *e) {
     sb_printf(b, "}");
 }
 
-static void h_predict(tld_req *r, void *u) {
+void tld_h_model_predict(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -498,13 +494,13 @@ static void h_predict(tld_req *r, void *u) {
             dlen = parts[i].len;
             snprintf(j->filename, sizeof j->filename, "%s", parts[i].filename[0] ? parts[i].filename : parts[i].name);
         }
-        double t0 = mono_ms();
+        double t0 = (tl_clock_mono_s() * 1000.0);
         float *dst = in + img * (size_t)queued;
         if (prepare(m, data, dlen, dst, &j->err) != 0) {
-            j->decode_ms = mono_ms() - t0;
+            j->decode_ms = (tl_clock_mono_s() * 1000.0) - t0;
             continue;
         }
-        j->decode_ms = mono_ms() - t0;
+        j->decode_ms = (tl_clock_mono_s() * 1000.0) - t0;
         j->ok = 1;
         tld_infer_out *o = &outs[queued];
         o->probs = probs + (size_t)K * queued;
@@ -561,24 +557,24 @@ done:
 
 /* ------------------------------------------------------------------ KServe v2 */
 
-static void h_v2_server(tld_req *r, void *u) {
+void tld_h_v2_server(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"name\":\"tokenlabd\",\"version\":\"" TL_VERSION "\",\"extensions\":[\"classification\"]}");
 }
 
-static void h_v2_live(tld_req *r, void *u) {
+void tld_h_v2_live(tld_req *r, void *u) {
     (void)u;
     tld_reply_json(r, 200, "{\"live\":true}");
 }
 
-static void h_v2_ready(tld_req *r, void *u) {
+void tld_h_v2_ready(tld_req *r, void *u) {
     tld_routes *R = u;
     int64_t counts[TLD_JOB_NSTATES];
     int ready = tld_store_job_counts(R->store, counts) == 0 && tld_models_all_loaded(R->models);
     tld_reply_json(r, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
 }
 
-static void h_v2_model(tld_req *r, void *u) {
+void tld_h_v2_model(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
@@ -599,7 +595,7 @@ static void h_v2_model(tld_req *r, void *u) {
     free(b.buf);
 }
 
-static void h_v2_model_ready(tld_req *r, void *u) {
+void tld_h_v2_model_ready(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
@@ -608,7 +604,7 @@ static void h_v2_model_ready(tld_req *r, void *u) {
     tld_reply_json(r, 200, "{\"ready\":true}");
 }
 
-static void h_v2_infer(tld_req *r, void *u) {
+void tld_h_v2_infer(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
     media_type(r, mt, sizeof mt);
@@ -684,22 +680,3 @@ done:
     free(outs);
     tld_kserve_request_free(&q);
 }
-
-/* ------------------------------------------------------------------ table */
-
-const tld_route_def tld_model_routes[] = {
-    {"GET", "/api/v1/models", TLD_AUTH_PUBLIC, h_models_list, 0},
-    {"POST", "/api/v1/models", TLD_AUTH_TOKEN, h_model_register, 0},
-    {"GET", "/api/v1/models/{name}", TLD_AUTH_PUBLIC, h_model_get, 0},
-    {"PUT", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_put, TLD_MODEL_UPLOAD_MAX},
-    {"PATCH", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_patch, 0},
-    {"DELETE", "/api/v1/models/{name}", TLD_AUTH_TOKEN, h_model_delete, 0},
-    {"POST", "/api/v1/models/{name}/predict", TLD_AUTH_PUBLIC, h_predict, 0},
-    {"GET", "/v2", TLD_AUTH_PUBLIC, h_v2_server, 0},
-    {"GET", "/v2/health/live", TLD_AUTH_PUBLIC, h_v2_live, 0},
-    {"GET", "/v2/health/ready", TLD_AUTH_PUBLIC, h_v2_ready, 0},
-    {"GET", "/v2/models/{name}", TLD_AUTH_PUBLIC, h_v2_model, 0},
-    {"GET", "/v2/models/{name}/ready", TLD_AUTH_PUBLIC, h_v2_model_ready, 0},
-    {"POST", "/v2/models/{name}/infer", TLD_AUTH_PUBLIC, h_v2_infer, 0},
-    {NULL, NULL, TLD_AUTH_PUBLIC, NULL, 0},
-};

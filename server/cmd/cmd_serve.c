@@ -27,6 +27,7 @@
 #include "jobs/events.h"
 #include "http/http.h"
 #include "jobs/jobs.h"
+#include "api/route_table.h"
 #include "api/routes.h"
 #include "http/static.h"
 #include "store/store.h"
@@ -283,7 +284,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tokenlabd serve: dashboard: %s\n", web_err);
         goto fail;
     }
-    if (tld_datasets_register(http, c.data_root) != 0) {
+    if (tld_datasets_init(c.data_root) != 0) {
         fprintf(stderr, "tokenlabd serve: cannot register /api/v1/datasets\n");
         goto fail;
     }

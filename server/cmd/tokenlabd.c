@@ -12,6 +12,7 @@
 static const char *USAGE = "usage: tokenlabd [serve] [options]            the daemon (see tokenlabd serve --help)\n"
                            "       tokenlabd run SPEC.json [--out DIR]   train one job in the foreground\n"
                            "       tokenlabd synth --out DIR [...]        write the synthetic dataset\n"
+                           "       tokenlabd routes [--json]             print the HTTP API's route table\n"
                            "       tokenlabd --version | --help\n";
 
 int main(int argc, char **argv) {
@@ -31,6 +32,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "serve")) return cmd_serve(argc - 2, argv + 2);
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "synth")) return cmd_synth(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "routes")) return cmd_routes(argc - 2, argv + 2);
     fprintf(stderr, "tokenlabd: unknown command '%s'\n%s", argv[1], USAGE);
     return 2;
 }

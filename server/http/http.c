@@ -1,5 +1,7 @@
 /*
- * http.c: tokenlabd's HTTP layer on libmicrohttpd 0.9.75 (interface: http.h).
+ * http.c: tokenlabd's HTTP layer on libmicrohttpd 0.9.75 (interface: http.h;
+ * routes in http_route.c, replies in http_reply.c, streams in http_stream.c,
+ * shared internals in http_internal.h).
  *
  * Owns:
  *   - tld_http: copies of the configuration strings, the allowed Host names,
@@ -87,129 +89,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HTTP_MAX_SEGS 16            /* path segments a route pattern may have */
-#define HTTP_MAX_PARAMS 8           /* {param} segments per route */
-#define HTTP_MAX_METHOD 16
-#define HTTP_MAX_REPLY_HEADERS 16   /* tld_reply_header calls per reply */
-#define HTTP_NCOUNTERS 128          /* the last slot takes whatever does not fit */
-#define HTTP_MEMORY_LIMIT ((size_t)64 * 1024) /* per connection: headers, read and write buffers */
-#define HTTP_STREAM_BLOCK ((size_t)16 * 1024)
-#define HTTP_STREAM_PAUSE_MS 25
-#define HTTP_BODY_PREALLOC ((size_t)1024 * 1024) /* reserved from Content-Length at most */
-#define HTTP_DRAIN_MAX ((size_t)64 * 1024 * 1024) /* dropped after a mid-upload 413 at most */
-#define HTTP_DRAIN_S 2.0            /* and for at most this long */
-#define HTTP_DETAIL_MAX 2048        /* problem detail, truncated past it */
-#define HTTP_LOG_MAX 512
-#define HTTP_DEFAULT_CONNECTIONS 256
-#define HTTP_DEFAULT_TIMEOUT_S 30
-#define HTTP_DEFAULT_MAX_BODY ((size_t)16 * 1024 * 1024)
+#include "http/http_internal.h"
+#include "tokenlab/base.h"
 
-typedef struct {
-    char method[HTTP_MAX_METHOD];
-    char *pattern;                 /* as registered: the counters' label */
-    char *segbuf;                  /* pattern copy split at '/' */
-    char *segs[HTTP_MAX_SEGS];     /* literal text, or the name of a {param} */
-    unsigned char is_param[HTTP_MAX_SEGS];
-    int nsegs;
-    uint32_t literal_mask;         /* bit (31 - i) set for a literal segment i: more specific wins */
-    tld_auth auth;
-    tld_handler fn;
-    void *user;
-    size_t max_body;               /* this route's body limit (tld_http_route_limit), else the daemon's */
-} http_route;
-
-typedef struct {
-    char method[8];
-    const char *route;             /* a pattern owned by the route table, or a static label */
-    int status;
-    uint64_t n;
-} http_counter;
-
-struct tld_http {
-    char *bind_addr;
-    int port;                      /* configured; the bound one once started */
-    int max_connections, timeout_s;
-    size_t max_body;
-    char *token;                   /* NULL: no token configured, TLD_AUTH_TOKEN routes are refused */
-    size_t token_len;
-    char **hosts;                  /* allowed Host names (without port), NULL-terminated */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    int ipv6;
-    int quiet;
-
-    http_route *routes;
-    int nroutes, route_cap;
-    tld_handler fallback;
-    void *fallback_user;
-
-    struct MHD_Daemon *daemon;
-    atomic_int stopping;
-
-    pthread_mutex_t counter_mu;
-    http_counter counters[HTTP_NCOUNTERS];
-    int ncounters;
-
-    pthread_mutex_t log_mu;
-    char last_log[HTTP_LOG_MAX];
-};
-
-struct tld_req {
-    tld_http *h;
-    struct MHD_Connection *conn;
-    char method[HTTP_MAX_METHOD];  /* truncated copy, for counters and tld_req_method */
-    const char *method_full;       /* MHD's, valid for the request */
-    char *path;
-    char *segbuf;
-    char *segs[HTTP_MAX_SEGS];
-    int nsegs;                     /* -1: the path does not split into at most HTTP_MAX_SEGS */
-    const http_route *route;       /* NULL: fallback or unmatched */
-    const char *label;             /* counters' route label */
-    tld_handler fn;
-    void *user;
-    int nparams;
-    const char *pnames[HTTP_MAX_PARAMS], *pvals[HTTP_MAX_PARAMS];
-
-    char *body;
-    size_t body_len, body_cap;
-    size_t max_body;               /* the route's limit, or the daemon's */
-    int too_large;                 /* 413 written to the socket mid-upload */
-    size_t dropped;                /* bytes dropped after that */
-    double rejected_at;            /* when (monotonic seconds) */
-
-    char *hnames[HTTP_MAX_REPLY_HEADERS], *hvals[HTTP_MAX_REPLY_HEADERS];
-    int nheaders;
-    struct MHD_Response *resp;     /* built by a tld_reply_*, queued by the access handler */
-    int status;
-    int replied;
-};
-
-typedef struct {
-    tld_http *h;
-    int fd;                        /* the connection's socket, polled while fn has nothing */
-    tld_stream_fn fn;
-    void *state;
-    void (*free_fn)(void *state);
-} http_stream;
-
-/* ------------------------------------------------------------------ helpers */
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static char *xstrdup(const char *s) {
+char *tld_http_strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
     if (p) memcpy(p, s, n);
@@ -229,8 +112,7 @@ static void http_vlog(tld_http *h, const char *fmt, va_list ap) {
     if (!h->quiet) fprintf(stderr, "tokenlabd http: %s\n", msg);
 }
 
-static void http_log(tld_http *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void http_log(tld_http *h, const char *fmt, ...) {
+void tld_http_log(tld_http *h, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     http_vlog(h, fmt, ap);
@@ -239,25 +121,6 @@ static void http_log(tld_http *h, const char *fmt, ...) {
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap) {
     http_vlog(cls, fmt, ap);
-}
-
-/* Splits an absolute path, in place, at '/'. "/" has no segments; empty
- * segments ("//", a trailing '/') are kept so they match nothing. -1 if p is
- * not absolute or has more than max segments. */
-static int split_path(char *p, char **segs, int max) {
-    if (p[0] != '/') return -1;
-    if (p[1] == '\0') return 0;
-    int n = 0;
-    char *s = p + 1;
-    for (;;) {
-        if (n == max) return -1;
-        segs[n++] = s;
-        char *slash = strchr(s, '/');
-        if (!slash) break;
-        *slash = '\0';
-        s = slash + 1;
-    }
-    return n;
 }
 
 /* Constant time in the configured token's length and contents. */
@@ -269,87 +132,6 @@ static int token_equal(const char *given, size_t glen, const char *want, size_t 
     }
     return diff == 0;
 }
-
-/* Length of the valid UTF-8 sequence at s (1..4), 0 if s starts an invalid one. */
-static int utf8_len(const unsigned char *s) {
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    unsigned char lo = 0x80, hi = 0xBF;
-    int n;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F; /* no UTF-16 surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (s[1] < lo || s[1] > hi) return 0;
-    for (int i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
-    return n;
-}
-
-/* Writes s as a quoted JSON string at out, which must hold 6 * strlen(s) + 3
- * bytes; invalid UTF-8 becomes U+FFFD. Returns the characters written (no NUL). */
-static size_t json_quote(char *out, const char *s) {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)s;
-    size_t o = 0;
-    out[o++] = '"';
-    while (*p) {
-        unsigned char c = *p;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-            p++;
-        } else if (c < 0x20 || c == 0x7F) {
-            out[o++] = '\\';
-            switch (c) {
-            case '\n': out[o++] = 'n'; break;
-            case '\r': out[o++] = 'r'; break;
-            case '\t': out[o++] = 't'; break;
-            case '\b': out[o++] = 'b'; break;
-            case '\f': out[o++] = 'f'; break;
-            default:
-                out[o++] = 'u';
-                out[o++] = '0';
-                out[o++] = '0';
-                out[o++] = hex[c >> 4];
-                out[o++] = hex[c & 15];
-            }
-            p++;
-        } else {
-            int n = utf8_len(p);
-            if (n == 0) {
-                memcpy(out + o, "\\ufffd", 6);
-                o += 6;
-                p++;
-            } else {
-                memcpy(out + o, p, (size_t)n);
-                o += (size_t)n;
-                p += n;
-            }
-        }
-    }
-    out[o++] = '"';
-    out[o] = '\0';
-    return o;
-}
-
-/* A header value or name that could split the response. */
-static int header_unsafe(const char *s) {
-    for (; *s; s++)
-        if (*s == '\r' || *s == '\n') return 1;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ counters */
 
 static const char *method_label(const char *m) {
     static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
@@ -403,8 +185,6 @@ void tld_http_counters(tld_http *h, void (*fn)(const char *method, const char *r
            copy[HTTP_NCOUNTERS - 1].n, u);
 }
 
-/* ------------------------------------------------------------------ server object */
-
 static int add_host(char ***hosts, int *n, const char *name) {
     char *copy;
     if (strchr(name, ':') && name[0] != '[') { /* IPv6 literal: Host carries it in brackets */
@@ -412,7 +192,7 @@ static int add_host(char ***hosts, int *n, const char *name) {
         copy = malloc(len + 3);
         if (copy) snprintf(copy, len + 3, "[%s]", name);
     } else {
-        copy = xstrdup(name);
+        copy = tld_http_strdup(name);
     }
     if (!copy) return -1;
     char **grown = realloc(*hosts, (size_t)(*n + 2) * sizeof(char *));
@@ -428,17 +208,17 @@ static int add_host(char ***hosts, int *n, const char *name) {
 
 tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     if (!cfg) {
-        seterr(err, errlen, "no HTTP configuration");
+        tl_seterr(err, errlen, "no HTTP configuration");
         return NULL;
     }
     const char *bind = cfg->bind_addr && cfg->bind_addr[0] ? cfg->bind_addr : "127.0.0.1";
     if (cfg->port < 0 || cfg->port > 65535) {
-        seterr(err, errlen, "port %d is out of range (0..65535)", cfg->port);
+        tl_seterr(err, errlen, "port %d is out of range (0..65535)", cfg->port);
         return NULL;
     }
     tld_http *h = calloc(1, sizeof *h);
     if (!h) {
-        seterr(err, errlen, "out of memory");
+        tl_seterr(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&h->counter_mu, NULL);
@@ -464,14 +244,14 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
         h->addrlen = sizeof *v6;
         h->ipv6 = 1;
     } else {
-        seterr(err, errlen, "bind address '%s' is not a numeric IPv4 or IPv6 address", bind);
+        tl_seterr(err, errlen, "bind address '%s' is not a numeric IPv4 or IPv6 address", bind);
         goto fail;
     }
 
-    h->bind_addr = xstrdup(bind);
+    h->bind_addr = tld_http_strdup(bind);
     if (!h->bind_addr) goto oom;
     if (cfg->token && cfg->token[0]) {
-        h->token = xstrdup(cfg->token);
+        h->token = tld_http_strdup(cfg->token);
         if (!h->token) goto oom;
         h->token_len = strlen(h->token);
     }
@@ -486,300 +266,10 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     }
     return h;
 oom:
-    seterr(err, errlen, "out of memory");
+    tl_seterr(err, errlen, "out of memory");
 fail:
     tld_http_free(h);
     return NULL;
-}
-
-int tld_http_route(tld_http *h, const char *method, const char *pattern, tld_auth auth, tld_handler fn, void *user) {
-    return tld_http_route_limit(h, method, pattern, auth, fn, user, 0);
-}
-
-int tld_http_route_limit(tld_http *h, const char *method, const char *pattern, tld_auth auth, tld_handler fn, void *user,
-                        size_t max_body) {
-    if (!h || !method || !pattern || !fn || h->daemon) return -1;
-    size_t mlen = strlen(method);
-    if (mlen == 0 || mlen >= HTTP_MAX_METHOD) return -1;
-    if (auth != TLD_AUTH_PUBLIC && auth != TLD_AUTH_TOKEN) return -1;
-    if (h->nroutes == h->route_cap) {
-        int cap = h->route_cap ? h->route_cap * 2 : 16;
-        http_route *grown = realloc(h->routes, (size_t)cap * sizeof *grown);
-        if (!grown) return -1;
-        h->routes = grown;
-        h->route_cap = cap;
-    }
-    http_route rt;
-    memset(&rt, 0, sizeof rt);
-    memcpy(rt.method, method, mlen + 1);
-    rt.pattern = xstrdup(pattern);
-    rt.segbuf = xstrdup(pattern);
-    if (!rt.pattern || !rt.segbuf) goto fail;
-    rt.nsegs = split_path(rt.segbuf, rt.segs, HTTP_MAX_SEGS);
-    if (rt.nsegs < 0) goto fail;
-    int nparams = 0;
-    for (int i = 0; i < rt.nsegs; i++) {
-        char *s = rt.segs[i];
-        size_t n = strlen(s);
-        if (n == 0) goto fail;
-        if (s[0] == '{') {
-            if (n < 3 || s[n - 1] != '}' || ++nparams > HTTP_MAX_PARAMS) goto fail;
-            s[n - 1] = '\0';
-            rt.segs[i] = s + 1;
-            if (strpbrk(rt.segs[i], "{}")) goto fail;
-            rt.is_param[i] = 1;
-        } else {
-            if (strpbrk(s, "{}")) goto fail;
-            rt.literal_mask |= (uint32_t)1 << (31 - i);
-        }
-    }
-    rt.auth = auth;
-    rt.fn = fn;
-    rt.user = user;
-    rt.max_body = max_body > 0 && max_body <= SIZE_MAX / 4 ? max_body : 0;
-    h->routes[h->nroutes++] = rt;
-    return 0;
-fail:
-    free(rt.pattern);
-    free(rt.segbuf);
-    return -1;
-}
-
-int tld_http_fallback(tld_http *h, tld_handler fn, void *user) {
-    if (!h || h->daemon) return -1;
-    h->fallback = fn;
-    h->fallback_user = user;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ replies */
-
-static void reply_set(tld_req *r, int status, struct MHD_Response *resp, const char *content_type) {
-    if (!resp) {
-        http_log(r->h, "%s %s: out of memory building a %d reply", r->method, r->path ? r->path : "?", status);
-        return;
-    }
-    int ok = 1;
-    if (content_type) ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) == MHD_YES;
-    for (int i = 0; i < r->nheaders; i++) {
-        const char *n = r->hnames[i];
-        if (strcasecmp(n, MHD_HTTP_HEADER_CONTENT_TYPE) == 0 || strcasecmp(n, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0 ||
-            strcasecmp(n, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0 || strcasecmp(n, MHD_HTTP_HEADER_CONNECTION) == 0)
-            continue; /* set by the reply function or by MHD */
-        ok &= MHD_add_response_header(resp, n, r->hvals[i]) == MHD_YES;
-    }
-    if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL))
-        ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") == MHD_YES;
-    if (!MHD_get_response_header(resp, "X-Content-Type-Options"))
-        ok &= MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff") == MHD_YES;
-    if (!ok) http_log(r->h, "%s %s: a reply header was refused", r->method, r->path ? r->path : "?");
-    r->resp = resp;
-    r->status = status;
-}
-
-/* First reply wins; a second is a handler bug, logged. */
-static int reply_begin(tld_req *r, int *status) {
-    if (r->replied) {
-        http_log(r->h, "%s %s: second reply (%d) ignored", r->method, r->path ? r->path : "?", *status);
-        return -1;
-    }
-    r->replied = 1;
-    if (*status < 100 || *status > 599) {
-        http_log(r->h, "%s %s: invalid status %d replaced by 500", r->method, r->path ? r->path : "?", *status);
-        *status = 500;
-    }
-    return 0;
-}
-
-void tld_reply_header(tld_req *r, const char *name, const char *value) {
-    if (!r || !name || !value) return;
-    if (!name[0] || header_unsafe(name) || header_unsafe(value) || strchr(name, ':')) {
-        http_log(r->h, "%s %s: unsafe reply header '%s' dropped", r->method, r->path ? r->path : "?", name);
-        return;
-    }
-    if (r->nheaders == HTTP_MAX_REPLY_HEADERS) {
-        http_log(r->h, "%s %s: too many reply headers, '%s' dropped", r->method, r->path ? r->path : "?", name);
-        return;
-    }
-    char *n = xstrdup(name), *v = xstrdup(value);
-    if (!n || !v) {
-        free(n);
-        free(v);
-        http_log(r->h, "out of memory adding reply header '%s'", name);
-        return;
-    }
-    r->hnames[r->nheaders] = n;
-    r->hvals[r->nheaders] = v;
-    r->nheaders++;
-}
-
-void tld_reply_bytes(tld_req *r, int status, const char *content_type, const void *data, size_t len) {
-    if (!r || reply_begin(r, &status) != 0) return;
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(data ? len : 0, (void *)(data ? data : ""), MHD_RESPMEM_MUST_COPY);
-    reply_set(r, status, resp, content_type);
-}
-
-void tld_reply_json(tld_req *r, int status, const char *json) {
-    tld_reply_bytes(r, status, "application/json", json, json ? strlen(json) : 0);
-}
-
-/* The problem document, malloc'd; NULL when out of memory. */
-static char *problem_json(int status, const char *code, const char *pointer, const char *detail, size_t *len) {
-    const char *title = MHD_get_reason_phrase_for((unsigned)status);
-    if (!title || !title[0]) title = "Unknown";
-    if (!code) code = "ERROR";
-    size_t cap = 128 + 6 * (strlen(title) + strlen(code) + strlen(detail) + (pointer ? strlen(pointer) : 0)) + 16;
-    char *out = malloc(cap);
-    if (!out) return NULL;
-    size_t o = 0;
-    o += (size_t)snprintf(out + o, cap - o, "{\"type\":\"about:blank\",\"title\":");
-    o += json_quote(out + o, title);
-    o += (size_t)snprintf(out + o, cap - o, ",\"status\":%d,\"code\":", status);
-    o += json_quote(out + o, code);
-    o += (size_t)snprintf(out + o, cap - o, ",\"detail\":");
-    o += json_quote(out + o, detail);
-    if (pointer) {
-        o += (size_t)snprintf(out + o, cap - o, ",\"pointer\":");
-        o += json_quote(out + o, pointer);
-    }
-    o += (size_t)snprintf(out + o, cap - o, "}");
-    *len = o;
-    return out;
-}
-
-static void reply_problem_text(tld_req *r, int status, const char *code, const char *pointer, const char *detail) {
-    if (reply_begin(r, &status) != 0) return;
-    size_t len = 0;
-    char *doc = problem_json(status, code, pointer, detail, &len);
-    struct MHD_Response *resp = NULL;
-    if (doc) {
-        resp = MHD_create_response_from_buffer_with_free_callback(len, doc, free);
-        if (!resp) free(doc);
-    }
-    reply_set(r, status, resp, "application/problem+json");
-}
-
-void tld_reply_problem(tld_req *r, int status, const char *code, const char *pointer, const char *fmt, ...) {
-    if (!r) return;
-    char detail[HTTP_DETAIL_MAX];
-    detail[0] = '\0';
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(detail, sizeof detail, fmt, ap);
-        va_end(ap);
-    }
-    reply_problem_text(r, status, code, pointer, detail);
-}
-
-static void peer_wait(int fd, int ms, int *gone) {
-    if (fd < 0) {
-        struct timespec ts = {0, (long)ms * 1000000L};
-        nanosleep(&ts, NULL);
-        return;
-    }
-    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
-    int n = poll(&p, 1, ms);
-    if (n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) *gone = 1;
-}
-
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-    http_stream *s = cls;
-    double since = now_s();
-    for (;;) {
-        if (atomic_load(&s->h->stopping)) return MHD_CONTENT_READER_END_WITH_ERROR;
-        long n = s->fn(s->state, pos, buf, max);
-        if (n > 0) {
-            if ((size_t)n > max) {
-                http_log(s->h, "stream function returned %ld bytes for a %zu-byte buffer", n, max);
-                return MHD_CONTENT_READER_END_WITH_ERROR;
-            }
-            return (ssize_t)n;
-        }
-        if (n == -1) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (n < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (now_s() - since >= (double)s->h->timeout_s) return MHD_CONTENT_READER_END_WITH_ERROR; /* idle */
-        int gone = 0;
-        peer_wait(s->fd, HTTP_STREAM_PAUSE_MS, &gone);
-        if (gone) return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
-}
-
-static void stream_free(void *cls) {
-    http_stream *s = cls;
-    if (s->free_fn) s->free_fn(s->state);
-    free(s);
-}
-
-void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stream_fn fn, void *state,
-                     void (*free_fn)(void *state)) {
-    if (!r) {
-        if (free_fn) free_fn(state);
-        return;
-    }
-    if (!fn) {
-        http_log(r->h, "%s %s: stream reply without a function", r->method, r->path ? r->path : "?");
-        if (free_fn) free_fn(state);
-        reply_problem_text(r, 500, "INTERNAL", NULL, "internal error");
-        return;
-    }
-    if (reply_begin(r, &status) != 0) {
-        if (free_fn) free_fn(state);
-        return;
-    }
-    http_stream *s = calloc(1, sizeof *s);
-    if (!s) {
-        if (free_fn) free_fn(state);
-        http_log(r->h, "%s %s: out of memory starting a stream", r->method, r->path ? r->path : "?");
-        return;
-    }
-    s->h = r->h;
-    s->fn = fn;
-    s->state = state;
-    s->free_fn = free_fn;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    s->fd = ci ? ci->connect_fd : -1;
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK, stream_read, s, stream_free);
-    if (!resp) stream_free(s);
-    reply_set(r, status, resp, content_type);
-}
-
-/* ------------------------------------------------------------------ requests */
-
-const char *tld_req_method(const tld_req *r) {
-    return r ? r->method_full : NULL;
-}
-
-const char *tld_req_path(const tld_req *r) {
-    return r ? r->path : NULL;
-}
-
-const char *tld_req_param(const tld_req *r, const char *name) {
-    if (!r || !name) return NULL;
-    for (int i = 0; i < r->nparams; i++)
-        if (strcmp(r->pnames[i], name) == 0) return r->pvals[i];
-    return NULL;
-}
-
-const char *tld_req_query(const tld_req *r, const char *name) {
-    if (!r || !name) return NULL;
-    const char *v = NULL;
-    size_t vlen = 0;
-    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v, &vlen) != MHD_YES)
-        return NULL;
-    return v ? v : ""; /* "?flag" without a value */
-}
-
-const char *tld_req_header(const tld_req *r, const char *name) {
-    if (!r || !name) return NULL;
-    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
-}
-
-const char *tld_req_body(const tld_req *r, size_t *len) {
-    if (len) *len = r && r->body ? r->body_len : 0;
-    return r && r->body ? r->body : "";
 }
 
 static void req_free(tld_req *r) {
@@ -806,11 +296,11 @@ static int check_host(tld_req *r) {
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_header, &count);
     const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
     if (count == 0 || !host) {
-        reply_problem_text(r, 400, "BAD_REQUEST", NULL, "the Host header is required");
+        tld_http_reply_problem_text(r, 400, "BAD_REQUEST", NULL, "the Host header is required");
         return -1;
     }
     if (count > 1) {
-        reply_problem_text(r, 400, "BAD_REQUEST", NULL, "more than one Host header");
+        tld_http_reply_problem_text(r, 400, "BAD_REQUEST", NULL, "more than one Host header");
         return -1;
     }
     size_t len = strlen(host);
@@ -833,53 +323,8 @@ static int check_host(tld_req *r) {
         for (char **a = r->h->hosts; *a; a++)
             if (strlen(*a) == hlen && strncasecmp(*a, host, hlen) == 0) return 0;
 refuse:
-    reply_problem_text(r, 403, "HOST_NOT_ALLOWED", NULL, "this server answers only to its own address or localhost");
+    tld_http_reply_problem_text(r, 403, "HOST_NOT_ALLOWED", NULL, "this server answers only to its own address or localhost");
     return -1;
-}
-
-/* The most specific route for method and the split path, or NULL. */
-static const http_route *find_route(const tld_http *h, const char *method, char *const *segs, int nsegs) {
-    const http_route *best = NULL;
-    for (int i = 0; i < h->nroutes; i++) {
-        const http_route *rt = &h->routes[i];
-        if (rt->nsegs != nsegs || strcmp(rt->method, method) != 0) continue;
-        int ok = 1;
-        for (int k = 0; k < nsegs && ok; k++)
-            ok = rt->is_param[k] ? segs[k][0] != '\0' : strcmp(rt->segs[k], segs[k]) == 0;
-        if (ok && (!best || rt->literal_mask > best->literal_mask)) best = rt;
-    }
-    return best;
-}
-
-/* "GET, HEAD, POST": the methods of the routes matching the path; "" if none. */
-static void allowed_methods(const tld_http *h, char *const *segs, int nsegs, char *out, size_t outlen) {
-    size_t o = 0;
-    out[0] = '\0';
-    int has_get = 0, has_head = 0;
-    for (int i = 0; i < h->nroutes; i++) {
-        const http_route *rt = &h->routes[i];
-        if (rt->nsegs != nsegs) continue;
-        int ok = 1;
-        for (int k = 0; k < nsegs && ok; k++)
-            ok = rt->is_param[k] ? segs[k][0] != '\0' : strcmp(rt->segs[k], segs[k]) == 0;
-        if (!ok) continue;
-        int seen = 0;
-        for (int j = 0; j < i && !seen; j++) {
-            const http_route *p = &h->routes[j];
-            if (strcmp(p->method, rt->method) != 0 || p->nsegs != nsegs) continue;
-            int pok = 1;
-            for (int k = 0; k < nsegs && pok; k++)
-                pok = p->is_param[k] ? segs[k][0] != '\0' : strcmp(p->segs[k], segs[k]) == 0;
-            seen = pok;
-        }
-        if (seen) continue;
-        has_get |= strcmp(rt->method, "GET") == 0;
-        has_head |= strcmp(rt->method, "HEAD") == 0;
-        int w = snprintf(out + o, outlen - o, "%s%s", o ? ", " : "", rt->method);
-        if (w < 0 || (size_t)w >= outlen - o) return;
-        o += (size_t)w;
-    }
-    if (has_get && !has_head) snprintf(out + o, outlen - o, ", HEAD");
 }
 
 /* Routing and the checks before the body; 0 to go on, -1 with a problem set on r. */
@@ -889,8 +334,8 @@ static int admit(tld_req *r) {
 
     const http_route *rt = NULL;
     if (r->nsegs >= 0) {
-        rt = find_route(h, r->method_full, r->segs, r->nsegs);
-        if (!rt && strcmp(r->method_full, "HEAD") == 0) rt = find_route(h, "GET", r->segs, r->nsegs);
+        rt = tld_http_find_route(h, r->method_full, r->segs, r->nsegs);
+        if (!rt && strcmp(r->method_full, "HEAD") == 0) rt = tld_http_find_route(h, "GET", r->segs, r->nsegs);
     }
     r->max_body = rt && rt->max_body ? rt->max_body : h->max_body;
     if (rt) {
@@ -906,14 +351,14 @@ static int admit(tld_req *r) {
         }
     } else {
         char allow[256] = "";
-        if (r->nsegs >= 0) allowed_methods(h, r->segs, r->nsegs, allow, sizeof allow);
+        if (r->nsegs >= 0) tld_http_allowed_methods(h, r->segs, r->nsegs, allow, sizeof allow);
         if (allow[0]) {
             tld_reply_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-            reply_problem_text(r, 405, "METHOD_NOT_ALLOWED", NULL, "this resource does not support the method");
+            tld_http_reply_problem_text(r, 405, "METHOD_NOT_ALLOWED", NULL, "this resource does not support the method");
             return -1;
         }
         if (!h->fallback) {
-            reply_problem_text(r, 404, "NOT_FOUND", NULL, "no such resource");
+            tld_http_reply_problem_text(r, 404, "NOT_FOUND", NULL, "no such resource");
             return -1;
         }
         r->label = "fallback";
@@ -937,11 +382,11 @@ static int admit(tld_req *r) {
         }
         if (!tok) {
             tld_reply_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-            reply_problem_text(r, 401, "UNAUTHENTICATED", NULL, "this request needs an Authorization: Bearer token");
+            tld_http_reply_problem_text(r, 401, "UNAUTHENTICATED", NULL, "this request needs an Authorization: Bearer token");
             return -1;
         }
         if (!h->token || !token_equal(tok, toklen, h->token, h->token_len)) {
-            reply_problem_text(r, 403, "FORBIDDEN", NULL, "the bearer token is not valid");
+            tld_http_reply_problem_text(r, 403, "FORBIDDEN", NULL, "the bearer token is not valid");
             return -1;
         }
     }
@@ -990,7 +435,7 @@ static void reject_upload(tld_req *r) {
     char detail[128];
     snprintf(detail, sizeof detail, "the request body is larger than %zu bytes", r->max_body);
     size_t len = 0;
-    char *doc = problem_json(413, "BODY_TOO_LARGE", NULL, detail, &len);
+    char *doc = tld_http_problem_json(413, "BODY_TOO_LARGE", NULL, detail, &len);
     count_request(h, r->method, r->label, 413);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!doc || !ci) goto done;
@@ -1045,10 +490,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->method_full = method;
         snprintf(r->method, sizeof r->method, "%s", method);
         r->label = "unmatched";
-        r->path = xstrdup(url ? url : "");
-        r->segbuf = xstrdup(url ? url : "");
+        r->path = tld_http_strdup(url ? url : "");
+        r->segbuf = tld_http_strdup(url ? url : "");
         if (!r->path || !r->segbuf) return MHD_NO;
-        r->nsegs = split_path(r->segbuf, r->segs, HTTP_MAX_SEGS);
+        r->nsegs = tld_http_split_path(r->segbuf, r->segs, HTTP_MAX_SEGS);
         if (admit(r) != 0) return queue_reply(r);
         return MHD_YES;
     }
@@ -1058,16 +503,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         if (r->too_large) { /* let the client read the 413 before closing, within bounds */
             r->dropped += n;
-            return r->dropped > HTTP_DRAIN_MAX || now_s() - r->rejected_at > HTTP_DRAIN_S ? MHD_NO : MHD_YES;
+            return r->dropped > HTTP_DRAIN_MAX || tl_clock_mono_s() - r->rejected_at > HTTP_DRAIN_S ? MHD_NO : MHD_YES;
         }
         if (n > r->max_body - r->body_len) {
             r->too_large = 1;
-            r->rejected_at = now_s();
+            r->rejected_at = tl_clock_mono_s();
             reject_upload(r);
             return MHD_YES;
         }
         if (body_append(r, upload_data, n) != 0) {
-            http_log(h, "%s %s: out of memory receiving the body", r->method, r->path);
+            tld_http_log(h, "%s %s: out of memory receiving the body", r->method, r->path);
             return MHD_NO;
         }
         return MHD_YES;
@@ -1076,13 +521,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->too_large) return MHD_NO; /* the 413 went out already */
     r->fn(r, r->user);
     if (!r->replied) {
-        http_log(h, "%s %s: the handler returned without replying", r->method, r->path);
+        tld_http_log(h, "%s %s: the handler returned without replying", r->method, r->path);
         for (int i = 0; i < r->nheaders; i++) { /* meant for a reply that never came */
             free(r->hnames[i]);
             free(r->hvals[i]);
         }
         r->nheaders = 0;
-        reply_problem_text(r, 500, "INTERNAL", NULL, "internal error");
+        tld_http_reply_problem_text(r, 500, "INTERNAL", NULL, "internal error");
     }
     return queue_reply(r);
 }
@@ -1092,12 +537,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-/* ------------------------------------------------------------------ lifecycle */
-
 int tld_http_start(tld_http *h, char *err, size_t errlen) {
     if (!h) return -1;
     if (h->daemon) {
-        seterr(err, errlen, "the HTTP server is already running");
+        tl_seterr(err, errlen, "the HTTP server is already running");
         return -1;
     }
     atomic_store(&h->stopping, 0);
@@ -1120,9 +563,9 @@ int tld_http_start(tld_http *h, char *err, size_t errlen) {
         int e = errno;
         pthread_mutex_lock(&h->log_mu);
         if (h->last_log[0])
-            seterr(err, errlen, "cannot serve HTTP on %s:%d: %s", h->bind_addr, h->port, h->last_log);
+            tl_seterr(err, errlen, "cannot serve HTTP on %s:%d: %s", h->bind_addr, h->port, h->last_log);
         else
-            seterr(err, errlen, "cannot serve HTTP on %s:%d: %s", h->bind_addr, h->port, strerror(e));
+            tl_seterr(err, errlen, "cannot serve HTTP on %s:%d: %s", h->bind_addr, h->port, strerror(e));
         pthread_mutex_unlock(&h->log_mu);
         return -1;
     }

@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tokenlab/files.h"
+
 static struct {
     char root[PATH_MAX]; /* realpath of web_dir, no trailing '/' */
     size_t rootlen;
@@ -194,14 +196,17 @@ static void h_static(tld_req *r, void *user) {
     }
     char full[PATH_MAX + 8], real[PATH_MAX];
     int n = snprintf(full, sizeof full, "%s/%s", g_site.root, rel);
-    if (n < 0 || (size_t)n >= sizeof full || !realpath(full, real)) {
+    tl_path_status ps = TL_PATH_TOO_LONG;
+    if (n >= 0 && (size_t)n < sizeof full) ps = tl_path_confine_abs(g_site.root, full, TL_PATH_WANT_ANY, real);
+    if (ps != TL_PATH_OK && ps != TL_PATH_OUTSIDE) {
         /* nothing there: a page address of the dashboard, unless it names a file */
         if (extension(rel)) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         else send_index(r);
         return;
     }
-    if (strncmp(real, g_site.root, g_site.rootlen) != 0 || real[g_site.rootlen] != '/') {
-        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file"); /* outside the site: refused */
+    if (ps == TL_PATH_OUTSIDE || strcmp(real, g_site.root) == 0) {
+        /* outside the site, or the site's folder itself: refused */
+        tld_reply_problem(r, 404, "NOT_FOUND", NULL, "no such file");
         return;
     }
     struct stat st;

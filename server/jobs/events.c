@@ -3,7 +3,9 @@
  *
  * Owns: `cap` event slots allocated once; slot of id i is (i - 1) % cap.
  * Guarded by one mutex; waiters sleep on one condition variable that every
- * publish broadcasts. Publishers never wait for readers.
+ * publish broadcasts. Publishers never wait for readers. Invariant
+ * (TL_NEVER): a reader copies only ids in [oldest, last], the ids the ring
+ * still holds, so a slot is never read for an id it no longer holds.
  */
 #include "jobs/events.h"
 
@@ -12,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "tokenlab/base.h"
 
 struct tld_events {
     pthread_mutex_t mu;
@@ -78,6 +82,7 @@ static int collect(tld_events *e, uint64_t after, int64_t job, tld_event *out, i
     uint64_t id = after + 1 < oldest ? oldest : after + 1;
     int n = 0;
     for (; id <= e->last && n < max; id++) {
+        if (TL_NEVER(id < oldest || e->last - id >= e->cap)) break; /* outside what the ring holds */
         const tld_event *ev = &e->ring[(id - 1) % e->cap];
         if (job == 0 || ev->job == job) out[n++] = *ev;
     }

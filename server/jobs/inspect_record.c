@@ -15,12 +15,7 @@
 #include <time.h>
 
 #include "tokenlab/data.h"
-
-static int64_t now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
+#include "tokenlab/base.h"
 
 /* (g*g,3) indices and probabilities as one blob. */
 static void *grid_blob(const tl_token_topk *t, int grid) {
@@ -121,7 +116,7 @@ int tld_inspect_record(tld_store *s, int64_t job, const char *train_dir, int *se
         memcpy(top5[i] + 20, res->top_prob + (size_t)i * TL_INSPECT_TOP5, 5 * sizeof(float));
         top5p[i] = top5[i];
     }
-    rc = tld_store_inspect_preds_put(s, job, step, ema, n, (const void *const *)tokens, top5p, now_ms(), err, errlen);
+    rc = tld_store_inspect_preds_put(s, job, step, ema, n, (const void *const *)tokens, top5p, tl_clock_wall_ms(), err, errlen);
 done:
     for (int i = 0; i < n && tokens; i++) free(tokens[i]);
     free(tokens);

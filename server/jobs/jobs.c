@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "tokenlab/annotate.h"
+#include "tokenlab/base.h"
 #include "tokenlab/files.h"
 #include "jobs/inspect_record.h"
 #include "serving/models.h"
@@ -63,12 +64,6 @@ struct tld_jobs {
     int scheduler_started;
     slot slots[MAX_SLOTS];
 };
-
-static int64_t now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) {
@@ -114,8 +109,12 @@ static void publish_state(tld_jobs *J, int64_t id) {
     tld_job_free(&job);
 }
 
+/* Moves a job along the state machine and publishes its new state. The scheduler asks only for transitions the
+ * state machine allows from every state of `from` (an invariant: a request outside it is refused here). */
 static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg) {
     char err[256];
+    for (int f = 0; f < TLD_JOB_NSTATES; f++)
+        if ((from & (1u << f)) && TL_NEVER(!tld_job_transition_allowed((tld_job_state)f, to))) return -1;
     int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
     if (rc == 0) publish_state(J, id);
     return rc;
@@ -138,7 +137,7 @@ static void h_start(int64_t start, int64_t total, void *u) {
 static void h_step(const tl_step_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     atomic_store(&s->img_s, r->img_per_s);
     tld_store_job_set_progress(J->store, s->id, r->epoch, r->step, r->total_steps, r->eta_seconds);
     tld_store_metric_add(J->store, s->id, "loss", r->step, r->loss, t);
@@ -162,7 +161,7 @@ static void h_step(const tl_step_report *r, void *u) {
 static void h_eval(const tl_eval_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     const char *p = r->ema ? "ema_" : "";
     char n1[32], n5[32], nl[32];
     snprintf(n1, sizeof n1, "%stop1", p);
@@ -189,7 +188,7 @@ static void h_before_checkpoint(int64_t step, void *u) {
 
 static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {
     slot *s = u;
-    tld_checkpoint_row row = {.step = step, .time_ms = now_ms(), .top1 = -1.0};
+    tld_checkpoint_row row = {.step = step, .time_ms = tl_clock_wall_ms(), .top1 = -1.0};
     snprintf(row.kind, sizeof row.kind, "%s", is_best ? "best" : "last");
     snprintf(row.path, sizeof row.path, "%s", path);
     struct stat st;
@@ -242,7 +241,7 @@ static void a_start(int64_t done, int64_t total, void *u) {
 static void a_progress(const tl_annotate_report *r, void *u) {
     slot *s = u;
     tld_jobs *J = s->J;
-    int64_t t = now_ms();
+    int64_t t = tl_clock_wall_ms();
     atomic_store(&s->img_s, r->img_per_s);
     tld_store_job_set_progress(J->store, s->id, 0, r->done, r->total, r->eta_seconds);
     tld_store_metric_add(J->store, s->id, "img_per_s", r->done, r->img_per_s, t);
@@ -268,17 +267,15 @@ static void write_sidecar(tld_jobs *J, const slot *s) {
     const tl_annotate_spec *a = &s->aspec;
     char root[PATH_MAX], path[PATH_MAX + 16], tmp[PATH_MAX + 32];
     const char *ds = a->images_dir;
-    if (realpath(J->data_root, root)) {
-        size_t n = strlen(root);
-        if (strncmp(ds, root, n) == 0 && ds[n] == '/') ds += n + 1;
-    }
+    if (realpath(J->data_root, root) && tl_path_is_inside(ds, root) && strcmp(ds, root) != 0)
+        ds += strcmp(root, "/") == 0 ? 1 : strlen(root) + 1; /* relative to the data root */
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "dataset", ds);
     cJSON_AddNumberToObject(o, "job_id", (double)s->id);
     if (a->source_model[0]) cJSON_AddStringToObject(o, "model", a->source_model);
     else cJSON_AddNumberToObject(o, "source_job_id", (double)a->source_job);
     cJSON_AddNumberToObject(o, "topk", a->topk);
-    cJSON_AddNumberToObject(o, "created_ms", (double)now_ms());
+    cJSON_AddNumberToObject(o, "created_ms", (double)tl_clock_wall_ms());
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
     snprintf(path, sizeof path, "%s.json", a->out_path);
@@ -373,7 +370,7 @@ static void *worker_main(void *arg) {
         break;
     case TL_TRAIN_STOPPED:
         if (stop == STOP_CANCEL)
-            transition(J, s->id, M(TLD_JOB_CANCELLING) | M(TLD_JOB_RUNNING), TLD_JOB_CANCELLED, "USER_CANCEL",
+            transition(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
                        "cancelled by the user; a checkpoint was written");
         else if (transition(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_SHUTDOWN",
                             "the daemon stopped; the job resumes from its checkpoint") != 0)

@@ -1,14 +1,17 @@
 /*
  * models.h: the daemon's registered models and their inference servers.
  *
- * models.c owns the registry (every model of the store, by name, with its
+ * The module (server/serving/, shared internals in serving_internal.h) owns
+ * the registry (registry.c: every model of the store, by name, with its
  * state LOADING / READY / FAILED), each loaded model's weights, inference
- * contexts and batcher lanes, the model files under <state>/models/, and a
- * background loader thread that loads the stored models at start-up.
+ * contexts and batcher lanes (batcher.c), the model files under
+ * <state>/models/ (load.c, upload.c), and a background loader thread that
+ * loads the stored models at start-up (load.c). models_json.c answers JSON
+ * and Prometheus.
  *
  * Dynamic batching: requests for one model queue (bounded by max_queue
  * images; past it the caller gets 429) and the model's batcher lanes (one
- * thread each, one lane per compute thread; models.c batcher_main) run
+ * thread each, one lane per compute thread; batcher.c) run
  * them in batches of up to max_batch. A lane waits up to max_delay_ms for a
  * batch to fill, but only while other requests for the model are still
  * being decoded: a lone request runs at once. A request whose deadline (which counts the time queued) passes before its

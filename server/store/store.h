@@ -4,7 +4,8 @@
  * schema/store.sql and schema/store_v2.sql, versioned; migrations applied on
  * open).
  *
- * store.c owns the database file and its connections: one writer connection
+ * store.c owns the database file and its connections (store_writer.c the
+ * writer thread, one file per table the rest): one writer connection
  * driven by a single writer thread that applies queued writes in batched
  * transactions (metric points and log lines are queued and return at once;
  * job creation and state changes wait for their commit so the caller can
@@ -37,6 +38,9 @@ typedef enum {
 const char *tld_job_state_name(tld_job_state s);          /* "QUEUED", ... */
 int tld_job_state_parse(const char *name, tld_job_state *out);
 int tld_job_state_final(tld_job_state s);                 /* SUCCEEDED, FAILED, CANCELLED */
+/* 1 when the state machine (schema/store.sql, trigger jobs_state_machine) lets a job go from `from` to
+ * `to`, else 0. The daemon's scheduler asks only for transitions it allows (an invariant it checks). */
+int tld_job_transition_allowed(tld_job_state from, tld_job_state to);
 
 typedef struct {
     int64_t id;

@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""Checks schema/openapi.json against the API that server/api/routes.c implements.
+"""Checks schema/openapi.json against the API that tokenlabd implements.
 
-Usage: check_openapi.py [REPO_ROOT]   (default: two folders above this file)
+Usage: check_openapi.py --bin TOKENLABD [REPO_ROOT]   (default root: two folders above this file)
 
 Checks: the document is JSON with openapi "3.1.0"; every operation has an
 operationId (unique), a summary, a description and responses; every $ref
 resolves inside the document; the (method, path) pairs are exactly the routes
-of the tld_route_def tables of server/routes*.c, datasets.c and static.c; the operations whose
-effective security names bearerAuth are exactly the TLD_AUTH_TOKEN routes,
+of the daemon's one route table (server/api/route_table.c), as `TOKENLABD routes
+--json` prints it; the operations whose
+effective security names bearerAuth are exactly the "token" (TLD_AUTH_TOKEN) routes,
 which also document 401 and 403; every {param} of a path is declared as a
 path parameter; components/schemas/JobSpec equals schema/jobspec.schema.json
 and components/schemas/AnnotateSpec equals schema/annotatespec.schema.json
@@ -17,13 +18,10 @@ check and a final "N passed, M failed"; exits 0 only when nothing failed.
 import json
 import os
 import re
+import subprocess
 import sys
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-ROUTE_RE = re.compile(r'\{\s*"([A-Za-z]+)"\s*,\s*"([^"]+)"\s*,\s*(TLD_AUTH_[A-Z_]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)'
-                      r'\s*(?:,\s*[A-Za-z0-9_]+\s*)?\}')
-# The route tables: tld_route_def arrays in these files (tld_routes_register registers them all).
-ROUTE_FILES = ("api/routes.c", "api/routes_models.c", "api/routes_inspect.c", "api/routes_labelmaps.c", "api/datasets.c", "http/static.c")
 
 
 class Checker:
@@ -41,14 +39,16 @@ class Checker:
         return ok
 
 
-def parse_tables(c_source):
-    """Every tld_route_def table of a file: a list of (METHOD, pattern, auth, handler)."""
-    out = []
-    for m in re.finditer(r"tld_route_def\s+[A-Za-z_][A-Za-z0-9_]*\[\]\s*=\s*\{(.*?)\n\};", c_source, flags=re.S):
-        body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
-        body = re.sub(r"//[^\n]*", "", body)
-        out += [(r.group(1).upper(), r.group(2), r.group(3), r.group(4)) for r in ROUTE_RE.finditer(body)]
-    return out
+def read_route_table(binary):
+    """The daemon's route table from `BINARY routes --json`: a list of (METHOD, path, auth)."""
+    out = subprocess.run([binary, "routes", "--json"], check=True, capture_output=True, timeout=60).stdout
+    doc = json.loads(out.decode("utf-8"))
+    routes = []
+    for r in doc["routes"]:
+        if r.get("auth") not in ("public", "token"):
+            raise ValueError("route %s %s has an unknown auth %r" % (r.get("method"), r.get("path"), r.get("auth")))
+        routes.append((str(r["method"]).upper(), r["path"], r["auth"]))
+    return routes
 
 
 def resolve_pointer(doc, pointer):
@@ -86,10 +86,15 @@ def is_bearer(requirements):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = sys.argv[1:]
+    binary = None
+    if "--bin" in args:
+        k = args.index("--bin")
+        binary = args[k + 1] if k + 1 < len(args) else None
+        del args[k:k + 2]
+    root = args[0] if args else os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     c = Checker()
     doc_path = os.path.join(root, "schema", "openapi.json")
-    routes_path = os.path.join(root, "server", "routes.c")  # ROUTE_FILES are relative to server/
     jobspec_path = os.path.join(root, "schema", "jobspec.schema.json")
 
     doc = None
@@ -163,40 +168,39 @@ def main():
                 undeclared.append("%s %s {%s}" % (method, path, name))
     c.check("every path template parameter is declared", not undeclared, ", ".join(undeclared))
 
-    # ---- routes.c parity ----
+    # ---- route table parity ----
     routes = None
-    try:
-        routes = []
-        for name in ROUTE_FILES:
-            with open(os.path.join(root, "server", name), encoding="utf-8") as f:
-                routes += parse_tables(f.read())
-    except OSError as e:
-        routes = None
-        c.check("server/routes*.c are readable", False, str(e))
+    if not binary:
+        c.check("the route table is readable", False, "no --bin TOKENLABD given")
+    else:
+        try:
+            routes = read_route_table(binary)
+        except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError) as e:
+            c.check("the route table is readable (%s routes --json)" % binary, False, str(e))
     if routes is not None:
-        c.check("routes.c route table parsed (%d routes)" % len(routes), len(routes) > 0, "no route found")
-        want = set((m, p) for m, p, _, _ in routes)
+        c.check("route table read (%d routes)" % len(routes), len(routes) > 0, "no route found")
+        want = set((m, p) for m, p, _ in routes)
         have = set(ops)
         only_c = sorted("%s %s" % k for k in want - have)
         only_doc = sorted("%s %s" % k for k in have - want)
-        c.check("(method, path) pairs equal the routes.c table",
+        c.check("(method, path) pairs equal the route table",
                 want == have and len(want) == len(routes),
-                "undocumented: [%s]; not in routes.c: [%s]%s" % (
+                "undocumented: [%s]; not in the route table: [%s]%s" % (
                     ", ".join(only_c), ", ".join(only_doc),
-                    "; duplicate routes in routes.c" if len(want) != len(routes) else ""))
+                    "; duplicate routes in the route table" if len(want) != len(routes) else ""))
 
-        token = set((m, p) for m, p, a, _ in routes if a == "TLD_AUTH_TOKEN")
+        token = set((m, p) for m, p, a in routes if a == "token")
         global_sec = doc.get("security", [])
         bearer_ops = set(k for k, op in ops.items()
                          if isinstance(op, dict) and is_bearer(op.get("security", global_sec)))
-        c.check("bearerAuth operations are exactly the TLD_AUTH_TOKEN routes",
+        c.check("bearerAuth operations are exactly the token (TLD_AUTH_TOKEN) routes",
                 bearer_ops == token,
-                "bearer but public in routes.c: [%s]; TLD_AUTH_TOKEN without bearer: [%s]" % (
+                "bearer but public in the route table: [%s]; token routes without bearer: [%s]" % (
                     ", ".join(sorted("%s %s" % k for k in bearer_ops - token)),
                     ", ".join(sorted("%s %s" % k for k in token - bearer_ops))))
         no_auth_resp = sorted("%s %s" % k for k in token if k in ops and isinstance(ops[k], dict)
                               and not {"401", "403"} <= set(ops[k].get("responses", {})))
-        c.check("TLD_AUTH_TOKEN operations document 401 and 403", not no_auth_resp, ", ".join(no_auth_resp))
+        c.check("token (TLD_AUTH_TOKEN) operations document 401 and 403", not no_auth_resp, ", ".join(no_auth_resp))
 
     schemes = ((doc.get("components") or {}).get("securitySchemes") or {})
     bearer = schemes.get("bearerAuth")
