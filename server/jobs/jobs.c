@@ -99,13 +99,17 @@ static void json_escape(char *out, size_t len, const char *s) {
     out[o] = 0;
 }
 
-static void publish_state(tld_jobs *J, int64_t id) {
+/* Publishes the state event of a change to `state` that has just been committed, with its own reason and
+ * message: never the job's current state read back, which another thread may already have moved on (a job
+ * submitted and started at once would otherwise announce RUNNING twice and QUEUED never). The attempt is
+ * read from the store; it changes only while the job is QUEUED, under J->mu. */
+static void publish_state(tld_jobs *J, int64_t id, tld_job_state state, const char *reason, const char *message) {
     tld_job job;
     char err[256], msg[300];
     if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
-    json_escape(msg, sizeof msg, job.state_message);
+    json_escape(msg, sizeof msg, message ? message : "");
     publish(J, id, "state", "{\"id\":%lld,\"state\":\"%s\",\"state_reason\":\"%s\",\"state_message\":\"%s\",\"attempt\":%d}",
-            (long long)id, tld_job_state_name(job.state), job.state_reason, msg, job.attempt);
+            (long long)id, tld_job_state_name(state), reason ? reason : "", msg, job.attempt);
     tld_job_free(&job);
 }
 
@@ -116,7 +120,7 @@ static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, 
     for (int f = 0; f < TLD_JOB_NSTATES; f++)
         if ((from & (1u << f)) && TL_NEVER(!tld_job_transition_allowed((tld_job_state)f, to))) return -1;
     int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
-    if (rc == 0) publish_state(J, id);
+    if (rc == 0) publish_state(J, id, to, reason, msg);
     return rc;
 }
 
@@ -593,36 +597,48 @@ int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t
         snprintf(err, errlen, "spec");
         return -1;
     }
-    if (tld_store_job_create(J->store, name, spec_json, key, id, existed, err, errlen) != 0) return -1;
-    if (!*existed) publish_state(J, *id);
+    /* under J->mu, so the scheduler cannot start the job between its creation and its QUEUED event */
     pthread_mutex_lock(&J->mu);
+    if (tld_store_job_create(J->store, name, spec_json, key, id, existed, err, errlen) != 0) {
+        pthread_mutex_unlock(&J->mu);
+        return -1;
+    }
+    if (!*existed) publish_state(J, *id, TLD_JOB_QUEUED, "", "");
     pthread_cond_broadcast(&J->wake);
     pthread_mutex_unlock(&J->mu);
     return 0;
 }
 
 int tld_jobs_cancel(tld_jobs *J, int64_t id, char *err, size_t errlen) {
+    static const char *const queued_msg = "cancelled by the user before it started";
+    static const char *const running_msg = "cancelling: the current step ends and a checkpoint is written";
     pthread_mutex_lock(&J->mu);
     int rc = -1;
-    if (tld_store_job_transition(J->store, id, M(TLD_JOB_QUEUED), TLD_JOB_CANCELLED, "USER_CANCEL",
-                                "cancelled by the user before it started", err, errlen) == 0) {
+    tld_job_state to = TLD_JOB_CANCELLED; /* the state this call moved the job to, if it moved it */
+    int moved = 0;
+    if (tld_store_job_transition(J->store, id, M(TLD_JOB_QUEUED), TLD_JOB_CANCELLED, "USER_CANCEL", queued_msg, err,
+                                 errlen) == 0) {
         rc = 0;
+        moved = 1;
     } else if (tld_store_job_transition(J->store, id, M(TLD_JOB_RUNNING), TLD_JOB_CANCELLING, "USER_CANCEL",
-                                       "cancelling: the current step ends and a checkpoint is written", err,
-                                       errlen) == 0) {
-        for (int i = 0; i < J->cfg.max_running; i++)
-            if (J->slots[i].busy && J->slots[i].id == id) atomic_store(&J->slots[i].stop, STOP_CANCEL);
+                                        running_msg, err, errlen) == 0) {
         rc = 0;
+        moved = 1;
+        to = TLD_JOB_CANCELLING;
     } else if (strstr(err, "not found") == NULL) {
-        tld_job job; /* already cancelling counts as accepted */
+        tld_job job; /* already cancelling counts as accepted (no new state, no event) */
         char e2[128];
         if (tld_store_job_get(J->store, id, &job, e2, sizeof e2) == 0) {
             if (job.state == TLD_JOB_CANCELLING) rc = 0;
             tld_job_free(&job);
         }
     }
+    /* the CANCELLING event goes out before the worker is told to stop, so it precedes the worker's CANCELLED */
+    if (moved) publish_state(J, id, to, "USER_CANCEL", to == TLD_JOB_CANCELLED ? queued_msg : running_msg);
+    if (moved && to == TLD_JOB_CANCELLING)
+        for (int i = 0; i < J->cfg.max_running; i++)
+            if (J->slots[i].busy && J->slots[i].id == id) atomic_store(&J->slots[i].stop, STOP_CANCEL);
     pthread_mutex_unlock(&J->mu);
-    if (rc == 0) publish_state(J, id);
     return rc;
 }
 

@@ -37,7 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/routes.h"
+#include "api/route_table.h"
+#include "api/datasets.h"
 #include "http/http.h"
 #include "jobs/events.h"
 #include "jobs/jobs.h"
@@ -102,7 +103,7 @@ static int setup(void **state) {
         return -1;
     }
     g_routes = (tld_routes){g_http, g_store, g_ev, g_jobs, g_models, tld_openapi_json, (size_t)1 << 20, 1, 1, g_root};
-    if (tld_routes_register(&g_routes) != 0 || tld_http_start(g_http, err, sizeof err) != 0) {
+    if (tld_datasets_init(g_root) != 0 || tld_routes_register(&g_routes) != 0 || tld_http_start(g_http, err, sizeof err) != 0) {
         fprintf(stderr, "start: %s\n", err);
         return -1;
     }
