@@ -53,6 +53,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "core/fnv.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "labelmap.c assumes a little-endian host"
 #endif
@@ -519,9 +521,10 @@ fail:;
 }
 
 static uint64_t fnv1a(const char *s) {
-    uint64_t hsh = 1469598103934665603ull;
-    for (; *s; s++) hsh = (hsh ^ (unsigned char)*s) * 1099511628211ull;
-    return hsh;
+    tl_fnv f;
+    tl_fnv_init(&f);
+    tl_fnv_add(&f, s, strlen(s));
+    return f.h;
 }
 
 /* Slot of key in the hash set: its entry+1 if present, else the empty slot (0). */

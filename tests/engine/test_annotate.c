@@ -1,5 +1,7 @@
 /*
- * test_annotate.c: the machine annotator (engine/jobs/annotate.c) and its spec
+ * test_annotate.c: the machine annotator (engine/jobs/annotate.c, annotate_parts.c,
+ * annotate_spec.c; tl_jobspec_kind in jobspec.c; tl_model_copy_resized in
+ * engine/model/resize.c) and its spec
  * (schema/annotatespec.schema.json).
  *
  *  - tl_jobspec_kind and tl_annotate_spec_parse: defaults, every refusal with

@@ -103,6 +103,11 @@ void tl_model_zero_grad(tl_model *m);
 int tl_model_ema_update(tl_model *ema, const tl_model *m, float decay, tl_ctx *ctx);
 /* Copies parameters and BN statistics (not gradients or moments). */
 int tl_model_copy_weights(tl_model *dst, const tl_model *src);
+/* A copy of src's weights into dst, whose config may differ from src's only in img_size: the
+ * position embedding of the patch tokens is resampled bicubically (PyTorch's
+ * F.interpolate(mode="bicubic", align_corners=False), as timm's resample_abs_pos_embed), the class
+ * token's kept. -1 with a message when the configs differ otherwise. */
+int tl_model_copy_resized(tl_model *dst, const tl_model *src, char *err, size_t errlen);
 /* Bytes held by parameters, gradients and optimizer state. */
 size_t tl_model_bytes(const tl_model *m);
 
