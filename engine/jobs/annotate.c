@@ -123,7 +123,7 @@ static tl_train_status setup(run *r) {
         return fail(r, "CONFIG_ERROR", "model at size %d: %s", r->S, err);
     tl_model *loaded = tl_model_new(&ck, 0, err, sizeof err);
     if (!loaded) return fail(r, "OUT_OF_MEMORY", "%s", err);
-    if (tl_checkpoint_load(loaded, s->weights_path, s->from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
+    if (tl_checkpoint_load(loaded, NULL, s->weights_path, s->from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
         tl_model_free(loaded);
         return fail(r, "CONFIG_ERROR", "weights %s: %s", s->weights_path, err);
     }

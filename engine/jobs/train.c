@@ -113,7 +113,7 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
     const char *meta[] = {"tokenlab.best_top1", best, "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
     if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
-    if (tl_checkpoint_save2(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
         log_msg(r, "checkpoint %s failed: %s", path, err);
         return -1;
     }
@@ -303,7 +303,7 @@ static int64_t resume(run *r) {
     }
     tl_train_state st;
     int flags = TL_CKPT_OPTIM | (r->ema ? TL_CKPT_EMA : 0);
-    if (tl_checkpoint_load2(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
+    if (tl_checkpoint_load(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
         fail(r, "IO_ERROR", "cannot resume: %s", err);
         return -1;
     }

@@ -159,13 +159,8 @@ static int add_ema(tl_st_writer *w, const tl_model *ema, char *err, size_t errle
     return 0;
 }
 
-int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
+int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen) {
-    return tl_checkpoint_save2(m, NULL, path, flags, st, extra_meta, err, errlen);
-}
-
-int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
-                        const char *const *extra_meta, char *err, size_t errlen) {
     int64_t bn[CK_NUM_BN];
     ck_train tr = {0};
     int rc = -1;
@@ -373,12 +368,8 @@ static void copy_in(tl_model *m, tl_model *ema, const tl_st_file *f, int flags, 
     for (int i = 0; i < 4; i++) st->rng_state[i] = (uint64_t)read_int(rng, (size_t)i);
 }
 
-int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen) {
-    return tl_checkpoint_load2(m, NULL, path, flags, st, err, errlen);
-}
-
-int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
-                        size_t errlen) {
+int tl_checkpoint_load(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                       size_t errlen) {
     if ((flags & TL_CKPT_EMA) && !ema) {
         seterr(err, errlen, "checkpoint: TL_CKPT_EMA needs an EMA model");
         return -1;

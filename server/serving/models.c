@@ -486,7 +486,7 @@ static int entry_load(entry *E, char *err, size_t errlen) {
     E->grid = tl_config_grid(&cfg);
     E->model = tl_model_new_inference(&cfg, err, errlen);
     if (!E->model) goto fail;
-    if (tl_checkpoint_load(E->model, E->row.path, 0, NULL, err, errlen) != 0) goto fail;
+    if (tl_checkpoint_load(E->model, NULL, E->row.path, 0, NULL, err, errlen) != 0) goto fail;
     E->params = tl_model_num_params(E->model);
     E->labels = parse_labels(E->row.labels_json, E->K);
     if (!E->labels) {
@@ -784,7 +784,7 @@ int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models
     }
     tl_config cfg;
     if (tl_checkpoint_config(src, &cfg, err, sizeof err) != 0 || !(m = tl_model_new_inference(&cfg, err, sizeof err)) ||
-        tl_checkpoint_load(m, src, ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
+        tl_checkpoint_load(m, NULL, src, ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
         seterr(e, 422, "INVALID_MODEL", "/checkpoint", "cannot read the checkpoint: %s", err);
         goto done;
     }
@@ -799,7 +799,7 @@ int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models
     snprintf(jobs, sizeof jobs, "%lld", (long long)job.id);
     snprintf(steps, sizeof steps, "%lld", (long long)step);
     const char *meta[] = {"tokenlab.classes", labels, "tokenlab.job", jobs, "tokenlab.step", steps, NULL};
-    if (tl_checkpoint_save(m, dst, 0, NULL, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(m, NULL, dst, 0, NULL, meta, err, sizeof err) != 0) {
         seterr(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }
@@ -904,7 +904,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
         seterr(e, 422, "INVALID_MODEL", NULL, "%s", err);
         goto done;
     }
-    if (tl_checkpoint_load(m, tmp, 0, NULL, err, sizeof err) != 0) {
+    if (tl_checkpoint_load(m, NULL, tmp, 0, NULL, err, sizeof err) != 0) {
         seterr(e, 422, "INVALID_MODEL", NULL, "the file does not hold an LV-ViT with this config: %s",
                untmp(err, tmp));
         goto done;
@@ -930,7 +930,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     /* the model's file: rewritten by the engine (packed, the config in its metadata, crash-safe) */
     snprintf(dst, sizeof dst, "%s/%s.safetensors", M->models_dir, name);
     const char *meta[] = {"tokenlab.classes", labels, NULL};
-    if (tl_checkpoint_save(m, dst, 0, NULL, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(m, NULL, dst, 0, NULL, meta, err, sizeof err) != 0) {
         seterr(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }

@@ -32,11 +32,6 @@ typedef struct {
     uint8_t *rgb;   /* h*w*3, row-major, owned (free with tl_image_free) */
 } tl_image;
 
-/* Decodes a JPEG from memory. min_short > 0 asks for the smallest DCT scaling
- * (1/8 .. 1) whose shorter side is still >= min_short (or full size if none);
- * 0 decodes at full size. Returns 0, or -1 with a reason (corrupt, truncated,
- * too large, not a JPEG). */
-int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, char *err, size_t errlen);
 /* Why a decode failed, for callers that answer users (the daemon maps these to HTTP statuses). */
 typedef enum {
     TL_IMG_OK = 0,
@@ -47,9 +42,13 @@ typedef enum {
     TL_IMG_UNSUPPORTED,  /* a colourspace the decoder does not handle */
     TL_IMG_NO_MEMORY,
 } tl_image_status;
-/* tl_image_decode that also reports the kind of failure in *status (may be NULL). */
-int tl_image_decode2(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
-                     size_t errlen);
+/* Decodes a JPEG from memory. min_short > 0 asks for the smallest DCT scaling
+ * (1/8 .. 1) whose shorter side is still >= min_short (or full size if none);
+ * 0 decodes at full size. Returns 0, or -1 with a reason (corrupt, truncated,
+ * too large, not a JPEG) and, when status is not NULL, the kind of failure in
+ * *status (TL_IMG_OK on success). */
+int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
+                    size_t errlen);
 int tl_image_load(const char *path, int min_short, tl_image *out, char *err, size_t errlen);
 void tl_image_free(tl_image *im);
 /* Encodes RGB to JPEG (quality 1..100) into a malloc'd buffer. */

@@ -187,21 +187,17 @@ typedef struct {
 /* Saves parameters and buffers under their state_dict names, the config in
  * the metadata ("tokenlab.config"), and with TL_CKPT_OPTIM the moments under
  * "optim.exp_avg.<name>" / "optim.exp_avg_sq.<name>" and the train state under
- * "train.*". extra_meta: NULL or NULL-terminated key,value pairs.
- * Crash-safe: temp file, fsync, rename, fsync of the folder. */
-int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
+ * "train.*". ema: NULL, or an EMA model (same config) whose weights are also
+ * written, as "ema.<name>". extra_meta: NULL or NULL-terminated key,value
+ * pairs. Crash-safe: temp file, fsync, rename, fsync of the folder. */
+int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen);
-/* The same, also writing the weights of an EMA model (same config) as
- * "ema.<name>" when ema is not NULL. */
-int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
-                        const char *const *extra_meta, char *err, size_t errlen);
 /* Loads into an existing model, whose config must match the file's tensors
  * (missing, extra, mistyped or misshaped tensors are refused). With
- * TL_CKPT_OPTIM the moments and train state must be present. */
-int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen);
-/* The same, with TL_CKPT_EMA also filling ema (which must then be given). */
-int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
-                        size_t errlen);
+ * TL_CKPT_OPTIM the moments and train state must be present. ema: NULL, or
+ * the EMA model that TL_CKPT_EMA fills (required with that flag). */
+int tl_checkpoint_load(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                       size_t errlen);
 /* The optimizer step a training checkpoint was written at ("train.step"):
  * 1 with *step set, 0 when the file is absent or holds no train state. */
 int tl_checkpoint_train_step(const char *path, int64_t *step);
