@@ -43,7 +43,7 @@
  * Normalised coordinates: u = x_continuous / S with pixel x covering [x, x+1),
  * so pixel centres are at (x + 0.5) / S.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/augment.h"
 
 #include <ctype.h>
 #include <math.h>

@@ -23,11 +23,12 @@
  * lines naming unknown folders are ignored; classes it does not name keep
  * their folder name.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/dataset.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

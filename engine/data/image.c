@@ -26,7 +26,7 @@
  *      the file's. TJFLAG_LIMITSCANS bounds the time a hostile progressive
  *      file can take.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/image.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -11,6 +11,8 @@
  */
 #include "data/loader.h"
 
+#include "tokenlab/targets.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>

@@ -49,7 +49,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "tokenlab/data.h"
+#include "tokenlab/image.h"
 #include "tokenlab/labelmap.h"
 #include "tokenlab/rng.h"
 #include "tokenlab/model.h"

@@ -49,7 +49,7 @@
  * Scratch layout (floats): Wy S*h | Wx S*w | Wy1 h | Wx1 w | ranges 4S+4 |
  * acc K | flag K | list K | cls_id K | cls_val K.
  */
-#include "tokenlab/labelmap.h"
+#include "tokenlab/targets.h"
 
 #include <math.h>
 #include <string.h>

@@ -18,7 +18,7 @@
 #include <stdio.h>
 
 #include "core/fnv.h"
-#include "tokenlab/data.h"
+#include "tokenlab/dataset.h"
 
 #define TL_PART_MAGIC "TLPART01"
 #define TL_PART_VERSION 1u

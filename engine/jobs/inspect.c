@@ -45,6 +45,7 @@
 
 #include "model/model_internal.h"
 #include "tokenlab/rng.h"
+#include "tokenlab/targets.h"
 #include "core/simd.h"
 
 #define TRY_MAX 64    /* indices tried per sample before giving up on it */

@@ -260,6 +260,8 @@ void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads) {
     tl_pool_free(pool);
 }
 
+void tl_ctx_adamw_step(tl_ctx *x, const tl_adamw *hp) { tl_model_adamw(x->m, hp, x->pool); }
+
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool) {
     if (m->nblocks != 4) return; /* an inference model has nothing to update */
     m->step++;

@@ -29,6 +29,7 @@
 #include "tokenlab/labelmap.h"
 #include "tokenlab/safetensors.h"
 #include "tokenlab/model.h"
+#include "tokenlab/targets.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>

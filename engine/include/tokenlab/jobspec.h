@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenlab/data.h"
+#include "tokenlab/augment.h"
 #include "tokenlab/model.h"
 
 #ifndef PATH_MAX

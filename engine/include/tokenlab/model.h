@@ -1,23 +1,21 @@
 /*
- * tl.h: the public API of the tokenlab engine (LV-ViT with token labeling).
- *
- * The engine owns: model configuration, parameters, gradients, AdamW state,
- * activations for one batch size, the forward and backward passes, the
- * token-labeling loss with MixToken, and checkpoints in safetensors.
- * It has no HTTP, no SQL and no global mutable state apart from the BLAS
- * loader (engine/core/blas.c, initialised once under pthread_once).
+ * model.h: the LV-ViT model of the engine: its configuration
+ * (engine/model/config.c), parameters, AdamW and EMA (model.c), batch
+ * contexts and their profiles (ctx.c), the forward pass, token-labeling
+ * loss and prediction (forward.c), the backward pass (backward.c),
+ * checkpoints in safetensors (checkpoint.c), the copy of weights to another
+ * input size (resize.c), and the runtime: BLAS and CPU features
+ * (engine/core/blas.c).
  *
  * Threads: a tl_model and the tl_ctx built on it belong to one caller thread
  * at a time; each tl_ctx owns a pool of worker threads that it drives for the
  * duration of one call. Two contexts on two different models may run
  * concurrently (OpenBLAS is always called single-threaded by the engine).
- *
- * Errors: functions that can fail on user input return 0 on success and -1 on
- * failure, writing a message into the caller's err buffer (TL_ERR_LEN bytes is
- * always enough). Nothing here calls exit() or abort() on bad input.
+ * Errors follow tokenlab.h: 0 or -1 with a message in err (TL_ERR_LEN bytes
+ * is always enough).
  */
-#ifndef TL_H
-#define TL_H
+#ifndef TL_MODEL_H
+#define TL_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
