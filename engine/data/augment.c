@@ -44,6 +44,7 @@
  * so pixel centres are at (x + 0.5) / S.
  */
 #include "tokenlab/augment.h"
+#include "tokenlab/base.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -101,17 +102,13 @@ static int parse_randaug(const char *s, randaug_cfg *r, char *err, size_t errlen
     r->p = 0.5;
     r->m = 10.0;
     if (memchr(s, '\0', sizeof ((tl_augment_cfg *)0)->randaug) == NULL) {
-        if (err && errlen) snprintf(err, errlen, "augment.randaug: not terminated within 64 characters");
+        tl_seterr(err, errlen, "augment.randaug: not terminated within 64 characters");
         return -1;
     }
     if (!*s) return 0;
     char buf[sizeof ((tl_augment_cfg *)0)->randaug];
     snprintf(buf, sizeof buf, "%s", s);
-#define RA_FAIL(...)                                                 \
-    do {                                                             \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);       \
-        return -1;                                                   \
-    } while (0)
+#define RA_FAIL(...) return tl_seterr(err, errlen, __VA_ARGS__)
     char *save = NULL;
     char *tok = strtok_r(buf, "-", &save);
     if (!tok || strcmp(tok, "rand") != 0) RA_FAIL("augment.randaug: \"%s\": must start with \"rand\"; " RA_SYNTAX, s);
@@ -161,11 +158,7 @@ static int parse_randaug(const char *s, randaug_cfg *r, char *err, size_t errlen
 }
 
 int tl_augment_validate(const tl_augment_cfg *a, char *err, size_t errlen) {
-#define V_FAIL(...)                                                  \
-    do {                                                             \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);       \
-        return -1;                                                   \
-    } while (0)
+#define V_FAIL(...) return tl_seterr(err, errlen, __VA_ARGS__)
     if (!a) V_FAIL("augment: no configuration");
     if (!(a->scale_min > 0.0f && a->scale_min <= a->scale_max && a->scale_max <= 1.0f))
         V_FAIL("augment.scale: need 0 < scale_min <= scale_max <= 1, got %g..%g", a->scale_min, a->scale_max);

@@ -24,6 +24,7 @@
  * their folder name.
  */
 #include "tokenlab/dataset.h"
+#include "tokenlab/base.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -50,7 +51,7 @@ struct tl_dataset {
 
 #define FAIL(...)                                                  \
     do {                                                           \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);     \
+        tl_seterr(err, errlen, __VA_ARGS__);                       \
         goto fail;                                                 \
     } while (0)
 

@@ -27,6 +27,7 @@
  *      file can take.
  */
 #include "tokenlab/image.h"
+#include "tokenlab/base.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -41,7 +42,7 @@
 
 #define FAIL(...)                                                  \
     do {                                                           \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);     \
+        tl_seterr(err, errlen, __VA_ARGS__);                       \
         goto fail;                                                 \
     } while (0)
 

@@ -11,6 +11,7 @@
  */
 #include "data/loader.h"
 
+#include "tokenlab/base.h"
 #include "tokenlab/targets.h"
 
 #include <pthread.h>
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define SLOT_EMPTY (-1)
 
@@ -56,12 +56,6 @@ struct tl_loader {
     _Atomic int64_t skipped, missing;
 };
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static void logf_(tl_loader *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(tl_loader *l, const char *fmt, ...) {
     if (!l->cfg.log) return;
@@ -89,7 +83,7 @@ static int get_image(tl_loader *l, int idx, tl_image *out, int *owned, char *err
     }
     char path[4096];
     if (tl_dataset_path(l->cfg.ds, idx, path, sizeof path) != 0) {
-        snprintf(err, errlen, "path too long");
+        tl_seterr(err, errlen, "path too long");
         return -1;
     }
     if (tl_image_load(path, min_short(l), out, err, errlen) != 0) return -1;
@@ -232,8 +226,8 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     l->count = tl_dataset_count(cfg->ds);
     l->N = cfg->grid * cfg->grid;
     if (cfg->train && l->count < cfg->batch) {
-        snprintf(err, errlen, "batch_size %d is larger than the %d images of %s", cfg->batch, l->count,
-                 tl_dataset_root(cfg->ds));
+        tl_seterr(err, errlen, "batch_size %d is larger than the %d images of %s", cfg->batch, l->count,
+                  tl_dataset_root(cfg->ds));
         free(l);
         return NULL;
     }
@@ -264,7 +258,7 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     if (!l->threads) goto fail_alloc;
     for (int t = 0; t < l->cfg.threads; t++) {
         if (pthread_create(&l->threads[t], NULL, worker_main, l) != 0) {
-            snprintf(err, errlen, "cannot start loader thread %d", t);
+            tl_seterr(err, errlen, "cannot start loader thread %d", t);
             tl_loader_free(l);
             return NULL;
         }
@@ -272,7 +266,7 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     }
     return l;
 fail_alloc:
-    snprintf(err, errlen, "out of memory allocating the data loader");
+    tl_seterr(err, errlen, "out of memory allocating the data loader");
     tl_loader_free(l);
     return NULL;
 }
@@ -335,7 +329,7 @@ void tl_loader_start(tl_loader *l, int epoch, int first) {
 }
 
 const tl_batch *tl_loader_next(tl_loader *l, double *wait_s) {
-    double t0 = now_s();
+    double t0 = tl_clock_mono_s();
     pthread_mutex_lock(&l->mu);
     if (l->held >= 0) { /* free the slot of the batch handed out last time */
         l->slots[l->held % l->nslots].batch = SLOT_EMPTY;
@@ -351,6 +345,6 @@ const tl_batch *tl_loader_next(tl_loader *l, double *wait_s) {
         out = &s->b;
     }
     pthread_mutex_unlock(&l->mu);
-    if (wait_s) *wait_s = now_s() - t0;
+    if (wait_s) *wait_s = tl_clock_mono_s() - t0;
     return out;
 }

@@ -403,12 +403,12 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     memset(&b, 0, sizeof b);
     const char *what = "checking the arguments";
     if (S < 1 || S > TL_IMAGE_MAX_SIDE || grid < 1 || grid > S || K < 1) {
-        snprintf(err, errlen, "inspection: %s: bad sizes (S %d, grid %d, K %d)", what, S, grid, K);
+        tl_seterr(err, errlen, "inspection: %s: bad sizes (S %d, grid %d, K %d)", what, S, grid, K);
         return NULL;
     }
     if (lm && tl_labelmap_num_classes(lm) != K) {
-        snprintf(err, errlen, "inspection: %s: the label map has %d classes, the model %d", what,
-                 tl_labelmap_num_classes(lm), K);
+        tl_seterr(err, errlen, "inspection: %s: the label map has %d classes, the model %d", what,
+                  tl_labelmap_num_classes(lm), K);
         return NULL;
     }
     if (aug && tl_augment_validate(aug, err, errlen) != 0) return NULL;
@@ -418,7 +418,7 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     if (nv && nv > tl_dataset_count(val_ds)) nv = tl_dataset_count(val_ds);
     if (nt && nt > tl_dataset_count(train_ds)) nt = tl_dataset_count(train_ds);
     if (nv + nt == 0) {
-        snprintf(err, errlen, "inspection: %s: no samples requested (or empty datasets)", what);
+        tl_seterr(err, errlen, "inspection: %s: no samples requested (or empty datasets)", what);
         return NULL;
     }
     b.S = S, b.grid = grid, b.K = K, b.V = S > TL_INSPECT_VIEW_MIN ? S : TL_INSPECT_VIEW_MIN;
@@ -459,13 +459,13 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     what = "reading the training samples";
     if (add_split(&b, train_ds, nt, 1) != 0) goto oom;
     if (b.s->n == 0) {
-        snprintf(err, errlen, "inspection: choosing the samples: no image could be read among those tried");
+        tl_seterr(err, errlen, "inspection: choosing the samples: no image could be read among those tried");
         goto fail;
     }
     free(b.vals);
     return b.s;
 oom:
-    snprintf(err, errlen, "inspection: %s: out of memory", what);
+    tl_seterr(err, errlen, "inspection: %s: out of memory", what);
 fail:
     free(b.vals);
     free(cv.base);
@@ -499,24 +499,24 @@ int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, c
     char dummy[8];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
     if (!ctx || !s || !r) {
-        snprintf(err, errlen, "inspection: no context, set or result");
+        tl_seterr(err, errlen, "inspection: no context, set or result");
         return -1;
     }
     const tl_config *c = tl_model_config(ctx->m);
     int N = s->grid * s->grid, K = s->K;
     if (c->img_size != s->S || tl_config_grid(c) != s->grid || c->num_classes != K) {
-        snprintf(err, errlen, "inspection: the model (%d px, grid %d, %d classes) does not match the set (%d, %d, %d)",
-                 c->img_size, tl_config_grid(c), c->num_classes, s->S, s->grid, K);
+        tl_seterr(err, errlen, "inspection: the model (%d px, grid %d, %d classes) does not match the set (%d, %d, %d)",
+                  c->img_size, tl_config_grid(c), c->num_classes, s->S, s->grid, K);
         return -1;
     }
     if (r->n != s->n || r->grid != s->grid || r->K != K) {
-        snprintf(err, errlen, "inspection: the result was made for another set");
+        tl_seterr(err, errlen, "inspection: the result was made for another set");
         return -1;
     }
     int B = tl_ctx_batch(ctx);
     float *scores = malloc(sizeof(float) * (size_t)B * K); /* (B,K) inference scores */
     if (!scores) {
-        snprintf(err, errlen, "inspection: out of memory for the scores");
+        tl_seterr(err, errlen, "inspection: out of memory for the scores");
         return -1;
     }
     size_t isz = (size_t)3 * s->S * s->S;
@@ -524,7 +524,7 @@ int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, c
         int nb = s->n - i0 < B ? s->n - i0 : B;
         if (tl_predict(ctx, s->inputs + (size_t)i0 * isz, nb, scores) != 0) {
             free(scores);
-            snprintf(err, errlen, "inspection: the forward pass refused a batch of %d", nb);
+            tl_seterr(err, errlen, "inspection: the forward pass refused a batch of %d", nb);
             return -1;
         }
         const float *aux = tl_logits_aux(ctx); /* (nb,N,K) */

@@ -104,11 +104,11 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
 
 tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err, size_t errlen) {
     if (batch < 1 || batch > 65536) {
-        if (err && errlen) snprintf(err, errlen, "batch: must be in 1..65536, got %d", batch);
+        tl_seterr(err, errlen, "batch: must be in 1..65536, got %d", batch);
         return NULL;
     }
     if (training && !tl_model_trainable(m)) {
-        if (err && errlen) snprintf(err, errlen, "a training context needs a trainable model (tl_model_new)");
+        tl_seterr(err, errlen, "a training context needs a trainable model (tl_model_new)");
         return NULL;
     }
     if (nthreads < 1) nthreads = 1;
@@ -144,15 +144,14 @@ tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err
     carve_ctx(x, &real);
     x->pool = tl_pool_new(nthreads);
     if (!x->pool) {
-        if (err && errlen) snprintf(err, errlen, "cannot start %d threads", nthreads);
+        tl_seterr(err, errlen, "cannot start %d threads", nthreads);
         tl_ctx_free(x);
         return NULL;
     }
     return x;
 fail_alloc:
-    if (err && errlen)
-        snprintf(err, errlen, "out of memory allocating activations for batch %d (%.1f MiB)", batch,
-                 x ? (double)x->nfloats * 4 / 1048576.0 : 0.0);
+    tl_seterr(err, errlen, "out of memory allocating activations for batch %d (%.1f MiB)", batch,
+                  x ? (double)x->nfloats * 4 / 1048576.0 : 0.0);
     tl_ctx_free(x);
     return NULL;
 }

@@ -197,7 +197,7 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
     if (nblocks == 4) init_weights(m, seed); /* an inference model gets its weights from a checkpoint */
     return m;
 fail_alloc:
-    if (err && errlen) snprintf(err, errlen, "out of memory allocating the model");
+    tl_seterr(err, errlen, "out of memory allocating the model");
     tl_model_free(m);
     return NULL;
 }
