@@ -47,6 +47,7 @@
 #include "tokenlab/rng.h"
 #include "tokenlab/targets.h"
 #include "core/simd.h"
+#include "data/resample.h"
 
 #define TRY_MAX 64    /* indices tried per sample before giving up on it */
 #define ALIGN 64
@@ -175,62 +176,22 @@ void tl_token_top1(const float *aux, int N, int K, int32_t *index, float *prob) 
 /* ------------------------------------------------------------------------ */
 /* the display image                                                          */
 
-/* Filter taps of n outputs whose centres are x0 + (i+0.5)*extent/n in source
- * pixels (pixel k covers [k, k+1)), limited to [lo, hi): triangle of support
- * max(scale, 1), normalised; nearest pixel when no tap has weight. */
-static void build_taps(int n, double x0, double extent, int lo, int hi, int maxt, int *first, int *count, float *w) {
-    double scale = extent / n, support = scale > 1.0 ? scale : 1.0, inv = 1.0 / support;
-    for (int i = 0; i < n; i++) {
-        double c = x0 + (i + 0.5) * scale;
-        int a = (int)floor(c - support), b = (int)ceil(c + support) + 1;
-        if (a < lo) a = lo;
-        if (b > hi) b = hi;
-        if (b - a > maxt) b = a + maxt;
-        float *wi = w + (size_t)i * maxt;
-        double sum = 0.0;
-        int f = -1, l = -1;
-        for (int k = a; k < b; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            if (d < 1.0) {
-                if (f < 0) f = k;
-                l = k;
-                sum += 1.0 - d;
-            }
-        }
-        if (f < 0 || sum <= 0.0) {
-            int k = (int)floor(c);
-            first[i] = k < lo ? lo : k >= hi ? hi - 1 : k;
-            count[i] = 1;
-            wi[0] = 1.0f;
-            continue;
-        }
-        first[i] = f;
-        count[i] = l - f + 1;
-        for (int k = f; k <= l; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            wi[k - f] = (float)((d < 1.0 ? 1.0 - d : 0.0) / sum);
-        }
-    }
-}
-
 /* Renders the source region x0 + [0, ew) by y0 + [0, eh) of src (pixels) to
  * dst (V,V,3), taps limited to [bx0, bx1) x [by0, by1), mirrored if flip.
  * 0, or -1 when out of memory. */
 static int render_view(const tl_image *src, double x0, double y0, double ew, double eh, int bx0, int by0, int bx1,
                        int by1, int flip, int V, uint8_t *dst) {
-    double supx = fmax(ew / V, 1.0), supy = fmax(eh / V, 1.0);
-    if (!(supx < 1e6 && supy < 1e6)) return -1;
-    int mtx = (int)ceil(2.0 * supx) + 3, mty = (int)ceil(2.0 * supy) + 3;
-    size_t nv = (size_t)V;
-    int *ints = malloc(4 * nv * sizeof *ints);                       /* first/count of x, then of y */
-    float *wts = malloc(nv * ((size_t)mtx + (size_t)mty) * sizeof *wts); /* (V,mtx) then (V,mty) */
+    tl_taps tx, ty;
     float *tmp = NULL;
     int rc = -1;
-    if (!ints || !wts) goto done;
-    int *fx = ints, *cx = ints + nv, *fy = ints + 2 * nv, *cy = ints + 3 * nv;
-    float *wx = wts, *wy = wts + nv * (size_t)mtx;
-    build_taps(V, x0, ew, bx0, bx1, mtx, fx, cx, wx);
-    build_taps(V, y0, eh, by0, by1, mty, fy, cy, wy);
+    if (tl_taps_build(&tx, V, x0, ew, bx0, bx1) != 0) return -1;
+    if (tl_taps_build(&ty, V, y0, eh, by0, by1) != 0) {
+        tl_taps_free(&tx);
+        return -1;
+    }
+    size_t nv = (size_t)V;
+    int *fx = tx.first, *cx = tx.count, *fy = ty.first, *cy = ty.count, mtx = tx.maxt, mty = ty.maxt;
+    const float *wx = tx.w, *wy = ty.w;
     int ylo = fy[0], yhi = fy[0] + cy[0];
     for (int y = 1; y < V; y++) {
         if (fy[y] < ylo) ylo = fy[y];
@@ -270,8 +231,8 @@ static int render_view(const tl_image *src, double x0, double y0, double ew, dou
     }
     rc = 0;
 done:
-    free(ints);
-    free(wts);
+    tl_taps_free(&tx);
+    tl_taps_free(&ty);
     free(tmp);
     return rc;
 }

@@ -43,18 +43,6 @@ static void bn_name(char *buf, size_t n, int layer) {
     snprintf(buf, n, "patch_embed.bn%d.num_batches_tracked", layer + 1);
 }
 
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t at = 0;
-    int w = snprintf(buf, n, "[");
-    at = w > 0 ? (size_t)w : 0;
-    for (int i = 0; i < ndim && at < n; i++) {
-        w = snprintf(buf + at, n - at, "%s%" PRId64, i ? "," : "", shape[i]);
-        if (w < 0) return;
-        at += (size_t)w;
-    }
-    if (at < n) snprintf(buf + at, n - at, "]");
-}
-
 /* ------------------------------------------------------------------ save */
 
 static const char *const reserved_meta[] = {"format", "tokenlab.config", "tokenlab.version", NULL};
@@ -205,8 +193,8 @@ static int check_float(const tl_st_file *f, const char *name, int ndim, const in
     for (int i = 0; same && i < ndim; i++) same = s->shape[i] == shape[i];
     if (!same) {
         char a[128], b[128];
-        fmt_shape(a, sizeof a, s->ndim, s->shape);
-        fmt_shape(b, sizeof b, ndim, shape);
+        tl_st_format_shape(a, sizeof a, s->ndim, s->shape);
+        tl_st_format_shape(b, sizeof b, ndim, shape);
         tl_seterr(err, errlen, "tensor '%s' has shape %s, model expects %s", name, a, b);
         return -1;
     }
@@ -228,7 +216,7 @@ static int check_int(const tl_st_file *f, const char *name, int n, int allow_i32
     int ok = (s->ndim == 1 && s->shape[0] == n) || (n == 1 && s->ndim == 0);
     if (!ok) {
         char a[128];
-        fmt_shape(a, sizeof a, s->ndim, s->shape);
+        tl_st_format_shape(a, sizeof a, s->ndim, s->shape);
         tl_seterr(err, errlen, "tensor '%s' has shape %s, expected [%d]%s", name, a, n, n == 1 ? " or a scalar" : "");
         return -1;
     }
@@ -393,7 +381,7 @@ static const tl_st_tensor *need_dims(const tl_st_file *f, const char *name, int 
         return NULL;
     }
     char a[128];
-    fmt_shape(a, sizeof a, t->ndim, t->shape);
+    tl_st_format_shape(a, sizeof a, t->ndim, t->shape);
     if (t->ndim != ndim) {
         tl_seterr(err, errlen, "cannot infer the config: tensor '%s' has shape %s, expected %d dimensions", name, a, ndim);
         return NULL;

@@ -86,8 +86,7 @@ static char *xstrdup(const char *s) {
     return p;
 }
 
-/* "[720,240]" or "[]" for a scalar; truncated with "..." if buf is small. */
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+void tl_st_format_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t at = 0;
     int w = snprintf(buf, n, "[");
     at = w > 0 ? (size_t)w : 0;
@@ -270,7 +269,7 @@ static int parse_tensor(tl_st_tensor *t, const cJSON *entry, const unsigned char
     uint64_t b, e;
     if (parse_offsets(t, offs, &b, &e, err, errlen) != 0) return -1;
     char sh[128];
-    fmt_shape(sh, sizeof sh, t->ndim, t->shape);
+    tl_st_format_shape(sh, sizeof sh, t->ndim, t->shape);
     if (shape_bytes(t->dtype, t->ndim, t->shape, &t->numel, &t->nbytes) != 0) {
         tl_seterr(err, errlen, "tensor '%s': %s x %s overflows", t->name, dtype_names[t->dtype], sh);
         return -1;
