@@ -175,11 +175,14 @@ static void *worker_main(void *arg) {
     int B = l->cfg.batch;
     pthread_mutex_lock(&l->mu);
     while (!l->quit) {
-        /* a sample is available when its batch's slot is free or already holds that batch */
+        /* a sample is available when its batch's slot is free or already holds that batch; the
+         * prefetch window [consumer, consumer + nslots) bounds the batches in flight, and samples
+         * are handed out in order, so none is ever behind the consumer */
         int pos = l->next_sample;
         int b = pos / B;
         slot *s = pos < l->end_sample ? &l->slots[b % l->nslots] : NULL;
-        if (!s || b >= l->consumer + l->nslots || (s->batch != b && s->batch != SLOT_EMPTY) || !scratch) {
+        if (!s || TL_NEVER(b < l->consumer) || b >= l->consumer + l->nslots ||
+            (s->batch != b && s->batch != SLOT_EMPTY) || !scratch) {
             pthread_cond_wait(&l->work, &l->mu);
             continue;
         }
@@ -197,6 +200,8 @@ static void *worker_main(void *arg) {
         process_sample(l, s, pos - b * B, epoch, pos, scratch);
         pthread_mutex_lock(&l->mu);
         l->inflight--;
+        /* a slot's samples are counted once each: done never passes n, inflight never below 0 */
+        TL_NEVER(l->inflight < 0 || s->done >= s->n);
         if (++s->done == s->n) pthread_cond_broadcast(&l->ready);
         if (l->inflight == 0) pthread_cond_broadcast(&l->ready);
     }
@@ -332,6 +337,7 @@ const tl_batch *tl_loader_next(tl_loader *l, double *wait_s) {
     double t0 = tl_clock_mono_s();
     pthread_mutex_lock(&l->mu);
     if (l->held >= 0) { /* free the slot of the batch handed out last time */
+        TL_NEVER(l->held != l->consumer || l->slots[l->held % l->nslots].batch != l->held);
         l->slots[l->held % l->nslots].batch = SLOT_EMPTY;
         l->held = -1;
         l->consumer++;

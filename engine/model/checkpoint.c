@@ -3,7 +3,7 @@
  *
  * Owns nothing beyond the duration of a call: a safetensors writer or an open
  * file, released before returning. It reaches the model only through the
- * public tl_model accessors of tl.h. Threads: runs entirely on the caller's
+ * public tl_model accessors of model.h. Threads: runs entirely on the caller's
  * thread, which must own the model for the call (as for every tl_model use).
  *
  * Layout of a file:

@@ -6,7 +6,7 @@
  * sits at the same offset in each block; the tensor table with PyTorch
  * state_dict names. The forward and backward passes live in forward.c and
  * backward.c and reach the weights through tl_weights (model_internal.h).
- * Threads: one caller at a time (see tl.h).
+ * Threads: one caller at a time (see model.h).
  */
 #include "model/model_internal.h"
 
@@ -184,9 +184,14 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
     for (int i = 0; i < nblocks; i++) {
         layout_state s = {i == 0 ? m : NULL, 0, 0};
         layout(&s, c, m->mem + (size_t)i * m->nfloats, &m->wt[i]);
+        /* every pass carves what the counting pass counted */
+        if (TL_NEVER(s.off != m->nfloats || s.nt != m->ntensors)) goto fail_layout;
     }
     for (int i = 0; i < m->ntensors; i++) {
         tl_tensor *t = &m->tensors[i];
+        /* tensors lie in order, without overlap, inside the block */
+        size_t prev_end = i ? m->tensors[i - 1].offset + m->tensors[i - 1].numel : 0;
+        if (TL_NEVER(t->offset < prev_end || t->offset + t->numel > m->nfloats)) goto fail_layout;
         t->data = m->mem + t->offset;
         if (t->kind == TL_TENSOR_PARAM && nblocks == 4) {
             t->grad = m->mem + m->nfloats + t->offset;
@@ -198,6 +203,10 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
     return m;
 fail_alloc:
     tl_seterr(err, errlen, "out of memory allocating the model");
+    tl_model_free(m);
+    return NULL;
+fail_layout:
+    tl_seterr(err, errlen, "internal error: the model's tensor table is inconsistent");
     tl_model_free(m);
     return NULL;
 }

@@ -18,10 +18,18 @@
  *
  * Writing: header padded with spaces so the data area starts at a multiple of
  * 8, tensors packed in the order added with no gaps (Hugging Face's
- * safetensors refuses gaps, and our files must load there). The file is written to "<path>.tmp.<pid>", flushed and
- * fsync'ed, renamed over path, and the containing folder is fsync'ed.
+ * safetensors refuses gaps, and our files must load there). The file is
+ * written to "<path>.tmp.<pid>", flushed and fsync'ed, renamed over path,
+ * and the containing folder is fsync'ed.
  *
  * Assumes a little-endian host (the format is little-endian).
+ *
+ * Length: about 800 lines, kept in one file on purpose. The reader and the
+ * writer share the format's rules (the dtype table, the checked shape
+ * arithmetic, the metadata key) and must stay their exact mirror images;
+ * splitting them would put those rules behind an internal header for two
+ * halves that always change together. The reader's checks are one ordered
+ * sequence that reads best in one place.
  */
 #include "tokenlab/files.h"
 #include "tokenlab/base.h"
@@ -772,6 +780,13 @@ int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen) {
     }
     hdr = build_header(w, &hlen, &data_len);
     if (!hdr) goto fail;
+    /* the header's data offsets cover exactly the bytes write_body will write */
+    size_t body = 0;
+    for (int i = 0; i < w->count; i++) body += w->ents[i].nbytes;
+    if (TL_NEVER(body != data_len)) {
+        errno = EINVAL;
+        goto fail;
+    }
     size_t tlen = strlen(path) + 32;
     tmp = malloc(tlen);
     if (!tmp) goto fail;
