@@ -1,6 +1,6 @@
 /*
  * targets.c: a training sample's token-labeling targets from its label-map
- * entry and the geometry of its augmentation (labelmap.h, TOKEN_LABELING.md
+ * entry and the geometry of its augmentation (targets.h, docs/METHOD.md
  * section 5, schema/labelmap.md).
  *
  * Owns nothing: every function works in the caller's buffers (outputs and a

@@ -3,7 +3,7 @@
  * a dataset, writing the top-k logits of its aux head at every token location
  * into a label-map file (labelmap.h format), keyed by the image's path
  * relative to the dataset root, for token-labeling training of other models
- * (TOKEN_LABELING.md sections 1 and 5).
+ * (docs/METHOD.md sections 1 and 5).
  *
  * Sources: annotate_spec.c (the spec: defaults and parse), annotate.c (the
  * run) with annotate_parts.c (its part files, internal). The position

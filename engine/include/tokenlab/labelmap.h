@@ -1,6 +1,6 @@
 /*
  * labelmap.h: token-label maps (the machine annotator's output), read and
- * written by engine/data/labelmap.c (TOKEN_LABELING.md section 5); the
+ * written by engine/data/labelmap.c (docs/METHOD.md section 5); the
  * per-sample targets built from them are targets.h's.
  *
  * labelmap.c owns the single-file format (documented in schema/labelmap.md):

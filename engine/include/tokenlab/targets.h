@@ -1,6 +1,6 @@
 /*
  * targets.h: the targets of one training sample built from its label-map
- * entry (engine/data/targets.c, TOKEN_LABELING.md section 5): (1) dense
+ * entry (engine/data/targets.c, docs/METHOD.md section 5): (1) dense
  * logits L[K,h,w] = 0 with the k stored logits scattered to their classes;
  * (2) RoIAlign (torchvision
  * semantics, aligned=False, sampling_ratio -1) of the crop box
