@@ -11,6 +11,7 @@
  * GEMM in backward); AdamW and elementwise work are not counted.
  */
 #include "data/loader.h"
+#include "tokenlab/base.h"
 #include "tokenlab/memtune.h"
 #include "ops/ops.h"
 #include "core/pool.h"
@@ -23,12 +24,6 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static double peak_rss_mb(void) {
     struct rusage ru;
@@ -50,9 +45,9 @@ static double measure_sgemm_peak(int nthreads) {
     tl_gemm(p, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
     double best = 0.0;
     for (int r = 0; r < 5; r++) {
-        double t = now();
+        double t = tl_clock_mono_s();
         tl_gemm(p, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double g = 2.0 * n * n * (double)n / (now() - t) / 1e9;
+        double g = 2.0 * n * n * (double)n / (tl_clock_mono_s() - t) / 1e9;
         best = g > best ? g : best;
     }
     tl_pool_free(p);
@@ -77,10 +72,10 @@ static double measure_loader(const char *dir, int S, int grid, int batch, int th
     }
     if (nbatches > tl_loader_batches(l)) nbatches = tl_loader_batches(l);
     tl_loader_start(l, 0, 0);
-    double t0 = now();
+    double t0 = tl_clock_mono_s();
     int n = 0;
     for (int i = 0; i < nbatches && tl_loader_next(l, NULL); i++) n += batch;
-    double ips = n / (now() - t0);
+    double ips = n / (tl_clock_mono_s() - t0);
     tl_loader_free(l);
     tl_dataset_free(ds);
     return ips;
@@ -182,18 +177,18 @@ int main(int argc, char **argv) {
 
     double t0 = 0, fwd = 0, bwd = 0, opt = 0;
     for (int it = 0; it < warmup + steps; it++) {
-        if (it == warmup) { t0 = now(); fwd = bwd = opt = 0; tl_ctx_profile(ctx, profile); }
+        if (it == warmup) { t0 = tl_clock_mono_s(); fwd = bwd = opt = 0; tl_ctx_profile(ctx, profile); }
         if (train) {
-            double a = now();
+            double a = tl_clock_mono_s();
             tl_model_zero_grad(m);
             tl_loss_parts lp;
             tl_forward(ctx, images, batch, 1, &box, (uint64_t)it);
             tl_loss(ctx, t_cls, NULL, &lw, &lp);
-            double b = now();
+            double b = tl_clock_mono_s();
             tl_backward(ctx);
-            double d = now();
+            double d = tl_clock_mono_s();
             tl_ctx_adamw_step(ctx, &hp);
-            double e = now();
+            double e = tl_clock_mono_s();
             fwd += b - a;
             bwd += d - b;
             opt += e - d;
@@ -201,7 +196,7 @@ int main(int argc, char **argv) {
             tl_predict(ctx, images, batch, scores);
         }
     }
-    double dt = now() - t0;
+    double dt = tl_clock_mono_s() - t0;
     double ips = (double)batch * steps / dt;
     double flops_img = tl_config_forward_flops(&c) * (train ? 3.0 : 1.0);
     double gflops = flops_img * ips / 1e9;

@@ -16,6 +16,7 @@
  * and never lets OpenBLAS start threads (no oversubscription, no level-3 lock).
  */
 #include "core/blas.h"
+#include "tokenlab/base.h"
 #include "tokenlab/model.h"
 
 #include <dlfcn.h>
@@ -136,7 +137,7 @@ static void load_once(void) {
 int tl_blas_init(char *err, size_t errlen) {
     pthread_once(&g_once, load_once);
     if (g_sgemm) return 0;
-    if (err && errlen) snprintf(err, errlen, "%s", g_err);
+    tl_seterr(err, errlen, "%s", g_err);
     return -1;
 }
 

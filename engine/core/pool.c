@@ -19,6 +19,7 @@
  * variable between calls after a short spin.
  */
 #include "core/pool.h"
+#include "tokenlab/base.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -122,6 +123,8 @@ void tl_pool_run(tl_pool *p, tl_pool_fn fn, void *ctx) {
         fn(ctx, 0, 1);
         return;
     }
+    /* the last call's tasks were all claimed and finished: nothing can still read fn/ctx */
+    if (TL_NEVER(next_of(atomic_load_explicit(&p->claim, memory_order_acquire)) < (uint32_t)p->n)) return;
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
@@ -138,4 +141,6 @@ void tl_pool_run(tl_pool *p, tl_pool_fn fn, void *ctx) {
         else
             sched_yield();
     }
+    /* each of the n tasks ran exactly once */
+    TL_NEVER(atomic_load_explicit(&p->done, memory_order_acquire) != p->n);
 }

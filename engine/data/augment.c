@@ -1,6 +1,6 @@
 /*
  * augment.c: training and evaluation transforms, and batch Mixup/CutMix
- * (see data.h).
+ * (see augment.h). The resampling filter is resample.c's.
  *
  * Owns nothing beyond a call: every function works on caller-owned images,
  * RNGs and outputs plus scratch buffers it mallocs and frees itself, so loader
@@ -43,7 +43,8 @@
  * Normalised coordinates: u = x_continuous / S with pixel x covering [x, x+1),
  * so pixel centres are at (x + 0.5) / S.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/augment.h"
+#include "tokenlab/base.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -52,6 +53,7 @@
 #include <string.h>
 
 #include "core/simd.h"
+#include "data/resample.h"
 
 static const float MEAN[3] = {0.485f, 0.456f, 0.406f};
 static const float STDV[3] = {0.229f, 0.224f, 0.225f};
@@ -101,17 +103,13 @@ static int parse_randaug(const char *s, randaug_cfg *r, char *err, size_t errlen
     r->p = 0.5;
     r->m = 10.0;
     if (memchr(s, '\0', sizeof ((tl_augment_cfg *)0)->randaug) == NULL) {
-        if (err && errlen) snprintf(err, errlen, "augment.randaug: not terminated within 64 characters");
+        tl_seterr(err, errlen, "augment.randaug: not terminated within 64 characters");
         return -1;
     }
     if (!*s) return 0;
     char buf[sizeof ((tl_augment_cfg *)0)->randaug];
     snprintf(buf, sizeof buf, "%s", s);
-#define RA_FAIL(...)                                                 \
-    do {                                                             \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);       \
-        return -1;                                                   \
-    } while (0)
+#define RA_FAIL(...) return tl_seterr(err, errlen, __VA_ARGS__)
     char *save = NULL;
     char *tok = strtok_r(buf, "-", &save);
     if (!tok || strcmp(tok, "rand") != 0) RA_FAIL("augment.randaug: \"%s\": must start with \"rand\"; " RA_SYNTAX, s);
@@ -161,11 +159,7 @@ static int parse_randaug(const char *s, randaug_cfg *r, char *err, size_t errlen
 }
 
 int tl_augment_validate(const tl_augment_cfg *a, char *err, size_t errlen) {
-#define V_FAIL(...)                                                  \
-    do {                                                             \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);       \
-        return -1;                                                   \
-    } while (0)
+#define V_FAIL(...) return tl_seterr(err, errlen, __VA_ARGS__)
     if (!a) V_FAIL("augment: no configuration");
     if (!(a->scale_min > 0.0f && a->scale_min <= a->scale_max && a->scale_max <= 1.0f))
         V_FAIL("augment.scale: need 0 < scale_min <= scale_max <= 1, got %g..%g", a->scale_min, a->scale_max);
@@ -178,140 +172,6 @@ int tl_augment_validate(const tl_augment_cfg *a, char *err, size_t errlen) {
 #undef V_FAIL
     randaug_cfg r;
     return parse_randaug(a->randaug, &r, err, errlen);
-}
-
-/* ------------------------------------------------------------------------ */
-/* separable resampling                                                       */
-
-typedef struct {
-    int *first, *count;
-    float *w; /* n * maxt */
-    int maxt;
-} taps;
-
-static void taps_free(taps *t) {
-    free(t->first);
-    free(t->count);
-    free(t->w);
-    memset(t, 0, sizeof *t);
-}
-
-/* Output i (of n) has its centre at x0 + (i + 0.5) * extent / n in source
- * coordinates; source pixel k covers [k, k+1). Taps are limited to [lo, hi). */
-static int taps_build(taps *t, int n, double x0, double extent, int lo, int hi) {
-    memset(t, 0, sizeof *t);
-    double scale = extent / n, support = scale > 1.0 ? scale : 1.0, inv = 1.0 / support;
-    if (!(support < 1e6)) return -1;
-    int maxt = (int)ceil(2.0 * support) + 3;
-    t->first = malloc((size_t)n * sizeof *t->first);
-    t->count = malloc((size_t)n * sizeof *t->count);
-    t->w = malloc((size_t)n * (size_t)maxt * sizeof *t->w);
-    if (!t->first || !t->count || !t->w) {
-        taps_free(t);
-        return -1;
-    }
-    t->maxt = maxt;
-    for (int i = 0; i < n; i++) {
-        double c = x0 + (i + 0.5) * scale;
-        int a = (int)floor(c - support), b = (int)ceil(c + support) + 1;
-        if (a < lo) a = lo;
-        if (b > hi) b = hi;
-        if (b - a > maxt) b = a + maxt;
-        float *w = t->w + (size_t)i * maxt;
-        double sum = 0.0;
-        int f = -1, l = -1;
-        for (int k = a; k < b; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            double wk = d < 1.0 ? 1.0 - d : 0.0;
-            if (wk > 0.0) {
-                if (f < 0) f = k;
-                l = k;
-            }
-            sum += wk;
-        }
-        if (f < 0 || sum <= 0.0) { /* centre outside the allowed range: nearest pixel */
-            int k = (int)floor(c);
-            t->first[i] = k < lo ? lo : k >= hi ? hi - 1 : k;
-            t->count[i] = 1;
-            w[0] = 1.0f;
-            continue;
-        }
-        t->first[i] = f;
-        t->count[i] = l - f + 1;
-        for (int k = f; k <= l; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            w[k - f] = (float)((d < 1.0 ? 1.0 - d : 0.0) / sum);
-        }
-    }
-    return 0;
-}
-
-TL_VEC static void vpass_row(const float *tmp, size_t stride, int count, const float *w, float *acc, uint8_t *dst,
-                             int n) {
-    for (int j = 0; j < n; j++) acc[j] = 0.0f;
-    for (int k = 0; k < count; k++) {
-        const float *row = tmp + (size_t)k * stride;
-        float wk = w[k];
-        for (int j = 0; j < n; j++) acc[j] += wk * row[j];
-    }
-    for (int j = 0; j < n; j++) {
-        float v = acc[j] + 0.5f;
-        v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-        dst[j] = (uint8_t)v;
-    }
-}
-
-/* Resamples the source region whose output-pixel centres are
- * (x0 + (x+0.5)*ew/S, y0 + (y+0.5)*eh/S), taps limited to the box
- * [bx0, bx1) x [by0, by1), into dst (S*S*3, uint8). */
-static int resample(const tl_image *src, double x0, double y0, double ew, double eh, int bx0, int by0, int bx1,
-                    int by1, int S, uint8_t *dst) {
-    taps tx, ty;
-    float *tmp = NULL, *acc = NULL;
-    int rc = -1;
-    if (taps_build(&tx, S, x0, ew, bx0, bx1) != 0) return -1;
-    if (taps_build(&ty, S, y0, eh, by0, by1) != 0) {
-        taps_free(&tx);
-        return -1;
-    }
-    int ylo = ty.first[0], yhi = ty.first[0] + ty.count[0];
-    for (int y = 1; y < S; y++) {
-        if (ty.first[y] < ylo) ylo = ty.first[y];
-        if (ty.first[y] + ty.count[y] > yhi) yhi = ty.first[y] + ty.count[y];
-    }
-    size_t stride = (size_t)S * 3;
-    tmp = malloc((size_t)(yhi - ylo) * stride * sizeof *tmp);
-    acc = malloc(stride * sizeof *acc);
-    if (!tmp || !acc) goto done;
-    /* horizontal pass: rows ylo..yhi-1 of the source to S columns */
-    for (int y = ylo; y < yhi; y++) {
-        const uint8_t *srow = src->rgb + (size_t)y * src->w * 3;
-        float *trow = tmp + (size_t)(y - ylo) * stride;
-        for (int x = 0; x < S; x++) {
-            const uint8_t *p = srow + (size_t)tx.first[x] * 3;
-            const float *w = tx.w + (size_t)x * tx.maxt;
-            float r = 0.0f, g = 0.0f, b = 0.0f;
-            for (int k = 0, n = tx.count[x]; k < n; k++) {
-                r += w[k] * p[3 * k];
-                g += w[k] * p[3 * k + 1];
-                b += w[k] * p[3 * k + 2];
-            }
-            trow[3 * x] = r;
-            trow[3 * x + 1] = g;
-            trow[3 * x + 2] = b;
-        }
-    }
-    /* vertical pass */
-    for (int y = 0; y < S; y++)
-        vpass_row(tmp + (size_t)(ty.first[y] - ylo) * stride, stride, ty.count[y], ty.w + (size_t)y * ty.maxt, acc,
-                  dst + (size_t)y * stride, (int)stride);
-    rc = 0;
-done:
-    free(tmp);
-    free(acc);
-    taps_free(&tx);
-    taps_free(&ty);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -767,7 +627,7 @@ void tl_augment_train(const tl_image *src, int S, const tl_augment_cfg *a, tl_rn
     tmp = malloc(n3);
     if (!img || !tmp) goto oom;
     /* 2. resample the crop */
-    if (resample(src, left, top, cw, ch, left, top, left + cw, top + ch, S, img) != 0) goto oom;
+    if (tl_resample_rgb(src, left, top, cw, ch, left, top, left + cw, top + ch, S, img) != 0) goto oom;
     /* 3. flip */
     g.flip = tl_rng_uniform(rng) < a->hflip;
     if (g.flip)
@@ -832,7 +692,7 @@ void tl_transform_eval(const tl_image *src, int S, float crop_pct, float *out, t
     int ct = pyround((rh - S) / 2.0), cl = pyround((rw - S) / 2.0);
     double sx = (double)W / rw, sy = (double)H / rh;
     uint8_t *img = malloc((size_t)S * S * 3);
-    if (!img || resample(src, cl * sx, ct * sy, S * sx, S * sy, 0, 0, W, H, S, img) != 0) {
+    if (!img || tl_resample_rgb(src, cl * sx, ct * sy, S * sx, S * sy, 0, 0, W, H, S, img) != 0) {
         free(img);
         zero_out(out, S);
         return;
@@ -853,7 +713,7 @@ void tl_transform_full(const tl_image *src, int S, float *out) {
         return;
     }
     uint8_t *img = malloc((size_t)S * S * 3);
-    if (!img || resample(src, 0, 0, src->w, src->h, 0, 0, src->w, src->h, S, img) != 0) {
+    if (!img || tl_resample_rgb(src, 0, 0, src->w, src->h, 0, 0, src->w, src->h, S, img) != 0) {
         free(img);
         zero_out(out, S);
         return;

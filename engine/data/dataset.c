@@ -23,11 +23,13 @@
  * lines naming unknown folders are ignored; classes it does not name keep
  * their folder name.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/dataset.h"
+#include "tokenlab/base.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +51,7 @@ struct tl_dataset {
 
 #define FAIL(...)                                                  \
     do {                                                           \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);     \
+        tl_seterr(err, errlen, __VA_ARGS__);                       \
         goto fail;                                                 \
     } while (0)
 

@@ -26,7 +26,8 @@
  *      the file's. TJFLAG_LIMITSCANS bounds the time a hostile progressive
  *      file can take.
  */
-#include "tokenlab/data.h"
+#include "tokenlab/image.h"
+#include "tokenlab/base.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -41,7 +42,7 @@
 
 #define FAIL(...)                                                  \
     do {                                                           \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__);     \
+        tl_seterr(err, errlen, __VA_ARGS__);                       \
         goto fail;                                                 \
     } while (0)
 
@@ -82,12 +83,8 @@ static void pick_scale(int w, int h, int min_short, int *sw, int *sh) {
     *sh = best_h;
 }
 
-int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, char *err, size_t errlen) {
-    return tl_image_decode2(jpeg, len, min_short, out, NULL, err, errlen);
-}
-
-int tl_image_decode2(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
-                     size_t errlen) {
+int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *out, tl_image_status *status, char *err,
+                    size_t errlen) {
     tjhandle tj = NULL;
     uint8_t *buf = NULL;
     tl_image_status st = TL_IMG_CORRUPT;
@@ -196,7 +193,7 @@ int tl_image_load(const char *path, int min_short, tl_image *out, char *err, siz
     fclose(f);
     f = NULL;
     char msg[256];
-    if (tl_image_decode(data, n, min_short, out, msg, sizeof msg) != 0) FAIL("%s: %s", path, msg);
+    if (tl_image_decode(data, n, min_short, out, NULL, msg, sizeof msg) != 0) FAIL("%s: %s", path, msg);
     free(data);
     return 0;
 fail:

@@ -38,6 +38,7 @@
  * Nothing here calls exit() or abort().
  */
 #include "tokenlab/files.h"
+#include "tokenlab/base.h"
 #include "tokenlab/labelmap.h"
 
 #include <errno.h>
@@ -52,6 +53,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "core/fnv.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "labelmap.c assumes a little-endian host"
@@ -100,15 +103,6 @@ struct tl_labelmap_writer {
 };
 
 /* ------------------------------------------------------------------ helpers */
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint32_t rd32(const unsigned char *p) {
     uint32_t v;
@@ -182,52 +176,52 @@ static int check_table(tl_labelmap *lm, char *err, size_t errlen) {
         uint32_t len = rd32(e + 8), res = rd32(e + 12);
         uint64_t end;
         if (res != 0) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": reserved field is %" PRIu32 ", must be 0",
-                   lm->path, i, res);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": reserved field is %" PRIu32 ", must be 0",
+                      lm->path, i, res);
             return -1;
         }
         if (len == 0) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": empty key", lm->path, i);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": empty key", lm->path, i);
             return -1;
         }
         if (len > LM_MAX_KEY) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key_len %" PRIu32 " exceeds %u", lm->path,
-                   i, len, LM_MAX_KEY);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key_len %" PRIu32 " exceeds %u", lm->path,
+                      i, len, LM_MAX_KEY);
             return -1;
         }
         if (__builtin_add_overflow(off, (uint64_t)len + 1u, &end) || end > lm->blob_len) {
-            seterr(err, errlen,
-                   "label map %s: key table entry %" PRId64 ": key (offset %" PRIu64 ", length %" PRIu32
-                   " + NUL) outside the %zu-byte keys blob",
-                   lm->path, i, off, len, lm->blob_len);
+            tl_seterr(err, errlen,
+                      "label map %s: key table entry %" PRId64 ": key (offset %" PRIu64 ", length %" PRIu32
+                      " + NUL) outside the %zu-byte keys blob",
+                      lm->path, i, off, len, lm->blob_len);
             return -1;
         }
         const char *key = (const char *)lm->blob + off;
         if (memchr(key, 0, len)) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key contains a NUL byte", lm->path, i);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key contains a NUL byte", lm->path, i);
             return -1;
         }
         if (key[len] != 0) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key is not followed by a NUL", lm->path, i);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": key is not followed by a NUL", lm->path, i);
             return -1;
         }
         if (prev) {
             size_t m = prev_len < len ? prev_len : len;
             int c = memcmp(prev, key, m);
             if (c > 0 || (c == 0 && prev_len >= len)) {
-                seterr(err, errlen, "label map %s: key table entry %" PRId64 " ('%.*s'): keys not strictly sorted%s",
-                       lm->path, i, (int)(len > 200 ? 200 : len), key, c == 0 && prev_len == len ? " (duplicate)" : "");
+                tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 " ('%.*s'): keys not strictly sorted%s",
+                          lm->path, i, (int)(len > 200 ? 200 : len), key, c == 0 && prev_len == len ? " (duplicate)" : "");
                 return -1;
             }
         }
         if (entry >= (uint64_t)lm->count) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": entry %" PRIu64 " >= count %" PRId64,
-                   lm->path, i, entry, lm->count);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": entry %" PRIu64 " >= count %" PRId64,
+                      lm->path, i, entry, lm->count);
             return -1;
         }
         if (lm->key_of_entry[entry] != UINT32_MAX) {
-            seterr(err, errlen, "label map %s: key table entry %" PRId64 ": entry %" PRIu64 " referenced twice",
-                   lm->path, i, entry);
+            tl_seterr(err, errlen, "label map %s: key table entry %" PRId64 ": entry %" PRIu64 " referenced twice",
+                      lm->path, i, entry);
             return -1;
         }
         lm->key_of_entry[entry] = (uint32_t)i;
@@ -242,7 +236,7 @@ tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, s
     int fd = -1;
     const char *step = "allocate";
     if (!path) {
-        seterr(err, errlen, "label map: no path");
+        tl_seterr(err, errlen, "label map: no path");
         return NULL;
     }
     lm = calloc(1, sizeof *lm);
@@ -254,12 +248,12 @@ tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, s
     struct stat st;
     if (fstat(fd, &st) != 0) goto fail_errno;
     if (!S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "label map %s: not a regular file", path);
+        tl_seterr(err, errlen, "label map %s: not a regular file", path);
         goto fail;
     }
     if ((uint64_t)st.st_size < LM_HEADER_SIZE) {
-        seterr(err, errlen, "label map %s: file is %lld bytes, shorter than the %u-byte header (truncated?)", path,
-               (long long)st.st_size, LM_HEADER_SIZE);
+        tl_seterr(err, errlen, "label map %s: file is %lld bytes, shorter than the %u-byte header (truncated?)", path,
+                  (long long)st.st_size, LM_HEADER_SIZE);
         goto fail;
     }
     lm->size = (size_t)st.st_size;
@@ -272,7 +266,7 @@ tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, s
 
     const unsigned char *hd = lm->map;
     if (memcmp(hd + H_MAGIC, LM_MAGIC, 8) != 0) {
-        seterr(err, errlen, "label map %s: bad magic (not a tokenlab label map, expected \"%s\")", path, LM_MAGIC);
+        tl_seterr(err, errlen, "label map %s: bad magic (not a tokenlab label map, expected \"%s\")", path, LM_MAGIC);
         goto fail;
     }
     uint32_t version = rd32(hd + H_VERSION), K = rd32(hd + H_K), k = rd32(hd + H_TOPK), h = rd32(hd + H_H),
@@ -280,79 +274,79 @@ tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, s
     uint64_t count = rd64(hd + H_COUNT), rec_off = rd64(hd + H_RECORDS), tab_off = rd64(hd + H_KEYTABLE),
              blob_off = rd64(hd + H_BLOB), fsize = rd64(hd + H_FILESIZE);
     if (version != LM_VERSION) {
-        seterr(err, errlen, "label map %s: unsupported version %" PRIu32 " (this reader knows %u)", path, version,
-               LM_VERSION);
+        tl_seterr(err, errlen, "label map %s: unsupported version %" PRIu32 " (this reader knows %u)", path, version,
+                  LM_VERSION);
         goto fail;
     }
     if (K < 1 || K > TL_LABELMAP_MAX_CLASSES) {
-        seterr(err, errlen, "label map %s: K = %" PRIu32 " classes outside [1, %d]", path, K, TL_LABELMAP_MAX_CLASSES);
+        tl_seterr(err, errlen, "label map %s: K = %" PRIu32 " classes outside [1, %d]", path, K, TL_LABELMAP_MAX_CLASSES);
         goto fail;
     }
     if (k < 1 || k > K) {
-        seterr(err, errlen, "label map %s: k = %" PRIu32 " (top entries) outside [1, K = %" PRIu32 "]", path, k, K);
+        tl_seterr(err, errlen, "label map %s: k = %" PRIu32 " (top entries) outside [1, K = %" PRIu32 "]", path, k, K);
         goto fail;
     }
     if (h < 1 || h > LM_MAX_SIDE || w < 1 || w > LM_MAX_SIDE) {
-        seterr(err, errlen, "label map %s: map size h x w = %" PRIu32 " x %" PRIu32 " outside [1, %u]", path, h, w,
-               LM_MAX_SIDE);
+        tl_seterr(err, errlen, "label map %s: map size h x w = %" PRIu32 " x %" PRIu32 " outside [1, %u]", path, h, w,
+                  LM_MAX_SIDE);
         goto fail;
     }
     if (res != 0) {
-        seterr(err, errlen, "label map %s: header reserved field is %" PRIu32 ", must be 0", path, res);
+        tl_seterr(err, errlen, "label map %s: header reserved field is %" PRIu32 ", must be 0", path, res);
         goto fail;
     }
     if (expect_classes > 0 && (uint32_t)expect_classes != K) {
-        seterr(err, errlen, "label map %s: has K = %" PRIu32 " classes, the job expects %d", path, K, expect_classes);
+        tl_seterr(err, errlen, "label map %s: has K = %" PRIu32 " classes, the job expects %d", path, K, expect_classes);
         goto fail;
     }
     if (fsize != (uint64_t)lm->size) {
-        seterr(err, errlen, "label map %s: file_size field says %" PRIu64 " bytes but the file has %zu (%s)", path,
-               fsize, lm->size, fsize > (uint64_t)lm->size ? "truncated" : "trailing bytes");
+        tl_seterr(err, errlen, "label map %s: file_size field says %" PRIu64 " bytes but the file has %zu (%s)", path,
+                  fsize, lm->size, fsize > (uint64_t)lm->size ? "truncated" : "trailing bytes");
         goto fail;
     }
     if (count > LM_MAX_COUNT) {
-        seterr(err, errlen, "label map %s: count %" PRIu64 " exceeds the limit %" PRIu64, path, count, LM_MAX_COUNT);
+        tl_seterr(err, errlen, "label map %s: count %" PRIu64 " exceeds the limit %" PRIu64, path, count, LM_MAX_COUNT);
         goto fail;
     }
     if (rec_off != LM_HEADER_SIZE) {
-        seterr(err, errlen, "label map %s: records_offset %" PRIu64 " must be %u (right after the header)", path,
-               rec_off, LM_HEADER_SIZE);
+        tl_seterr(err, errlen, "label map %s: records_offset %" PRIu64 " must be %u (right after the header)", path,
+                  rec_off, LM_HEADER_SIZE);
         goto fail;
     }
     uint64_t plane = (uint64_t)k * h * w; /* <= 65535 * 2^20: no overflow */
     uint64_t rec_size = 4 * plane, rec_bytes, rec_end, tab_bytes, tab_end;
     if (__builtin_mul_overflow(count, rec_size, &rec_bytes) || __builtin_add_overflow(rec_off, rec_bytes, &rec_end) ||
         rec_end > (uint64_t)lm->size) {
-        seterr(err, errlen,
-               "label map %s: count %" PRIu64 " records of %" PRIu64 " bytes do not fit in the %zu-byte file (count too "
-               "large or file truncated)",
-               path, count, rec_size, lm->size);
+        tl_seterr(err, errlen,
+                  "label map %s: count %" PRIu64 " records of %" PRIu64 " bytes do not fit in the %zu-byte file (count too "
+                  "large or file truncated)",
+                  path, count, rec_size, lm->size);
         goto fail;
     }
     if (tab_off > (uint64_t)lm->size) {
-        seterr(err, errlen, "label map %s: keytable_offset %" PRIu64 " outside the %zu-byte file", path, tab_off,
-               lm->size);
+        tl_seterr(err, errlen, "label map %s: keytable_offset %" PRIu64 " outside the %zu-byte file", path, tab_off,
+                  lm->size);
         goto fail;
     }
     if (tab_off != rec_end) {
-        seterr(err, errlen, "label map %s: keytable_offset %" PRIu64 " is not the end of the records (%" PRIu64 ")",
-               path, tab_off, rec_end);
+        tl_seterr(err, errlen, "label map %s: keytable_offset %" PRIu64 " is not the end of the records (%" PRIu64 ")",
+                  path, tab_off, rec_end);
         goto fail;
     }
     if (__builtin_mul_overflow(count, (uint64_t)LM_ENTRY_SIZE, &tab_bytes) ||
         __builtin_add_overflow(tab_off, tab_bytes, &tab_end) || tab_end > (uint64_t)lm->size) {
-        seterr(err, errlen, "label map %s: key table of %" PRIu64 " entries at %" PRIu64 " runs past the %zu-byte file",
-               path, count, tab_off, lm->size);
+        tl_seterr(err, errlen, "label map %s: key table of %" PRIu64 " entries at %" PRIu64 " runs past the %zu-byte file",
+                  path, count, tab_off, lm->size);
         goto fail;
     }
     if (blob_off > (uint64_t)lm->size) {
-        seterr(err, errlen, "label map %s: keys_blob_offset %" PRIu64 " outside the %zu-byte file", path, blob_off,
-               lm->size);
+        tl_seterr(err, errlen, "label map %s: keys_blob_offset %" PRIu64 " outside the %zu-byte file", path, blob_off,
+                  lm->size);
         goto fail;
     }
     if (blob_off != tab_end) {
-        seterr(err, errlen, "label map %s: keys_blob_offset %" PRIu64 " is not the end of the key table (%" PRIu64 ")",
-               path, blob_off, tab_end);
+        tl_seterr(err, errlen, "label map %s: keys_blob_offset %" PRIu64 " is not the end of the key table (%" PRIu64 ")",
+                  path, blob_off, tab_end);
         goto fail;
     }
     lm->K = (int)K;
@@ -376,7 +370,7 @@ tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, s
 
 fail_errno:;
     int e = errno;
-    seterr(err, errlen, "label map %s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
+    tl_seterr(err, errlen, "label map %s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
 fail:
     if (fd >= 0) close(fd);
     tl_labelmap_close(lm);
@@ -418,11 +412,11 @@ const char *tl_labelmap_key(const tl_labelmap *lm, int64_t i, int64_t *entry) {
 
 int tl_labelmap_read(const tl_labelmap *lm, int64_t e, float *values, int32_t *indices, char *err, size_t errlen) {
     if (!lm || !values || !indices) {
-        seterr(err, errlen, "tl_labelmap_read: no map or output buffer");
+        tl_seterr(err, errlen, "tl_labelmap_read: no map or output buffer");
         return -1;
     }
     if (e < 0 || e >= lm->count) {
-        seterr(err, errlen, "label map %s: entry %" PRId64 " outside [0, %" PRId64 ")", lm->path, e, lm->count);
+        tl_seterr(err, errlen, "label map %s: entry %" PRId64 " outside [0, %" PRId64 ")", lm->path, e, lm->count);
         return -1;
     }
     const unsigned char *rec = lm->records + (size_t)e * lm->rec_size;
@@ -436,12 +430,12 @@ int tl_labelmap_read(const tl_labelmap *lm, int64_t e, float *values, int32_t *i
             size_t j = i / hw, y = (i % hw) / (size_t)lm->w, x = i % (size_t)lm->w;
             const char *key = table_key(lm, lm->key_of_entry[e], NULL);
             if (iv >= (uint32_t)lm->K)
-                seterr(err, errlen,
-                       "label map %s: key '%s' (entry %" PRId64 "): class index %u at [%zu][%zu][%zu] is >= K = %d",
-                       lm->path, key, e, (unsigned)iv, j, y, x, lm->K);
+                tl_seterr(err, errlen,
+                          "label map %s: key '%s' (entry %" PRId64 "): class index %u at [%zu][%zu][%zu] is >= K = %d",
+                          lm->path, key, e, (unsigned)iv, j, y, x, lm->K);
             else
-                seterr(err, errlen, "label map %s: key '%s' (entry %" PRId64 "): logit at [%zu][%zu][%zu] is %s",
-                       lm->path, key, e, j, y, x, (hv & 0x3ffu) ? "NaN" : "infinite");
+                tl_seterr(err, errlen, "label map %s: key '%s' (entry %" PRId64 "): logit at [%zu][%zu][%zu] is %s",
+                          lm->path, key, e, j, y, x, (hv & 0x3ffu) ? "NaN" : "infinite");
             return -1;
         }
         values[i] = half_to_float(hv);
@@ -468,19 +462,19 @@ tl_labelmap_writer *tl_labelmap_writer_new(const char *path, int K, int k, int h
     tl_labelmap_writer *wr = NULL;
     const char *step = "allocate";
     if (!path || !*path) {
-        seterr(err, errlen, "label map writer: no path");
+        tl_seterr(err, errlen, "label map writer: no path");
         return NULL;
     }
     if (K < 1 || K > TL_LABELMAP_MAX_CLASSES) {
-        seterr(err, errlen, "label map writer %s: K = %d classes outside [1, %d]", path, K, TL_LABELMAP_MAX_CLASSES);
+        tl_seterr(err, errlen, "label map writer %s: K = %d classes outside [1, %d]", path, K, TL_LABELMAP_MAX_CLASSES);
         return NULL;
     }
     if (k < 1 || k > K) {
-        seterr(err, errlen, "label map writer %s: k = %d (top entries) outside [1, K = %d]", path, k, K);
+        tl_seterr(err, errlen, "label map writer %s: k = %d (top entries) outside [1, K = %d]", path, k, K);
         return NULL;
     }
     if (h < 1 || h > (int)LM_MAX_SIDE || w < 1 || w > (int)LM_MAX_SIDE) {
-        seterr(err, errlen, "label map writer %s: map size h x w = %d x %d outside [1, %u]", path, h, w, LM_MAX_SIDE);
+        tl_seterr(err, errlen, "label map writer %s: map size h x w = %d x %d outside [1, %u]", path, h, w, LM_MAX_SIDE);
         return NULL;
     }
     errno = 0;
@@ -508,7 +502,7 @@ tl_labelmap_writer *tl_labelmap_writer_new(const char *path, int K, int k, int h
     return wr;
 fail:;
     int e = errno;
-    seterr(err, errlen, "label map writer %s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
+    tl_seterr(err, errlen, "label map writer %s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
     if (wr && wr->fp) {
         fclose(wr->fp);
         wr->fp = NULL;
@@ -519,9 +513,10 @@ fail:;
 }
 
 static uint64_t fnv1a(const char *s) {
-    uint64_t hsh = 1469598103934665603ull;
-    for (; *s; s++) hsh = (hsh ^ (unsigned char)*s) * 1099511628211ull;
-    return hsh;
+    tl_fnv f;
+    tl_fnv_init(&f);
+    tl_fnv_add(&f, s, strlen(s));
+    return f.h;
 }
 
 /* Slot of key in the hash set: its entry+1 if present, else the empty slot (0). */
@@ -547,24 +542,24 @@ static int hash_grow(tl_labelmap_writer *wr) {
 int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float *values, const int32_t *indices,
                            char *err, size_t errlen) {
     if (!wr || !key || !values || !indices) {
-        seterr(err, errlen, "tl_labelmap_writer_add: no writer, key or data");
+        tl_seterr(err, errlen, "tl_labelmap_writer_add: no writer, key or data");
         return -1;
     }
     if (wr->broken) {
-        seterr(err, errlen, "label map writer %s: an earlier write failed", wr->path);
+        tl_seterr(err, errlen, "label map writer %s: an earlier write failed", wr->path);
         return -1;
     }
     size_t klen = strlen(key);
     if (klen == 0 || klen > LM_MAX_KEY) {
-        seterr(err, errlen, "label map writer %s: key length %zu outside [1, %u]", wr->path, klen, LM_MAX_KEY);
+        tl_seterr(err, errlen, "label map writer %s: key length %zu outside [1, %u]", wr->path, klen, LM_MAX_KEY);
         return -1;
     }
     if ((uint64_t)wr->count >= LM_MAX_COUNT) {
-        seterr(err, errlen, "label map writer %s: more than %" PRIu64 " entries", wr->path, LM_MAX_COUNT);
+        tl_seterr(err, errlen, "label map writer %s: more than %" PRIu64 " entries", wr->path, LM_MAX_COUNT);
         return -1;
     }
     if (wr->hash[hash_slot(wr, key)]) {
-        seterr(err, errlen, "label map writer %s: duplicate key '%s'", wr->path, key);
+        tl_seterr(err, errlen, "label map writer %s: duplicate key '%s'", wr->path, key);
         return -1;
     }
     size_t hw = (size_t)wr->h * (size_t)wr->w;
@@ -572,14 +567,14 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
         int32_t c = indices[i];
         size_t j = i / hw, y = (i % hw) / (size_t)wr->w, x = i % (size_t)wr->w;
         if (c < 0 || c >= wr->K) {
-            seterr(err, errlen, "label map writer %s: key '%s': class index %" PRId32 " at [%zu][%zu][%zu] outside [0, K = %d)",
-                   wr->path, key, c, j, y, x, wr->K);
+            tl_seterr(err, errlen, "label map writer %s: key '%s': class index %" PRId32 " at [%zu][%zu][%zu] outside [0, K = %d)",
+                      wr->path, key, c, j, y, x, wr->K);
             return -1;
         }
         uint16_t hv = float_to_half(values[i]);
         if ((hv & 0x7c00u) == 0x7c00u) {
-            seterr(err, errlen, "label map writer %s: key '%s': logit %g at [%zu][%zu][%zu] is not finite in float16",
-                   wr->path, key, (double)values[i], j, y, x);
+            tl_seterr(err, errlen, "label map writer %s: key '%s': logit %g at [%zu][%zu][%zu] is not finite in float16",
+                      wr->path, key, (double)values[i], j, y, x);
             return -1;
         }
         wr->rec[i] = hv;
@@ -606,8 +601,8 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
     if (fwrite(wr->rec, sizeof(uint16_t), 2 * wr->plane, wr->fp) != 2 * wr->plane) {
         int e = errno;
         wr->broken = 1;
-        seterr(err, errlen, "label map writer %s: writing the record of '%s' to %s failed: %s", wr->path, key, wr->tmp,
-               e ? strerror(e) : "short write");
+        tl_seterr(err, errlen, "label map writer %s: writing the record of '%s' to %s failed: %s", wr->path, key, wr->tmp,
+                  e ? strerror(e) : "short write");
         return -1;
     }
     wr->key_off[wr->count] = wr->keys_len;
@@ -617,7 +612,7 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
     wr->count++;
     return 0;
 oom:
-    seterr(err, errlen, "label map writer %s: out of memory adding '%s'", wr->path, key);
+    tl_seterr(err, errlen, "label map writer %s: out of memory adding '%s'", wr->path, key);
     return -1;
 }
 
@@ -635,7 +630,7 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
     lm_sortkey *sk = NULL;
     const char *step = "allocate";
     if (!wr) {
-        seterr(err, errlen, "tl_labelmap_writer_finish: no writer");
+        tl_seterr(err, errlen, "tl_labelmap_writer_finish: no writer");
         return -1;
     }
     if (wr->broken) {
@@ -695,7 +690,7 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
     step = "fsync of the folder";
     if (tl_fsync_parent_dir(wr->path) != 0) {
         int e = errno;
-        seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step, strerror(e));
+        tl_seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step, strerror(e));
         free(sk);
         writer_free(wr);
         return -1;
@@ -705,8 +700,8 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
     return 0;
 fail:;
     int e = errno;
-    seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step,
-           e ? strerror(e) : (wr->broken ? "the temporary file is incomplete" : "out of memory"));
+    tl_seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step,
+              e ? strerror(e) : (wr->broken ? "the temporary file is incomplete" : "out of memory"));
     if (wr->fp) {
         fclose(wr->fp);
         wr->fp = NULL;

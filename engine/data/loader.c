@@ -11,13 +11,15 @@
  */
 #include "data/loader.h"
 
+#include "tokenlab/base.h"
+#include "tokenlab/targets.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define SLOT_EMPTY (-1)
 
@@ -54,12 +56,6 @@ struct tl_loader {
     _Atomic int64_t skipped, missing;
 };
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static void logf_(tl_loader *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(tl_loader *l, const char *fmt, ...) {
     if (!l->cfg.log) return;
@@ -87,7 +83,7 @@ static int get_image(tl_loader *l, int idx, tl_image *out, int *owned, char *err
     }
     char path[4096];
     if (tl_dataset_path(l->cfg.ds, idx, path, sizeof path) != 0) {
-        snprintf(err, errlen, "path too long");
+        tl_seterr(err, errlen, "path too long");
         return -1;
     }
     if (tl_image_load(path, min_short(l), out, err, errlen) != 0) return -1;
@@ -179,11 +175,14 @@ static void *worker_main(void *arg) {
     int B = l->cfg.batch;
     pthread_mutex_lock(&l->mu);
     while (!l->quit) {
-        /* a sample is available when its batch's slot is free or already holds that batch */
+        /* a sample is available when its batch's slot is free or already holds that batch; the
+         * prefetch window [consumer, consumer + nslots) bounds the batches in flight, and samples
+         * are handed out in order, so none is ever behind the consumer */
         int pos = l->next_sample;
         int b = pos / B;
         slot *s = pos < l->end_sample ? &l->slots[b % l->nslots] : NULL;
-        if (!s || b >= l->consumer + l->nslots || (s->batch != b && s->batch != SLOT_EMPTY) || !scratch) {
+        if (!s || TL_NEVER(b < l->consumer) || b >= l->consumer + l->nslots ||
+            (s->batch != b && s->batch != SLOT_EMPTY) || !scratch) {
             pthread_cond_wait(&l->work, &l->mu);
             continue;
         }
@@ -201,6 +200,8 @@ static void *worker_main(void *arg) {
         process_sample(l, s, pos - b * B, epoch, pos, scratch);
         pthread_mutex_lock(&l->mu);
         l->inflight--;
+        /* a slot's samples are counted once each: done never passes n, inflight never below 0 */
+        TL_NEVER(l->inflight < 0 || s->done >= s->n);
         if (++s->done == s->n) pthread_cond_broadcast(&l->ready);
         if (l->inflight == 0) pthread_cond_broadcast(&l->ready);
     }
@@ -230,8 +231,8 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     l->count = tl_dataset_count(cfg->ds);
     l->N = cfg->grid * cfg->grid;
     if (cfg->train && l->count < cfg->batch) {
-        snprintf(err, errlen, "batch_size %d is larger than the %d images of %s", cfg->batch, l->count,
-                 tl_dataset_root(cfg->ds));
+        tl_seterr(err, errlen, "batch_size %d is larger than the %d images of %s", cfg->batch, l->count,
+                  tl_dataset_root(cfg->ds));
         free(l);
         return NULL;
     }
@@ -262,7 +263,7 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     if (!l->threads) goto fail_alloc;
     for (int t = 0; t < l->cfg.threads; t++) {
         if (pthread_create(&l->threads[t], NULL, worker_main, l) != 0) {
-            snprintf(err, errlen, "cannot start loader thread %d", t);
+            tl_seterr(err, errlen, "cannot start loader thread %d", t);
             tl_loader_free(l);
             return NULL;
         }
@@ -270,7 +271,7 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     }
     return l;
 fail_alloc:
-    snprintf(err, errlen, "out of memory allocating the data loader");
+    tl_seterr(err, errlen, "out of memory allocating the data loader");
     tl_loader_free(l);
     return NULL;
 }
@@ -333,9 +334,10 @@ void tl_loader_start(tl_loader *l, int epoch, int first) {
 }
 
 const tl_batch *tl_loader_next(tl_loader *l, double *wait_s) {
-    double t0 = now_s();
+    double t0 = tl_clock_mono_s();
     pthread_mutex_lock(&l->mu);
     if (l->held >= 0) { /* free the slot of the batch handed out last time */
+        TL_NEVER(l->held != l->consumer || l->slots[l->held % l->nslots].batch != l->held);
         l->slots[l->held % l->nslots].batch = SLOT_EMPTY;
         l->held = -1;
         l->consumer++;
@@ -349,6 +351,6 @@ const tl_batch *tl_loader_next(tl_loader *l, double *wait_s) {
         out = &s->b;
     }
     pthread_mutex_unlock(&l->mu);
-    if (wait_s) *wait_s = now_s() - t0;
+    if (wait_s) *wait_s = tl_clock_mono_s() - t0;
     return out;
 }

@@ -36,6 +36,7 @@
  * class folders' .jpg files and the files this module writes are replaced.
  */
 #include "tokenlab/synth.h"
+#include "tokenlab/base.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -49,7 +50,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "tokenlab/data.h"
+#include "tokenlab/image.h"
 #include "tokenlab/labelmap.h"
 #include "tokenlab/rng.h"
 #include "tokenlab/model.h"
@@ -64,17 +65,6 @@
 #define MAX_OBJECTS 4
 #define MIN_RATIO 2.0      /* visible area of the label object / of any other */
 #define MAX_ATTEMPTS 64    /* scene redraws before the fallback */
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ------------------------------------------------------------------ classes */
 
@@ -411,13 +401,13 @@ static void make_map(int S, int K, int k, int m, int label, const int8_t *cls_ma
 
 static int write_file(const char *path, const void *data, size_t len, char *err, size_t errlen) {
     FILE *f = fopen(path, "wb");
-    if (!f) return fail(err, errlen, "cannot create %s: %s", path, strerror(errno));
+    if (!f) return tl_seterr(err, errlen, "cannot create %s: %s", path, strerror(errno));
     size_t w = len ? fwrite(data, 1, len, f) : 0;
     int bad = w != len;
     if (fclose(f) != 0) bad = 1;
     if (bad) {
         unlink(path);
-        return fail(err, errlen, "cannot write %s", path);
+        return tl_seterr(err, errlen, "cannot write %s", path);
     }
     return 0;
 }
@@ -426,14 +416,14 @@ static int make_dir(const char *path, char *err, size_t errlen) {
     if (mkdir(path, 0755) == 0) return 0;
     struct stat st;
     if (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
-    return fail(err, errlen, "cannot create folder %s: %s", path, strerror(errno));
+    return tl_seterr(err, errlen, "cannot create folder %s: %s", path, strerror(errno));
 }
 
 /* mkdir -p */
 static int make_dirs(const char *path, char *err, size_t errlen) {
     char buf[PATH_MAX];
     size_t len = strlen(path);
-    if (len == 0 || len >= sizeof buf) return fail(err, errlen, "output folder: path empty or too long");
+    if (len == 0 || len >= sizeof buf) return tl_seterr(err, errlen, "output folder: path empty or too long");
     memcpy(buf, path, len + 1);
     while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
     for (char *p = buf + 1; *p; p++)
@@ -473,7 +463,7 @@ static int clear_split(const char *split, int remove, char *err, size_t errlen) 
     DIR *d = opendir(split);
     if (!d) {
         if (errno == ENOENT) return 0;
-        return fail(err, errlen, "cannot read %s: %s", split, strerror(errno));
+        return tl_seterr(err, errlen, "cannot read %s: %s", split, strerror(errno));
     }
     int rc = 0;
     struct dirent *de;
@@ -481,18 +471,18 @@ static int clear_split(const char *split, int remove, char *err, size_t errlen) 
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
         char cdir[PATH_MAX];
         if (snprintf(cdir, sizeof cdir, "%s/%s", split, de->d_name) >= (int)sizeof cdir) {
-            rc = fail(err, errlen, "path too long under %s", split);
+            rc = tl_seterr(err, errlen, "path too long under %s", split);
             break;
         }
         struct stat st;
         if (lstat(cdir, &st) == 0 && S_ISREG(st.st_mode) && strcmp(de->d_name, "classes.tsv") == 0) continue;
         if (lstat(cdir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            rc = fail(err, errlen, "%s is not synth output; refusing to remove it", cdir);
+            rc = tl_seterr(err, errlen, "%s is not synth output; refusing to remove it", cdir);
             break;
         }
         DIR *cd = opendir(cdir);
         if (!cd) {
-            rc = fail(err, errlen, "cannot read %s: %s", cdir, strerror(errno));
+            rc = tl_seterr(err, errlen, "cannot read %s: %s", cdir, strerror(errno));
             break;
         }
         struct dirent *fe;
@@ -500,19 +490,19 @@ static int clear_split(const char *split, int remove, char *err, size_t errlen) 
             if (strcmp(fe->d_name, ".") == 0 || strcmp(fe->d_name, "..") == 0) continue;
             char fpath[PATH_MAX];
             if (snprintf(fpath, sizeof fpath, "%s/%s", cdir, fe->d_name) >= (int)sizeof fpath) {
-                rc = fail(err, errlen, "path too long under %s", cdir);
+                rc = tl_seterr(err, errlen, "path too long under %s", cdir);
                 break;
             }
             struct stat fs;
             if (!ends_with(fe->d_name, ".jpg") || lstat(fpath, &fs) != 0 || !S_ISREG(fs.st_mode)) {
-                rc = fail(err, errlen, "%s is not synth output; refusing to remove it", fpath);
+                rc = tl_seterr(err, errlen, "%s is not synth output; refusing to remove it", fpath);
                 break;
             }
-            if (remove && unlink(fpath) != 0) rc = fail(err, errlen, "cannot remove %s: %s", fpath, strerror(errno));
+            if (remove && unlink(fpath) != 0) rc = tl_seterr(err, errlen, "cannot remove %s: %s", fpath, strerror(errno));
         }
         closedir(cd);
         if (rc == 0 && remove && rmdir(cdir) != 0)
-            rc = fail(err, errlen, "cannot remove %s: %s", cdir, strerror(errno));
+            rc = tl_seterr(err, errlen, "cannot remove %s: %s", cdir, strerror(errno));
     }
     closedir(d);
     return rc;
@@ -522,12 +512,12 @@ static int clear_split(const char *split, int remove, char *err, size_t errlen) 
 static int prepare_out(const char *out, char *err, size_t errlen) {
     struct stat st;
     if (stat(out, &st) != 0) {
-        if (errno != ENOENT) return fail(err, errlen, "output folder %s: %s", out, strerror(errno));
+        if (errno != ENOENT) return tl_seterr(err, errlen, "output folder %s: %s", out, strerror(errno));
         return make_dirs(out, err, errlen);
     }
-    if (!S_ISDIR(st.st_mode)) return fail(err, errlen, "output folder %s: exists and is not a folder", out);
+    if (!S_ISDIR(st.st_mode)) return tl_seterr(err, errlen, "output folder %s: exists and is not a folder", out);
     DIR *d = opendir(out);
-    if (!d) return fail(err, errlen, "output folder %s: %s", out, strerror(errno));
+    if (!d) return tl_seterr(err, errlen, "output folder %s: %s", out, strerror(errno));
     int empty = 1;
     struct dirent *de;
     while ((de = readdir(d)))
@@ -538,16 +528,16 @@ static int prepare_out(const char *out, char *err, size_t errlen) {
     closedir(d);
     if (empty) return 0;
     if (!is_previous_output(out))
-        return fail(err, errlen,
-                    "output folder %s is not empty and is not a previous synth output (no README.txt "
-                    "starting \"" SYNTH_MAGIC "\"); refusing to write into it",
-                    out);
+        return tl_seterr(err, errlen,
+                         "output folder %s is not empty and is not a previous synth output (no README.txt "
+                         "starting \"" SYNTH_MAGIC "\"); refusing to write into it",
+                         out);
     char p[PATH_MAX];
     const char *splits[2] = {"train", "val"};
     for (int pass = 0; pass < 2; pass++) /* check everything before removing anything */
         for (int s = 0; s < 2; s++) {
             if (snprintf(p, sizeof p, "%s/%s", out, splits[s]) >= (int)sizeof p)
-                return fail(err, errlen, "output folder: path too long");
+                return tl_seterr(err, errlen, "output folder: path too long");
             if (clear_split(p, pass, err, errlen)) return -1;
         }
     return 0;
@@ -565,21 +555,21 @@ void tl_synth_defaults(tl_synth_cfg *c) {
 }
 
 static int validate(const tl_synth_cfg *c, char *err, size_t errlen) {
-    if (c->classes < 2 || c->classes > 64) return fail(err, errlen, "classes: must be in 2..64, got %d", c->classes);
+    if (c->classes < 2 || c->classes > 64) return tl_seterr(err, errlen, "classes: must be in 2..64, got %d", c->classes);
     if (c->train < 1 || c->train > SYNTH_MAX_IMAGES)
-        return fail(err, errlen, "train: must be in 1..%d, got %d", SYNTH_MAX_IMAGES, c->train);
+        return tl_seterr(err, errlen, "train: must be in 1..%d, got %d", SYNTH_MAX_IMAGES, c->train);
     if (c->val < 1 || c->val > SYNTH_MAX_IMAGES)
-        return fail(err, errlen, "val: must be in 1..%d, got %d", SYNTH_MAX_IMAGES, c->val);
-    if (c->size < 32 || c->size > 512) return fail(err, errlen, "size: must be in 32..512, got %d", c->size);
+        return tl_seterr(err, errlen, "val: must be in 1..%d, got %d", SYNTH_MAX_IMAGES, c->val);
+    if (c->size < 32 || c->size > 512) return tl_seterr(err, errlen, "size: must be in 32..512, got %d", c->size);
     if (c->map_size < 0 || c->map_size > c->size)
-        return fail(err, errlen, "map_size: must be 0 (size/4) or in 1..size (%d), got %d", c->size, c->map_size);
+        return tl_seterr(err, errlen, "map_size: must be 0 (size/4) or in 1..size (%d), got %d", c->size, c->map_size);
     return 0;
 }
 
 static int write_readme(const char *out, const tl_synth_cfg *c, int m, char *err, size_t errlen) {
     char path[PATH_MAX], text[4096];
     if (snprintf(path, sizeof path, "%s/README.txt", out) >= (int)sizeof path)
-        return fail(err, errlen, "output folder: path too long");
+        return tl_seterr(err, errlen, "output folder: path too long");
     int n = snprintf(
         text, sizeof text,
         SYNTH_MAGIC "\n"
@@ -615,7 +605,7 @@ static int write_readme(const char *out, const tl_synth_cfg *c, int m, char *err
         "\n"
         "This folder may be overwritten by tokenlabd synth (it recognises the first line).\n",
         c->classes, c->train, c->val, c->size, m, (unsigned long long)c->seed, SYNTH_JPEG_QUALITY);
-    if (n < 0 || (size_t)n >= sizeof text) return fail(err, errlen, "README too long");
+    if (n < 0 || (size_t)n >= sizeof text) return tl_seterr(err, errlen, "README too long");
     return write_file(path, text, (size_t)n, err, errlen);
 }
 
@@ -624,7 +614,7 @@ static int write_readme(const char *out, const tl_synth_cfg *c, int m, char *err
 static int write_classes(const char *out, int K, char *err, size_t errlen) {
     size_t cap = 64 + (size_t)K * 96, len = 0;
     char *text = malloc(cap);
-    if (!text) return fail(err, errlen, "out of memory");
+    if (!text) return tl_seterr(err, errlen, "out of memory");
     len += (size_t)snprintf(text + len, cap - len, "folder\tname\n");
     for (int c = 0; c < K; c++) {
         char folder[64], name[48];
@@ -637,11 +627,11 @@ static int write_classes(const char *out, int K, char *err, size_t errlen) {
     for (int i = 0; i < 3 && rc == 0; i++) {
         char path[PATH_MAX];
         if (snprintf(path, sizeof path, "%s%s", out, where[i]) >= (int)sizeof path)
-            rc = fail(err, errlen, "output folder: path too long");
+            rc = tl_seterr(err, errlen, "output folder: path too long");
         else if (i > 0)
             rc = make_dir(path, err, errlen);
         if (rc == 0 && snprintf(path, sizeof path, "%s%s/classes.tsv", out, where[i]) >= (int)sizeof path)
-            rc = fail(err, errlen, "output folder: path too long");
+            rc = tl_seterr(err, errlen, "output folder: path too long");
         if (rc == 0) rc = write_file(path, text, len, err, errlen);
     }
     free(text);
@@ -664,20 +654,20 @@ static int write_split(const char *out, int split, int count, const tl_synth_cfg
     const char *sname = split == 0 ? "train" : "val";
     char dir[PATH_MAX], path[PATH_MAX];
     if (snprintf(dir, sizeof dir, "%s/%s", out, sname) >= (int)sizeof dir)
-        return fail(err, errlen, "output folder: path too long");
+        return tl_seterr(err, errlen, "output folder: path too long");
     if (make_dir(dir, err, errlen)) return -1;
     for (int cl = 0; cl < w->K; cl++) {
         char folder[64];
         class_folder(cl, folder, sizeof folder);
         if (snprintf(path, sizeof path, "%s/%s", dir, folder) >= (int)sizeof path)
-            return fail(err, errlen, "output folder: path too long");
+            return tl_seterr(err, errlen, "output folder: path too long");
         if (make_dir(path, err, errlen)) return -1;
     }
     if (snprintf(path, sizeof path, "%s/%s.tllm", out, sname) >= (int)sizeof path)
-        return fail(err, errlen, "output folder: path too long");
+        return tl_seterr(err, errlen, "output folder: path too long");
     char sub[TL_ERR_LEN] = "";
     tl_labelmap_writer *wr = tl_labelmap_writer_new(path, w->K, w->k, w->m, w->m, sub, sizeof sub);
-    if (!wr) return fail(err, errlen, "%s: %s", path, sub);
+    if (!wr) return tl_seterr(err, errlen, "%s: %s", path, sub);
     for (int i = 0; i < count; i++) {
         tl_rng rng;
         tl_rng_derive(&rng, c->seed, TL_RNG_SYNTH, (uint64_t)split, (uint64_t)i);
@@ -687,13 +677,13 @@ static int write_split(const char *out, int split, int count, const tl_synth_cfg
         size_t jlen = 0;
         if (tl_image_encode(w->rgb, w->S, w->S, SYNTH_JPEG_QUALITY, &jpeg, &jlen, sub, sizeof sub) != 0) {
             tl_labelmap_writer_abort(wr);
-            return fail(err, errlen, "JPEG encoding failed: %s", sub);
+            return tl_seterr(err, errlen, "JPEG encoding failed: %s", sub);
         }
         char folder[64], key[96];
         class_folder(label, folder, sizeof folder);
         snprintf(key, sizeof key, "%s/%05d.jpg", folder, i);
         int rc = snprintf(path, sizeof path, "%s/%s", dir, key) >= (int)sizeof path
-                     ? fail(err, errlen, "output folder: path too long")
+                     ? tl_seterr(err, errlen, "output folder: path too long")
                      : write_file(path, jpeg, jlen, err, errlen);
         free(jpeg);
         if (rc) {
@@ -702,19 +692,19 @@ static int write_split(const char *out, int split, int count, const tl_synth_cfg
         }
         if (tl_labelmap_writer_add(wr, key, w->values, w->indices, sub, sizeof sub) != 0) {
             tl_labelmap_writer_abort(wr);
-            return fail(err, errlen, "label map %s.tllm: %s", sname, sub);
+            return tl_seterr(err, errlen, "label map %s.tllm: %s", sname, sub);
         }
     }
     if (snprintf(path, sizeof path, "%s/%s.tllm", out, sname) >= (int)sizeof path)
-        return fail(err, errlen, "output folder: path too long");
-    if (tl_labelmap_writer_finish(wr, sub, sizeof sub) != 0) return fail(err, errlen, "%s: %s", path, sub);
+        return tl_seterr(err, errlen, "output folder: path too long");
+    if (tl_labelmap_writer_finish(wr, sub, sizeof sub) != 0) return tl_seterr(err, errlen, "%s: %s", path, sub);
     return 0;
 }
 
 int tl_synth_write(const char *out_dir, const tl_synth_cfg *c, char *err, size_t errlen) {
-    if (!out_dir || !out_dir[0]) return fail(err, errlen, "output folder: required");
-    if (!c) return fail(err, errlen, "config: required");
-    if (strlen(out_dir) > PATH_MAX - 128) return fail(err, errlen, "output folder: path too long");
+    if (!out_dir || !out_dir[0]) return tl_seterr(err, errlen, "output folder: required");
+    if (!c) return tl_seterr(err, errlen, "config: required");
+    if (strlen(out_dir) > PATH_MAX - 128) return tl_seterr(err, errlen, "output folder: path too long");
     if (validate(c, err, errlen)) return -1;
     work w;
     memset(&w, 0, sizeof w);
@@ -734,7 +724,7 @@ int tl_synth_write(const char *out_dir, const tl_synth_cfg *c, char *err, size_t
     w.indices = malloc(cells * (size_t)w.k * sizeof(int32_t));
     int rc;
     if (!w.img || !w.owner || !w.cls_map || !w.rgb || !w.counts || !w.totals || !w.values || !w.indices)
-        rc = fail(err, errlen, "out of memory");
+        rc = tl_seterr(err, errlen, "out of memory");
     else
         rc = prepare_out(out_dir, err, errlen);
     /* README first: an interrupted run leaves a folder a new run may overwrite. */

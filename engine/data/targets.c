@@ -1,6 +1,6 @@
 /*
  * targets.c: a training sample's token-labeling targets from its label-map
- * entry and the geometry of its augmentation (labelmap.h, TOKEN_LABELING.md
+ * entry and the geometry of its augmentation (targets.h, docs/METHOD.md
  * section 5, schema/labelmap.md).
  *
  * Owns nothing: every function works in the caller's buffers (outputs and a
@@ -49,7 +49,7 @@
  * Scratch layout (floats): Wy S*h | Wx S*w | Wy1 h | Wx1 w | ranges 4S+4 |
  * acc K | flag K | list K | cls_id K | cls_val K.
  */
-#include "tokenlab/labelmap.h"
+#include "tokenlab/targets.h"
 
 #include <math.h>
 #include <string.h>

@@ -45,7 +45,9 @@
 
 #include "model/model_internal.h"
 #include "tokenlab/rng.h"
+#include "tokenlab/targets.h"
 #include "core/simd.h"
+#include "data/resample.h"
 
 #define TRY_MAX 64    /* indices tried per sample before giving up on it */
 #define ALIGN 64
@@ -174,62 +176,22 @@ void tl_token_top1(const float *aux, int N, int K, int32_t *index, float *prob) 
 /* ------------------------------------------------------------------------ */
 /* the display image                                                          */
 
-/* Filter taps of n outputs whose centres are x0 + (i+0.5)*extent/n in source
- * pixels (pixel k covers [k, k+1)), limited to [lo, hi): triangle of support
- * max(scale, 1), normalised; nearest pixel when no tap has weight. */
-static void build_taps(int n, double x0, double extent, int lo, int hi, int maxt, int *first, int *count, float *w) {
-    double scale = extent / n, support = scale > 1.0 ? scale : 1.0, inv = 1.0 / support;
-    for (int i = 0; i < n; i++) {
-        double c = x0 + (i + 0.5) * scale;
-        int a = (int)floor(c - support), b = (int)ceil(c + support) + 1;
-        if (a < lo) a = lo;
-        if (b > hi) b = hi;
-        if (b - a > maxt) b = a + maxt;
-        float *wi = w + (size_t)i * maxt;
-        double sum = 0.0;
-        int f = -1, l = -1;
-        for (int k = a; k < b; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            if (d < 1.0) {
-                if (f < 0) f = k;
-                l = k;
-                sum += 1.0 - d;
-            }
-        }
-        if (f < 0 || sum <= 0.0) {
-            int k = (int)floor(c);
-            first[i] = k < lo ? lo : k >= hi ? hi - 1 : k;
-            count[i] = 1;
-            wi[0] = 1.0f;
-            continue;
-        }
-        first[i] = f;
-        count[i] = l - f + 1;
-        for (int k = f; k <= l; k++) {
-            double d = fabs(k + 0.5 - c) * inv;
-            wi[k - f] = (float)((d < 1.0 ? 1.0 - d : 0.0) / sum);
-        }
-    }
-}
-
 /* Renders the source region x0 + [0, ew) by y0 + [0, eh) of src (pixels) to
  * dst (V,V,3), taps limited to [bx0, bx1) x [by0, by1), mirrored if flip.
  * 0, or -1 when out of memory. */
 static int render_view(const tl_image *src, double x0, double y0, double ew, double eh, int bx0, int by0, int bx1,
                        int by1, int flip, int V, uint8_t *dst) {
-    double supx = fmax(ew / V, 1.0), supy = fmax(eh / V, 1.0);
-    if (!(supx < 1e6 && supy < 1e6)) return -1;
-    int mtx = (int)ceil(2.0 * supx) + 3, mty = (int)ceil(2.0 * supy) + 3;
-    size_t nv = (size_t)V;
-    int *ints = malloc(4 * nv * sizeof *ints);                       /* first/count of x, then of y */
-    float *wts = malloc(nv * ((size_t)mtx + (size_t)mty) * sizeof *wts); /* (V,mtx) then (V,mty) */
+    tl_taps tx, ty;
     float *tmp = NULL;
     int rc = -1;
-    if (!ints || !wts) goto done;
-    int *fx = ints, *cx = ints + nv, *fy = ints + 2 * nv, *cy = ints + 3 * nv;
-    float *wx = wts, *wy = wts + nv * (size_t)mtx;
-    build_taps(V, x0, ew, bx0, bx1, mtx, fx, cx, wx);
-    build_taps(V, y0, eh, by0, by1, mty, fy, cy, wy);
+    if (tl_taps_build(&tx, V, x0, ew, bx0, bx1) != 0) return -1;
+    if (tl_taps_build(&ty, V, y0, eh, by0, by1) != 0) {
+        tl_taps_free(&tx);
+        return -1;
+    }
+    size_t nv = (size_t)V;
+    int *fx = tx.first, *cx = tx.count, *fy = ty.first, *cy = ty.count, mtx = tx.maxt, mty = ty.maxt;
+    const float *wx = tx.w, *wy = ty.w;
     int ylo = fy[0], yhi = fy[0] + cy[0];
     for (int y = 1; y < V; y++) {
         if (fy[y] < ylo) ylo = fy[y];
@@ -269,8 +231,8 @@ static int render_view(const tl_image *src, double x0, double y0, double ew, dou
     }
     rc = 0;
 done:
-    free(ints);
-    free(wts);
+    tl_taps_free(&tx);
+    tl_taps_free(&ty);
     free(tmp);
     return rc;
 }
@@ -402,12 +364,12 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     memset(&b, 0, sizeof b);
     const char *what = "checking the arguments";
     if (S < 1 || S > TL_IMAGE_MAX_SIDE || grid < 1 || grid > S || K < 1) {
-        snprintf(err, errlen, "inspection: %s: bad sizes (S %d, grid %d, K %d)", what, S, grid, K);
+        tl_seterr(err, errlen, "inspection: %s: bad sizes (S %d, grid %d, K %d)", what, S, grid, K);
         return NULL;
     }
     if (lm && tl_labelmap_num_classes(lm) != K) {
-        snprintf(err, errlen, "inspection: %s: the label map has %d classes, the model %d", what,
-                 tl_labelmap_num_classes(lm), K);
+        tl_seterr(err, errlen, "inspection: %s: the label map has %d classes, the model %d", what,
+                  tl_labelmap_num_classes(lm), K);
         return NULL;
     }
     if (aug && tl_augment_validate(aug, err, errlen) != 0) return NULL;
@@ -417,7 +379,7 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     if (nv && nv > tl_dataset_count(val_ds)) nv = tl_dataset_count(val_ds);
     if (nt && nt > tl_dataset_count(train_ds)) nt = tl_dataset_count(train_ds);
     if (nv + nt == 0) {
-        snprintf(err, errlen, "inspection: %s: no samples requested (or empty datasets)", what);
+        tl_seterr(err, errlen, "inspection: %s: no samples requested (or empty datasets)", what);
         return NULL;
     }
     b.S = S, b.grid = grid, b.K = K, b.V = S > TL_INSPECT_VIEW_MIN ? S : TL_INSPECT_VIEW_MIN;
@@ -458,13 +420,13 @@ tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val
     what = "reading the training samples";
     if (add_split(&b, train_ds, nt, 1) != 0) goto oom;
     if (b.s->n == 0) {
-        snprintf(err, errlen, "inspection: choosing the samples: no image could be read among those tried");
+        tl_seterr(err, errlen, "inspection: choosing the samples: no image could be read among those tried");
         goto fail;
     }
     free(b.vals);
     return b.s;
 oom:
-    snprintf(err, errlen, "inspection: %s: out of memory", what);
+    tl_seterr(err, errlen, "inspection: %s: out of memory", what);
 fail:
     free(b.vals);
     free(cv.base);
@@ -498,24 +460,24 @@ int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, c
     char dummy[8];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
     if (!ctx || !s || !r) {
-        snprintf(err, errlen, "inspection: no context, set or result");
+        tl_seterr(err, errlen, "inspection: no context, set or result");
         return -1;
     }
     const tl_config *c = tl_model_config(ctx->m);
     int N = s->grid * s->grid, K = s->K;
     if (c->img_size != s->S || tl_config_grid(c) != s->grid || c->num_classes != K) {
-        snprintf(err, errlen, "inspection: the model (%d px, grid %d, %d classes) does not match the set (%d, %d, %d)",
-                 c->img_size, tl_config_grid(c), c->num_classes, s->S, s->grid, K);
+        tl_seterr(err, errlen, "inspection: the model (%d px, grid %d, %d classes) does not match the set (%d, %d, %d)",
+                  c->img_size, tl_config_grid(c), c->num_classes, s->S, s->grid, K);
         return -1;
     }
     if (r->n != s->n || r->grid != s->grid || r->K != K) {
-        snprintf(err, errlen, "inspection: the result was made for another set");
+        tl_seterr(err, errlen, "inspection: the result was made for another set");
         return -1;
     }
     int B = tl_ctx_batch(ctx);
     float *scores = malloc(sizeof(float) * (size_t)B * K); /* (B,K) inference scores */
     if (!scores) {
-        snprintf(err, errlen, "inspection: out of memory for the scores");
+        tl_seterr(err, errlen, "inspection: out of memory for the scores");
         return -1;
     }
     size_t isz = (size_t)3 * s->S * s->S;
@@ -523,7 +485,7 @@ int tl_inspect_run(tl_ctx *ctx, const tl_inspect_set *s, tl_inspect_result *r, c
         int nb = s->n - i0 < B ? s->n - i0 : B;
         if (tl_predict(ctx, s->inputs + (size_t)i0 * isz, nb, scores) != 0) {
             free(scores);
-            snprintf(err, errlen, "inspection: the forward pass refused a batch of %d", nb);
+            tl_seterr(err, errlen, "inspection: the forward pass refused a batch of %d", nb);
             return -1;
         }
         const float *aux = tl_logits_aux(ctx); /* (nb,N,K) */

@@ -1,6 +1,8 @@
 /*
  * jobspec.c: the JSON job spec of a training job (jobspec.h,
- * schema/jobspec.schema.json, schema/jobspec.md).
+ * schema/jobspec.schema.json, schema/jobspec.md), the kind of any job
+ * document (tl_jobspec_kind), and the strict-parsing helpers every job kind's
+ * parser shares (jobspec_internal.h).
  *
  * The document is parsed with cJSON (nothing may follow it), then walked
  * object by object against fixed field tables: every member must be a known
@@ -10,14 +12,16 @@
  * with per-field flags, never by comparing members pairwise).
  *
  * Dataset paths: with a data root they must be relative, without "..", and
- * must resolve (realpath, so following symlinks) inside the root's realpath;
- * without one they are resolved against the working folder. Folders must be
+ * must resolve (realpath, so following symlinks) inside the root's realpath
+ * (tl_path_confine, files.h); without one they are resolved against the
+ * working folder. Folders must be
  * folders and the label-map file a regular file; the resolved absolute paths
  * are stored. Pure functions (no global state; cJSON's global error pointer
  * is not used); any thread.
  */
 #include "tokenlab/jobspec.h"
 #include "jobs/jobspec_internal.h"
+#include "tokenlab/files.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -33,17 +37,6 @@
 #define SEED_MAX 9007199254740991.0
 
 /* ------------------------------------------------------------------ errors */
-
-static int fail(tl_spec_error *e, const char *ptr, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(tl_spec_error *e, const char *ptr, const char *fmt, ...) {
-    if (!e) return -1;
-    snprintf(e->pointer, sizeof e->pointer, "%s", ptr ? ptr : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is not one. */
 static int utf8_len(const unsigned char *s) {
@@ -135,7 +128,7 @@ static void ptr_join(char *out, size_t n, const char *parent, const char *key) {
 /* ------------------------------------------------------------------ values */
 
 static int get_number(const cJSON *it, const char *ptr, double *v, tl_spec_error *e) {
-    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble)) return fail(e, ptr, "must be a number");
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble)) return tl_spec_fail(e, ptr, "must be a number");
     *v = it->valuedouble;
     return 0;
 }
@@ -144,27 +137,27 @@ static int get_number(const cJSON *it, const char *ptr, double *v, tl_spec_error
 static int get_int(const cJSON *it, const char *ptr, double lo, double hi, const char *rule, double *v,
                    tl_spec_error *e) {
     if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble != floor(it->valuedouble))
-        return fail(e, ptr, "must be an integer %s", rule);
+        return tl_spec_fail(e, ptr, "must be an integer %s", rule);
     double x = it->valuedouble;
-    if (x < lo || x > hi) return fail(e, ptr, "must be an integer %s, got %.17g", rule, x);
+    if (x < lo || x > hi) return tl_spec_fail(e, ptr, "must be an integer %s, got %.17g", rule, x);
     *v = x;
     return 0;
 }
 
 static int get_bool(const cJSON *it, const char *ptr, int *v, tl_spec_error *e) {
-    if (!cJSON_IsBool(it)) return fail(e, ptr, "must be a boolean");
+    if (!cJSON_IsBool(it)) return tl_spec_fail(e, ptr, "must be a boolean");
     *v = cJSON_IsTrue(it) ? 1 : 0;
     return 0;
 }
 
 static int get_string(const cJSON *it, const char *ptr, const char **v, tl_spec_error *e) {
-    if (!cJSON_IsString(it) || !it->valuestring) return fail(e, ptr, "must be a string");
+    if (!cJSON_IsString(it) || !it->valuestring) return tl_spec_fail(e, ptr, "must be a string");
     *v = it->valuestring;
     return 0;
 }
 
 static int get_object(const cJSON *it, const char *ptr, tl_spec_error *e) {
-    if (!cJSON_IsObject(it)) return fail(e, ptr, "must be an object");
+    if (!cJSON_IsObject(it)) return tl_spec_fail(e, ptr, "must be an object");
     return 0;
 }
 
@@ -183,20 +176,20 @@ static int check_float(const cJSON *it, const char *ptr, num_rule r, float *out,
     float f = (float)v;
     switch (r) {
     case R_GT0:
-        if (!(v > 0.0) || !(f > 0.0f) || !isfinite(f)) return fail(e, ptr, "must be a number > 0, got %.9g", v);
+        if (!(v > 0.0) || !(f > 0.0f) || !isfinite(f)) return tl_spec_fail(e, ptr, "must be a number > 0, got %.9g", v);
         break;
     case R_GE0:
-        if (!(v >= 0.0) || !isfinite(f)) return fail(e, ptr, "must be a number >= 0, got %.9g", v);
+        if (!(v >= 0.0) || !isfinite(f)) return tl_spec_fail(e, ptr, "must be a number >= 0, got %.9g", v);
         break;
     case R_UNIT_OPEN:
-        if (!(v >= 0.0 && v < 1.0) || !(f < 1.0f)) return fail(e, ptr, "must be a number in [0, 1), got %.9g", v);
+        if (!(v >= 0.0 && v < 1.0) || !(f < 1.0f)) return tl_spec_fail(e, ptr, "must be a number in [0, 1), got %.9g", v);
         break;
     case R_PROB:
-        if (!(v >= 0.0 && v <= 1.0)) return fail(e, ptr, "must be a number in [0, 1], got %.9g", v);
+        if (!(v >= 0.0 && v <= 1.0)) return tl_spec_fail(e, ptr, "must be a number in [0, 1], got %.9g", v);
         break;
     case R_EMA:
         if (!(v >= 0.0 && v < 1.0) || !(f < 1.0f))
-            return fail(e, ptr, "must be 0 (off) or a number in (0, 1), got %.9g", v);
+            return tl_spec_fail(e, ptr, "must be 0 (off) or a number in (0, 1), got %.9g", v);
         break;
     }
     *out = f;
@@ -219,8 +212,8 @@ static int check_members(const cJSON *o, const char *ptr, const char *const *nam
         char p[256];
         ptr_join(p, sizeof p, ptr, it->string ? it->string : "");
         int f = it->string ? field_index(names, n, it->string) : -1;
-        if (f < 0) return fail(e, p, "unknown field");
-        if (seen[f]) return fail(e, p, "duplicate key");
+        if (f < 0) return tl_spec_fail(e, p, "unknown field");
+        if (seen[f]) return tl_spec_fail(e, p, "duplicate key");
         seen[f] = it;
     }
     return 0;
@@ -252,7 +245,7 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
                 if (w < 0 || (size_t)w >= sizeof known - o2) break;
                 o2 += (size_t)w;
             }
-            return fail(e, "/model/preset", "unknown preset '%.64s' (known: %s)", name, known);
+            return tl_spec_fail(e, "/model/preset", "unknown preset '%.64s' (known: %s)", name, known);
         }
         snprintf(s->preset, sizeof s->preset, "%s", name);
     }
@@ -260,7 +253,7 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
         char p[64];
         snprintf(p, sizeof p, "/model/%s", MODEL_FIELDS[f]);
         if (!seen[f]) {
-            if (!seen[0]) return fail(e, p, "required (or give a preset)");
+            if (!seen[0]) return tl_spec_fail(e, p, "required (or give a preset)");
             continue;
         }
         const char *n = MODEL_FIELDS[f];
@@ -269,17 +262,17 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
             double v = 0.0;
             if (get_number(seen[f], p, &v, e)) return -1;
             float fv = (float)v;
-            if (!isfinite(fv)) return fail(e, p, "must be a number, got %.9g", v);
+            if (!isfinite(fv)) return tl_spec_fail(e, p, "must be a number, got %.9g", v);
             if (strcmp(n, "mlp_ratio") == 0) c.mlp_ratio = fv;
             else if (strcmp(n, "skip_lam") == 0) c.skip_lam = fv;
             else c.drop_path_rate = fv;
         } else {
             const cJSON *it = seen[f];
             if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble != floor(it->valuedouble))
-                return fail(e, p, "must be an integer");
+                return tl_spec_fail(e, p, "must be an integer");
             double v = it->valuedouble;
             /* Far outside every limit of tl_config_validate; keeps the cast defined. */
-            if (v < -1e9 || v > 1e9) return fail(e, p, "must be an integer of reasonable size, got %.17g", v);
+            if (v < -1e9 || v > 1e9) return tl_spec_fail(e, p, "must be an integer of reasonable size, got %.17g", v);
             int iv = (int)v;
             if (strcmp(n, "img_size") == 0) c.img_size = iv;
             else if (strcmp(n, "patch_size") == 0) c.patch_size = iv;
@@ -303,11 +296,11 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
                 if (field_index(MODEL_FIELDS, N_MODEL, field) > 0) {
                     char p[96];
                     snprintf(p, sizeof p, "/model/%s", field);
-                    return fail(e, p, "%s", colon + 2);
+                    return tl_spec_fail(e, p, "%s", colon + 2);
                 }
             }
         }
-        return fail(e, P, "%s", msg);
+        return tl_spec_fail(e, P, "%s", msg);
     }
     s->model = c;
     return 0;
@@ -315,50 +308,33 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
 
 /* ------------------------------------------------------------------ paths */
 
-/* Resolves one dataset path (see the file comment). want_dir: folder, else
- * regular file. root_real: realpath of the data root, or NULL. */
+/* Resolves one dataset path (see the file comment) by tl_path_confine, or
+ * without a data root against the working folder (tl_path_confine_abs under
+ * "/"). want_dir: folder, else regular file. root_real: realpath of the data
+ * root, or NULL. */
 static int resolve_path(const char *ptr, const char *val, const char *root_real, int want_dir, char *out,
                         tl_spec_error *e) {
     const char *missing = want_dir ? "folder does not exist" : "file does not exist";
-    if (val[0] == '\0') return fail(e, ptr, "must be a non-empty path");
-    if (strlen(val) >= PATH_MAX) return fail(e, ptr, "path too long (at most %d bytes)", PATH_MAX - 1);
-    char full[PATH_MAX];
-    if (root_real) {
-        if (val[0] == '/') return fail(e, ptr, "must be relative to the data root (no absolute path)");
-        for (const char *c = val; *c;) {
-            const char *end = strchr(c, '/');
-            size_t len = end ? (size_t)(end - c) : strlen(c);
-            if (len == 2 && c[0] == '.' && c[1] == '.')
-                return fail(e, ptr, "must be relative to the data root (no \"..\" component)");
-            c += len;
-            while (*c == '/') c++;
-        }
-        int n = snprintf(full, sizeof full, "%s/%s", root_real, val);
-        if (n < 0 || (size_t)n >= sizeof full) return fail(e, ptr, "path too long (at most %d bytes)", PATH_MAX - 1);
-    } else {
-        snprintf(full, sizeof full, "%s", val);
-    }
-    char real[PATH_MAX];
-    if (!realpath(full, real)) {
-        int err = errno;
-        if (err == ENOENT || err == ENOTDIR) return fail(e, ptr, "%s: '%.200s'", missing, val);
+    if (val[0] == '\0') return tl_spec_fail(e, ptr, "must be a non-empty path");
+    if (strlen(val) >= PATH_MAX) return tl_spec_fail(e, ptr, "path too long (at most %d bytes)", PATH_MAX - 1);
+    int want = want_dir ? TL_PATH_WANT_DIR : TL_PATH_WANT_FILE;
+    errno = 0;
+    tl_path_status st = root_real ? tl_path_confine(root_real, val, want, out) : tl_path_confine_abs("/", val, want, out);
+    int err = errno;
+    switch (st) {
+    case TL_PATH_OK: return 0;
+    case TL_PATH_TOO_LONG: return tl_spec_fail(e, ptr, "path too long (at most %d bytes)", PATH_MAX - 1);
+    case TL_PATH_NOT_FOUND: return tl_spec_fail(e, ptr, "%s: '%.200s'", missing, val);
+    case TL_PATH_UNRESOLVED: {
         char eb[128];
         const char *es = strerror_r(err, eb, sizeof eb);
-        return fail(e, ptr, "cannot be resolved: %s", es);
+        return tl_spec_fail(e, ptr, "cannot be resolved: %s", es);
     }
-    if (root_real) {
-        size_t rl = strlen(root_real);
-        int inside = strcmp(root_real, "/") == 0 ||
-                     (strncmp(real, root_real, rl) == 0 && (real[rl] == '\0' || real[rl] == '/'));
-        if (!inside) return fail(e, ptr, "resolves outside the data root (a symbolic link leads out of it)");
+    case TL_PATH_NOT_DIR: return tl_spec_fail(e, ptr, "folder does not exist: '%.200s' is not a folder", val);
+    case TL_PATH_NOT_FILE: return tl_spec_fail(e, ptr, "file does not exist: '%.200s' is not a regular file", val);
+    default: /* absolute, "..", outside: the shared phrases */
+        return tl_spec_fail(e, ptr, "%s", tl_path_status_str(st));
     }
-    struct stat st;
-    if (stat(real, &st) != 0) return fail(e, ptr, "%s: '%.200s'", missing, val);
-    if (want_dir && !S_ISDIR(st.st_mode)) return fail(e, ptr, "folder does not exist: '%.200s' is not a folder", val);
-    if (!want_dir && !S_ISREG(st.st_mode))
-        return fail(e, ptr, "file does not exist: '%.200s' is not a regular file", val);
-    snprintf(out, PATH_MAX, "%s", real);
-    return 0;
 }
 
 static const char *const DATA_FIELDS[] = {"train", "val", "label_maps"};
@@ -374,13 +350,10 @@ static int parse_data(const cJSON *o, const char *data_root, tl_train_spec *s, t
         snprintf(p, sizeof p, "/data/%s", DATA_FIELDS[f]);
         if (seen[f] && get_string(seen[f], p, &vals[f], e)) return -1;
     }
-    if (!vals[0]) return fail(e, "/data/train", "required");
+    if (!vals[0]) return tl_spec_fail(e, "/data/train", "required");
     char root_real[PATH_MAX];
     const char *root = NULL;
-    if (data_root) {
-        if (!realpath(data_root, root_real)) return fail(e, "", "the data root '%.200s' does not exist", data_root);
-        root = root_real;
-    }
+    if (tl_spec_data_root(data_root, root_real, &root, e)) return -1;
     char *outs[N_DATA] = {s->train_dir, s->val_dir, s->label_maps};
     for (int f = 0; f < N_DATA; f++) {
         outs[f][0] = '\0';
@@ -399,13 +372,13 @@ static const char *const AUG_FIELDS[] = {"scale", "ratio", "hflip", "randaug", "
 #define N_AUG (int)(sizeof AUG_FIELDS / sizeof AUG_FIELDS[0])
 
 static int get_pair(const cJSON *it, const char *ptr, float *a, float *b, tl_spec_error *e) {
-    if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2) return fail(e, ptr, "must be an array of 2 numbers");
+    if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2) return tl_spec_fail(e, ptr, "must be an array of 2 numbers");
     const cJSON *x = it->child, *y = x ? x->next : NULL;
     if (!cJSON_IsNumber(x) || !cJSON_IsNumber(y) || !isfinite(x->valuedouble) || !isfinite(y->valuedouble))
-        return fail(e, ptr, "must be an array of 2 numbers");
+        return tl_spec_fail(e, ptr, "must be an array of 2 numbers");
     *a = (float)x->valuedouble;
     *b = (float)y->valuedouble;
-    if (!isfinite(*a) || !isfinite(*b)) return fail(e, ptr, "must be an array of 2 numbers");
+    if (!isfinite(*a) || !isfinite(*b)) return tl_spec_fail(e, ptr, "must be an array of 2 numbers");
     return 0;
 }
 
@@ -439,13 +412,13 @@ static int parse_augment(const cJSON *o, tl_augment_cfg *a, tl_spec_error *e) {
     if (seen[0]) {
         if (get_pair(seen[0], "/train/augment/scale", &a->scale_min, &a->scale_max, e)) return -1;
         if (!(a->scale_min > 0.0f && a->scale_min <= a->scale_max && a->scale_max <= 1.0f))
-            return fail(e, "/train/augment/scale", "must be [min, max] with 0 < min <= max <= 1, got [%g, %g]",
+            return tl_spec_fail(e, "/train/augment/scale", "must be [min, max] with 0 < min <= max <= 1, got [%g, %g]",
                         (double)a->scale_min, (double)a->scale_max);
     }
     if (seen[1]) {
         if (get_pair(seen[1], "/train/augment/ratio", &a->ratio_min, &a->ratio_max, e)) return -1;
         if (!(a->ratio_min > 0.0f && a->ratio_min <= a->ratio_max))
-            return fail(e, "/train/augment/ratio", "must be [min, max] with 0 < min <= max, got [%g, %g]",
+            return tl_spec_fail(e, "/train/augment/ratio", "must be [min, max] with 0 < min <= max, got [%g, %g]",
                         (double)a->ratio_min, (double)a->ratio_max);
     }
     if (seen[2] && check_float(seen[2], "/train/augment/hflip", R_PROB, &a->hflip, e)) return -1;
@@ -453,7 +426,7 @@ static int parse_augment(const cJSON *o, tl_augment_cfg *a, tl_spec_error *e) {
         const char *r = "";
         if (get_string(seen[3], "/train/augment/randaug", &r, e)) return -1;
         if (strlen(r) >= sizeof a->randaug)
-            return fail(e, "/train/augment/randaug", "must be at most %zu characters", sizeof a->randaug - 1);
+            return tl_spec_fail(e, "/train/augment/randaug", "must be at most %zu characters", sizeof a->randaug - 1);
         snprintf(a->randaug, sizeof a->randaug, "%s", r);
     }
     if (seen[4] && check_float(seen[4], "/train/augment/reprob", R_PROB, &a->reprob, e)) return -1;
@@ -461,19 +434,19 @@ static int parse_augment(const cJSON *o, tl_augment_cfg *a, tl_spec_error *e) {
         double v = 0.0;
         if (get_number(seen[5], "/train/augment/crop_pct", &v, e)) return -1;
         if (!(v > 0.0 && v <= 1.0))
-            return fail(e, "/train/augment/crop_pct", "must be a number in (0, 1], got %.9g", v);
+            return tl_spec_fail(e, "/train/augment/crop_pct", "must be a number in (0, 1], got %.9g", v);
         a->crop_pct = (float)v;
     }
     char msg[TL_ERR_LEN] = "";
     if (tl_augment_validate(a, msg, sizeof msg) != 0) {
         int f = aug_field_of_message(msg);
-        if (f < 0) return fail(e, P, "%s", msg);
+        if (f < 0) return tl_spec_fail(e, P, "%s", msg);
         char p[64];
         snprintf(p, sizeof p, "%s/%s", P, AUG_FIELDS[f]);
         /* Drop a leading "field: " so the pointer and message do not repeat it. */
         const char *m = msg, *colon = strstr(msg, ": ");
         if (colon && (size_t)(colon - msg) < 24 && !memchr(msg, ' ', (size_t)(colon - msg))) m = colon + 2;
-        return fail(e, p, "%s", m);
+        return tl_spec_fail(e, p, "%s", m);
     }
     return 0;
 }
@@ -586,7 +559,7 @@ static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
             else if (strcmp(m, "mixup") == 0) s->mix = TL_MIX_MIXUP;
             else if (strcmp(m, "cutmix") == 0) s->mix = TL_MIX_CUTMIX;
             else if (strcmp(m, "both") == 0) s->mix = TL_MIX_BOTH;
-            else rc = fail(e, p, "must be one of \"none\", \"mixup\", \"cutmix\", \"both\"");
+            else rc = tl_spec_fail(e, p, "must be one of \"none\", \"mixup\", \"cutmix\", \"both\"");
             break;
         }
         case T_MIX_ALPHA: rc = check_float(it, p, R_GT0, &s->mix_alpha, e); break;
@@ -608,7 +581,7 @@ static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
         if (rc) return -1;
     }
     if (!(s->warmup_epochs < (float)s->epochs))
-        return fail(e, "/train/warmup_epochs", "must be less than epochs (%d), got %g", s->epochs,
+        return tl_spec_fail(e, "/train/warmup_epochs", "must be less than epochs (%d), got %g", s->epochs,
                     (double)s->warmup_epochs);
     if (!have_drop_path) s->drop_path = s->model.drop_path_rate;
     return 0;
@@ -654,23 +627,23 @@ static int parse_doc(const cJSON *doc, const char *data_root, tl_train_spec *s, 
     const cJSON *seen[N_TOP];
     if (check_members(doc, "", TOP_FIELDS, N_TOP, seen, e)) return -1;
     /* kind */
-    if (!seen[0]) return fail(e, "/kind", "required");
+    if (!seen[0]) return tl_spec_fail(e, "/kind", "required");
     const char *kind = "";
     if (get_string(seen[0], "/kind", &kind, e)) return -1;
-    if (strcmp(kind, "train") != 0) return fail(e, "/kind", "must be \"train\"");
+    if (strcmp(kind, "train") != 0) return tl_spec_fail(e, "/kind", "must be \"train\"");
     snprintf(s->kind, sizeof s->kind, "%s", kind);
     /* name */
-    if (!seen[1]) return fail(e, "/name", "required");
+    if (!seen[1]) return tl_spec_fail(e, "/name", "required");
     const char *name = "";
     if (get_string(seen[1], "/name", &name, e)) return -1;
     size_t nl = strlen(name);
     int printable = nl >= 1 && nl <= 127;
     for (size_t i = 0; printable && i < nl; i++)
         if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] > 0x7e) printable = 0;
-    if (!printable) return fail(e, "/name", "must be 1..127 printable ASCII characters");
+    if (!printable) return tl_spec_fail(e, "/name", "must be 1..127 printable ASCII characters");
     snprintf(s->name, sizeof s->name, "%s", name);
     /* model */
-    if (!seen[2]) return fail(e, "/model", "required");
+    if (!seen[2]) return tl_spec_fail(e, "/model", "required");
     if (parse_model(seen[2], s, e)) return -1;
     /* train (before data: cheap checks first, the filesystem last) */
     if (seen[4]) {
@@ -679,7 +652,7 @@ static int parse_doc(const cJSON *doc, const char *data_root, tl_train_spec *s, 
         s->drop_path = s->model.drop_path_rate;
     }
     /* data */
-    if (!seen[3]) return fail(e, "/data", "required");
+    if (!seen[3]) return tl_spec_fail(e, "/data", "required");
     if (parse_data(seen[3], data_root, s, e)) return -1;
     /* One drop-path rate for the job: the model's config carries what is used. */
     s->model.drop_path_rate = s->drop_path;
@@ -696,7 +669,7 @@ int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out
     tl_train_spec *s = malloc(sizeof *s);
     if (!s) {
         cJSON_Delete(doc);
-        return fail(err, "", "out of memory");
+        return tl_spec_fail(err, "", "out of memory");
     }
     tl_jobspec_defaults(s);
     int rc = parse_doc(doc, data_root, s, err);
@@ -728,7 +701,7 @@ void tl_spec_ptr_join(char *out, size_t n, const char *parent, const char *key) 
 
 cJSON *tl_spec_parse_document(const char *json, tl_spec_error *e) {
     if (!json) {
-        fail(e, "", "not valid JSON (no document)");
+        tl_spec_fail(e, "", "not valid JSON (no document)");
         return NULL;
     }
     const char *end = NULL;
@@ -740,10 +713,10 @@ cJSON *tl_spec_parse_document(const char *json, tl_spec_error *e) {
         cJSON *head = cJSON_ParseWithOpts(json, &end2, 0);
         if (head) {
             cJSON_Delete(head);
-            fail(e, "", "not valid JSON: text after the document at byte %zu", (size_t)(end2 - json));
+            tl_spec_fail(e, "", "not valid JSON: text after the document at byte %zu", (size_t)(end2 - json));
             return NULL;
         }
-        fail(e, "", "not valid JSON (error near byte %zu)", off);
+        tl_spec_fail(e, "", "not valid JSON (error near byte %zu)", off);
         return NULL;
     }
     return doc;
@@ -762,6 +735,14 @@ int tl_spec_check_members(const cJSON *o, const char *ptr, const char *const *na
                           tl_spec_error *e) {
     return check_members(o, ptr, names, n, seen, e);
 }
+int tl_spec_data_root(const char *data_root, char *root_real, const char **root, tl_spec_error *e) {
+    *root = NULL;
+    if (!data_root) return 0;
+    if (!realpath(data_root, root_real)) return tl_spec_fail(e, "", "the data root '%.200s' does not exist", data_root);
+    *root = root_real;
+    return 0;
+}
+
 int tl_spec_resolve_path(const char *ptr, const char *val, const char *root_real, int want_dir, char *out,
                          tl_spec_error *e) {
     return resolve_path(ptr, val, root_real, want_dir, out, e);
@@ -774,7 +755,35 @@ int tl_spec_get_name(const cJSON *it, const char *ptr, char *out, size_t len, tl
     int printable = nl >= 1 && nl <= 127 && nl < len;
     for (size_t i = 0; printable && i < nl; i++)
         if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] > 0x7e) printable = 0;
-    if (!printable) return fail(e, ptr, "must be 1..127 printable ASCII characters");
+    if (!printable) return tl_spec_fail(e, ptr, "must be 1..127 printable ASCII characters");
     snprintf(out, len, "%s", name);
     return 0;
 }
+
+/* ------------------------------------------------------------------ the kind of any job document */
+
+int tl_jobspec_kind(const char *json, char *kind, size_t len, tl_spec_error *err) {
+    if (err) err->pointer[0] = err->message[0] = '\0';
+    if (kind && len) kind[0] = '\0';
+    cJSON *doc = tl_spec_parse_document(json, err);
+    if (!doc) return -1;
+    int rc = 0;
+    const cJSON *k = cJSON_IsObject(doc) ? cJSON_GetObjectItemCaseSensitive(doc, "kind") : NULL;
+    if (!cJSON_IsObject(doc))
+        rc = tl_spec_fail(err, "/kind", "required: the document must be a JSON object with a string \"kind\"");
+    else if (!k)
+        rc = tl_spec_fail(err, "/kind", "required");
+    else if (!cJSON_IsString(k) || !k->valuestring)
+        rc = tl_spec_fail(err, "/kind", "must be a string");
+    else if (!kind || strlen(k->valuestring) >= len || strlen(k->valuestring) >= 16)
+        rc = tl_spec_fail(err, "/kind", "must be a known kind (\"train\", \"annotate\")");
+    else
+        snprintf(kind, len, "%s", k->valuestring);
+    cJSON_Delete(doc);
+    if (rc && err) {
+        sanitize(err->pointer);
+        sanitize(err->message);
+    }
+    return rc;
+}
+

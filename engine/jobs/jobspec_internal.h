@@ -1,6 +1,6 @@
 /*
  * jobspec_internal.h: the strict-parsing helpers of jobspec.c, shared with
- * the parsers of the other job kinds (annotate.c). Not part of the public
+ * the parsers of the other job kinds (annotate_spec.c). Not part of the public
  * API. Every helper follows jobspec.c's conventions: a refusal fills the
  * tl_spec_error with the JSON pointer (RFC 6901) and the rule, and returns -1.
  * Pure functions; any thread.
@@ -33,9 +33,13 @@ int tl_spec_check_members(const cJSON *o, const char *ptr, const char *const *na
                           tl_spec_error *e);
 /* The "name" rule of job specs: 1..127 printable ASCII characters, into out (128 bytes). */
 int tl_spec_get_name(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e);
+/* The realpath of the data root into root_real (PATH_MAX) and *root = root_real; *root = NULL when
+ * data_root is NULL (paths then resolve against the working folder). -1 with pointer "" when the
+ * data root does not exist. */
+int tl_spec_data_root(const char *data_root, char *root_real, const char **root, tl_spec_error *e);
 /* Resolves a dataset path against the realpath of the data root (or NULL: the working folder):
  * relative, no "..", inside the root after following symlinks; a folder (want_dir) or a regular
- * file. out (PATH_MAX) receives the resolved absolute path. */
+ * file (tl_path_confine, files.h). out (PATH_MAX) receives the resolved absolute path. */
 int tl_spec_resolve_path(const char *ptr, const char *val, const char *root_real, int want_dir, char *out,
                          tl_spec_error *e);
 

@@ -15,6 +15,7 @@
  * nothing the training computes. Failing to build it only logs a line.
  */
 #include "tokenlab/train.h"
+#include "tokenlab/base.h"
 
 #include <errno.h>
 #include <math.h>
@@ -23,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "data/loader.h"
@@ -49,12 +49,6 @@ typedef struct {
     float *t_mix;           /* (B,K) class targets mixed by image-level mixup/cutmix */
     double best;            /* best top-1 so far, -1 none */
 } run;
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
@@ -113,7 +107,7 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
     const char *meta[] = {"tokenlab.best_top1", best, "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
     if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
-    if (tl_checkpoint_save2(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
         log_msg(r, "checkpoint %s failed: %s", path, err);
         return -1;
     }
@@ -123,7 +117,7 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
 
 /* top-1, top-5 and loss of the inference score over the validation set. */
 static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
-    double t0 = now_s();
+    double t0 = tl_clock_mono_s();
     int K = r->cfg.num_classes, topk = K < 5 ? K : 5;
     tl_loader_start(r->val_ld, 0, 0);
     const tl_batch *b;
@@ -151,7 +145,7 @@ static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
     }
     free(scores);
     tl_eval_report rep = {step, epoch, ema, n ? (double)c1 / n : 0, n ? (double)c5 / n : 0, n ? loss / n : 0, (int)n,
-                          now_s() - t0};
+                          tl_clock_mono_s() - t0};
     if (r->hooks && r->hooks->on_eval) r->hooks->on_eval(&rep, r->hooks->user);
     int counts = r->ema ? ema : 1; /* the EMA's top-1 decides "best" when there is an EMA */
     if (counts && rep.top1 > r->best) {
@@ -303,7 +297,7 @@ static int64_t resume(run *r) {
     }
     tl_train_state st;
     int flags = TL_CKPT_OPTIM | (r->ema ? TL_CKPT_EMA : 0);
-    if (tl_checkpoint_load2(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
+    if (tl_checkpoint_load(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
         fail(r, "IO_ERROR", "cannot resume: %s", err);
         return -1;
     }
@@ -341,7 +335,7 @@ static tl_train_status loop(run *r, int64_t step) {
     int image_mix = s->mix != TL_MIX_NONE && !r->lm;
     if (s->mix != TL_MIX_NONE && r->lm) log_msg(r, "train.mix is ignored: the job has label maps (MixToken mixes)");
     tl_adamw hp = {(float)s->lr, s->weight_decay, 0.9f, 0.999f, 1e-8f};
-    double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = now_s(), eval_seconds = 0.0;
+    double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = tl_clock_mono_s(), eval_seconds = 0.0;
     int started = 0;
     int64_t done_here = 0;
     if (r->hooks && r->hooks->on_start) r->hooks->on_start(step, r->total, r->hooks->user);
@@ -389,7 +383,7 @@ static tl_train_status loop(run *r, int64_t step) {
         step++;
         done_here++;
         r->res->step = step;
-        double t = now_s();
+        double t = tl_clock_mono_s();
         times[step % WINDOW] = t - t_prev;
         waits[step % WINDOW] = wait;
         t_prev = t;
@@ -408,15 +402,15 @@ static tl_train_status loop(run *r, int64_t step) {
         int ckpt_now = last || (ckpt_every && step % ckpt_every == 0);
         int stop = !last && r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user);
         if (eval_now) {
-            double t_eval = now_s();
+            double t_eval = tl_clock_mono_s();
             evaluate_all(r, step, (int)((step - 1) / r->nb));
-            eval_seconds = now_s() - t_eval;
+            eval_seconds = tl_clock_mono_s() - t_eval;
         }
         if (ckpt_now || stop) {
             if (save_checkpoint(r, "last.safetensors", 1, step, (int)(step / r->nb)) != 0)
                 return fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
         }
-        t_prev = now_s(); /* images/s and the ETA measure training steps, not evaluations or checkpoints */
+        t_prev = tl_clock_mono_s(); /* images/s and the ETA measure training steps, not evaluations or checkpoints */
         if (stop) {
             r->res->status = TL_TRAIN_STOPPED;
             snprintf(r->res->reason, sizeof r->res->reason, "STOPPED");

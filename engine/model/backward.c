@@ -92,22 +92,3 @@ int tl_backward(tl_ctx *x) {
     x->in_backward = 0;
     return 0;
 }
-
-void tl_ctx_adamw_step(tl_ctx *x, const tl_adamw *hp) { tl_model_adamw(x->m, hp, x->pool); }
-
-void tl_ctx_profile(tl_ctx *x, int on) {
-    x->profile = on;
-    memset(x->prof, 0, sizeof x->prof);
-}
-
-int tl_ctx_profile_report(const tl_ctx *x, char *buf, size_t len) {
-    static const char *names[TL_PROF_N] = TL_PROF_NAMES;
-    size_t off = 0;
-    for (int i = 0; i < TL_PROF_N; i++) {
-        int n = snprintf(buf + off, len - off, "%s%s %.1f/%.1f ms", i ? ", " : "", names[i], x->prof[i][0] * 1e3,
-                         x->prof[i][1] * 1e3);
-        if (n < 0 || (size_t)n >= len - off) return -1;
-        off += (size_t)n;
-    }
-    return (int)off;
-}

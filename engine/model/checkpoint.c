@@ -3,7 +3,7 @@
  *
  * Owns nothing beyond the duration of a call: a safetensors writer or an open
  * file, released before returning. It reaches the model only through the
- * public tl_model accessors of tl.h. Threads: runs entirely on the caller's
+ * public tl_model accessors of model.h. Threads: runs entirely on the caller's
  * thread, which must own the model for the call (as for every tl_model use).
  *
  * Layout of a file:
@@ -18,6 +18,7 @@
  * copies, so a refused file leaves the model untouched.
  */
 #include "tokenlab/model.h"
+#include "tokenlab/base.h"
 #include "tokenlab/safetensors.h"
 
 #include <inttypes.h>
@@ -36,31 +37,10 @@
 #define CK_AVG_SQ "optim.exp_avg_sq."
 #define CK_EMA "ema."
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
 static void bn_name(char *buf, size_t n, int layer) {
     snprintf(buf, n, "patch_embed.bn%d.num_batches_tracked", layer + 1);
-}
-
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t at = 0;
-    int w = snprintf(buf, n, "[");
-    at = w > 0 ? (size_t)w : 0;
-    for (int i = 0; i < ndim && at < n; i++) {
-        w = snprintf(buf + at, n - at, "%s%" PRId64, i ? "," : "", shape[i]);
-        if (w < 0) return;
-        at += (size_t)w;
-    }
-    if (at < n) snprintf(buf + at, n - at, "]");
 }
 
 /* ------------------------------------------------------------------ save */
@@ -70,7 +50,7 @@ static const char *const reserved_meta[] = {"format", "tokenlab.config", "tokenl
 static int add_meta(tl_st_writer *w, const tl_model *m, const char *const *extra, char *err, size_t errlen) {
     char cfg[2048];
     if (tl_config_to_json(tl_model_config(m), cfg, sizeof cfg) < 0) {
-        seterr(err, errlen, "checkpoint: config does not fit in %zu bytes of JSON", sizeof cfg);
+        tl_seterr(err, errlen, "checkpoint: config does not fit in %zu bytes of JSON", sizeof cfg);
         return -1;
     }
     if (tl_st_set_meta(w, "format", "pt") || tl_st_set_meta(w, "tokenlab.config", cfg) ||
@@ -78,12 +58,12 @@ static int add_meta(tl_st_writer *w, const tl_model *m, const char *const *extra
         goto oom;
     for (int i = 0; extra && extra[i]; i += 2) {
         if (!extra[i + 1]) {
-            seterr(err, errlen, "checkpoint: extra metadata key '%s' has no value", extra[i]);
+            tl_seterr(err, errlen, "checkpoint: extra metadata key '%s' has no value", extra[i]);
             return -1;
         }
         for (int r = 0; reserved_meta[r]; r++) {
             if (strcmp(extra[i], reserved_meta[r]) == 0) {
-                seterr(err, errlen, "checkpoint: extra metadata key '%s' is reserved", extra[i]);
+                tl_seterr(err, errlen, "checkpoint: extra metadata key '%s' is reserved", extra[i]);
                 return -1;
             }
         }
@@ -91,14 +71,14 @@ static int add_meta(tl_st_writer *w, const tl_model *m, const char *const *extra
     }
     return 0;
 oom:
-    seterr(err, errlen, "checkpoint: out of memory setting metadata");
+    tl_seterr(err, errlen, "checkpoint: out of memory setting metadata");
     return -1;
 }
 
 static int add_tensor(tl_st_writer *w, const char *name, tl_st_dtype dt, int ndim, const int64_t *shape,
                       const void *data, char *err, size_t errlen) {
     if (tl_st_add(w, name, dt, ndim, shape, data) == 0) return 0;
-    seterr(err, errlen, "checkpoint: cannot add tensor '%s' (duplicate name or out of memory)", name);
+    tl_seterr(err, errlen, "checkpoint: cannot add tensor '%s' (duplicate name or out of memory)", name);
     return -1;
 }
 
@@ -123,7 +103,7 @@ static int add_optim(tl_st_writer *w, const tl_model *m, char *err, size_t errle
         const tl_tensor *t = tl_model_tensor(m, i);
         if (t->kind != TL_TENSOR_PARAM) continue;
         if (!t->m || !t->v) {
-            seterr(err, errlen, "checkpoint: parameter '%s' has no optimizer moments", t->name);
+            tl_seterr(err, errlen, "checkpoint: parameter '%s' has no optimizer moments", t->name);
             return -1;
         }
         char name[CK_NAME_LEN];
@@ -159,27 +139,22 @@ static int add_ema(tl_st_writer *w, const tl_model *ema, char *err, size_t errle
     return 0;
 }
 
-int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
+int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen) {
-    return tl_checkpoint_save2(m, NULL, path, flags, st, extra_meta, err, errlen);
-}
-
-int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
-                        const char *const *extra_meta, char *err, size_t errlen) {
     int64_t bn[CK_NUM_BN];
     ck_train tr = {0};
     int rc = -1;
     if (!m || !path) {
-        seterr(err, errlen, "checkpoint: no model or path");
+        tl_seterr(err, errlen, "checkpoint: no model or path");
         return -1;
     }
     if ((flags & TL_CKPT_OPTIM) && !tl_model_trainable(m)) {
-        seterr(err, errlen, "checkpoint: an inference model has no optimizer state to save");
+        tl_seterr(err, errlen, "checkpoint: an inference model has no optimizer state to save");
         return -1;
     }
     tl_st_writer *w = tl_st_writer_new();
     if (!w) {
-        seterr(err, errlen, "checkpoint: out of memory");
+        tl_seterr(err, errlen, "checkpoint: out of memory");
         return -1;
     }
     if (add_meta(w, m, extra_meta, err, errlen) != 0) goto fail;
@@ -207,20 +182,20 @@ static int check_float(const tl_st_file *f, const char *name, int ndim, const in
                        size_t errlen) {
     const tl_st_tensor *s = tl_st_get(f, name);
     if (!s) {
-        seterr(err, errlen, "missing tensor '%s'", name);
+        tl_seterr(err, errlen, "missing tensor '%s'", name);
         return -1;
     }
     if (!is_float(s->dtype)) {
-        seterr(err, errlen, "tensor '%s' has dtype %s, expected a float dtype", name, tl_st_dtype_name(s->dtype));
+        tl_seterr(err, errlen, "tensor '%s' has dtype %s, expected a float dtype", name, tl_st_dtype_name(s->dtype));
         return -1;
     }
     int same = s->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = s->shape[i] == shape[i];
     if (!same) {
         char a[128], b[128];
-        fmt_shape(a, sizeof a, s->ndim, s->shape);
-        fmt_shape(b, sizeof b, ndim, shape);
-        seterr(err, errlen, "tensor '%s' has shape %s, model expects %s", name, a, b);
+        tl_st_format_shape(a, sizeof a, s->ndim, s->shape);
+        tl_st_format_shape(b, sizeof b, ndim, shape);
+        tl_seterr(err, errlen, "tensor '%s' has shape %s, model expects %s", name, a, b);
         return -1;
     }
     return 0;
@@ -230,19 +205,19 @@ static int check_float(const tl_st_file *f, const char *name, int ndim, const in
 static int check_int(const tl_st_file *f, const char *name, int n, int allow_i32, char *err, size_t errlen) {
     const tl_st_tensor *s = tl_st_get(f, name);
     if (!s) {
-        seterr(err, errlen, "missing tensor '%s'", name);
+        tl_seterr(err, errlen, "missing tensor '%s'", name);
         return -1;
     }
     if (s->dtype != TL_ST_I64 && !(allow_i32 && s->dtype == TL_ST_I32)) {
-        seterr(err, errlen, "tensor '%s' has dtype %s, expected I64%s", name, tl_st_dtype_name(s->dtype),
-               allow_i32 ? " or I32" : "");
+        tl_seterr(err, errlen, "tensor '%s' has dtype %s, expected I64%s", name, tl_st_dtype_name(s->dtype),
+                  allow_i32 ? " or I32" : "");
         return -1;
     }
     int ok = (s->ndim == 1 && s->shape[0] == n) || (n == 1 && s->ndim == 0);
     if (!ok) {
         char a[128];
-        fmt_shape(a, sizeof a, s->ndim, s->shape);
-        seterr(err, errlen, "tensor '%s' has shape %s, expected [%d]%s", name, a, n, n == 1 ? " or a scalar" : "");
+        tl_st_format_shape(a, sizeof a, s->ndim, s->shape);
+        tl_seterr(err, errlen, "tensor '%s' has shape %s, expected [%d]%s", name, a, n, n == 1 ? " or a scalar" : "");
         return -1;
     }
     return 0;
@@ -289,7 +264,7 @@ static int validate_optim(const tl_model *m, const tl_st_file *f, char *err, siz
         const tl_tensor *t = tl_model_tensor(m, i);
         if (t->kind != TL_TENSOR_PARAM) continue;
         if (!t->m || !t->v) {
-            seterr(err, errlen, "parameter '%s' has no optimizer moments in this model", t->name);
+            tl_seterr(err, errlen, "parameter '%s' has no optimizer moments in this model", t->name);
             return -1;
         }
         char name[CK_NAME_LEN];
@@ -302,7 +277,7 @@ static int validate_optim(const tl_model *m, const tl_st_file *f, char *err, siz
         check_int(f, "train.rng", 4, 0, err, errlen) != 0)
         return -1;
     if (read_int(tl_st_get(f, "train.step"), 0) < 0) {
-        seterr(err, errlen, "tensor 'train.step' is negative");
+        tl_seterr(err, errlen, "tensor 'train.step' is negative");
         return -1;
     }
     return 0;
@@ -330,7 +305,7 @@ static int validate(const tl_model *m, const tl_st_file *f, int flags, char *err
     for (int i = 0; i < tl_st_count(f); i++) {
         const char *name = tl_st_at(f, i)->name;
         if (!expected_name(m, name, flags)) {
-            seterr(err, errlen, "unexpected tensor '%s'", name);
+            tl_seterr(err, errlen, "unexpected tensor '%s'", name);
             return -1;
         }
     }
@@ -373,25 +348,21 @@ static void copy_in(tl_model *m, tl_model *ema, const tl_st_file *f, int flags, 
     for (int i = 0; i < 4; i++) st->rng_state[i] = (uint64_t)read_int(rng, (size_t)i);
 }
 
-int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen) {
-    return tl_checkpoint_load2(m, NULL, path, flags, st, err, errlen);
-}
-
-int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
-                        size_t errlen) {
+int tl_checkpoint_load(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                       size_t errlen) {
     if ((flags & TL_CKPT_EMA) && !ema) {
-        seterr(err, errlen, "checkpoint: TL_CKPT_EMA needs an EMA model");
+        tl_seterr(err, errlen, "checkpoint: TL_CKPT_EMA needs an EMA model");
         return -1;
     }
     if (!m || !path) {
-        seterr(err, errlen, "checkpoint: no model or path");
+        tl_seterr(err, errlen, "checkpoint: no model or path");
         return -1;
     }
     tl_st_file *f = tl_st_open(path, err, errlen);
     if (!f) return -1;
     char sub[TL_ERR_LEN];
     if (validate(m, f, flags, sub, sizeof sub) != 0) {
-        seterr(err, errlen, "%s: %s", path, sub);
+        tl_seterr(err, errlen, "%s: %s", path, sub);
         tl_st_close(f);
         return -1;
     }
@@ -406,19 +377,19 @@ int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags,
 static const tl_st_tensor *need_dims(const tl_st_file *f, const char *name, int ndim, char *err, size_t errlen) {
     const tl_st_tensor *t = tl_st_get(f, name);
     if (!t) {
-        seterr(err, errlen, "cannot infer the config: missing tensor '%s'", name);
+        tl_seterr(err, errlen, "cannot infer the config: missing tensor '%s'", name);
         return NULL;
     }
     char a[128];
-    fmt_shape(a, sizeof a, t->ndim, t->shape);
+    tl_st_format_shape(a, sizeof a, t->ndim, t->shape);
     if (t->ndim != ndim) {
-        seterr(err, errlen, "cannot infer the config: tensor '%s' has shape %s, expected %d dimensions", name, a, ndim);
+        tl_seterr(err, errlen, "cannot infer the config: tensor '%s' has shape %s, expected %d dimensions", name, a, ndim);
         return NULL;
     }
     for (int i = 0; i < ndim; i++) {
         if (t->shape[i] < 1 || t->shape[i] > INT32_MAX / 4) {
-            seterr(err, errlen, "cannot infer the config: tensor '%s' has shape %s, dimension %d out of range", name,
-                   a, i);
+            tl_seterr(err, errlen, "cannot infer the config: tensor '%s' has shape %s, dimension %d out of range", name,
+                      a, i);
             return NULL;
         }
     }
@@ -449,12 +420,12 @@ static int infer_depth(const tl_st_file *f, int *depth, char *err, size_t errlen
         if (b > max) max = b;
     }
     if (count == 0) {
-        seterr(err, errlen, "cannot infer the config: no 'blocks.<i>.norm1.weight' tensors");
+        tl_seterr(err, errlen, "cannot infer the config: no 'blocks.<i>.norm1.weight' tensors");
         return -1;
     }
     if (count != max + 1) { /* names are unique, so count distinct indices */
-        seterr(err, errlen, "cannot infer the config: blocks.<i>.norm1.weight has %ld blocks but the highest is %ld "
-                            "(blocks must be numbered 0..depth-1)", count, max);
+        tl_seterr(err, errlen, "cannot infer the config: blocks.<i>.norm1.weight has %ld blocks but the highest is %ld "
+                               "(blocks must be numbered 0..depth-1)", count, max);
         return -1;
     }
     *depth = (int)count;
@@ -465,15 +436,15 @@ static int infer_grid(const tl_st_file *f, int D, int *grid, char *err, size_t e
     const tl_st_tensor *pe = need_dims(f, "pos_embed", 3, err, errlen);
     if (!pe) return -1;
     if (pe->shape[0] != 1 || pe->shape[2] != D || pe->shape[1] < 2) {
-        seterr(err, errlen, "cannot infer the config: pos_embed has shape [%" PRId64 ",%" PRId64 ",%" PRId64
-               "], expected [1, g*g+1, %d]", pe->shape[0], pe->shape[1], pe->shape[2], D);
+        tl_seterr(err, errlen, "cannot infer the config: pos_embed has shape [%" PRId64 ",%" PRId64 ",%" PRId64
+                  "], expected [1, g*g+1, %d]", pe->shape[0], pe->shape[1], pe->shape[2], D);
         return -1;
     }
     int64_t n = pe->shape[1] - 1, g = (int64_t)llround(sqrt((double)n));
     while (g * g > n) g--;
     while ((g + 1) * (g + 1) <= n) g++;
     if (g * g != n) {
-        seterr(err, errlen, "cannot infer the config: pos_embed has %" PRId64 " patch tokens, not a perfect square", n);
+        tl_seterr(err, errlen, "cannot infer the config: pos_embed has %" PRId64 " patch tokens, not a perfect square", n);
         return -1;
     }
     *grid = (int)g;
@@ -493,8 +464,8 @@ static int infer_from_preset(tl_config *c, char *err, size_t errlen) {
             return 0;
         }
     }
-    seterr(err, errlen, "cannot infer num_heads and skip_lam: no preset has embed_dim=%d and depth=%d; save the "
-           "checkpoint with tokenlab or give the config", c->embed_dim, c->depth);
+    tl_seterr(err, errlen, "cannot infer num_heads and skip_lam: no preset has embed_dim=%d and depth=%d; save the "
+              "checkpoint with tokenlab or give the config", c->embed_dim, c->depth);
     return -1;
 }
 
@@ -515,7 +486,7 @@ static int infer_config(const tl_st_file *f, tl_config *c, char *err, size_t err
     if (infer_depth(f, &c->depth, err, errlen) != 0 || infer_grid(f, c->embed_dim, &grid, err, errlen) != 0)
         return -1;
     if ((int64_t)grid * c->patch_size > INT32_MAX) {
-        seterr(err, errlen, "cannot infer the config: image size out of range");
+        tl_seterr(err, errlen, "cannot infer the config: image size out of range");
         return -1;
     }
     c->img_size = grid * c->patch_size;
@@ -524,7 +495,7 @@ static int infer_config(const tl_st_file *f, tl_config *c, char *err, size_t err
 
 int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t errlen) {
     if (!path || !out) {
-        seterr(err, errlen, "checkpoint: no path or output");
+        tl_seterr(err, errlen, "checkpoint: no path or output");
         return -1;
     }
     tl_st_file *f = tl_st_open(path, err, errlen);
@@ -535,11 +506,11 @@ int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t err
     const char *json = tl_st_meta(f, "tokenlab.config");
     if (json) {
         if (tl_config_from_json(json, &c, sub, sizeof sub) != 0) {
-            seterr(err, errlen, "%s: metadata tokenlab.config: %s", path, sub);
+            tl_seterr(err, errlen, "%s: metadata tokenlab.config: %s", path, sub);
             goto fail;
         }
     } else if (infer_config(f, &c, sub, sizeof sub) != 0 || tl_config_validate(&c, sub, sizeof sub) != 0) {
-        seterr(err, errlen, "%s: %s", path, sub);
+        tl_seterr(err, errlen, "%s: %s", path, sub);
         goto fail;
     }
     *out = c;

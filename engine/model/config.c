@@ -3,6 +3,7 @@
  * derived sizes. Pure functions on caller-owned structs; any thread.
  */
 #include "tokenlab/model.h"
+#include "tokenlab/base.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -33,11 +34,7 @@ int tl_config_preset(const char *name, tl_config *out) {
     return -1;
 }
 
-#define FAIL(...)                                  \
-    do {                                           \
-        if (err && errlen) snprintf(err, errlen, __VA_ARGS__); \
-        return -1;                                 \
-    } while (0)
+#define FAIL(...) return tl_seterr(err, errlen, __VA_ARGS__)
 
 /* Limits that keep every size computation far from overflow. */
 #define TL_MAX_IMG 4096

@@ -1,5 +1,6 @@
 /*
- * ctx.c: activation memory of one batch context.
+ * ctx.c: activation memory of one batch context, and its per-phase
+ * profile (the PROF timings of forward.c and backward.c).
  *
  * Owns: one allocation sized once for (config, max batch, training), carved
  * into every activation, gradient and scratch tensor, and the context's
@@ -12,13 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-double tl_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 typedef struct {
     float *base;
@@ -110,11 +104,11 @@ static void carve_ctx(tl_ctx *x, carver *cv) {
 
 tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err, size_t errlen) {
     if (batch < 1 || batch > 65536) {
-        if (err && errlen) snprintf(err, errlen, "batch: must be in 1..65536, got %d", batch);
+        tl_seterr(err, errlen, "batch: must be in 1..65536, got %d", batch);
         return NULL;
     }
     if (training && !tl_model_trainable(m)) {
-        if (err && errlen) snprintf(err, errlen, "a training context needs a trainable model (tl_model_new)");
+        tl_seterr(err, errlen, "a training context needs a trainable model (tl_model_new)");
         return NULL;
     }
     if (nthreads < 1) nthreads = 1;
@@ -150,15 +144,14 @@ tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err
     carve_ctx(x, &real);
     x->pool = tl_pool_new(nthreads);
     if (!x->pool) {
-        if (err && errlen) snprintf(err, errlen, "cannot start %d threads", nthreads);
+        tl_seterr(err, errlen, "cannot start %d threads", nthreads);
         tl_ctx_free(x);
         return NULL;
     }
     return x;
 fail_alloc:
-    if (err && errlen)
-        snprintf(err, errlen, "out of memory allocating activations for batch %d (%.1f MiB)", batch,
-                 x ? (double)x->nfloats * 4 / 1048576.0 : 0.0);
+    tl_seterr(err, errlen, "out of memory allocating activations for batch %d (%.1f MiB)", batch,
+                  x ? (double)x->nfloats * 4 / 1048576.0 : 0.0);
     tl_ctx_free(x);
     return NULL;
 }
@@ -177,3 +170,20 @@ void tl_ctx_free(tl_ctx *x) {
 
 int tl_ctx_batch(const tl_ctx *x) { return x->Bmax; }
 size_t tl_ctx_bytes(const tl_ctx *x) { return sizeof(float) * x->nfloats; }
+
+void tl_ctx_profile(tl_ctx *x, int on) {
+    x->profile = on;
+    memset(x->prof, 0, sizeof x->prof);
+}
+
+int tl_ctx_profile_report(const tl_ctx *x, char *buf, size_t len) {
+    static const char *names[TL_PROF_N] = TL_PROF_NAMES;
+    size_t off = 0;
+    for (int i = 0; i < TL_PROF_N; i++) {
+        int n = snprintf(buf + off, len - off, "%s%s %.1f/%.1f ms", i ? ", " : "", names[i], x->prof[i][0] * 1e3,
+                         x->prof[i][1] * 1e3);
+        if (n < 0 || (size_t)n >= len - off) return -1;
+        off += (size_t)n;
+    }
+    return (int)off;
+}

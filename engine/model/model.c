@@ -6,7 +6,7 @@
  * sits at the same offset in each block; the tensor table with PyTorch
  * state_dict names. The forward and backward passes live in forward.c and
  * backward.c and reach the weights through tl_weights (model_internal.h).
- * Threads: one caller at a time (see tl.h).
+ * Threads: one caller at a time (see model.h).
  */
 #include "model/model_internal.h"
 
@@ -184,9 +184,14 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
     for (int i = 0; i < nblocks; i++) {
         layout_state s = {i == 0 ? m : NULL, 0, 0};
         layout(&s, c, m->mem + (size_t)i * m->nfloats, &m->wt[i]);
+        /* every pass carves what the counting pass counted */
+        if (TL_NEVER(s.off != m->nfloats || s.nt != m->ntensors)) goto fail_layout;
     }
     for (int i = 0; i < m->ntensors; i++) {
         tl_tensor *t = &m->tensors[i];
+        /* tensors lie in order, without overlap, inside the block */
+        size_t prev_end = i ? m->tensors[i - 1].offset + m->tensors[i - 1].numel : 0;
+        if (TL_NEVER(t->offset < prev_end || t->offset + t->numel > m->nfloats)) goto fail_layout;
         t->data = m->mem + t->offset;
         if (t->kind == TL_TENSOR_PARAM && nblocks == 4) {
             t->grad = m->mem + m->nfloats + t->offset;
@@ -197,7 +202,11 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
     if (nblocks == 4) init_weights(m, seed); /* an inference model gets its weights from a checkpoint */
     return m;
 fail_alloc:
-    if (err && errlen) snprintf(err, errlen, "out of memory allocating the model");
+    tl_seterr(err, errlen, "out of memory allocating the model");
+    tl_model_free(m);
+    return NULL;
+fail_layout:
+    tl_seterr(err, errlen, "internal error: the model's tensor table is inconsistent");
     tl_model_free(m);
     return NULL;
 }
@@ -259,6 +268,8 @@ void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads) {
     tl_model_adamw(m, hp, pool);
     tl_pool_free(pool);
 }
+
+void tl_ctx_adamw_step(tl_ctx *x, const tl_adamw *hp) { tl_model_adamw(x->m, hp, x->pool); }
 
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool) {
     if (m->nblocks != 4) return; /* an inference model has nothing to update */

@@ -1,15 +1,17 @@
 /*
  * model_internal.h: the engine's private view of a model and a batch context.
- * Shared by model.c (parameters, init, AdamW), ctx.c (activation memory),
+ * Shared by model.c (parameters, init, AdamW), ctx.c (activation memory,
+ * per-phase profiling),
  * forward.c and backward.c. Not installed, not used outside engine/.
  */
 #ifndef TL_MODEL_INTERNAL_H
 #define TL_MODEL_INTERNAL_H
 
-#include "ops/ops.h"
 #include "core/pool.h"
-#include "tokenlab/rng.h"
+#include "ops/ops.h"
+#include "tokenlab/base.h"
 #include "tokenlab/model.h"
+#include "tokenlab/rng.h"
 
 #define TL_NAME_LEN 64
 #define TL_BN_EPS 1e-5f
@@ -70,12 +72,11 @@ enum {
     {"stem_conv", "stem_bn", "patch_proj", "layernorm", "qkv", "attention", "attn_proj", "fc1", "gelu", "fc2",   \
      "residual", "heads", "loss", "other"}
 
-double tl_now(void);
-#define PROF(x, id, call)                                            \
-    do {                                                             \
-        double t0_ = (x)->profile ? tl_now() : 0.0;                  \
-        call;                                                        \
-        if ((x)->profile) (x)->prof[(id)][(x)->in_backward] += tl_now() - t0_; \
+#define PROF(x, id, call)                                                                 \
+    do {                                                                                  \
+        double t0_ = (x)->profile ? tl_clock_mono_s() : 0.0;                              \
+        call;                                                                             \
+        if ((x)->profile) (x)->prof[(id)][(x)->in_backward] += tl_clock_mono_s() - t0_; \
     } while (0)
 
 struct tl_ctx {

@@ -18,12 +18,21 @@
  *
  * Writing: header padded with spaces so the data area starts at a multiple of
  * 8, tensors packed in the order added with no gaps (Hugging Face's
- * safetensors refuses gaps, and our files must load there). The file is written to "<path>.tmp.<pid>", flushed and
- * fsync'ed, renamed over path, and the containing folder is fsync'ed.
+ * safetensors refuses gaps, and our files must load there). The file is
+ * written to "<path>.tmp.<pid>", flushed and fsync'ed, renamed over path,
+ * and the containing folder is fsync'ed.
  *
  * Assumes a little-endian host (the format is little-endian).
+ *
+ * Length: about 800 lines, kept in one file on purpose. The reader and the
+ * writer share the format's rules (the dtype table, the checked shape
+ * arithmetic, the metadata key) and must stay their exact mirror images;
+ * splitting them would put those rules behind an internal header for two
+ * halves that always change together. The reader's checks are one ordered
+ * sequence that reads best in one place.
  */
 #include "tokenlab/files.h"
+#include "tokenlab/base.h"
 #include "tokenlab/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -78,15 +87,6 @@ struct tl_st_writer {
 
 /* ------------------------------------------------------------------ helpers */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
@@ -94,8 +94,7 @@ static char *xstrdup(const char *s) {
     return p;
 }
 
-/* "[720,240]" or "[]" for a scalar; truncated with "..." if buf is small. */
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+void tl_st_format_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t at = 0;
     int w = snprintf(buf, n, "[");
     at = w > 0 ? (size_t)w : 0;
@@ -167,7 +166,7 @@ static int json_int(const cJSON *j, double lo, int64_t *out) {
 
 static int parse_meta(tl_st_file *f, const cJSON *meta, char *err, size_t errlen) {
     if (!cJSON_IsObject(meta)) {
-        seterr(err, errlen, "\"%s\" is not a JSON object", ST_META_KEY);
+        tl_seterr(err, errlen, "\"%s\" is not a JSON object", ST_META_KEY);
         return -1;
     }
     int n = cJSON_GetArraySize(meta);
@@ -176,12 +175,12 @@ static int parse_meta(tl_st_file *f, const cJSON *meta, char *err, size_t errlen
     if (!f->meta_keys || !f->meta_vals) goto oom;
     for (const cJSON *c = meta->child; c; c = c->next) {
         if (!cJSON_IsString(c) || !c->valuestring) {
-            seterr(err, errlen, "metadata '%s' is not a string", c->string ? c->string : "");
+            tl_seterr(err, errlen, "metadata '%s' is not a string", c->string ? c->string : "");
             return -1;
         }
         for (int i = 0; i < f->nmeta; i++) {
             if (strcmp(f->meta_keys[i], c->string) == 0) {
-                seterr(err, errlen, "duplicate metadata key '%s'", c->string);
+                tl_seterr(err, errlen, "duplicate metadata key '%s'", c->string);
                 return -1;
             }
         }
@@ -197,28 +196,28 @@ static int parse_meta(tl_st_file *f, const cJSON *meta, char *err, size_t errlen
     }
     return 0;
 oom:
-    seterr(err, errlen, "out of memory reading metadata");
+    tl_seterr(err, errlen, "out of memory reading metadata");
     return -1;
 }
 
 static int parse_shape(tl_st_tensor *t, const cJSON *shape, char *err, size_t errlen) {
     if (!cJSON_IsArray(shape)) {
-        seterr(err, errlen, "tensor '%s': shape is not an array", t->name);
+        tl_seterr(err, errlen, "tensor '%s': shape is not an array", t->name);
         return -1;
     }
     int nd = cJSON_GetArraySize(shape);
     if (nd > TL_ST_MAX_DIMS) {
-        seterr(err, errlen, "tensor '%s': shape has %d dimensions, at most %d allowed", t->name, nd, TL_ST_MAX_DIMS);
+        tl_seterr(err, errlen, "tensor '%s': shape has %d dimensions, at most %d allowed", t->name, nd, TL_ST_MAX_DIMS);
         return -1;
     }
     int i = 0;
     for (const cJSON *d = shape->child; d; d = d->next, i++) {
         if (cJSON_IsNumber(d) && d->valuedouble < 0) {
-            seterr(err, errlen, "tensor '%s': shape dimension %d is negative (%g)", t->name, i, d->valuedouble);
+            tl_seterr(err, errlen, "tensor '%s': shape dimension %d is negative (%g)", t->name, i, d->valuedouble);
             return -1;
         }
         if (json_int(d, 0, &t->shape[i]) != 0) {
-            seterr(err, errlen, "tensor '%s': shape dimension %d is not a non-negative integer", t->name, i);
+            tl_seterr(err, errlen, "tensor '%s': shape dimension %d is not a non-negative integer", t->name, i);
             return -1;
         }
     }
@@ -230,15 +229,15 @@ static int parse_offsets(const tl_st_tensor *t, const cJSON *offs, uint64_t *beg
                          size_t errlen) {
     int64_t b, e;
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2) {
-        seterr(err, errlen, "tensor '%s': data_offsets is not an array of 2 integers", t->name);
+        tl_seterr(err, errlen, "tensor '%s': data_offsets is not an array of 2 integers", t->name);
         return -1;
     }
     if (json_int(offs->child, 0, &b) != 0 || json_int(offs->child->next, 0, &e) != 0) {
-        seterr(err, errlen, "tensor '%s': data_offsets are not non-negative integers", t->name);
+        tl_seterr(err, errlen, "tensor '%s': data_offsets are not non-negative integers", t->name);
         return -1;
     }
     if (e < b) {
-        seterr(err, errlen, "tensor '%s': data_offsets [%" PRId64 ", %" PRId64 "] end before begin", t->name, b, e);
+        tl_seterr(err, errlen, "tensor '%s': data_offsets [%" PRId64 ", %" PRId64 "] end before begin", t->name, b, e);
         return -1;
     }
     *begin = (uint64_t)b;
@@ -249,7 +248,7 @@ static int parse_offsets(const tl_st_tensor *t, const cJSON *offs, uint64_t *beg
 static const cJSON *need_field(const tl_st_tensor *t, const cJSON *entry, const char *key, char *err,
                                size_t errlen) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(entry, key);
-    if (!j) seterr(err, errlen, "tensor '%s': missing \"%s\"", t->name, key);
+    if (!j) tl_seterr(err, errlen, "tensor '%s': missing \"%s\"", t->name, key);
     return j;
 }
 
@@ -257,7 +256,7 @@ static const cJSON *need_field(const tl_st_tensor *t, const cJSON *entry, const 
 static int parse_tensor(tl_st_tensor *t, const cJSON *entry, const unsigned char *data, size_t data_len,
                         uint64_t *begin, char *err, size_t errlen) {
     if (!cJSON_IsObject(entry)) {
-        seterr(err, errlen, "tensor '%s': entry is not a JSON object", t->name);
+        tl_seterr(err, errlen, "tensor '%s': entry is not a JSON object", t->name);
         return -1;
     }
     const cJSON *dt = need_field(t, entry, "dtype", err, errlen);
@@ -267,30 +266,30 @@ static int parse_tensor(tl_st_tensor *t, const cJSON *entry, const unsigned char
     const cJSON *offs = need_field(t, entry, "data_offsets", err, errlen);
     if (!offs) return -1;
     if (!cJSON_IsString(dt) || !dt->valuestring) {
-        seterr(err, errlen, "tensor '%s': dtype is not a string", t->name);
+        tl_seterr(err, errlen, "tensor '%s': dtype is not a string", t->name);
         return -1;
     }
     if (dtype_from_name(dt->valuestring, &t->dtype) != 0) {
-        seterr(err, errlen, "tensor '%s': unknown dtype '%s'", t->name, dt->valuestring);
+        tl_seterr(err, errlen, "tensor '%s': unknown dtype '%s'", t->name, dt->valuestring);
         return -1;
     }
     if (parse_shape(t, shape, err, errlen) != 0) return -1;
     uint64_t b, e;
     if (parse_offsets(t, offs, &b, &e, err, errlen) != 0) return -1;
     char sh[128];
-    fmt_shape(sh, sizeof sh, t->ndim, t->shape);
+    tl_st_format_shape(sh, sizeof sh, t->ndim, t->shape);
     if (shape_bytes(t->dtype, t->ndim, t->shape, &t->numel, &t->nbytes) != 0) {
-        seterr(err, errlen, "tensor '%s': %s x %s overflows", t->name, dtype_names[t->dtype], sh);
+        tl_seterr(err, errlen, "tensor '%s': %s x %s overflows", t->name, dtype_names[t->dtype], sh);
         return -1;
     }
     if (e > data_len) {
-        seterr(err, errlen, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] beyond the data area of %zu bytes",
-               t->name, b, e, data_len);
+        tl_seterr(err, errlen, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] beyond the data area of %zu bytes",
+                  t->name, b, e, data_len);
         return -1;
     }
     if (e - b != t->nbytes) {
-        seterr(err, errlen, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] disagree with %s x %s = %zu bytes",
-               t->name, b, e, dtype_names[t->dtype], sh, t->nbytes);
+        tl_seterr(err, errlen, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] disagree with %s x %s = %zu bytes",
+                  t->name, b, e, dtype_names[t->dtype], sh, t->nbytes);
         return -1;
     }
     t->data = data + b;
@@ -319,25 +318,25 @@ static int parse_header(tl_st_file *f, const char *hdr, size_t hlen, char *err, 
     uint64_t *begins = NULL;
     int rc = -1;
     if (!root) {
-        seterr(err, errlen, "header is not valid JSON (near byte %zu)",
-               end ? (size_t)(end - hdr) : (size_t)0);
+        tl_seterr(err, errlen, "header is not valid JSON (near byte %zu)",
+                  end ? (size_t)(end - hdr) : (size_t)0);
         goto fail;
     }
     for (const char *p = end; p < hdr + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            seterr(err, errlen, "header has trailing bytes after the JSON object (byte %zu)", (size_t)(p - hdr));
+            tl_seterr(err, errlen, "header has trailing bytes after the JSON object (byte %zu)", (size_t)(p - hdr));
             goto fail;
         }
     }
     if (!cJSON_IsObject(root)) {
-        seterr(err, errlen, "header is not a JSON object");
+        tl_seterr(err, errlen, "header is not a JSON object");
         goto fail;
     }
     int n = cJSON_GetArraySize(root);
     f->tensors = calloc((size_t)n + 1, sizeof(tl_st_tensor));
     begins = calloc((size_t)n + 1, sizeof(uint64_t));
     if (!f->tensors || !begins) {
-        seterr(err, errlen, "out of memory for %d tensor entries", n);
+        tl_seterr(err, errlen, "out of memory for %d tensor entries", n);
         goto fail;
     }
     const unsigned char *data = f->buf + 8 + hlen;
@@ -345,7 +344,7 @@ static int parse_header(tl_st_file *f, const char *hdr, size_t hlen, char *err, 
     for (const cJSON *c = root->child; c; c = c->next) {
         if (strcmp(c->string, ST_META_KEY) == 0) {
             if (f->meta_keys) {
-                seterr(err, errlen, "duplicate \"%s\"", ST_META_KEY);
+                tl_seterr(err, errlen, "duplicate \"%s\"", ST_META_KEY);
                 goto fail;
             }
             if (parse_meta(f, c, err, errlen) != 0) goto fail;
@@ -354,7 +353,7 @@ static int parse_header(tl_st_file *f, const char *hdr, size_t hlen, char *err, 
         tl_st_tensor *t = &f->tensors[f->count];
         t->name = xstrdup(c->string);
         if (!t->name) {
-            seterr(err, errlen, "out of memory");
+            tl_seterr(err, errlen, "out of memory");
             goto fail;
         }
         f->count++;
@@ -390,7 +389,7 @@ static int check_duplicates_and_overlaps(tl_st_file *f, const uint64_t *begins, 
     tmp = malloc(sizeof(int) * ((size_t)f->count + 1));
     spans = malloc(sizeof(st_span) * ((size_t)f->count + 1));
     if (!f->by_name || !tmp || !spans) {
-        seterr(err, errlen, "out of memory");
+        tl_seterr(err, errlen, "out of memory");
         goto fail;
     }
     for (int i = 0; i < f->count; i++) f->by_name[i] = i;
@@ -398,7 +397,7 @@ static int check_duplicates_and_overlaps(tl_st_file *f, const uint64_t *begins, 
     for (int i = 1; i < f->count; i++) {
         const char *a = f->tensors[f->by_name[i - 1]].name, *b = f->tensors[f->by_name[i]].name;
         if (strcmp(a, b) == 0) {
-            seterr(err, errlen, "duplicate tensor name '%s'", b);
+            tl_seterr(err, errlen, "duplicate tensor name '%s'", b);
             goto fail;
         }
     }
@@ -413,10 +412,10 @@ static int check_duplicates_and_overlaps(tl_st_file *f, const uint64_t *begins, 
         const st_span *sp = &spans[i];
         if (sp->end == sp->begin) continue; /* empty tensors occupy no bytes */
         if (far && sp->begin < far->end) {
-            seterr(err, errlen,
-                   "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' [%" PRIu64
-                   ", %" PRIu64 "]",
-                   f->tensors[sp->idx].name, sp->begin, sp->end, f->tensors[far->idx].name, far->begin, far->end);
+            tl_seterr(err, errlen,
+                      "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' [%" PRIu64
+                      ", %" PRIu64 "]",
+                      f->tensors[sp->idx].name, sp->begin, sp->end, f->tensors[far->idx].name, far->begin, far->end);
             goto fail;
         }
         if (!far || sp->end > far->end) far = sp;
@@ -431,23 +430,23 @@ fail:
 /* Checks the length prefix, then parses the header. f->buf/len are set. */
 static int parse_file(tl_st_file *f, char *err, size_t errlen) {
     if (f->len < 8) {
-        seterr(err, errlen, "file is %zu bytes, shorter than the 8-byte header length", f->len);
+        tl_seterr(err, errlen, "file is %zu bytes, shorter than the 8-byte header length", f->len);
         return -1;
     }
     uint64_t hlen;
     memcpy(&hlen, f->buf, 8);
     if (hlen > f->len - 8) {
-        seterr(err, errlen, "header length %" PRIu64 " is larger than the file (%zu bytes after the length)", hlen,
-               f->len - 8);
+        tl_seterr(err, errlen, "header length %" PRIu64 " is larger than the file (%zu bytes after the length)", hlen,
+                  f->len - 8);
         return -1;
     }
     if (hlen > ST_MAX_HEADER) {
-        seterr(err, errlen, "header length %" PRIu64 " exceeds the limit of %" PRIu64 " bytes", hlen, ST_MAX_HEADER);
+        tl_seterr(err, errlen, "header length %" PRIu64 " exceeds the limit of %" PRIu64 " bytes", hlen, ST_MAX_HEADER);
         return -1;
     }
     char *hdr = malloc((size_t)hlen + 1);
     if (!hdr) {
-        seterr(err, errlen, "out of memory for a %" PRIu64 "-byte header", hlen);
+        tl_seterr(err, errlen, "out of memory for a %" PRIu64 "-byte header", hlen);
         return -1;
     }
     memcpy(hdr, f->buf + 8, (size_t)hlen);
@@ -462,7 +461,7 @@ static tl_st_file *open_buffer(unsigned char *buf, size_t len, char *err, size_t
     tl_st_file *f = calloc(1, sizeof *f);
     if (!f) {
         free(buf);
-        seterr(err, errlen, "out of memory");
+        tl_seterr(err, errlen, "out of memory");
         return NULL;
     }
     f->buf = buf;
@@ -477,7 +476,7 @@ static tl_st_file *open_buffer(unsigned char *buf, size_t len, char *err, size_t
 tl_st_file *tl_st_open_mem(const void *buf, size_t len, char *err, size_t errlen) {
     unsigned char *copy = malloc(len ? len : 1);
     if (!copy) {
-        seterr(err, errlen, "out of memory for %zu bytes", len);
+        tl_seterr(err, errlen, "out of memory for %zu bytes", len);
         return NULL;
     }
     if (len) memcpy(copy, buf, len);
@@ -489,30 +488,30 @@ static unsigned char *read_all(const char *path, size_t *len, char *err, size_t 
     unsigned char *buf = NULL;
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        tl_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat stt;
     if (fstat(fileno(fp), &stt) != 0) {
-        seterr(err, errlen, "%s: fstat: %s", path, strerror(errno));
+        tl_seterr(err, errlen, "%s: fstat: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(stt.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
+        tl_seterr(err, errlen, "%s: not a regular file", path);
         goto fail;
     }
     if ((uint64_t)stt.st_size > SIZE_MAX - 1) {
-        seterr(err, errlen, "%s: file too large", path);
+        tl_seterr(err, errlen, "%s: file too large", path);
         goto fail;
     }
     size_t n = (size_t)stt.st_size;
     buf = malloc(n ? n : 1);
     if (!buf) {
-        seterr(err, errlen, "%s: out of memory for %zu bytes", path, n);
+        tl_seterr(err, errlen, "%s: out of memory for %zu bytes", path, n);
         goto fail;
     }
     if (fread(buf, 1, n, fp) != n || ferror(fp)) {
-        seterr(err, errlen, "%s: short read (file changed while reading?)", path);
+        tl_seterr(err, errlen, "%s: short read (file changed while reading?)", path);
         goto fail;
     }
     fclose(fp);
@@ -530,7 +529,7 @@ tl_st_file *tl_st_open(const char *path, char *err, size_t errlen) {
     if (!buf) return NULL;
     char sub[512];
     tl_st_file *f = open_buffer(buf, len, sub, sizeof sub);
-    if (!f) seterr(err, errlen, "%s: %s", path, sub);
+    if (!f) tl_seterr(err, errlen, "%s: %s", path, sub);
     return f;
 }
 
@@ -776,11 +775,18 @@ int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen) {
     const char *step = "build header";
     errno = 0;
     if (!w || !path) {
-        seterr(err, errlen, "tl_st_write: no writer or path");
+        tl_seterr(err, errlen, "tl_st_write: no writer or path");
         return -1;
     }
     hdr = build_header(w, &hlen, &data_len);
     if (!hdr) goto fail;
+    /* the header's data offsets cover exactly the bytes write_body will write */
+    size_t body = 0;
+    for (int i = 0; i < w->count; i++) body += w->ents[i].nbytes;
+    if (TL_NEVER(body != data_len)) {
+        errno = EINVAL;
+        goto fail;
+    }
     size_t tlen = strlen(path) + 32;
     tmp = malloc(tlen);
     if (!tmp) goto fail;
@@ -810,7 +816,7 @@ fail:;
     int e = errno;
     if (fp) fclose(fp);
     if (tmp) unlink(tmp);
-    seterr(err, errlen, "%s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
+    tl_seterr(err, errlen, "%s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
     free(tmp);
     free(hdr);
     return -1;

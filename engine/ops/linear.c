@@ -1,5 +1,5 @@
 /*
- * ops_linear.c: GEMM split over the pool, and the linear layer forward/backward.
+ * linear.c: GEMM split over the pool, and the linear layer forward/backward.
  *
  * Owns nothing. Each call splits its output over the pool's threads and every
  * thread calls single-threaded sgemm on its own block, so BLAS never starts

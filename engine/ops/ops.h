@@ -1,5 +1,11 @@
 /*
- * ops.h: the engine's layer kernels, one forward/backward pair per op.
+ * ops.h: the engine's layer kernels, one forward/backward pair per op, of
+ * linear.c (GEMM on the pool, linear), conv.c (convolution; its AVX-512 and
+ * Winograd paths in conv_avx512.c and winograd.c, conv_internal.h),
+ * batchnorm.c, stem_eval.c (the fused eval stem), patch.c, transformer.c
+ * (LayerNorm, attention, GELU, residual, tokens, MixToken), loss.c (soft
+ * cross entropy, inference score) and adamw.c. gemm_avx512.h has the
+ * attention's AVX-512 products.
  *
  * Owns nothing: every buffer is the caller's. Outputs come first in each
  * signature, with a shape comment on every array. Row-major throughout.
@@ -61,7 +67,7 @@ void tl_bn_backward(tl_pool *p, float *dx /*(M,C)*/, float *dgamma /*(C)*/, floa
                     const float *mean /*(C)*/, const float *rstd /*(C)*/, const float *gamma /*(C)*/, int C, size_t M,
                     int relu, float *scratch);
 
-/* ---- eval-mode stem, fused (see ops_conv.c): three convolutions with
+/* ---- eval-mode stem, fused (see stem_eval.c): three convolutions with
  * BatchNorm (running statistics) folded into weights and bias, ReLU, and the
  * patch gather, row by row per image so activations stay in cache. Writes the
  * same patch matrix as tl_patch_gather after the unfused stem. */

@@ -1,5 +1,5 @@
 /*
- * ops_transformer.c: LayerNorm, multi-head attention core, GELU, residual
+ * transformer.c: LayerNorm, multi-head attention core, GELU, residual
  * with drop path, token assembly (class token + position embedding), MixToken.
  *
  * Owns nothing; every buffer is the caller's. Row loops are split over the

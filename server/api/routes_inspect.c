@@ -303,7 +303,7 @@ void tld_h_inspect_sample_heatmap(tld_req *r, void *u) {
                          step >= 0 ? " at that step" : " yet");
         goto done;
     }
-    if (tl_image_decode(jpeg, len, 0, &im, err, sizeof err) != 0 || im.w != set.view || im.h != set.view) {
+    if (tl_image_decode(jpeg, len, 0, &im, NULL, err, sizeof err) != 0 || im.w != set.view || im.h != set.view) {
         tld_reply_problem(r, 500, "STORE_ERROR", NULL, "the stored image of sample %" PRId64 " is unreadable", k);
         goto done;
     }

@@ -367,7 +367,7 @@ static int prepare(tld_model_ref *m, const uint8_t *jpeg, size_t len, float *dst
     tl_image_status st;
     char err[TL_ERR_LEN];
     int min_short = (int)ceil((double)S / (double)crop);
-    if (tl_image_decode2(jpeg, len, min_short, &im, &st, err, sizeof err) != 0) {
+    if (tl_image_decode(jpeg, len, min_short, &im, &st, err, sizeof err) != 0) {
         e->retry_after_s = 0;
         e->pointer[0] = '\0';
         snprintf(e->detail, sizeof e->detail, "%s", err);

@@ -42,7 +42,7 @@ int tld_models_entry_load(entry *E, char *err, size_t errlen) {
     E->grid = tl_config_grid(&cfg);
     E->model = tl_model_new_inference(&cfg, err, errlen);
     if (!E->model) goto fail;
-    if (tl_checkpoint_load(E->model, E->row.path, 0, NULL, err, errlen) != 0) goto fail;
+    if (tl_checkpoint_load(E->model, NULL, E->row.path, 0, NULL, err, errlen) != 0) goto fail;
     E->params = tl_model_num_params(E->model);
     E->labels = tld_models_parse_labels(E->row.labels_json, E->K);
     if (!E->labels) {
@@ -237,7 +237,7 @@ int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models
     }
     tl_config cfg;
     if (tl_checkpoint_config(src, &cfg, err, sizeof err) != 0 || !(m = tl_model_new_inference(&cfg, err, sizeof err)) ||
-        tl_checkpoint_load(m, src, ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
+        tl_checkpoint_load(m, NULL, src, ema ? TL_CKPT_FROM_EMA : 0, NULL, err, sizeof err) != 0) {
         tld_models_fail(e, 422, "INVALID_MODEL", "/checkpoint", "cannot read the checkpoint: %s", err);
         goto done;
     }
@@ -252,7 +252,7 @@ int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models
     snprintf(jobs, sizeof jobs, "%lld", (long long)job.id);
     snprintf(steps, sizeof steps, "%lld", (long long)step);
     const char *meta[] = {"tokenlab.classes", labels, "tokenlab.job", jobs, "tokenlab.step", steps, NULL};
-    if (tl_checkpoint_save(m, dst, 0, NULL, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(m, NULL, dst, 0, NULL, meta, err, sizeof err) != 0) {
         tld_models_fail(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }

@@ -100,7 +100,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
         tld_models_fail(e, 422, "INVALID_MODEL", NULL, "%s", err);
         goto done;
     }
-    if (tl_checkpoint_load(m, tmp, 0, NULL, err, sizeof err) != 0) {
+    if (tl_checkpoint_load(m, NULL, tmp, 0, NULL, err, sizeof err) != 0) {
         tld_models_fail(e, 422, "INVALID_MODEL", NULL, "the file does not hold an LV-ViT with this config: %s",
                         untmp(err, tmp));
         goto done;
@@ -126,7 +126,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     /* the model's file: rewritten by the engine (packed, the config in its metadata, crash-safe) */
     snprintf(dst, sizeof dst, "%s/%s.safetensors", M->models_dir, name);
     const char *meta[] = {"tokenlab.classes", labels, NULL};
-    if (tl_checkpoint_save(m, dst, 0, NULL, meta, err, sizeof err) != 0) {
+    if (tl_checkpoint_save(m, NULL, dst, 0, NULL, meta, err, sizeof err) != 0) {
         tld_models_fail(e, 500, "IO_ERROR", NULL, "cannot write the model file: %s", err);
         goto done;
     }

@@ -1,5 +1,7 @@
 /*
- * test_annotate.c: the machine annotator (engine/jobs/annotate.c) and its spec
+ * test_annotate.c: the machine annotator (engine/jobs/annotate.c, annotate_parts.c,
+ * annotate_spec.c; tl_jobspec_kind in jobspec.c; tl_model_copy_resized in
+ * engine/model/resize.c) and its spec
  * (schema/annotatespec.schema.json).
  *
  *  - tl_jobspec_kind and tl_annotate_spec_parse: defaults, every refusal with
@@ -916,7 +918,7 @@ static void test_larger_size_and_copy_resized(void **state) {
     tl_model *a = tl_model_new(&c, 0, err, sizeof err), *b = tl_model_new(&c, 1, err, sizeof err);
     assert_non_null(a);
     assert_non_null(b);
-    assert_int_equal(tl_checkpoint_load(a, g_weights, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(a, NULL, g_weights, 0, NULL, err, sizeof err), 0);
     assert_int_equal(tl_model_copy_resized(b, a, err, sizeof err), 0);
     for (int i = 0; i < tl_model_num_tensors(a); i++) {
         const tl_tensor *ta = tl_model_tensor(a, i), *tb = tl_model_tensor(b, i);

@@ -24,6 +24,7 @@
 
 #include "tokenlab/base.h"
 #include "tokenlab/files.h"
+#include "tokenlab/tokenlab.h" /* the umbrella compiles on its own and with what came before */
 
 static char g_dir[PATH_MAX];  /* realpath of the test folder */
 static char g_root[PATH_MAX + 16]; /* g_dir/root: the confining root */

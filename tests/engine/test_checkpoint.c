@@ -49,7 +49,7 @@ static tl_model *new_model(const tl_config *c, uint64_t seed) {
 static void save(const tl_model *m, const char *path, int flags, const tl_train_state *st) {
     char err[TL_ERR_LEN] = "";
     static const char *const extra[] = {"run", "abc", "note", "x=1", NULL};
-    if (tl_checkpoint_save(m, path, flags, st, extra, err, sizeof err) != 0) fail_msg("save: %s", err);
+    if (tl_checkpoint_save(m, NULL, path, flags, st, extra, err, sizeof err) != 0) fail_msg("save: %s", err);
 }
 
 /* Parameters, buffers and moments of m, plus the BN counters and the step. */
@@ -96,7 +96,7 @@ static void expect_refused(tl_model *m, const char *path, int flags, const char 
     snapshot before = take(m);
     tl_train_state st = {.step = -5, .epoch = -6, .rng_state = {7, 8, 9, 10}};
     char err[TL_ERR_LEN] = "";
-    assert_int_equal(tl_checkpoint_load(m, path, flags, &st, err, sizeof err), -1);
+    assert_int_equal(tl_checkpoint_load(m, NULL, path, flags, &st, err, sizeof err), -1);
     if (!strstr(err, want)) fail_msg("message \"%s\" does not contain \"%s\"", err, want);
     snapshot after = take(m);
     assert_same(&before, &after);
@@ -200,7 +200,7 @@ static void test_round_trip(void **state) {
     snapshot sa = take(a), sb = take(b);
     assert_true(memcmp(sa.data, sb.data, sizeof(float) * sa.n) != 0); /* seeds differ */
     drop(&sb);
-    assert_int_equal(tl_checkpoint_load(b, path, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(b, NULL, path, 0, NULL, err, sizeof err), 0);
     sb = take(b);
     assert_memory_equal(sa.data, sb.data, sizeof(float) * sa.n);
     assert_memory_equal(sa.bn, sb.bn, sizeof sa.bn);
@@ -236,7 +236,7 @@ static void test_reserved_meta_refused(void **state) {
     tl_config c = tiny_config(5);
     tl_model *a = new_model(&c, 1);
     static const char *const extra[] = {"format", "numpy", NULL};
-    assert_int_equal(tl_checkpoint_save(a, path, 0, NULL, extra, err, sizeof err), -1);
+    assert_int_equal(tl_checkpoint_save(a, NULL, path, 0, NULL, extra, err, sizeof err), -1);
     assert_non_null(strstr(err, "reserved"));
     assert_int_equal(access(path, F_OK), -1);
     tl_model_free(a);
@@ -255,7 +255,7 @@ static void test_optim_round_trip(void **state) {
     save(a, path, TL_CKPT_OPTIM, &st);
 
     tl_train_state got = {0};
-    assert_int_equal(tl_checkpoint_load(b, path, TL_CKPT_OPTIM, &got, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(b, NULL, path, TL_CKPT_OPTIM, &got, err, sizeof err), 0);
     snapshot sa = take(a), sb = take(b);
     assert_same(&sa, &sb);
     assert_true(tl_model_step(b) == 77);
@@ -266,14 +266,14 @@ static void test_optim_round_trip(void **state) {
 
     /* the optimizer state is ignored (and accepted) without the flag */
     tl_model *d = new_model(&c, 3);
-    assert_int_equal(tl_checkpoint_load(d, path, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(d, NULL, path, 0, NULL, err, sizeof err), 0);
     assert_true(tl_model_step(d) == 0);
     tl_model_free(d);
 
     /* without a train state, train.step comes from the model */
     tl_model_set_step(a, 123);
     save(a, path, TL_CKPT_OPTIM, NULL);
-    assert_int_equal(tl_checkpoint_load(b, path, TL_CKPT_OPTIM, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(b, NULL, path, TL_CKPT_OPTIM, NULL, err, sizeof err), 0);
     assert_true(tl_model_step(b) == 123);
 
     /* a file without optimizer state cannot be loaded with TL_CKPT_OPTIM */
@@ -294,7 +294,7 @@ static void test_loads_other_float_dtypes(void **state) {
     tl_model *a = new_model(&c, 1), *b = new_model(&c, 2);
     save(a, path, 0, NULL);
     rewrite(path, path2, &(rewrite_opts){.as_f64 = "blocks.1.attn.qkv.weight"});
-    assert_int_equal(tl_checkpoint_load(b, path2, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(b, NULL, path2, 0, NULL, err, sizeof err), 0);
     snapshot sa = take(a), sb = take(b);
     assert_memory_equal(sa.data, sb.data, sizeof(float) * sa.n); /* F32 -> F64 -> F32 is exact */
     drop(&sa);
@@ -396,7 +396,7 @@ static void test_refuse_bad_counter(void **state) {
 
     rewrite(fx->src, fx->bad, &(rewrite_opts){.skip = "patch_embed.bn3.num_batches_tracked"});
     char err[TL_ERR_LEN] = "";
-    assert_int_equal(tl_checkpoint_load(fx->m, fx->bad, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(fx->m, NULL, fx->bad, 0, NULL, err, sizeof err), 0);
     assert_true(*tl_model_bn_batches(fx->m, 0) == 0 && *tl_model_bn_batches(fx->m, 2) == 3); /* bn3 kept */
 }
 
@@ -478,7 +478,7 @@ static void test_config_inferred(void **state) {
     assert_int_equal(got.num_classes, 10);
     assert_config_equal(&got, &c);
     /* the plain file loads into the model it describes */
-    assert_int_equal(tl_checkpoint_load(a, plain, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(a, NULL, plain, 0, NULL, err, sizeof err), 0);
     tl_model_free(a);
     unlink(path);
     unlink(plain);
@@ -527,7 +527,7 @@ static void test_inference_model(void **state) {
     assert_int_equal(tl_model_trainable(m), 1);
     assert_int_equal(tl_model_trainable(im), 0);
     assert_int_equal(tl_model_bytes(im) * 4, tl_model_bytes(m));
-    assert_int_equal(tl_checkpoint_load(im, path, 0, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(im, NULL, path, 0, NULL, err, sizeof err), 0);
     int B = 3, S = c.img_size, K = c.num_classes;
     float *x = malloc(sizeof(float) * (size_t)B * 3 * S * S), *a = malloc(sizeof(float) * (size_t)B * K),
           *b = malloc(sizeof(float) * (size_t)B * K);
@@ -543,9 +543,9 @@ static void test_inference_model(void **state) {
     assert_non_null(strstr(err, "trainable"));
     tl_model_zero_grad(im); /* nothing to zero: must not crash */
     err[0] = '\0';
-    assert_int_equal(tl_checkpoint_save(im, path, TL_CKPT_OPTIM, NULL, NULL, err, sizeof err), -1);
+    assert_int_equal(tl_checkpoint_save(im, NULL, path, TL_CKPT_OPTIM, NULL, NULL, err, sizeof err), -1);
     assert_non_null(strstr(err, "inference model"));
-    assert_int_equal(tl_checkpoint_load(im, path, TL_CKPT_OPTIM, NULL, err, sizeof err), -1);
+    assert_int_equal(tl_checkpoint_load(im, NULL, path, TL_CKPT_OPTIM, NULL, err, sizeof err), -1);
     tl_ctx_free(ca);
     tl_ctx_free(cb);
     tl_model_free(m);

@@ -2,7 +2,7 @@
  * test_config.c: model configurations (engine/model/config.c) and the size-related
  * entry points of the model and context.
  *
- * Presets carry the sizes of TOKEN_LABELING.md section 2; tl_config_validate
+ * Presets carry the sizes of docs/METHOD.md section 2; tl_config_validate
  * refuses every bad field with a message naming it; tl_config_from_json
  * (preset + overrides, unknown / mistyped / non-integer / missing fields,
  * invalid JSON) and the tl_config_to_json round trip; tl_model_new refusing an
@@ -344,7 +344,7 @@ static void test_flops_lvvit_t(void **state) {
     assert_int_equal(tl_config_preset("lvvit_t", &c), 0);
     double f = tl_config_forward_flops(&c), want = 2.0 * 2.87e9;
     if (fabs(f - want) > 0.01 * want) fail_msg("lvvit_t forward FLOPs %.4g, expected %.4g within 1%%", f, want);
-    /* the published MACs of S and M (TOKEN_LABELING.md section 2) within 2% */
+    /* the published MACs of S and M (docs/METHOD.md section 2) within 2% */
     static const struct {
         const char *name;
         double macs;

@@ -86,7 +86,7 @@ static void test_decode_roundtrip(void **state) {
         uint8_t *j = encode(rgb, w, h, 95, &len);
         tl_image im;
         char err[256] = "";
-        assert_int_equal(tl_image_decode(j, len, 0, &im, err, sizeof err), 0);
+        assert_int_equal(tl_image_decode(j, len, 0, &im, NULL, err, sizeof err), 0);
         assert_int_equal(im.w, w);
         assert_int_equal(im.h, h);
         assert_non_null(im.rgb);
@@ -111,7 +111,7 @@ static void test_decode_roundtrip(void **state) {
     uint8_t *rgb = pattern_rgb(64, 48, 0);
     j = encode(rgb, 64, 48, 20, &len);
     tl_image im;
-    assert_int_equal(tl_image_decode(j, len, 0, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(j, len, 0, &im, NULL, err, sizeof err), 0);
     assert_true(mean_abs_diff(rgb, im.rgb, 64 * 48 * 3) < 12.0);
     tl_image_free(&im);
     free(j);
@@ -131,7 +131,7 @@ static void test_scaled_decode(void **state) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         tl_image im;
         char err[256] = "";
-        assert_int_equal(tl_image_decode(j, len, cases[c][0], &im, err, sizeof err), 0);
+        assert_int_equal(tl_image_decode(j, len, cases[c][0], &im, NULL, err, sizeof err), 0);
         if (im.w != cases[c][1] || im.h != cases[c][2])
             fprintf(stderr, "min_short %d: got %dx%d, want %dx%d\n", cases[c][0], im.w, im.h, cases[c][1], cases[c][2]);
         assert_int_equal(im.w, cases[c][1]);
@@ -156,7 +156,7 @@ static void test_scaled_decode(void **state) {
     j = encode(rgb, 37, 23, 90, &len);
     tl_image im;
     char err[256];
-    assert_int_equal(tl_image_decode(j, len, 5, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(j, len, 5, &im, NULL, err, sizeof err), 0);
     assert_int_equal(im.w, 10);
     assert_int_equal(im.h, 6);
     tl_image_free(&im);
@@ -195,7 +195,7 @@ static void test_scaled_decode_exhaustive(void **state) {
                 }
                 tl_image im;
                 char err[256];
-                assert_int_equal(tl_image_decode(j, len, ms, &im, err, sizeof err), 0);
+                assert_int_equal(tl_image_decode(j, len, ms, &im, NULL, err, sizeof err), 0);
                 if (im.w != ew || im.h != eh)
                     fail_msg("%dx%d min_short %d: got %dx%d want %dx%d", w, h, ms, im.w, im.h, ew, eh);
                 tl_image_free(&im);
@@ -223,7 +223,7 @@ static void test_grey_to_rgb(void **state) {
     assert_int_equal(cs, TJCS_GRAY);
     tl_image im;
     char err[256] = "";
-    assert_int_equal(tl_image_decode(jb, jl, 0, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(jb, jl, 0, &im, NULL, err, sizeof err), 0);
     assert_int_equal(im.w, w);
     assert_int_equal(im.h, h);
     double mad = 0;
@@ -235,7 +235,7 @@ static void test_grey_to_rgb(void **state) {
     assert_true(mad / (w * h) < 2.0);
     tl_image_free(&im);
     /* scaled greyscale too */
-    assert_int_equal(tl_image_decode(jb, jl, 15, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(jb, jl, 15, &im, NULL, err, sizeof err), 0);
     assert_int_equal(im.h, 15);
     tl_image_free(&im);
     tjFree(jb);
@@ -262,7 +262,7 @@ static void test_cmyk_to_rgb(void **state) {
     assert_true(cs == TJCS_YCCK || cs == TJCS_CMYK);
     tl_image im;
     char err[256] = "";
-    assert_int_equal(tl_image_decode(jb, jl, 0, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(jb, jl, 0, &im, NULL, err, sizeof err), 0);
     assert_int_equal(im.w, w);
     assert_int_equal(im.h, h);
     for (int q = 0; q < 4; q++) {
@@ -290,7 +290,7 @@ static void test_truncated_and_garbage(void **state) {
         memcpy(part, j, cut);
         tl_image im;
         err[0] = '\0';
-        int rc = tl_image_decode(part, cut, 0, &im, err, sizeof err);
+        int rc = tl_image_decode(part, cut, 0, &im, NULL, err, sizeof err);
         if (rc == 0) fprintf(stderr, "cut at %zu of %zu decoded\n", cut, len);
         assert_int_equal(rc, -1);
         assert_null(im.rgb);
@@ -309,7 +309,7 @@ static void test_truncated_and_garbage(void **state) {
             g[1] = 0xD8;
         }
         tl_image im;
-        int rc = tl_image_decode(g, n, (int)tl_rng_below(&r, 64), &im, err, sizeof err);
+        int rc = tl_image_decode(g, n, (int)tl_rng_below(&r, 64), &im, NULL, err, sizeof err);
         if (rc == 0) tl_image_free(&im);
         free(g);
     }
@@ -320,7 +320,7 @@ static void test_truncated_and_garbage(void **state) {
         int nm = 1 + (int)tl_rng_below(&r, 4);
         for (int k = 0; k < nm; k++) g[tl_rng_below(&r, (uint32_t)len)] = (uint8_t)tl_rng_below(&r, 256);
         tl_image im;
-        int rc = tl_image_decode(g, len, (int)tl_rng_below(&r, 30), &im, err, sizeof err);
+        int rc = tl_image_decode(g, len, (int)tl_rng_below(&r, 30), &im, NULL, err, sizeof err);
         if (rc == 0) {
             ok++;
             assert_true(im.w > 0 && im.w <= 37 && im.h > 0 && im.h <= 23);
@@ -332,9 +332,9 @@ static void test_truncated_and_garbage(void **state) {
     }
     (void)ok;
     tl_image im;
-    assert_int_equal(tl_image_decode(NULL, 0, 0, &im, err, sizeof err), -1);
-    assert_int_equal(tl_image_decode(j, 0, 0, &im, err, sizeof err), -1);
-    assert_int_equal(tl_image_decode(j, len, 0, NULL, err, sizeof err), -1);
+    assert_int_equal(tl_image_decode(NULL, 0, 0, &im, NULL, err, sizeof err), -1);
+    assert_int_equal(tl_image_decode(j, 0, 0, &im, NULL, err, sizeof err), -1);
+    assert_int_equal(tl_image_decode(j, len, 0, NULL, NULL, err, sizeof err), -1);
     free(j);
     free(rgb);
 }
@@ -362,20 +362,20 @@ static void test_huge_header_refused(void **state) {
         patch_sof(j, len, dims[d][0], dims[d][1]);
         tl_image im;
         char err[256] = "";
-        assert_int_equal(tl_image_decode(j, len, 0, &im, err, sizeof err), -1);
+        assert_int_equal(tl_image_decode(j, len, 0, &im, NULL, err, sizeof err), -1);
         char want[64];
         snprintf(want, sizeof want, "%dx%d", dims[d][0], dims[d][1]);
         if (!strstr(err, want) || !strstr(err, "limit")) fprintf(stderr, "message: %s\n", err);
         assert_non_null(strstr(err, want));
         assert_non_null(strstr(err, "limit"));
         /* min_short does not change the verdict */
-        assert_int_equal(tl_image_decode(j, len, 10, &im, err, sizeof err), -1);
+        assert_int_equal(tl_image_decode(j, len, 10, &im, NULL, err, sizeof err), -1);
     }
     /* 8000x8000 is within the limits: the header passes, the data is short */
     patch_sof(j, len, 8000, 8000);
     tl_image im;
     char err[256] = "";
-    assert_int_equal(tl_image_decode(j, len, 1000, &im, err, sizeof err), -1);
+    assert_int_equal(tl_image_decode(j, len, 1000, &im, NULL, err, sizeof err), -1);
     assert_null(strstr(err, "limit"));
     free(j);
     free(rgb);
@@ -470,7 +470,7 @@ static void *thr_main(void *arg) {
     for (int it = 0; it < 15; it++) {
         tl_image im;
         char err[256];
-        if (tl_image_decode(t->jpeg, t->len, 100, &im, err, sizeof err) != 0) {
+        if (tl_image_decode(t->jpeg, t->len, 100, &im, NULL, err, sizeof err) != 0) {
             t->bad++;
             continue;
         }
@@ -493,7 +493,7 @@ static void test_threads(void **state) {
     uint8_t *j = encode(rgb, 640, 480, 85, &len);
     tl_image ref;
     char err[256];
-    assert_int_equal(tl_image_decode(j, len, 100, &ref, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(j, len, 100, &ref, NULL, err, sizeof err), 0);
     tl_augment_cfg a;
     tl_augment_defaults(&a);
     float *ref_aug = malloc(3 * 48 * 48 * sizeof *ref_aug);
@@ -1301,7 +1301,7 @@ static void test_imagenette(void **state) {
             if (cs == TJCS_GRAY) {
                 grey++;
                 tl_image im;
-                if (tl_image_decode(b, len, 0, &im, err, sizeof err) != 0) fail_msg("%s: %s", p, err);
+                if (tl_image_decode(b, len, 0, &im, NULL, err, sizeof err) != 0) fail_msg("%s: %s", p, err);
                 for (int k = 0; k < im.w * im.h; k++)
                     if (im.rgb[3 * k] != im.rgb[3 * k + 1] || im.rgb[3 * k] != im.rgb[3 * k + 2])
                         fail_msg("%s: not grey at %d", p, k);
@@ -1351,7 +1351,7 @@ static void test_photos(void **state) {
         for (int k = 0; k < 3 * S * S; k++) assert_true(isfinite(o[k]));
         tl_image_free(&im);
         /* the loader's reduced decode: shorter side at least S */
-        assert_int_equal(tl_image_decode(b, len, S, &im, err, sizeof err), 0);
+        assert_int_equal(tl_image_decode(b, len, S, &im, NULL, err, sizeof err), 0);
         int full_short = w < h ? w : h, got_short = im.w < im.h ? im.w : im.h;
         assert_true(got_short >= (full_short < S ? full_short : S));
         assert_true(im.w <= w && im.h <= h);
@@ -1402,7 +1402,7 @@ static void test_throughput(void **state) {
             for (int i = 0; i < N; i++) {
                 tl_image im;
                 char err[256];
-                assert_int_equal(tl_image_decode(jp[i], jl[i], S, &im, err, sizeof err), 0);
+                assert_int_equal(tl_image_decode(jp[i], jl[i], S, &im, NULL, err, sizeof err), 0);
                 tl_rng r;
                 tl_rng_derive(&r, 1, TL_RNG_AUGMENT, rep, i);
                 tl_geom g;
@@ -1417,7 +1417,7 @@ static void test_throughput(void **state) {
     /* augment alone, for reference */
     tl_image im;
     char err[256];
-    assert_int_equal(tl_image_decode(jp[0], jl[0], 0, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(jp[0], jl[0], 0, &im, NULL, err, sizeof err), 0);
     for (int k = 0; k < 2; k++) {
         int S = sizes[k], reps = 300;
         double t0 = now_s();
@@ -1433,7 +1433,7 @@ static void test_throughput(void **state) {
     double t0 = now_s();
     for (int i = 0; i < N; i++) {
         tl_image d2;
-        assert_int_equal(tl_image_decode(jp[i], jl[i], 0, &d2, err, sizeof err), 0);
+        assert_int_equal(tl_image_decode(jp[i], jl[i], 0, &d2, NULL, err, sizeof err), 0);
         tl_image_free(&d2);
     }
     printf("decode only: %.3f ms per 224 px JPEG\n", (now_s() - t0) * 1e3 / N);

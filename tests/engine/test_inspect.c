@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "tokenlab/inspect.h"
+#include "tokenlab/targets.h"
 #include "tokenlab/jobspec.h"
 #include "data/loader.h"
 #include "tokenlab/synth.h"

@@ -36,6 +36,7 @@
 #include <cmocka.h>
 
 #include "tokenlab/labelmap.h"
+#include "tokenlab/targets.h"
 #include "tokenlab/rng.h"
 
 /* header field offsets (schema/labelmap.md) */

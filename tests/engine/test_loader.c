@@ -41,6 +41,7 @@
 #include "data/loader.h"
 #include "tokenlab/model.h"
 #include "tokenlab/synth.h"
+#include "tokenlab/targets.h"
 
 #define S_IN 16
 #define GRID 4

@@ -166,7 +166,7 @@ static void test_exact_resume(void **state) {
     assert_int_equal(tl_checkpoint_config(pa, &c, err, sizeof err), 0);
     tl_model *m = tl_model_new(&c, 0, err, sizeof err);
     assert_non_null(m);
-    assert_int_equal(tl_checkpoint_load(m, pa, TL_CKPT_FROM_EMA, NULL, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_load(m, NULL, pa, TL_CKPT_FROM_EMA, NULL, err, sizeof err), 0);
     tl_model_free(m);
 }
 

@@ -98,7 +98,7 @@ static tl_model *load_model(const char *path, char *err, size_t errlen) {
     if (tl_checkpoint_config(path, &c, err, errlen) != 0) return NULL;
     tl_model *m = tl_model_new(&c, 0, err, errlen);
     if (!m) return NULL;
-    if (tl_checkpoint_load(m, path, 0, NULL, err, errlen) != 0) {
+    if (tl_checkpoint_load(m, NULL, path, 0, NULL, err, errlen) != 0) {
         tl_model_free(m);
         return NULL;
     }
@@ -128,7 +128,7 @@ static int cmd_init(int argc, char **argv) {
     }
     tl_model *m = tl_model_new(&c, (uint64_t)seed, err, sizeof err);
     if (!m) return fail(err);
-    rc = tl_checkpoint_save(m, out, 0, NULL, NULL, err, sizeof err);
+    rc = tl_checkpoint_save(m, NULL, out, 0, NULL, NULL, err, sizeof err);
     tl_model_free(m);
     return rc == 0 ? 0 : fail(err);
 }

@@ -26,9 +26,11 @@
  * OUT holds values F32 [count,k,h,w] and indices I32 [count,k,h,w] in key
  * order, metadata "keys" (the keys joined by '\n'), "num_classes", "topk".
  */
+#include "tokenlab/base.h"
 #include "tokenlab/labelmap.h"
 #include "tokenlab/safetensors.h"
 #include "tokenlab/model.h"
+#include "tokenlab/targets.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -352,17 +354,17 @@ static int targets_main(int argc, char **argv) {
         }
     const uint8_t *flips = tf->data;
     /* two passes with the same result: the second, with the buffers already touched, is timed */
-    struct timespec t0, t1;
+    double t0 = 0.0, t1 = 0.0;
     for (int pass = 0; pass < 2; pass++) {
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        t0 = tl_clock_mono_s();
         for (int b = 0; b < B; b++) {
             tl_geom g = {crop[4 * b], crop[4 * b + 1], crop[4 * b + 2], crop[4 * b + 3], flips[b] != 0, 0, {0}};
             tl_targets_compute(t_cls + (size_t)b * K, t_dense + (size_t)b * S * S * K, vals + (size_t)b * plane,
                                idx + (size_t)b * plane, k, h, wd, K, &g, S, smoothing, scratch);
         }
-        clock_gettime(CLOCK_MONOTONIC, &t1);
+        t1 = tl_clock_mono_s();
     }
-    double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / 1e3 / B;
+    double us = (t1 - t0) * 1e6 / B;
     printf("tl-parity --targets: B=%d K=%d k=%d h=%d w=%d S=%d: %.1f us/sample\n", B, K, k, h, wd, S, us);
     free(idx);
     int64_t sh_cls[2] = {B, K}, sh_dense[3] = {B, (int64_t)S * S, K};

@@ -1,6 +1,6 @@
 /*
  * tl_posembed.c: the bicubic resampling of the position embedding
- * (tl_model_copy_resized, engine/jobs/annotate.c) on random values, for
+ * (tl_model_copy_resized, engine/model/resize.c) on random values, for
  * tests/parity/run_posembed_parity.py to compare with PyTorch.
  *
  *   tl-posembed --from G1 --to G2 --dim D --seed S --out FILE

@@ -186,7 +186,7 @@ static void test_jpeg(void **state) {
     assert_int_equal(jpg[0], 0xFF);
     assert_int_equal(jpg[1], 0xD8);
     tl_image im;
-    assert_int_equal(tl_image_decode(jpg, len, 0, &im, err, sizeof err), 0);
+    assert_int_equal(tl_image_decode(jpg, len, 0, &im, NULL, err, sizeof err), 0);
     assert_int_equal(im.w, S);
     assert_int_equal(im.h, S);
     uint8_t c0[3], c1[3];

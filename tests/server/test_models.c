@@ -93,7 +93,7 @@ static void reference(const char *path, int flags, const float *images, int n, f
     assert_int_equal(tl_checkpoint_config(path, &c, err, sizeof err), 0);
     tl_model *m = tl_model_new_inference(&c, err, sizeof err);
     assert_non_null(m);
-    if (tl_checkpoint_load(m, path, flags, NULL, err, sizeof err) != 0) fail_msg("load %s: %s", path, err);
+    if (tl_checkpoint_load(m, NULL, path, flags, NULL, err, sizeof err) != 0) fail_msg("load %s: %s", path, err);
     tl_ctx *ctx = tl_ctx_new(m, 1, 0, 1, err, sizeof err);
     assert_non_null(ctx);
     size_t img = (size_t)3 * S_IN * S_IN;
@@ -116,13 +116,13 @@ static void make_checkpoints(void) {
     assert_non_null(m);
     assert_non_null(ema);
     const char *meta[] = {"tokenlab.classes", "[\"cat\",\"dog\",\"eel\"]", NULL};
-    assert_int_equal(tl_checkpoint_save(m, g_ckpt, 0, NULL, meta, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_save(m, NULL, g_ckpt, 0, NULL, meta, err, sizeof err), 0);
     /* a training job's run folder: best (step 7, EMA weights), last (step 9, none) */
     const char *best_meta[] = {"tokenlab.step", "7", NULL}, *last_meta[] = {"tokenlab.step", "9", NULL};
     snprintf(path, sizeof path, "%s/best.safetensors", g_run);
-    assert_int_equal(tl_checkpoint_save2(m, ema, path, 0, NULL, best_meta, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_save(m, ema, path, 0, NULL, best_meta, err, sizeof err), 0);
     snprintf(path, sizeof path, "%s/last.safetensors", g_run);
-    assert_int_equal(tl_checkpoint_save(m, path, 0, NULL, last_meta, err, sizeof err), 0);
+    assert_int_equal(tl_checkpoint_save(m, NULL, path, 0, NULL, last_meta, err, sizeof err), 0);
     tl_model_free(m);
     tl_model_free(ema);
 }
@@ -147,7 +147,7 @@ static void make_images(void) {
         char err[TL_ERR_LEN];
         assert_int_equal(tl_image_encode(rgb, W, H, 95, &jpeg, &len, err, sizeof err), 0);
         tl_image im;
-        assert_int_equal(tl_image_decode(jpeg, len, 18, &im, err, sizeof err), 0);
+        assert_int_equal(tl_image_decode(jpeg, len, 18, &im, NULL, err, sizeof err), 0);
         tl_transform_eval(&im, S_IN, 0.9f, g_images + img * (size_t)i, NULL);
         tl_image_free(&im);
         free(jpeg);

@@ -3,7 +3,12 @@
  * a dataset, writing the top-k logits of its aux head at every token location
  * into a label-map file (labelmap.h format), keyed by the image's path
  * relative to the dataset root, for token-labeling training of other models
- * (TOKEN_LABELING.md sections 1 and 5).
+ * (docs/METHOD.md sections 1 and 5).
+ *
+ * Sources: annotate_spec.c (the spec: defaults and parse), annotate.c (the
+ * run) with annotate_parts.c (its part files, internal). The position
+ * embedding's resampling is a model operation (tl_model_copy_resized,
+ * model.h).
  *
  * annotate.c owns, for the duration of tl_annotate_run, on the calling
  * thread: the dataset, the model (built at the annotation size; the position
@@ -56,12 +61,6 @@ typedef struct {
     int from_ema;                  /* load the checkpoint's EMA weights (TL_CKPT_FROM_EMA) */
 } tl_annotate_spec;
 
-/* The kind of a job document ("train", "annotate", ...) into kind (16 bytes); -1 with an error
- * (pointer "/kind") when the document is not a JSON object with a string "kind". A document that
- * is not valid JSON is refused as tl_jobspec_parse refuses it (pointer "", "not valid JSON ...").
- * Any kind that fits is returned (the caller dispatches and refuses kinds it does not know). */
-int tl_jobspec_kind(const char *json, char *kind, size_t len, tl_spec_error *err);
-
 /* The spec's defaults (kind "annotate", checkpoint "best", ema -1, size 0, topk 5, batch_size 32,
  * threads 0, part_images 2048, everything else empty). */
 void tl_annotate_defaults(tl_annotate_spec *s);
@@ -95,17 +94,11 @@ typedef struct {
 /* Runs (or resumes) the annotation. The model's classes must be the dataset's (DATA_ERROR
  * otherwise: the map is meant for token-labeling training on that dataset); size must be a
  * multiple of the model's patch_size and topk at most its classes (CONFIG_ERROR). The part-file
- * format and the resume rules are documented at the top of annotate.c and in
+ * format and the resume rules are documented at the top of annotate_parts.c and in
  * schema/annotatespec.md. Status as for training: SUCCEEDED (the file is written),
  * STOPPED (should_stop; a part was written), FAILED (reason CONFIG_ERROR, DATA_ERROR, IO_ERROR,
  * OUT_OF_MEMORY). res->step = images done, res->skipped_images the count skipped. */
 tl_train_status tl_annotate_run(const tl_annotate_spec *spec, const char *run_dir, const tl_annotate_hooks *hooks,
                                 tl_train_result *res);
-
-/* A copy of src's weights into dst, whose config may differ from src's only in img_size: the
- * position embedding of the patch tokens is resampled bicubically (PyTorch's
- * F.interpolate(mode="bicubic", align_corners=False), as timm's resample_abs_pos_embed), the class
- * token's kept. -1 with a message when the configs differ otherwise. */
-int tl_model_copy_resized(tl_model *dst, const tl_model *src, char *err, size_t errlen);
 
 #endif

@@ -29,7 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenlab/data.h"
+#include "tokenlab/augment.h"
+#include "tokenlab/dataset.h"
 #include "tokenlab/labelmap.h"
 #include "tokenlab/model.h"
 

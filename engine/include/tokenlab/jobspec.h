@@ -1,6 +1,7 @@
 /*
  * jobspec.h: the JSON job spec of a training job (schema/jobspec.schema.json),
- * parsed strictly into a tl_train_spec with documented defaults.
+ * parsed strictly into a tl_train_spec with documented defaults, and the
+ * kind of any job document (engine/jobs/jobspec.c).
  *
  * Every refusal carries the JSON pointer of the offending field (RFC 6901,
  * e.g. "/train/lr") and a message with the rule ("must be a number > 0",
@@ -14,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenlab/data.h"
+#include "tokenlab/augment.h"
 #include "tokenlab/model.h"
 
 #ifndef PATH_MAX
@@ -61,6 +62,7 @@ typedef struct {
     int cache_mb;                  /* decoded-image cache, 0 = off */
 } tl_train_spec;
 
+/* The spec's documented defaults (schema/jobspec.md), every path empty. */
 void tl_jobspec_defaults(tl_train_spec *s);
 /* Parses and validates. data_root: when not NULL, dataset paths must be
  * relative to it (no absolute paths, no "..", no symlink escaping it) and
@@ -69,5 +71,11 @@ void tl_jobspec_defaults(tl_train_spec *s);
 int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out, tl_spec_error *err);
 /* "pointer: message" or "message" when the pointer is empty. */
 void tl_spec_error_format(const tl_spec_error *e, char *buf, size_t len);
+
+/* The kind of a job document ("train", "annotate", ...) into kind (16 bytes); -1 with an error
+ * (pointer "/kind") when the document is not a JSON object with a string "kind". A document that
+ * is not valid JSON is refused as tl_jobspec_parse refuses it (pointer "", "not valid JSON ...").
+ * Any kind that fits is returned (the caller dispatches and refuses kinds it does not know). */
+int tl_jobspec_kind(const char *json, char *kind, size_t len, tl_spec_error *err);
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * labelmap.h: token-label maps (the machine annotator's output) and the
- * per-sample targets built from them (TOKEN_LABELING.md section 5).
+ * labelmap.h: token-label maps (the machine annotator's output), read and
+ * written by engine/data/labelmap.c (docs/METHOD.md section 5); the
+ * per-sample targets built from them are targets.h's.
  *
  * labelmap.c owns the single-file format (documented in schema/labelmap.md):
  * a fixed 72-byte header (magic "TLLMAP01", version, K classes, k top entries, map
@@ -13,16 +14,6 @@
  * An open map is read-only and may be shared by loader threads.
  * The writer streams records to a temporary file and writes the key table
  * at finish (crash-safe: temp file, fsync, rename, fsync of the folder).
- *
- * targets.c builds a sample's targets: (1) dense logits L[K,h,w] = 0 with the
- * k stored logits scattered to their classes; (2) RoIAlign (torchvision
- * semantics, aligned=False, sampling_ratio -1) of the crop box
- * x1 = left*w - 0.5, y1 = top*h - 0.5, x2 = (left+width)*w - 0.5,
- * y2 = (top+height)*h - 0.5 to S x S and to 1 x 1; (3) horizontal flip of the
- * S x S result if flipped; (4) if the geometry has an affine map, each token
- * centre is mapped through it and the S x S logits are sampled bilinearly
- * there, tokens falling outside the crop taking the 1 x 1 logits; (5) softmax
- * over classes and label smoothing s: t = (1-s) p + s/K.
  */
 #ifndef TL_LABELMAP_H
 #define TL_LABELMAP_H
@@ -30,20 +21,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenlab/data.h"
-
 #define TL_LABELMAP_MAX_CLASSES 65535
 
 typedef struct tl_labelmap tl_labelmap;
 
 /* Opens and validates. expect_classes > 0 also requires K == expect_classes. */
 tl_labelmap *tl_labelmap_open(const char *path, int expect_classes, char *err, size_t errlen);
-void tl_labelmap_close(tl_labelmap *lm);
-int tl_labelmap_num_classes(const tl_labelmap *lm);
-int tl_labelmap_topk(const tl_labelmap *lm);
-int tl_labelmap_h(const tl_labelmap *lm);
-int tl_labelmap_w(const tl_labelmap *lm);
-int64_t tl_labelmap_count(const tl_labelmap *lm);
+void tl_labelmap_close(tl_labelmap *lm);                  /* NULL is fine */
+int tl_labelmap_num_classes(const tl_labelmap *lm);       /* K */
+int tl_labelmap_topk(const tl_labelmap *lm);              /* k entries kept per location */
+int tl_labelmap_h(const tl_labelmap *lm);                 /* map height */
+int tl_labelmap_w(const tl_labelmap *lm);                 /* map width */
+int64_t tl_labelmap_count(const tl_labelmap *lm);         /* entries (images) */
 /* Entry of a key (path relative to the dataset root, '/' separators), or -1. */
 int64_t tl_labelmap_find(const tl_labelmap *lm, const char *key);
 /* Key of the i-th entry in key order (for listing). */
@@ -62,14 +51,5 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
 int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen);
 /* Abandons the file (removes the temporary). Frees wr. */
 void tl_labelmap_writer_abort(tl_labelmap_writer *wr);
-
-/* ---- targets (targets.c) ---- */
-size_t tl_targets_scratch(int K, int h, int w, int S);
-/* t_cls (K) and t_dense (S*S, K) from one map entry and the sample geometry. */
-void tl_targets_compute(float *t_cls, float *t_dense, const float *values /*(k,h,w)*/,
-                        const int32_t *indices /*(k,h,w)*/, int k, int h, int w, int K, const tl_geom *g, int S,
-                        float smoothing, float *scratch);
-/* Smoothed one-hot: (1-s) onehot + s/K. */
-void tl_targets_onehot(float *t /*(K)*/, int label, int K, float smoothing);
 
 #endif

@@ -1,23 +1,21 @@
 /*
- * tl.h: the public API of the tokenlab engine (LV-ViT with token labeling).
- *
- * The engine owns: model configuration, parameters, gradients, AdamW state,
- * activations for one batch size, the forward and backward passes, the
- * token-labeling loss with MixToken, and checkpoints in safetensors.
- * It has no HTTP, no SQL and no global mutable state apart from the BLAS
- * loader (engine/core/blas.c, initialised once under pthread_once).
+ * model.h: the LV-ViT model of the engine: its configuration
+ * (engine/model/config.c), parameters, AdamW and EMA (model.c), batch
+ * contexts and their profiles (ctx.c), the forward pass, token-labeling
+ * loss and prediction (forward.c), the backward pass (backward.c),
+ * checkpoints in safetensors (checkpoint.c), the copy of weights to another
+ * input size (resize.c), and the runtime: BLAS and CPU features
+ * (engine/core/blas.c).
  *
  * Threads: a tl_model and the tl_ctx built on it belong to one caller thread
  * at a time; each tl_ctx owns a pool of worker threads that it drives for the
  * duration of one call. Two contexts on two different models may run
  * concurrently (OpenBLAS is always called single-threaded by the engine).
- *
- * Errors: functions that can fail on user input return 0 on success and -1 on
- * failure, writing a message into the caller's err buffer (TL_ERR_LEN bytes is
- * always enough). Nothing here calls exit() or abort() on bad input.
+ * Errors follow tokenlab.h: 0 or -1 with a message in err (TL_ERR_LEN bytes
+ * is always enough).
  */
-#ifndef TL_H
-#define TL_H
+#ifndef TL_MODEL_H
+#define TL_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -103,6 +101,11 @@ void tl_model_zero_grad(tl_model *m);
 int tl_model_ema_update(tl_model *ema, const tl_model *m, float decay, tl_ctx *ctx);
 /* Copies parameters and BN statistics (not gradients or moments). */
 int tl_model_copy_weights(tl_model *dst, const tl_model *src);
+/* A copy of src's weights into dst, whose config may differ from src's only in img_size: the
+ * position embedding of the patch tokens is resampled bicubically (PyTorch's
+ * F.interpolate(mode="bicubic", align_corners=False), as timm's resample_abs_pos_embed), the class
+ * token's kept. -1 with a message when the configs differ otherwise. */
+int tl_model_copy_resized(tl_model *dst, const tl_model *src, char *err, size_t errlen);
 /* Bytes held by parameters, gradients and optimizer state. */
 size_t tl_model_bytes(const tl_model *m);
 
@@ -182,21 +185,17 @@ typedef struct {
 /* Saves parameters and buffers under their state_dict names, the config in
  * the metadata ("tokenlab.config"), and with TL_CKPT_OPTIM the moments under
  * "optim.exp_avg.<name>" / "optim.exp_avg_sq.<name>" and the train state under
- * "train.*". extra_meta: NULL or NULL-terminated key,value pairs.
- * Crash-safe: temp file, fsync, rename, fsync of the folder. */
-int tl_checkpoint_save(const tl_model *m, const char *path, int flags, const tl_train_state *st,
+ * "train.*". ema: NULL, or an EMA model (same config) whose weights are also
+ * written, as "ema.<name>". extra_meta: NULL or NULL-terminated key,value
+ * pairs. Crash-safe: temp file, fsync, rename, fsync of the folder. */
+int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen);
-/* The same, also writing the weights of an EMA model (same config) as
- * "ema.<name>" when ema is not NULL. */
-int tl_checkpoint_save2(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
-                        const char *const *extra_meta, char *err, size_t errlen);
 /* Loads into an existing model, whose config must match the file's tensors
  * (missing, extra, mistyped or misshaped tensors are refused). With
- * TL_CKPT_OPTIM the moments and train state must be present. */
-int tl_checkpoint_load(tl_model *m, const char *path, int flags, tl_train_state *st, char *err, size_t errlen);
-/* The same, with TL_CKPT_EMA also filling ema (which must then be given). */
-int tl_checkpoint_load2(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
-                        size_t errlen);
+ * TL_CKPT_OPTIM the moments and train state must be present. ema: NULL, or
+ * the EMA model that TL_CKPT_EMA fills (required with that flag). */
+int tl_checkpoint_load(tl_model *m, tl_model *ema, const char *path, int flags, tl_train_state *st, char *err,
+                       size_t errlen);
 /* The optimizer step a training checkpoint was written at ("train.step"):
  * 1 with *step set, 0 when the file is absent or holds no train state. */
 int tl_checkpoint_train_step(const char *path, int64_t *step);

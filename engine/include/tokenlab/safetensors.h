@@ -40,6 +40,9 @@ typedef struct tl_st_file tl_st_file;
 
 const char *tl_st_dtype_name(tl_st_dtype d);   /* "F32", ... */
 size_t tl_st_dtype_size(tl_st_dtype d);
+/* A shape as "[720,240]" ("[]" for a scalar) into buf (n bytes), cut short if buf is small; for
+ * error messages. */
+void tl_st_format_shape(char *buf, size_t n, int ndim, const int64_t *shape);
 
 /* Reads and validates a whole file. NULL on error with a message in err. */
 tl_st_file *tl_st_open(const char *path, char *err, size_t errlen);

@@ -1,0 +1,39 @@
+/*
+ * dataset.h: image-folder datasets (engine/data/dataset.c): the
+ * class-per-folder layout <root>/<class>/<file>.jpg|jpeg|JPEG, classes in
+ * sorted folder order; optional classes.tsv with "folder<TAB>readable
+ * name[<TAB>...]" lines, first line a header if its first field is not a
+ * folder name.
+ *
+ * A dataset is read-only after tl_dataset_open and may be shared by loader
+ * threads.
+ */
+#ifndef TL_DATASET_H
+#define TL_DATASET_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tl_dataset tl_dataset;
+
+/* Scans root (see above); NULL with a message when it cannot be read, is not a folder, holds no
+ * class folder, or classes.tsv is malformed. */
+tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen);
+void tl_dataset_free(tl_dataset *d);                                /* NULL is fine */
+const char *tl_dataset_root(const tl_dataset *d);                   /* as given to tl_dataset_open */
+int tl_dataset_count(const tl_dataset *d);                          /* images, in class then path order */
+int tl_dataset_num_classes(const tl_dataset *d);
+const char *tl_dataset_class_folder(const tl_dataset *d, int c);   /* e.g. "n01440764" */
+const char *tl_dataset_class_name(const tl_dataset *d, int c);     /* classes.tsv name, else the folder */
+const char *tl_dataset_relpath(const tl_dataset *d, int i);        /* "n01440764/x.JPEG" */
+int tl_dataset_label(const tl_dataset *d, int i);                  /* class index of image i */
+/* root + "/" + relpath into buf; -1 if it does not fit. */
+int tl_dataset_path(const tl_dataset *d, int i, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+/*
+ * conv_internal.h: what the stem's convolution files share (conv.c,
+ * conv_avx512.c, winograd.c, stem_eval.c): the row path's jobs and the
+ * Winograd F(2x2,3x3) transforms. (The register-blocked kernels are in
+ * gemm64_avx512.h.)
+ * Internal to engine/ops; the layer's public face is ops.h.
+ *
+ * Owns nothing; pure functions on the caller's buffers, any thread. The
+ * functions marked AVX-512 may only run when tl_cpu_avx512() (their callers
+ * check it once per call); they exist on x86-64 only.
+ */
+#ifndef TL_CONV_INTERNAL_H
+#define TL_CONV_INTERNAL_H
+
+#include <stddef.h>
+
+/* ---- conv_avx512.c: the row path of a 3x3, stride 1, pad 1, 64-to-64 convolution ---- */
+
+/* Floats of row-path scratch per thread for rows of width W. */
+size_t tl_conv_rows_per_thread(int W);
+
+/* The forward (or, with flipped weights, the input gradient) on the row path. */
+typedef struct {
+    float *out;      /* (B,H,W,64) */
+    const float *in; /* (B,H,W,64) */
+    const float *w;  /* (3,3,64,64) */
+    const float *U;  /* (16,64,64): w in the Winograd domain */
+    int B, H, W;
+    float *scratch; /* per thread: tl_conv_rows_per_thread floats */
+} tl_conv_rows_job;
+
+/* tl_pool_fn over a tl_conv_rows_job: row pairs (b, 2u) split over the threads; Winograd for
+ * whole pairs when U is given and W is even, else row by row on tl_gemm64_avx512. */
+void tl_conv_rows_part(void *arg, int tid, int nt);
+
+/* The weight gradient on the row path, per thread: row pairs by Winograd
+ * into its dU partial (16,64,64), other rows directly into its dW partial
+ * (3,3,64,64): input window rows^T x output-gradient row. Both are zeroed
+ * here and summed in thread order by the caller. */
+typedef struct {
+    const float *in, *dout; /* (B,H,W,64) each */
+    float *parts;           /* nthreads x (3,3,64,64) */
+    float *uparts;          /* nthreads x (16,64,64) */
+    float *scratch;         /* per thread: tl_conv_rows_per_thread floats */
+    int B, H, W;
+} tl_conv_dw_rows_job;
+
+/* tl_pool_fn over a tl_conv_dw_rows_job. */
+void tl_conv_dw_rows_part(void *arg, int tid, int nt);
+
+/* ---- winograd.c: F(2x2, 3x3) for 64 channels to 64 ---- */
+
+/* U (16,64,64) from w (3,3,64,64) (ky,kx,in,out): U = G g G^T per (in,out). */
+void tl_winograd_weights(float *U, const float *w);
+/* dwt (3,3,64,64) += G^T dU G per (in, out), dU (16,64,64). */
+void tl_winograd_dw_accum(float *dwt, const float *dU);
+#if defined(__x86_64__)
+/* AVX-512. V (16, nt, 64) from the 4 padded input rows: tile t covers padded columns 2t..2t+3. */
+void tl_winograd_in(float *V, const float *const rows[4], int nt);
+/* AVX-512. Output rows y (out0) and y+1 (out1), (W,64) each, from M (16, nt, 64). */
+void tl_winograd_out(float *out0, float *out1, const float *M, int nt);
+/* AVX-512. Z (16, nt, 64) = A dY A^T of the 2x2 output-gradient tiles of rows y (d0) and y+1 (d1). */
+void tl_winograd_dout(float *Z, const float *d0, const float *d1, int nt);
+#endif
+
+#endif
