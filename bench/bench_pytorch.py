@@ -8,7 +8,7 @@ build/bin/tl-bench.
     /usr/bin/python3 bench/bench_pytorch.py --config model.json --mode infer --batch 1
 
 train: one full training step = forward in train mode with a random MixToken
-       box (section 4 of TOKEN_LABELING.md), token-labeling loss on random soft
+       box (section 4 of docs/METHOD.md), token-labeling loss on random soft
        targets, backward, AdamW step.
 infer: eval-mode forward under torch.no_grad() and the inference score
        cls + 0.5 * max_tokens(aux).

@@ -1,8 +1,8 @@
 -- schema/store.sql: tokenlabd's SQLite store (server/store/store.h), schema version 1.
 --
 -- server/store/store.c applies this text as migration step 1, in the transaction
--- that creates a new store file; server/store/store_schema.c holds it byte for byte
--- (tests/server/test_store.c checks that the two never drift). A later version adds
+-- that creates a new store file; the build embeds it byte for byte (generated/store_schema.c;
+-- tests/server/test_store.c checks the embedded copy). A later version adds
 -- a migration step in store.c and leaves this file as it is.
 --
 -- Invariants kept here rather than in C, so no writer can break them:

@@ -2,8 +2,8 @@
 -- registered models and the token inspection of training jobs.
 --
 -- server/store/store.c applies this text after schema/store.sql, in the open's
--- transaction; server/store/store_schema.c holds it byte for byte (tests/server/test_store.c
--- checks that the two never drift).
+-- transaction; the build embeds it byte for byte (generated/store_schema.c; tests/server/test_store.c
+-- checks the embedded copy).
 --
 -- Invariants:
 --   - a model's name is its identity (primary key), 1..64 characters of

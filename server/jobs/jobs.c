@@ -408,11 +408,13 @@ static int64_t oldest_queued(tld_jobs *J) {
     return oldest;
 }
 
-/* Starts job id in slot s (J->mu held). */
-static void start_job(tld_jobs *J, slot *s, int64_t id) {
+/* Starts job id in slot s (J->mu held). 0 when the job left QUEUED (running, or failed on its spec); -1 when
+ * it could not be moved on (the store did not answer, no thread could be made): it stays QUEUED and the
+ * scheduler waits before trying again instead of spinning on it. */
+static int start_job(tld_jobs *J, slot *s, int64_t id) {
     tld_job job;
     char err[512];
-    if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return;
+    if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return -1;
     tl_spec_error se;
     char kind[16] = "", msg[900] = "";
     tl_jobspec_kind(job.spec_json, kind, sizeof kind, &se);
@@ -422,10 +424,11 @@ static void start_job(tld_jobs *J, slot *s, int64_t id) {
     tld_job_free(&job);
     if (!ok) tl_spec_error_format(&se, msg, sizeof msg);
     else if (s->annotate && resolve_source(J, &s->aspec, msg, sizeof msg) != 0) ok = 0;
-    if (transition(J, id, M(TLD_JOB_QUEUED), TLD_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0) return;
+    if (transition(J, id, M(TLD_JOB_QUEUED), TLD_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0)
+        return -1;
     if (!ok) {
         transition(J, id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DATA_ERROR", msg);
-        return;
+        return 0;
     }
     if (J->cfg.threads_per_job > 0) s->spec.threads = s->aspec.threads = J->cfg.threads_per_job;
     snprintf(s->run_dir, sizeof s->run_dir, "%s/runs/%lld", J->state_dir, (long long)id);
@@ -438,9 +441,10 @@ static void start_job(tld_jobs *J, slot *s, int64_t id) {
     if (pthread_create(&s->thread, NULL, worker_main, s) != 0) {
         s->busy = 0;
         transition(J, id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_BUSY", "could not start a worker thread");
-        return;
+        return -1;
     }
     pthread_detach(s->thread);
+    return 0;
 }
 
 static void *scheduler_main(void *arg) {
@@ -451,10 +455,7 @@ static void *scheduler_main(void *arg) {
         for (int i = 0; i < J->cfg.max_running && !free_slot; i++)
             if (!J->slots[i].busy) free_slot = &J->slots[i];
         int64_t id = free_slot ? oldest_queued(J) : 0;
-        if (id > 0) {
-            start_job(J, free_slot, id);
-            continue;
-        }
+        if (id > 0 && start_job(J, free_slot, id) == 0) continue;
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
         dl.tv_sec += 1;
@@ -650,13 +651,13 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 int tld_jobs_delete(tld_jobs *J, int64_t id, char *err, size_t errlen) {
     tld_job job;
     if (tld_store_job_get(J->store, id, &job, err, errlen) != 0) return -1;
-    int final = tld_job_state_final(job.state);
+    tld_job_state state = job.state;
     char run_dir[1024];
     snprintf(run_dir, sizeof run_dir, "%s", job.run_dir);
     tld_job_free(&job);
-    if (!final) {
+    if (!tld_job_state_final(state)) {
         snprintf(err, errlen, "invalid transition: job %lld is %s; cancel it first", (long long)id,
-                 tld_job_state_name(job.state));
+                 tld_job_state_name(state));
         return -1;
     }
     if (tld_store_job_delete(J->store, id, err, errlen) != 0) return -1;

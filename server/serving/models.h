@@ -20,9 +20,11 @@
  * waits at most for the batch ahead of it, never for training.
  *
  * Threads: every function may be called from any thread (HTTP handlers,
- * the daemon's main thread). A tld_model_ref keeps its model alive (and its
- * batcher running) until released, even if the model is deleted or
- * replaced meanwhile.
+ * the daemon's main thread). A tld_model_ref keeps its model's memory alive
+ * until released, even if the model is deleted or replaced meanwhile; its
+ * batcher stops at the delete or replace, so inference through such a ref
+ * answers 503 MODEL_UNLOADED. Every ref must be released before
+ * tld_models_free (the daemon stops HTTP first).
  */
 #ifndef TLD_MODELS_H
 #define TLD_MODELS_H
@@ -56,7 +58,8 @@ typedef struct {
 #define TLD_MODELS_DEFAULT_MAX_QUEUE 64
 
 tld_models *tld_models_new(const tld_models_cfg *cfg, char *err, size_t errlen);
-/* Fails every queued request (503), stops the batchers and the loader, frees. */
+/* Fails every queued request (503), stops the batchers and the loader, frees. No tld_model_ref may be
+ * held any more (releasing one afterwards would touch the freed registry). */
 void tld_models_free(tld_models *M);
 /* 1 when no model is LOADING (KServe readiness). */
 int tld_models_all_loaded(tld_models *M);

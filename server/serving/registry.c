@@ -11,8 +11,8 @@
  *
  * Lifetime: the registry holds one reference to each entry, every
  * tld_model_ref one more. Deleting or replacing a model drops it from the
- * list; its lanes keep serving the queue of the callers that still hold
- * it and the last release stops the threads and frees everything.
+ * list and stops its lanes (queued and later requests through a ref still
+ * held answer 503 MODEL_UNLOADED); the last release frees the entry.
  *
  * Threads: any (HTTP handlers, the daemon's main thread, the loader).
  * Lock order: M->mu before E->mu; neither is held during inference, file I/O

@@ -1,5 +1,5 @@
 """lvvit_ref.py: a plain PyTorch LV-ViT with token labeling and MixToken, written
-from /work/shared/reference/TOKEN_LABELING.md sections 2-4. It is the reference
+following docs/METHOD.md sections 2-4. It is the reference
 the C engine is checked against (tests/parity/run_parity.py) and the model the
 PyTorch benchmark runs (bench/bench_pytorch.py).
 

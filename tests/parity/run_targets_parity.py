@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """run_targets_parity.py: checks the label-map targets of the C engine
 (engine/data/targets.c through `tl-parity --targets`) against a PyTorch float64
-reference built with torchvision.ops.roi_align (TOKEN_LABELING.md section 5).
+reference built with torchvision.ops.roi_align (`docs/METHOD.md` section 5).
 
     /usr/bin/python3 tests/parity/run_targets_parity.py --bin build/bin/tl-parity --work /tmp/tp [--only NAME]
 

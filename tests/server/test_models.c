@@ -1,5 +1,5 @@
 /*
- * test_models.c: the daemon's served models (server/serving/models.c) with a
+ * test_models.c: the daemon's served models (server/serving/) with a
  * real store (SQLite file under $TL_TEST_TMP) and tiny LV-ViT checkpoints
  * made with tl_model_new + tl_checkpoint_save.
  *  - upload: a model is READY on return; the ref reports its size, classes,

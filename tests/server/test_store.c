@@ -141,7 +141,7 @@ static void check_embedded(const char *file, const char *text, size_t text_len) 
     size_t i = 0, line = 1;
     while (i < len && i < text_len && buf[i] == text[i]) line += buf[i++] == '\n';
     if (i != len || len != text_len)
-        fail_msg("server/store/store_schema.c differs from %s at byte %zu (line %zu; file %zu bytes, embedded %zu)", path,
+        fail_msg("the embedded schema (generated/store_schema.c) differs from %s at byte %zu (line %zu; file %zu bytes, embedded %zu)", path,
                  i, line, len, text_len);
     free(buf);
 }

@@ -91,11 +91,12 @@ typedef struct {
 tl_inspect_set *tl_inspect_new(const tl_dataset *train_ds, const tl_dataset *val_ds, const tl_labelmap *lm,
                                int n_val, int n_train, int S, int grid, int K, const tl_augment_cfg *aug,
                                uint64_t seed, char *err, size_t errlen);
+/* Frees a set; NULL is allowed. */
 void tl_inspect_free(tl_inspect_set *s);
 
 /* Result buffers for a set (free with tl_inspect_result_free). */
 tl_inspect_result *tl_inspect_result_new(const tl_inspect_set *s);
-void tl_inspect_result_free(tl_inspect_result *r);
+void tl_inspect_result_free(tl_inspect_result *r); /* NULL is allowed */
 
 /* Runs the model of ctx (eval mode) over the set, in batches of at most the
  * context's batch size, and fills r. 0, or -1 with a message. */

@@ -88,10 +88,15 @@ tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errl
  * context on it is refused; zero_grad and AdamW do nothing. */
 tl_model *tl_model_new_inference(const tl_config *c, char *err, size_t errlen);
 int tl_model_trainable(const tl_model *m);          /* 1 for tl_model_new, 0 for an inference model */
+/* Frees the model and its one parameter block; NULL is allowed. No context built on it may remain. */
 void tl_model_free(tl_model *m);
+/* The validated configuration the model was built with (owned by the model). */
 const tl_config *tl_model_config(const tl_model *m);
+/* The tensor table, in state_dict order: parameters and BatchNorm buffers. */
 int tl_model_num_tensors(const tl_model *m);
+/* Tensor i, 0 <= i < tl_model_num_tensors (NULL outside that range). */
 const tl_tensor *tl_model_tensor(const tl_model *m, int i);
+/* The tensor of that state_dict name, or NULL. */
 const tl_tensor *tl_model_find(const tl_model *m, const char *name);
 size_t tl_model_num_params(const tl_model *m);      /* trainable scalars */
 int64_t *tl_model_bn_batches(tl_model *m, int layer); /* num_batches_tracked, layer 0..2 */
@@ -118,6 +123,7 @@ typedef struct {
 void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads);
 /* The same, on a context's thread pool. */
 void tl_ctx_adamw_step(tl_ctx *c, const tl_adamw *hp);
+/* The optimizer steps taken (AdamW's bias correction uses it); set when a training checkpoint is loaded. */
 int64_t tl_model_step(const tl_model *m);
 void tl_model_set_step(tl_model *m, int64_t step);
 
@@ -129,7 +135,9 @@ typedef struct { int r0, c0, r1, c1; } tl_box;
 
 /* training != 0 allocates what backward needs as well. nthreads >= 1. */
 tl_ctx *tl_ctx_new(tl_model *m, int batch, int training, int nthreads, char *err, size_t errlen);
+/* Stops the context's worker threads and frees its activations; NULL is allowed. */
 void tl_ctx_free(tl_ctx *c);
+/* The largest batch the context was built for. */
 int tl_ctx_batch(const tl_ctx *c);
 /* Per-phase timing of forward and backward (off by default); on resets it. */
 void tl_ctx_profile(tl_ctx *c, int on);
@@ -139,6 +147,7 @@ void tl_ctx_profile(tl_ctx *c, int on);
 void tl_ctx_freeze_weights(tl_ctx *c);
 /* "phase fwd/bwd ms, ..." summed since profiling was switched on. */
 int tl_ctx_profile_report(const tl_ctx *c, char *buf, size_t len);
+/* Bytes of activations and scratch the context holds. */
 size_t tl_ctx_bytes(const tl_ctx *c);
 
 /* Forward pass. images (B,3,H,W) already normalised. train != 0 uses batch
@@ -209,6 +218,7 @@ int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t err
 int tl_runtime_init(char *err, size_t errlen);
 /* e.g. "OpenBLAS 0.3.21 ... SkylakeX" and the kernel family chosen. */
 const char *tl_blas_config(void);
+/* The OpenBLAS kernel family in use (e.g. "SkylakeX", "Haswell"), as OpenBLAS names it. */
 const char *tl_blas_corename(void);
 /* Comma-separated CPU features the engine cares about (avx2,fma,avx512f,...). */
 const char *tl_cpu_features(void);

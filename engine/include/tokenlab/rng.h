@@ -15,9 +15,11 @@ typedef struct {
     uint64_t s[4];
 } tl_rng;
 
+/* Seeds the generator from one 64-bit value (the four state words by splitmix64). */
 void tl_rng_seed(tl_rng *r, uint64_t seed);
 /* A stream for (seed, a, b, c): independent of every other key. */
 void tl_rng_derive(tl_rng *r, uint64_t seed, uint64_t a, uint64_t b, uint64_t c);
+/* The next 64 random bits. */
 uint64_t tl_rng_next(tl_rng *r);
 double tl_rng_uniform(tl_rng *r);                  /* [0, 1) */
 double tl_rng_normal(tl_rng *r);                   /* N(0, 1) */

@@ -48,7 +48,9 @@ void tl_st_format_shape(char *buf, size_t n, int ndim, const int64_t *shape);
 tl_st_file *tl_st_open(const char *path, char *err, size_t errlen);
 /* Same from memory (the bytes are copied). */
 tl_st_file *tl_st_open_mem(const void *buf, size_t len, char *err, size_t errlen);
+/* Unmaps or frees the file; NULL is allowed. Tensor pointers from it become invalid. */
 void tl_st_close(tl_st_file *f);
+/* The number of tensors in the file. */
 int tl_st_count(const tl_st_file *f);
 const tl_st_tensor *tl_st_at(const tl_st_file *f, int i);        /* in file order */
 const tl_st_tensor *tl_st_get(const tl_st_file *f, const char *name); /* NULL if absent */
@@ -60,12 +62,14 @@ int tl_st_read_f32(const tl_st_tensor *t, float *dst);
 /* ---- writer: collects tensors (pointers kept, not copied) then writes ---- */
 typedef struct tl_st_writer tl_st_writer;
 
+/* An empty writer (NULL when out of memory); free with tl_st_writer_free (NULL allowed). */
 tl_st_writer *tl_st_writer_new(void);
 void tl_st_writer_free(tl_st_writer *w);
 /* The data pointer must stay valid until tl_st_write returns. Names are copied.
  * Returns -1 on a duplicate name or too many dims. */
 int tl_st_add(tl_st_writer *w, const char *name, tl_st_dtype dtype, int ndim, const int64_t *shape,
               const void *data);
+/* Sets a "__metadata__" string (a later value for the same key replaces it); 0, or -1 when out of memory. */
 int tl_st_set_meta(tl_st_writer *w, const char *key, const char *value);
 /* Writes path crash-safely: path.tmp.<pid>, fsync, rename, fsync of the folder.
  * Tensors are packed in the order added with no gaps, as Hugging Face's

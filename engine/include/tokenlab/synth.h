@@ -26,7 +26,11 @@ typedef struct {
     int map_size;    /* label-map side h = w, default size/4 */
 } tl_synth_cfg;
 
+/* The defaults of `tokenlabd synth` (10 classes, 2000 + 500 pictures at 64 px, seed 1). */
 void tl_synth_defaults(tl_synth_cfg *c);
+/* Writes the dataset under out_dir (train/ and val/ class folders of JPEGs, classes.tsv, and the exact
+ * label maps train.tllm and val.tllm beside them); the same cfg gives the same bytes. 0, or -1 with a
+ * message (bad settings, a folder that cannot be written). */
 int tl_synth_write(const char *out_dir, const tl_synth_cfg *c, char *err, size_t errlen);
 
 #endif
