@@ -1,8 +1,8 @@
 /*
  * base.h: what every layer of tokenlab shares, engine and daemon alike: the
  * error-message formatter, the clocks, and the always-on invariant checks.
- * Implemented in engine/core/base.c. No state but the invariant counter and
- * the optional log hook; any thread.
+ * Implemented in engine/core/base.c. No state but the invariant counter;
+ * any thread.
  *
  * Invariant checks (after SQLite's ALWAYS/NEVER and Redis's serverAssert):
  * for what must never happen whatever the input (a queue over its bound, a

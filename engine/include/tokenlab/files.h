@@ -5,7 +5,7 @@
  *
  * Confinement is the one copy of the rule "a path a client names stays
  * inside the data root": job specs, annotate specs, the label-map and dataset
- * routes, the dashboard's static files, every file a loader opens. A path is
+ * routes, the dashboard's static files, annotate sidecars. A path is
  * inside when its canonical form (realpath: symbolic links followed, "." and
  * ".." resolved) is the root's canonical form or lies below it. A root of "/"
  * contains every absolute path.
