@@ -451,7 +451,7 @@ void tld_h_model_predict(tld_req *r, void *u) {
         tld_reply_problem(r, 400, "EMPTY_BODY", NULL, "the body is empty; send a JPEG");
         return;
     }
-    int64_t deadline = tld_models_now_ms() + timeout;
+    int64_t deadline = tl_clock_mono_ms() + timeout;
     tld_part parts[PREDICT_MAX_IMAGES];
     int n = 1;
     if (multipart) {
@@ -654,7 +654,7 @@ void tld_h_v2_infer(tld_req *r, void *u) {
         outs[i].probs = probs + (size_t)K * i;
         outs[i].logits = logits + (size_t)K * i;
     }
-    if (tld_models_infer(m, q.layout == TLD_KS_UINT8_NHWC ? in : q.f32, n, outs, tld_models_now_ms() + PREDICT_TIMEOUT_MS,
+    if (tld_models_infer(m, q.layout == TLD_KS_UINT8_NHWC ? in : q.f32, n, outs, tl_clock_mono_ms() + PREDICT_TIMEOUT_MS,
                         &e) != 0) {
         reply_models_error(r, &e);
         goto done;

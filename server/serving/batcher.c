@@ -100,7 +100,7 @@ void *tld_models_batcher_main(void *arg) {
         if (E->quit) break;
         /* Wait for the batch to fill, but only while more requests are on their way. */
         int64_t until = E->head->enq_ms + E->max_delay_ms;
-        while (!E->quit && E->head && E->queued < E->max_batch && E->preparing > 0 && tld_models_now_ms() < until) {
+        while (!E->quit && E->head && E->queued < E->max_batch && E->preparing > 0 && tl_clock_mono_ms() < until) {
             struct timespec ts;
             timespec_at(&ts, until);
             pthread_cond_timedwait(&E->cv, &E->mu, &ts);
@@ -109,7 +109,7 @@ void *tld_models_batcher_main(void *arg) {
         if (!E->head) continue; /* another lane took it */
         int B = 0, maxb = E->max_batch;
         if (TL_NEVER(maxb < 1 || maxb > TLD_MODELS_BATCH_MAX)) maxb = maxb < 1 ? 1 : TLD_MODELS_BATCH_MAX;
-        int64_t now = tld_models_now_ms();
+        int64_t now = tl_clock_mono_ms();
         while (E->head && B < maxb) {
             item *it = E->head;
             E->head = it->next;
@@ -213,7 +213,7 @@ int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out
         e->retry_after_s = retry < 1 ? 1 : retry;
         return -1;
     }
-    int64_t now = tld_models_now_ms();
+    int64_t now = tl_clock_mono_ms();
     for (int i = 0; i < n; i++) {
         items[i] = (item){images + img * (size_t)i, &out[i], now, deadline_ms, IT_PENDING, NULL};
         if (E->tail)

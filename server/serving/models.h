@@ -119,10 +119,9 @@ typedef struct {
 } tld_infer_out;
 
 /* Queues n normalised images (n,3,S,S) and waits for them. deadline_ms: monotonic milliseconds
- * (tld_models_now_ms() + timeout). 429 QUEUE_FULL (retry_after_s set), 504 DEADLINE_EXCEEDED,
+ * (tl_clock_mono_ms() + timeout). 429 QUEUE_FULL (retry_after_s set), 504 DEADLINE_EXCEEDED,
  * 503 MODEL_UNLOADED when the model is deleted or the daemon stops meanwhile. */
 int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out *out, int64_t deadline_ms,
                     tld_models_error *e);
-int64_t tld_models_now_ms(void);
 
 #endif

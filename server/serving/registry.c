@@ -36,10 +36,6 @@
 #include "serving/serving_internal.h"
 #include "tokenlab/base.h"
 
-int64_t tld_models_now_ms(void) {
-    return tl_clock_mono_ms();
-}
-
 int tld_models_fail(tld_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...) {
     if (!e) return -1;
     e->status = status;

@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tokenlab/base.h"
 #include "serving/models.h"
 #include "store/store.h"
 #include "tokenlab/data.h"
@@ -339,16 +340,16 @@ static void test_upload_and_infer_equals_predict(void **state) {
     result res[NIMG];
     tld_models_error e = {0};
     /* all at once (batches of max_batch 4), then one by one */
-    if (infer(r, 0, NIMG, res, tld_models_now_ms() + 60000, &e) != 0) fail_msg("infer: %s %s", e.code, e.detail);
+    if (infer(r, 0, NIMG, res, tl_clock_mono_ms() + 60000, &e) != 0) fail_msg("infer: %s %s", e.code, e.detail);
     for (int i = 0; i < NIMG; i++) check_result(&res[i], g_ref_logits[i], g_ref_tok[i], i);
     for (int i = 0; i < NIMG; i++) {
         result one;
-        assert_int_equal(infer(r, i, 1, &one, tld_models_now_ms() + 60000, &e), 0);
+        assert_int_equal(infer(r, i, 1, &one, tl_clock_mono_ms() + 60000, &e), 0);
         check_result(&one, g_ref_logits[i], g_ref_tok[i], i);
     }
     /* NULL logits and tokens are skipped */
     tld_infer_out out = {.probs = res[0].probs};
-    assert_int_equal(tld_models_infer(r, g_images, 1, &out, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(tld_models_infer(r, g_images, 1, &out, tl_clock_mono_ms() + 60000, &e), 0);
     tld_models_release(r);
     o = model_json(g_M, "tiny");
     assert_int_equal((int)jnum(o, "stats", "requests"), 1 + NIMG + 1);
@@ -383,7 +384,7 @@ static void test_register_from_job(void **state) {
     tld_model_ref *r = acquire(g_M, "fromjob");
     assert_string_equal(tld_model_ref_label(r, 2), "class 2"); /* the job's spec names no dataset */
     result res[2];
-    assert_int_equal(infer(r, 0, 2, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(r, 0, 2, res, tl_clock_mono_ms() + 60000, &e), 0);
     for (int i = 0; i < 2; i++) check_result(&res[i], lg[i], tk[i], i);
     tld_models_release(r);
     /* last: no EMA weights, so the raw ones */
@@ -394,7 +395,7 @@ static void test_register_from_job(void **state) {
     assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "source"), "ema")));
     cJSON_Delete(o);
     r = acquire(g_M, "fromjob-last");
-    assert_int_equal(infer(r, 3, 1, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(r, 3, 1, res, tl_clock_mono_ms() + 60000, &e), 0);
     check_result(&res[0], g_ref_logits[3], g_ref_tok[3], 3);
     tld_models_release(r);
     /* a step that is kept */
@@ -467,7 +468,7 @@ static void *infer_worker(void *p) {
         for (int i = 0; i < n; i++)
             out[i] = (tld_infer_out){.probs = res[i].probs, .logits = res[i].logits, .tok_index = res[i].tok_index,
                                      .tok_prob = res[i].tok_prob};
-        int rc = tld_models_infer(r, g_images + (size_t)first * 3 * S_IN * S_IN, n, out, tld_models_now_ms() + 120000, &e);
+        int rc = tld_models_infer(r, g_images + (size_t)first * 3 * S_IN * S_IN, n, out, tl_clock_mono_ms() + 120000, &e);
         tld_models_release(r);
         if (rc != 0) {
             snprintf(a->err, sizeof a->err, "infer: %d %s %s", e.status, e.code, e.detail);
@@ -524,7 +525,7 @@ static void *bg_infer_main(void *p) {
         return NULL;
     }
     result res[2];
-    b->rc = infer(r, 0, 2, res, tld_models_now_ms() + 120000, &b->e);
+    b->rc = infer(r, 0, 2, res, tl_clock_mono_ms() + 120000, &b->e);
     tld_models_release(r);
     return NULL;
 }
@@ -536,19 +537,19 @@ static void test_queue_full_and_deadline(void **state) {
     result res[NIMG];
     tld_models_error e = {0};
     /* more images than the queue holds: refused at once */
-    assert_int_equal(infer(r, 0, 3, res, tld_models_now_ms() + 60000, &e), -1);
+    assert_int_equal(infer(r, 0, 3, res, tl_clock_mono_ms() + 60000, &e), -1);
     expect_error(&e, 429, "QUEUE_FULL", "");
     assert_true(e.retry_after_s >= 1);
     tld_models_release(r);
     /* a deadline already passed: not computed */
     r = acquire(g_M, "small-queue");
     memset(&e, 0, sizeof e);
-    assert_int_equal(infer(r, 0, 1, res, tld_models_now_ms() - 1, &e), -1);
+    assert_int_equal(infer(r, 0, 1, res, tl_clock_mono_ms() - 1, &e), -1);
     expect_error(&e, 504, "DEADLINE_EXCEEDED", "");
     tld_models_release(r);
     /* two images fit */
     r = acquire(g_M, "small-queue");
-    assert_int_equal(infer(r, 0, 2, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(r, 0, 2, res, tl_clock_mono_ms() + 60000, &e), 0);
     check_result(&res[1], g_ref_logits[1], g_ref_tok[1], 1);
     tld_models_release(r);
     /* a queue filled by another caller: while this caller still prepares its request, the batcher waits
@@ -568,7 +569,7 @@ static void test_queue_full_and_deadline(void **state) {
             if (queued < 2) sleep_ms(1);
         }
         memset(&e, 0, sizeof e);
-        int rc = infer(r, 2, 1, res, tld_models_now_ms() + 60000, &e);
+        int rc = infer(r, 2, 1, res, tl_clock_mono_ms() + 60000, &e);
         if (rc != 0) {
             expect_error(&e, 429, "QUEUE_FULL", "");
             got429 = 1;
@@ -598,7 +599,7 @@ static void test_delete_and_replace_while_in_use(void **state) {
     tld_models_error e = {0};
     tld_model_ref *held = acquire(g_M, "doomed"), *held2 = acquire(g_M, "doomed");
     result res[1];
-    assert_int_equal(infer(held2, 0, 1, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(held2, 0, 1, res, tl_clock_mono_ms() + 60000, &e), 0);
     assert_int_equal(tld_models_delete(g_M, "doomed", &e), 0);
     /* gone for everyone else */
     assert_null(tld_models_acquire(g_M, "doomed", &e));
@@ -616,10 +617,10 @@ static void test_delete_and_replace_while_in_use(void **state) {
     assert_int_equal(tld_model_ref_classes(held), NCLS);
     assert_string_equal(tld_model_ref_label(held, 0), "cat");
     memset(&e, 0, sizeof e);
-    assert_int_equal(infer(held, 0, 1, res, tld_models_now_ms() + 60000, &e), -1);
+    assert_int_equal(infer(held, 0, 1, res, tl_clock_mono_ms() + 60000, &e), -1);
     expect_error(&e, 503, "MODEL_UNLOADED", "");
     tld_models_release(held);
-    assert_int_equal(infer(held2, 0, 1, res, tld_models_now_ms() + 60000, &e), -1);
+    assert_int_equal(infer(held2, 0, 1, res, tl_clock_mono_ms() + 60000, &e), -1);
     expect_error(&e, 503, "MODEL_UNLOADED", "");
     tld_models_release(held2); /* the last reference: freed here (the sanitizer build checks for leaks) */
     tld_models_release(NULL);
@@ -630,7 +631,7 @@ static void test_delete_and_replace_while_in_use(void **state) {
     char best[1300];
     snprintf(best, sizeof best, "%s/best.safetensors", g_run);
     upload_file(g_M, "swap", best, 0, -1, 0, 0);
-    assert_int_equal(infer(held, 0, 1, res, tld_models_now_ms() + 60000, &e), -1);
+    assert_int_equal(infer(held, 0, 1, res, tl_clock_mono_ms() + 60000, &e), -1);
     expect_error(&e, 503, "MODEL_UNLOADED", "");
     tld_models_release(held);
     cJSON *o = model_json(g_M, "swap");
@@ -644,7 +645,7 @@ static void test_delete_and_replace_while_in_use(void **state) {
     int32_t tk[1][NTOK];
     reference(best, 0, g_images, 1, lg, tk); /* the raw weights of the uploaded file */
     held = acquire(g_M, "swap");
-    assert_int_equal(infer(held, 0, 1, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(held, 0, 1, res, tl_clock_mono_ms() + 60000, &e), 0);
     check_result(&res[0], lg[0], tk[0], 0);
     tld_models_release(held);
     assert_int_equal(tld_models_delete(g_M, "swap", &e), 0);
@@ -781,7 +782,7 @@ static void test_restart_loads_stored_models(void **state) {
     tld_model_ref *r = acquire(g_M, "tiny");
     assert_string_equal(tld_model_ref_label(r, 0), "cat");
     result res[NIMG];
-    assert_int_equal(infer(r, 0, NIMG, res, tld_models_now_ms() + 60000, &e), 0);
+    assert_int_equal(infer(r, 0, NIMG, res, tl_clock_mono_ms() + 60000, &e), 0);
     for (int i = 0; i < NIMG; i++) check_result(&res[i], g_ref_logits[i], g_ref_tok[i], i);
     tld_models_release(r);
 }
