@@ -110,7 +110,8 @@ static void make_spec(tl_train_spec *spec, const char *extra_train, int label_ma
 }
 
 static tl_train_status run(const tl_train_spec *spec, const char *dir, recorder *r, tl_train_result *res) {
-    tl_train_hooks h = {on_start, on_step, on_eval, NULL, on_ckpt, on_log, NULL, should_stop, r};
+    tl_train_hooks h = {.on_start = on_start, .on_step = on_step, .on_eval = on_eval, .on_checkpoint = on_ckpt,
+                        .on_log = on_log, .should_stop = should_stop, .user = r};
     return tl_train_run(spec, dir, &h, res);
 }
 

@@ -60,6 +60,22 @@ typedef struct {
     int loader_threads;            /* 0 = automatic */
     int prefetch_batches;
     int cache_mb;                  /* decoded-image cache, 0 = off */
+    /* train: fine-tuning recipe */
+    float layer_decay;             /* train.layer_decay, (0, 1]; 1 = off (default) */
+    int freeze;                    /* train.freeze: tl_freeze, default TL_FREEZE_NONE */
+    /* model.init: start from trained weights instead of random ones */
+    int init;                      /* 1 when model.init is given */
+    char init_model[72];           /* model.init.model: a registered model, "" otherwise */
+    int64_t init_job;              /* model.init.job_id, 0 otherwise */
+    char init_checkpoint[24];      /* model.init.checkpoint: "best" (default), "last" or a step */
+    int init_ema;                  /* model.init.ema: -1 as the source has them (default), 0 raw, 1 EMA */
+    int init_head;                 /* model.init.head: -1 default (keep when the class counts are equal,
+                                    * else reinit), or a tl_head_mode */
+    unsigned init_model_fields;    /* bit f set when model field f (tl_jobspec_model_field order) was given */
+    /* filled by the caller before tl_train_run (the daemon resolves the source; `tokenlabd run --init`
+     * takes a file) */
+    char init_weights[PATH_MAX];   /* the source's safetensors file */
+    int init_from_ema;             /* load its EMA weights (TL_CKPT_FROM_EMA) */
 } tl_train_spec;
 
 /* The spec's documented defaults (schema/jobspec.md), every path empty. */
@@ -69,6 +85,13 @@ void tl_jobspec_defaults(tl_train_spec *s);
  * are resolved against it; when NULL, paths are taken as given (relative to
  * the working folder). Checks that the folders and the label-map file exist. */
 int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out, tl_spec_error *err);
+/* With model.init, the architecture comes from the source: s->model becomes source's configuration with
+ * the spec's img_size, num_classes and drop_path_rate where it gives them; any other model field the spec
+ * gives that differs from the source is refused at its pointer with both values ("/model/embed_dim: the
+ * source has 192, the spec 384; the architecture comes from the source"), and so is a patch_size change.
+ * model.init.head "keep" with different class counts is refused at /model/init/head. Without model.init,
+ * does nothing. 0, or -1 with e. */
+int tl_jobspec_apply_init(tl_train_spec *s, const tl_config *source, tl_spec_error *e);
 /* "pointer: message" or "message" when the pointer is empty. */
 void tl_spec_error_format(const tl_spec_error *e, char *buf, size_t len);
 

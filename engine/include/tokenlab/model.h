@@ -79,6 +79,8 @@ typedef struct {
     float *m, *v;         /* AdamW moments, NULL for buffers */
     int decay;            /* 1 when weight decay applies */
     size_t offset;        /* floats from the start of the parameter block */
+    float lr_scale;       /* AdamW's lr is multiplied by this (layer-wise decay); 1 by default */
+    int frozen;           /* 1: no gradient, no AdamW update, no weight decay (tl_model_set_freeze) */
 } tl_tensor;
 
 /* Allocates and initialises a model (section 2 init) from a seed. */
@@ -113,6 +115,47 @@ int tl_model_copy_weights(tl_model *dst, const tl_model *src);
 int tl_model_copy_resized(tl_model *dst, const tl_model *src, char *err, size_t errlen);
 /* Bytes held by parameters, gradients and optimizer state. */
 size_t tl_model_bytes(const tl_model *m);
+
+/* ---- fine-tuning: starting from trained weights (engine/model/finetune.c) ---- */
+
+typedef enum { TL_HEAD_REINIT = 0, TL_HEAD_KEEP = 1, TL_HEAD_MATCH = 2 } tl_head_mode;
+
+typedef struct {
+    int pos_resized;      /* 1 when the patch tokens' position embedding was resampled */
+    int src_grid, dst_grid;
+    int head_rows_kept;   /* rows of head/aux_head taken from the source (K for KEEP, the matches for MATCH) */
+    int head_rows_new;    /* rows drawn afresh */
+} tl_init_report;
+
+/* Copies the weights of src (any model, e.g. an inference model loaded from a checkpoint) into dst, a
+ * trainable model, to fine-tune it. The configs may differ only in img_size (the position embedding of
+ * the patch tokens is resampled bicubically as tl_model_copy_resized does, the class token's entry kept;
+ * patch_size must be equal), num_classes and drop_path_rate; any other difference is refused (-1, the
+ * message names the field and both values, e.g. "embed_dim: 192 in the source, 384 here"). BatchNorm
+ * running statistics and num_batches_tracked are copied. Heads (head.*, aux_head.*): TL_HEAD_KEEP copies
+ * them (the class counts must be equal); TL_HEAD_REINIT draws them afresh (weights truncated normal with
+ * std 0.02, bias 0, from seed, as the official fine-tuning does); TL_HEAD_MATCH copies row class_map[k] of
+ * src into row k of dst where class_map[k] >= 0 (class_map has dst's num_classes entries, each -1 or a
+ * source class) and draws the other rows afresh. dst's gradients, AdamW moments and step counter are
+ * zeroed. rep may be NULL. */
+int tl_model_init_from(tl_model *dst, const tl_model *src, tl_head_mode head, const int *class_map, uint64_t seed,
+                       tl_init_report *rep, char *err, size_t errlen);
+
+/* What trains. TL_FREEZE_STEM freezes the patch embedding (the convolutional stem, its BatchNorm layers
+ * and the patch projection): its BatchNorm then normalises with its running statistics, which stay
+ * unchanged (as timm's FrozenBatchNorm2d), and backward computes nothing for it. TL_FREEZE_TRUNK freezes
+ * everything but head.* and aux_head.* (the stem as above, class token, position embedding, blocks, final
+ * norm): backward stops at the heads. Frozen tensors get no gradient, no AdamW update and no weight
+ * decay; their values stay bit-identical. -1 with a message for an inference model or an unknown value. */
+typedef enum { TL_FREEZE_NONE = 0, TL_FREEZE_STEM = 1, TL_FREEZE_TRUNK = 2 } tl_freeze;
+int tl_model_set_freeze(tl_model *m, tl_freeze f, char *err, size_t errlen);
+tl_freeze tl_model_freeze(const tl_model *m);
+
+/* Layer-wise learning-rate decay with timm's semantics (param_groups_layer_decay, depth L): head.*,
+ * aux_head.* and the final norm get lr x 1, block i (0-based) lr x decay^(L - i), and the patch embedding,
+ * class token and position embedding lr x decay^(L + 1). decay in (0, 1]; 1 turns it off (every
+ * tl_tensor.lr_scale 1). -1 with a message otherwise. */
+int tl_model_set_layer_decay(tl_model *m, float decay, char *err, size_t errlen);
 
 /* ---- optimizer ---- */
 typedef struct {

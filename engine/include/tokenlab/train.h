@@ -48,8 +48,21 @@ typedef struct {
     double seconds;
 } tl_eval_report;
 
+/* Where a fine-tuning job started from (model.init), reported once, on a fresh start. */
+typedef struct {
+    char weights[PATH_MAX];   /* the source file */
+    int from_ema;             /* its EMA weights were loaded */
+    int64_t source_step;      /* the source's "tokenlab.step" metadata, -1 when absent */
+    tl_config source_cfg;
+    tl_head_mode head;        /* the mode used */
+    int classes_matched;      /* TL_HEAD_MATCH: target classes found in the source */
+    tl_init_report rep;       /* position-embedding resize, head rows kept and new */
+} tl_init_info;
+
 typedef struct {
     void (*on_start)(int64_t start_step, int64_t total_steps, void *user); /* after resume is known */
+    /* model.init on a fresh start: after the source is loaded and adapted, before the step-0 evaluation */
+    void (*on_init)(const tl_init_info *info, void *user);
     void (*on_step)(const tl_step_report *r, void *user);
     void (*on_eval)(const tl_eval_report *r, void *user);
     /* Called before a checkpoint is written: whatever must be durable when the
