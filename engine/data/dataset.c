@@ -21,7 +21,14 @@
  * and val/ splits of one dataset share it): "folder<TAB>readable name[<TAB>...]" per
  * line; the first line is a header if its first field is not a class folder;
  * lines naming unknown folders are ignored; classes it does not name keep
- * their folder name.
+ * their folder name. When the header names a column "imagenet_index"
+ * (ImageNet's classes.tsv: wnid<TAB>name<TAB>imagenet_index), that column
+ * gives each class its ImageNet-1k index (tl_dataset_class_imagenet_index),
+ * which fine-tuning uses to match a 1000-class source's head rows; a value
+ * that is not a plain integer in 0..999999 counts as absent (-1).
+ *
+ * tl_dataset_count_classes counts the class folders as tl_dataset_open does,
+ * without listing their images (the job-spec checks use it).
  */
 #include "tokenlab/dataset.h"
 #include "tokenlab/base.h"
@@ -43,6 +50,7 @@ struct tl_dataset {
     int nclass;
     char **folder; /* sorted */
     char **name;   /* owned; equal to folder's text when classes.tsv has none */
+    int *imagenet; /* classes.tsv's imagenet_index column, -1 where absent */
     int n;
     size_t *off; /* relpath i = arena + off[i] */
     int *label;
@@ -143,6 +151,32 @@ static int find_class(const tl_dataset *d, const char *folder) {
     return -1;
 }
 
+#define TSV_MAX_COLS 16
+
+/* Splits line at tabs in place into at most TSV_MAX_COLS fields (the last keeps any further tabs);
+ * returns the count (>= 1). */
+static int split_tabs(char *line, char **field) {
+    int n = 0;
+    field[n++] = line;
+    for (char *p = line; *p && n < TSV_MAX_COLS; p++) {
+        if (*p != '\t') continue;
+        *p = '\0';
+        field[n++] = p + 1;
+    }
+    return n;
+}
+
+/* A plain decimal integer in 0..999999, else -1. */
+static int parse_index(const char *s) {
+    if (!*s || strlen(s) > 6) return -1;
+    int v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        v = v * 10 + (*s - '0');
+    }
+    return v;
+}
+
 /* Reads classes.tsv from root, else from root's parent (the usual place
  * when root is a split: <dataset>/classes.tsv beside train/ and val/);
  * 0 on success or absence. */
@@ -169,29 +203,31 @@ static int read_classes_tsv(tl_dataset *d, char *err, size_t errlen) {
     fclose(f);
     f = NULL;
     /* A first line naming no folder (a header) and later lines naming unknown
-     * folders are both simply skipped. */
+     * folders are both simply skipped; the header only tells which column, if
+     * any, is imagenet_index. */
     char *line = text;
+    int first = 1, inet_col = -1;
     while (line && *line) {
         char *nl = strchr(line, '\n');
         if (nl) *nl = '\0';
         size_t ll = strlen(line);
         if (ll && line[ll - 1] == '\r') line[--ll] = '\0';
         if (ll) {
-            char *tab = strchr(line, '\t');
-            char *nm = NULL;
-            if (tab) {
-                *tab = '\0';
-                nm = tab + 1;
-                char *tab2 = strchr(nm, '\t');
-                if (tab2) *tab2 = '\0';
+            char *field[TSV_MAX_COLS];
+            int nf = split_tabs(line, field);
+            int c = find_class(d, field[0]);
+            if (first && c < 0) {
+                for (int i = 1; i < nf; i++)
+                    if (strcmp(field[i], "imagenet_index") == 0) inet_col = i;
             }
-            int c = find_class(d, line);
-            if (c >= 0 && nm && *nm) {
-                char *dup = strdup(nm);
+            first = 0;
+            if (c >= 0 && nf > 1 && field[1][0]) {
+                char *dup = strdup(field[1]);
                 if (!dup) FAIL("%s: out of memory", path);
                 free(d->name[c]);
                 d->name[c] = dup;
             }
+            if (c >= 0 && inet_col > 0 && inet_col < nf) d->imagenet[c] = parse_index(field[inet_col]);
         }
         line = nl ? nl + 1 : NULL;
     }
@@ -234,7 +270,9 @@ tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen) {
     d->nclass = (int)classes.n;
     d->folder = calloc(classes.n, sizeof *d->folder);
     d->name = calloc(classes.n, sizeof *d->name);
-    if (!d->folder || !d->name) FAIL("dataset: out of memory");
+    d->imagenet = malloc(classes.n * sizeof *d->imagenet);
+    if (!d->folder || !d->name || !d->imagenet) FAIL("dataset: out of memory");
+    for (size_t c = 0; c < classes.n; c++) d->imagenet[c] = -1;
     for (size_t c = 0; c < classes.n; c++) {
         d->folder[c] = strdup(classes.buf + classes.off[c]);
         if (!d->folder[c]) FAIL("dataset: out of memory");
@@ -307,6 +345,7 @@ void tl_dataset_free(tl_dataset *d) {
     }
     free(d->folder);
     free(d->name);
+    free(d->imagenet);
     free(d->off);
     free(d->label);
     free(d->arena);
@@ -324,6 +363,23 @@ const char *tl_dataset_class_folder(const tl_dataset *d, int c) {
 
 const char *tl_dataset_class_name(const tl_dataset *d, int c) {
     return d && c >= 0 && c < d->nclass ? d->name[c] : NULL;
+}
+
+int tl_dataset_class_imagenet_index(const tl_dataset *d, int c) {
+    return d && c >= 0 && c < d->nclass ? d->imagenet[c] : -1;
+}
+
+int tl_dataset_count_classes(const char *root, char *err, size_t errlen) {
+    if (!root || !*root) return tl_seterr(err, errlen, "dataset: no root folder given");
+    DIR *dir = opendir(root);
+    if (!dir) return tl_seterr(err, errlen, "dataset root %s: %s", root, strerror(errno));
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.' && entry_kind(root, e) == 1 && n < INT_MAX) n++;
+    closedir(dir);
+    if (n == 0) return tl_seterr(err, errlen, "dataset root %s: no class folders", root);
+    return n;
 }
 
 const char *tl_dataset_relpath(const tl_dataset *d, int i) {
