@@ -11,6 +11,15 @@
  * linear in the size of the document (duplicate and unknown keys are found
  * with per-field flags, never by comparing members pairwise).
  *
+ * model.init (fine-tuning): the source is named, never given as a path (a
+ * registered model, or a job id and one of its checkpoints); the caller
+ * resolves it to a file and calls tl_jobspec_apply_init with that file's
+ * configuration, which merges it into the spec: the architecture comes from
+ * the source, the spec may change only img_size, num_classes and the
+ * drop-path rate. Which model fields a spec gave is kept as bits
+ * (tl_jobspec_model_field, jobspec.h) so that the merge can tell a given
+ * value from an absent one.
+ *
  * Dataset paths: with a data root they must be relative, without "..", and
  * must resolve (realpath, so following symlinks) inside the root's realpath
  * (tl_path_confine, files.h); without one they are resolved against the
@@ -21,6 +30,7 @@
  */
 #include "tokenlab/jobspec.h"
 #include "jobs/jobspec_internal.h"
+#include "tokenlab/dataset.h"
 #include "tokenlab/files.h"
 
 #include <cjson/cJSON.h>
@@ -168,6 +178,7 @@ typedef enum {
     R_UNIT_OPEN, /* [0, 1) */
     R_PROB,      /* [0, 1] */
     R_EMA,       /* 0, or (0, 1): i.e. [0, 1) with its own message */
+    R_UNIT_HALF, /* (0, 1] */
 } num_rule;
 
 static int check_float(const cJSON *it, const char *ptr, num_rule r, float *out, tl_spec_error *e) {
@@ -190,6 +201,9 @@ static int check_float(const cJSON *it, const char *ptr, num_rule r, float *out,
     case R_EMA:
         if (!(v >= 0.0 && v < 1.0) || !(f < 1.0f))
             return tl_spec_fail(e, ptr, "must be 0 (off) or a number in (0, 1), got %.9g", v);
+        break;
+    case R_UNIT_HALF:
+        if (!(v > 0.0 && v <= 1.0) || !(f > 0.0f)) return tl_spec_fail(e, ptr, "must be a number in (0, 1], got %.9g", v);
         break;
     }
     *out = f;
@@ -221,10 +235,150 @@ static int check_members(const cJSON *o, const char *ptr, const char *const *nam
 
 /* ------------------------------------------------------------------ model */
 
+/* In tl_jobspec_model_field order (jobspec.h), then "init", which is no config field. */
 static const char *const MODEL_FIELDS[] = {"preset",      "img_size", "patch_size",    "embed_dim",
                                            "depth",       "num_heads", "mlp_ratio",    "stem_channels",
-                                           "skip_lam",    "num_classes", "drop_path_rate"};
+                                           "skip_lam",    "num_classes", "drop_path_rate", "init"};
 #define N_MODEL (int)(sizeof MODEL_FIELDS / sizeof MODEL_FIELDS[0])
+#define MF_INIT TL_MF_COUNT
+_Static_assert(N_MODEL == TL_MF_COUNT + 1, "MODEL_FIELDS follows tl_jobspec_model_field, then init");
+
+/* Reports a tl_config_validate message ("field: rule") at /model/field, else at /model. */
+static int config_fail(tl_spec_error *e, const char *msg) {
+    const char *colon = strstr(msg, ": ");
+    if (colon) {
+        char field[64];
+        size_t fl = (size_t)(colon - msg);
+        if (fl < sizeof field) {
+            memcpy(field, msg, fl);
+            field[fl] = '\0';
+            int f = field_index(MODEL_FIELDS, N_MODEL, field);
+            if (f > 0 && f < TL_MF_COUNT) {
+                char p[96];
+                snprintf(p, sizeof p, "/model/%s", field);
+                return tl_spec_fail(e, p, "%s", colon + 2);
+            }
+        }
+    }
+    return tl_spec_fail(e, "/model", "%s", msg);
+}
+
+/* With model.init the fields are checked one by one (their combination only once the source is known,
+ * in tl_jobspec_apply_init); the limits and wording are tl_config_validate's. */
+static int check_model_field(int f, const tl_config *c, const char *p, tl_spec_error *e) {
+    switch (f) {
+    case TL_MF_IMG_SIZE:
+        if (c->img_size < 1 || c->img_size > 4096) return tl_spec_fail(e, p, "must be in 1..4096, got %d", c->img_size);
+        break;
+    case TL_MF_PATCH_SIZE:
+        if (c->patch_size <= 0) return tl_spec_fail(e, p, "must be positive, got %d", c->patch_size);
+        if (c->patch_size % 2) return tl_spec_fail(e, p, "must be even (the stem has stride 2), got %d", c->patch_size);
+        break;
+    case TL_MF_EMBED_DIM:
+        if (c->embed_dim < 1 || c->embed_dim > 16384) return tl_spec_fail(e, p, "must be in 1..16384, got %d", c->embed_dim);
+        break;
+    case TL_MF_DEPTH:
+        if (c->depth < 1 || c->depth > 256) return tl_spec_fail(e, p, "must be in 1..256, got %d", c->depth);
+        break;
+    case TL_MF_NUM_HEADS:
+        if (c->num_heads <= 0) return tl_spec_fail(e, p, "must be positive, got %d", c->num_heads);
+        break;
+    case TL_MF_MLP_RATIO:
+        if (!(c->mlp_ratio > 0.0f && c->mlp_ratio <= 64.0f))
+            return tl_spec_fail(e, p, "must be in (0, 64], got %g", (double)c->mlp_ratio);
+        break;
+    case TL_MF_STEM_CHANNELS:
+        if (c->stem_channels < 1 || c->stem_channels > 16384)
+            return tl_spec_fail(e, p, "must be in 1..16384, got %d", c->stem_channels);
+        break;
+    case TL_MF_SKIP_LAM:
+        if (!(c->skip_lam > 0.0f)) return tl_spec_fail(e, p, "must be positive, got %g", (double)c->skip_lam);
+        break;
+    case TL_MF_NUM_CLASSES:
+        if (c->num_classes < 1 || c->num_classes > 100000)
+            return tl_spec_fail(e, p, "must be in 1..100000, got %d", c->num_classes);
+        break;
+    case TL_MF_DROP_PATH_RATE:
+        if (!(c->drop_path_rate >= 0.0f && c->drop_path_rate < 1.0f))
+            return tl_spec_fail(e, p, "must be in [0, 1), got %g", (double)c->drop_path_rate);
+        break;
+    default: break;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ model.init */
+
+static const char *const INIT_FIELDS[] = {"model", "job_id", "checkpoint", "ema", "head"};
+#define N_INIT (int)(sizeof INIT_FIELDS / sizeof INIT_FIELDS[0])
+
+/* A registered model's name: 1..64 characters of [A-Za-z0-9._-]. */
+static int model_name_ok(const char *n) {
+    size_t l = strlen(n);
+    if (l < 1 || l > 64) return 0;
+    for (size_t i = 0; i < l; i++) {
+        char c = n[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_init(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
+    const char *P = "/model/init";
+    if (get_object(o, P, e)) return -1;
+    const cJSON *seen[N_INIT];
+    if (check_members(o, P, INIT_FIELDS, N_INIT, seen, e)) return -1;
+    s->init = 1;
+    s->init_model[0] = '\0';
+    s->init_job = 0;
+    snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "best");
+    s->init_ema = -1;
+    s->init_head = -1;
+    if (seen[0]) {
+        const char *n = "";
+        if (get_string(seen[0], "/model/init/model", &n, e)) return -1;
+        if (!model_name_ok(n))
+            return tl_spec_fail(e, "/model/init/model", "must be a model name: 1..64 characters of A-Z a-z 0-9 . _ -");
+        snprintf(s->init_model, sizeof s->init_model, "%s", n);
+    }
+    double v = 0.0;
+    if (seen[1]) {
+        if (get_int(seen[1], "/model/init/job_id", 1, SEED_MAX, "in 1..9007199254740991 (a job id)", &v, e)) return -1;
+        s->init_job = (int64_t)v;
+    }
+    if (seen[2]) {
+        const cJSON *it = seen[2];
+        const char *want = "must be \"best\", \"last\" or a step (an integer >= 0)";
+        if (cJSON_IsString(it) && it->valuestring) {
+            if (strcmp(it->valuestring, "best") != 0 && strcmp(it->valuestring, "last") != 0)
+                return tl_spec_fail(e, "/model/init/checkpoint", "%s", want);
+            snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "%s", it->valuestring);
+        } else {
+            if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble != floor(it->valuedouble) ||
+                it->valuedouble < 0 || it->valuedouble > SEED_MAX)
+                return tl_spec_fail(e, "/model/init/checkpoint", "%s", want);
+            snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "%lld", (long long)it->valuedouble);
+        }
+    }
+    if (seen[3] && get_bool(seen[3], "/model/init/ema", &s->init_ema, e)) return -1;
+    if (seen[4]) {
+        const char *h = "";
+        if (get_string(seen[4], "/model/init/head", &h, e)) return -1;
+        if (strcmp(h, "reinit") == 0) s->init_head = TL_HEAD_REINIT;
+        else if (strcmp(h, "keep") == 0) s->init_head = TL_HEAD_KEEP;
+        else if (strcmp(h, "match") == 0) s->init_head = TL_HEAD_MATCH;
+        else return tl_spec_fail(e, "/model/init/head", "must be one of \"reinit\", \"keep\", \"match\"");
+    }
+    if (seen[0] && seen[1])
+        return tl_spec_fail(e, P, "give exactly one source: \"model\" (a registered model) or \"job_id\", not both");
+    if (!seen[0] && !seen[1])
+        return tl_spec_fail(e, P, "give exactly one source: \"model\" (a registered model) or \"job_id\"");
+    if (seen[2] && seen[0])
+        return tl_spec_fail(e, "/model/init/checkpoint", "only with \"job_id\" (a registered model has one set of weights)");
+    return 0;
+}
 
 static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
     const char *P = "/model";
@@ -234,6 +388,17 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
     tl_config c;
     memset(&c, 0, sizeof c);
     s->preset[0] = '\0';
+    s->init_model_fields = 0;
+    for (int f = 0; f < TL_MF_COUNT; f++)
+        if (seen[f]) s->init_model_fields |= 1u << f;
+    int init = seen[MF_INIT] != NULL;
+    if (init) {
+        if (parse_init(seen[MF_INIT], s, e)) return -1;
+        if (seen[0])
+            return tl_spec_fail(e, "/model/preset",
+                                "not with model.init: the architecture comes from the source (give only the fields "
+                                "to change: img_size, num_classes, drop_path_rate)");
+    }
     if (seen[0]) {
         const char *name = "";
         if (get_string(seen[0], "/model/preset", &name, e)) return -1;
@@ -249,11 +414,11 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
         }
         snprintf(s->preset, sizeof s->preset, "%s", name);
     }
-    for (int f = 1; f < N_MODEL; f++) {
+    for (int f = 1; f < TL_MF_COUNT; f++) {
         char p[64];
         snprintf(p, sizeof p, "/model/%s", MODEL_FIELDS[f]);
         if (!seen[f]) {
-            if (!seen[0]) return tl_spec_fail(e, p, "required (or give a preset)");
+            if (!seen[0] && !init) return tl_spec_fail(e, p, "required (or give a preset, or model.init)");
             continue;
         }
         const char *n = MODEL_FIELDS[f];
@@ -282,27 +447,92 @@ static int parse_model(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
             else if (strcmp(n, "stem_channels") == 0) c.stem_channels = iv;
             else c.num_classes = iv;
         }
+        if (init && check_model_field(f, &c, p, e)) return -1;
+    }
+    if (init) { /* the rest comes from the source (tl_jobspec_apply_init) */
+        s->model = c;
+        return 0;
     }
     char msg[TL_ERR_LEN] = "";
-    if (tl_config_validate(&c, msg, sizeof msg) != 0) {
-        /* "field: rule" -> /model/field, "rule". */
-        const char *colon = strstr(msg, ": ");
-        if (colon) {
-            char field[64];
-            size_t fl = (size_t)(colon - msg);
-            if (fl < sizeof field) {
-                memcpy(field, msg, fl);
-                field[fl] = '\0';
-                if (field_index(MODEL_FIELDS, N_MODEL, field) > 0) {
-                    char p[96];
-                    snprintf(p, sizeof p, "/model/%s", field);
-                    return tl_spec_fail(e, p, "%s", colon + 2);
-                }
-            }
-        }
-        return tl_spec_fail(e, P, "%s", msg);
-    }
+    if (tl_config_validate(&c, msg, sizeof msg) != 0) return config_fail(e, msg); /* "field: rule" -> /model/field */
     s->model = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ merging the source (tl_jobspec_apply_init) */
+
+int tl_jobspec_apply_init(tl_train_spec *s, const tl_config *src, tl_spec_error *e) {
+    if (e) e->pointer[0] = e->message[0] = '\0';
+    if (!s || !s->init) return 0;
+    if (!src) return tl_spec_fail(e, "/model/init", "no source configuration");
+    char msg[TL_ERR_LEN] = "";
+    if (tl_config_validate(src, msg, sizeof msg) != 0)
+        return tl_spec_fail(e, "/model/init", "the source's configuration is not valid: %s", msg);
+    unsigned given = s->init_model_fields;
+    const tl_config *sp = &s->model;
+    /* The architecture: what the spec gives must be the source's. */
+    static const int ARCH[] = {TL_MF_PATCH_SIZE, TL_MF_EMBED_DIM, TL_MF_DEPTH,   TL_MF_NUM_HEADS,
+                               TL_MF_MLP_RATIO,  TL_MF_STEM_CHANNELS, TL_MF_SKIP_LAM};
+    for (size_t i = 0; i < sizeof ARCH / sizeof ARCH[0]; i++) {
+        int f = ARCH[i];
+        if (!(given & (1u << f))) continue;
+        char a[32], b[32];
+        int differ;
+        switch (f) {
+        case TL_MF_MLP_RATIO:
+            differ = sp->mlp_ratio != src->mlp_ratio;
+            snprintf(a, sizeof a, "%g", (double)src->mlp_ratio);
+            snprintf(b, sizeof b, "%g", (double)sp->mlp_ratio);
+            break;
+        case TL_MF_SKIP_LAM:
+            differ = sp->skip_lam != src->skip_lam;
+            snprintf(a, sizeof a, "%g", (double)src->skip_lam);
+            snprintf(b, sizeof b, "%g", (double)sp->skip_lam);
+            break;
+        default: {
+            int x = f == TL_MF_PATCH_SIZE ? src->patch_size : f == TL_MF_EMBED_DIM ? src->embed_dim
+                    : f == TL_MF_DEPTH    ? src->depth      : f == TL_MF_NUM_HEADS ? src->num_heads
+                                                            : src->stem_channels;
+            int y = f == TL_MF_PATCH_SIZE ? sp->patch_size : f == TL_MF_EMBED_DIM ? sp->embed_dim
+                    : f == TL_MF_DEPTH    ? sp->depth      : f == TL_MF_NUM_HEADS ? sp->num_heads
+                                                           : sp->stem_channels;
+            differ = x != y;
+            snprintf(a, sizeof a, "%d", x);
+            snprintf(b, sizeof b, "%d", y);
+        }
+        }
+        if (!differ) continue;
+        char p[64];
+        snprintf(p, sizeof p, "/model/%s", MODEL_FIELDS[f]);
+        if (f == TL_MF_PATCH_SIZE)
+            return tl_spec_fail(e, p,
+                                "the source has %s, the spec %s; fine-tuning cannot change the patch size (the patch "
+                                "embedding's weights are made for it)",
+                                a, b);
+        return tl_spec_fail(e, p, "the source has %s, the spec %s; the architecture comes from the source", a, b);
+    }
+    /* What the spec may change. */
+    tl_config c = *src;
+    if (given & (1u << TL_MF_IMG_SIZE)) c.img_size = sp->img_size;
+    if (given & (1u << TL_MF_NUM_CLASSES)) c.num_classes = sp->num_classes;
+    if (given & (1u << TL_MF_DROP_PATH_RATE)) c.drop_path_rate = sp->drop_path_rate;
+    /* Every job's rule: num_classes is the training data's number of classes. */
+    const char *whose = "the spec";
+    if (s->train_dir[0]) {
+        int k = tl_dataset_count_classes(s->train_dir, NULL, 0);
+        if (k > 0) {
+            c.num_classes = k;
+            whose = "the training data";
+        }
+    }
+    if (tl_config_validate(&c, msg, sizeof msg) != 0) return config_fail(e, msg);
+    if (s->init_head == TL_HEAD_KEEP && c.num_classes != src->num_classes)
+        return tl_spec_fail(e, "/model/init/head",
+                            "\"keep\" needs as many classes as the source: the source has %d, %s %d; use "
+                            "\"reinit\" or \"match\"",
+                            src->num_classes, whose, c.num_classes);
+    s->model = c;
+    s->drop_path = c.drop_path_rate;
     return 0;
 }
 
@@ -477,6 +707,8 @@ enum {
     T_LOADER_THREADS,
     T_PREFETCH,
     T_CACHE_MB,
+    T_LAYER_DECAY,
+    T_FREEZE,
     N_TRAIN
 };
 
@@ -504,6 +736,8 @@ static const char *const TRAIN_FIELDS[N_TRAIN] = {
     [T_LOADER_THREADS] = "loader_threads",
     [T_PREFETCH] = "prefetch_batches",
     [T_CACHE_MB] = "cache_mb",
+    [T_LAYER_DECAY] = "layer_decay",
+    [T_FREEZE] = "freeze",
 };
 
 static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
@@ -540,6 +774,7 @@ static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
         case T_DROP_PATH:
             rc = check_float(it, p, R_UNIT_OPEN, &s->drop_path, e);
             have_drop_path = 1;
+            s->init_model_fields |= 1u << TL_MF_DROP_PATH_RATE; /* the job's one rate */
             break;
         case T_EMA: rc = check_float(it, p, R_EMA, &s->ema_decay, e); break;
         case T_SEED:
@@ -577,6 +812,17 @@ static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
             rc = get_int(it, p, 0, 1048576, "in 0..1048576", &v, e);
             if (!rc) s->cache_mb = (int)v;
             break;
+        case T_LAYER_DECAY: rc = check_float(it, p, R_UNIT_HALF, &s->layer_decay, e); break;
+        case T_FREEZE: {
+            const char *m = "";
+            rc = get_string(it, p, &m, e);
+            if (rc) break;
+            if (strcmp(m, "none") == 0) s->freeze = TL_FREEZE_NONE;
+            else if (strcmp(m, "stem") == 0) s->freeze = TL_FREEZE_STEM;
+            else if (strcmp(m, "trunk") == 0) s->freeze = TL_FREEZE_TRUNK;
+            else rc = tl_spec_fail(e, p, "must be one of \"none\", \"stem\", \"trunk\"");
+            break;
+        }
         }
         if (rc) return -1;
     }
@@ -617,6 +863,12 @@ void tl_jobspec_defaults(tl_train_spec *s) {
     s->loader_threads = 0;
     s->prefetch_batches = 4;
     s->cache_mb = 1024;
+    s->layer_decay = 1.0f;
+    s->freeze = TL_FREEZE_NONE;
+    s->init = 0;
+    snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "best");
+    s->init_ema = -1;
+    s->init_head = -1;
 }
 
 static const char *const TOP_FIELDS[] = {"kind", "name", "model", "data", "train"};

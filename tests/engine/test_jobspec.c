@@ -10,7 +10,12 @@
  * right JSON pointer and rule. The schema is walked: every object has
  * additionalProperties false, every property a description and a default;
  * its properties are exactly the parser's fields; each default parses to the
- * parser's own default; required fields, types and bounds agree.
+ * parser's own default; required fields, types and bounds agree. The fields
+ * of model.init have no single default value (one of model/job_id; ema and
+ * head depend on the source): they are listed in NO_DEFAULT, their
+ * descriptions must say so, and they are checked against a spec that has
+ * model.init (INIT_BASE). The fine-tuning rules themselves (model.init,
+ * tl_jobspec_apply_init, class matching) are in test_finetune_job.c.
  * Files live in a fresh folder under $TL_TEST_TMP (or /tmp). Single-threaded.
  */
 #include <limits.h>
@@ -173,6 +178,14 @@ static void assert_spec_equal(const tl_train_spec *a, const tl_train_spec *b) {
     assert_int_equal(a->loader_threads, b->loader_threads);
     assert_int_equal(a->prefetch_batches, b->prefetch_batches);
     assert_int_equal(a->cache_mb, b->cache_mb);
+    assert_true(a->layer_decay == b->layer_decay);
+    assert_int_equal(a->freeze, b->freeze);
+    assert_int_equal(a->init, b->init);
+    assert_string_equal(a->init_model, b->init_model);
+    assert_true(a->init_job == b->init_job);
+    assert_string_equal(a->init_checkpoint, b->init_checkpoint);
+    assert_int_equal(a->init_ema, b->init_ema);
+    assert_int_equal(a->init_head, b->init_head);
 }
 
 /* ------------------------------------------------------------------ accepted */
@@ -603,7 +616,35 @@ static const char *const PARSER_FIELDS[] = {
     "/train/drop_path", "/train/ema_decay", "/train/seed", "/train/threads", "/train/augment",
     "/train/augment/scale", "/train/augment/ratio", "/train/augment/hflip", "/train/augment/randaug",
     "/train/augment/reprob", "/train/augment/crop_pct", "/train/mix", "/train/mix_alpha", "/train/eval_every_epochs",
-    "/train/checkpoint_every_epochs", "/train/loader_threads", "/train/prefetch_batches", "/train/cache_mb", NULL};
+    "/train/checkpoint_every_epochs", "/train/loader_threads", "/train/prefetch_batches", "/train/cache_mb",
+    "/train/layer_decay", "/train/freeze", "/model/init", "/model/init/model", "/model/init/job_id",
+    "/model/init/checkpoint", "/model/init/ema", "/model/init/head", NULL};
+
+/* Properties without a single default value (their descriptions say "no default value"). */
+static const char *const NO_DEFAULT[] = {"/model/init", "/model/init/model", "/model/init/job_id", "/model/init/ema",
+                                         "/model/init/head", NULL};
+/* The base spec for the properties of model.init: a job's checkpoint as the source. */
+#define INIT_BASE "{\"kind\":\"train\",\"name\":\"job\",\"model\":{\"init\":{\"job_id\":1}}," BASE_DATA "}"
+
+static int in_list(const char *const *l, const char *s) {
+    for (; *l; l++)
+        if (strcmp(*l, s) == 0) return 1;
+    return 0;
+}
+
+/* The schema type of a property: "integer", ..., or the first of a list (e.g. ["string", "integer"]). */
+static const char *prop_type(const cJSON *node, int *multi) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(node, "type");
+    *multi = 0;
+    if (cJSON_IsString(t)) return t->valuestring;
+    if (cJSON_IsArray(t) && cJSON_GetArraySize(t) >= 2 && cJSON_IsString(t->child)) {
+        for (const cJSON *x = t->child; x; x = x->next)
+            if (!cJSON_IsString(x)) return NULL;
+        *multi = 1;
+        return t->child->valuestring;
+    }
+    return NULL;
+}
 
 typedef struct {
     char path[128];
@@ -653,8 +694,14 @@ static void walk_schema(const cJSON *node, const char *path) {
         pr->parent = node;
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "description");
         if (!cJSON_IsString(d) || strlen(d->valuestring) < 10) fail_msg("schema %s: no description", pr->path);
-        if (!cJSON_GetObjectItemCaseSensitive(p, "default")) fail_msg("schema %s: no default", pr->path);
-        if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(p, "type"))) fail_msg("schema %s: no type", pr->path);
+        if (in_list(NO_DEFAULT, pr->path)) {
+            if (cJSON_GetObjectItemCaseSensitive(p, "default")) fail_msg("schema %s: listed without a default", pr->path);
+            if (!strstr(d->valuestring, "no default value"))
+                fail_msg("schema %s: the description does not say it has no default value", pr->path);
+        } else if (!cJSON_GetObjectItemCaseSensitive(p, "default"))
+            fail_msg("schema %s: no default", pr->path);
+        int multi;
+        if (!prop_type(p, &multi)) fail_msg("schema %s: no type", pr->path);
         walk_schema(p, pr->path);
     }
 }
@@ -725,31 +772,41 @@ static void test_schema_matches_parser(void **state) {
     }
     assert_int_equal(g_nprops, nfields);
 
-    tl_train_spec minimal, s;
-    parse_ok(MINIMAL, g_root, &minimal);
+    tl_train_spec minimal_plain, minimal_init, s;
+    parse_ok(MINIMAL, g_root, &minimal_plain);
+    parse_ok(INIT_BASE, g_root, &minimal_init);
+    assert_int_equal(minimal_init.init, 1);
     for (int i = 0; i < g_nprops; i++) {
         const prop *p = &g_props[i];
+        int under_init = strncmp(p->path, "/model/init/", 12) == 0;
+        const char *BASE = under_init ? INIT_BASE : MINIMAL;
+        const tl_train_spec *minimal = under_init ? &minimal_init : &minimal_plain;
+        char *json;
+        tl_spec_error e;
         /* Each property set to its schema default parses to the parser's default. */
         const cJSON *def = cJSON_GetObjectItemCaseSensitive(p->node, "default");
-        char *json = spec_with(MINIMAL, p->path, def);
-        tl_spec_error e;
-        if (tl_jobspec_parse(json, g_root, &s, &e) != 0)
-            fail_msg("the schema default of %s is refused (%s: %s): %s", p->path, e.pointer, e.message, json);
-        assert_spec_equal(&s, &minimal);
-        free(json);
+        if (def) {
+            json = spec_with(BASE, p->path, def);
+            if (tl_jobspec_parse(json, g_root, &s, &e) != 0)
+                fail_msg("the schema default of %s is refused (%s: %s): %s", p->path, e.pointer, e.message, json);
+            assert_spec_equal(&s, minimal);
+            free(json);
+        }
 
         /* A value of the wrong type is refused at that pointer. */
-        const char *type = cJSON_GetObjectItemCaseSensitive(p->node, "type")->valuestring;
+        int multi;
+        const char *type = prop_type(p->node, &multi);
         cJSON *bad = NULL;
         const char *want = NULL;
-        if (strcmp(type, "integer") == 0) bad = cJSON_CreateNumber(1.5), want = "must be an integer";
+        if (multi) bad = cJSON_CreateTrue(), want = "must be";
+        else if (strcmp(type, "integer") == 0) bad = cJSON_CreateNumber(1.5), want = "must be an integer";
         else if (strcmp(type, "number") == 0) bad = cJSON_CreateString("1"), want = "must be a number";
         else if (strcmp(type, "boolean") == 0) bad = cJSON_CreateNumber(1), want = "must be a boolean";
         else if (strcmp(type, "string") == 0) bad = cJSON_CreateNumber(1), want = "must be a string";
         else if (strcmp(type, "object") == 0) bad = cJSON_CreateString("x"), want = "must be an object";
         else if (strcmp(type, "array") == 0) bad = cJSON_CreateNumber(1), want = "must be an array of 2 numbers";
         else fail_msg("schema %s: unexpected type %s", p->path, type);
-        json = spec_with(MINIMAL, p->path, bad);
+        json = spec_with(BASE, p->path, bad);
         refused(json, g_root, p->path, want);
         free(json);
         cJSON_Delete(bad);
@@ -761,12 +818,12 @@ static void test_schema_matches_parser(void **state) {
             const cJSON *bv = cJSON_GetObjectItemCaseSensitive(p->node, bounds[b]);
             if (!bv) continue;
             /* (cJSON prints 15 significant digits, so the step grows with x.) */
-            double x = bv->valuedouble,
-                   step = strcmp(type, "integer") == 0 ? fmax(1.0, fabs(x) * 1e-6) : fmax(1e-3, fabs(x) * 1e-3);
+            int integral = strcmp(type, "integer") == 0 || multi;
+            double x = bv->valuedouble, step = integral ? fmax(1.0, fabs(x) * 1e-6) : fmax(1e-3, fabs(x) * 1e-3);
             double outside = b < 2 ? x - step : x + step;
             if (b == 1 || b == 3) outside = x;
             cJSON *o = cJSON_CreateNumber(outside);
-            json = spec_with(MINIMAL, p->path, o);
+            json = spec_with(BASE, p->path, o);
             tl_spec_error e2;
             if (tl_jobspec_parse(json, g_root, &s, &e2) == 0)
                 fail_msg("%s = %.17g (outside its %s) was accepted", p->path, outside, bounds[b]);
@@ -790,7 +847,7 @@ static void test_schema_matches_parser(void **state) {
         /* Enumerations: every listed value is accepted. */
         const cJSON *en = cJSON_GetObjectItemCaseSensitive(p->node, "enum");
         for (const cJSON *v = en ? en->child : NULL; v; v = v->next) {
-            json = spec_with(MINIMAL, p->path, v);
+            json = spec_with(BASE, p->path, v);
             parse_ok(json, g_root, &s);
             free(json);
         }
@@ -807,7 +864,7 @@ static void test_schema_matches_parser(void **state) {
         free(json);
     }
     cJSON_Delete(one);
-    assert_int_equal(g_nobjects, 5); /* the document, model, data, train, augment */
+    assert_int_equal(g_nobjects, 6); /* the document, model, model.init, data, train, augment */
 
     /* The schema's required fields are the parser's. */
     for (int i = 0; i < g_nobjects; i++) {

@@ -29,6 +29,26 @@ typedef struct {
 
 typedef enum { TL_MIX_NONE = 0, TL_MIX_MIXUP = 1, TL_MIX_CUTMIX = 2, TL_MIX_BOTH = 3 } tl_mix_mode;
 
+/* The fields of the spec's "model" object, in the order of the parser's table (jobspec.c MODEL_FIELDS).
+ * Bit (1u << f) of tl_train_spec.init_model_fields is set when /model/<field f> was given, for every
+ * spec (with or without model.init). /train/drop_path sets TL_MF_DROP_PATH_RATE too: it gives the job's
+ * one drop-path rate, which the model's config carries. model.init itself is not a config field and has
+ * no bit (tl_train_spec.init says whether it was given). */
+typedef enum {
+    TL_MF_PRESET = 0,
+    TL_MF_IMG_SIZE,
+    TL_MF_PATCH_SIZE,
+    TL_MF_EMBED_DIM,
+    TL_MF_DEPTH,
+    TL_MF_NUM_HEADS,
+    TL_MF_MLP_RATIO,
+    TL_MF_STEM_CHANNELS,
+    TL_MF_SKIP_LAM,
+    TL_MF_NUM_CLASSES,
+    TL_MF_DROP_PATH_RATE,
+    TL_MF_COUNT
+} tl_jobspec_model_field;
+
 typedef struct {
     char kind[16];                 /* "train" */
     char name[128];
@@ -83,14 +103,24 @@ void tl_jobspec_defaults(tl_train_spec *s);
 /* Parses and validates. data_root: when not NULL, dataset paths must be
  * relative to it (no absolute paths, no "..", no symlink escaping it) and
  * are resolved against it; when NULL, paths are taken as given (relative to
- * the working folder). Checks that the folders and the label-map file exist. */
+ * the working folder). Checks that the folders and the label-map file exist.
+ * With model.init, the model object may omit every other field and may not
+ * name a preset; the fields it gives are checked one by one (type and range)
+ * and kept in out->model, the others are left 0 until tl_jobspec_apply_init
+ * merges the source's configuration (which the caller must call before
+ * tl_train_run; tl_train_run applies it again, which changes nothing). */
 int tl_jobspec_parse(const char *json, const char *data_root, tl_train_spec *out, tl_spec_error *err);
 /* With model.init, the architecture comes from the source: s->model becomes source's configuration with
  * the spec's img_size, num_classes and drop_path_rate where it gives them; any other model field the spec
  * gives that differs from the source is refused at its pointer with both values ("/model/embed_dim: the
  * source has 192, the spec 384; the architecture comes from the source"), and so is a patch_size change.
  * model.init.head "keep" with different class counts is refused at /model/init/head. Without model.init,
- * does nothing. 0, or -1 with e. */
+ * does nothing. 0, or -1 with e.
+ * num_classes: the rule of every job holds ("num_classes is set from the training data's classes when
+ * they differ"): when s->train_dir can be listed, s->model.num_classes becomes its number of class
+ * folders (tl_dataset_count_classes), and that count is what "keep" is checked against. The result is
+ * validated (tl_config_validate, refusals at /model/<field>); s->drop_path becomes the merged rate.
+ * Idempotent: applying it twice against the same source gives the same spec. */
 int tl_jobspec_apply_init(tl_train_spec *s, const tl_config *source, tl_spec_error *e);
 /* "pointer: message" or "message" when the pointer is empty. */
 void tl_spec_error_format(const tl_spec_error *e, char *buf, size_t len);
