@@ -99,7 +99,39 @@ tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, 
 /* Formats a log line (at most 1023 bytes) and hands it to on_log, if any (the job runners' hooks). */
 void tl_hook_vlog(void (*on_log)(const char *msg, void *user), void *user, const char *fmt, va_list ap);
 
-/* Runs (or resumes, when run_dir holds last.safetensors) the job. */
+/* ---- fine-tuning: the training data's classes against a source's (engine/jobs/classmatch.c) ---- */
+
+/* Checkpoint metadata key: a JSON array of the class folder names, in class order. train.c writes it
+ * into every checkpoint (last and best); a fine-tuning job with head "match" reads it from its source. */
+#define TL_META_CLASS_IDS "tokenlab.class_ids"
+
+/* The class map of head "match": map[k] (target_k entries) = the source class of target class k, or -1.
+ * target_ids: the target's class folder names (wnids; entries may be NULL); target_inet: their ImageNet-1k
+ * indices or -1 (may be NULL); source_ids_json: the source's TL_META_CLASS_IDS, or NULL when it has none.
+ * With names, classes match by name. Without, a 1000-class source is ImageNet-1k in index order and
+ * matches through target_inet. Refused (-1 with a message, every map entry -1): no names and not 1000
+ * classes, 1000 classes but no target index, malformed names (not an array of source_k non-empty strings,
+ * a name twice), or no class in common. *matched (may be NULL) receives the count of entries >= 0. */
+int tl_class_match_ids(int target_k, const char *const *target_ids, const int *target_inet, const char *source_ids_json,
+                       int source_k, int *map, int *matched, char *err, size_t errlen);
+/* The same for a training dataset and a source safetensors file with source_k classes (its metadata is
+ * read; the weights are not). map has tl_dataset_num_classes(target) entries. */
+int tl_class_match(const tl_dataset *target, const char *source_path, int source_k, int *map, int *matched, char *err,
+                   size_t errlen);
+/* The dataset's class folder names as the TL_META_CLASS_IDS JSON array; malloc'd (free()), NULL when out
+ * of memory. */
+char *tl_class_ids_json(const tl_dataset *d);
+
+/* Runs (or resumes, when run_dir holds last.safetensors) the job.
+ * Fine-tuning (spec->init, spec->init_weights filled by the caller): a fresh start reads the source's
+ * configuration, merges it (tl_jobspec_apply_init on a copy of the spec), loads the source (its EMA
+ * weights when spec->init_from_ema) into a weights-only model and initialises the job's model from it
+ * (tl_model_init_from: head mode spec->init_head, or keep when the class counts are equal, else reinit;
+ * the class map of tl_class_match for "match"); the EMA starts as a copy, the optimizer fresh. on_init
+ * reports it, and the raw and EMA weights are evaluated once at step 0, before the first step (on_eval,
+ * on_inspect). A resume takes the architecture from its own last.safetensors and never reads the source.
+ * A source that cannot be read or used fails the job with reason CONFIG_ERROR. train.freeze and
+ * train.layer_decay are applied to every job (fresh or resumed) that sets them. */
 tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
                              tl_train_result *res);
 
