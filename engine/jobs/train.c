@@ -13,6 +13,18 @@
  * not, after each evaluation of the raw and of the EMA weights. It draws from
  * its own derived generator and runs eval-mode forwards only, so it changes
  * nothing the training computes. Failing to build it only logs a line.
+ *
+ * Fine-tuning (model.init, see train.h): on a fresh start the spec is copied
+ * and merged with the source's configuration (tl_jobspec_apply_init), the
+ * source is loaded into a weights-only model that lives only until the job's
+ * model has been initialised from it (tl_model_init_from), and the first
+ * evaluation point is step 0. A resumed fine-tuning job is an ordinary resume:
+ * the architecture comes from its own last.safetensors, the source is not
+ * read. train.freeze and train.layer_decay are not in the checkpoint, so they
+ * are applied after the weights are in place on every start, fresh or
+ * resumed; at their defaults (none, 1) nothing is called, a model is built
+ * that way. Every checkpoint carries the training data's class folder names
+ * (TL_META_CLASS_IDS) so that it can be a source with head "match".
  */
 #include "tokenlab/train.h"
 #include "tokenlab/base.h"
@@ -28,6 +40,9 @@
 
 #include "data/loader.h"
 #include "tokenlab/safetensors.h"
+
+static const char *const HEAD_NAMES[] = {"reinit", "keep", "match"};
+static const char *const FREEZE_NAMES[] = {"none", "stem", "trunk"};
 
 #define WINDOW 20 /* steps over which images/s and data wait are measured */
 
@@ -48,6 +63,10 @@ typedef struct {
     int64_t total;
     float *t_mix;           /* (B,K) class targets mixed by image-level mixup/cutmix */
     double best;            /* best top-1 so far, -1 none */
+    char *class_ids;        /* TL_META_CLASS_IDS of the training data */
+    tl_train_spec *own_spec;/* fine-tuning: the caller's spec merged with the source (r->spec points here) */
+    tl_config src_cfg;      /* fine-tuning: the source's configuration */
+    int init_now;           /* fine-tuning, fresh start: initialise from the source, evaluate at step 0 */
 } run;
 
 static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -104,7 +123,8 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
     if (path_join(path, sizeof path, r->run_dir, name) != 0) return -1;
     snprintf(best, sizeof best, "%.6f", r->best);
     snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
-    const char *meta[] = {"tokenlab.best_top1", best, "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name, NULL};
+    const char *meta[] = {"tokenlab.best_top1", best,          "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name,
+                          TL_META_CLASS_IDS,    r->class_ids, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
     if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
     if (tl_checkpoint_save(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
@@ -221,14 +241,51 @@ off:
     }
 }
 
+/* Fine-tuning: the spec the job runs, a copy of the caller's (r->spec then points to it). Fresh start:
+ * merged with the source's configuration, r->init_now set. Resume: the architecture of last.safetensors. */
+static tl_train_status init_spec(run *r) {
+    char err[TL_ERR_LEN], last[4096];
+    r->own_spec = malloc(sizeof *r->own_spec);
+    if (!r->own_spec) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    *r->own_spec = *r->spec;
+    r->spec = r->own_spec;
+    tl_train_spec *c = r->own_spec;
+    if (path_join(last, sizeof last, r->run_dir, "last.safetensors") != 0)
+        return fail(r, "IO_ERROR", "run folder path too long: %s", r->run_dir);
+    if (access(last, F_OK) == 0) {
+        tl_config lc;
+        if (tl_checkpoint_config(last, &lc, err, sizeof err) != 0) return fail(r, "IO_ERROR", "cannot resume: %s", err);
+        c->model = lc;
+        c->drop_path = lc.drop_path_rate;
+        return TL_TRAIN_SUCCEEDED;
+    }
+    if (!c->init_weights[0]) return fail(r, "CONFIG_ERROR", "model.init: no source file was given to the job");
+    if (tl_checkpoint_config(c->init_weights, &r->src_cfg, err, sizeof err) != 0)
+        return fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", c->init_weights, err);
+    tl_spec_error se;
+    if (tl_jobspec_apply_init(c, &r->src_cfg, &se) != 0) {
+        char msg[1024];
+        tl_spec_error_format(&se, msg, sizeof msg);
+        return fail(r, "CONFIG_ERROR", "model.init: %s", msg);
+    }
+    r->init_now = 1;
+    return TL_TRAIN_SUCCEEDED;
+}
+
 static tl_train_status setup(run *r) {
-    const tl_train_spec *s = r->spec;
     char err[TL_ERR_LEN];
     if (mkdir(r->run_dir, 0755) != 0 && errno != EEXIST)
         return fail(r, "IO_ERROR", "cannot create run folder %s: %s", r->run_dir, strerror(errno));
+    if (r->spec->init) {
+        tl_train_status st = init_spec(r);
+        if (st != TL_TRAIN_SUCCEEDED) return st;
+    }
+    const tl_train_spec *s = r->spec;
     r->train_ds = tl_dataset_open(s->train_dir, err, sizeof err);
     if (!r->train_ds) return fail(r, "DATA_ERROR", "training data: %s", err);
     int K = tl_dataset_num_classes(r->train_ds);
+    r->class_ids = tl_class_ids_json(r->train_ds);
+    if (!r->class_ids) return fail(r, "OUT_OF_MEMORY", "out of memory");
     if (s->val_dir[0]) {
         r->val_ds = tl_dataset_open(s->val_dir, err, sizeof err);
         if (!r->val_ds) return fail(r, "DATA_ERROR", "validation data: %s", err);
@@ -288,12 +345,133 @@ static tl_train_status setup(run *r) {
     return TL_TRAIN_SUCCEEDED;
 }
 
+/* Fine-tuning, fresh start: loads the source into a weights-only model, initialises the job's model from
+ * it and reports on_init. 0, or -1 with the job failed. */
+static int init_from_source(run *r) {
+    const tl_train_spec *s = r->spec;
+    char err[TL_ERR_LEN];
+    int K = r->cfg.num_classes, Ks = r->src_cfg.num_classes, rc = -1;
+    int *map = NULL;
+    tl_model *src = NULL;
+    tl_st_file *f = NULL;
+    tl_init_info *info = calloc(1, sizeof *info);
+    if (!info) {
+        fail(r, "OUT_OF_MEMORY", "out of memory");
+        goto done;
+    }
+    snprintf(info->weights, sizeof info->weights, "%s", s->init_weights);
+    info->from_ema = s->init_from_ema != 0;
+    info->source_cfg = r->src_cfg;
+    info->source_step = -1;
+    int head = s->init_head >= 0 ? s->init_head : Ks == K ? TL_HEAD_KEEP : TL_HEAD_REINIT;
+    info->head = (tl_head_mode)head;
+    if (head == TL_HEAD_KEEP && Ks != K) {
+        fail(r, "CONFIG_ERROR",
+             "model.init: head \"keep\" needs as many classes as the source: the source has %d, the training data "
+             "%d; use \"reinit\" or \"match\"",
+             Ks, K);
+        goto done;
+    }
+    f = tl_st_open(s->init_weights, err, sizeof err);
+    if (!f) {
+        fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", s->init_weights, err);
+        goto done;
+    }
+    const char *step = tl_st_meta(f, "tokenlab.step");
+    if (step) info->source_step = strtoll(step, NULL, 10);
+    if (head == TL_HEAD_MATCH) {
+        const char **ids = malloc(sizeof *ids * (size_t)K);
+        int *inet = malloc(sizeof *inet * (size_t)K);
+        map = malloc(sizeof *map * (size_t)K);
+        if (!ids || !inet || !map) {
+            free(ids);
+            free(inet);
+            fail(r, "OUT_OF_MEMORY", "out of memory");
+            goto done;
+        }
+        for (int k = 0; k < K; k++) {
+            ids[k] = tl_dataset_class_folder(r->train_ds, k);
+            inet[k] = tl_dataset_class_imagenet_index(r->train_ds, k);
+        }
+        int m = tl_class_match_ids(K, ids, inet, tl_st_meta(f, TL_META_CLASS_IDS), Ks, map, &info->classes_matched,
+                                   err, sizeof err);
+        free(ids);
+        free(inet);
+        if (m != 0) {
+            fail(r, "CONFIG_ERROR", "model.init: %s", err);
+            goto done;
+        }
+    }
+    tl_st_close(f);
+    f = NULL;
+    src = tl_model_new_inference(&r->src_cfg, err, sizeof err);
+    if (!src) {
+        fail(r, "OUT_OF_MEMORY", "model.init: %s", err);
+        goto done;
+    }
+    if (tl_checkpoint_load(src, NULL, s->init_weights, s->init_from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err,
+                           sizeof err) != 0) {
+        fail(r, "CONFIG_ERROR", "model.init: cannot load the %s weights of %s: %s", s->init_from_ema ? "EMA" : "raw",
+             s->init_weights, err);
+        goto done;
+    }
+    if (tl_model_init_from(r->model, src, (tl_head_mode)head, map, s->seed, &info->rep, err, sizeof err) != 0) {
+        fail(r, "CONFIG_ERROR", "model.init: %s", err);
+        goto done;
+    }
+    const tl_config *sc = &r->src_cfg;
+    log_msg(r, "model.init: loaded the %s weights of %s (step %lld; embed_dim %d, depth %d, %d px, %d classes)",
+            info->from_ema ? "EMA" : "raw", s->init_weights, (long long)info->source_step, sc->embed_dim, sc->depth,
+            sc->img_size, Ks);
+    if (head == TL_HEAD_MATCH)
+        log_msg(r, "model.init: head match: %d of %d classes matched the source's, %d initialised afresh",
+                info->classes_matched, K, K - info->classes_matched);
+    else
+        log_msg(r, "model.init: head %s (%d source classes, %d here)", HEAD_NAMES[head], Ks, K);
+    if (info->rep.pos_resized)
+        log_msg(r, "model.init: position embedding resized, grid %d -> %d", info->rep.src_grid, info->rep.dst_grid);
+    else
+        log_msg(r, "model.init: position embedding kept (grid %d)", tl_config_grid(&r->cfg));
+    if (r->hooks && r->hooks->on_init) r->hooks->on_init(info, r->hooks->user);
+    rc = 0;
+done:
+    tl_st_close(f);
+    tl_model_free(src);
+    free(map);
+    free(info);
+    return rc;
+}
+
+/* train.freeze and train.layer_decay (not stored in checkpoints): after the weights are in place. At their
+ * defaults nothing is called (a new model trains every tensor at lr x 1). 0, or -1 with the job failed. */
+static int apply_recipe(run *r) {
+    const tl_train_spec *s = r->spec;
+    char err[TL_ERR_LEN];
+    if (s->freeze != TL_FREEZE_NONE) {
+        if (s->freeze < 0 || s->freeze > TL_FREEZE_TRUNK ||
+            tl_model_set_freeze(r->model, (tl_freeze)s->freeze, err, sizeof err) != 0) {
+            fail(r, "CONFIG_ERROR", "train.freeze: %s", s->freeze < 0 || s->freeze > TL_FREEZE_TRUNK ? "unknown" : err);
+            return -1;
+        }
+        log_msg(r, "train.freeze: %s frozen", FREEZE_NAMES[s->freeze]);
+    }
+    if (s->layer_decay != 1.0f) {
+        if (tl_model_set_layer_decay(r->model, s->layer_decay, err, sizeof err) != 0) {
+            fail(r, "CONFIG_ERROR", "train.layer_decay: %s", err);
+            return -1;
+        }
+        log_msg(r, "train.layer_decay: %g", (double)s->layer_decay);
+    }
+    return 0;
+}
+
 /* Resumes from last.safetensors when the run folder has one; returns the step to start at or -1. */
 static int64_t resume(run *r) {
     char path[4096], err[TL_ERR_LEN];
     if (path_join(path, sizeof path, r->run_dir, "last.safetensors") != 0 || access(path, F_OK) != 0) {
+        if (r->init_now && init_from_source(r) != 0) return -1;
         if (r->ema) tl_model_copy_weights(r->ema, r->model);
-        return 0;
+        return apply_recipe(r) != 0 ? -1 : 0;
     }
     tl_train_state st;
     int flags = TL_CKPT_OPTIM | (r->ema ? TL_CKPT_EMA : 0);
@@ -307,6 +485,7 @@ static int64_t resume(run *r) {
     r->res->best_top1 = r->best;
     tl_st_close(f);
     log_msg(r, "resumed from %s at step %lld", path, (long long)st.step);
+    if (apply_recipe(r) != 0) return -1;
     return st.step;
 }
 
@@ -324,6 +503,8 @@ static void cleanup(run *r) {
     tl_dataset_free(r->train_ds);
     tl_dataset_free(r->val_ds);
     free(r->t_mix);
+    free(r->class_ids);
+    free(r->own_spec);
 }
 
 static tl_train_status loop(run *r, int64_t step) {
@@ -339,6 +520,12 @@ static tl_train_status loop(run *r, int64_t step) {
     int started = 0;
     int64_t done_here = 0;
     if (r->hooks && r->hooks->on_start) r->hooks->on_start(step, r->total, r->hooks->user);
+    if (r->init_now && step == 0) { /* fine-tuning: the first point is where it starts */
+        double t_eval = tl_clock_mono_s();
+        evaluate_all(r, 0, 0);
+        eval_seconds = tl_clock_mono_s() - t_eval;
+        t_prev = tl_clock_mono_s();
+    }
     while (step < r->total) {
         int epoch = (int)(step / r->nb);
         if (!started || step % r->nb == 0) {
