@@ -1,7 +1,19 @@
 /*
- * cmd_run.c: `tokenlabd run SPEC.json [--out DIR] [--weights PATH [--ema]]`,
- * one job in the foreground, without a server: a training job, or an
- * annotate job (the spec's "kind" decides; tl_jobspec_kind).
+ * cmd_run.c: `tokenlabd run SPEC.json [--out DIR] [--weights PATH [--ema]]
+ * [--init FILE [--init-ema] [--init-head MODE]]`, one job in the foreground,
+ * without a server: a training job, or an annotate job (the spec's "kind"
+ * decides; tl_jobspec_kind).
+ *
+ * Fine-tuning from a file (--init): there is no model registry or job store
+ * here, so the source is a safetensors file (a tokenlab checkpoint, or an
+ * official LV-ViT state_dict saved as safetensors, whose config
+ * tl_checkpoint_config infers from the tensor shapes). The spec's model.init
+ * must be absent: this file adds one (as if the spec said "init" with the
+ * --init-head mode), so the model object may give only what changes, and the
+ * parser's rules hold as in the daemon. The file's config is merged with
+ * tl_jobspec_apply_init before the job starts; a bad file, a spec that does
+ * not fit it, or a head that cannot be used is reported with exit status 2.
+ * EMA weights: --init-ema, else the EMA weights when the file holds any.
  *
  * Annotate jobs: there is no model registry here, so the weights come from
  * --weights (a safetensors checkpoint); the spec's source must still be
@@ -21,7 +33,9 @@
  */
 #include "cmd/commands.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +119,19 @@ static void before_checkpoint(int64_t step, void *user) {
 static void on_log(const char *msg, void *user) {
     run_ui *ui = user;
     fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+}
+
+static void on_init(const tl_init_info *in, void *user) {
+    run_ui *ui = user;
+    static const char *const heads[] = {"reinit", "keep", "match"};
+    const char *head = (unsigned)in->head < 3 ? heads[in->head] : "?";
+    printf("%sinit: %s (%s weights", ui->tty ? "\r\033[K" : "", in->weights, in->from_ema ? "EMA" : "raw");
+    if (in->source_step >= 0) printf(", step %lld", (long long)in->source_step);
+    printf("), %d classes, head %s", in->source_cfg.num_classes, head);
+    if (in->head == TL_HEAD_MATCH) printf(" (%d classes matched)", in->classes_matched);
+    if (in->rep.pos_resized) printf(", position embedding grid %d -> %d", in->rep.src_grid, in->rep.dst_grid);
+    printf("\n");
+    fflush(stdout);
 }
 
 static int should_stop(void *user) {
@@ -306,17 +333,88 @@ static int run_annotate(const char *spec_path, const char *json, const char *out
     }
 }
 
+/* ------------------------------------------------------------------ fine-tuning from a file */
+
+/* The spec's text with model.init = {"model": "init-file"[, "head": head]} added, malloc'd; NULL with a
+ * message (exit 2) when the spec already has model.init. A document the parser will refuse anyway (not
+ * JSON, no model object) is returned unchanged, so that its refusal is the usual one. */
+static char *add_init(const char *json, const char *head, char *err, size_t errlen) {
+    cJSON *doc = cJSON_ParseWithOpts(json, NULL, 1);
+    cJSON *model = cJSON_IsObject(doc) ? cJSON_GetObjectItemCaseSensitive(doc, "model") : NULL;
+    char *out = NULL;
+    if (!cJSON_IsObject(model)) {
+        cJSON_Delete(doc);
+        out = strdup(json);
+        if (!out) snprintf(err, errlen, "out of memory");
+        return out;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(model, "init")) {
+        snprintf(err, errlen,
+                 "the spec has model.init (a daemon model or job); with --init FILE the file is the source: "
+                 "leave model.init out (use --init-ema and --init-head for its choices)");
+        goto done;
+    }
+    cJSON *init = cJSON_AddObjectToObject(model, "init");
+    if (!init || !cJSON_AddStringToObject(init, "model", "init-file") ||
+        (head && !cJSON_AddStringToObject(init, "head", head))) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    out = cJSON_PrintUnformatted(doc);
+    if (!out) snprintf(err, errlen, "out of memory");
+done:
+    cJSON_Delete(doc);
+    return out;
+}
+
+/* Fills the spec's source from --init FILE: the file's config merged into the spec, its path and which
+ * weights to load. 0, or -1 with a message (exit 2). */
+static int resolve_init_file(tl_train_spec *spec, const char *file, int want_ema, char *err, size_t errlen) {
+    tl_config src;
+    char e2[TL_ERR_LEN];
+    if (tl_checkpoint_config(file, &src, e2, sizeof e2) != 0) {
+        snprintf(err, errlen, "--init %.400s: %s", file, e2);
+        return -1;
+    }
+    char real[PATH_MAX];
+    errno = 0;
+    if (!realpath(file, real) || strlen(real) >= sizeof spec->init_weights) {
+        snprintf(err, errlen, "--init %.400s: %s", file, strerror(errno ? errno : ENAMETOOLONG));
+        return -1;
+    }
+    snprintf(spec->init_weights, sizeof spec->init_weights, "%s", real);
+    int has_ema = checkpoint_has_ema(file);
+    if (want_ema && !has_ema) {
+        snprintf(err, errlen, "--init %.400s holds no EMA weights (asked for by --init-ema)", file);
+        return -1;
+    }
+    spec->init_from_ema = want_ema || has_ema;
+    tl_spec_error se;
+    if (tl_jobspec_apply_init(spec, &src, &se) != 0) {
+        char msg[1024];
+        tl_spec_error_format(&se, msg, sizeof msg);
+        snprintf(err, errlen, "the spec does not fit --init %.200s: %.760s", file, msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ the command */
 
-#define RUN_USAGE "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"
+#define RUN_USAGE                                                                                                      \
+    "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"                                       \
+    "                              [--init FILE.safetensors [--init-ema] [--init-head reinit|keep|match]]\n"
 
 int cmd_run(int argc, char **argv) {
-    const char *spec_path = NULL, *out = NULL, *weights = NULL;
-    int ema = 0;
+    const char *spec_path = NULL, *out = NULL, *weights = NULL, *init_file = NULL, *init_head = NULL;
+    int ema = 0, init_ema = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
         else if (!strcmp(argv[i], "--ema")) ema = 1;
+        else if (!strcmp(argv[i], "--init") && i + 1 < argc) init_file = argv[++i];
+        else if (!strcmp(argv[i], "--init-ema")) init_ema = 1;
+        else if (!strcmp(argv[i], "--init-head") && i + 1 < argc) init_head = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf(RUN_USAGE
                    "Runs one job in the foreground; the spec's \"kind\" decides which.\n"
@@ -327,7 +425,16 @@ int cmd_run(int argc, char **argv) {
                    "resolved here); --ema annotates with its EMA weights (default: the spec's\n"
                    "source.ema, else the EMA weights when the checkpoint has them). DIR (default\n"
                    "runs/<name>) receives the part files; Ctrl-C writes a part at the current batch\n"
-                   "and the same command resumes; at the end data.out is written.\n");
+                   "and the same command resumes; at the end data.out is written.\n"
+                   "--init FILE (train): fine-tune from FILE, a tokenlab checkpoint or an official\n"
+                   "LV-ViT state_dict saved as safetensors, instead of random weights. The spec's\n"
+                   "model.init must be absent (the file is the source); the model object then gives\n"
+                   "only what changes (img_size, num_classes, drop_path_rate), the rest comes from\n"
+                   "FILE. --init-ema loads FILE's EMA weights (default: them when FILE has any);\n"
+                   "--init-head chooses the heads (default: keep when the class counts are equal,\n"
+                   "else reinit). The job evaluates once at step 0. Resume with the same command.\n"
+                   "Exit status: 0 done, 1 failed, 2 bad usage or a bad --init (unreadable file,\n"
+                   "a spec that does not fit it, a head that cannot be used), 3 stopped.\n");
             return 0;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "tokenlabd run: unknown option %s\n", argv[i]);
@@ -356,6 +463,21 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
         return 1;
     }
+    if ((init_ema || init_head) && !init_file) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --init-ema and --init-head go with --init FILE\n");
+        return 2;
+    }
+    if (init_head && strcmp(init_head, "reinit") && strcmp(init_head, "keep") && strcmp(init_head, "match")) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --init-head must be reinit, keep or match\n");
+        return 2;
+    }
+    if (init_file && strcmp(kind, "train") != 0) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --init is for train specs (annotate specs take --weights)\n");
+        return 2;
+    }
     if (strcmp(kind, "annotate") == 0) {
         int rc = run_annotate(spec_path, json, out, weights, ema);
         free(json);
@@ -371,13 +493,29 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "tokenlabd run: --weights and --ema are for annotate specs\n");
         return 2;
     }
+    if (init_file) {
+        char *with_init = add_init(json, init_head, err, sizeof err);
+        free(json);
+        if (!with_init) {
+            fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+            return 2;
+        }
+        json = with_init;
+    }
     static tl_train_spec spec;
     int rc = tl_jobspec_parse(json, NULL, &spec, &se);
     free(json);
     if (rc != 0) {
         tl_spec_error_format(&se, err, sizeof err);
-        fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
+        fprintf(stderr, "tokenlabd run: %s: %s%s\n", spec_path, err,
+                init_file ? " (with --init, the model object gives only what changes: img_size, num_classes, "
+                            "drop_path_rate)"
+                          : "");
         return 1;
+    }
+    if (init_file && resolve_init_file(&spec, init_file, init_ema, err, sizeof err) != 0) {
+        fprintf(stderr, "tokenlabd run: %s\n", err);
+        return 2;
     }
     run_ui ui = {0};
     if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
@@ -403,7 +541,7 @@ int cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     printf("job %s -> %s (BLAS %s)\n", spec.name, ui.run_dir, tl_blas_corename());
-    tl_train_hooks hooks = {.on_start = on_start, .on_step = on_step, .on_eval = on_eval,
+    tl_train_hooks hooks = {.on_start = on_start, .on_init = on_init, .on_step = on_step, .on_eval = on_eval,
                             .before_checkpoint = before_checkpoint, .on_log = on_log, .should_stop = should_stop,
                             .user = &ui};
     tl_train_result res;
@@ -420,6 +558,6 @@ int cmd_run(int argc, char **argv) {
         return 3;
     default:
         fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
-        return 1;
+        return init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1; /* a bad --init */
     }
 }
