@@ -337,7 +337,7 @@ export function SubmitView({ query }) {
         <div class="row wrap">
           <h1>${from ? `New job from #${from}` : "New training job"}</h1>
           <div class="spacer"></div>
-          <label>start from
+          <label>template
             <select onChange=${(e) => {
               const t = TEMPLATES[e.target.value];
               e.target.value = "";
