@@ -3,8 +3,9 @@
  *
  * Each command is one or two requests and a printout; with --json the
  * server's answer is printed as it came. submit sends the spec file's bytes
- * verbatim (the daemon stores them as submitted) unless --name asks for a
- * change, and always with an Idempotency-Key so its single automatic retry
+ * verbatim (the daemon stores them as submitted) unless --name or --init
+ * asks for a change (--init sets model.init: fine-tuning from a registered
+ * model or a job's checkpoint), and always with an Idempotency-Key so its single automatic retry
  * after a broken connection cannot create a second job.
  */
 #include <cjson/cJSON.h>
@@ -28,22 +29,106 @@
 
 static const char *const STATES[] = {"QUEUED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED"};
 
-/* The spec with its "name" replaced (a new malloc'd text), or NULL after printing why. */
-static char *rename_spec(cli *c, const char *path, const char *spec, size_t len, const char *name) {
+/* "model:NAME" or "job:ID[:best|last|STEP]" (--init) as a model.init object; NULL after a usage message
+ * (*rc = EX_USAGE). The rules are the job spec's: a model name of 1..64 characters of A-Z a-z 0-9 . _ -
+ * starting with a letter or digit, a job id in 1..2^53-1, a step of 1 to 18 digits without a leading 0. */
+static cJSON *parse_init(cli *c, const char *v, int *rc) {
+    static const char *const usage = "--init must be model:NAME or job:ID[:best|last|STEP]; got '%s'";
+    *rc = EX_USAGE;
+    cJSON *o = NULL;
+    if (strncmp(v, "model:", 6) == 0) {
+        const char *n = v + 6;
+        size_t len = strlen(n);
+        int ok = len >= 1 && len <= 64 && strchr(".-_", n[0]) == NULL;
+        for (size_t i = 0; ok && i < len; i++)
+            ok = (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= 'a' && n[i] <= 'z') || (n[i] >= '0' && n[i] <= '9') ||
+                 strchr("._-", n[i]) != NULL;
+        if (!ok) {
+            usage_error(c, "--init model:NAME: NAME must be 1..64 characters of A-Z a-z 0-9 . _ -, starting with a "
+                           "letter or digit; got '%s'", n);
+            return NULL;
+        }
+        if (!(o = cJSON_CreateObject()) || !cJSON_AddStringToObject(o, "model", n)) goto oom;
+    } else if (strncmp(v, "job:", 4) == 0) {
+        char id[32], ck[32] = "";
+        const char *colon = strchr(v + 4, ':');
+        size_t ilen = colon ? (size_t)(colon - (v + 4)) : strlen(v + 4);
+        if (ilen == 0 || ilen >= sizeof id) {
+            usage_error(c, usage, v);
+            return NULL;
+        }
+        memcpy(id, v + 4, ilen);
+        id[ilen] = '\0';
+        char *end;
+        long long n = strtoll(id, &end, 10);
+        if (*end || id[0] < '1' || id[0] > '9' || n < 1 || n > 9007199254740991LL) {
+            usage_error(c, "--init job:ID: ID must be a job id (1..9007199254740991); got '%s'", id);
+            return NULL;
+        }
+        if (colon) {
+            const char *k = colon + 1;
+            size_t klen = strlen(k);
+            int ok = strcmp(k, "best") == 0 || strcmp(k, "last") == 0;
+            if (!ok && klen >= 1 && klen <= 18 && k[0] >= '1' && k[0] <= '9') {
+                ok = 1;
+                for (size_t i = 0; i < klen; i++) ok &= k[i] >= '0' && k[i] <= '9';
+            }
+            if (!ok) {
+                usage_error(c, "--init job:ID:CHECKPOINT: CHECKPOINT must be best, last or a step number; got '%s'", k);
+                return NULL;
+            }
+            snprintf(ck, sizeof ck, "%s", k);
+        }
+        if (!(o = cJSON_CreateObject()) || !cJSON_AddNumberToObject(o, "job_id", (double)n)) goto oom;
+        if (ck[0] && !cJSON_AddStringToObject(o, "checkpoint", ck)) goto oom;
+    } else {
+        usage_error(c, usage, v);
+        return NULL;
+    }
+    *rc = EX_OK;
+    return o;
+oom:
+    cJSON_Delete(o);
+    fprintf(stderr, "tokenlab %s: out of memory\n", c->cmd);
+    *rc = EX_LOCAL;
+    return NULL;
+}
+
+/* Replaces (or adds) o's member key with item (taken over, also on failure); 0 or -1. */
+static int put_member(cJSON *o, const char *key, cJSON *item) {
+    if (!item) return -1;
+    if (cJSON_HasObjectItem(o, key)) return cJSON_ReplaceItemInObjectCaseSensitive(o, key, item) ? 0 : -1;
+    return cJSON_AddItemToObject(o, key, item) ? 0 : -1;
+}
+
+/* The spec with its "name" replaced (name not NULL) and model.init set (init not NULL, taken over): a new
+ * malloc'd text, or NULL after printing why. */
+static char *edit_spec(cli *c, const char *path, const char *spec, size_t len, const char *name, cJSON *init) {
     cJSON *o = cJSON_ParseWithLength(spec, len);
     if (!cJSON_IsObject(o)) {
-        fprintf(stderr, "tokenlab %s: %s is not a JSON object, so --name cannot be applied\n", c->cmd, path);
+        fprintf(stderr, "tokenlab %s: %s is not a JSON object, so %s cannot be applied\n", c->cmd, path,
+                name ? "--name" : "--init");
         cJSON_Delete(o);
+        cJSON_Delete(init);
         return NULL;
     }
-    cJSON *n = cJSON_CreateString(name);
-    if (!n || (cJSON_HasObjectItem(o, "name") ? !cJSON_ReplaceItemInObjectCaseSensitive(o, "name", n)
-                                              : !cJSON_AddItemToObject(o, "name", n))) {
-        cJSON_Delete(o);
-        return NULL;
+    int bad = name && put_member(o, "name", cJSON_CreateString(name)) != 0;
+    if (!bad && init) {
+        cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "model");
+        if (m && !cJSON_IsObject(m)) {
+            fprintf(stderr, "tokenlab %s: %s: \"model\" is not an object, so --init cannot be applied\n", c->cmd, path);
+            cJSON_Delete(o);
+            cJSON_Delete(init);
+            return NULL;
+        }
+        if (!m && !(m = cJSON_AddObjectToObject(o, "model"))) bad = 1;
+        bad = bad || put_member(m, "init", init) != 0;
+        init = NULL;
     }
-    char *out = cJSON_PrintUnformatted(o);
+    cJSON_Delete(init);
+    char *out = bad ? NULL : cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    if (!out) fprintf(stderr, "tokenlab %s: out of memory\n", c->cmd);
     return out;
 }
 
@@ -59,10 +144,11 @@ static void random_key(char *out, size_t len) {
 }
 
 int cmd_submit(cli *c, int argc, char **argv) {
-    const char *name = NULL, *key = NULL;
+    const char *name = NULL, *key = NULL, *init_arg = NULL;
     int wait = 0;
     double interval = 5;
     opt_def defs[] = {{"--name", 0, OPT_STR, &name, 0, 0},
+                      {"--init", 0, OPT_STR, &init_arg, 0, 0},
                       {"--wait", 'w', OPT_FLAG, &wait, 0, 0},
                       {"--idempotency-key", 0, OPT_STR, &key, 0, 0},
                       {"--interval", 0, OPT_NUM, &interval, 0, 3600},
@@ -72,14 +158,19 @@ int cmd_submit(cli *c, int argc, char **argv) {
     if (rc || (rc = opts_count(c, npos, 1, 1))) return rc;
     if (key && (!*key || strlen(key) > 127)) return usage_error(c, "--idempotency-key must be 1..127 characters");
     if (name && !*name) return usage_error(c, "--name must not be empty");
+    cJSON *init = NULL;
+    if (init_arg && !(init = parse_init(c, init_arg, &rc))) return rc;
     size_t len;
     char *spec = files_read(c->cmd, pos[0], SPEC_MAX, &len);
-    if (!spec) return EX_LOCAL;
-    if (name) {
-        char *renamed = rename_spec(c, pos[0], spec, len, name);
+    if (!spec) {
+        cJSON_Delete(init);
+        return EX_LOCAL;
+    }
+    if (name || init) {
+        char *edited = edit_spec(c, pos[0], spec, len, name, init);
         free(spec);
-        if (!renamed) return EX_LOCAL;
-        spec = renamed;
+        if (!edited) return EX_LOCAL;
+        spec = edited;
         len = strlen(spec);
     }
     char keybuf[160], hdr[200];
@@ -257,6 +348,40 @@ static void show_spec(const cJSON *spec) {
     }
 }
 
+/* A checkpoint as the API gives it: "best", "last" or a step number. */
+static void fmt_checkpoint(const cJSON *ck, char *buf, size_t len) {
+    if (cJSON_IsNumber(ck)) snprintf(buf, len, "step %.0f", ck->valuedouble);
+    else snprintf(buf, len, "%s", cJSON_IsString(ck) ? ck->valuestring : "best");
+}
+
+/* "init": where a fine-tuned job starts (Job.init); nothing for a job trained from scratch. */
+static void show_init(const cJSON *in) {
+    if (!cJSON_IsObject(in)) return;
+    char buf[600], ck[48];
+    int n;
+    if (out_jget(in, "model")) {
+        n = snprintf(buf, sizeof buf, "model %s", out_jstr(in, "model", "?"));
+    } else {
+        fmt_checkpoint(out_jget(in, "checkpoint"), ck, sizeof ck);
+        n = snprintf(buf, sizeof buf, "job %.0f, %s checkpoint", out_jnum(in, "job_id", 0), ck);
+    }
+    const cJSON *loaded = out_jget(in, "loaded"), *ema = out_jget(in, "ema"), *pe = out_jget(in, "pos_embed");
+    if (cJSON_IsNumber(out_jget(in, "step")) && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " at step %.0f", out_jnum(in, "step", 0));
+    if (cJSON_IsBool(ema) && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, ", %s weights", cJSON_IsTrue(ema) ? "EMA" : "raw");
+    if (cJSON_IsString(out_jget(in, "head")) && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, ", head %s", out_jstr(in, "head", ""));
+    if (strcmp(out_jstr(in, "head", ""), "match") == 0 && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " (%.0f classes matched)", out_jnum(in, "classes_matched", 0));
+    if (cJSON_IsObject(pe) && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, ", position embedding %.0fx%.0f -> %.0fx%.0f",
+                      out_jnum(pe, "from", 0), out_jnum(pe, "from", 0), out_jnum(pe, "to", 0), out_jnum(pe, "to", 0));
+    if (!cJSON_IsTrue(loaded) && n < (int)sizeof buf)
+        snprintf(buf + n, sizeof buf - (size_t)n, " (asked; not loaded yet)");
+    kv("init", buf);
+}
+
 static void show_checkpoints(cli *c, int64_t id) {
     char path[80];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/checkpoints", (long long)id);
@@ -332,6 +457,7 @@ int cmd_show(cli *c, int argc, char **argv) {
     snprintf(buf, sizeof buf, "%s (ran %s)", a, b);
     kv("ended", out_jnum(j, "ended_ms", 0) > 0 ? buf : "-");
     show_spec(out_jget(j, "spec"));
+    show_init(out_jget(j, "init"));
     const cJSON *m = out_jget(j, "latest_metrics"), *x;
     if (cJSON_IsObject(m) && m->child) {
         printf("latest metrics\n");

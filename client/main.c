@@ -27,9 +27,15 @@ typedef struct {
 } command;
 
 static const command COMMANDS[] = {
-    {"submit", cmd_submit, "submit SPEC.json [--name N] [--wait] [--idempotency-key K]", "submit a training job",
+    {"submit", cmd_submit, "submit SPEC.json [--name N] [--init SOURCE] [--wait] [--idempotency-key K]",
+     "submit a training job",
      "  SPEC.json                 a job spec (schema/jobspec.schema.json); '-' reads it from stdin.\n"
      "  --name N                  use N as the job's name instead of the spec's \"name\".\n"
+     "  --init SOURCE             fine-tune: start from trained weights instead of random ones (sets the spec's\n"
+     "                            model.init, replacing any there). SOURCE is model:NAME (a registered model)\n"
+     "                            or job:ID[:CHECKPOINT] (a finished training job's checkpoint: best, the\n"
+     "                            default, last, or a step number). The architecture then comes from the\n"
+     "                            source; the daemon refuses a source that is missing or still training.\n"
      "  --wait                    follow the job until it ends (a progress bar as in `watch`); the exit\n"
      "                            status is then the job's: 0 SUCCEEDED, 5 FAILED, 6 CANCELLED.\n"
      "  --idempotency-key K       send K as Idempotency-Key: submitting again with the same key returns the\n"
@@ -41,6 +47,7 @@ static const command COMMANDS[] = {
      "  --limit N                 at most N jobs (1..200, default 50).\n"
      "  --cursor ID               jobs older than job ID (the next page; printed when there is one).\n"},
     {"show", cmd_show, "show ID", "a job's state, progress, metrics, history and checkpoints",
+     "  A fine-tuned job also shows where it started (model or job, checkpoint, step, EMA, head, resize).\n"
      "  With --json: the Job object as GET /api/v1/jobs/{id} returns it.\n"},
     {"watch", cmd_watch, "watch ID [--interval S]", "follow a job live until it ends",
      "  Shows a progress bar (epoch, step, loss, learning rate, images/s, ETA) from the job's event stream\n"

@@ -93,6 +93,9 @@ static cJSON *job_json(tld_routes *R, const tld_job *j) {
     if (j->ended_ms) cJSON_AddNumberToObject(o, "ended_ms", (double)j->ended_ms);
     else cJSON_AddNullToObject(o, "ended_ms");
     cJSON_AddNumberToObject(o, "attempt", j->attempt);
+    cJSON *init = tld_lineage_job_init(R->store, j);
+    if (init) cJSON_AddItemToObject(o, "init", init);
+    else cJSON_AddNullToObject(o, "init");
     cJSON *m = cJSON_AddObjectToObject(o, "latest_metrics");
     tld_metric_summary ms[METRIC_NAMES_MAX];
     int n = 0;

@@ -161,24 +161,22 @@ void tld_h_model_list(tld_req *r, void *u) {
     free(s);
 }
 
-void tld_h_model_get(tld_req *r, void *u) {
-    tld_routes *R = u;
-    tld_models_error e;
-    char *s = tld_models_json(R->models, tld_req_param(r, "name"), &e);
-    if (!s) return reply_models_error(r, &e);
-    tld_reply_json(r, 200, s);
-    free(s);
-}
-
+/* One model as JSON with its lineage (lineage.c), replied with status. */
 static void reply_model(tld_req *r, tld_routes *R, const char *name, int status) {
     tld_models_error e;
     char *s = tld_models_json(R->models, name, &e);
     if (!s) return reply_models_error(r, &e);
+    cJSON *o = cJSON_Parse(s);
+    free(s);
+    if (o) cJSON_AddItemToObject(o, "lineage", tld_lineage_model(R->store, name));
     char loc[160];
     snprintf(loc, sizeof loc, "/api/v1/models/%s", name);
     if (status == 201) tld_reply_header(r, "Location", loc);
-    tld_reply_json(r, status, s);
-    free(s);
+    tld_routes_reply_cjson(r, status, o);
+}
+
+void tld_h_model_get(tld_req *r, void *u) {
+    reply_model(r, u, tld_req_param(r, "name"), 200);
 }
 
 /* An optional integer member of a JSON object: 0 absent, 1 found (in *out), -1 replied 422. */

@@ -29,6 +29,7 @@
 #include "tokenlab/annotate.h"
 #include "tokenlab/base.h"
 #include "tokenlab/files.h"
+#include "jobs/init_source.h"
 #include "jobs/inspect_record.h"
 #include "serving/models.h"
 #include "tokenlab/train.h"
@@ -226,6 +227,50 @@ static void h_inspect(const tl_inspect_set *set, const tl_inspect_result *res, i
             (long long)s->id, (long long)step, ema ? "true" : "false");
 }
 
+/* model.init on a fresh start: what was loaded goes into the store (job_inits: the job's "init" and the
+ * lineage of models made from it) and the log. Awaited, so a client that sees the step-0 evaluation finds it. */
+static void h_init(const tl_init_info *info, void *u) {
+    slot *s = u;
+    static const char *const heads[] = {"reinit", "keep", "match"};
+    tld_job_init_row row;
+    memset(&row, 0, sizeof row);
+    if (s->spec.init_model[0]) {
+        snprintf(row.source_kind, sizeof row.source_kind, "model");
+        snprintf(row.source_model, sizeof row.source_model, "%s", s->spec.init_model);
+    } else {
+        snprintf(row.source_kind, sizeof row.source_kind, "job");
+        row.source_job = s->spec.init_job;
+        snprintf(row.checkpoint, sizeof row.checkpoint, "%s", s->spec.init_checkpoint[0] ? s->spec.init_checkpoint : "best");
+    }
+    row.step = info->source_step < 0 ? -1 : info->source_step;
+    row.ema = info->from_ema ? 1 : 0;
+    int h = (int)info->head;
+    snprintf(row.head, sizeof row.head, "%s", h >= 0 && h < 3 ? heads[h] : "reinit");
+    row.classes_matched = info->head == TL_HEAD_MATCH && info->classes_matched > 0 ? info->classes_matched : 0;
+    if (info->rep.pos_resized && info->rep.src_grid > 0 && info->rep.dst_grid > 0) {
+        row.pos_from = info->rep.src_grid;
+        row.pos_to = info->rep.dst_grid;
+    }
+    if (strlen(info->weights) < sizeof row.weights) memcpy(row.weights, info->weights, strlen(info->weights) + 1);
+    else snprintf(row.weights, sizeof row.weights, "(a path longer than %zu bytes)", sizeof row.weights - 1);
+    row.time_ms = tl_clock_wall_ms();
+    char err[512], line[400], src[128], match[48] = "", pos[80] = "";
+    if (row.source_model[0]) snprintf(src, sizeof src, "model %s", row.source_model);
+    else snprintf(src, sizeof src, "job %lld (%s checkpoint)", (long long)row.source_job, row.checkpoint);
+    if (info->head == TL_HEAD_MATCH) snprintf(match, sizeof match, " (%d classes matched)", row.classes_matched);
+    if (row.pos_from)
+        snprintf(pos, sizeof pos, "; position embedding resampled from %dx%d to %dx%d", row.pos_from, row.pos_from,
+                 row.pos_to, row.pos_to);
+    snprintf(line, sizeof line, "started from %s at step %lld, %s weights; head %s%s%s", src, (long long)row.step,
+             row.ema ? "EMA" : "raw", row.head, match, pos);
+    if (tld_store_job_init_put(s->J->store, s->id, &row, err, sizeof err) != 0) {
+        char l2[700];
+        snprintf(l2, sizeof l2, "where the job started was not recorded: %s", err);
+        h_log(l2, u);
+    }
+    h_log(line, u);
+}
+
 static int h_stop(void *u) {
     slot *s = u;
     return atomic_load(&s->stop) != 0;
@@ -297,39 +342,19 @@ static void write_sidecar(tld_jobs *J, const slot *s) {
     free(txt);
 }
 
-/* The weights an annotate job reads: a registered model's file, or a training job's checkpoint. */
+/* The weights an annotate job reads: a registered model's file, or a training job's checkpoint
+ * (the rule of init_source.c, shared with fine-tuning). */
 static int resolve_source(tld_jobs *J, tl_annotate_spec *a, char *msg, size_t len) {
-    char err[512];
-    if (a->source_model[0]) {
-        tld_model_row m;
-        if (tld_store_model_get(J->store, a->source_model, &m, err, sizeof err) != 0) {
-            snprintf(msg, len, "/source/model: no model named %s (%s)", a->source_model, err);
-            return -1;
-        }
-        snprintf(a->weights_path, sizeof a->weights_path, "%s", m.path);
-        a->from_ema = 0; /* a model's file holds the weights it serves */
-        tld_model_row_free(&m);
-        return 0;
-    }
-    tld_job job;
-    if (tld_store_job_get(J->store, a->source_job, &job, err, sizeof err) != 0) {
-        snprintf(msg, len, "/source/job_id: job %lld does not exist", (long long)a->source_job);
+    tld_source src;
+    tl_spec_error se;
+    tld_source_req q = {.prefix = "/source", .model = a->source_model, .job_id = a->source_job,
+                        .checkpoint = a->source_checkpoint, .ema = a->source_ema};
+    if (tld_source_resolve(J->store, &q, &src, &se) != 0) {
+        tl_spec_error_format(&se, msg, len);
         return -1;
     }
-    tld_models_error e;
-    int64_t step;
-    int has_ema, rc = tld_job_checkpoint_file(&job, a->source_checkpoint, a->weights_path, sizeof a->weights_path,
-                                             &step, &has_ema, &e);
-    tld_job_free(&job);
-    if (rc != 0) {
-        snprintf(msg, len, "/source%s: %s", e.pointer, e.detail);
-        return -1;
-    }
-    if (a->source_ema == 1 && !has_ema) {
-        snprintf(msg, len, "/source/ema: the checkpoint holds no EMA weights");
-        return -1;
-    }
-    a->from_ema = a->source_ema < 0 ? has_ema : a->source_ema;
+    snprintf(a->weights_path, sizeof a->weights_path, "%s", src.path);
+    a->from_ema = src.from_ema;
     return 0;
 }
 
@@ -352,7 +377,7 @@ static void *worker_main(void *arg) {
                                 .on_checkpoint = a_checkpoint, .on_log = h_log, .should_stop = h_stop, .user = s};
         st = tl_annotate_run(&s->aspec, s->run_dir, &ah, &res);
     } else {
-        tl_train_hooks hooks = {.on_start = h_start, .on_step = h_step, .on_eval = h_eval,
+        tl_train_hooks hooks = {.on_start = h_start, .on_init = h_init, .on_step = h_step, .on_eval = h_eval,
                                 .before_checkpoint = h_before_checkpoint, .on_checkpoint = h_checkpoint,
                                 .on_log = h_log, .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
         st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
@@ -424,6 +449,10 @@ static int start_job(tld_jobs *J, slot *s, int64_t id) {
     tld_job_free(&job);
     if (!ok) tl_spec_error_format(&se, msg, sizeof msg);
     else if (s->annotate && resolve_source(J, &s->aspec, msg, sizeof msg) != 0) ok = 0;
+    else if (!s->annotate && tld_init_prepare(J->store, &s->spec, NULL, &se) != 0) { /* the source, once more */
+        tl_spec_error_format(&se, msg, sizeof msg);
+        ok = 0;
+    }
     if (transition(J, id, M(TLD_JOB_QUEUED), TLD_JOB_RUNNING, "", s->annotate ? "annotating" : "training") != 0)
         return -1;
     if (!ok) {
@@ -568,29 +597,17 @@ int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t
         rc = a ? tl_annotate_spec_parse(spec_json, J->data_root, a, se) : -1;
         if (!a) snprintf(se->pointer, sizeof se->pointer, "%s", ""), snprintf(se->message, sizeof se->message, "out of memory");
         if (rc == 0) { /* the source must exist now; its checkpoint is resolved when the job starts */
-            char e2[256];
-            tld_model_row m;
-            tld_job job;
-            if (a->source_model[0]) {
-                if (tld_store_model_get(J->store, a->source_model, &m, e2, sizeof e2) != 0) {
-                    snprintf(se->pointer, sizeof se->pointer, "/source/model");
-                    snprintf(se->message, sizeof se->message, "no model named %s", a->source_model);
-                    rc = -1;
-                } else {
-                    tld_model_row_free(&m);
-                }
-            } else if (tld_store_job_get(J->store, a->source_job, &job, e2, sizeof e2) != 0) {
-                snprintf(se->pointer, sizeof se->pointer, "/source/job_id");
-                snprintf(se->message, sizeof se->message, "job %lld does not exist", (long long)a->source_job);
-                rc = -1;
-            } else {
-                tld_job_free(&job);
-            }
+            tld_source src;
+            tld_source_req q = {.prefix = "/source", .model = a->source_model, .job_id = a->source_job,
+                                .exists_only = 1};
+            rc = tld_source_resolve(J->store, &q, &src, se);
         }
         if (a) snprintf(name, sizeof name, "%s", a->name);
         free(a);
     } else if (rc == 0) {
         rc = tl_jobspec_parse(spec_json, J->data_root, spec, se);
+        /* model.init: the source must be there and finished now, with a checkpoint that fits the spec */
+        if (rc == 0) rc = tld_init_prepare(J->store, spec, NULL, se);
         snprintf(name, sizeof name, "%s", spec->name);
     }
     free(spec);

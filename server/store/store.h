@@ -1,8 +1,8 @@
 /*
  * store.h: tokenlabd's SQLite store of jobs, their metrics, logs and
- * checkpoints, registered models and token-inspection records (schema in
- * schema/store.sql and schema/store_v2.sql, versioned; migrations applied on
- * open).
+ * checkpoints, registered models, token-inspection records and where
+ * fine-tuned jobs started (schema in schema/store.sql, store_v2.sql and
+ * store_v3.sql, versioned; migrations applied on open).
  *
  * store.c owns the database file and its connections (store_writer.c the
  * writer thread, one file per table the rest): one writer connection
@@ -218,6 +218,25 @@ int tld_store_inspect_sample_blob(tld_store *s, int64_t job, int k, int what, vo
  * ema < 0. step_out and ema_out receive what was found. Blobs malloc'd. -1 "not found". */
 int tld_store_inspect_pred_get(tld_store *s, int64_t job, int k, int64_t step, int ema, int64_t *step_out,
                               int *ema_out, void **tokens, void **top5, char *err, size_t errlen);
+
+/* ---- where a fine-tuned job started (store_inits.c; schema version 3, schema/store_v3.sql) ---- */
+typedef struct {
+    char source_kind[8];      /* "model" or "job" */
+    char source_model[72];    /* the model's name, "" for a job */
+    int64_t source_job;       /* the job's id, 0 for a model */
+    char checkpoint[24];      /* "best", "last" or a step; "" for a model */
+    int64_t step;             /* the source's training step, -1 unknown */
+    int ema;                  /* 1: its EMA weights were loaded */
+    char head[8];             /* "reinit", "keep" or "match" */
+    int classes_matched;      /* head "match": target classes found in the source */
+    int pos_from, pos_to;     /* token grid sides when the position embedding was resampled, else 0 and 0 */
+    char weights[1024];       /* the file that was loaded */
+    int64_t time_ms;
+} tld_job_init_row;
+/* Records (or replaces) what job started from. Awaited; -1 with a message (the schema's checks). */
+int tld_store_job_init_put(tld_store *s, int64_t job, const tld_job_init_row *r, char *err, size_t errlen);
+/* 0 and *out, or -1 with "not found" when the job has no such record (not fine-tuned, or not started yet). */
+int tld_store_job_init_get(tld_store *s, int64_t job, tld_job_init_row *out, char *err, size_t errlen);
 
 /* Waits until every queued write so far is committed. */
 int tld_store_flush(tld_store *s);

@@ -11,6 +11,7 @@
  *   store_checkpoints.c checkpoint rows
  *   store_models.c, store_inspect.c  the tables of schema version 2, written
  *                       through tld_store_write_exec
+ *   store_inits.c       the table of schema version 3 (job_inits), likewise
  *
  * The writer thread is the only one that touches wdb, w[] and the batch
  * scratch of struct tld_store; the ring and the done flags are under mu; the

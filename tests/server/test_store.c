@@ -150,16 +150,17 @@ static void test_schema_embedded_equals_file(void **state) {
     (void)state;
     check_embedded("store.sql", tld_store_schema_v1, tld_store_schema_v1_len);
     check_embedded("store_v2.sql", tld_store_schema_v2, tld_store_schema_v2_len);
+    check_embedded("store_v3.sql", tld_store_schema_v3, tld_store_schema_v3_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
     tld_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tld_store_schema_version(s), 2);
+    assert_int_equal(tld_store_schema_version(s), 3);
     int64_t id = new_job(s, "v");
     tld_store_close(s);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 3);
 
     /* Reopening a current file applies nothing and keeps the data. */
     s = tld_store_open(path, err, sizeof err);
@@ -168,16 +169,16 @@ static void test_version_and_refusals(void **state) {
     tld_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
-    sql_exec(path, "UPDATE schema_version SET version = 3");
+    sql_exec(path, "UPDATE schema_version SET version = 4");
     err[0] = '\0';
     s = tld_store_open(path, err, sizeof err);
     if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 4);
 
-    /* A version 1 file (made by the previous tokenlabd) is migrated to version 2, its jobs kept. */
+    /* A version 1 file (made by an older tokenlabd) is migrated to version 3, its jobs kept. */
     char v1[1024];
     db_path(v1, sizeof v1, "v1");
     remove_db(v1);
@@ -185,13 +186,33 @@ static void test_version_and_refusals(void **state) {
     sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
     s = tld_store_open(v1, err, sizeof err);
     if (!s) fail_msg("migrating a version 1 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 2);
+    assert_int_equal(tld_store_schema_version(s), 3);
     tld_store_close(s);
-    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 3);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
-                                 "'inspect_samples', 'inspect_preds')"), 4);
+                                 "'inspect_samples', 'inspect_preds', 'job_inits')"), 5);
     remove_db(v1);
+
+    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 3: its jobs and models kept. */
+    char v2[1024];
+    db_path(v2, sizeof v2, "v2");
+    remove_db(v2);
+    sql_exec(v2, tld_store_schema_v1);
+    sql_exec(v2, tld_store_schema_v2);
+    sql_exec(v2, "UPDATE schema_version SET version = 2 WHERE id = 1");
+    sql_exec(v2, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old2', '{}', 1, 1)");
+    sql_exec(v2, "INSERT INTO models (name, source_kind, path, bytes, labels_json, crop_pct, max_batch, max_delay_ms, "
+                 "max_queue, created_ms) VALUES ('m', 'upload', '/x', 1, '[]', 0.9, 8, 5, 64, 1)");
+    s = tld_store_open(v2, err, sizeof err);
+    if (!s) fail_msg("migrating a version 2 file: %s", err);
+    assert_int_equal(tld_store_schema_version(s), 3);
+    tld_store_close(s);
+    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sql_int(v2, "SELECT count(*) FROM jobs WHERE name = 'old2'"), 1);
+    assert_int_equal(sql_int(v2, "SELECT count(*) FROM models WHERE name = 'm'"), 1);
+    assert_int_equal(sql_int(v2, "SELECT count(*) FROM sqlite_master WHERE name = 'job_inits'"), 1);
+    remove_db(v2);
 
     /* A database that is not a store is refused. */
     char other[1024];
@@ -1234,6 +1255,89 @@ static void test_concurrent_threads(void **state) {
     remove_db(path);
 }
 
+/* ------------------------------------------------------------------ job_inits (schema version 3) */
+
+static void test_job_inits(void **state) {
+    (void)state;
+    char path[1024], err[512] = "";
+    tld_store *s = open_fresh("inits", path, sizeof path);
+    int64_t src = new_job(s, "source"), ft = new_job(s, "finetune"), ft2 = new_job(s, "from-model");
+    tld_job_init_row r, got;
+
+    /* Nothing recorded: "not found". */
+    assert_int_equal(tld_store_job_init_get(s, ft, &got, err, sizeof err), -1);
+    assert_string_equal(err, "not found");
+
+    /* A job source with a position-embedding resize, read back as written. */
+    memset(&r, 0, sizeof r);
+    snprintf(r.source_kind, sizeof r.source_kind, "job");
+    r.source_job = src;
+    snprintf(r.checkpoint, sizeof r.checkpoint, "best");
+    r.step = 120;
+    r.ema = 1;
+    snprintf(r.head, sizeof r.head, "match");
+    r.classes_matched = 7;
+    r.pos_from = 14;
+    r.pos_to = 24;
+    snprintf(r.weights, sizeof r.weights, "/runs/1/best.safetensors");
+    r.time_ms = 42;
+    if (tld_store_job_init_put(s, ft, &r, err, sizeof err) != 0) fail_msg("put: %s", err);
+    assert_int_equal(tld_store_job_init_get(s, ft, &got, err, sizeof err), 0);
+    assert_string_equal(got.source_kind, "job");
+    assert_int_equal(got.source_job, src);
+    assert_string_equal(got.checkpoint, "best");
+    assert_int_equal(got.step, 120);
+    assert_int_equal(got.ema, 1);
+    assert_string_equal(got.head, "match");
+    assert_int_equal(got.classes_matched, 7);
+    assert_int_equal(got.pos_from, 14);
+    assert_int_equal(got.pos_to, 24);
+    assert_string_equal(got.weights, "/runs/1/best.safetensors");
+
+    /* A start over replaces the row. */
+    r.pos_from = r.pos_to = 0;
+    snprintf(r.head, sizeof r.head, "keep");
+    if (tld_store_job_init_put(s, ft, &r, err, sizeof err) != 0) fail_msg("replace: %s", err);
+    assert_int_equal(tld_store_job_init_get(s, ft, &got, err, sizeof err), 0);
+    assert_int_equal(got.pos_from, 0);
+    assert_string_equal(got.head, "keep");
+
+    /* A model source; the schema refuses an unknown head mode and a mixed source. */
+    memset(&r, 0, sizeof r);
+    snprintf(r.source_kind, sizeof r.source_kind, "model");
+    snprintf(r.source_model, sizeof r.source_model, "base");
+    r.step = -1;
+    snprintf(r.head, sizeof r.head, "reinit");
+    snprintf(r.weights, sizeof r.weights, "/models/base.safetensors");
+    if (tld_store_job_init_put(s, ft2, &r, err, sizeof err) != 0) fail_msg("model source: %s", err);
+    assert_int_equal(tld_store_job_init_get(s, ft2, &got, err, sizeof err), 0);
+    assert_string_equal(got.source_model, "base");
+    assert_int_equal(got.source_job, 0);
+    assert_int_equal(got.step, -1);
+    snprintf(r.head, sizeof r.head, "swap");
+    assert_int_equal(tld_store_job_init_put(s, ft2, &r, err, sizeof err), -1);
+    printf("  unknown head refused: %s\n", err);
+    snprintf(r.head, sizeof r.head, "keep");
+    r.source_model[0] = '\0';
+    snprintf(r.source_kind, sizeof r.source_kind, "job"); /* a job source without a job id */
+    assert_int_equal(tld_store_job_init_put(s, ft2, &r, err, sizeof err), -1);
+    /* A job that does not exist cannot get a row. */
+    snprintf(r.source_kind, sizeof r.source_kind, "model");
+    snprintf(r.source_model, sizeof r.source_model, "base");
+    assert_int_equal(tld_store_job_init_put(s, 999999, &r, err, sizeof err), -1);
+
+    /* Deleting the job deletes its row; deleting the source job keeps the row (lineage ends there). */
+    assert_int_equal(tld_store_job_transition(s, src, 1u << TLD_JOB_QUEUED, TLD_JOB_CANCELLED, "", "", err, sizeof err), 0);
+    if (tld_store_job_delete(s, src, err, sizeof err) != 0) fail_msg("delete source: %s", err);
+    assert_int_equal(tld_store_job_init_get(s, ft, &got, err, sizeof err), 0);
+    assert_int_equal(got.source_job, src);
+    assert_int_equal(tld_store_job_transition(s, ft, 1u << TLD_JOB_QUEUED, TLD_JOB_CANCELLED, "", "", err, sizeof err), 0);
+    if (tld_store_job_delete(s, ft, err, sizeof err) != 0) fail_msg("delete: %s", err);
+    assert_int_equal(tld_store_job_init_get(s, ft, &got, err, sizeof err), -1);
+    tld_store_close(s);
+    remove_db(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_embedded_equals_file),
@@ -1252,6 +1356,7 @@ int main(void) {
         cmocka_unit_test(test_metric_million_points),
         cmocka_unit_test(test_logs),
         cmocka_unit_test(test_checkpoints),
+        cmocka_unit_test(test_job_inits),
         cmocka_unit_test(test_reopen_finds_everything),
         cmocka_unit_test(test_queued_failures_reported_by_flush),
         cmocka_unit_test(test_concurrent_threads),

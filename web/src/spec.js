@@ -64,7 +64,9 @@ export function validateSpec(spec) {
       if (e.keyword === "anyOf") continue; // reported through its branches below
       if (inAnyOf) {
         // model: either a preset (branch 0) or all ten fields (branch 1); report the missing fields
-        if (e.keyword === "required" && e.schemaPath.includes("/anyOf/1/")) add(ptr + "/" + e.params.missingProperty, "required (or choose a preset)");
+        // (with model.init the architecture comes from the source: nothing is missing)
+        if (e.keyword === "required" && e.schemaPath.includes("/anyOf/1/") && !(spec && spec.model && spec.model.init))
+          add(ptr + "/" + e.params.missingProperty, "required (or choose a preset)");
         continue;
       }
       let msg = e.message || e.keyword;

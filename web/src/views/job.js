@@ -153,6 +153,7 @@ export function JobView({ id }) {
           ${job.state === "QUEUED" && job.queue_position != null && html` · position ${job.queue_position} in the queue`}
           ${job.attempt > 1 && html` · attempt ${job.attempt}`}</span>
       </div>
+      <${InitSource} init=${job.init} />
       <${MetricsSummary} job=${job} />
       <${ErrorBox} error=${error} onClose=${() => setError(null)} />
     </section>
@@ -209,6 +210,22 @@ export function JobView({ id }) {
       <${LogView} jobId=${id} active=${running} pokeRef=${logPoke} />
     </section>
   `;
+}
+
+// Where a fine-tuned job started (Job.init): the source with a link, then what was loaded.
+function InitSource({ init }) {
+  if (!init) return null;
+  const ck = init.checkpoint == null ? "" : typeof init.checkpoint === "number" ? `step ${init.checkpoint}` : init.checkpoint;
+  const src = init.model != null
+    ? html`model <a href=${"#/predict?model=" + encodeURIComponent(init.model)} data-test="init-model">${init.model}</a>`
+    : html`job <a href=${"#/jobs/" + init.job_id} data-test="init-job">#${init.job_id}</a>, ${ck} checkpoint`;
+  const parts = [];
+  if (init.step != null) parts.push(html`step <b>${init.step}</b>`);
+  if (init.ema != null) parts.push(init.ema ? "EMA weights" : "raw weights");
+  if (init.head) parts.push(html`head <b>${init.head}</b>${init.head === "match" && init.classes_matched != null ? ` (${init.classes_matched} classes matched)` : ""}`);
+  if (init.pos_embed) parts.push(html`position embedding ${init.pos_embed.from}×${init.pos_embed.from} → ${init.pos_embed.to}×${init.pos_embed.to}`);
+  return html`<p class="init-source" data-test="init-source">Fine-tuned from ${src}${parts.map((p) => html` · ${p}`)}
+    ${!init.loaded && html` <span class="muted">(as asked; not loaded yet)</span>`}</p>`;
 }
 
 function CompareWith({ id }) {

@@ -1,10 +1,13 @@
 // Submit a training job: a form for the common fields and a JSON editor for
 // everything, both editing one spec, checked against the job schema (and the
 // daemon's cross-field rules) before anything is sent; the daemon's own
-// refusal (422 with a JSON pointer) lands on the same field.
+// refusal (422 with a JSON pointer) lands on the same field. "Start from"
+// (fine-tuning, issue 15) sets model.init: a registered model or a finished
+// training job's checkpoint; the architecture then comes from the source, so
+// only image size, classes and drop-path rate stay in the form.
 import { html } from "htm/preact";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { ApiError, api } from "../api.js";
+import { ApiError, api, isFinal } from "../api.js";
 import { go } from "../router.js";
 import { getAt, schemaAt, setAt, validateSpec } from "../spec.js";
 import { ErrorBox } from "../ui.js";
@@ -53,8 +56,11 @@ const TRAIN_FIELDS = [
   ["/train/checkpoint_every_epochs", "checkpoint every (epochs)", "num"],
   ["/train/seed", "seed", "int"],
 ];
+// With model.init only these model fields may differ from the source (engine: tl_jobspec_apply_init).
+const INIT_MODEL_FIELDS = new Set(["/model/img_size", "/model/num_classes", "/model/drop_path_rate"]);
+const INIT_POINTERS = ["/model/init", "/model/init/model", "/model/init/job_id", "/model/init/checkpoint", "/model/init/ema", "/model/init/head"];
 const FORM_POINTERS = new Set([
-  "/name", "/data/train", "/data/val", "/data/label_maps", "/model/preset", "/train/mixtoken", "/model",
+  "/name", "/data/train", "/data/val", "/data/label_maps", "/model/preset", "/train/mixtoken", "/model", ...INIT_POINTERS,
   ...MODEL_FIELDS.map((f) => f[0]), ...TRAIN_FIELDS.map((f) => f[0]),
 ]);
 
@@ -120,6 +126,63 @@ function PathField({ ptr, label, spec, update, errors, options, allowNone, onPic
   </label>`;
 }
 
+// "Start from": none, a registered model, or a finished training job with its checkpoint (best or last).
+// value: the spec's model.init (or undefined); onChange(init or undefined).
+function StartFrom({ value, onChange, errors }) {
+  const [models, setModels] = useState(null);
+  const [jobs, setJobs] = useState(null);
+  useEffect(() => {
+    api("/api/v1/models").then((d) => setModels(d.models || []), () => setModels([]));
+    api("/api/v1/jobs?limit=200").then(
+      (d) => setJobs((d.jobs || []).filter((j) => isFinal(j.state) && !(j.spec && j.spec.kind === "annotate"))),
+      () => setJobs([]),
+    );
+  }, []);
+  const kind = value && typeof value === "object" ? (value.model != null ? "model" : "job") : "none";
+  const errs = errors.filter((e) => INIT_POINTERS.includes(e.pointer));
+  const ck = value && value.checkpoint != null ? String(value.checkpoint) : "best";
+  const pickKind = (k) => {
+    if (k === "none") return onChange(undefined);
+    if (k === "model") return onChange(models && models.length ? { model: models[0].name } : { model: "" });
+    const j = jobs && jobs.find((x) => x.state === "SUCCEEDED") || (jobs && jobs[0]);
+    onChange(j ? { job_id: j.id, checkpoint: "best" } : { job_id: 0, checkpoint: "best" });
+  };
+  return html`<div class=${"start-from" + (errs.length ? " invalid" : "")} data-test="start-from" data-pointer="/model/init">
+    <label class="field">
+      <span class="field-label" title="Fine-tuning: start from trained weights instead of random ones (model.init)">start from</span>
+      <select value=${kind} data-test="start-from-kind" onChange=${(e) => pickKind(e.target.value)}>
+        <option value="none">random weights (train from scratch)</option>
+        <option value="model">a registered model</option>
+        <option value="job">a finished training job</option>
+      </select>
+    </label>
+    ${kind === "model" && html`<label class="field">
+      <span class="field-label">model</span>
+      <select value=${value.model} data-test="start-from-model" onChange=${(e) => onChange({ ...value, model: e.target.value })}>
+        ${!(models || []).some((m) => m.name === value.model) && html`<option value=${value.model}>${value.model || "choose…"}</option>`}
+        ${(models || []).map((m) => html`<option value=${m.name}>${m.name}${m.num_classes ? ` (${m.num_classes} classes)` : ""}</option>`)}
+      </select>
+    </label>`}
+    ${kind === "job" && html`<label class="field">
+      <span class="field-label">job</span>
+      <select value=${String(value.job_id)} data-test="start-from-job" onChange=${(e) => onChange({ ...value, job_id: Number(e.target.value) })}>
+        ${!(jobs || []).some((j) => j.id === value.job_id) && html`<option value=${String(value.job_id)}>${value.job_id ? "#" + value.job_id : "choose…"}</option>`}
+        ${(jobs || []).map((j) => html`<option value=${String(j.id)}>#${j.id} ${j.name} (${j.state.toLowerCase()})</option>`)}
+      </select>
+    </label>
+    <label class="field">
+      <span class="field-label">checkpoint</span>
+      <select value=${ck} data-test="start-from-checkpoint" onChange=${(e) => onChange({ ...value, checkpoint: e.target.value })}>
+        ${!["best", "last"].includes(ck) && html`<option value=${ck}>step ${ck}</option>`}
+        <option value="best">best</option><option value="last">last</option>
+      </select>
+    </label>`}
+    ${kind !== "none" && html`<p class="hint">The architecture comes from the source; image size, classes and drop-path rate may differ
+      (a new class count gets fresh heads, another image size a resampled position embedding).</p>`}
+    <${FieldErrors} errors=${errs} />
+  </div>`;
+}
+
 export function SubmitView({ query }) {
   const from = query.get("from");
   const [spec, setSpec] = useState(TEMPLATES.small.spec);
@@ -132,6 +195,7 @@ export function SubmitView({ query }) {
   const [error, setError] = useState(null);
   const [sending, setSending] = useState(false);
   const idemKey = useRef(Math.random().toString(36).slice(2) + Date.now().toString(36));
+  const modelBeforeInit = useRef(null); // the model fields to restore when "start from" goes back to none
 
   const allErrors = useMemo(() => validateSpec(spec), [spec]);
   const shown = [
@@ -152,6 +216,24 @@ export function SubmitView({ query }) {
   const update = (ptr, value) => {
     setTouched((t) => new Set(t).add(ptr));
     replaceSpec(setAt(specRef.current, ptr, value));
+  };
+
+  // model.init: choosing a source keeps only the fields that may differ from it; "none" restores the others
+  const setInit = (init) => {
+    const cur = specRef.current;
+    const m = cur.model && typeof cur.model === "object" ? cur.model : {};
+    setTouched((t) => new Set(t).add("/model/init"));
+    if (init === undefined) {
+      const back = modelBeforeInit.current ? { ...modelBeforeInit.current } : { ...m };
+      delete back.init;
+      for (const k of ["img_size", "num_classes", "drop_path_rate"]) if (m[k] !== undefined) back[k] = m[k];
+      modelBeforeInit.current = null;
+      return replaceSpec(setAt(cur, "/model", back));
+    }
+    if (!m.init) modelBeforeInit.current = m;
+    const next = { init };
+    for (const k of ["img_size", "num_classes", "drop_path_rate"]) if (m[k] !== undefined) next[k] = m[k];
+    replaceSpec(setAt(cur, "/model", next));
   };
 
   // datasets under the data root
@@ -244,7 +326,8 @@ export function SubmitView({ query }) {
 
   const presetErrs = shown.filter((e) => e.pointer === "/model/preset" || e.pointer === "/model");
   const otherErrors = shown.filter((e) => !FORM_POINTERS.has(e.pointer));
-  const hasPreset = !!getAt(spec, "/model/preset");
+  const init = getAt(spec, "/model/init");
+  const hasPreset = !!getAt(spec, "/model/preset") && !init;
   const nameErrs = shown.filter((e) => e.pointer === "/name");
   const mix = getAt(spec, "/train/mixtoken");
 
@@ -254,7 +337,7 @@ export function SubmitView({ query }) {
         <div class="row wrap">
           <h1>${from ? `New job from #${from}` : "New training job"}</h1>
           <div class="spacer"></div>
-          <label>start from
+          <label>template
             <select onChange=${(e) => {
               const t = TEMPLATES[e.target.value];
               e.target.value = "";
@@ -288,17 +371,18 @@ export function SubmitView({ query }) {
             </fieldset>
             <fieldset>
               <legend>Model</legend>
-              <label class=${"field" + (presetErrs.length ? " invalid" : "")} data-pointer="/model/preset">
+              <${StartFrom} value=${init} onChange=${setInit} errors=${shown} />
+              ${!init && html`<label class=${"field" + (presetErrs.length ? " invalid" : "")} data-pointer="/model/preset">
                 <span class="field-label" title=${schemaAt("/model/preset").description}>preset</span>
                 <select value=${getAt(spec, "/model/preset") || ""} onChange=${(e) => update("/model/preset", e.target.value || undefined)}>
                   <option value="">none: all fields below</option>
                   ${["lvvit_t", "lvvit_s", "lvvit_m", "lvvit_l"].map((p) => html`<option value=${p}>${p}</option>`)}
                 </select>
                 <${FieldErrors} errors=${presetErrs} />
-              </label>
+              </label>`}
               ${hasPreset && html`<p class="hint">Fields left empty take the preset's values.</p>`}
               <div class="fields">
-                ${MODEL_FIELDS.map(([p, l, k]) => html`<${NumberField} key=${p} ptr=${p} label=${l} kind=${k} spec=${spec} update=${update} errors=${shown} />`)}
+                ${MODEL_FIELDS.filter(([p]) => !init || INIT_MODEL_FIELDS.has(p)).map(([p, l, k]) => html`<${NumberField} key=${p} ptr=${p} label=${l} kind=${k} spec=${spec} update=${update} errors=${shown} />`)}
               </div>
             </fieldset>
             <fieldset>
