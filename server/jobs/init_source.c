@@ -107,15 +107,3 @@ int tld_init_prepare(tld_store *st, tl_train_spec *spec, tld_source *src, tl_spe
     if (src) *src = s;
     return 0;
 }
-
-/* Until the engine branch that implements model.init (engine/jobs/jobspec.c) is merged, this build's
- * engine declares tl_jobspec_apply_init without defining it. This weak definition keeps the daemon
- * linkable and refuses fine-tuning plainly; the engine's own (strong) definition replaces it when it is
- * linked (it lives beside tl_jobspec_parse, which every daemon links). Delete it after the merge. */
-__attribute__((weak)) int tl_jobspec_apply_init(tl_train_spec *s, const tl_config *source, tl_spec_error *e) {
-    (void)s, (void)source;
-    snprintf(e->pointer, sizeof e->pointer, "/model/init");
-    snprintf(e->message, sizeof e->message,
-             "this tokenlabd's engine cannot start from trained weights (tl_jobspec_apply_init is not built in)");
-    return -1;
-}
