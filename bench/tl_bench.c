@@ -6,9 +6,12 @@
  *
  *   tl-bench [--preset lvvit_t | --config FILE] [--img-size PX] [--batch B]
  *            [--mode train|infer] [--steps N] [--warmup W] [--threads T] [--json]
+ *            [--freeze none|stem|trunk] [--layer-decay X]   (training: fine-tuning settings)
  *
  * Training FLOPs are counted as 3x the forward FLOPs (forward + two GEMMs per
- * GEMM in backward); AdamW and elementwise work are not counted.
+ * GEMM in backward); AdamW and elementwise work are not counted. With
+ * --freeze the same count is kept, so GFLOP/s then read as "full-training
+ * equivalent"; compare images/s.
  */
 #include "data/loader.h"
 #include "tokenlab/base.h"
@@ -101,12 +104,14 @@ static void usage(void) {
     fprintf(stderr,
             "usage: tl-bench [--preset NAME | --config FILE] [--img-size PX] [--batch B] [--mode train|infer]\n"
             "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n"
+            "                [--freeze none|stem|trunk] [--layer-decay X]   (training: fine-tuning settings)\n"
             "                [--data DIR [--loader-threads N]]   (also measure the data loader on DIR)\n");
 }
 
 int main(int argc, char **argv) {
     (void)tl_malloc_keep_pages(); /* as tokenlabd does: same allocator behaviour in the figures */
-    const char *preset = "lvvit_t", *config_path = NULL, *mode = "train", *data_dir = NULL;
+    const char *preset = "lvvit_t", *config_path = NULL, *mode = "train", *data_dir = NULL, *freeze = "none";
+    float layer_decay = 1.0f;
     int loader_threads = 1;
     int img = 0, batch = 32, steps = 5, warmup = 1, json = 0, profile = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -127,12 +132,17 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--threads") == 0) threads = atoi(v);
         else if (strcmp(a, "--data") == 0) data_dir = v;
         else if (strcmp(a, "--loader-threads") == 0) loader_threads = atoi(v);
+        else if (strcmp(a, "--freeze") == 0) freeze = v;
+        else if (strcmp(a, "--layer-decay") == 0) layer_decay = strtof(v, NULL);
         else { fprintf(stderr, "tl-bench: unknown option %s\n", a); usage(); return 2; }
         i++;
     }
     int train = strcmp(mode, "train") == 0;
     if (!train && strcmp(mode, "infer") != 0) { fprintf(stderr, "tl-bench: --mode must be train or infer\n"); return 2; }
     if (batch < 1 || steps < 1 || threads < 1) { fprintf(stderr, "tl-bench: --batch, --steps, --threads must be >= 1\n"); return 2; }
+    int fz = strcmp(freeze, "none") == 0 ? TL_FREEZE_NONE : strcmp(freeze, "stem") == 0 ? TL_FREEZE_STEM
+           : strcmp(freeze, "trunk") == 0 ? TL_FREEZE_TRUNK : -1;
+    if (fz < 0) { fprintf(stderr, "tl-bench: --freeze must be none, stem or trunk\n"); return 2; }
 
     char err[TL_ERR_LEN];
     tl_config c;
@@ -159,6 +169,11 @@ int main(int argc, char **argv) {
     tl_model *m = tl_model_new(&c, 42, err, sizeof err);
     tl_ctx *ctx = m ? tl_ctx_new(m, batch, train, threads, err, sizeof err) : NULL;
     if (!ctx) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
+    if (train && (tl_model_set_freeze(m, (tl_freeze)fz, err, sizeof err) != 0 ||
+                  tl_model_set_layer_decay(m, layer_decay, err, sizeof err) != 0)) {
+        fprintf(stderr, "tl-bench: %s\n", err);
+        return 1;
+    }
     if (!train) tl_ctx_freeze_weights(ctx); /* as a served model */
     int K = c.num_classes, g = tl_config_grid(&c);
     size_t npix = (size_t)batch * 3 * c.img_size * c.img_size;
@@ -205,16 +220,20 @@ int main(int argc, char **argv) {
     if (json) {
         printf("{\"impl\":\"tokenlab\",\"mode\":\"%s\",\"preset\":\"%s\",\"img_size\":%d,\"batch\":%d,\"threads\":%d,"
                "\"steps\":%d,\"img_per_s\":%.3f,\"ms_per_step\":%.2f,\"gflop_per_s\":%.1f,\"sgemm_peak_gflop_per_s\":%.1f,"
-               "\"sgemm_peak_fraction\":%.3f,\"peak_rss_mb\":%.1f,\"model_mb\":%.1f,\"activations_mb\":%.1f",
+               "\"sgemm_peak_fraction\":%.3f,\"peak_rss_mb\":%.1f,\"model_mb\":%.1f,\"activations_mb\":%.1f,"
+               "\"freeze\":\"%s\",\"layer_decay\":%g",
                mode, preset, c.img_size, batch, threads, steps, ips, ms, gflops, peak, frac, peak_rss_mb(),
-               (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
+               (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0, freeze,
+               (double)layer_decay);
         if (train)
             printf(",\"ms_forward\":%.2f,\"ms_backward\":%.2f,\"ms_adamw\":%.2f", fwd / steps * 1e3, bwd / steps * 1e3,
                    opt / steps * 1e3);
         if (data_dir) printf(",\"loader_img_per_s\":%.1f,\"loader_threads\":%d", loader_ips, loader_threads);
         printf(",\"blas\":\"%s\"}\n", tl_blas_corename());
     } else {
-        printf("tokenlab %s %s @%d px, batch %d, %d threads, %d steps\n", mode, preset, c.img_size, batch, threads, steps);
+        printf("tokenlab %s %s @%d px, batch %d, %d threads, %d steps", mode, preset, c.img_size, batch, threads, steps);
+        if (train) printf(", freeze %s, layer decay %g", freeze, (double)layer_decay);
+        printf("\n");
         printf("  %.2f images/s, %.1f ms per step", ips, ms);
         if (train) printf(" (forward %.1f, backward %.1f, AdamW %.1f)", fwd / steps * 1e3, bwd / steps * 1e3, opt / steps * 1e3);
         printf("\n  %.1f GFLOP/s = %.1f%% of the measured sgemm peak %.1f GFLOP/s\n", gflops, 100 * frac, peak);

@@ -2,8 +2,12 @@
  * backward.c: the LV-ViT backward pass of the last training forward and loss.
  *
  * Owns nothing: reads the context's activations and dlogits (written by
- * tl_loss), accumulates into the model's gradient block. Runs on the thread
- * that owns the context.
+ * tl_loss), accumulates into the model's gradient block. Parts the forward
+ * ran frozen (ctx fwd_freeze, from tl_model_set_freeze) are skipped whole:
+ * with a frozen trunk only the heads' weight gradients are computed, with a
+ * frozen stem everything down to the class token and position embedding;
+ * frozen tensors' gradients are never written. Runs on the thread that owns
+ * the context.
  */
 #include "model/model_internal.h"
 
@@ -73,21 +77,29 @@ int tl_backward(tl_ctx *x) {
     const tl_box *bx = &x->box;
     x->in_backward = 1;
     int mixed = bx->r0 < bx->r1 && bx->c0 < bx->c1;
+    /* What the forward froze: a frozen trunk stops after the heads' weight gradients (no dln at all), a
+     * frozen stem after the tokens (no dtok, no stem backward). */
+    int trunk = x->fwd_freeze == TL_FREEZE_TRUNK, stem = x->fwd_freeze != TL_FREEZE_NONE;
+    float *dln = trunk ? NULL : x->dln;
     /* heads: un-mixing of the aux output is a swap, so its gradient is swapped the same way */
     if (mixed) tl_mixtoken_swap(x->dlogits_aux, B, g, K, bx->r0, bx->c0, bx->r1, bx->c1);
-    PROF(x, TL_PROF_HEADS, tl_linear_backward(x->pool, x->dln, gw->head_w, gw->head_b, x->dlogits_cls, K, x->lnf, T * D, w->head_w, B, D,
+    PROF(x, TL_PROF_HEADS, tl_linear_backward(x->pool, dln, gw->head_w, gw->head_b, x->dlogits_cls, K, x->lnf, T * D, w->head_w, B, D,
                        K));
     for (int b = 0; b < B; b++)
-        PROF(x, TL_PROF_HEADS, tl_linear_backward(x->pool, x->dln + ((size_t)b * T + 1) * D, gw->aux_w, gw->aux_b,
+        PROF(x, TL_PROF_HEADS, tl_linear_backward(x->pool, dln ? dln + ((size_t)b * T + 1) * D : NULL, gw->aux_w, gw->aux_b,
                            x->dlogits_aux + (size_t)b * N * K, K, x->lnf + ((size_t)b * T + 1) * D, D, w->aux_w, N,
                            D, K));
+    if (trunk) goto done;
     memset(x->dres, 0, sizeof(float) * (size_t)B * T * D);
     PROF(x, TL_PROF_LN, tl_layernorm_backward(x->pool, x->dres, gw->norm_w, gw->norm_b, x->dln, x->x_final, w->norm_w, x->lnf_mean,
                           x->lnf_rstd, B * T, D, x->scratch));
     for (int l = m->cfg.depth - 1; l >= 0; l--) block_backward(x, l, B);
     tl_tokens_backward(x->pool, x->dtok, gw->cls, gw->pos, x->dres, B, N, D);
-    if (mixed) tl_mixtoken_swap(x->dtok, B, g, D, bx->r0, bx->c0, bx->r1, bx->c1);
-    stem_backward(x, B);
+    if (!stem) {
+        if (mixed) tl_mixtoken_swap(x->dtok, B, g, D, bx->r0, bx->c0, bx->r1, bx->c1);
+        stem_backward(x, B);
+    }
+done:
     x->have_loss = 0;
     x->in_backward = 0;
     return 0;

@@ -118,8 +118,15 @@ int tl_forward(tl_ctx *x, const float *images, int B, int train, const tl_box *b
     x->box = train ? clip_box(box, g) : (tl_box){0, 0, 0, 0};
     x->lam = tl_mixtoken_lambda(g, x->box.r0, x->box.c0, x->box.r1, x->box.c1);
 
-    if (train || (x->eval_reference && x->training))
-        stem_forward(x, images, B, train);
+    /* A frozen stem (TL_FREEZE_STEM, TL_FREEZE_TRUNK) trains as FrozenBatchNorm: its BatchNorm normalises
+     * with the running statistics and updates neither them nor num_batches_tracked, and backward computes
+     * nothing for it, so the fused eval stem (BatchNorm folded, no activations kept) serves the training
+     * forward too; on every CPU path the BatchNorm is the same fold of the running statistics. The
+     * reference path (eval_reference) runs the unfused stem with eval BatchNorm instead. */
+    x->fwd_freeze = train ? m->freeze : TL_FREEZE_NONE;
+    int stem_train = train && m->freeze == TL_FREEZE_NONE;
+    if (stem_train || (x->eval_reference && x->training))
+        stem_forward(x, images, B, stem_train);
     else
         stem_forward_eval(x, images, B);
     if (!box_empty(&x->box)) tl_mixtoken_swap(x->tok, B, g, D, x->box.r0, x->box.c0, x->box.r1, x->box.c1);

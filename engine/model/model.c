@@ -38,6 +38,8 @@ static float *carve(layout_state *s, float *base, const char *name, tl_tensor_ki
         t->numel = n;
         t->decay = kind == TL_TENSOR_PARAM && decay;
         t->offset = s->off;
+        t->lr_scale = 1.0f; /* no layer-wise decay, nothing frozen (finetune.c changes both) */
+        t->frozen = 0;
     }
     s->off += (n + 15) & ~(size_t)15; /* 64-byte aligned tensors */
     s->nt++;
@@ -127,33 +129,36 @@ static void init_fill(float *p, size_t n, float v) {
     for (size_t i = 0; i < n; i++) p[i] = v;
 }
 
+/* Section 2 init of one tensor, drawing from r (nothing is drawn for constant fills). tl_model_new calls it
+ * for every tensor in state_dict order from one stream; fine-tuning (finetune.c) for the heads it redraws. */
+void tl_model_init_tensor(tl_model *m, const tl_tensor *t, tl_rng *r) {
+    const char *n = t->name;
+    size_t len = strlen(n);
+    int is_bias = len > 5 && strcmp(n + len - 5, ".bias") == 0;
+    int is_weight = len > 7 && strcmp(n + len - 7, ".weight") == 0;
+    if (strncmp(n, "patch_embed.conv", 16) == 0 || strcmp(n, "patch_embed.proj.weight") == 0 ||
+        strcmp(n, "patch_embed.proj.bias") == 0) {
+        /* PyTorch conv default: kaiming_uniform(a=sqrt(5)) -> bound 1/sqrt(fan_in); bias same bound */
+        const tl_tensor *wt = strcmp(n, "patch_embed.proj.bias") == 0 ? tl_model_find(m, "patch_embed.proj.weight") : t;
+        double fan_in = (double)(wt->shape[1] * wt->shape[2] * wt->shape[3]);
+        init_uniform(r, t->data, t->numel, 1.0 / sqrt(fan_in));
+    } else if (strstr(n, ".running_var")) {
+        init_fill(t->data, t->numel, 1.0f);
+    } else if (strstr(n, ".running_mean")) {
+        init_fill(t->data, t->numel, 0.0f);
+    } else if (strncmp(n, "patch_embed.bn", 14) == 0 || strstr(n, "norm")) {
+        init_fill(t->data, t->numel, is_weight ? 1.0f : 0.0f); /* BN and LayerNorm: 1 / 0 */
+    } else if (is_bias) {
+        init_fill(t->data, t->numel, 0.0f);                     /* Linear biases */
+    } else {
+        init_trunc_normal(r, t->data, t->numel, 0.02);          /* Linear weights, cls_token, pos_embed */
+    }
+}
+
 static void init_weights(tl_model *m, uint64_t seed) {
     tl_rng r;
     tl_rng_seed(&r, seed);
-    for (int i = 0; i < m->ntensors; i++) {
-        tl_tensor *t = &m->tensors[i];
-        const char *n = t->name;
-        size_t len = strlen(n);
-        int is_bias = len > 5 && strcmp(n + len - 5, ".bias") == 0;
-        int is_weight = len > 7 && strcmp(n + len - 7, ".weight") == 0;
-        if (strncmp(n, "patch_embed.conv", 16) == 0 || strcmp(n, "patch_embed.proj.weight") == 0 ||
-            strcmp(n, "patch_embed.proj.bias") == 0) {
-            /* PyTorch conv default: kaiming_uniform(a=sqrt(5)) -> bound 1/sqrt(fan_in); bias same bound */
-            const tl_tensor *wt = strcmp(n, "patch_embed.proj.bias") == 0 ? tl_model_find(m, "patch_embed.proj.weight") : t;
-            double fan_in = (double)(wt->shape[1] * wt->shape[2] * wt->shape[3]);
-            init_uniform(&r, t->data, t->numel, 1.0 / sqrt(fan_in));
-        } else if (strstr(n, ".running_var")) {
-            init_fill(t->data, t->numel, 1.0f);
-        } else if (strstr(n, ".running_mean")) {
-            init_fill(t->data, t->numel, 0.0f);
-        } else if (strncmp(n, "patch_embed.bn", 14) == 0 || strstr(n, "norm")) {
-            init_fill(t->data, t->numel, is_weight ? 1.0f : 0.0f); /* BN and LayerNorm: 1 / 0 */
-        } else if (is_bias) {
-            init_fill(t->data, t->numel, 0.0f);                     /* Linear biases */
-        } else {
-            init_trunc_normal(&r, t->data, t->numel, 0.02);         /* Linear weights, cls_token, pos_embed */
-        }
-    }
+    for (int i = 0; i < m->ntensors; i++) tl_model_init_tensor(m, &m->tensors[i], &r);
 }
 
 /* ---- public API ---- */
@@ -271,25 +276,34 @@ void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads) {
 
 void tl_ctx_adamw_step(tl_ctx *x, const tl_adamw *hp) { tl_model_adamw(x->m, hp, x->pool); }
 
+/* Two parameters update alike when their decay, lr_scale and frozen flag are equal. */
+static int same_update(const tl_tensor *a, const tl_tensor *b) {
+    return a->decay == b->decay && a->lr_scale == b->lr_scale && a->frozen == b->frozen;
+}
+
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool) {
     if (m->nblocks != 4) return; /* an inference model has nothing to update */
     m->step++;
-    /* Decayed and non-decayed tensors alternate; run contiguous runs of equal decay as one update. */
+    /* Decayed and non-decayed tensors alternate; run contiguous runs of equal (decay, lr_scale, frozen) as
+     * one update. A frozen run is skipped: no step, no decay, moments untouched. lr x lr_scale applies to
+     * both the decoupled decay and the step (PyTorch's per-group lr); a scale of 1 leaves lr bit for bit. */
     int i = 0;
     while (i < m->ntensors) {
-        if (m->tensors[i].kind != TL_TENSOR_PARAM) {
+        const tl_tensor *t = &m->tensors[i];
+        if (t->kind != TL_TENSOR_PARAM) {
             i++;
             continue;
         }
-        int decay = m->tensors[i].decay, j = i;
-        size_t start = m->tensors[i].offset, end = start;
-        while (j < m->ntensors && m->tensors[j].kind == TL_TENSOR_PARAM && m->tensors[j].decay == decay) {
+        int j = i;
+        size_t start = t->offset, end = start;
+        while (j < m->ntensors && m->tensors[j].kind == TL_TENSOR_PARAM && same_update(&m->tensors[j], t)) {
             end = m->tensors[j].offset + ((m->tensors[j].numel + 15) & ~(size_t)15);
             j++;
         }
-        tl_adamw_update(pool, m->mem + start, m->mem + m->nfloats + start, m->mem + 2 * m->nfloats + start,
-                        m->mem + 3 * m->nfloats + start, end - start, hp->lr, hp->beta1, hp->beta2, hp->eps,
-                        decay ? hp->weight_decay : 0.0f, m->step);
+        if (!t->frozen)
+            tl_adamw_update(pool, m->mem + start, m->mem + m->nfloats + start, m->mem + 2 * m->nfloats + start,
+                            m->mem + 3 * m->nfloats + start, end - start, hp->lr * t->lr_scale, hp->beta1,
+                            hp->beta2, hp->eps, t->decay ? hp->weight_decay : 0.0f, m->step);
         i = j;
     }
 }

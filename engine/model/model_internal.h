@@ -1,8 +1,9 @@
 /*
  * model_internal.h: the engine's private view of a model and a batch context.
  * Shared by model.c (parameters, init, AdamW), ctx.c (activation memory,
- * per-phase profiling),
- * forward.c and backward.c. Not installed, not used outside engine/.
+ * per-phase profiling), forward.c, backward.c, resize.c (position-embedding
+ * resampling) and finetune.c (starting from trained weights, freezing,
+ * layer-wise lr decay). Not installed, not used outside engine/.
  */
 #ifndef TL_MODEL_INTERNAL_H
 #define TL_MODEL_INTERNAL_H
@@ -42,10 +43,17 @@ struct tl_model {
     char *names;           /* ntensors * TL_NAME_LEN */
     int64_t bn_batches[3];
     int64_t step;
+    tl_freeze freeze;      /* tl_model_set_freeze; tensors[].frozen says the same per tensor */
 };
 
 
 void tl_model_adamw(tl_model *m, const tl_adamw *hp, tl_pool *pool);
+/* Section 2 init of tensor t of m (model.c): the rule tl_model_new applies, drawing from r. */
+void tl_model_init_tensor(tl_model *m, const tl_tensor *t, tl_rng *r);
+/* The patch tokens' position embedding (gs*gs, D) resampled bicubically to (gd*gd, D) (resize.c, PyTorch's
+ * F.interpolate(mode="bicubic", align_corners=False)); src and dst are the grid rows, without the class
+ * token's entry. */
+void tl_pos_embed_resample(float *dst /*(gd*gd,D)*/, const float *src /*(gs*gs,D)*/, int gs, int gd, int D);
 
 /* Activations of one block (training keeps one set per block). */
 typedef struct {
@@ -88,6 +96,7 @@ struct tl_ctx {
     int B;                 /* batch of the last forward */
     const float *images;   /* input of the last forward, kept for conv1's backward */
     int train_fwd;         /* last forward was in train mode */
+    tl_freeze fwd_freeze;  /* the model's freeze at the last train forward: what tl_backward skips */
     tl_box box;            /* clipped box of the last train forward (empty if none) */
     float lam;
     int have_loss;

@@ -4,16 +4,15 @@
  * embedding of the patch tokens, resampled bicubically with PyTorch's
  * upsample_bicubic2d arithmetic (tests/parity/run_posembed_parity.py checks
  * it against F.interpolate). Used by the annotator to label at a size other
- * than the training size.
+ * than the training size, and by fine-tuning (tl_model_init_from, finetune.c)
+ * through tl_pos_embed_resample.
  *
  * Owns nothing; reads src and writes dst on the calling thread.
  */
-#include "tokenlab/model.h"
+#include "model/model_internal.h"
 
 #include <math.h>
 #include <string.h>
-
-#include "tokenlab/base.h"
 /* PyTorch's cubic convolution weights (upsample_bicubic2d, A = -0.75) for fraction t. */
 static void cubic_weights(float t, float w[4]) {
     const float A = -0.75f;
@@ -35,6 +34,29 @@ static void cubic_taps(int o, int n_in, int n_out, int idx[4], float w[4]) {
     for (int j = 0; j < 4; j++) {
         int i = i0 - 1 + j;
         idx[j] = i < 0 ? 0 : i >= n_in ? n_in - 1 : i;
+    }
+}
+
+/* The grid as a (D, gs, gs) image resized bicubically to (D, gd, gd). */
+void tl_pos_embed_resample(float *out, const float *in, int gs, int gd, int D) {
+    for (int y = 0; y < gd; y++) {
+        int iy[4], ix[4];
+        float wy[4], wx[4];
+        cubic_taps(y, gs, gd, iy, wy);
+        for (int x = 0; x < gd; x++) {
+            cubic_taps(x, gs, gd, ix, wx);
+            float *o = out + ((size_t)y * gd + x) * D;
+            for (int d = 0; d < D; d++) {
+                /* rows interpolated along x, then the four rows along y, as PyTorch's kernel */
+                float r[4];
+                for (int j = 0; j < 4; j++) {
+                    const float *row = in + (size_t)iy[j] * gs * D;
+                    r[j] = row[(size_t)ix[0] * D + d] * wx[0] + row[(size_t)ix[1] * D + d] * wx[1] +
+                           row[(size_t)ix[2] * D + d] * wx[2] + row[(size_t)ix[3] * D + d] * wx[3];
+                }
+                o[d] = r[0] * wy[0] + r[1] * wy[1] + r[2] * wy[2] + r[3] * wy[3];
+            }
+        }
     }
 }
 
@@ -62,30 +84,9 @@ int tl_model_copy_resized(tl_model *dst, const tl_model *src, char *err, size_t 
             memcpy(td->data, ts->data, sizeof(float) * ts->numel);
             continue;
         }
-        /* (1, 1 + gs*gs, D) -> (1, 1 + gd*gd, D): the class token's position as it is, the grid
-         * as a (D, gs, gs) image resized bicubically to (D, gd, gd). */
-        const float *in = ts->data + D;
-        float *out = td->data + D;
+        /* (1, 1 + gs*gs, D) -> (1, 1 + gd*gd, D): the class token's position as it is, the grid resampled. */
         memcpy(td->data, ts->data, sizeof(float) * (size_t)D);
-        for (int y = 0; y < gd; y++) {
-            int iy[4], ix[4];
-            float wy[4], wx[4];
-            cubic_taps(y, gs, gd, iy, wy);
-            for (int x = 0; x < gd; x++) {
-                cubic_taps(x, gs, gd, ix, wx);
-                float *o = out + ((size_t)y * gd + x) * D;
-                for (int d = 0; d < D; d++) {
-                    /* rows interpolated along x, then the four rows along y, as PyTorch's kernel */
-                    float r[4];
-                    for (int j = 0; j < 4; j++) {
-                        const float *row = in + (size_t)iy[j] * gs * D;
-                        r[j] = row[(size_t)ix[0] * D + d] * wx[0] + row[(size_t)ix[1] * D + d] * wx[1] +
-                               row[(size_t)ix[2] * D + d] * wx[2] + row[(size_t)ix[3] * D + d] * wx[3];
-                    }
-                    o[d] = r[0] * wy[0] + r[1] * wy[1] + r[2] * wy[2] + r[3] * wy[3];
-                }
-            }
-        }
+        tl_pos_embed_resample(td->data + D, ts->data + D, gs, gd, D);
     }
     for (int l = 0; l < 3; l++) *tl_model_bn_batches(dst, l) = *tl_model_bn_batches((tl_model *)src, l);
     return 0;

@@ -136,8 +136,11 @@ typedef struct {
  * them (the class counts must be equal); TL_HEAD_REINIT draws them afresh (weights truncated normal with
  * std 0.02, bias 0, from seed, as the official fine-tuning does); TL_HEAD_MATCH copies row class_map[k] of
  * src into row k of dst where class_map[k] >= 0 (class_map has dst's num_classes entries, each -1 or a
- * source class) and draws the other rows afresh. dst's gradients, AdamW moments and step counter are
- * zeroed. rep may be NULL. */
+ * source class) and draws the other rows afresh. Fresh heads come from a stream of their own derived from
+ * seed (head.weight, head.bias, aux_head.weight, aux_head.bias in that order), so MATCH's unmatched rows equal
+ * REINIT's for the same seed. dst's gradients, AdamW moments and step counter are zeroed; its freeze and
+ * lr_scale settings are left as they are. Everything is checked before anything is written: a refused call
+ * leaves dst unchanged. rep may be NULL. */
 int tl_model_init_from(tl_model *dst, const tl_model *src, tl_head_mode head, const int *class_map, uint64_t seed,
                        tl_init_report *rep, char *err, size_t errlen);
 
@@ -146,7 +149,10 @@ int tl_model_init_from(tl_model *dst, const tl_model *src, tl_head_mode head, co
  * unchanged (as timm's FrozenBatchNorm2d), and backward computes nothing for it. TL_FREEZE_TRUNK freezes
  * everything but head.* and aux_head.* (the stem as above, class token, position embedding, blocks, final
  * norm): backward stops at the heads. Frozen tensors get no gradient, no AdamW update and no weight
- * decay; their values stay bit-identical. -1 with a message for an inference model or an unknown value. */
+ * decay; their values stay bit-identical (a frozen stem's BatchNorm buffers and num_batches_tracked
+ * included; their tl_tensor.frozen is set too). Frozen blocks still run in training mode (drop path, MixToken).
+ * The setting takes effect at the next training forward; tl_backward skips what that forward ran frozen.
+ * -1 with a message for an inference model or an unknown value. */
 typedef enum { TL_FREEZE_NONE = 0, TL_FREEZE_STEM = 1, TL_FREEZE_TRUNK = 2 } tl_freeze;
 int tl_model_set_freeze(tl_model *m, tl_freeze f, char *err, size_t errlen);
 tl_freeze tl_model_freeze(const tl_model *m);
@@ -154,7 +160,8 @@ tl_freeze tl_model_freeze(const tl_model *m);
 /* Layer-wise learning-rate decay with timm's semantics (param_groups_layer_decay, depth L): head.*,
  * aux_head.* and the final norm get lr x 1, block i (0-based) lr x decay^(L - i), and the patch embedding,
  * class token and position embedding lr x decay^(L + 1). decay in (0, 1]; 1 turns it off (every
- * tl_tensor.lr_scale 1). -1 with a message otherwise. */
+ * tl_tensor.lr_scale 1). BatchNorm buffers get their layer's scale (unused). -1 with a message otherwise, the
+ * scales then unchanged. */
 int tl_model_set_layer_decay(tl_model *m, float decay, char *err, size_t errlen);
 
 /* ---- optimizer ---- */
@@ -162,7 +169,9 @@ typedef struct {
     float lr, weight_decay, beta1, beta2, eps;
 } tl_adamw;
 /* One AdamW step with PyTorch semantics over every parameter (decay only where
- * tl_tensor.decay is set). Increments the model's step counter. */
+ * tl_tensor.decay is set), with lr x tl_tensor.lr_scale in both the decoupled
+ * decay and the step; frozen tensors are skipped (values and moments
+ * untouched). Increments the model's step counter. */
 void tl_adamw_step(tl_model *m, const tl_adamw *hp, int nthreads);
 /* The same, on a context's thread pool. */
 void tl_ctx_adamw_step(tl_ctx *c, const tl_adamw *hp);
