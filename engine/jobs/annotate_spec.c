@@ -74,18 +74,9 @@ static int parse_source(const cJSON *o, tl_annotate_spec *s, tl_spec_error *e) {
     if (tl_spec_get_int(seen[1], "/source/job_id", 1, JOB_ID_MAX, "in 1..9007199254740991", &v, e)) return -1;
     s->source_job = (int64_t)v;
     if (seen[2]) {
-        const char *c = "";
-        if (tl_spec_get_string(seen[2], "/source/checkpoint", &c, e)) return -1;
-        size_t n = strlen(c);
-        int ok = strcmp(c, "best") == 0 || strcmp(c, "last") == 0;
-        if (!ok && n >= 1 && n <= 18 && c[0] >= '1' && c[0] <= '9') {
-            ok = 1;
-            for (size_t i = 0; i < n; i++) ok &= c[i] >= '0' && c[i] <= '9';
-        }
-        if (!ok)
-            return tl_spec_fail(e, "/source/checkpoint",
-                                "must be \"best\", \"last\" or a step number (\"1200\": 1 to 18 digits, no leading 0)");
-        snprintf(s->source_checkpoint, sizeof s->source_checkpoint, "%s", c);
+        if (tl_spec_get_checkpoint(seen[2], "/source/checkpoint", s->source_checkpoint, sizeof s->source_checkpoint,
+                                   e))
+            return -1;
     }
     if (seen[3]) {
         int b = 0;

@@ -349,18 +349,9 @@ static int parse_init(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
         s->init_job = (int64_t)v;
     }
     if (seen[2]) {
-        const cJSON *it = seen[2];
-        const char *want = "must be \"best\", \"last\" or a step (an integer >= 0)";
-        if (cJSON_IsString(it) && it->valuestring) {
-            if (strcmp(it->valuestring, "best") != 0 && strcmp(it->valuestring, "last") != 0)
-                return tl_spec_fail(e, "/model/init/checkpoint", "%s", want);
-            snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "%s", it->valuestring);
-        } else {
-            if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble != floor(it->valuedouble) ||
-                it->valuedouble < 0 || it->valuedouble > SEED_MAX)
-                return tl_spec_fail(e, "/model/init/checkpoint", "%s", want);
-            snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "%lld", (long long)it->valuedouble);
-        }
+        if (tl_spec_get_checkpoint(seen[2], "/model/init/checkpoint", s->init_checkpoint, sizeof s->init_checkpoint,
+                                   e))
+            return -1;
     }
     if (seen[3] && get_bool(seen[3], "/model/init/ema", &s->init_ema, e)) return -1;
     if (seen[4]) {
@@ -998,6 +989,21 @@ int tl_spec_data_root(const char *data_root, char *root_real, const char **root,
 int tl_spec_resolve_path(const char *ptr, const char *val, const char *root_real, int want_dir, char *out,
                          tl_spec_error *e) {
     return resolve_path(ptr, val, root_real, want_dir, out, e);
+}
+
+int tl_spec_get_checkpoint(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e) {
+    const char *c = "";
+    if (tl_spec_get_string(it, ptr, &c, e)) return -1;
+    size_t n = strlen(c);
+    int ok = strcmp(c, "best") == 0 || strcmp(c, "last") == 0;
+    if (!ok && n >= 1 && n <= 18 && c[0] >= '1' && c[0] <= '9') {
+        ok = 1;
+        for (size_t i = 0; i < n; i++) ok &= c[i] >= '0' && c[i] <= '9';
+    }
+    if (!ok || n >= len)
+        return tl_spec_fail(e, ptr, "must be \"best\", \"last\" or a step number (\"1200\": 1 to 18 digits, no leading 0)");
+    memcpy(out, c, n + 1);
+    return 0;
 }
 
 int tl_spec_get_name(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e) {

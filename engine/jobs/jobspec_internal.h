@@ -32,6 +32,10 @@ int tl_spec_get_object(const cJSON *it, const char *ptr, tl_spec_error *e);
 int tl_spec_check_members(const cJSON *o, const char *ptr, const char *const *names, int n, const cJSON **seen,
                           tl_spec_error *e);
 /* The "name" rule of job specs: 1..127 printable ASCII characters, into out (128 bytes). */
+/* A job's checkpoint as a job spec names it (model.init.checkpoint, annotate's source.checkpoint):
+ * "best", "last" or a step number as a string ("1200": 1 to 18 digits, no leading zero), copied into out
+ * (24 bytes is enough). 0, or -1 with e at ptr. */
+int tl_spec_get_checkpoint(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e);
 int tl_spec_get_name(const cJSON *it, const char *ptr, char *out, size_t len, tl_spec_error *e);
 /* The realpath of the data root into root_real (PATH_MAX) and *root = root_real; *root = NULL when
  * data_root is NULL (paths then resolve against the working folder). -1 with pointer "" when the

@@ -433,6 +433,13 @@ static int64_t oldest_queued(tld_jobs *J) {
     return oldest;
 }
 
+/* 1 when job id's run folder holds its own last.safetensors: it resumes from that, not from model.init. */
+static int has_own_checkpoint(tld_jobs *J, int64_t id) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/runs/%lld/last.safetensors", J->state_dir, (long long)id);
+    return access(path, F_OK) == 0;
+}
+
 /* Starts job id in slot s (J->mu held). 0 when the job left QUEUED (running, or failed on its spec); -1 when
  * it could not be moved on (the store did not answer, no thread could be made): it stays QUEUED and the
  * scheduler waits before trying again instead of spinning on it. */
@@ -449,7 +456,8 @@ static int start_job(tld_jobs *J, slot *s, int64_t id) {
     tld_job_free(&job);
     if (!ok) tl_spec_error_format(&se, msg, sizeof msg);
     else if (s->annotate && resolve_source(J, &s->aspec, msg, sizeof msg) != 0) ok = 0;
-    else if (!s->annotate && tld_init_prepare(J->store, &s->spec, NULL, &se) != 0) { /* the source, once more */
+    else if (!s->annotate && !has_own_checkpoint(J, id) && tld_init_prepare(J->store, &s->spec, NULL, &se) != 0) {
+        /* the source, once more (a job that already has its own checkpoint resumes from it without the source) */
         tl_spec_error_format(&se, msg, sizeof msg);
         ok = 0;
     }

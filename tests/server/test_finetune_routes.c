@@ -328,7 +328,7 @@ static void cancel(int64_t id) {
 /* A job that keeps the only worker busy (max_running 1) until it is cancelled. */
 static int64_t blocker(const char *name) {
     char spec[2048];
-    train_spec(spec, sizeof spec, name, MODEL, 100000, NULL);
+    train_spec(spec, sizeof spec, name, MODEL, 10000, NULL);
     int64_t id = submit_ok(spec);
     wait_state(id, "RUNNING");
     return id;
