@@ -7,6 +7,8 @@
  *   tl-bench [--preset lvvit_t | --config FILE] [--img-size PX] [--batch B]
  *            [--mode train|infer] [--steps N] [--warmup W] [--threads T] [--json]
  *            [--freeze none|stem|trunk] [--layer-decay X]   (training: fine-tuning settings)
+ *            --mode init [--img-size PX] [--classes K]: the cost of starting a fine-tuning job from a
+ *            checkpoint of the preset (resized to PX, heads re-initialised for K classes, default 10)
  *
  * Training FLOPs are counted as 3x the forward FLOPs (forward + two GEMMs per
  * GEMM in backward); AdamW and elementwise work are not counted. With
@@ -20,6 +22,7 @@
 #include "core/pool.h"
 #include "tokenlab/model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,11 +103,60 @@ static char *read_file(const char *path) {
     return buf;
 }
 
+/* --mode init: the cost of starting a fine-tuning job from a checkpoint, as tl_train_run does it: read
+ * the source's configuration, load it into a weights-only model, build the job's model (blank, as tl_train_run does) and
+ * adapt it (position embedding resized when img differs, heads drawn afresh for `classes`). The source is
+ * a freshly initialised model of `src` saved to a temporary file first (not timed). */
+static int measure_init(const tl_config *src, int img, int classes, int json, char *err, size_t errlen) {
+    char path[] = "/tmp/tl-bench-init-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return tl_seterr(err, errlen, "mkstemp: %s", strerror(errno));
+    close(fd);
+    tl_model *s0 = tl_model_new(src, 7, err, errlen);
+    int rc = s0 ? tl_checkpoint_save(s0, NULL, path, 0, NULL, NULL, err, errlen) : -1;
+    tl_model_free(s0);
+    tl_model *sm = NULL, *dm = NULL;
+    if (rc != 0) goto done;
+    rc = -1;
+    tl_config sc, dc;
+    tl_init_report rep;
+    double t0 = tl_clock_mono_s();
+    if (tl_checkpoint_config(path, &sc, err, errlen) != 0) goto done;
+    if (!(sm = tl_model_new_inference(&sc, err, errlen))) goto done;
+    if (tl_checkpoint_load(sm, NULL, path, 0, NULL, err, errlen) != 0) goto done;
+    double t1 = tl_clock_mono_s();
+    dc = sc;
+    dc.img_size = img > 0 ? img : sc.img_size;
+    dc.num_classes = classes;
+    if (!(dm = tl_model_new_blank(&dc, err, errlen))) goto done; /* as tl_train_run does */
+    double t2 = tl_clock_mono_s();
+    if (tl_model_init_from(dm, sm, TL_HEAD_REINIT, NULL, 42, &rep, err, errlen) != 0) goto done;
+    double t3 = tl_clock_mono_s();
+    size_t params = tl_model_num_params(dm);
+    if (json)
+        printf("{\"impl\":\"tokenlab\",\"mode\":\"init\",\"params\":%zu,\"src_img\":%d,\"img_size\":%d,\"classes\":%d,"
+               "\"load_ms\":%.1f,\"new_model_ms\":%.1f,\"adapt_ms\":%.1f,\"total_ms\":%.1f}\n",
+               params, sc.img_size, dc.img_size, classes, 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2),
+               1e3 * (t3 - t0));
+    else
+        printf("tokenlab init: %zu parameters, %d px -> %d px (grid %d -> %d), heads re-initialised for %d classes:\n"
+               "  read + load the source %.1f ms, build the job's model %.1f ms, adapt %.1f ms; total %.1f ms\n",
+               params, sc.img_size, dc.img_size, rep.src_grid, rep.dst_grid, classes, 1e3 * (t1 - t0),
+               1e3 * (t2 - t1), 1e3 * (t3 - t2), 1e3 * (t3 - t0));
+    rc = 0;
+done:
+    tl_model_free(sm);
+    tl_model_free(dm);
+    unlink(path);
+    return rc;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: tl-bench [--preset NAME | --config FILE] [--img-size PX] [--batch B] [--mode train|infer]\n"
             "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n"
             "                [--freeze none|stem|trunk] [--layer-decay X]   (training: fine-tuning settings)\n"
+            "       tl-bench --mode init [--preset NAME] [--img-size PX] [--classes K]   (starting a fine-tuning job)\n"
             "                [--data DIR [--loader-threads N]]   (also measure the data loader on DIR)\n");
 }
 
@@ -112,7 +164,7 @@ int main(int argc, char **argv) {
     (void)tl_malloc_keep_pages(); /* as tokenlabd does: same allocator behaviour in the figures */
     const char *preset = "lvvit_t", *config_path = NULL, *mode = "train", *data_dir = NULL, *freeze = "none";
     float layer_decay = 1.0f;
-    int loader_threads = 1;
+    int loader_threads = 1, classes = 10;
     int img = 0, batch = 32, steps = 5, warmup = 1, json = 0, profile = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int threads = ncpu > 0 ? (int)ncpu : 1;
@@ -134,11 +186,15 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--loader-threads") == 0) loader_threads = atoi(v);
         else if (strcmp(a, "--freeze") == 0) freeze = v;
         else if (strcmp(a, "--layer-decay") == 0) layer_decay = strtof(v, NULL);
+        else if (strcmp(a, "--classes") == 0) classes = atoi(v);
         else { fprintf(stderr, "tl-bench: unknown option %s\n", a); usage(); return 2; }
         i++;
     }
-    int train = strcmp(mode, "train") == 0;
-    if (!train && strcmp(mode, "infer") != 0) { fprintf(stderr, "tl-bench: --mode must be train or infer\n"); return 2; }
+    int train = strcmp(mode, "train") == 0, init = strcmp(mode, "init") == 0;
+    if (!train && !init && strcmp(mode, "infer") != 0) {
+        fprintf(stderr, "tl-bench: --mode must be train, infer or init\n");
+        return 2;
+    }
     if (batch < 1 || steps < 1 || threads < 1) { fprintf(stderr, "tl-bench: --batch, --steps, --threads must be >= 1\n"); return 2; }
     int fz = strcmp(freeze, "none") == 0 ? TL_FREEZE_NONE : strcmp(freeze, "stem") == 0 ? TL_FREEZE_STEM
            : strcmp(freeze, "trunk") == 0 ? TL_FREEZE_TRUNK : -1;
@@ -156,6 +212,10 @@ int main(int argc, char **argv) {
     } else if (tl_config_preset(preset, &c) != 0) {
         fprintf(stderr, "tl-bench: unknown preset '%s'\n", preset);
         return 1;
+    }
+    if (init) { /* the source at the preset's own size, the job at --img-size */
+        if (measure_init(&c, img, classes, json, err, sizeof err) != 0) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }
+        return 0;
     }
     if (img > 0) c.img_size = img;
     if (tl_config_validate(&c, err, sizeof err) != 0) { fprintf(stderr, "tl-bench: %s\n", err); return 1; }

@@ -302,10 +302,12 @@ static tl_train_status setup(run *r) {
     r->cfg.num_classes = K;
     r->cfg.drop_path_rate = s->drop_path;
     if (tl_config_validate(&r->cfg, err, sizeof err) != 0) return fail(r, "CONFIG_ERROR", "model: %s", err);
-    r->model = tl_model_new(&r->cfg, s->seed, err, sizeof err);
+    /* fine-tuning fills every weight from the source, and the EMA model always starts as a copy or from
+     * the checkpoint: neither needs the random initialisation */
+    r->model = r->init_now ? tl_model_new_blank(&r->cfg, err, sizeof err) : tl_model_new(&r->cfg, s->seed, err, sizeof err);
     if (!r->model) return fail(r, "OUT_OF_MEMORY", "%s", err);
     if (s->ema_decay > 0.0f) {
-        r->ema = tl_model_new(&r->cfg, s->seed, err, sizeof err);
+        r->ema = tl_model_new_blank(&r->cfg, err, sizeof err);
         if (!r->ema) return fail(r, "OUT_OF_MEMORY", "%s", err);
     }
     int threads = s->threads > 0 ? s->threads : ncores();

@@ -31,6 +31,7 @@
  *
  * Threads: one caller at a time per model (model.h); src is only read.
  */
+#include "core/pages.h"
 #include "model/model_internal.h"
 
 #include <math.h>
@@ -135,7 +136,7 @@ int tl_model_init_from(tl_model *dst, const tl_model *src, tl_head_mode head, co
     }
     memcpy(dst->bn_batches, src->bn_batches, sizeof dst->bn_batches);
     /* a fresh optimizer: gradients and both moments zero, step 0 */
-    memset(dst->mem + dst->nfloats, 0, sizeof(float) * dst->nfloats * 3);
+    tl_pages_zero(dst->mem + dst->nfloats, sizeof(float) * dst->nfloats * 3);
     dst->step = 0;
     if (rep) {
         rep->pos_resized = gs != gd;

@@ -9,11 +9,13 @@
  * Threads: one caller at a time (see model.h).
  */
 #include "model/model_internal.h"
+#include "core/pages.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* ---- layout ---- */
 typedef struct {
@@ -163,7 +165,7 @@ static void init_weights(tl_model *m, uint64_t seed) {
 
 /* ---- public API ---- */
 /* nblocks 4: a trainable model; 1: weights only (inference), without gradients or moments. */
-static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char *err, size_t errlen) {
+static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, int init, char *err, size_t errlen) {
     if (tl_config_validate(c, err, errlen) != 0) return NULL;
     if (tl_runtime_init(err, errlen) != 0) return NULL;
     tl_model *m = calloc(1, sizeof *m);
@@ -181,11 +183,14 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
         if (!m->wt[i].blocks) goto fail_alloc;
     }
     if (!m->tensors || !m->names) goto fail_alloc;
-    if (posix_memalign((void **)&m->mem, 64, sizeof(float) * m->nfloats * (size_t)nblocks) != 0) {
-        m->mem = NULL;
-        goto fail_alloc;
-    }
-    memset(m->mem, 0, sizeof(float) * m->nfloats * (size_t)nblocks);
+    /* One anonymous mapping: page-aligned and zero-filled by the kernel on first touch, so the gradient
+     * and moment blocks cost nothing until training writes them (a memset faulted every page in first:
+     * about a second for lvvit_s on a virtual machine). */
+    m->mem_bytes = sizeof(float) * m->nfloats * (size_t)nblocks;
+    void *mem = mmap(NULL, m->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) goto fail_alloc;
+    m->mem = mem;
+    tl_pages_populate(m->mem, sizeof(float) * m->nfloats); /* the weights: written at once by init or a load */
     for (int i = 0; i < nblocks; i++) {
         layout_state s = {i == 0 ? m : NULL, 0, 0};
         layout(&s, c, m->mem + (size_t)i * m->nfloats, &m->wt[i]);
@@ -204,7 +209,7 @@ static tl_model *model_new(const tl_config *c, uint64_t seed, int nblocks, char 
             t->v = m->mem + 3 * m->nfloats + t->offset;
         }
     }
-    if (nblocks == 4) init_weights(m, seed); /* an inference model gets its weights from a checkpoint */
+    if (nblocks == 4 && init) init_weights(m, seed); /* an inference model gets its weights from a checkpoint */
     return m;
 fail_alloc:
     tl_seterr(err, errlen, "out of memory allocating the model");
@@ -217,18 +222,22 @@ fail_layout:
 }
 
 tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errlen) {
-    return model_new(c, seed, 4, err, errlen);
+    return model_new(c, seed, 4, 1, err, errlen);
+}
+
+tl_model *tl_model_new_blank(const tl_config *c, char *err, size_t errlen) {
+    return model_new(c, 0, 4, 0, err, errlen);
 }
 
 tl_model *tl_model_new_inference(const tl_config *c, char *err, size_t errlen) {
-    return model_new(c, 0, 1, err, errlen);
+    return model_new(c, 0, 1, 0, err, errlen);
 }
 
 int tl_model_trainable(const tl_model *m) { return m->nblocks == 4; }
 
 void tl_model_free(tl_model *m) {
     if (!m) return;
-    free(m->mem);
+    if (m->mem) munmap(m->mem, m->mem_bytes);
     free(m->tensors);
     free(m->names);
     for (int i = 0; i < 4; i++) free(m->wt[i].blocks);

@@ -36,7 +36,8 @@ struct tl_model {
     tl_config cfg;
     size_t nfloats;        /* floats in one block (params incl. buffers) */
     int nblocks;           /* 4 (params, grads, exp_avg, exp_avg_sq) or 1 for an inference model */
-    float *mem;            /* nblocks blocks */
+    float *mem;            /* nblocks blocks, one anonymous mapping of mem_bytes */
+    size_t mem_bytes;
     tl_weights wt[4];      /* wt[0] params, wt[1] grads */
     tl_tensor *tensors;
     int ntensors;

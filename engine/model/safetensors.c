@@ -31,6 +31,7 @@
  * halves that always change together. The reader's checks are one ordered
  * sequence that reads best in one place.
  */
+#include "core/pages.h"
 #include "tokenlab/files.h"
 #include "tokenlab/base.h"
 #include "tokenlab/safetensors.h"
@@ -510,6 +511,7 @@ static unsigned char *read_all(const char *path, size_t *len, char *err, size_t 
         tl_seterr(err, errlen, "%s: out of memory for %zu bytes", path, n);
         goto fail;
     }
+    tl_pages_populate(buf, n);
     if (fread(buf, 1, n, fp) != n || ferror(fp)) {
         tl_seterr(err, errlen, "%s: short read (file changed while reading?)", path);
         goto fail;

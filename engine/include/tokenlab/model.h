@@ -85,6 +85,9 @@ typedef struct {
 
 /* Allocates and initialises a model (section 2 init) from a seed. */
 tl_model *tl_model_new(const tl_config *c, uint64_t seed, char *err, size_t errlen);
+/* A trainable model whose weights are all zero, for a caller that fills every one of them at once
+ * (tl_model_init_from, a checkpoint): it skips tl_model_new's random initialisation. */
+tl_model *tl_model_new_blank(const tl_config *c, char *err, size_t errlen);
 /* A model of weights only, for inference: no gradients, no optimizer moments (a quarter of the
  * memory of tl_model_new). Weights start at zero: load a checkpoint. Eval contexts only: a training
  * context on it is refused; zero_grad and AdamW do nothing. */
