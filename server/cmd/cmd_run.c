@@ -118,7 +118,7 @@ static void before_checkpoint(int64_t step, void *user) {
 
 static void on_log(const char *msg, void *user) {
     run_ui *ui = user;
-    fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+    fprintf(stderr, "%s%s\n", ui->tty ? "\r\033[K" : "", msg); /* the job log: what it loaded, resumed, skipped */
 }
 
 static void on_init(const tl_init_info *in, void *user) {
@@ -261,7 +261,7 @@ static void a_checkpoint(const char *path, int64_t done, void *user) {
 
 static void a_log(const char *msg, void *user) {
     annotate_ui *ui = user;
-    fprintf(stderr, "%swarning: %s\n", ui->tty ? "\r\033[K" : "", msg);
+    fprintf(stderr, "%s%s\n", ui->tty ? "\r\033[K" : "", msg); /* the job log: what it loaded, resumed, skipped */
 }
 
 /* Does the checkpoint hold EMA weights ("ema.<name>")? */
