@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,4 +185,35 @@ void http(const char *method, const char *path, const char *auth, const char *ct
     snprintf(out->ctype, sizeof out->ctype, "%s", ct ? ct : "");
     curl_slist_free_all(hl);
     curl_easy_cleanup(c);
+}
+
+void get(const char *path, resp_t *out) { http("GET", path, NULL, NULL, NULL, 0, NULL, out); }
+
+/* The reply is JSON with this status; returns it parsed. */
+cJSON *expect_json(resp_t *r, long status, const char *what) {
+    if (r->status != status) fail_msg("%s: status %ld, want %ld; body %s", what, r->status, status, r->body.data);
+    assert_string_equal(r->ctype, "application/json");
+    cJSON *j = cJSON_Parse(r->body.data ? r->body.data : "");
+    if (!j) fail_msg("%s: not JSON: %s", what, r->body.data);
+    return j;
+}
+
+/* A problem document with this status and code (and pointer: NULL = must be absent, else its value). */
+void expect_problem(resp_t *r, long status, const char *code, const char *pointer, const char *what) {
+    if (r->status != status) fail_msg("%s: status %ld, want %ld; body %s", what, r->status, status, r->body.data);
+    if (strcmp(r->ctype, "application/problem+json") != 0) fail_msg("%s: content type %s", what, r->ctype);
+    cJSON *j = cJSON_Parse(r->body.data ? r->body.data : "");
+    if (!j) fail_msg("%s: problem is not JSON: %s", what, r->body.data);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    assert_true(cJSON_IsNumber(st) && (long)st->valuedouble == status);
+    const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "code"));
+    if (!c || strcmp(c, code) != 0) fail_msg("%s: code %s, want %s (%s)", what, c ? c : "(none)", code, r->body.data);
+    assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "detail")));
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pointer");
+    if (pointer) {
+        if (!cJSON_IsString(p) || strcmp(p->valuestring, pointer) != 0)
+            fail_msg("%s: pointer %s, want %s", what, cJSON_IsString(p) ? p->valuestring : "(none)", pointer);
+    }
+    cJSON_Delete(j);
+    resp_free(r);
 }

@@ -56,5 +56,12 @@ void http(const char *method, const char *path, const char *auth, const char *ct
 /* The value of response header `name` (case-insensitive), or NULL; into out. */
 const char *resp_header(const resp_t *r, const char *name, char *out, size_t outlen);
 void sleep_ms(int ms);
+/* GET path without a token. */
+void get(const char *path, resp_t *out);
+/* The reply is JSON with this status (the test fails otherwise); returns it parsed. */
+struct cJSON *expect_json(resp_t *r, long status, const char *what);
+/* The reply is a problem document with this status and code, and the pointer (when not NULL) given;
+ * frees r. The test fails otherwise. */
+void expect_problem(resp_t *r, long status, const char *code, const char *pointer, const char *what);
 
 #endif
