@@ -41,6 +41,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "spec_schema.h"
 #include "tokenlab/annotate.h"
 #include "tokenlab/labelmap.h"
 #include "tokenlab/synth.h"
@@ -398,108 +399,29 @@ static const char *const PARSER_FIELDS[] = {
 /* Fields whose absence means something the schema cannot state as a default. */
 static const char *const NO_DEFAULT[] = {"/source/model", "/source/job_id", "/source/ema", NULL};
 
-typedef struct {
-    char path[128];
-    const cJSON *node;
-} prop;
-static prop g_props[64];
-static int g_nprops;
-static const cJSON *g_objects[8];
-static char g_object_paths[8][128];
-static int g_nobjects;
-
-static int listed(const char *const *list, const char *s) {
-    for (; *list; list++)
-        if (strcmp(*list, s) == 0) return 1;
-    return 0;
-}
-
-static void walk_schema(const cJSON *node, const char *path) {
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(node, "type");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "object") != 0) return;
-    assert_true(g_nobjects < 8);
-    g_objects[g_nobjects] = node;
-    snprintf(g_object_paths[g_nobjects++], 128, "%s", path);
-    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(node, "additionalProperties")))
-        fail_msg("schema object %s: additionalProperties is not false", path[0] ? path : "/");
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(node, "properties");
-    if (!cJSON_IsObject(props)) fail_msg("schema object %s has no properties", path);
-    for (const cJSON *p = props->child; p; p = p->next) {
-        assert_true(g_nprops < 64);
-        prop *pr = &g_props[g_nprops++];
-        snprintf(pr->path, sizeof pr->path, "%s/%s", path, p->string);
-        pr->node = p;
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "description");
-        if (!cJSON_IsString(d) || strlen(d->valuestring) < 10) fail_msg("schema %s: no description", pr->path);
-        if (!cJSON_GetObjectItemCaseSensitive(p, "default") && !listed(NO_DEFAULT, pr->path))
-            fail_msg("schema %s: no default", pr->path);
-        if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(p, "type"))) fail_msg("schema %s: no type", pr->path);
-        walk_schema(p, pr->path);
-    }
-}
-
-/* base with the value at path set to v (NULL: removed); malloc'd. */
-static char *spec_with(const char *base, const char *path, const cJSON *v) {
-    cJSON *d = cJSON_Parse(base);
-    assert_non_null(d);
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", path + 1);
-    cJSON *obj = d;
-    char *save = NULL, *tok = strtok_r(buf, "/", &save);
-    while (tok) {
-        char *next = strtok_r(NULL, "/", &save);
-        if (!next) {
-            cJSON_DeleteItemFromObjectCaseSensitive(obj, tok);
-            if (v) cJSON_AddItemToObject(obj, tok, cJSON_Duplicate(v, 1));
-        } else {
-            cJSON *child = cJSON_GetObjectItemCaseSensitive(obj, tok);
-            if (!child) child = cJSON_AddObjectToObject(obj, tok);
-            obj = child;
-        }
-        tok = next;
-    }
-    char *out = cJSON_PrintUnformatted(d);
-    cJSON_Delete(d);
-    return out;
-}
-
 static void test_schema_matches_parser(void **state) {
     (void)state;
-    char dir[PATH_MAX], path[PATH_MAX + 64];
-    snprintf(dir, sizeof dir, "%s", __FILE__);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    else snprintf(dir, sizeof dir, ".");
-    snprintf(path, sizeof path, "%s/../../schema/annotatespec.schema.json", dir);
-    char *text = read_all(path, NULL);
-    if (!text) fail_msg("cannot read %s", path);
-    cJSON *schema = cJSON_ParseWithOpts(text, NULL, 1);
-    free(text);
-    if (!schema) fail_msg("%s is not valid JSON", path);
-    const cJSON *sv = cJSON_GetObjectItemCaseSensitive(schema, "$schema");
-    assert_true(cJSON_IsString(sv));
-    assert_string_equal(sv->valuestring, "https://json-schema.org/draft/2020-12/schema");
-    g_nprops = g_nobjects = 0;
-    walk_schema(schema, "");
+    static tlt_schema_walk w;
+    cJSON *schema = tlt_schema_load("annotatespec.schema.json", NO_DEFAULT, 0, &w);
     /* the same fields */
     int nfields = 0;
     for (const char *const *f = PARSER_FIELDS; *f; f++, nfields++) {
         int found = 0;
-        for (int i = 0; i < g_nprops; i++) found |= strcmp(g_props[i].path, *f) == 0;
+        for (int i = 0; i < w.nprops; i++) found |= strcmp(w.props[i].path, *f) == 0;
         if (!found) fail_msg("the parser accepts %s but the schema does not list it", *f);
     }
-    assert_int_equal(g_nprops, nfields);
-    assert_int_equal(g_nobjects, 4); /* the document, source, data, annotate */
+    assert_int_equal(w.nprops, nfields);
+    assert_int_equal(w.nobjects, 4); /* the document, source, data, annotate */
 
     static tl_annotate_spec minimal, s;
     parse_ok(MINIMAL, g_data, &minimal);
-    for (int i = 0; i < g_nprops; i++) {
-        const prop *p = &g_props[i];
+    for (int i = 0; i < w.nprops; i++) {
+        const tlt_prop *p = &w.props[i];
         const char *base = strcmp(p->path, "/source/model") == 0 ? MINIMAL_MODEL : MINIMAL;
         /* the schema's default parses to the parser's default */
         const cJSON *def = cJSON_GetObjectItemCaseSensitive(p->node, "default");
         if (def) {
-            char *json = spec_with(base, p->path, def);
+            char *json = tlt_spec_with(base, p->path, def);
             tl_spec_error e;
             if (tl_annotate_spec_parse(json, g_data, &s, &e) != 0)
                 fail_msg("the schema default of %s is refused (%s: %s): %s", p->path, e.pointer, e.message, json);
@@ -515,7 +437,7 @@ static void test_schema_matches_parser(void **state) {
         else if (strcmp(type, "string") == 0) bad = cJSON_CreateNumber(1), want = "must be a string";
         else if (strcmp(type, "object") == 0) bad = cJSON_CreateString("x"), want = "must be an object";
         else fail_msg("schema %s: unexpected type %s", p->path, type);
-        char *json = spec_with(base, p->path, bad);
+        char *json = tlt_spec_with(base, p->path, bad);
         refused(json, g_data, p->path, want);
         free(json);
         cJSON_Delete(bad);
@@ -527,14 +449,14 @@ static void test_schema_matches_parser(void **state) {
             /* (cJSON prints 15 significant digits, so the step grows with x; size stays even) */
             double x = bv->valuedouble, step = strcmp(p->path, "/annotate/size") == 0 ? 2 : fmax(1.0, fabs(x) * 1e-6);
             cJSON *o = cJSON_CreateNumber(b == 0 ? x - step : x + step);
-            json = spec_with(base, p->path, o);
+            json = tlt_spec_with(base, p->path, o);
             tl_spec_error e;
             if (tl_annotate_spec_parse(json, g_data, &s, &e) == 0) fail_msg("%s outside its %s accepted", p->path, bounds[b]);
             assert_string_equal(e.pointer, p->path);
             free(json);
             cJSON_Delete(o);
             cJSON *in = cJSON_CreateNumber(x);
-            json = spec_with(base, p->path, in);
+            json = tlt_spec_with(base, p->path, in);
             parse_ok(json, g_data, &s);
             free(json);
             cJSON_Delete(in);
@@ -542,22 +464,22 @@ static void test_schema_matches_parser(void **state) {
     }
     /* every object refuses an extra property, with its pointer */
     cJSON *one = cJSON_CreateNumber(1);
-    for (int i = 0; i < g_nobjects; i++) {
+    for (int i = 0; i < w.nobjects; i++) {
         char path2[160];
-        snprintf(path2, sizeof path2, "%s/zz_extra", g_object_paths[i]);
-        char *json = spec_with(MINIMAL, path2, one);
+        snprintf(path2, sizeof path2, "%s/zz_extra", w.object_paths[i]);
+        char *json = tlt_spec_with(MINIMAL, path2, one);
         refused(json, g_data, path2, "unknown field");
         free(json);
     }
     cJSON_Delete(one);
     /* the schema's required fields are the parser's */
     int nreq = 0;
-    for (int i = 0; i < g_nobjects; i++) {
-        const cJSON *req = cJSON_GetObjectItemCaseSensitive(g_objects[i], "required");
+    for (int i = 0; i < w.nobjects; i++) {
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(w.objects[i], "required");
         for (const cJSON *r = req ? req->child : NULL; r; r = r->next, nreq++) {
             char path2[160];
-            snprintf(path2, sizeof path2, "%s/%s", g_object_paths[i], r->valuestring);
-            char *json = spec_with(MINIMAL, path2, NULL);
+            snprintf(path2, sizeof path2, "%s/%s", w.object_paths[i], r->valuestring);
+            char *json = tlt_spec_with(MINIMAL, path2, NULL);
             refused(json, g_data, path2, "required");
             free(json);
         }

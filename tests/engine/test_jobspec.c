@@ -33,6 +33,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "spec_schema.h"
 #include "tokenlab/jobspec.h"
 
 /* ------------------------------------------------------------------ fixture */
@@ -626,12 +627,6 @@ static const char *const NO_DEFAULT[] = {"/model/init", "/model/init/model", "/m
 /* The base spec for the properties of model.init: a job's checkpoint as the source. */
 #define INIT_BASE "{\"kind\":\"train\",\"name\":\"job\",\"model\":{\"init\":{\"job_id\":1}}," BASE_DATA "}"
 
-static int in_list(const char *const *l, const char *s) {
-    for (; *l; l++)
-        if (strcmp(*l, s) == 0) return 1;
-    return 0;
-}
-
 /* The schema type of a property: "integer", ..., or the first of a list (e.g. ["string", "integer"]). */
 static const char *prop_type(const cJSON *node, int *multi) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(node, "type");
@@ -646,138 +641,29 @@ static const char *prop_type(const cJSON *node, int *multi) {
     return NULL;
 }
 
-typedef struct {
-    char path[128];
-    const cJSON *node;    /* the property's schema */
-    const cJSON *parent;  /* the schema object holding "properties" */
-} prop;
-
-#define MAX_PROPS 128
-static prop g_props[MAX_PROPS];
-static int g_nprops;
-static const cJSON *g_objects[32];   /* schema nodes of type object, with their paths */
-static char g_object_paths[32][128];
-static int g_nobjects;
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (!b) {
-        fclose(f);
-        return NULL;
-    }
-    size_t r = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    b[r] = '\0';
-    return b;
-}
-
-static void walk_schema(const cJSON *node, const char *path) {
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(node, "type");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "object") != 0) return;
-    assert_true(g_nobjects < 32);
-    g_objects[g_nobjects] = node;
-    snprintf(g_object_paths[g_nobjects++], 128, "%s", path);
-    const cJSON *ap = cJSON_GetObjectItemCaseSensitive(node, "additionalProperties");
-    if (!cJSON_IsFalse(ap)) fail_msg("schema object %s: additionalProperties is not false", path[0] ? path : "/");
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(node, "properties");
-    if (!cJSON_IsObject(props)) fail_msg("schema object %s has no properties", path);
-    for (const cJSON *p = props->child; p; p = p->next) {
-        assert_true(g_nprops < MAX_PROPS);
-        prop *pr = &g_props[g_nprops++];
-        snprintf(pr->path, sizeof pr->path, "%s/%s", path, p->string);
-        pr->node = p;
-        pr->parent = node;
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "description");
-        if (!cJSON_IsString(d) || strlen(d->valuestring) < 10) fail_msg("schema %s: no description", pr->path);
-        if (in_list(NO_DEFAULT, pr->path)) {
-            if (cJSON_GetObjectItemCaseSensitive(p, "default")) fail_msg("schema %s: listed without a default", pr->path);
-            if (!strstr(d->valuestring, "no default value"))
-                fail_msg("schema %s: the description does not say it has no default value", pr->path);
-        } else if (!cJSON_GetObjectItemCaseSensitive(p, "default"))
-            fail_msg("schema %s: no default", pr->path);
-        int multi;
-        if (!prop_type(p, &multi)) fail_msg("schema %s: no type", pr->path);
-        walk_schema(p, pr->path);
-    }
-}
-
-/* The minimal spec with the value at path (e.g. "/train/augment/hflip") set
- * to v (NULL: removed). Returns a malloc'd JSON text. */
-static char *spec_with(const char *base, const char *path, const cJSON *v) {
-    cJSON *doc = cJSON_Parse(base);
-    assert_non_null(doc);
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", path + 1);
-    cJSON *obj = doc;
-    char *save = NULL, *tok = strtok_r(buf, "/", &save);
-    while (tok) {
-        char *next = strtok_r(NULL, "/", &save);
-        if (!next) {
-            cJSON_DeleteItemFromObjectCaseSensitive(obj, tok);
-            if (v) cJSON_AddItemToObject(obj, tok, cJSON_Duplicate(v, 1));
-        } else {
-            cJSON *child = cJSON_GetObjectItemCaseSensitive(obj, tok);
-            if (!child) child = cJSON_AddObjectToObject(obj, tok);
-            obj = child;
-        }
-        tok = next;
-    }
-    char *out = cJSON_PrintUnformatted(doc);
-    cJSON_Delete(doc);
-    return out;
-}
-
-static void load_schema(cJSON **schema_out) {
-    char dir[PATH_MAX], path[PATH_MAX + 64];
-    snprintf(dir, sizeof dir, "%s", __FILE__);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    snprintf(path, sizeof path, "%s/../../schema/jobspec.schema.json", dir);
-    char *text = read_text(path);
-    if (!text) fail_msg("cannot read %s", path);
-    cJSON *schema = cJSON_ParseWithOpts(text, NULL, 1);
-    free(text);
-    if (!schema) fail_msg("%s is not valid JSON", path);
-    *schema_out = schema;
-    g_nprops = 0;
-    g_nobjects = 0;
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(schema, "$schema");
-    assert_true(cJSON_IsString(s));
-    assert_string_equal(s->valuestring, "https://json-schema.org/draft/2020-12/schema");
-    walk_schema(schema, "");
-}
-
 static void test_schema_matches_parser(void **state) {
-    cJSON *schema;
-    load_schema(&schema);
+    static tlt_schema_walk w;
+    cJSON *schema = tlt_schema_load("jobspec.schema.json", NO_DEFAULT, 1, &w);
     /* The schema's properties are exactly the parser's fields. */
     int nfields = 0;
     for (const char *const *f = PARSER_FIELDS; *f; f++, nfields++) {
         int found = 0;
-        for (int i = 0; i < g_nprops; i++) found |= strcmp(g_props[i].path, *f) == 0;
+        for (int i = 0; i < w.nprops; i++) found |= strcmp(w.props[i].path, *f) == 0;
         if (!found) fail_msg("the parser accepts %s but the schema does not list it", *f);
     }
-    for (int i = 0; i < g_nprops; i++) {
+    for (int i = 0; i < w.nprops; i++) {
         int found = 0;
-        for (const char *const *f = PARSER_FIELDS; *f; f++) found |= strcmp(g_props[i].path, *f) == 0;
-        if (!found) fail_msg("the schema lists %s but the parser does not know it", g_props[i].path);
+        for (const char *const *f = PARSER_FIELDS; *f; f++) found |= strcmp(w.props[i].path, *f) == 0;
+        if (!found) fail_msg("the schema lists %s but the parser does not know it", w.props[i].path);
     }
-    assert_int_equal(g_nprops, nfields);
+    assert_int_equal(w.nprops, nfields);
 
     tl_train_spec minimal_plain, minimal_init, s;
     parse_ok(MINIMAL, g_root, &minimal_plain);
     parse_ok(INIT_BASE, g_root, &minimal_init);
     assert_int_equal(minimal_init.init, 1);
-    for (int i = 0; i < g_nprops; i++) {
-        const prop *p = &g_props[i];
+    for (int i = 0; i < w.nprops; i++) {
+        const tlt_prop *p = &w.props[i];
         int under_init = strncmp(p->path, "/model/init/", 12) == 0;
         const char *BASE = under_init ? INIT_BASE : MINIMAL;
         const tl_train_spec *minimal = under_init ? &minimal_init : &minimal_plain;
@@ -786,7 +672,7 @@ static void test_schema_matches_parser(void **state) {
         /* Each property set to its schema default parses to the parser's default. */
         const cJSON *def = cJSON_GetObjectItemCaseSensitive(p->node, "default");
         if (def) {
-            json = spec_with(BASE, p->path, def);
+            json = tlt_spec_with(BASE, p->path, def);
             if (tl_jobspec_parse(json, g_root, &s, &e) != 0)
                 fail_msg("the schema default of %s is refused (%s: %s): %s", p->path, e.pointer, e.message, json);
             assert_spec_equal(&s, minimal);
@@ -806,7 +692,7 @@ static void test_schema_matches_parser(void **state) {
         else if (strcmp(type, "object") == 0) bad = cJSON_CreateString("x"), want = "must be an object";
         else if (strcmp(type, "array") == 0) bad = cJSON_CreateNumber(1), want = "must be an array of 2 numbers";
         else fail_msg("schema %s: unexpected type %s", p->path, type);
-        json = spec_with(BASE, p->path, bad);
+        json = tlt_spec_with(BASE, p->path, bad);
         refused(json, g_root, p->path, want);
         free(json);
         cJSON_Delete(bad);
@@ -823,7 +709,7 @@ static void test_schema_matches_parser(void **state) {
             double outside = b < 2 ? x - step : x + step;
             if (b == 1 || b == 3) outside = x;
             cJSON *o = cJSON_CreateNumber(outside);
-            json = spec_with(BASE, p->path, o);
+            json = tlt_spec_with(BASE, p->path, o);
             tl_spec_error e2;
             if (tl_jobspec_parse(json, g_root, &s, &e2) == 0)
                 fail_msg("%s = %.17g (outside its %s) was accepted", p->path, outside, bounds[b]);
@@ -833,10 +719,10 @@ static void test_schema_matches_parser(void **state) {
             if ((b == 0 || b == 2) && strncmp(p->path, "/model/", 7) != 0) {
                 /* With no warm-up, so that epochs may sit at its minimum. */
                 cJSON *zero = cJSON_CreateNumber(0);
-                char *base0 = spec_with(MINIMAL, "/train/warmup_epochs", zero);
+                char *base0 = tlt_spec_with(MINIMAL, "/train/warmup_epochs", zero);
                 cJSON_Delete(zero);
                 cJSON *in = cJSON_CreateNumber(x);
-                json = spec_with(strcmp(p->path, "/train/warmup_epochs") == 0 ? MINIMAL : base0, p->path, in);
+                json = tlt_spec_with(strcmp(p->path, "/train/warmup_epochs") == 0 ? MINIMAL : base0, p->path, in);
                 if (tl_jobspec_parse(json, g_root, &s, &e2) != 0)
                     fail_msg("%s = %.17g (its %s) is refused (%s: %s)", p->path, x, bounds[b], e2.pointer, e2.message);
                 free(json);
@@ -847,7 +733,7 @@ static void test_schema_matches_parser(void **state) {
         /* Enumerations: every listed value is accepted. */
         const cJSON *en = cJSON_GetObjectItemCaseSensitive(p->node, "enum");
         for (const cJSON *v = en ? en->child : NULL; v; v = v->next) {
-            json = spec_with(BASE, p->path, v);
+            json = tlt_spec_with(BASE, p->path, v);
             parse_ok(json, g_root, &s);
             free(json);
         }
@@ -855,24 +741,24 @@ static void test_schema_matches_parser(void **state) {
 
     /* Every object refuses an extra property, with its pointer. */
     cJSON *one = cJSON_CreateNumber(1);
-    for (int i = 0; i < g_nobjects; i++) {
+    for (int i = 0; i < w.nobjects; i++) {
         char path[160], want[160];
-        snprintf(path, sizeof path, "%s/zz_extra", g_object_paths[i]);
+        snprintf(path, sizeof path, "%s/zz_extra", w.object_paths[i]);
         snprintf(want, sizeof want, "%s", path);
-        char *json = spec_with(MINIMAL, path, one);
+        char *json = tlt_spec_with(MINIMAL, path, one);
         refused(json, g_root, want, "unknown field");
         free(json);
     }
     cJSON_Delete(one);
-    assert_int_equal(g_nobjects, 6); /* the document, model, model.init, data, train, augment */
+    assert_int_equal(w.nobjects, 6); /* the document, model, model.init, data, train, augment */
 
     /* The schema's required fields are the parser's. */
-    for (int i = 0; i < g_nobjects; i++) {
-        const cJSON *req = cJSON_GetObjectItemCaseSensitive(g_objects[i], "required");
+    for (int i = 0; i < w.nobjects; i++) {
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(w.objects[i], "required");
         for (const cJSON *r = req ? req->child : NULL; r; r = r->next) {
             char path[160];
-            snprintf(path, sizeof path, "%s/%s", g_object_paths[i], r->valuestring);
-            char *json = spec_with(MINIMAL, path, NULL);
+            snprintf(path, sizeof path, "%s/%s", w.object_paths[i], r->valuestring);
+            char *json = tlt_spec_with(MINIMAL, path, NULL);
             refused(json, g_root, path, "required");
             free(json);
         }
