@@ -18,10 +18,8 @@
  *  - a fine-tuning job with a checkpoint in its run folder resumes from it
  *    without reading the source (no on_init, no step-0 evaluation).
  *
- * Need the ft-engine branch (tl_model_init_from, tl_model_set_freeze,
- * tl_model_set_layer_decay); until it is merged the placeholder
- * engine/model/finetune_pending.c answers "not implemented" and these SKIP
- * (cmocka skip, with a message on stderr):
+ * Whole fine-tuning jobs (through tl_model_init_from, tl_model_set_freeze and
+ * tl_model_set_layer_decay):
  *  - e2e_reinit_resized: a source trained on synthetic data fine-tuned with
  *    another img_size and class count; on_init once (reinit, grid 4 -> 6);
  *    raw and EMA evaluated at step 0 before the first step;
@@ -505,7 +503,7 @@ static void test_imagenette_classes(void **state) {
     tl_dataset_free(ds);
 }
 
-/* ------------------------------------------------------------------ jobs: what runs without ft-engine */
+/* ------------------------------------------------------------------ jobs: sources that cannot be used, resumes */
 
 static void test_checkpoints_carry_class_ids(void **state) {
     (void)state;
@@ -602,20 +600,11 @@ static void test_resume_ignores_source(void **state) {
     assert_int_equal(c.img_size, 32); /* the checkpoint's, not the spec's 48 */
 }
 
-/* ------------------------------------------------------------------ jobs that need ft-engine */
-
-/* Skips when the run failed on the placeholder's "not implemented" (ft-engine not merged yet). */
-static void skip_if_pending(const tl_train_result *res) {
-    if (res->status == TL_TRAIN_FAILED && strstr(res->message, "not implemented")) {
-        fprintf(stderr, "SKIP: needs the ft-engine branch (%s)\n", res->message);
-        skip();
-    }
-}
+/* ------------------------------------------------------------------ whole fine-tuning jobs */
 
 static void run_ok(const tl_train_spec *s, const char *dir, recorder *r, tl_train_result *res) {
     memset(r, 0, sizeof *r);
     tl_train_status st = run_job(s, dir, r, res);
-    skip_if_pending(res);
     if (st != TL_TRAIN_SUCCEEDED) fail_msg("job failed (%s): %s", res->reason, res->message);
 }
 

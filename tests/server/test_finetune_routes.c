@@ -15,9 +15,6 @@
  *  - a job fine-tuned from a job's checkpoint and one from a registered model
  *    with another input size: Job.init before (loaded false) and after
  *    (loaded true, pos_embed), the step-0 evaluation, Model.lineage.
- * These need the engine's model.init (the spec parser and the training
- * loop). A build whose parser does not know model.init (it answers
- * "unknown field" at /model/init) skips them with a message.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -60,17 +57,6 @@ static int teardown(void **state) {
 
 
 /* ------------------------------------------------------------------ fine-tuning helpers */
-
-static int g_unsupported; /* the engine in this build does not know model.init */
-
-#define SKIP_UNSUPPORTED()                                                                                     \
-    do {                                                                                                       \
-        if (g_unsupported) {                                                                                   \
-            printf("  SKIP: this build's job spec parser does not know model.init (the engine's fine-tuning "   \
-                   "branch is not merged)\n");                                                                 \
-            skip();                                                                                            \
-        }                                                                                                      \
-    } while (0)
 
 static const char *const MODEL = "\"img_size\":16,\"patch_size\":4,\"embed_dim\":16,\"depth\":1,\"num_heads\":2,"
                                  "\"mlp_ratio\":2,\"stem_channels\":8,\"skip_lam\":1,\"num_classes\":3,"
@@ -192,26 +178,16 @@ static void register_model(const char *name, int64_t job, const char *checkpoint
 
 /* ------------------------------------------------------------------ tests */
 
-/* Decides whether this build knows model.init: the first refusal test at the same time. */
-static void test_detect_and_missing_model(void **state) {
+/* A source model that does not exist is refused at its pointer. */
+static void test_missing_model(void **state) {
     (void)state;
     char spec[2048];
     train_spec(spec, sizeof spec, "detect", "\"init\":{\"model\":\"no-such-model\"}", 1, NULL);
-    resp_t r;
-    submit(spec, &r);
-    if (r.status == 422 && r.body.data && strstr(r.body.data, "unknown field") &&
-        strstr(r.body.data, "\"/model/init\"")) {
-        g_unsupported = 1;
-        resp_free(&r);
-        SKIP_UNSUPPORTED();
-    }
-    resp_free(&r);
     expect_refused(spec, "/model/init/model", "no-such-model");
 }
 
 static void test_refusals(void **state) {
     (void)state;
-    SKIP_UNSUPPORTED();
     char spec[2048], model[512];
     int64_t block = blocker("block-1");
     /* the source waits behind the blocker: still training */
@@ -252,7 +228,6 @@ static void test_refusals(void **state) {
 
 static void test_source_deleted_before_start(void **state) {
     (void)state;
-    SKIP_UNSUPPORTED();
     char spec[2048], model[512], path[64];
     train_spec(spec, sizeof spec, "src-gone", MODEL, 1, NULL);
     int64_t src = submit_ok(spec);
@@ -286,7 +261,6 @@ static void test_source_deleted_before_start(void **state) {
 
 static void test_finetune_and_lineage(void **state) {
     (void)state;
-    SKIP_UNSUPPORTED();
     char spec[2048], model[512], path[128];
     train_spec(spec, sizeof spec, "base", MODEL, 1, NULL);
     int64_t base = submit_ok(spec);
@@ -429,7 +403,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_job_init_null),
         cmocka_unit_test(test_lineage_from_store),
-        cmocka_unit_test(test_detect_and_missing_model),
+        cmocka_unit_test(test_missing_model),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_source_deleted_before_start),
         cmocka_unit_test(test_finetune_and_lineage),

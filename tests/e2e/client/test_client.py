@@ -12,9 +12,8 @@ refusals with code and field pointer (3), connection failures with the
 address tried (4), a job that fails (5) and a cancelled job (6), watch and
 logs -f ending with the job, metrics as CSV, config precedence (flag > env >
 config file, token > token file), and malformed, oversized and truncated
-answers from a fake server (no crash, exit 1/3/4). The model-serving tests
-(models, register, predict, inspect) are skipped as PENDING when the daemon
-does not have those endpoints yet (issue 5).
+answers from a fake server (no crash, exit 1/3/4). predict is skipped when
+the shared photos are absent.
 Prints `N passed, M failed, K skipped` last; exits non-zero on any failure.
 """
 import argparse
@@ -354,22 +353,15 @@ def t_init():
     expect(tl("submit", path, "--init"), 2)
     after = len(as_json(expect(tl("--json", "jobs", "--limit", "200"), 0))["jobs"])
     assert after == before, (before, after)
-    # a valid --init reaches the daemon as model.init (refused there: the model does not exist, or, before the
-    # engine knows model.init, the field is unknown): exit 3 with the pointer under /model/init
+    # a valid --init reaches the daemon as model.init, refused there (the model does not exist): exit 3
     p = as_json(expect(tl("--json", "submit", path, "--init", "model:no-such-model"), 3))
-    assert p["code"] == "SPEC_INVALID" and p["pointer"].startswith("/model/init"), p
-    supported = not (p["pointer"] == "/model/init" and "unknown field" in p.get("detail", ""))
+    assert p["code"] == "SPEC_INVALID" and p["pointer"] == "/model/init/model", p
     # --init replaces a model.init already in the spec
     s = spec("ft2", epochs=1)
     s["model"] = {"init": {"model": "whatever"}}
     p = as_json(expect(tl("--json", "submit", spec_file("ft2", raw=json.dumps(s)), "--init", "job:987654:last"), 3))
-    assert p["pointer"].startswith("/model/init"), p
-    if supported:
-        assert p["pointer"] == "/model/init/job_id", p
+    assert p["pointer"] == "/model/init/job_id", p
     expect(tl("submit", spec_file("ftarr", raw='{"model": 3}'), "--init", "job:1"), 1, "not an object", where="err")
-    if not supported:
-        raise Skip("the daemon's spec parser does not know model.init yet (engine branch not merged); "
-                   "--init parsing and the edit of the spec were checked")
     src = SHARED["ok"]
     s = spec("ft3", epochs=1)
     del s["model"]
@@ -840,11 +832,8 @@ def t_fake():
 # ---------------------------------------------------------------- models, predict, inspect (issue 5)
 
 def serving_available():
-    if "serving" not in SHARED:
-        st, body = D.get("/api/v1/models")
-        SHARED["serving"] = st == 200
-    if not SHARED["serving"]:
-        raise Skip("PENDING: the daemon has no /api/v1/models yet (issue 5)")
+    st, body = D.get("/api/v1/models")
+    assert st == 200, (st, body)
 
 
 def photos():
@@ -920,8 +909,7 @@ def t_inspect():
     serving_available()
     jid = SHARED["ok"]
     st, body = D.get("/api/v1/jobs/%d/samples" % jid)
-    if st == 404 and isinstance(body, dict) and body.get("detail") == "no such resource":
-        raise Skip("PENDING: the daemon has no /api/v1/jobs/{id}/samples yet (issue 5)")
+    assert st == 200, (st, body)
     r = expect(tl("inspect", str(jid)), 0, "samples", "evaluations recorded at steps", "SPLIT", "LABEL",
                "tokenlab inspect %d K" % jid)
     lst = as_json(expect(tl("--json", "inspect", str(jid)), 0))

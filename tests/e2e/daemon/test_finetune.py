@@ -13,8 +13,8 @@ source's step, the step-0 evaluation of the loaded weights, the log line);
 a job started from an uploaded model at another input size and class count
 (head reinit, position embedding resampled); Model.lineage of models
 registered from both (job -> job, job -> model).
-Needs the engine's model.init: a daemon whose spec parser does not know it
-("unknown field" at /model/init) makes the whole test skip (exit 77).
+The uploaded state_dict is made by the PyTorch reference (Debian's
+python3-torch, which the test command installs).
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 import argparse
@@ -31,7 +31,6 @@ import test_daemon as TD  # noqa: E402  (the Daemon class and helpers)
 RESULTS = TD.RESULTS
 check = TD.check
 problem = TD.problem
-SKIP = 77
 SHARED = {}
 
 
@@ -100,11 +99,7 @@ def t_from_job(d):
 @check("fine-tune from an uploaded state_dict")
 def t_from_upload(d):
     import test_serving as TS
-    try:
-        path, _, _ = TS.lvvit_state_dict()  # LV-ViT-T blocks, 32 px (grid 2), 5 classes
-    except ImportError as e:
-        print("  skipped: PyTorch reference unavailable (%s)" % e)
-        return
+    path, _, _ = TS.lvvit_state_dict()  # LV-ViT-T blocks, 32 px (grid 2), 5 classes
     st, m, _, _ = d.request("PUT", "/api/v1/models/official", raw=open(path, "rb").read(),
                             headers={"Content-Type": "application/octet-stream"})
     assert st == 201, (st, m)
@@ -122,13 +117,6 @@ def t_from_upload(d):
     assert m["config"]["embed_dim"] == 240 and m["config"]["img_size"] == 48, m["config"]
 
 
-def supported(d):
-    """False when the daemon's spec parser does not know model.init."""
-    st, b, _, _ = submit(d, finetune_spec("probe", {"model": "no-such-model"}))
-    assert st == 422, (st, b)
-    return not (b.get("pointer") == "/model/init" and "unknown field" in b.get("detail", ""))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -141,10 +129,6 @@ def main():
     d = TD.Daemon(TD.ARGS.work, extra=["--max-body", str(64 * 1024 * 1024)])
     d.start()
     try:
-        if not supported(d):
-            print("SKIP: this tokenlabd's job spec parser does not know model.init (the engine's fine-tuning "
-                  "branch is not merged)")
-            return SKIP
         for t in (t_from_job, t_from_upload):
             t(d)
     finally:
