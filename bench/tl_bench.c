@@ -21,6 +21,7 @@
 #include "ops/ops.h"
 #include "core/pool.h"
 #include "tokenlab/model.h"
+#include "tokenlab/safetensors.h"
 
 #include <errno.h>
 #include <math.h>
@@ -121,9 +122,14 @@ static int measure_init(const tl_config *src, int img, int classes, int json, ch
     tl_config sc, dc;
     tl_init_report rep;
     double t0 = tl_clock_mono_s();
-    if (tl_checkpoint_config(path, &sc, err, errlen) != 0) goto done;
-    if (!(sm = tl_model_new_inference(&sc, err, errlen))) goto done;
-    if (tl_checkpoint_load(sm, NULL, path, 0, NULL, err, errlen) != 0) goto done;
+    tl_st_file *f = tl_st_open(path, err, errlen); /* read once, as tl_train_run does */
+    rc = f && tl_checkpoint_config_file(f, path, &sc, err, errlen) == 0 && (sm = tl_model_new_inference(&sc, err, errlen)) &&
+                 tl_checkpoint_load_file(sm, NULL, f, path, 0, NULL, err, errlen) == 0
+             ? 0
+             : -1;
+    tl_st_close(f);
+    if (rc != 0) goto done;
+    rc = -1;
     double t1 = tl_clock_mono_s();
     dc = sc;
     dc.img_size = img > 0 ? img : sc.img_size;

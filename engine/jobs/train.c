@@ -66,6 +66,7 @@ typedef struct {
     char *class_ids;        /* TL_META_CLASS_IDS of the training data */
     tl_train_spec *own_spec;/* fine-tuning: the caller's spec merged with the source (r->spec points here) */
     tl_config src_cfg;      /* fine-tuning: the source's configuration */
+    tl_st_file *src_file;   /* fine-tuning, fresh start: the source, read once (config, metadata, weights) */
     int init_now;           /* fine-tuning, fresh start: initialise from the source, evaluate at step 0 */
 } run;
 
@@ -260,7 +261,8 @@ static tl_train_status init_spec(run *r) {
         return TL_TRAIN_SUCCEEDED;
     }
     if (!c->init_weights[0]) return fail(r, "CONFIG_ERROR", "model.init: no source file was given to the job");
-    if (tl_checkpoint_config(c->init_weights, &r->src_cfg, err, sizeof err) != 0)
+    if (!(r->src_file = tl_st_open(c->init_weights, err, sizeof err)) ||
+        tl_checkpoint_config_file(r->src_file, c->init_weights, &r->src_cfg, err, sizeof err) != 0)
         return fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", c->init_weights, err);
     tl_spec_error se;
     if (tl_jobspec_apply_init(c, &r->src_cfg, &se) != 0) {
@@ -355,7 +357,7 @@ static int init_from_source(run *r) {
     int K = r->cfg.num_classes, Ks = r->src_cfg.num_classes, rc = -1;
     int *map = NULL;
     tl_model *src = NULL;
-    tl_st_file *f = NULL;
+    const tl_st_file *f = r->src_file;
     tl_init_info *info = calloc(1, sizeof *info);
     if (!info) {
         fail(r, "OUT_OF_MEMORY", "out of memory");
@@ -372,11 +374,6 @@ static int init_from_source(run *r) {
              "model.init: head \"keep\" needs as many classes as the source: the source has %d, the training data "
              "%d; use \"reinit\" or \"match\"",
              Ks, K);
-        goto done;
-    }
-    f = tl_st_open(s->init_weights, err, sizeof err);
-    if (!f) {
-        fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", s->init_weights, err);
         goto done;
     }
     const char *step = tl_st_meta(f, "tokenlab.step");
@@ -404,15 +401,13 @@ static int init_from_source(run *r) {
             goto done;
         }
     }
-    tl_st_close(f);
-    f = NULL;
     src = tl_model_new_inference(&r->src_cfg, err, sizeof err);
     if (!src) {
         fail(r, "OUT_OF_MEMORY", "model.init: %s", err);
         goto done;
     }
-    if (tl_checkpoint_load(src, NULL, s->init_weights, s->init_from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err,
-                           sizeof err) != 0) {
+    if (tl_checkpoint_load_file(src, NULL, f, s->init_weights, s->init_from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err,
+                                sizeof err) != 0) {
         fail(r, "CONFIG_ERROR", "model.init: cannot load the %s weights of %s: %s", s->init_from_ema ? "EMA" : "raw",
              s->init_weights, err);
         goto done;
@@ -437,7 +432,8 @@ static int init_from_source(run *r) {
     if (r->hooks && r->hooks->on_init) r->hooks->on_init(info, r->hooks->user);
     rc = 0;
 done:
-    tl_st_close(f);
+    tl_st_close(r->src_file); /* read once: done with it */
+    r->src_file = NULL;
     tl_model_free(src);
     free(map);
     free(info);
@@ -507,6 +503,7 @@ static void cleanup(run *r) {
     free(r->t_mix);
     free(r->class_ids);
     free(r->own_spec);
+    tl_st_close(r->src_file); /* a run that failed before init_from_source */
 }
 
 static tl_train_status loop(run *r, int64_t step) {

@@ -360,14 +360,17 @@ int tl_checkpoint_load(tl_model *m, tl_model *ema, const char *path, int flags, 
     }
     tl_st_file *f = tl_st_open(path, err, errlen);
     if (!f) return -1;
-    char sub[TL_ERR_LEN];
-    if (validate(m, f, flags, sub, sizeof sub) != 0) {
-        tl_seterr(err, errlen, "%s: %s", path, sub);
-        tl_st_close(f);
-        return -1;
-    }
-    copy_in(m, ema, f, flags, st);
+    int rc = tl_checkpoint_load_file(m, ema, f, path, flags, st, err, errlen);
     tl_st_close(f);
+    return rc;
+}
+
+int tl_checkpoint_load_file(tl_model *m, tl_model *ema, const tl_st_file *f, const char *name, int flags,
+                            tl_train_state *st, char *err, size_t errlen) {
+    if ((flags & TL_CKPT_EMA) && !ema) return tl_seterr(err, errlen, "checkpoint: TL_CKPT_EMA needs an EMA model");
+    char sub[TL_ERR_LEN];
+    if (validate(m, f, flags, sub, sizeof sub) != 0) return tl_seterr(err, errlen, "%s: %s", name, sub);
+    copy_in(m, ema, f, flags, st);
     return 0;
 }
 
@@ -500,24 +503,23 @@ int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t err
     }
     tl_st_file *f = tl_st_open(path, err, errlen);
     if (!f) return -1;
-    char sub[TL_ERR_LEN];
-    tl_config c;
-    int rc = -1;
-    const char *json = tl_st_meta(f, "tokenlab.config");
-    if (json) {
-        if (tl_config_from_json(json, &c, sub, sizeof sub) != 0) {
-            tl_seterr(err, errlen, "%s: metadata tokenlab.config: %s", path, sub);
-            goto fail;
-        }
-    } else if (infer_config(f, &c, sub, sizeof sub) != 0 || tl_config_validate(&c, sub, sizeof sub) != 0) {
-        tl_seterr(err, errlen, "%s: %s", path, sub);
-        goto fail;
-    }
-    *out = c;
-    rc = 0;
-fail:
+    int rc = tl_checkpoint_config_file(f, path, out, err, errlen);
     tl_st_close(f);
     return rc;
+}
+
+int tl_checkpoint_config_file(const tl_st_file *f, const char *name, tl_config *out, char *err, size_t errlen) {
+    char sub[TL_ERR_LEN];
+    tl_config c;
+    const char *json = tl_st_meta(f, "tokenlab.config");
+    if (json) {
+        if (tl_config_from_json(json, &c, sub, sizeof sub) != 0)
+            return tl_seterr(err, errlen, "%s: metadata tokenlab.config: %s", name, sub);
+    } else if (infer_config(f, &c, sub, sizeof sub) != 0 || tl_config_validate(&c, sub, sizeof sub) != 0) {
+        return tl_seterr(err, errlen, "%s: %s", name, sub);
+    }
+    *out = c;
+    return 0;
 }
 
 int tl_checkpoint_train_step(const char *path, int64_t *step) {

@@ -267,6 +267,12 @@ int tl_checkpoint_train_step(const char *path, int64_t *step);
  * tensor shapes of a plain LV-ViT state_dict (num_heads and skip_lam then come
  * from the preset of the same width and depth). */
 int tl_checkpoint_config(const char *path, tl_config *out, char *err, size_t errlen);
+/* The same two readings of a checkpoint already open (tokenlab/safetensors.h), for a caller that needs
+ * the file's metadata too and reads it once; name is the file's name in messages. */
+typedef struct tl_st_file tl_st_file;
+int tl_checkpoint_config_file(const tl_st_file *f, const char *name, tl_config *out, char *err, size_t errlen);
+int tl_checkpoint_load_file(tl_model *m, tl_model *ema, const tl_st_file *f, const char *name, int flags,
+                            tl_train_state *st, char *err, size_t errlen);
 
 /* ---- runtime information ---- */
 /* Loads BLAS if needed; returns 0 or -1 with a message. Called implicitly. */
