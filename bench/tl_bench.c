@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
     }
     for (int b = 0; b < batch; b++) t_cls[(size_t)b * K + (b % K)] = 1.0f;
     tl_adamw hp = {1e-3f, 0.05f, 0.9f, 0.999f, 1e-8f};
-    tl_loss_weights lw = {1.0f, 0.5f};
+    tl_loss_weights lw = {1.0f, 0.5f, 1.0f};
     tl_box box = {g / 4, g / 4, g / 4 + g / 2, g / 4 + g / 2};
 
     double t0 = 0, fwd = 0, bwd = 0, opt = 0;

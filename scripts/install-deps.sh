@@ -5,12 +5,13 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config curl
       libmicrohttpd-dev libcjson-dev libopenblas-pthread-dev libopenblas0-pthread
-      libsqlite3-dev libturbojpeg0-dev libcmocka-dev libcurl4-openssl-dev)
+      libsqlite3-dev libturbojpeg0-dev libcmocka-dev libcurl4-openssl-dev
+      openmpi-bin libopenmpi-dev)
 # The dashboard (web/) is built with node and npm; any install of them will do.
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-torchvision python3-numpy chromium)
+  pkgs+=(python3 python3-torch python3-torchvision python3-numpy chromium iproute2)
 fi
 
 missing=()

@@ -38,6 +38,8 @@ typedef struct {
 struct tl_loader {
     tl_loader_cfg cfg;
     int count, nb, N;
+    int global;               /* training: the global batch (batch x shards) */
+    int slice_lo, slice_n;    /* evaluation: this shard's slice of the images */
     int *order;               /* epoch order of dataset indices */
     slot *slots;
     int nslots;
@@ -197,7 +199,8 @@ static void *worker_main(void *arg) {
         l->inflight++;
         int epoch = l->epoch;
         pthread_mutex_unlock(&l->mu);
-        process_sample(l, s, pos - b * B, epoch, pos, scratch);
+        int epos = l->cfg.train ? b * l->global + l->cfg.shard * B + (pos - b * B) : l->slice_lo + pos;
+        process_sample(l, s, pos - b * B, epoch, epos, scratch);
         pthread_mutex_lock(&l->mu);
         l->inflight--;
         /* a slot's samples are counted once each: done never passes n, inflight never below 0 */
@@ -230,13 +233,22 @@ tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen) {
     if (l->cfg.prefetch < 2) l->cfg.prefetch = 2;
     l->count = tl_dataset_count(cfg->ds);
     l->N = cfg->grid * cfg->grid;
-    if (cfg->train && l->count < cfg->batch) {
-        tl_seterr(err, errlen, "batch_size %d is larger than the %d images of %s", cfg->batch, l->count,
+    if (l->cfg.shards < 1) l->cfg.shards = 1, l->cfg.shard = 0;
+    if (l->cfg.shard < 0 || l->cfg.shard >= l->cfg.shards) {
+        tl_seterr(err, errlen, "shard %d of %d does not exist", l->cfg.shard, l->cfg.shards);
+        free(l);
+        return NULL;
+    }
+    l->global = cfg->batch * l->cfg.shards;
+    if (cfg->train && l->count < l->global) {
+        tl_seterr(err, errlen, "batch_size %d is larger than the %d images of %s", l->global, l->count,
                   tl_dataset_root(cfg->ds));
         free(l);
         return NULL;
     }
-    l->nb = cfg->train ? l->count / cfg->batch : (l->count + cfg->batch - 1) / cfg->batch;
+    l->slice_lo = (int)((int64_t)l->cfg.shard * l->count / l->cfg.shards);
+    l->slice_n = (int)((int64_t)(l->cfg.shard + 1) * l->count / l->cfg.shards) - l->slice_lo;
+    l->nb = cfg->train ? l->count / l->global : (l->slice_n + cfg->batch - 1) / cfg->batch;
     l->nslots = l->cfg.prefetch;
     l->order = malloc(sizeof(int) * (size_t)l->count);
     l->slots = calloc((size_t)l->nslots, sizeof(slot));
@@ -328,7 +340,7 @@ void tl_loader_start(tl_loader *l, int epoch, int first) {
     l->consumer = first;
     l->held = -1;
     l->next_sample = first * B;
-    l->end_sample = l->cfg.train ? l->nb * B : l->count;
+    l->end_sample = l->cfg.train ? l->nb * B : l->slice_n;
     pthread_cond_broadcast(&l->work);
     pthread_mutex_unlock(&l->mu);
 }

@@ -33,7 +33,11 @@ typedef struct {
     int K;
     float smoothing;
     tl_augment_cfg aug;
-    int batch;
+    int batch;                  /* samples per batch this loader hands out */
+    int shards, shard;          /* this loader's share of the data (0, 0: all of it). Training: batch b of
+                                 * shard s holds the epoch positions [b*G + s*batch, b*G + (s+1)*batch) of
+                                 * the global batch G = batch x shards. Evaluation: the contiguous slice
+                                 * [s*n/shards, (s+1)*n/shards) of the n images. */
     uint64_t seed;
     int threads;                /* worker threads, >= 1 */
     int prefetch;               /* batch slots, >= 2 */
@@ -56,7 +60,7 @@ typedef struct tl_loader tl_loader;
 
 tl_loader *tl_loader_new(const tl_loader_cfg *cfg, char *err, size_t errlen);
 void tl_loader_free(tl_loader *l);
-/* Batches per epoch: floor(n/B) when training, ceil(n/B) for evaluation. */
+/* Batches per epoch: floor(n/G) when training (G the global batch), ceil(slice/B) for evaluation. */
 int tl_loader_batches(const tl_loader *l);
 /* Starts (or restarts) producing epoch `epoch` from batch `first` on. */
 void tl_loader_start(tl_loader *l, int epoch, int first);

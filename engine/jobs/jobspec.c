@@ -700,6 +700,7 @@ enum {
     T_CACHE_MB,
     T_LAYER_DECAY,
     T_FREEZE,
+    T_MICRO,
     N_TRAIN
 };
 
@@ -729,6 +730,7 @@ static const char *const TRAIN_FIELDS[N_TRAIN] = {
     [T_CACHE_MB] = "cache_mb",
     [T_LAYER_DECAY] = "layer_decay",
     [T_FREEZE] = "freeze",
+    [T_MICRO] = "micro_batches",
 };
 
 static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
@@ -814,9 +816,16 @@ static int parse_train(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
             else rc = tl_spec_fail(e, p, "must be one of \"none\", \"stem\", \"trunk\"");
             break;
         }
+        case T_MICRO:
+            rc = get_int(it, p, 1, 4096, "in 1..4096", &v, e);
+            if (!rc) s->micro_batches = (int)v;
+            break;
         }
         if (rc) return -1;
     }
+    if (s->batch_size % s->micro_batches != 0)
+        return tl_spec_fail(e, "/train/micro_batches", "must divide batch_size (%d), got %d", s->batch_size,
+                            s->micro_batches);
     if (!(s->warmup_epochs < (float)s->epochs))
         return tl_spec_fail(e, "/train/warmup_epochs", "must be less than epochs (%d), got %g", s->epochs,
                     (double)s->warmup_epochs);
@@ -856,13 +865,31 @@ void tl_jobspec_defaults(tl_train_spec *s) {
     s->cache_mb = 1024;
     s->layer_decay = 1.0f;
     s->freeze = TL_FREEZE_NONE;
+    s->micro_batches = 1;
+    s->ranks = 0;
     s->init = 0;
     snprintf(s->init_checkpoint, sizeof s->init_checkpoint, "best");
     s->init_ema = -1;
     s->init_head = -1;
 }
 
-static const char *const TOP_FIELDS[] = {"kind", "name", "model", "data", "train"};
+static const char *const TOP_FIELDS[] = {"kind", "name", "model", "data", "train", "distributed"};
+static const char *const DIST_FIELDS[] = {"ranks"};
+
+/* "distributed": {"ranks": N}, the ranks the daemon launches the job on. */
+static int parse_distributed(const cJSON *o, tl_train_spec *s, tl_spec_error *e) {
+    const cJSON *seen[1];
+    if (get_object(o, "/distributed", e)) return -1;
+    if (check_members(o, "/distributed", DIST_FIELDS, 1, seen, e)) return -1;
+    if (!seen[0]) return tl_spec_fail(e, "/distributed/ranks", "required");
+    double v = 0.0;
+    if (get_int(seen[0], "/distributed/ranks", 1, 256, "in 1..256", &v, e)) return -1;
+    s->ranks = (int)v;
+    if (s->micro_batches % s->ranks != 0)
+        return tl_spec_fail(e, "/distributed/ranks", "must divide train.micro_batches (%d), got %d", s->micro_batches,
+                            s->ranks);
+    return 0;
+}
 #define N_TOP (int)(sizeof TOP_FIELDS / sizeof TOP_FIELDS[0])
 
 static int parse_doc(const cJSON *doc, const char *data_root, tl_train_spec *s, tl_spec_error *e) {
@@ -894,6 +921,7 @@ static int parse_doc(const cJSON *doc, const char *data_root, tl_train_spec *s, 
     } else {
         s->drop_path = s->model.drop_path_rate;
     }
+    if (seen[5] && parse_distributed(seen[5], s, e)) return -1;
     /* data */
     if (!seen[3]) return tl_spec_fail(e, "/data", "required");
     if (parse_data(seen[3], data_root, s, e)) return -1;

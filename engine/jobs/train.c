@@ -25,6 +25,12 @@
  * resumed; at their defaults (none, 1) nothing is called, a model is built
  * that way. Every checkpoint carries the training data's class folder names
  * (TL_META_CLASS_IDS) so that it can be a source with head "match".
+ *
+ * Micro-batches and ranks (train_step.c, train_dist.c): each step's
+ * gradient is summed over train.micro_batches micro-batches, spread over the
+ * ranks of a distributed job. On a distributed job only rank 0 reads and
+ * writes the run folder and calls the hooks (but should_stop); evaluation is
+ * sharded over the ranks and its counts summed.
  */
 #include "tokenlab/train.h"
 #include "tokenlab/base.h"
@@ -38,40 +44,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "data/loader.h"
-#include "tokenlab/safetensors.h"
+#include "jobs/train_internal.h"
 
 static const char *const HEAD_NAMES[] = {"reinit", "keep", "match"};
 static const char *const FREEZE_NAMES[] = {"none", "stem", "trunk"};
 
 #define WINDOW 20 /* steps over which images/s and data wait are measured */
 
-typedef struct {
-    const tl_train_spec *spec;
-    const char *run_dir;
-    const tl_train_hooks *hooks;
-    tl_train_result *res;
-    tl_dataset *train_ds, *val_ds;
-    tl_labelmap *lm;
-    tl_model *model, *ema;
-    tl_ctx *ctx, *eval_ctx, *ema_ctx;
-    tl_loader *train_ld, *val_ld;
-    tl_inspect_set *iset;   /* NULL: no inspection (no hook, or it could not be built) */
-    tl_inspect_result *ires;
-    tl_config cfg;
-    int nb;                 /* steps per epoch */
-    int64_t total;
-    float *t_mix;           /* (B,K) class targets mixed by image-level mixup/cutmix */
-    double best;            /* best top-1 so far, -1 none */
-    char *class_ids;        /* TL_META_CLASS_IDS of the training data */
-    tl_train_spec *own_spec;/* fine-tuning: the caller's spec merged with the source (r->spec points here) */
-    tl_config src_cfg;      /* fine-tuning: the source's configuration */
-    tl_st_file *src_file;   /* fine-tuning, fresh start: the source, read once (config, metadata, weights) */
-    int init_now;           /* fine-tuning, fresh start: initialise from the source, evaluate at step 0 */
-} run;
 
-static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
+tl_train_status train_fail(run *r, const char *reason, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     tl_train_result_vfail(r->res, reason, fmt, ap);
@@ -79,15 +60,14 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
     return TL_TRAIN_FAILED;
 }
 
-static void log_msg(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void log_msg(run *r, const char *fmt, ...) {
+void train_log(run *r, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     if (r->hooks) tl_hook_vlog(r->hooks->on_log, r->hooks->user, fmt, ap);
     va_end(ap);
 }
 
-static void loader_log(const char *msg, void *user) { log_msg(user, "%s", msg); }
+static void loader_log(const char *msg, void *user) { train_log(user, "%s", msg); }
 
 double tl_train_lr(const tl_train_spec *s, int64_t step, int64_t steps_per_epoch) {
     int64_t total = (int64_t)s->epochs * steps_per_epoch;
@@ -127,26 +107,27 @@ static int save_checkpoint(run *r, const char *name, int with_optim, int64_t ste
     const char *meta[] = {"tokenlab.best_top1", best,          "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name,
                           TL_META_CLASS_IDS,    r->class_ids, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
+    if (!run_is_root(r)) return 0; /* rank 0 alone writes the run folder */
     if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
     if (tl_checkpoint_save(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
-        log_msg(r, "checkpoint %s failed: %s", path, err);
+        train_log(r, "checkpoint %s failed: %s", path, err);
         return -1;
     }
     if (r->hooks && r->hooks->on_checkpoint) r->hooks->on_checkpoint(path, step, !with_optim, r->hooks->user);
     return 0;
 }
 
-/* top-1, top-5 and loss of the inference score over the validation set. */
+/* top-1, top-5 and loss of the inference score over the validation set; on a distributed job each rank
+ * scores its slice and the counts and loss sums are added (collective). */
 static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
     double t0 = tl_clock_mono_s();
     int K = r->cfg.num_classes, topk = K < 5 ? K : 5;
     tl_loader_start(r->val_ld, 0, 0);
     const tl_batch *b;
     float *scores = malloc(sizeof(float) * (size_t)r->spec->batch_size * K);
-    if (!scores) return;
     int64_t n = 0, c1 = 0, c5 = 0;
     double loss = 0.0;
-    while ((b = tl_loader_next(r->val_ld, NULL)) != NULL) {
+    while (scores && (b = tl_loader_next(r->val_ld, NULL)) != NULL) {
         tl_predict(ctx, b->images, b->n, scores);
         for (int i = 0; i < b->n; i++) {
             const float *s = scores + (size_t)i * K;
@@ -164,7 +145,11 @@ static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
             n++;
         }
     }
+    if (!scores) train_log(r, "evaluation at step %lld skipped: out of memory", (long long)step);
     free(scores);
+    double sums[4] = {(double)n, (double)c1, (double)c5, loss};
+    if (r->comm && tl_comm_sum_f64(r->comm, sums, 4) != 0) train_log(r, "evaluation: the ranks' sums failed");
+    n = (int64_t)sums[0], c1 = (int64_t)sums[1], c5 = (int64_t)sums[2], loss = sums[3];
     tl_eval_report rep = {step, epoch, ema, n ? (double)c1 / n : 0, n ? (double)c5 / n : 0, n ? loss / n : 0, (int)n,
                           tl_clock_mono_s() - t0};
     if (r->hooks && r->hooks->on_eval) r->hooks->on_eval(&rep, r->hooks->user);
@@ -181,7 +166,7 @@ static void inspect(run *r, tl_ctx *ctx, int ema, int64_t step) {
     if (!r->iset || !ctx) return;
     char err[TL_ERR_LEN];
     if (tl_inspect_run(ctx, r->iset, r->ires, err, sizeof err) != 0) {
-        log_msg(r, "token inspection at step %lld: %s", (long long)step, err);
+        train_log(r, "token inspection at step %lld: %s", (long long)step, err);
         return;
     }
     r->hooks->on_inspect(r->iset, r->ires, step, ema, r->hooks->user);
@@ -194,6 +179,13 @@ static void evaluate_all(run *r, int64_t step, int epoch) {
         if (r->val_ld) evaluate(r, r->ema_ctx, 1, step, epoch);
         inspect(r, r->ema_ctx, 1, step);
     }
+}
+
+/* should_stop after a step; on a distributed job any rank's request stops every rank (collective). */
+static int stop_requested(run *r) {
+    double want = r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user) ? 1.0 : 0.0;
+    if (r->comm && tl_comm_sum_f64(r->comm, &want, 1) != 0) return 1;
+    return want > 0.0;
 }
 
 static int64_t every(float epochs, int nb) {
@@ -216,7 +208,7 @@ static void setup_inspect(run *r, int threads) {
     r->iset = tl_inspect_new(r->train_ds, r->val_ds, r->lm, r->val_ds ? 4 : 0, 4, r->cfg.img_size,
                              tl_config_grid(&r->cfg), r->cfg.num_classes, &s->augment, s->seed, err, sizeof err);
     if (!r->iset) {
-        log_msg(r, "token inspection is off: %s", err);
+        train_log(r, "token inspection is off: %s", err);
         return;
     }
     what = "the result buffer";
@@ -230,7 +222,7 @@ static void setup_inspect(run *r, int threads) {
     if (r->ema && !r->ema_ctx && !(r->ema_ctx = tl_ctx_new(r->ema, batch, 0, threads, err, sizeof err))) goto off;
     return;
 off:
-    log_msg(r, "token inspection is off: %s: %s", what, err);
+    train_log(r, "token inspection is off: %s: %s", what, err);
     tl_inspect_result_free(r->ires);
     tl_inspect_free(r->iset);
     r->ires = NULL;
@@ -247,28 +239,28 @@ off:
 static tl_train_status init_spec(run *r) {
     char err[TL_ERR_LEN], last[4096];
     r->own_spec = malloc(sizeof *r->own_spec);
-    if (!r->own_spec) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    if (!r->own_spec) return train_fail(r, "OUT_OF_MEMORY", "out of memory");
     *r->own_spec = *r->spec;
     r->spec = r->own_spec;
     tl_train_spec *c = r->own_spec;
     if (path_join(last, sizeof last, r->run_dir, "last.safetensors") != 0)
-        return fail(r, "IO_ERROR", "run folder path too long: %s", r->run_dir);
+        return train_fail(r, "IO_ERROR", "run folder path too long: %s", r->run_dir);
     if (access(last, F_OK) == 0) {
         tl_config lc;
-        if (tl_checkpoint_config(last, &lc, err, sizeof err) != 0) return fail(r, "IO_ERROR", "cannot resume: %s", err);
+        if (tl_checkpoint_config(last, &lc, err, sizeof err) != 0) return train_fail(r, "IO_ERROR", "cannot resume: %s", err);
         c->model = lc;
         c->drop_path = lc.drop_path_rate;
         return TL_TRAIN_SUCCEEDED;
     }
-    if (!c->init_weights[0]) return fail(r, "CONFIG_ERROR", "model.init: no source file was given to the job");
+    if (!c->init_weights[0]) return train_fail(r, "CONFIG_ERROR", "model.init: no source file was given to the job");
     if (!(r->src_file = tl_st_open(c->init_weights, err, sizeof err)) ||
         tl_checkpoint_config_file(r->src_file, c->init_weights, &r->src_cfg, err, sizeof err) != 0)
-        return fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", c->init_weights, err);
+        return train_fail(r, "CONFIG_ERROR", "model.init: cannot read the source %s: %s", c->init_weights, err);
     tl_spec_error se;
     if (tl_jobspec_apply_init(c, &r->src_cfg, &se) != 0) {
         char msg[1024];
         tl_spec_error_format(&se, msg, sizeof msg);
-        return fail(r, "CONFIG_ERROR", "model.init: %s", msg);
+        return train_fail(r, "CONFIG_ERROR", "model.init: %s", msg);
     }
     r->init_now = 1;
     return TL_TRAIN_SUCCEEDED;
@@ -276,75 +268,79 @@ static tl_train_status init_spec(run *r) {
 
 static tl_train_status setup(run *r) {
     char err[TL_ERR_LEN];
-    if (mkdir(r->run_dir, 0755) != 0 && errno != EEXIST)
-        return fail(r, "IO_ERROR", "cannot create run folder %s: %s", r->run_dir, strerror(errno));
-    if (r->spec->init) {
-        tl_train_status st = init_spec(r);
-        if (st != TL_TRAIN_SUCCEEDED) return st;
+    tl_train_status root = TL_TRAIN_SUCCEEDED;
+    if (run_is_root(r)) { /* the run folder and a fine-tuning source are rank 0's */
+        if (mkdir(r->run_dir, 0755) != 0 && errno != EEXIST)
+            root = train_fail(r, "IO_ERROR", "cannot create run folder %s: %s", r->run_dir, strerror(errno));
+        else if (r->spec->init)
+            root = init_spec(r);
     }
+    if (train_dist_share_spec(r, root) != 0) return TL_TRAIN_FAILED;
     const tl_train_spec *s = r->spec;
     r->train_ds = tl_dataset_open(s->train_dir, err, sizeof err);
-    if (!r->train_ds) return fail(r, "DATA_ERROR", "training data: %s", err);
+    if (!r->train_ds) return train_fail(r, "DATA_ERROR", "training data: %s", err);
     int K = tl_dataset_num_classes(r->train_ds);
     r->class_ids = tl_class_ids_json(r->train_ds);
-    if (!r->class_ids) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    if (!r->class_ids) return train_fail(r, "OUT_OF_MEMORY", "out of memory");
     if (s->val_dir[0]) {
         r->val_ds = tl_dataset_open(s->val_dir, err, sizeof err);
-        if (!r->val_ds) return fail(r, "DATA_ERROR", "validation data: %s", err);
+        if (!r->val_ds) return train_fail(r, "DATA_ERROR", "validation data: %s", err);
         if (tl_dataset_num_classes(r->val_ds) != K)
-            return fail(r, "DATA_ERROR", "validation data has %d classes, training data %d",
+            return train_fail(r, "DATA_ERROR", "validation data has %d classes, training data %d",
                         tl_dataset_num_classes(r->val_ds), K);
     }
     if (s->label_maps[0]) {
         r->lm = tl_labelmap_open(s->label_maps, K, err, sizeof err);
-        if (!r->lm) return fail(r, "DATA_ERROR", "label maps: %s", err);
+        if (!r->lm) return train_fail(r, "DATA_ERROR", "label maps: %s", err);
     }
     r->cfg = s->model;
-    if (r->cfg.num_classes != K) log_msg(r, "model: num_classes set to %d, the classes of the training data", K);
+    if (r->cfg.num_classes != K) train_log(r, "model: num_classes set to %d, the classes of the training data", K);
     r->cfg.num_classes = K;
     r->cfg.drop_path_rate = s->drop_path;
-    if (tl_config_validate(&r->cfg, err, sizeof err) != 0) return fail(r, "CONFIG_ERROR", "model: %s", err);
+    if (tl_config_validate(&r->cfg, err, sizeof err) != 0) return train_fail(r, "CONFIG_ERROR", "model: %s", err);
     /* fine-tuning fills every weight from the source, and the EMA model always starts as a copy or from
      * the checkpoint: neither needs the random initialisation */
     r->model = r->init_now ? tl_model_new_blank(&r->cfg, err, sizeof err) : tl_model_new(&r->cfg, s->seed, err, sizeof err);
-    if (!r->model) return fail(r, "OUT_OF_MEMORY", "%s", err);
+    if (!r->model) return train_fail(r, "OUT_OF_MEMORY", "%s", err);
     if (s->ema_decay > 0.0f) {
         r->ema = tl_model_new_blank(&r->cfg, err, sizeof err);
-        if (!r->ema) return fail(r, "OUT_OF_MEMORY", "%s", err);
+        if (!r->ema) return train_fail(r, "OUT_OF_MEMORY", "%s", err);
     }
     int threads = s->threads > 0 ? s->threads : ncores();
     int eval_batch = s->batch_size < 64 ? s->batch_size : 64;
-    r->ctx = tl_ctx_new(r->model, s->batch_size, 1, threads, err, sizeof err);
-    if (!r->ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+    r->ctx = tl_ctx_new(r->model, r->mb, 1, threads, err, sizeof err); /* one micro-batch at a time */
+    if (!r->ctx) return train_fail(r, "OUT_OF_MEMORY", "%s", err);
     if (r->val_ds) {
         r->eval_ctx = tl_ctx_new(r->model, eval_batch, 0, threads, err, sizeof err);
-        if (!r->eval_ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+        if (!r->eval_ctx) return train_fail(r, "OUT_OF_MEMORY", "%s", err);
         if (r->ema) {
             r->ema_ctx = tl_ctx_new(r->ema, eval_batch, 0, threads, err, sizeof err);
-            if (!r->ema_ctx) return fail(r, "OUT_OF_MEMORY", "%s", err);
+            if (!r->ema_ctx) return train_fail(r, "OUT_OF_MEMORY", "%s", err);
         }
     }
     tl_loader_cfg lc = {.ds = r->train_ds, .lm = r->lm, .train = 1, .S = r->cfg.img_size,
                         .grid = tl_config_grid(&r->cfg), .K = K, .smoothing = s->label_smoothing, .aug = s->augment,
-                        .batch = s->batch_size, .seed = s->seed,
+                        .batch = s->batch_size / r->ranks, .shards = r->ranks, .shard = r->rank, .seed = s->seed,
                         .threads = s->loader_threads > 0 ? s->loader_threads : (ncores() > 2 ? ncores() / 2 : 1),
                         .prefetch = s->prefetch_batches, .cache_bytes = (size_t)s->cache_mb << 20,
                         .log = loader_log, .log_user = r};
     r->train_ld = tl_loader_new(&lc, err, sizeof err);
-    if (!r->train_ld) return fail(r, "DATA_ERROR", "%s", err);
+    if (!r->train_ld) return train_fail(r, "DATA_ERROR", "%s", err);
     if (r->val_ds) {
         tl_loader_cfg vc = lc;
         vc.ds = r->val_ds;
         vc.lm = NULL;
         vc.train = 0;
         vc.batch = eval_batch;
+        vc.shards = r->ranks; /* each rank scores a slice */
         r->val_ld = tl_loader_new(&vc, err, sizeof err);
-        if (!r->val_ld) return fail(r, "DATA_ERROR", "%s", err);
+        if (!r->val_ld) return train_fail(r, "DATA_ERROR", "%s", err);
     }
     r->nb = tl_loader_batches(r->train_ld);
     r->total = (int64_t)s->epochs * r->nb;
-    r->t_mix = malloc(sizeof(float) * (size_t)s->batch_size * K);
-    if (!r->t_mix) return fail(r, "OUT_OF_MEMORY", "out of memory");
+    r->t_mix = malloc(sizeof(float) * (size_t)r->mb * K);
+    if (!r->t_mix) return train_fail(r, "OUT_OF_MEMORY", "out of memory");
+    if (train_dist_check_start(r) != 0) return TL_TRAIN_FAILED;
     if (r->hooks && r->hooks->on_inspect) setup_inspect(r, threads);
     return TL_TRAIN_SUCCEEDED;
 }
@@ -360,7 +356,7 @@ static int init_from_source(run *r) {
     const tl_st_file *f = r->src_file;
     tl_init_info *info = calloc(1, sizeof *info);
     if (!info) {
-        fail(r, "OUT_OF_MEMORY", "out of memory");
+        train_fail(r, "OUT_OF_MEMORY", "out of memory");
         goto done;
     }
     snprintf(info->weights, sizeof info->weights, "%s", s->init_weights);
@@ -370,7 +366,7 @@ static int init_from_source(run *r) {
     int head = s->init_head >= 0 ? s->init_head : Ks == K ? TL_HEAD_KEEP : TL_HEAD_REINIT;
     info->head = (tl_head_mode)head;
     if (head == TL_HEAD_KEEP && Ks != K) {
-        fail(r, "CONFIG_ERROR",
+        train_fail(r, "CONFIG_ERROR",
              "model.init: head \"keep\" needs as many classes as the source: the source has %d, the training data "
              "%d; use \"reinit\" or \"match\"",
              Ks, K);
@@ -385,7 +381,7 @@ static int init_from_source(run *r) {
         if (!ids || !inet || !map) {
             free(ids);
             free(inet);
-            fail(r, "OUT_OF_MEMORY", "out of memory");
+            train_fail(r, "OUT_OF_MEMORY", "out of memory");
             goto done;
         }
         for (int k = 0; k < K; k++) {
@@ -397,38 +393,38 @@ static int init_from_source(run *r) {
         free(ids);
         free(inet);
         if (m != 0) {
-            fail(r, "CONFIG_ERROR", "model.init: %s", err);
+            train_fail(r, "CONFIG_ERROR", "model.init: %s", err);
             goto done;
         }
     }
     src = tl_model_new_inference(&r->src_cfg, err, sizeof err);
     if (!src) {
-        fail(r, "OUT_OF_MEMORY", "model.init: %s", err);
+        train_fail(r, "OUT_OF_MEMORY", "model.init: %s", err);
         goto done;
     }
     if (tl_checkpoint_load_file(src, NULL, f, s->init_weights, s->init_from_ema ? TL_CKPT_FROM_EMA : 0, NULL, err,
                                 sizeof err) != 0) {
-        fail(r, "CONFIG_ERROR", "model.init: cannot load the %s weights of %s: %s", s->init_from_ema ? "EMA" : "raw",
+        train_fail(r, "CONFIG_ERROR", "model.init: cannot load the %s weights of %s: %s", s->init_from_ema ? "EMA" : "raw",
              s->init_weights, err);
         goto done;
     }
     if (tl_model_init_from(r->model, src, (tl_head_mode)head, map, s->seed, &info->rep, err, sizeof err) != 0) {
-        fail(r, "CONFIG_ERROR", "model.init: %s", err);
+        train_fail(r, "CONFIG_ERROR", "model.init: %s", err);
         goto done;
     }
     const tl_config *sc = &r->src_cfg;
-    log_msg(r, "model.init: loaded the %s weights of %s (step %lld; embed_dim %d, depth %d, %d px, %d classes)",
+    train_log(r, "model.init: loaded the %s weights of %s (step %lld; embed_dim %d, depth %d, %d px, %d classes)",
             info->from_ema ? "EMA" : "raw", s->init_weights, (long long)info->source_step, sc->embed_dim, sc->depth,
             sc->img_size, Ks);
     if (head == TL_HEAD_MATCH)
-        log_msg(r, "model.init: head match: %d of %d classes matched the source's, %d initialised afresh",
+        train_log(r, "model.init: head match: %d of %d classes matched the source's, %d initialised afresh",
                 info->classes_matched, K, K - info->classes_matched);
     else
-        log_msg(r, "model.init: head %s (%d source classes, %d here)", HEAD_NAMES[head], Ks, K);
+        train_log(r, "model.init: head %s (%d source classes, %d here)", HEAD_NAMES[head], Ks, K);
     if (info->rep.pos_resized)
-        log_msg(r, "model.init: position embedding resized, grid %d -> %d", info->rep.src_grid, info->rep.dst_grid);
+        train_log(r, "model.init: position embedding resized, grid %d -> %d", info->rep.src_grid, info->rep.dst_grid);
     else
-        log_msg(r, "model.init: position embedding kept (grid %d)", tl_config_grid(&r->cfg));
+        train_log(r, "model.init: position embedding kept (grid %d)", tl_config_grid(&r->cfg));
     if (r->hooks && r->hooks->on_init) r->hooks->on_init(info, r->hooks->user);
     rc = 0;
 done:
@@ -442,23 +438,23 @@ done:
 
 /* train.freeze and train.layer_decay (not stored in checkpoints): after the weights are in place. At their
  * defaults nothing is called (a new model trains every tensor at lr x 1). 0, or -1 with the job failed. */
-static int apply_recipe(run *r) {
+int train_apply_recipe(run *r) {
     const tl_train_spec *s = r->spec;
     char err[TL_ERR_LEN];
     if (s->freeze != TL_FREEZE_NONE) {
         if (s->freeze < 0 || s->freeze > TL_FREEZE_TRUNK ||
             tl_model_set_freeze(r->model, (tl_freeze)s->freeze, err, sizeof err) != 0) {
-            fail(r, "CONFIG_ERROR", "train.freeze: %s", s->freeze < 0 || s->freeze > TL_FREEZE_TRUNK ? "unknown" : err);
+            train_fail(r, "CONFIG_ERROR", "train.freeze: %s", s->freeze < 0 || s->freeze > TL_FREEZE_TRUNK ? "unknown" : err);
             return -1;
         }
-        log_msg(r, "train.freeze: %s frozen", FREEZE_NAMES[s->freeze]);
+        train_log(r, "train.freeze: %s frozen", FREEZE_NAMES[s->freeze]);
     }
     if (s->layer_decay != 1.0f) {
         if (tl_model_set_layer_decay(r->model, s->layer_decay, err, sizeof err) != 0) {
-            fail(r, "CONFIG_ERROR", "train.layer_decay: %s", err);
+            train_fail(r, "CONFIG_ERROR", "train.layer_decay: %s", err);
             return -1;
         }
-        log_msg(r, "train.layer_decay: %g", (double)s->layer_decay);
+        train_log(r, "train.layer_decay: %g", (double)s->layer_decay);
     }
     return 0;
 }
@@ -469,12 +465,12 @@ static int64_t resume(run *r) {
     if (path_join(path, sizeof path, r->run_dir, "last.safetensors") != 0 || access(path, F_OK) != 0) {
         if (r->init_now && init_from_source(r) != 0) return -1;
         if (r->ema) tl_model_copy_weights(r->ema, r->model);
-        return apply_recipe(r) != 0 ? -1 : 0;
+        return train_apply_recipe(r) != 0 ? -1 : 0;
     }
     tl_train_state st;
     int flags = TL_CKPT_OPTIM | (r->ema ? TL_CKPT_EMA : 0);
     if (tl_checkpoint_load(r->model, r->ema, path, flags, &st, err, sizeof err) != 0) {
-        fail(r, "IO_ERROR", "cannot resume: %s", err);
+        train_fail(r, "IO_ERROR", "cannot resume: %s", err);
         return -1;
     }
     tl_st_file *f = tl_st_open(path, err, sizeof err);
@@ -482,12 +478,13 @@ static int64_t resume(run *r) {
     r->best = b ? atof(b) : -1.0;
     r->res->best_top1 = r->best;
     tl_st_close(f);
-    log_msg(r, "resumed from %s at step %lld", path, (long long)st.step);
-    if (apply_recipe(r) != 0) return -1;
+    train_log(r, "resumed from %s at step %lld", path, (long long)st.step);
+    if (train_apply_recipe(r) != 0) return -1;
     return st.step;
 }
 
 static void cleanup(run *r) {
+    train_step_free(r);
     tl_loader_free(r->train_ld);
     tl_loader_free(r->val_ld);
     tl_inspect_result_free(r->ires);
@@ -508,12 +505,11 @@ static void cleanup(run *r) {
 
 static tl_train_status loop(run *r, int64_t step) {
     const tl_train_spec *s = r->spec;
-    int B = s->batch_size, K = r->cfg.num_classes, g = tl_config_grid(&r->cfg);
+    int B = s->batch_size, g = tl_config_grid(&r->cfg);
     int64_t eval_every = every(s->eval_every_epochs, r->nb), ckpt_every = every(s->checkpoint_every_epochs, r->nb);
-    tl_loss_weights lw = {s->cls_weight, s->dense_weight};
     /* image-level mixup/cutmix is the baseline without label maps; with maps, MixToken mixes */
     int image_mix = s->mix != TL_MIX_NONE && !r->lm;
-    if (s->mix != TL_MIX_NONE && r->lm) log_msg(r, "train.mix is ignored: the job has label maps (MixToken mixes)");
+    if (s->mix != TL_MIX_NONE && r->lm) train_log(r, "train.mix is ignored: the job has label maps (MixToken mixes)");
     tl_adamw hp = {(float)s->lr, s->weight_decay, 0.9f, 0.999f, 1e-8f};
     double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = tl_clock_mono_s(), eval_seconds = 0.0;
     int started = 0;
@@ -533,34 +529,17 @@ static tl_train_status loop(run *r, int64_t step) {
         }
         double wait = 0.0;
         const tl_batch *b = tl_loader_next(r->train_ld, &wait);
-        if (!b) return fail(r, "DATA_ERROR", "the loader ended the epoch early at step %lld", (long long)step);
+        if (!b) return train_fail(r, "DATA_ERROR", "the loader ended the epoch early at step %lld", (long long)step);
         if (tl_loader_skipped(r->train_ld) >= tl_dataset_count(r->train_ds))
-            return fail(r, "DATA_ERROR", "no image of %s could be read", s->train_dir);
-        const float *t_cls = b->t_cls;
+            return train_fail(r, "DATA_ERROR", "no image of %s could be read", s->train_dir);
         tl_box box = {0, 0, 0, 0};
-        if (image_mix) {
-            tl_rng mr;
-            tl_rng_derive(&mr, s->seed, TL_RNG_MIXUP, (uint64_t)step, 0);
-            float lam = tl_mix_batch(b->images, B, r->cfg.img_size, (int)s->mix, s->mix_alpha, &mr);
-            for (int i = 0; i < B; i++)
-                for (int k = 0; k < K; k++)
-                    r->t_mix[(size_t)i * K + k] =
-                        lam * b->t_cls[(size_t)i * K + k] + (1.0f - lam) * b->t_cls[(size_t)(B - 1 - i) * K + k];
-            t_cls = r->t_mix;
-        } else if (s->mixtoken) {
-            box = mixtoken_box(s->seed, step, g);
-        }
+        if (!image_mix && s->mixtoken) box = mixtoken_box(s->seed, step, g);
         hp.lr = (float)tl_train_lr(s, step, r->nb);
-        tl_rng dr;
-        tl_rng_derive(&dr, s->seed, TL_RNG_DROPPATH, (uint64_t)step, 0);
-        tl_loss_parts lp;
-        tl_model_zero_grad(r->model);
-        tl_forward(r->ctx, b->images, B, 1, &box, tl_rng_next(&dr));
-        tl_loss(r->ctx, t_cls, image_mix ? NULL : b->t_dense, &lw, &lp);
-        if (!isfinite(lp.loss))
-            return fail(r, "NAN_LOSS", "the loss became %s at step %lld (lr %.3g); lower the learning rate",
-                        isnan(lp.loss) ? "NaN" : "infinite", (long long)step + 1, (double)hp.lr);
-        tl_backward(r->ctx);
+        train_step_out so;
+        if (train_step_grads(r, b, step, image_mix, box, &so) != 0) return TL_TRAIN_FAILED;
+        if (so.nonfinite)
+            return train_fail(r, "NAN_LOSS", "the loss became %s at step %lld (lr %.3g); lower the learning rate",
+                              isnan(so.lp.loss) ? "NaN" : "infinite", (long long)step + 1, (double)hp.lr);
         tl_ctx_adamw_step(r->ctx, &hp);
         if (r->ema) { /* warm-up: a short run's EMA must not be stuck at the initial weights */
             double warm = (1.0 + (double)step) / (10.0 + (double)step);
@@ -579,14 +558,15 @@ static tl_train_status loop(run *r, int64_t step) {
             for (int i = 0; i < WINDOW; i++) st += times[i], sw += waits[i];
             int64_t evals_left = eval_every ? (r->total - step) / eval_every : 0;
             double eta = st / n * (double)(r->total - step) + eval_seconds * (double)(evals_left + 1);
-            tl_step_report rep = {step, r->total, epoch, s->epochs, lp.loss, lp.loss_cls, lp.loss_dense, hp.lr,
+            tl_step_report rep = {step, r->total, epoch, s->epochs, so.lp.loss, so.lp.loss_cls, so.lp.loss_dense, hp.lr,
                                   st > 0 ? (double)B * n / st : 0, st > 0 ? eta : -1.0, st > 0 ? sw / st : 0,
-                                  tl_loader_skipped(r->train_ld)};
+                                  tl_loader_skipped(r->train_ld), r->ranks, r->comm ? r->rank_ips : NULL,
+                                  so.comm_s};
             r->hooks->on_step(&rep, r->hooks->user);
         }
         int last = step == r->total, eval_now = last || (eval_every && step % eval_every == 0);
         int ckpt_now = last || (ckpt_every && step % ckpt_every == 0);
-        int stop = !last && r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user);
+        int stop = !last && stop_requested(r);
         if (eval_now) {
             double t_eval = tl_clock_mono_s();
             evaluate_all(r, step, (int)((step - 1) / r->nb));
@@ -594,7 +574,7 @@ static tl_train_status loop(run *r, int64_t step) {
         }
         if (ckpt_now || stop) {
             if (save_checkpoint(r, "last.safetensors", 1, step, (int)(step / r->nb)) != 0)
-                return fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
+                return train_fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
         }
         t_prev = tl_clock_mono_s(); /* images/s and the ETA measure training steps, not evaluations or checkpoints */
         if (stop) {
@@ -624,18 +604,37 @@ tl_train_status tl_train_result_vfail(tl_train_result *res, const char *reason, 
     return TL_TRAIN_FAILED;
 }
 
-tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
-                             tl_train_result *res) {
+tl_train_status tl_train_run_ranks(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
+                                   tl_comm *comm, tl_train_result *res) {
     memset(res, 0, sizeof *res);
     res->best_top1 = -1.0;
-    run r = {.spec = spec, .run_dir = run_dir, .hooks = hooks, .res = res, .best = -1.0};
-    tl_train_status st = setup(&r);
+    run r = {.spec = spec, .run_dir = run_dir, .hooks = hooks, .res = res, .best = -1.0, .comm = comm,
+             .rank = tl_comm_rank(comm), .ranks = tl_comm_size(comm), .micro = spec->micro_batches};
+    tl_train_status st = TL_TRAIN_FAILED;
+    train_dist_hooks(&r);
+    if (r.micro < 1) r.micro = 1;
+    if (spec->batch_size % r.micro != 0)
+        train_fail(&r, "CONFIG_ERROR", "train.micro_batches (%d) must divide train.batch_size (%d)", r.micro,
+                   spec->batch_size);
+    else if (r.micro % r.ranks != 0)
+        train_fail(&r, "CONFIG_ERROR", "the %d ranks must divide train.micro_batches (%d)", r.ranks, r.micro);
+    else if (train_dist_check_spec(&r, spec) == 0) {
+        r.local_micro = r.micro / r.ranks;
+        r.mb = spec->batch_size / r.micro;
+        st = setup(&r);
+    }
     if (st == TL_TRAIN_SUCCEEDED) {
-        int64_t step = resume(&r);
-        st = step < 0 ? TL_TRAIN_FAILED : loop(&r, step);
+        int64_t step = run_is_root(&r) ? resume(&r) : 0;
+        step = train_dist_share_state(&r, step);
+        st = step < 0 || train_step_setup(&r) != 0 ? TL_TRAIN_FAILED : loop(&r, step);
     }
     res->skipped_images = r.train_ld ? tl_loader_skipped(r.train_ld) : 0;
     if (r.val_ld) res->skipped_images += tl_loader_skipped(r.val_ld);
     cleanup(&r);
     return st;
+}
+
+tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
+                             tl_train_result *res) {
+    return tl_train_run_ranks(spec, run_dir, hooks, NULL, res);
 }

@@ -155,9 +155,10 @@ int tl_loss(tl_ctx *x, const float *t_cls, const float *t_dense, const tl_loss_w
         float *o = x->t_mix + (size_t)b * K;
         for (int k = 0; k < K; k++) o[k] = lam * ti[k] + (1.0f - lam) * tj[k];
     }
-    double lc = tl_soft_ce(x->pool, x->dlogits_cls, x->logits_cls, x->t_mix, B, K, 1, lw->cls_weight);
-    double ld = t_dense ? tl_soft_ce(x->pool, x->dlogits_aux, x->logits_aux, t_dense, B * N, K, 1, lw->dense_weight)
-                        : tl_soft_ce(x->pool, x->dlogits_aux, x->logits_aux, t_cls, B * N, K, N, lw->dense_weight);
+    float gs = lw->grad_scale > 0.0f ? lw->grad_scale : 1.0f;
+    double lc = tl_soft_ce(x->pool, x->dlogits_cls, x->logits_cls, x->t_mix, B, K, 1, lw->cls_weight * gs);
+    double ld = t_dense ? tl_soft_ce(x->pool, x->dlogits_aux, x->logits_aux, t_dense, B * N, K, 1, lw->dense_weight * gs)
+                        : tl_soft_ce(x->pool, x->dlogits_aux, x->logits_aux, t_cls, B * N, K, N, lw->dense_weight * gs);
     out->loss_cls = lc;
     out->loss_dense = ld;
     out->loss = (double)lw->cls_weight * lc + (double)lw->dense_weight * ld;

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "tokenlab/annotate.h"
+#include "tokenlab/comm.h"
 #include "tokenlab/files.h"
 #include "tokenlab/jobspec.h"
 #include "tokenlab/safetensors.h"
@@ -58,6 +59,7 @@ static void on_signal(int sig) {
 typedef struct {
     FILE *metrics;
     int tty;
+    int64_t step, stop_at;    /* the last step reported; --stop-at (0: none) */
     int64_t last_print_step;
     double last_eta;
     char run_dir[4096];
@@ -72,13 +74,14 @@ static void fmt_eta(char *buf, size_t n, double s) {
 }
 
 static void on_start(int64_t start, int64_t total, void *user) {
-    (void)user;
+    ((run_ui *)user)->step = start;
     if (start > 0) printf("resuming at step %lld of %lld\n", (long long)start, (long long)total);
     else printf("training %lld steps\n", (long long)total);
 }
 
 static void on_step(const tl_step_report *r, void *user) {
     run_ui *ui = user;
+    ui->step = r->step;
     fprintf(ui->metrics,
             "{\"step\":%lld,\"epoch\":%d,\"loss\":%.6g,\"loss_cls\":%.6g,\"loss_dense\":%.6g,\"lr\":%.6g,"
             "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld}\n",
@@ -134,9 +137,19 @@ static void on_init(const tl_init_info *in, void *user) {
     fflush(stdout);
 }
 
+/* Called after each step (on every rank; only rank 0 knows the step): stop on a signal, or at the
+ * --stop-at step. */
 static int should_stop(void *user) {
+    run_ui *ui = user;
+    return g_stop || (ui && ui->stop_at > 0 && ui->step >= ui->stop_at);
+}
+
+static void on_ranks(const tl_ranks_info *in, void *user) {
     (void)user;
-    return g_stop;
+    printf("%d ranks on", in->size);
+    for (int k = 0; k < in->size; k++) printf("%s%s", k ? ", " : " ", in->hosts[k]);
+    printf("\n");
+    fflush(stdout);
 }
 
 /* mkdir -p: creates path and any missing parents. */
@@ -259,6 +272,11 @@ static void a_checkpoint(const char *path, int64_t done, void *user) {
     if (!ui->tty) printf("part written: %s (%lld images done)\n", path, (long long)done);
 }
 
+static int a_should_stop(void *user) {
+    (void)user;
+    return g_stop;
+}
+
 static void a_log(const char *msg, void *user) {
     annotate_ui *ui = user;
     fprintf(stderr, "%s%s\n", ui->tty ? "\r\033[K" : "", msg); /* the job log: what it loaded, resumed, skipped */
@@ -316,7 +334,7 @@ static int run_annotate(const char *spec_path, const char *json, const char *out
            spec.from_ema ? "EMA" : "raw", run_dir, tl_blas_corename());
     fflush(stdout);
     tl_annotate_hooks hooks = {.on_start = a_start, .on_progress = a_progress, .on_checkpoint = a_checkpoint,
-                               .on_log = a_log, .should_stop = should_stop, .user = &ui};
+                               .on_log = a_log, .should_stop = a_should_stop, .user = &ui};
     tl_train_result res;
     tl_train_status st = tl_annotate_run(&spec, run_dir, &hooks, &res);
     if (ui.tty) printf("\n");
@@ -399,15 +417,74 @@ static int resolve_init_file(tl_train_spec *spec, const char *file, int want_ema
     return 0;
 }
 
+/* ------------------------------------------------------------------ training jobs */
+
+/* Runs the parsed training spec (on this rank of comm, or alone when comm is NULL). Rank 0 owns the run
+ * folder, the metrics file and the terminal; other ranks print only their failure. The exit status. */
+static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, long long stop_at, int init_file) {
+    int root = tl_comm_rank(comm) == 0;
+    run_ui ui = {.stop_at = root ? stop_at : 0};
+    if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
+    else snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec->name);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    tl_train_hooks hooks = {.should_stop = should_stop, .user = &ui};
+    if (root) {
+        if (mkdir_p(ui.run_dir) != 0) {
+            fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", ui.run_dir, strerror(errno));
+            if (comm) tl_comm_abort(comm, 1); /* the other ranks would wait for rank 0 */
+            return 1;
+        }
+        char mpath[4200];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ui.run_dir);
+        if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0 || !(ui.metrics = fopen(mpath, "a"))) {
+            fprintf(stderr, "tokenlabd run: cannot rewrite %s: %s\n", mpath, strerror(errno));
+            if (comm) tl_comm_abort(comm, 1);
+            return 1;
+        }
+        ui.tty = isatty(STDOUT_FILENO);
+        printf("job %s -> %s (BLAS %s)\n", spec->name, ui.run_dir, tl_blas_corename());
+        hooks = (tl_train_hooks){.on_start = on_start, .on_ranks = on_ranks, .on_init = on_init, .on_step = on_step,
+                                 .on_eval = on_eval, .before_checkpoint = before_checkpoint, .on_log = on_log,
+                                 .should_stop = should_stop, .user = &ui};
+    }
+    tl_train_result res;
+    tl_train_status st = tl_train_run_ranks(spec, ui.run_dir, &hooks, comm, &res);
+    if (ui.metrics) fclose(ui.metrics);
+    if (!root) {
+        if (st == TL_TRAIN_FAILED)
+            fprintf(stderr, "tokenlabd run: rank %d failed (%s): %s\n", tl_comm_rank(comm), res.reason, res.message);
+        return st == TL_TRAIN_FAILED ? 1 : st == TL_TRAIN_STOPPED ? 3 : 0;
+    }
+    if (ui.tty) printf("\n");
+    if (res.skipped_images) printf("%lld unreadable images were skipped\n", (long long)res.skipped_images);
+    switch (st) {
+    case TL_TRAIN_SUCCEEDED:
+        printf("done: %s; best top-1 %.2f%%; run folder %s\n", res.message, 100 * res.best_top1, ui.run_dir);
+        return 0;
+    case TL_TRAIN_STOPPED:
+        printf("stopped: %s; run the same command to resume\n", res.message);
+        return 3;
+    default:
+        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
+        return init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1; /* a bad --init */
+    }
+}
+
 /* ------------------------------------------------------------------ the command */
 
 #define RUN_USAGE                                                                                                      \
     "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"                                       \
-    "                              [--init FILE.safetensors [--init-ema] [--init-head reinit|keep|match]]\n"
+    "                              [--init FILE.safetensors [--init-ema] [--init-head reinit|keep|match]]\n"          \
+    "                              [--stop-at STEP]\n"                                                                \
+    "       mpirun -np N tokenlabd run SPEC.json [options]   (a training job on N ranks)\n"
 
 int cmd_run(int argc, char **argv) {
     const char *spec_path = NULL, *out = NULL, *weights = NULL, *init_file = NULL, *init_head = NULL;
     int ema = 0, init_ema = 0;
+    long long stop_at = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
@@ -415,6 +492,14 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(argv[i], "--init") && i + 1 < argc) init_file = argv[++i];
         else if (!strcmp(argv[i], "--init-ema")) init_ema = 1;
         else if (!strcmp(argv[i], "--init-head") && i + 1 < argc) init_head = argv[++i];
+        else if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) {
+            char *end;
+            stop_at = strtoll(argv[++i], &end, 10);
+            if (*end || stop_at < 1) {
+                fprintf(stderr, "tokenlabd run: --stop-at must be a step >= 1, got %s\n", argv[i]);
+                return 2;
+            }
+        }
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf(RUN_USAGE
                    "Runs one job in the foreground; the spec's \"kind\" decides which.\n"
@@ -433,6 +518,10 @@ int cmd_run(int argc, char **argv) {
                    "FILE. --init-ema loads FILE's EMA weights (default: them when FILE has any);\n"
                    "--init-head chooses the heads (default: keep when the class counts are equal,\n"
                    "else reinit). The job evaluates once at step 0. Resume with the same command.\n"
+                   "--stop-at STEP (train): stop after that step with a checkpoint, as Ctrl-C does.\n"
+                   "Under mpirun (train): every rank runs this command with the same spec; rank 0\n"
+                   "reads and writes DIR and prints, the others print only a failure. The data\n"
+                   "folders must be at the same path on every host. See docs/DISTRIBUTED.md.\n"
                    "Exit status: 0 done, 1 failed, 2 bad usage or a bad --init (unreadable file,\n"
                    "a spec that does not fit it, a head that cannot be used), 3 stopped.\n");
             return 0;
@@ -478,6 +567,11 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "tokenlabd run: --init is for train specs (annotate specs take --weights)\n");
         return 2;
     }
+    if (strcmp(kind, "annotate") == 0 && tl_comm_launched_by_mpirun()) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: annotate jobs run on one process: start them without mpirun\n");
+        return 2;
+    }
     if (strcmp(kind, "annotate") == 0) {
         int rc = run_annotate(spec_path, json, out, weights, ema);
         free(json);
@@ -517,47 +611,15 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "tokenlabd run: %s\n", err);
         return 2;
     }
-    run_ui ui = {0};
-    if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
-    else snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec.name);
-    if (mkdir_p(ui.run_dir) != 0) {
-        fprintf(stderr, "tokenlabd run: cannot create %s: %s\n", ui.run_dir, strerror(errno));
-        return 1;
+    tl_comm *comm = NULL;
+    if (tl_comm_launched_by_mpirun()) {
+        comm = tl_comm_mpi_init(NULL, NULL, err, sizeof err);
+        if (!comm) {
+            fprintf(stderr, "tokenlabd run: started by mpirun, but %s\n", err);
+            return 1;
+        }
     }
-    char mpath[4200];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ui.run_dir);
-    if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0) {
-        fprintf(stderr, "tokenlabd run: cannot rewrite %s\n", mpath);
-        return 1;
-    }
-    ui.metrics = fopen(mpath, "a");
-    if (!ui.metrics) {
-        fprintf(stderr, "tokenlabd run: cannot open %s: %s\n", mpath, strerror(errno));
-        return 1;
-    }
-    ui.tty = isatty(STDOUT_FILENO);
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    printf("job %s -> %s (BLAS %s)\n", spec.name, ui.run_dir, tl_blas_corename());
-    tl_train_hooks hooks = {.on_start = on_start, .on_init = on_init, .on_step = on_step, .on_eval = on_eval,
-                            .before_checkpoint = before_checkpoint, .on_log = on_log, .should_stop = should_stop,
-                            .user = &ui};
-    tl_train_result res;
-    tl_train_status st = tl_train_run(&spec, ui.run_dir, &hooks, &res);
-    fclose(ui.metrics);
-    if (ui.tty) printf("\n");
-    if (res.skipped_images) printf("%lld unreadable images were skipped\n", (long long)res.skipped_images);
-    switch (st) {
-    case TL_TRAIN_SUCCEEDED:
-        printf("done: %s; best top-1 %.2f%%; run folder %s\n", res.message, 100 * res.best_top1, ui.run_dir);
-        return 0;
-    case TL_TRAIN_STOPPED:
-        printf("stopped: %s; run the same command to resume\n", res.message);
-        return 3;
-    default:
-        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
-        return init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1; /* a bad --init */
-    }
+    rc = run_train(&spec, out, comm, stop_at, init_file != NULL);
+    tl_comm_finalize(comm);
+    return rc;
 }

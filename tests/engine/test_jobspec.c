@@ -181,6 +181,8 @@ static void assert_spec_equal(const tl_train_spec *a, const tl_train_spec *b) {
     assert_int_equal(a->cache_mb, b->cache_mb);
     assert_true(a->layer_decay == b->layer_decay);
     assert_int_equal(a->freeze, b->freeze);
+    assert_int_equal(a->micro_batches, b->micro_batches);
+    assert_int_equal(a->ranks, b->ranks);
     assert_int_equal(a->init, b->init);
     assert_string_equal(a->init_model, b->init_model);
     assert_true(a->init_job == b->init_job);
@@ -491,6 +493,20 @@ static void test_cross_field_rules(void **state) {
     tl_train_spec s;
     parse_ok(with_train("\"epochs\":1,\"warmup_epochs\":0"), g_root, &s);
     parse_ok(with_train("\"epochs\":2,\"warmup_epochs\":1.999"), g_root, &s);
+
+    /* micro_batches divides the batch; the ranks divide micro_batches */
+    refused_train("\"batch_size\":12,\"micro_batches\":5", "/train/micro_batches", "must divide batch_size (12), got 5");
+    parse_ok(with_train("\"batch_size\":12,\"micro_batches\":4"), g_root, &s);
+    assert_int_equal(s.micro_batches, 4);
+    assert_int_equal(s.ranks, 0);
+#define DIST(frag) "{\"kind\":\"train\",\"name\":\"j\"," BASE_MODEL "," BASE_DATA ",\"train\":{\"batch_size\":8,\"micro_batches\":4}," frag "}"
+    parse_ok(DIST("\"distributed\":{\"ranks\":2}"), g_root, &s);
+    assert_int_equal(s.ranks, 2);
+    refused(DIST("\"distributed\":{\"ranks\":3}"), g_root, "/distributed/ranks", "must divide train.micro_batches (4), got 3");
+    refused(DIST("\"distributed\":{}"), g_root, "/distributed/ranks", "required");
+    refused(DIST("\"distributed\":{\"ranks\":2,\"hosts\":[\"a\"]}"), g_root, "/distributed/hosts", "");
+    refused(DIST("\"distributed\":{\"ranks\":0}"), g_root, "/distributed/ranks", "in 1..256");
+#undef DIST
 }
 
 static void test_model_refusals(void **state) {
@@ -619,11 +635,12 @@ static const char *const PARSER_FIELDS[] = {
     "/train/augment/reprob", "/train/augment/crop_pct", "/train/mix", "/train/mix_alpha", "/train/eval_every_epochs",
     "/train/checkpoint_every_epochs", "/train/loader_threads", "/train/prefetch_batches", "/train/cache_mb",
     "/train/layer_decay", "/train/freeze", "/model/init", "/model/init/model", "/model/init/job_id",
-    "/model/init/checkpoint", "/model/init/ema", "/model/init/head", NULL};
+    "/model/init/checkpoint", "/model/init/ema", "/model/init/head", "/train/micro_batches", "/distributed",
+    "/distributed/ranks", NULL};
 
 /* Properties without a single default value (their descriptions say "no default value"). */
 static const char *const NO_DEFAULT[] = {"/model/init", "/model/init/model", "/model/init/job_id", "/model/init/ema",
-                                         "/model/init/head", NULL};
+                                         "/model/init/head", "/distributed", "/distributed/ranks", NULL};
 /* The base spec for the properties of model.init: a job's checkpoint as the source. */
 #define INIT_BASE "{\"kind\":\"train\",\"name\":\"job\",\"model\":{\"init\":{\"job_id\":1}}," BASE_DATA "}"
 
@@ -721,6 +738,16 @@ static void test_schema_matches_parser(void **state) {
                 cJSON *zero = cJSON_CreateNumber(0);
                 char *base0 = tlt_spec_with(MINIMAL, "/train/warmup_epochs", zero);
                 cJSON_Delete(zero);
+                /* micro_batches divides batch_size and the ranks divide micro_batches: at their bounds, both
+                 * at their maximum */
+                if (strcmp(p->path, "/train/micro_batches") == 0 || strcmp(p->path, "/distributed/ranks") == 0) {
+                    cJSON *big = cJSON_CreateNumber(4096);
+                    char *b1 = tlt_spec_with(base0, "/train/batch_size", big);
+                    free(base0);
+                    base0 = tlt_spec_with(b1, "/train/micro_batches", big);
+                    free(b1);
+                    cJSON_Delete(big);
+                }
                 cJSON *in = cJSON_CreateNumber(x);
                 json = tlt_spec_with(strcmp(p->path, "/train/warmup_epochs") == 0 ? MINIMAL : base0, p->path, in);
                 if (tl_jobspec_parse(json, g_root, &s, &e2) != 0)
@@ -750,7 +777,7 @@ static void test_schema_matches_parser(void **state) {
         free(json);
     }
     cJSON_Delete(one);
-    assert_int_equal(w.nobjects, 6); /* the document, model, model.init, data, train, augment */
+    assert_int_equal(w.nobjects, 7); /* the document, model, model.init, data, train, augment, distributed */
 
     /* The schema's required fields are the parser's. */
     for (int i = 0; i < w.nobjects; i++) {

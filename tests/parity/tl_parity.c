@@ -155,7 +155,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     free(model_json);
-    tl_loss_weights lw = {(float)num(jl, "cls_weight", 1.0), (float)num(jl, "dense_weight", 0.5)};
+    tl_loss_weights lw = {(float)num(jl, "cls_weight", 1.0), (float)num(jl, "dense_weight", 0.5), 1.0f};
     tl_adamw hp = {(float)num(jo, "lr", 1e-3), (float)num(jo, "weight_decay", 0.05), (float)num(jo, "beta1", 0.9),
                    (float)num(jo, "beta2", 0.999), (float)num(jo, "eps", 1e-8)};
     int steps = (int)num(cfg, "steps", 1);

@@ -83,6 +83,9 @@ typedef struct {
     /* train: fine-tuning recipe */
     float layer_decay;             /* train.layer_decay, (0, 1]; 1 = off (default) */
     int freeze;                    /* train.freeze: tl_freeze, default TL_FREEZE_NONE */
+    int micro_batches;             /* train.micro_batches: divides batch_size; default 1 */
+    /* distributed */
+    int ranks;                     /* distributed.ranks: divides micro_batches; 0 when not given */
     /* model.init: start from trained weights instead of random ones */
     int init;                      /* 1 when model.init is given */
     char init_model[72];           /* model.init.model: a registered model, "" otherwise */

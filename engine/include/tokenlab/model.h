@@ -216,6 +216,9 @@ const float *tl_logits_aux(const tl_ctx *c);   /* (B,N,K), box swapped back */
 
 typedef struct {
     float cls_weight, dense_weight;
+    /* 0 or 1: the gradient of this batch's mean loss. 1/M: of one of M equal micro-batches of a larger
+     * batch, so that their summed gradients are that of its mean loss. The loss values are not scaled. */
+    float grad_scale;
 } tl_loss_weights;
 typedef struct {
     double loss, loss_cls, loss_dense;   /* loss = cw*loss_cls + dw*loss_dense */

@@ -37,7 +37,18 @@ typedef struct {
     double eta_seconds;
     double data_wait;      /* fraction of recent time the trainer waited for data */
     int64_t skipped_images;/* unreadable images skipped so far in this run */
+    /* distributed jobs (tl_train_run_ranks); ranks 1 and NULL on one process */
+    int ranks;
+    const double *rank_img_per_s; /* (ranks) images/s of each rank's forward and backward, this step */
+    double comm_seconds;   /* this step's gradient sum across the ranks (0 on one process) */
 } tl_step_report;
+
+/* The ranks of a distributed job, reported once at the start (hooks.on_ranks). */
+typedef struct {
+    int size;
+    int micro_batches;        /* per step, over all ranks */
+    const char *const *hosts; /* (size) each rank's host name */
+} tl_ranks_info;
 
 typedef struct {
     int64_t step;
@@ -61,6 +72,7 @@ typedef struct {
 
 typedef struct {
     void (*on_start)(int64_t start_step, int64_t total_steps, void *user); /* after resume is known */
+    void (*on_ranks)(const tl_ranks_info *info, void *user); /* distributed jobs: before on_start */
     /* model.init on a fresh start: after the source is loaded and adapted, before the step-0 evaluation */
     void (*on_init)(const tl_init_info *info, void *user);
     void (*on_step)(const tl_step_report *r, void *user);
@@ -74,7 +86,9 @@ typedef struct {
      * samples (the same set for the whole run, resumes included) and what the model predicts for
      * them at this step. Both are valid only during the call. */
     void (*on_inspect)(const tl_inspect_set *set, const tl_inspect_result *res, int64_t step, int ema, void *user);
-    int (*should_stop)(void *user);                /* checked after each step */
+    /* Checked after each step (after on_step); on a distributed job on every rank, and every rank stops
+     * when any rank asked. */
+    int (*should_stop)(void *user);
     void *user;
 } tl_train_hooks;
 
@@ -86,7 +100,7 @@ typedef enum {
 
 typedef struct {
     tl_train_status status;
-    char reason[32];       /* NAN_LOSS, DATA_ERROR, CONFIG_ERROR, IO_ERROR, OUT_OF_MEMORY */
+    char reason[32];       /* NAN_LOSS, DATA_ERROR, CONFIG_ERROR, IO_ERROR, OUT_OF_MEMORY, DIST_MISMATCH, DIST_ERROR */
     char message[1024];
     int64_t step;          /* steps done when it ended */
     int64_t skipped_images;
@@ -134,6 +148,17 @@ char *tl_class_ids_json(const tl_dataset *d);
  * train.layer_decay are applied to every job (fresh or resumed) that sets them. */
 tl_train_status tl_train_run(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
                              tl_train_result *res);
+
+/* tl_train_run on one rank of a distributed job (comm.h): every rank of the world calls it with the same
+ * spec. The ranks check that they agree (spec, training and validation file lists, and, after rank 0's
+ * state is broadcast, the weights), or fail alike with reason DIST_MISMATCH. Each rank loads its share of
+ * every global batch and computes micro_batches / ranks micro-batches; the gradients are summed exactly
+ * (comm.h), so every rank takes the same AdamW step. Evaluation is sharded and its counts summed. Only
+ * rank 0 reads the run folder (resume, fine-tuning source) and writes to it, and only rank 0 calls the
+ * hooks, except should_stop. comm NULL is tl_train_run. */
+typedef struct tl_comm tl_comm;
+tl_train_status tl_train_run_ranks(const tl_train_spec *spec, const char *run_dir, const tl_train_hooks *hooks,
+                                   tl_comm *comm, tl_train_result *res);
 
 /* The learning rate of a step: linear warm-up from warmup_lr to lr, then
  * cosine decay to min_lr, per step. */
