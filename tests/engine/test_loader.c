@@ -22,7 +22,12 @@
  *    mid-epoch gives a clean new epoch;
  *  - with a label map, targets equal an independent tl_targets_compute of the
  *    entry and the batch's geometry (and are dense); without one, t_dense is
- *    NULL and t_cls the smoothed one-hot label.
+ *    NULL and t_cls the smoothed one-hot label;
+ *  - shards (distributed jobs): in training, shard k's batch b is rows
+ *    [k*B, (k+1)*B) of the unsharded loader's batch b of the global batch, bit
+ *    for bit (targets, geometry and augmentation included); in evaluation the
+ *    shards' slices, in shard order, are the whole set in order; a shard
+ *    outside [0, shards) and a global batch larger than the set are refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -587,6 +592,88 @@ static void test_free_and_restart_mid_epoch(void **state) {
     tl_loader_free(l); /* mid-epoch again */
 }
 
+/* Sample i of batch b, every field, equals sample j of batch a. */
+static void assert_same_sample(const tl_batch *a, int j, const tl_batch *b, int i, int dense) {
+    size_t isz = (size_t)3 * S_IN * S_IN, K = NCLS, N = GRID * GRID;
+    assert_memory_equal(a->images + j * isz, b->images + i * isz, sizeof(float) * isz);
+    assert_memory_equal(a->t_cls + j * K, b->t_cls + i * K, sizeof(float) * K);
+    if (dense) assert_memory_equal(a->t_dense + j * N * K, b->t_dense + i * N * K, sizeof(float) * N * K);
+    assert_int_equal(a->labels[j], b->labels[i]);
+    assert_int_equal(a->index[j], b->index[i]);
+    assert_memory_equal(&a->geom[j], &b->geom[i], sizeof(tl_geom));
+}
+
+static void test_shards(void **state) {
+    (void)state;
+    enum { B = 4, SHARDS = 2 };
+    tl_loader_cfg g = make_cfg(g_train, g_lm, 1, B * SHARDS, 2, 2, 0);
+    tl_loader *whole = new_loader(&g), *part[SHARDS];
+    for (int k = 0; k < SHARDS; k++) {
+        tl_loader_cfg c = make_cfg(g_train, g_lm, 1, B, 1 + k, 2, 0);
+        c.shards = SHARDS;
+        c.shard = k;
+        part[k] = new_loader(&c);
+        assert_int_equal(tl_loader_batches(part[k]), tl_loader_batches(whole));
+    }
+    for (int e = 0; e < 2; e++) {
+        tl_loader_start(whole, e, 0);
+        for (int k = 0; k < SHARDS; k++) tl_loader_start(part[k], e, 0);
+        int nb = 0;
+        const tl_batch *w;
+        while ((w = tl_loader_next(whole, NULL)) != NULL) {
+            for (int k = 0; k < SHARDS; k++) {
+                const tl_batch *p = tl_loader_next(part[k], NULL);
+                assert_non_null(p);
+                assert_int_equal(p->n, B);
+                for (int i = 0; i < B; i++) assert_same_sample(w, k * B + i, p, i, 1);
+            }
+            nb++;
+        }
+        assert_int_equal(nb, NTRAIN / (B * SHARDS));
+        for (int k = 0; k < SHARDS; k++) assert_null(tl_loader_next(part[k], NULL));
+    }
+    tl_loader_free(whole);
+    for (int k = 0; k < SHARDS; k++) tl_loader_free(part[k]);
+
+    /* evaluation: 3 slices of the 10 images, batches of 2, in order */
+    tl_loader_cfg ev = make_cfg(g_val, NULL, 0, 2, 2, 2, 0);
+    tl_loader *all = new_loader(&ev);
+    tl_loader_start(all, 0, 0);
+    int idx[NVAL], n = 0;
+    const tl_batch *b;
+    while ((b = tl_loader_next(all, NULL)) != NULL)
+        for (int i = 0; i < b->n; i++) idx[n++] = b->index[i];
+    assert_int_equal(n, NVAL);
+    tl_loader_free(all);
+    int m = 0;
+    for (int k = 0; k < 3; k++) {
+        tl_loader_cfg c = ev;
+        c.shards = 3;
+        c.shard = k;
+        tl_loader *l = new_loader(&c);
+        tl_loader_start(l, 0, 0);
+        while ((b = tl_loader_next(l, NULL)) != NULL)
+            for (int i = 0; i < b->n; i++) {
+                assert_true(m < NVAL);
+                assert_int_equal(b->index[i], idx[m++]);
+            }
+        tl_loader_free(l);
+    }
+    assert_int_equal(m, NVAL);
+
+    /* refusals */
+    char err[TL_ERR_LEN];
+    tl_loader_cfg bad = make_cfg(g_train, NULL, 1, B, 1, 2, 0);
+    bad.shards = 2;
+    bad.shard = 2;
+    assert_null(tl_loader_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "shard 2 of 2"));
+    bad.shard = 1;
+    bad.batch = NTRAIN / 2 + 1;
+    assert_null(tl_loader_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "larger than the 24 images"));
+}
+
 static void test_labelmap_targets(void **state) {
     (void)state;
     tl_loader_cfg c = make_cfg(g_train, g_lm, 1, 6, 2, 2, 0);
@@ -636,6 +723,7 @@ static void test_labelmap_targets(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_in_order_and_complete),
+        cmocka_unit_test(test_shards),
         cmocka_unit_test(test_train_epochs_and_positions),
         cmocka_unit_test(test_batch_larger_than_dataset_refused),
         cmocka_unit_test(test_same_seed_same_batches),
