@@ -620,6 +620,13 @@ int cmd_run(int argc, char **argv) {
         }
     }
     rc = run_train(&spec, out, comm, stop_at, init_file != NULL);
+    if (comm && tl_comm_size(comm) > 1 && rc != 0 && rc != 3) {
+        /* A rank that failed on its own (its data, its disk) would leave the others waiting in the next sum,
+         * and MPI_Finalize waits for them too: end every rank now. Its message is already printed. */
+        fflush(stdout);
+        fflush(stderr);
+        tl_comm_abort(comm, rc);
+    }
     tl_comm_finalize(comm);
     return rc;
 }

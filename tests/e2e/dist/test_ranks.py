@@ -14,8 +14,9 @@ Covers (docs/DISTRIBUTED.md):
   metric step in metrics.jsonl exactly once;
 - 3 ranks (not a power of two) repeat their own result exactly;
 - refusals: ranks that do not divide micro_batches (CONFIG_ERROR on every
-  rank), ranks given different specs (DIST_MISMATCH naming the rank), an
-  annotate spec under mpirun; all exit non-zero without hanging.
+  rank), ranks given different specs (DIST_MISMATCH naming the rank), a rank
+  whose spec names missing data, an annotate spec under mpirun; all exit
+  non-zero without hanging (a hang fails at the subprocess timeout).
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 import argparse
@@ -164,6 +165,17 @@ def main():
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT, text=True)
         assert p.returncode != 0 and "DIST_MISMATCH" in p.stdout and \
             "rank 1 (host" in p.stdout and "in its job spec" in p.stdout, p.stdout
+        # a rank that cannot start (its spec names data that is not there) ends the job, no rank waits
+        broken = os.path.join(work, "broken.json")
+        with open(base) as f:
+            doc = json.load(f)
+        doc["data"]["train"] = os.path.join(work, "no-such-folder")
+        with open(broken, "w") as f:
+            json.dump(doc, f)
+        cmd = mpirun_base(1) + [c.bin, "run", base, "--out", os.path.join(work, "br")] + [":"] + \
+            ["-np", "1", c.bin, "run", broken, "--out", os.path.join(work, "br")]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT, text=True)
+        assert p.returncode != 0 and "no-such-folder" in p.stdout, p.stdout
         ann = os.path.join(work, "ann.json")
         with open(ann, "w") as f:
             json.dump({"kind": "annotate", "name": "a"}, f)
