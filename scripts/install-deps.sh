@@ -11,7 +11,8 @@ pkgs=(build-essential cmake pkg-config curl
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-torchvision python3-numpy chromium iproute2)
+  pkgs+=(python3 python3-torch python3-torchvision python3-numpy chromium iproute2
+        clang libclang-rt-14-dev)
 fi
 
 missing=()

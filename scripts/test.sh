@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: once in the release
-# build, once more under AddressSanitizer + UndefinedBehaviorSanitizer.
+# build, once more under AddressSanitizer + UndefinedBehaviorSanitizer, then
+# the libFuzzer targets (clang) for a few seconds each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
@@ -13,3 +14,9 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 scripts/build.sh build-asan -DTL_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure)
+
+echo "== libFuzzer targets (clang), ${TL_FUZZ_SECONDS:-10} s each"
+CC=clang cmake -S . -B build-fuzz -DTL_FUZZ=ON -DTL_FUZZ_SECONDS="${TL_FUZZ_SECONDS:-10}" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target tl_fuzz_targets
+(cd build-fuzz && ctest -L fuzz --output-on-failure)

@@ -27,7 +27,7 @@ int cmd_synth(int argc, char **argv) {
     tl_synth_cfg c;
     tl_synth_defaults(&c);
     const char *out = NULL;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) { /* options with their values */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -52,7 +52,6 @@ int cmd_synth(int argc, char **argv) {
             fprintf(stderr, "tokenlabd synth: unknown option %s\n", a);
             return 2;
         }
-        i++;
     }
     if (!out) {
         fprintf(stderr, "tokenlabd synth: --out DIR is required\n");
