@@ -153,6 +153,9 @@ static void evaluate(run *r, tl_ctx *ctx, int ema, int64_t step, int epoch) {
     tl_eval_report rep = {step, epoch, ema, n ? (double)c1 / n : 0, n ? (double)c5 / n : 0, n ? loss / n : 0, (int)n,
                           tl_clock_mono_s() - t0};
     if (r->hooks && r->hooks->on_eval) r->hooks->on_eval(&rep, r->hooks->user);
+    r->last_eval_step = step;
+    r->last_top1[ema] = rep.top1;
+    r->last_top5[ema] = rep.top5;
     int counts = r->ema ? ema : 1; /* the EMA's top-1 decides "best" when there is an EMA */
     if (counts && rep.top1 > r->best) {
         r->best = rep.top1;
@@ -181,11 +184,34 @@ static void evaluate_all(run *r, int64_t step, int epoch) {
     }
 }
 
+typedef struct {
+    double loss, loss_cls, loss_dense, seconds; /* sums over the epoch's steps run here */
+    int64_t steps;
+} epoch_sums;
+
 /* should_stop after a step; on a distributed job any rank's request stops every rank (collective). */
 static int stop_requested(run *r) {
     double want = r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user) ? 1.0 : 0.0;
     if (r->comm && tl_comm_sum_f64(r->comm, &want, 1) != 0) return 1;
     return want > 0.0;
+}
+
+/* The job log's line at the end of an epoch, as timm prints one: the epoch's mean losses, the last learning
+ * rate, its training images/s, the evaluation at this step if there was one, the checkpoint if written. */
+static void log_epoch(run *r, const epoch_sums *e, int64_t step, double lr, int ckpt) {
+    char ev[160] = "";
+    if (r->val_ld && r->last_eval_step == step) {
+        int n = snprintf(ev, sizeof ev, "; top-1 %.2f%% top-5 %.2f%%", 100 * r->last_top1[0], 100 * r->last_top5[0]);
+        if (r->ema && n > 0 && (size_t)n < sizeof ev)
+            snprintf(ev + n, sizeof ev - (size_t)n, ", EMA top-1 %.2f%% top-5 %.2f%%", 100 * r->last_top1[1],
+                     100 * r->last_top5[1]);
+    }
+    int epoch = (int)((step - 1) / r->nb) + 1;
+    double k = e->steps > 0 ? (double)e->steps : 1.0;
+    train_log(r, "epoch %d/%d: step %lld, loss %.4f (cls %.4f, dense %.4f), lr %.3g, %.1f img/s%s%s", epoch,
+              r->spec->epochs, (long long)step, e->loss / k, e->loss_cls / k, e->loss_dense / k, lr,
+              e->seconds > 0 ? (double)r->spec->batch_size * (double)e->steps / e->seconds : 0.0, ev,
+              ckpt ? "; checkpoint written" : "");
 }
 
 static int64_t every(float epochs, int nb) {
@@ -514,6 +540,7 @@ static tl_train_status loop(run *r, int64_t step) {
     double times[WINDOW] = {0}, waits[WINDOW] = {0}, t_prev = tl_clock_mono_s(), eval_seconds = 0.0;
     int started = 0;
     int64_t done_here = 0;
+    epoch_sums es = {0};
     if (r->hooks && r->hooks->on_start) r->hooks->on_start(step, r->total, r->hooks->user);
     if (r->init_now && step == 0) { /* fine-tuning: the first point is where it starts */
         double t_eval = tl_clock_mono_s();
@@ -551,6 +578,11 @@ static tl_train_status loop(run *r, int64_t step) {
         double t = tl_clock_mono_s();
         times[step % WINDOW] = t - t_prev;
         waits[step % WINDOW] = wait;
+        es.loss += so.lp.loss;
+        es.loss_cls += so.lp.loss_cls;
+        es.loss_dense += so.lp.loss_dense;
+        es.seconds += t - t_prev;
+        es.steps++;
         t_prev = t;
         if (r->hooks && r->hooks->on_step) {
             int n = done_here < WINDOW ? (int)done_here : WINDOW;
@@ -575,6 +607,10 @@ static tl_train_status loop(run *r, int64_t step) {
         if (ckpt_now || stop) {
             if (save_checkpoint(r, "last.safetensors", 1, step, (int)(step / r->nb)) != 0)
                 return train_fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
+        }
+        if (last || step % r->nb == 0) {
+            log_epoch(r, &es, step, hp.lr, ckpt_now || stop);
+            memset(&es, 0, sizeof es);
         }
         t_prev = tl_clock_mono_s(); /* images/s and the ETA measure training steps, not evaluations or checkpoints */
         if (stop) {
@@ -608,7 +644,7 @@ tl_train_status tl_train_run_ranks(const tl_train_spec *spec, const char *run_di
                                    tl_comm *comm, tl_train_result *res) {
     memset(res, 0, sizeof *res);
     res->best_top1 = -1.0;
-    run r = {.spec = spec, .run_dir = run_dir, .hooks = hooks, .res = res, .best = -1.0, .comm = comm,
+    run r = {.spec = spec, .run_dir = run_dir, .hooks = hooks, .res = res, .best = -1.0, .last_eval_step = -1, .comm = comm,
              .rank = tl_comm_rank(comm), .ranks = tl_comm_size(comm), .micro = spec->micro_batches};
     tl_train_status st = TL_TRAIN_FAILED;
     train_dist_hooks(&r);

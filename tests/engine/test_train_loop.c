@@ -31,6 +31,8 @@ typedef struct {
     int64_t stop_after;
     int evals, checkpoints, starts;
     int64_t start_step;
+    int epoch_lines;         /* job-log lines "epoch E/N: ..." */
+    char last_epoch_line[1024];
 } recorder;
 
 static void on_start(int64_t start, int64_t total, void *u) {
@@ -57,7 +59,13 @@ static void on_ckpt(const char *path, int64_t step, int best, void *u) {
     assert_int_equal(access(path, F_OK), 0);
     (void)step, (void)best;
 }
-static void on_log(const char *msg, void *u) { (void)msg, (void)u; }
+static void on_log(const char *msg, void *u) {
+    recorder *r = u;
+    if (strncmp(msg, "epoch ", 6) == 0 && strstr(msg, ": step ")) {
+        r->epoch_lines++;
+        snprintf(r->last_epoch_line, sizeof r->last_epoch_line, "%s", msg);
+    }
+}
 static int should_stop(void *u) {
     recorder *r = u;
     return r->stop_after > 0 && r->loss[r->stop_after] != 0.0;
@@ -146,6 +154,10 @@ static void test_exact_resume(void **state) {
     assert_int_equal(run(&spec, da, &ra, &res), TL_TRAIN_SUCCEEDED);
     assert_int_equal(res.step, 12);
     assert_int_equal(ra.evals, 6);            /* 3 epochs x (raw + EMA) */
+    assert_int_equal(ra.epoch_lines, 3);      /* the job log: a line per epoch, with its evaluation */
+    if (!strstr(ra.last_epoch_line, "epoch 3/3: step 12, loss ") || !strstr(ra.last_epoch_line, "EMA top-1 ") ||
+        !strstr(ra.last_epoch_line, "checkpoint written"))
+        fail_msg("last epoch line: %s", ra.last_epoch_line);
     assert_true(res.best_top1 >= 0.0);
     rb.stop_after = 5;
     assert_int_equal(run(&spec, db, &rb, &res), TL_TRAIN_STOPPED);
