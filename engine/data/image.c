@@ -10,7 +10,10 @@
  * Decoding order, so that no input byte sequence can make us allocate much or
  * crash:
  *   1. tjDecompressHeader3 reads width, height, subsampling and colourspace;
- *   2. the dimensions are checked against TL_IMAGE_MAX_SIDE/_PIXELS;
+ *   2. the dimensions are checked against TL_IMAGE_MAX_SIDE/_PIXELS, and a
+ *      progressive file (found by walking the markers to its SOF) against
+ *      TL_IMAGE_MAX_PROGRESSIVE_PIXELS: libjpeg holds its whole-image
+ *      coefficient buffers at full size, whatever the output's scale;
  *   3. the DCT scaling factor is chosen here (TJSCALED over
  *      tjGetScalingFactors, factors <= 1 only), and exactly the scaled size is
  *      passed to tjDecompress2. TurboJPEG 2.1 treats width/height as a box to
@@ -55,6 +58,31 @@ static const char *cs_name(int cs) {
     case TJCS_YCCK: return "YCCK";
     default: return "unknown";
     }
+}
+
+/* 1 when the JPEG's frame (its first SOFn marker) is progressive (SOF2, SOF6, SOF10, SOF14), 0 when it is
+ * sequential or no frame header is found before the scan data. Walks marker segments by their lengths,
+ * never past len. */
+static int is_progressive(const uint8_t *j, size_t len) {
+    size_t i = 2; /* after SOI */
+    while (i + 1 < len) {
+        if (j[i] != 0xFF) return 0; /* not at a marker: leave it to the decoder */
+        while (i + 1 < len && j[i + 1] == 0xFF) i++; /* fill bytes */
+        if (i + 1 >= len) return 0;
+        uint8_t m = j[i + 1];
+        if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC)
+            return m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE;
+        if (m == 0xDA || m == 0xD9) return 0; /* scan data or end before any frame */
+        if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { /* no length */
+            i += 2;
+            continue;
+        }
+        if (i + 3 >= len) return 0;
+        size_t seg = ((size_t)j[i + 2] << 8) | j[i + 3];
+        if (seg < 2) return 0;
+        i += 2 + seg;
+    }
+    return 0;
 }
 
 /* The smallest factor <= 1 whose scaled shorter side is >= min_short; 1/1 if
@@ -111,6 +139,9 @@ int tl_image_decode(const uint8_t *jpeg, size_t len, int min_short, tl_image *ou
         (uint64_t)w * (uint64_t)h > TL_IMAGE_MAX_PIXELS)
         FAIL("image is %dx%d, larger than the %d px / %u Mpixel limit", w, h, TL_IMAGE_MAX_SIDE,
              TL_IMAGE_MAX_PIXELS >> 20);
+    if ((uint64_t)w * (uint64_t)h > TL_IMAGE_MAX_PROGRESSIVE_PIXELS && is_progressive(jpeg, len))
+        FAIL("image is a progressive JPEG of %dx%d, larger than the %u Mpixel limit for progressive files", w, h,
+             TL_IMAGE_MAX_PROGRESSIVE_PIXELS >> 20);
     int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
     st = TL_IMG_UNSUPPORTED;
     if (!cmyk && cs != TJCS_RGB && cs != TJCS_YCbCr && cs != TJCS_GRAY)

@@ -371,6 +371,29 @@ static void test_huge_header_refused(void **state) {
         /* min_short does not change the verdict */
         assert_int_equal(tl_image_decode(j, len, 10, &im, NULL, err, sizeof err), -1);
     }
+    /* A progressive file is bounded lower (its coefficient buffers are full size): 8000x8000 progressive is
+     * refused from the header, the same size sequential is not (below) */
+    {
+        tjhandle tj = tjInitCompress();
+        unsigned char *pj = NULL;
+        unsigned long pl = 0;
+        assert_int_equal(tjCompress2(tj, rgb, 64, 0, 48, TJPF_RGB, &pj, &pl, TJSAMP_420, 90, TJFLAG_PROGRESSIVE), 0);
+        tl_image im;
+        char err[256] = "";
+        assert_int_equal(tl_image_decode(pj, pl, 0, &im, NULL, err, sizeof err), 0); /* small: decodes */
+        assert_int_equal(im.w, 64);
+        tl_image_free(&im);
+        patch_sof(pj, pl, 8000, 8000);
+        tl_image_status st = TL_IMG_OK;
+        assert_int_equal(tl_image_decode(pj, pl, 100, &im, &st, err, sizeof err), -1);
+        assert_int_equal(st, TL_IMG_TOO_LARGE);
+        if (!strstr(err, "progressive JPEG of 8000x8000")) fail_msg("message: %s", err);
+        patch_sof(pj, pl, 4096, 4096); /* exactly at the limit: the header passes, the data is short */
+        assert_int_equal(tl_image_decode(pj, pl, 100, &im, &st, err, sizeof err), -1);
+        assert_int_not_equal(st, TL_IMG_TOO_LARGE);
+        tjFree(pj);
+        tjDestroy(tj);
+    }
     /* 8000x8000 is within the limits: the header passes, the data is short */
     patch_sof(j, len, 8000, 8000);
     tl_image im;

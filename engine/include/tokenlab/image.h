@@ -18,6 +18,10 @@ extern "C" {
 
 #define TL_IMAGE_MAX_SIDE 16384           /* refuse larger headers before allocating */
 #define TL_IMAGE_MAX_PIXELS (64u << 20)   /* 64 Mpixel */
+/* Progressive (and other multi-scan) JPEGs are decoded through whole-image coefficient buffers at full
+ * size, whatever the output's scale: 2 bytes per coefficient, up to 3 full-resolution components, so
+ * 16 Mpixel keeps them under 96 MiB. Larger ones are refused from the header, before decoding. */
+#define TL_IMAGE_MAX_PROGRESSIVE_PIXELS (16u << 20)
 
 typedef struct {
     int w, h;       /* pixels */
@@ -29,7 +33,8 @@ typedef enum {
     TL_IMG_OK = 0,
     TL_IMG_EMPTY,        /* no bytes */
     TL_IMG_NOT_JPEG,     /* no JPEG start-of-image marker */
-    TL_IMG_TOO_LARGE,    /* the header claims more than TL_IMAGE_MAX_SIDE / TL_IMAGE_MAX_PIXELS */
+    TL_IMG_TOO_LARGE,    /* the header claims more than TL_IMAGE_MAX_SIDE / TL_IMAGE_MAX_PIXELS (or, for a
+                          * progressive file, TL_IMAGE_MAX_PROGRESSIVE_PIXELS) */
     TL_IMG_CORRUPT,      /* a bad header, truncated or corrupt data */
     TL_IMG_UNSUPPORTED,  /* a colourspace the decoder does not handle */
     TL_IMG_NO_MEMORY,
