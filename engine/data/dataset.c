@@ -17,6 +17,12 @@
  * is qsort per class and classes.tsv lookups are binary searches, so opening
  * is O(n log n). stat() is called only when readdir cannot tell the type.
  *
+ * Confinement (tl_dataset_open_confined): an entry that is a symbolic link is
+ * canonicalised and kept only when it lies inside the confining folder
+ * (tl_path_is_inside, the engine's one rule); the others are counted. Plain
+ * folders and files below a confined root are inside by construction. A link
+ * swapped in after the scan is not seen here.
+ *
  * classes.tsv (optional, in root, else in root's parent so that the train/
  * and val/ splits of one dataset share it): "folder<TAB>readable name[<TAB>...]" per
  * line; the first line is a header if its first field is not a class folder;
@@ -32,6 +38,7 @@
  */
 #include "tokenlab/dataset.h"
 #include "tokenlab/base.h"
+#include "tokenlab/files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -55,6 +62,7 @@ struct tl_dataset {
     size_t *off; /* relpath i = arena + off[i] */
     int *label;
     char *arena;
+    int64_t outside; /* links skipped for leading outside the confining folder */
 };
 
 #define FAIL(...)                                                  \
@@ -123,8 +131,9 @@ static int is_jpeg_name(const char *s) {
     return strcasecmp(dot + 1, "jpg") == 0 || strcasecmp(dot + 1, "jpeg") == 0;
 }
 
-/* 1 directory, 2 regular file, 0 other or unknown. */
-static int entry_kind(const char *dir, const struct dirent *e) {
+/* 1 directory, 2 regular file, 0 other or unknown. With confine, a symbolic link that resolves outside it
+ * is 0 and counted in *outside. */
+static int entry_kind(const char *dir, const struct dirent *e, const char *confine, int64_t *outside) {
 #ifdef DT_DIR
     if (e->d_type == DT_DIR) return 1;
     if (e->d_type == DT_REG) return 2;
@@ -134,6 +143,14 @@ static int entry_kind(const char *dir, const struct dirent *e) {
     int k = snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     if (k < 0 || (size_t)k >= sizeof path) return 0;
     struct stat st;
+    if (confine && lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+        char real[PATH_MAX];
+        if (!realpath(path, real)) return 0; /* dangling */
+        if (!tl_path_is_inside(real, confine)) {
+            (*outside)++;
+            return 0;
+        }
+    }
     if (stat(path, &st) != 0) return 0; /* dangling symlink: not an image */
     return S_ISDIR(st.st_mode) ? 1 : S_ISREG(st.st_mode) ? 2 : 0;
 }
@@ -240,6 +257,12 @@ fail:
 }
 
 tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen) {
+    return tl_dataset_open_confined(root, NULL, err, errlen);
+}
+
+int64_t tl_dataset_outside(const tl_dataset *d) { return d ? d->outside : 0; }
+
+tl_dataset *tl_dataset_open_confined(const char *root, const char *confine, char *err, size_t errlen) {
     tl_dataset *d = NULL;
     DIR *dir = NULL;
     strlist classes = {0}, files = {0}, all = {0};
@@ -260,7 +283,7 @@ tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen) {
     struct dirent *e;
     while ((e = readdir(dir)) != NULL) {
         if (e->d_name[0] == '.') continue;
-        if (entry_kind(d->root, e) != 1) continue;
+        if (entry_kind(d->root, e, confine, &d->outside) != 1) continue;
         if (sl_push(&classes, e->d_name, NULL) != 0) FAIL("dataset: out of memory");
     }
     closedir(dir);
@@ -293,7 +316,7 @@ tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen) {
         files.n = 0;
         while ((e = readdir(dir)) != NULL) {
             if (e->d_name[0] == '.' || !is_jpeg_name(e->d_name)) continue;
-            if (entry_kind(cdir, e) != 2) continue;
+            if (entry_kind(cdir, e, confine, &d->outside) != 2) continue;
             if (sl_push(&files, e->d_name, NULL) != 0) FAIL("dataset: out of memory");
         }
         closedir(dir);
@@ -376,7 +399,7 @@ int tl_dataset_count_classes(const char *root, char *err, size_t errlen) {
     int n = 0;
     struct dirent *e;
     while ((e = readdir(dir)) != NULL)
-        if (e->d_name[0] != '.' && entry_kind(root, e) == 1 && n < INT_MAX) n++;
+        if (e->d_name[0] != '.' && entry_kind(root, e, NULL, NULL) == 1 && n < INT_MAX) n++;
     closedir(dir);
     if (n == 0) return tl_seterr(err, errlen, "dataset root %s: no class folders", root);
     return n;

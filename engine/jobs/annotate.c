@@ -96,8 +96,11 @@ static tl_train_status setup(run *r) {
     if (!s->weights_path[0]) return fail(r, "CONFIG_ERROR", "no weights: the spec's weights_path is empty");
     if (mkdir(r->run_dir, 0755) != 0 && errno != EEXIST)
         return fail(r, "IO_ERROR", "cannot create run folder %s: %s", r->run_dir, strerror(errno));
-    r->ds = tl_dataset_open(s->images_dir, err, sizeof err);
+    r->ds = tl_dataset_open_confined(s->images_dir, s->data_root[0] ? s->data_root : NULL, err, sizeof err);
     if (!r->ds) return fail(r, "DATA_ERROR", "images: %s", err);
+    if (tl_dataset_outside(r->ds))
+        log_msg(r, "images: %lld symbolic links leading outside the data root were skipped",
+                 (long long)tl_dataset_outside(r->ds));
     tl_config ck;
     if (tl_checkpoint_config(s->weights_path, &ck, err, sizeof err) != 0)
         return fail(r, "CONFIG_ERROR", "weights %s: %s", s->weights_path, err);

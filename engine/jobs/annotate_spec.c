@@ -184,6 +184,7 @@ static int parse_data(const cJSON *o, const char *data_root, tl_annotate_spec *s
     char root_real[PATH_MAX];
     const char *root = NULL;
     if (tl_spec_data_root(data_root, root_real, &root, e)) return -1;
+    snprintf(s->data_root, sizeof s->data_root, "%s", root ? root_real : "");
     if (tl_spec_resolve_path("/data/images", images, root, 1, s->images_dir, e)) return -1;
     return resolve_out(out, root, s->out_path, e);
 }

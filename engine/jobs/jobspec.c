@@ -575,6 +575,7 @@ static int parse_data(const cJSON *o, const char *data_root, tl_train_spec *s, t
     char root_real[PATH_MAX];
     const char *root = NULL;
     if (tl_spec_data_root(data_root, root_real, &root, e)) return -1;
+    snprintf(s->data_root, sizeof s->data_root, "%s", root ? root_real : "");
     char *outs[N_DATA] = {s->train_dir, s->val_dir, s->label_maps};
     for (int f = 0; f < N_DATA; f++) {
         outs[f][0] = '\0';

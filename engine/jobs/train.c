@@ -303,14 +303,21 @@ static tl_train_status setup(run *r) {
     }
     if (train_dist_share_spec(r, root) != 0) return TL_TRAIN_FAILED;
     const tl_train_spec *s = r->spec;
-    r->train_ds = tl_dataset_open(s->train_dir, err, sizeof err);
+    const char *confine = s->data_root[0] ? s->data_root : NULL;
+    r->train_ds = tl_dataset_open_confined(s->train_dir, confine, err, sizeof err);
     if (!r->train_ds) return train_fail(r, "DATA_ERROR", "training data: %s", err);
+    if (tl_dataset_outside(r->train_ds))
+        train_log(r, "training data: %lld symbolic links leading outside the data root were skipped",
+                  (long long)tl_dataset_outside(r->train_ds));
     int K = tl_dataset_num_classes(r->train_ds);
     r->class_ids = tl_class_ids_json(r->train_ds);
     if (!r->class_ids) return train_fail(r, "OUT_OF_MEMORY", "out of memory");
     if (s->val_dir[0]) {
-        r->val_ds = tl_dataset_open(s->val_dir, err, sizeof err);
+        r->val_ds = tl_dataset_open_confined(s->val_dir, confine, err, sizeof err);
         if (!r->val_ds) return train_fail(r, "DATA_ERROR", "validation data: %s", err);
+        if (tl_dataset_outside(r->val_ds))
+            train_log(r, "validation data: %lld symbolic links leading outside the data root were skipped",
+                      (long long)tl_dataset_outside(r->val_ds));
         if (tl_dataset_num_classes(r->val_ds) != K)
             return train_fail(r, "DATA_ERROR", "validation data has %d classes, training data %d",
                         tl_dataset_num_classes(r->val_ds), K);

@@ -620,6 +620,48 @@ static void test_dataset_scan(void **state) {
     assert_string_equal(tl_dataset_class_name(d, 0), "from parent");
     tl_dataset_free(d);
 
+    /* confined to a data root: links leading outside it (an image, a class folder) are skipped and counted,
+     * links inside it are kept */
+    make_dir("jail");
+    make_dir("jail/ds");
+    make_dir("jail/ds/in_cls");
+    make_dir("jail/other");
+    write_file("jail/ds/in_cls/a.jpg", "x", 1);
+    write_file("jail/other/b.jpg", "x", 1);
+    make_dir("outside");
+    make_dir("outside/secret_cls");
+    write_file("outside/secret_cls/s.jpg", "x", 1);
+    write_file("outside/s2.jpg", "x", 1);
+    const char *links[][2] = {{"jail/ds/in_cls/out.jpg", "outside/s2.jpg"},      /* image out */
+                              {"jail/ds/in_cls/in.jpg", "jail/other/b.jpg"},     /* image in */
+                              {"jail/ds/out_cls", "outside/secret_cls"},         /* class folder out */
+                              {"jail/ds/in_cls2", "jail/other"}};                /* class folder in */
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+        char l[1024];
+        snprintf(l, sizeof l, "%s/%s", g_tmp, links[i][0]);
+        snprintf(t, sizeof t, "%s/%s", g_tmp, links[i][1]);
+        assert_int_equal(symlink(t, l), 0);
+    }
+    char jail[1024];
+    snprintf(p, sizeof p, "%s/jail/ds", g_tmp);
+    snprintf(t, sizeof t, "%s/jail", g_tmp);
+    assert_non_null(realpath(t, jail));
+    d = tl_dataset_open_confined(p, jail, err, sizeof err);
+    assert_non_null(d);
+    assert_int_equal(tl_dataset_num_classes(d), 2);
+    assert_int_equal(tl_dataset_count(d), 3);
+    assert_string_equal(tl_dataset_relpath(d, 0), "in_cls/a.jpg");
+    assert_string_equal(tl_dataset_relpath(d, 1), "in_cls/in.jpg");
+    assert_string_equal(tl_dataset_relpath(d, 2), "in_cls2/b.jpg");
+    assert_int_equal(tl_dataset_outside(d), 2);
+    tl_dataset_free(d);
+    d = tl_dataset_open(p, err, sizeof err); /* unconfined: everything counts */
+    assert_non_null(d);
+    assert_int_equal(tl_dataset_num_classes(d), 3);
+    assert_int_equal(tl_dataset_count(d), 5);
+    assert_int_equal(tl_dataset_outside(d), 0);
+    tl_dataset_free(d);
+
     /* refusals name the path */
     make_dir("empty");
     snprintf(p, sizeof p, "%s/empty", g_tmp);

@@ -49,6 +49,7 @@ typedef struct {
     int source_ema;                /* -1: as the checkpoint has them (default), 0 raw, 1 EMA */
     /* data; paths resolved (absolute) after parsing */
     char images_dir[PATH_MAX];     /* data.images: a class-folder dataset */
+    char data_root[PATH_MAX];      /* the canonical data root the paths were confined to; "" when none */
     char out_path[PATH_MAX];       /* data.out: the label-map file to write (".tllm") */
     /* annotate */
     int size;                      /* input side; 0 = the model's img_size (must be a multiple of patch_size) */

@@ -13,6 +13,7 @@
 #define TL_DATASET_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +24,12 @@ typedef struct tl_dataset tl_dataset;
 /* Scans root (see above); NULL with a message when it cannot be read, is not a folder, holds no
  * class folder, or classes.tsv is malformed. */
 tl_dataset *tl_dataset_open(const char *root, char *err, size_t errlen);
+/* The same, confined to the canonical folder `confine` (the daemon's data root; NULL: not confined): a
+ * class folder or image that is a symbolic link resolving outside it is skipped, as if absent, and
+ * counted (tl_dataset_outside). The root itself must already lie inside (the spec parsers check it). */
+tl_dataset *tl_dataset_open_confined(const char *root, const char *confine, char *err, size_t errlen);
+/* Class folders and images skipped because they lead outside the confining folder. */
+int64_t tl_dataset_outside(const tl_dataset *d);
 void tl_dataset_free(tl_dataset *d);                                /* NULL is fine */
 const char *tl_dataset_root(const tl_dataset *d);                   /* as given to tl_dataset_open */
 int tl_dataset_count(const tl_dataset *d);                          /* images, in class then path order */

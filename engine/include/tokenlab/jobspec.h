@@ -59,6 +59,7 @@ typedef struct {
     char train_dir[PATH_MAX];
     char val_dir[PATH_MAX];        /* "" = no evaluation */
     char label_maps[PATH_MAX];     /* "" = plain training */
+    char data_root[PATH_MAX];      /* the canonical data root the paths were confined to; "" when none */
     /* train */
     int epochs;
     int batch_size;
