@@ -1,9 +1,10 @@
 /*
- * files.c: durable renames and path confinement (see tokenlab/files.h).
- * No state; any thread.
+ * files.c: crash-safe writes (unique temporary files, durable renames) and
+ * path confinement (see tokenlab/files.h). No state; any thread.
  */
 #include "tokenlab/files.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -34,6 +35,76 @@ int tl_fsync_parent_dir(const char *path) {
     }
     free(dir);
     return rc;
+}
+
+#define TEMP_SUFFIX ".tmp.XXXXXX"
+
+FILE *tl_file_create_temp(const char *path, char *tmp, size_t tmplen) {
+    int n = snprintf(tmp, tmplen, "%s" TEMP_SUFFIX, path);
+    if (n < 0 || (size_t)n >= tmplen) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    int fd = mkostemp(tmp, O_CLOEXEC); /* O_CREAT | O_EXCL, a name no one else holds */
+    if (fd < 0) return NULL;
+    FILE *fp = fchmod(fd, 0644) == 0 ? fdopen(fd, "wb") : NULL;
+    if (!fp) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        errno = e;
+    }
+    return fp;
+}
+
+int tl_file_commit(FILE *fp, const char *tmp, const char *path, const char **step) {
+    const char *what = "flush";
+    int ok = fflush(fp) == 0;
+    if (ok && (what = "fsync", fsync(fileno(fp)) != 0)) ok = 0;
+    int e = errno;
+    if (fclose(fp) != 0 && ok) ok = 0, e = errno, what = "close";
+    if (ok && (what = "rename", rename(tmp, path) != 0)) ok = 0, e = errno;
+    if (!ok) {
+        unlink(tmp);
+        if (step) *step = what;
+        errno = e;
+        return -1;
+    }
+    if (tl_fsync_parent_dir(path) != 0) {
+        if (step) *step = "fsync of the folder";
+        return -1;
+    }
+    return 0;
+}
+
+void tl_file_abandon(FILE *fp, const char *tmp) {
+    int e = errno;
+    if (fp) fclose(fp);
+    if (tmp && *tmp) unlink(tmp);
+    errno = e;
+}
+
+int tl_file_is_temp_name(const char *name) {
+    size_t n = strlen(name), k = sizeof TEMP_SUFFIX - 1;
+    if (n <= k || strncmp(name + n - k, ".tmp.", 5) != 0) return 0;
+    for (size_t i = n - 6; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) return 0;
+    }
+    return 1;
+}
+
+int tl_file_remove_temps(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!tl_file_is_temp_name(e->d_name)) continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
 }
 
 int tl_path_is_inside(const char *real, const char *root_real) {

@@ -7,7 +7,7 @@
  *     descriptor is closed right after mmap), a copy of the path for messages,
  *     and key_of_entry[count] (entry -> position in the key table), built while
  *     checking that every entry is referenced exactly once.
- *   - tl_labelmap_writer: the temporary file "<path>.tmp.<pid>" (records are
+ *   - tl_labelmap_writer: its temporary file beside the destination (tl_file_create_temp, records are
  *     written to it as they are added), the keys (one growing blob of
  *     NUL-terminated strings in insertion order), their offsets, a hash set of
  *     the keys for the duplicate check, and one record's encode buffer.
@@ -485,16 +485,16 @@ tl_labelmap_writer *tl_labelmap_writer_new(const char *path, int K, int k, int h
     wr->h = h;
     wr->w = w;
     wr->plane = (size_t)k * (size_t)h * (size_t)w;
-    size_t tlen = strlen(path) + 32;
+    size_t tlen = TL_TEMP_NAME_LEN(strlen(path));
     wr->path = strdup(path);
     wr->tmp = malloc(tlen);
     wr->rec = malloc(sizeof(uint16_t) * 2 * wr->plane);
     wr->hash_cap = 1024;
     wr->hash = calloc(wr->hash_cap, sizeof(uint32_t));
     if (!wr->path || !wr->tmp || !wr->rec || !wr->hash) goto fail;
-    snprintf(wr->tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
+    wr->tmp[0] = '\0';
     step = "create the temporary file";
-    wr->fp = fopen(wr->tmp, "wb");
+    wr->fp = tl_file_create_temp(path, wr->tmp, tlen);
     if (!wr->fp) goto fail;
     step = "write the placeholder header";
     unsigned char zero[LM_HEADER_SIZE] = {0};
@@ -504,9 +504,8 @@ fail:;
     int e = errno;
     tl_seterr(err, errlen, "label map writer %s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
     if (wr && wr->fp) {
-        fclose(wr->fp);
+        tl_file_abandon(wr->fp, wr->tmp);
         wr->fp = NULL;
-        unlink(wr->tmp);
     }
     writer_free(wr);
     return NULL;
@@ -677,18 +676,9 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
     wr64(hd + H_BLOB, blob_off);
     wr64(hd + H_FILESIZE, blob_off + koff);
     if (fseek(wr->fp, 0, SEEK_SET) != 0 || fwrite(hd, 1, sizeof hd, wr->fp) != sizeof hd) goto fail;
-    step = "flush";
-    if (fflush(wr->fp) != 0) goto fail;
-    step = "fsync";
-    if (fsync(fileno(wr->fp)) != 0) goto fail;
-    step = "close";
-    int closed = fclose(wr->fp);
-    wr->fp = NULL;
-    if (closed != 0) goto fail;
-    step = "rename over the destination";
-    if (rename(wr->tmp, wr->path) != 0) goto fail;
-    step = "fsync of the folder";
-    if (tl_fsync_parent_dir(wr->path) != 0) {
+    FILE *fp = wr->fp;
+    wr->fp = NULL; /* tl_file_commit closes it, and removes the temporary file on failure */
+    if (tl_file_commit(fp, wr->tmp, wr->path, &step) != 0) {
         int e = errno;
         tl_seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step, strerror(e));
         free(sk);
@@ -702,11 +692,8 @@ fail:;
     int e = errno;
     tl_seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step,
               e ? strerror(e) : (wr->broken ? "the temporary file is incomplete" : "out of memory"));
-    if (wr->fp) {
-        fclose(wr->fp);
-        wr->fp = NULL;
-    }
-    unlink(wr->tmp);
+    tl_file_abandon(wr->fp, wr->tmp);
+    wr->fp = NULL;
     free(sk);
     writer_free(wr);
     return -1;
@@ -714,10 +701,7 @@ fail:;
 
 void tl_labelmap_writer_abort(tl_labelmap_writer *wr) {
     if (!wr) return;
-    if (wr->fp) {
-        fclose(wr->fp);
-        wr->fp = NULL;
-    }
-    unlink(wr->tmp);
+    tl_file_abandon(wr->fp, wr->tmp);
+    wr->fp = NULL;
     writer_free(wr);
 }

@@ -19,8 +19,9 @@
  * Writing: header padded with spaces so the data area starts at a multiple of
  * 8, tensors packed in the order added with no gaps (Hugging Face's
  * safetensors refuses gaps, and our files must load there). The file is
- * written to "<path>.tmp.<pid>", flushed and fsync'ed, renamed over path,
- * and the containing folder is fsync'ed.
+ * written to a unique temporary file beside it (tl_file_create_temp: "<path>.tmp.XXXXXX",
+ * created exclusively), flushed and fsync'ed, renamed over path, and the
+ * containing folder is fsync'ed (tl_file_commit).
  *
  * Assumes a little-endian host (the format is little-endian).
  *
@@ -789,35 +790,27 @@ int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen) {
         errno = EINVAL;
         goto fail;
     }
-    size_t tlen = strlen(path) + 32;
+    size_t tlen = TL_TEMP_NAME_LEN(strlen(path));
     tmp = malloc(tlen);
     if (!tmp) goto fail;
-    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
-    step = "open";
-    fp = fopen(tmp, "wb");
+    step = "create the temporary file";
+    fp = tl_file_create_temp(path, tmp, tlen);
     if (!fp) goto fail;
     step = "write";
     if (write_body(fp, w, hdr, hlen) != 0) goto fail;
-    step = "flush";
-    if (fflush(fp) != 0) goto fail;
-    step = "fsync";
-    if (fsync(fileno(fp)) != 0) goto fail;
-    step = "close";
-    int closed = fclose(fp);
-    fp = NULL;
-    if (closed != 0) goto fail;
-    step = "rename";
-    if (rename(tmp, path) != 0) goto fail;
+    FILE *f = fp;
+    fp = NULL; /* tl_file_commit closes it, and removes the temporary file on failure */
+    if (tl_file_commit(f, tmp, path, &step) != 0) {
+        free(tmp);
+        tmp = NULL;
+        goto fail;
+    }
     free(tmp);
-    tmp = NULL; /* renamed: nothing to remove any more */
-    step = "fsync of the folder";
-    if (tl_fsync_parent_dir(path) != 0) goto fail;
     free(hdr);
     return 0;
 fail:;
     int e = errno;
-    if (fp) fclose(fp);
-    if (tmp) unlink(tmp);
+    if (fp) tl_file_abandon(fp, tmp);
     tl_seterr(err, errlen, "%s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
     free(tmp);
     free(hdr);

@@ -3,7 +3,9 @@
  * the error formatter, the clocks, the invariant checks (fatal in the
  * sanitizer build, logged and refused in release), and path confinement,
  * including a root of "/", names that share a prefix with the root, and
- * symbolic links leading in and out of the root.
+ * symbolic links leading in and out of the root; crash-safe writes (unique
+ * temporary files created exclusively, commit, abandon, and the start-up
+ * sweep that removes only names of that form).
  *
  * Files live in a fresh folder under $TL_TEST_TMP (or /tmp). Single-threaded
  * but for the forked children of the invariant test.
@@ -185,10 +187,77 @@ static void test_confine(void **state) {
     for (int s = TL_PATH_OK; s <= TL_PATH_NOT_FILE; s++) assert_true(strlen(tl_path_status_str((tl_path_status)s)) > 1);
 }
 
+static int exists(const char *p) {
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+static void test_temp_files(void **state) {
+    (void)state;
+    char dir[PATH_MAX + 16], path[PATH_MAX + 32], t1[PATH_MAX + 64], t2[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/temps", g_dir);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/out.bin", dir);
+    /* two writers of one path never share a temporary file */
+    FILE *a = tl_file_create_temp(path, t1, sizeof t1), *b = tl_file_create_temp(path, t2, sizeof t2);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_string_not_equal(t1, t2);
+    assert_int_equal(strncmp(t1, path, strlen(path)), 0);
+    const char *n1 = strrchr(t1, '/') + 1;
+    assert_true(tl_file_is_temp_name(n1));
+    struct stat st;
+    assert_int_equal(stat(t1, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    fputs("first", a);
+    const char *step = NULL;
+    assert_int_equal(tl_file_commit(a, t1, path, &step), 0);
+    assert_false(exists(t1));
+    tl_file_abandon(b, t2);
+    assert_false(exists(t2));
+    FILE *f = fopen(path, "r");
+    char buf[16] = "";
+    assert_non_null(fgets(buf, sizeof buf, f));
+    fclose(f);
+    assert_string_equal(buf, "first");
+    /* a failed rename (onto a non-empty folder) reports its step and leaves no temporary file */
+    char busy[PATH_MAX + 32], inner[PATH_MAX + 48];
+    snprintf(busy, sizeof busy, "%s/busy", dir);
+    assert_int_equal(mkdir(busy, 0755), 0);
+    snprintf(inner, sizeof inner, "%s/keep", busy);
+    put_file(inner);
+    a = tl_file_create_temp(busy, t1, sizeof t1);
+    assert_non_null(a);
+    assert_int_equal(tl_file_commit(a, t1, busy, &step), -1);
+    assert_string_equal(step, "rename");
+    assert_false(exists(t1));
+    /* too long a name is refused, nothing created */
+    assert_null(tl_file_create_temp(path, t1, strlen(path) + 4));
+    /* the start-up sweep removes what a crash left, and only that */
+    char left[PATH_MAX + 64], keep1[PATH_MAX + 64], keep2[PATH_MAX + 64], keep3[PATH_MAX + 64];
+    a = tl_file_create_temp(path, left, sizeof left);
+    assert_non_null(a);
+    fclose(a); /* a crash between create and commit */
+    snprintf(keep1, sizeof keep1, "%s/model.tmp.abc", dir);        /* five characters */
+    snprintf(keep2, sizeof keep2, "%s/model.tmp.abcde!", dir);     /* not alphanumeric */
+    snprintf(keep3, sizeof keep3, "%s/notes.txt", dir);
+    put_file(keep1);
+    put_file(keep2);
+    put_file(keep3);
+    assert_int_equal(tl_file_remove_temps(dir), 1);
+    assert_false(exists(left));
+    assert_true(exists(keep1) && exists(keep2) && exists(keep3) && exists(path));
+    assert_false(tl_file_is_temp_name("x.tmp.12345"));
+    assert_false(tl_file_is_temp_name(".tmp.abcdef"));
+    assert_true(tl_file_is_temp_name("a.tmp.Zz09aB"));
+    snprintf(t1, sizeof t1, "%s/missing", dir);
+    assert_int_equal(tl_file_remove_temps(t1), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seterr),    cmocka_unit_test(test_clocks),  cmocka_unit_test(test_invariants),
-        cmocka_unit_test(test_is_inside), cmocka_unit_test(test_confine),
+        cmocka_unit_test(test_is_inside), cmocka_unit_test(test_confine), cmocka_unit_test(test_temp_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -14,6 +14,7 @@
 #define TOKENLAB_FILES_H
 #include <limits.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +24,27 @@ extern "C" {
  * Returns 0, or -1 with errno (EINVAL from a file system without folder
  * sync counts as success). */
 int tl_fsync_parent_dir(const char *path);
+
+/* ---- crash-safe writes: a unique temporary file, fsync, rename, fsync of the folder ---- */
+
+/* Room for the temporary name of a path of length n. */
+#define TL_TEMP_NAME_LEN(n) ((n) + 16)
+/* Creates the temporary file of a write to path: "<path>.tmp.XXXXXX" (six random characters), opened with
+ * O_CREAT|O_EXCL (so never an existing file, nor a symbolic link planted under that name), close-on-exec,
+ * mode 0644, as a FILE * for "wb". tmp (at least TL_TEMP_NAME_LEN(strlen(path)) bytes) receives its
+ * name. NULL with errno. */
+FILE *tl_file_create_temp(const char *path, char *tmp, size_t tmplen);
+/* Finishes it: fflush, fsync and fclose fp, rename tmp over path, fsync the folder. fp is closed and,
+ * on failure, tmp removed, in every case. 0, or -1 with errno and *step (may be NULL) naming the
+ * operation that failed ("flush", "fsync", "close", "rename", "fsync of the folder"). */
+int tl_file_commit(FILE *fp, const char *tmp, const char *path, const char **step);
+/* Abandons it: closes fp (may be NULL) and removes tmp. */
+void tl_file_abandon(FILE *fp, const char *tmp);
+/* 1 when a file name has the form tl_file_create_temp gives ("<name>.tmp.XXXXXX"), else 0. */
+int tl_file_is_temp_name(const char *name);
+/* Removes the temporary files a crash left directly in folder dir (names tl_file_is_temp_name accepts);
+ * for a start-up, when nothing writes there. The number removed, or -1 when dir cannot be read. */
+int tl_file_remove_temps(const char *dir);
 
 /* 1 when the canonical path `real` is `root_real` or lies below it, both
  * already canonical (no trailing '/', except the root "/" itself); else 0.
