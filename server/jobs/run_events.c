@@ -29,6 +29,19 @@ fail:
     return n;
 }
 
+/* A number as exact JSON: 17 significant digits (cJSON's own printing settles for 15 when they compare equal
+ * within an epsilon), null when not finite. */
+static cJSON *number(double v) {
+    char b[40];
+    if (!isfinite(v)) return cJSON_CreateNull();
+    snprintf(b, sizeof b, "%.17g", v);
+    return cJSON_CreateRaw(b);
+}
+
+static void add_num(cJSON *o, const char *key, double v) {
+    cJSON_AddItemToObject(o, key, number(v));
+}
+
 /* A new event object whose first field is "event": name (NULL when out of memory). */
 static cJSON *event(const char *name) {
     cJSON *o = cJSON_CreateObject();
@@ -57,8 +70,8 @@ static int emit(tld_run_events_tee *t, cJSON *obj) {
 static void e_start(int64_t start, int64_t total, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("start");
-    cJSON_AddNumberToObject(o, "start", (double)start);
-    cJSON_AddNumberToObject(o, "total", (double)total);
+    add_num(o, "start", (double)start);
+    add_num(o, "total", (double)total);
     emit(t, o);
     if (t->inner.on_start) t->inner.on_start(start, total, t->inner.user);
 }
@@ -66,8 +79,8 @@ static void e_start(int64_t start, int64_t total, void *u) {
 static void e_ranks(const tl_ranks_info *in, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("ranks");
-    cJSON_AddNumberToObject(o, "size", in->size);
-    cJSON_AddNumberToObject(o, "micro_batches", in->micro_batches);
+    add_num(o, "size", in->size);
+    add_num(o, "micro_batches", in->micro_batches);
     cJSON *h = cJSON_AddArrayToObject(o, "hosts");
     for (int k = 0; k < in->size && k < TLD_RUN_EVENT_RANKS; k++)
         cJSON_AddItemToArray(h, cJSON_CreateString(in->hosts[k] ? in->hosts[k] : ""));
@@ -80,14 +93,14 @@ static void e_init(const tl_init_info *in, void *u) {
     cJSON *o = event("init");
     cJSON_AddStringToObject(o, "weights", in->weights);
     cJSON_AddBoolToObject(o, "from_ema", in->from_ema);
-    cJSON_AddNumberToObject(o, "source_step", (double)in->source_step);
-    cJSON_AddNumberToObject(o, "head", (int)in->head);
-    cJSON_AddNumberToObject(o, "classes_matched", in->classes_matched);
+    add_num(o, "source_step", (double)in->source_step);
+    add_num(o, "head", (int)in->head);
+    add_num(o, "classes_matched", in->classes_matched);
     cJSON_AddBoolToObject(o, "pos_resized", in->rep.pos_resized);
-    cJSON_AddNumberToObject(o, "src_grid", in->rep.src_grid);
-    cJSON_AddNumberToObject(o, "dst_grid", in->rep.dst_grid);
-    cJSON_AddNumberToObject(o, "head_rows_kept", in->rep.head_rows_kept);
-    cJSON_AddNumberToObject(o, "head_rows_new", in->rep.head_rows_new);
+    add_num(o, "src_grid", in->rep.src_grid);
+    add_num(o, "dst_grid", in->rep.dst_grid);
+    add_num(o, "head_rows_kept", in->rep.head_rows_kept);
+    add_num(o, "head_rows_new", in->rep.head_rows_new);
     emit(t, o);
     if (t->inner.on_init) t->inner.on_init(in, t->inner.user);
 }
@@ -95,23 +108,23 @@ static void e_init(const tl_init_info *in, void *u) {
 static void e_step(const tl_step_report *r, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("step");
-    cJSON_AddNumberToObject(o, "step", (double)r->step);
-    cJSON_AddNumberToObject(o, "total_steps", (double)r->total_steps);
-    cJSON_AddNumberToObject(o, "epoch", r->epoch);
-    cJSON_AddNumberToObject(o, "epochs", r->epochs);
-    cJSON_AddNumberToObject(o, "loss", r->loss);
-    cJSON_AddNumberToObject(o, "loss_cls", r->loss_cls);
-    cJSON_AddNumberToObject(o, "loss_dense", r->loss_dense);
-    cJSON_AddNumberToObject(o, "lr", r->lr);
-    cJSON_AddNumberToObject(o, "img_per_s", r->img_per_s);
-    cJSON_AddNumberToObject(o, "eta_seconds", r->eta_seconds);
-    cJSON_AddNumberToObject(o, "data_wait", r->data_wait);
-    cJSON_AddNumberToObject(o, "skipped_images", (double)r->skipped_images);
-    cJSON_AddNumberToObject(o, "ranks", r->ranks);
+    add_num(o, "step", (double)r->step);
+    add_num(o, "total_steps", (double)r->total_steps);
+    add_num(o, "epoch", r->epoch);
+    add_num(o, "epochs", r->epochs);
+    add_num(o, "loss", r->loss);
+    add_num(o, "loss_cls", r->loss_cls);
+    add_num(o, "loss_dense", r->loss_dense);
+    add_num(o, "lr", r->lr);
+    add_num(o, "img_per_s", r->img_per_s);
+    add_num(o, "eta_seconds", r->eta_seconds);
+    add_num(o, "data_wait", r->data_wait);
+    add_num(o, "skipped_images", (double)r->skipped_images);
+    add_num(o, "ranks", r->ranks);
     cJSON *a = cJSON_AddArrayToObject(o, "rank_img_per_s");
     for (int k = 0; r->rank_img_per_s && k < r->ranks && k < TLD_RUN_EVENT_RANKS; k++)
-        cJSON_AddItemToArray(a, cJSON_CreateNumber(r->rank_img_per_s[k]));
-    cJSON_AddNumberToObject(o, "comm_seconds", r->comm_seconds);
+        cJSON_AddItemToArray(a, number(r->rank_img_per_s[k]));
+    add_num(o, "comm_seconds", r->comm_seconds);
     emit(t, o);
     if (t->inner.on_step) t->inner.on_step(r, t->inner.user);
 }
@@ -119,14 +132,14 @@ static void e_step(const tl_step_report *r, void *u) {
 static void e_eval(const tl_eval_report *r, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("eval");
-    cJSON_AddNumberToObject(o, "step", (double)r->step);
-    cJSON_AddNumberToObject(o, "epoch", r->epoch);
+    add_num(o, "step", (double)r->step);
+    add_num(o, "epoch", r->epoch);
     cJSON_AddBoolToObject(o, "ema", r->ema);
-    cJSON_AddNumberToObject(o, "top1", r->top1);
-    cJSON_AddNumberToObject(o, "top5", r->top5);
-    cJSON_AddNumberToObject(o, "loss", r->loss);
-    cJSON_AddNumberToObject(o, "images", r->images);
-    cJSON_AddNumberToObject(o, "seconds", r->seconds);
+    add_num(o, "top1", r->top1);
+    add_num(o, "top5", r->top5);
+    add_num(o, "loss", r->loss);
+    add_num(o, "images", r->images);
+    add_num(o, "seconds", r->seconds);
     emit(t, o);
     if (t->inner.on_eval) t->inner.on_eval(r, t->inner.user);
 }
@@ -134,7 +147,7 @@ static void e_eval(const tl_eval_report *r, void *u) {
 static void e_before_checkpoint(int64_t step, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("before_checkpoint");
-    cJSON_AddNumberToObject(o, "step", (double)step);
+    add_num(o, "step", (double)step);
     emit(t, o);
     if (t->inner.before_checkpoint) t->inner.before_checkpoint(step, t->inner.user);
 }
@@ -143,7 +156,7 @@ static void e_checkpoint(const char *path, int64_t step, int is_best, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("checkpoint");
     cJSON_AddStringToObject(o, "path", path);
-    cJSON_AddNumberToObject(o, "step", (double)step);
+    add_num(o, "step", (double)step);
     cJSON_AddBoolToObject(o, "is_best", is_best);
     emit(t, o);
     if (t->inner.on_checkpoint) t->inner.on_checkpoint(path, step, is_best, t->inner.user);
@@ -179,9 +192,9 @@ int tld_run_events_end(tld_run_events_tee *t, tl_train_status st, const tl_train
     cJSON_AddStringToObject(o, "status", (int)st >= 0 && (int)st < 3 ? names[st] : "FAILED");
     cJSON_AddStringToObject(o, "reason", res->reason);
     cJSON_AddStringToObject(o, "message", res->message);
-    cJSON_AddNumberToObject(o, "step", (double)res->step);
-    cJSON_AddNumberToObject(o, "skipped_images", (double)res->skipped_images);
-    cJSON_AddNumberToObject(o, "best_top1", res->best_top1);
+    add_num(o, "step", (double)res->step);
+    add_num(o, "skipped_images", (double)res->skipped_images);
+    add_num(o, "best_top1", res->best_top1);
     return emit(t, o);
 }
 

@@ -7,8 +7,7 @@
  *
  * Format: one JSON object per line, {"event": NAME, ...}, NAME one of
  * start, ranks, init, step, eval, before_checkpoint, checkpoint, log, end.
- * Numbers round-trip exactly (cJSON prints 17 significant digits when 15 do
- * not suffice); a non-finite number is written as null and read back as NaN.
+ * Numbers round-trip exactly (17 significant digits); a non-finite number is written as null and read back as NaN.
  * A line is at most TLD_RUN_EVENT_MAX bytes with its newline: the writer
  * never writes a longer one (a too long log message is cut), the reader
  * refuses one. on_inspect is not carried (its structures live only in the
