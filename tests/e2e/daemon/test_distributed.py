@@ -80,12 +80,6 @@ def rank_pids(d, jid):
     return [p for p, name, args in job_procs(d, jid) if name == "tokenlabd" and "run" in args and spec in args]
 
 
-def loss_steps(d, jid):
-    st, s, _, _ = d.request("GET", "/api/v1/jobs/%d/metrics/loss?max_points=100000" % jid)
-    assert st == 200, (st, s)
-    return [p["step"] for p in s["points"]]
-
-
 def wait_progress(d, jid, step, timeout=300):
     """Waits until job jid has a last checkpoint and has trained past step."""
     deadline = time.time() + timeout
@@ -114,7 +108,7 @@ def t_two_ranks(d):
     assert k["state"] == "SUCCEEDED", k
     total = j["progress"]["total_steps"]
     assert total == 12, j["progress"]
-    assert loss_steps(d, j["id"]) == list(range(1, total + 1))
+    assert TD.loss_steps(d, j["id"]) == list(range(1, total + 1))
     st, m, _, _ = d.request("GET", "/api/v1/jobs/%d/metrics/top1" % j["id"])
     assert st == 200 and len(m["points"]) == 2, m
     dist = j["distributed"]
@@ -195,7 +189,7 @@ def t_lost_rank(d):
         reasons = [h.get("reason") for h in hist.get("transitions", hist.get("history", []))]
         assert "RANK_LOST" in reasons, hist
     total = j["progress"]["total_steps"]
-    assert loss_steps(d, jid) == list(range(1, total + 1)), "loss steps lost or repeated"
+    assert TD.loss_steps(d, jid) == list(range(1, total + 1)), "loss steps lost or repeated"
     st, log, _, _ = d.request("GET", "/api/v1/jobs/%d/logs" % jid)
     assert "resuming from the checkpoint at step" in log["text"], log["text"]
     assert not job_procs(d, jid), job_procs(d, jid)
@@ -217,15 +211,7 @@ def main():
         f.write("# the test's one machine\nlocalhost slots=4\n")
     d = TD.Daemon(TD.ARGS.work, extra=["--threads-per-job", "1", "--mpi-hostfile", hosts,
                                        "--mpi-arg", "--oversubscribe"])
-    d.start()
-    try:
-        for t in (t_two_ranks, t_refusals, t_cancel, t_lost_rank):
-            t(d)
-    finally:
-        d.stop()
-    failed = sum(1 for _, ok, _ in RESULTS if not ok)
-    print("%d passed, %d failed" % (len(RESULTS) - failed, failed))
-    return 1 if failed else 0
+    return TD.run_checks(d, (t_two_ranks, t_refusals, t_cancel, t_lost_rank))
 
 
 if __name__ == "__main__":
