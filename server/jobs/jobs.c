@@ -494,6 +494,11 @@ static tl_train_status run_distributed(tld_jobs *J, slot *s, const tl_train_hook
         return TL_TRAIN_FAILED;
     }
     h_log("token inspection is not recorded for distributed jobs (its samples live in the ranks' memory)", s);
+    if (atomic_load(&s->stop)) { /* cancelled or shut down while the hosts were probed: nothing started */
+        snprintf(res->reason, sizeof res->reason, "STOPPED");
+        snprintf(res->message, sizeof res->message, "stopped before the ranks started");
+        return TL_TRAIN_STOPPED;
+    }
     tld_mpi_launch l = {world, spec_path, s->run_dir, s->spec.init_weights[0] ? s->spec.init_weights : NULL};
     tl_train_status st;
     int rc = tld_mpi_run(m, &l, hooks, &st, res);
@@ -626,6 +631,7 @@ static int start_job(tld_jobs *J, slot *s, int64_t id) {
     s->J = J;
     s->id = id;
     s->inspect_set_written = 0;
+    s->ranks = 0;
     atomic_store(&s->stop, 0);
     s->busy = 1;
     if (pthread_create(&s->thread, NULL, worker_main, s) != 0) {

@@ -236,6 +236,7 @@ typedef struct {
     tl_train_status *st;
     tl_train_result *res;
     int ended;
+    int events;               /* event lines handed over (the ranks' signal handlers are in place) */
 } follow;
 
 static void log_line(const follow *f, const char *line) {
@@ -251,6 +252,7 @@ static void on_line(follow *f, int is_events, const char *line, size_t len) {
     if (len == 0) return;
     char err[400];
     int rc = tld_run_event_dispatch(line, len, f->hooks, f->st, f->res, err, sizeof err);
+    if (rc >= 0) f->events++;
     if (rc == 1) f->ended = 1;
     if (rc < 0) {
         char msg[600];
@@ -339,8 +341,9 @@ int tld_mpi_run(const tld_mpi *m, const tld_mpi_launch *l, const tl_train_hooks 
     }
     out.fd = po[0], errs.fd = pe[0];
     po[0] = pe[0] = -1;
-    follow f = {hooks, st, res, 0};
-    int stage = 0;            /* 0 running, 1 SIGUSR1 sent, 2 SIGTERM sent, 3 SIGKILL sent */
+    follow f = {hooks, st, res, 0, 0};
+    int stage = 0;            /* 0 running, 1 stopping (SIGUSR1), 2 SIGTERM sent, 3 SIGKILL sent */
+    int usr1_due = 0;         /* SIGUSR1 waits for the first event: before it a rank may lack its handler */
     int64_t since = 0, eof_at = 0;
     int status = 0, reaped = 0;
     while (!reaped) {
@@ -371,8 +374,13 @@ int tld_mpi_run(const tld_mpi *m, const tld_mpi_launch *l, const tl_train_hooks 
         }
         if (reaped) break;
         int want_stop = hooks->should_stop && hooks->should_stop(hooks->user);
+        if (usr1_due && f.events > 0) {
+            kill(pid, SIGUSR1);
+            usr1_due = 0;
+        }
         if (stage == 0 && (want_stop || (eof_at && now - eof_at > EOF_GRACE_MS))) {
-            kill(pid, want_stop ? SIGUSR1 : SIGTERM);
+            if (want_stop) usr1_due = 1;
+            else kill(pid, SIGTERM);
             stage = want_stop ? 1 : 2;
             since = now;
         } else if (stage == 1 && now - since > STOP_GRACE_MS) {
