@@ -71,6 +71,24 @@ static void reply_error(tld_req *r, const char *err) {
     else tld_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
 }
 
+/* A distributed job's ranks (Job.distributed): what it asked for, what runs, each rank's host and its
+ * latest images/s, the latest gradient sum's seconds. NULL for a job that runs in the daemon. */
+static cJSON *job_dist_json(tld_routes *R, int64_t id) {
+    tld_job_dist_row d;
+    char err[256];
+    if (tld_store_job_dist_get(R->store, id, &d, err, sizeof err) != 0) return NULL;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "ranks_requested", d.ranks_requested);
+    cJSON_AddNumberToObject(o, "ranks", d.ranks);
+    cJSON *hosts = cJSON_Parse(d.hosts_json), *ips = cJSON_Parse(d.rank_img_per_s_json);
+    cJSON_AddItemToObject(o, "hosts", hosts ? hosts : cJSON_CreateArray());
+    cJSON_AddItemToObject(o, "rank_img_per_s", ips ? ips : cJSON_CreateArray());
+    if (d.has_comm_seconds) cJSON_AddNumberToObject(o, "comm_seconds", d.comm_seconds);
+    else cJSON_AddNullToObject(o, "comm_seconds");
+    tld_job_dist_free(&d);
+    return o;
+}
+
 static cJSON *job_json(tld_routes *R, const tld_job *j) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)j->id);
@@ -96,6 +114,9 @@ static cJSON *job_json(tld_routes *R, const tld_job *j) {
     cJSON *init = tld_lineage_job_init(R->store, j);
     if (init) cJSON_AddItemToObject(o, "init", init);
     else cJSON_AddNullToObject(o, "init");
+    cJSON *dist = job_dist_json(R, j->id);
+    if (dist) cJSON_AddItemToObject(o, "distributed", dist);
+    else cJSON_AddNullToObject(o, "distributed");
     cJSON *m = cJSON_AddObjectToObject(o, "latest_metrics");
     tld_metric_summary ms[METRIC_NAMES_MAX];
     int n = 0;

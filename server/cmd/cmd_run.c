@@ -28,13 +28,16 @@
  * folder that already holds last.safetensors is resumed; metric lines after
  * the resumed step are dropped first, so no step appears twice.
  * Single-threaded (the engine's threads never call back here).
- * SIGINT/SIGTERM set a flag; the loop then finishes its step, writes a
- * checkpoint and exits, so the same command resumes it.
+ * SIGINT/SIGTERM (and, for training jobs, SIGUSR1: mpirun forwards it to
+ * every rank, where it kills the ranks a second after a SIGTERM) set a flag;
+ * the loop then finishes its step, writes a checkpoint and exits, so the same
+ * command resumes it.
  */
 #include "cmd/commands.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,6 +46,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "jobs/run_events.h"
 #include "tokenlab/annotate.h"
 #include "tokenlab/comm.h"
 #include "tokenlab/files.h"
@@ -61,6 +65,7 @@ typedef struct {
     int tty;
     int64_t step, stop_at;    /* the last step reported; --stop-at (0: none) */
     int64_t last_print_step;
+    int events;               /* --events: the log lines go out as events only */
     double last_eta;
     char run_dir[4096];
 } run_ui;
@@ -121,6 +126,7 @@ static void before_checkpoint(int64_t step, void *user) {
 
 static void on_log(const char *msg, void *user) {
     run_ui *ui = user;
+    if (ui->events) return; /* an event already carries it */
     fprintf(stderr, "%s%s\n", ui->tty ? "\r\033[K" : "", msg); /* the job log: what it loaded, resumed, skipped */
 }
 
@@ -385,33 +391,37 @@ done:
     return out;
 }
 
-/* Fills the spec's source from --init FILE: the file's config merged into the spec, its path and which
- * weights to load. 0, or -1 with a message (exit 2). */
-static int resolve_init_file(tl_train_spec *spec, const char *file, int want_ema, char *err, size_t errlen) {
+/* Fills the spec's source from a file (--init FILE, or --init-source-path FILE, flag names which): the
+ * file's config merged into the spec, its path and which weights to load (ema: 1 its EMA weights, refused
+ * when it has none; 0 its raw weights; -1 its EMA weights when it has them). 0, or -1 with a message
+ * (exit 2). */
+static int resolve_init_file(tl_train_spec *spec, const char *flag, const char *file, int ema, char *err,
+                             size_t errlen) {
     tl_config src;
     char e2[TL_ERR_LEN];
     if (tl_checkpoint_config(file, &src, e2, sizeof e2) != 0) {
-        snprintf(err, errlen, "--init %.400s: %s", file, e2);
+        snprintf(err, errlen, "%s %.400s: %s", flag, file, e2);
         return -1;
     }
     char real[PATH_MAX];
     errno = 0;
     if (!realpath(file, real) || strlen(real) >= sizeof spec->init_weights) {
-        snprintf(err, errlen, "--init %.400s: %s", file, strerror(errno ? errno : ENAMETOOLONG));
+        snprintf(err, errlen, "%s %.400s: %s", flag, file, strerror(errno ? errno : ENAMETOOLONG));
         return -1;
     }
     snprintf(spec->init_weights, sizeof spec->init_weights, "%s", real);
     int has_ema = checkpoint_has_ema(file);
-    if (want_ema && !has_ema) {
-        snprintf(err, errlen, "--init %.400s holds no EMA weights (asked for by --init-ema)", file);
+    if (ema == 1 && !has_ema) {
+        snprintf(err, errlen, "%s %.400s holds no EMA weights (asked for by %s)", flag, file,
+                 strcmp(flag, "--init") ? "model.init.ema" : "--init-ema");
         return -1;
     }
-    spec->init_from_ema = want_ema || has_ema;
+    spec->init_from_ema = ema < 0 ? has_ema : ema;
     tl_spec_error se;
     if (tl_jobspec_apply_init(spec, &src, &se) != 0) {
         char msg[1024];
         tl_spec_error_format(&se, msg, sizeof msg);
-        snprintf(err, errlen, "the spec does not fit --init %.200s: %.760s", file, msg);
+        snprintf(err, errlen, "the spec does not fit %s %.200s: %.760s", flag, file, msg);
         return -1;
     }
     return 0;
@@ -421,15 +431,30 @@ static int resolve_init_file(tl_train_spec *spec, const char *file, int want_ema
 
 /* Runs the parsed training spec (on this rank of comm, or alone when comm is NULL). Rank 0 owns the run
  * folder, the metrics file and the terminal; other ranks print only their failure. The exit status. */
-static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, long long stop_at, int init_file) {
+static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, long long stop_at, int init_file,
+                     int events) {
     int root = tl_comm_rank(comm) == 0;
-    run_ui ui = {.stop_at = root ? stop_at : 0};
+    run_ui ui = {.stop_at = root ? stop_at : 0, .events = events};
+    static tld_run_events_tee tee;
+    FILE *ev = NULL;
+    if (events) { /* stdout carries the events alone: the rest of what this process prints is dropped */
+        int fd = root ? dup(STDOUT_FILENO) : -1, null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        ev = fd >= 0 ? fdopen(fd, "w") : NULL;
+        fflush(stdout);
+        if (null < 0 || dup2(null, STDOUT_FILENO) < 0 || (root && !ev)) {
+            fprintf(stderr, "tokenlabd run: cannot set up --events: %s\n", strerror(errno));
+            if (comm) tl_comm_abort(comm, 1);
+            return 1;
+        }
+        close(null);
+    }
     if (out) snprintf(ui.run_dir, sizeof ui.run_dir, "%s", out);
     else snprintf(ui.run_dir, sizeof ui.run_dir, "runs/%s", spec->name);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards SIGUSR1 to every rank (tokenlabd serve's cancel) */
     tl_train_hooks hooks = {.should_stop = should_stop, .user = &ui};
     if (root) {
         if (mkdir_p(ui.run_dir) != 0) {
@@ -449,10 +474,18 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
         hooks = (tl_train_hooks){.on_start = on_start, .on_ranks = on_ranks, .on_init = on_init, .on_step = on_step,
                                  .on_eval = on_eval, .before_checkpoint = before_checkpoint, .on_log = on_log,
                                  .should_stop = should_stop, .user = &ui};
+        if (ev) {
+            tl_train_hooks inner = hooks;
+            tld_run_events_tee_init(&tee, ev, &inner, &hooks);
+        }
     }
     tl_train_result res;
     tl_train_status st = tl_train_run_ranks(spec, ui.run_dir, &hooks, comm, &res);
     if (ui.metrics) fclose(ui.metrics);
+    if (ev) {
+        tld_run_events_end(&tee, st, &res);
+        fclose(ev);
+    }
     if (!root) {
         if (st == TL_TRAIN_FAILED)
             fprintf(stderr, "tokenlabd run: rank %d failed (%s): %s\n", tl_comm_rank(comm), res.reason, res.message);
@@ -468,7 +501,7 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
         printf("stopped: %s; run the same command to resume\n", res.message);
         return 3;
     default:
-        fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
+        if (!events) fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
         return init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1; /* a bad --init */
     }
 }
@@ -478,12 +511,13 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
 #define RUN_USAGE                                                                                                      \
     "usage: tokenlabd run SPEC.json [--out DIR] [--weights CHECKPOINT [--ema]]\n"                                       \
     "                              [--init FILE.safetensors [--init-ema] [--init-head reinit|keep|match]]\n"          \
-    "                              [--stop-at STEP]\n"                                                                \
+    "                              [--stop-at STEP] [--events] [--init-source-path FILE]\n"                         \
     "       mpirun -np N tokenlabd run SPEC.json [options]   (a training job on N ranks)\n"
 
 int cmd_run(int argc, char **argv) {
     const char *spec_path = NULL, *out = NULL, *weights = NULL, *init_file = NULL, *init_head = NULL;
-    int ema = 0, init_ema = 0;
+    const char *source_path = NULL;
+    int ema = 0, init_ema = 0, events = 0;
     long long stop_at = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
@@ -492,6 +526,8 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(argv[i], "--init") && i + 1 < argc) init_file = argv[++i];
         else if (!strcmp(argv[i], "--init-ema")) init_ema = 1;
         else if (!strcmp(argv[i], "--init-head") && i + 1 < argc) init_head = argv[++i];
+        else if (!strcmp(argv[i], "--init-source-path") && i + 1 < argc) source_path = argv[++i];
+        else if (!strcmp(argv[i], "--events")) events = 1;
         else if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) {
             char *end;
             stop_at = strtoll(argv[++i], &end, 10);
@@ -519,6 +555,12 @@ int cmd_run(int argc, char **argv) {
                    "--init-head chooses the heads (default: keep when the class counts are equal,\n"
                    "else reinit). The job evaluates once at step 0. Resume with the same command.\n"
                    "--stop-at STEP (train): stop after that step with a checkpoint, as Ctrl-C does.\n"
+                   "--events (train; how tokenlabd serve follows the jobs it launches): rank 0 writes one\n"
+                   "JSON object per line to stdout for each event of the run (start, ranks, init, step,\n"
+                   "eval, before_checkpoint, checkpoint, log, end) and nothing else; the progress\n"
+                   "display is off and the log lines are events.\n"
+                   "--init-source-path FILE (train): the spec keeps its model.init (a daemon model or\n"
+                   "job) and FILE is the safetensors file it resolved to; its model.init.ema applies.\n"
                    "Under mpirun (train): every rank runs this command with the same spec; rank 0\n"
                    "reads and writes DIR and prints, the others print only a failure. The data\n"
                    "folders must be at the same path on every host. See docs/DISTRIBUTED.md.\n"
@@ -551,6 +593,16 @@ int cmd_run(int argc, char **argv) {
         tl_spec_error_format(&se, err, sizeof err);
         fprintf(stderr, "tokenlabd run: %s: %s\n", spec_path, err);
         return 1;
+    }
+    if (source_path && init_file) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --init and --init-source-path exclude each other\n");
+        return 2;
+    }
+    if (events && strcmp(kind, "train") != 0) {
+        free(json);
+        fprintf(stderr, "tokenlabd run: --events is for train specs\n");
+        return 2;
     }
     if ((init_ema || init_head) && !init_file) {
         free(json);
@@ -607,7 +659,12 @@ int cmd_run(int argc, char **argv) {
                           : "");
         return 1;
     }
-    if (init_file && resolve_init_file(&spec, init_file, init_ema, err, sizeof err) != 0) {
+    if (source_path && !spec.init) {
+        fprintf(stderr, "tokenlabd run: --init-source-path goes with a spec that has model.init\n");
+        return 2;
+    }
+    if ((init_file && resolve_init_file(&spec, "--init", init_file, init_ema ? 1 : -1, err, sizeof err) != 0) ||
+        (source_path && resolve_init_file(&spec, "--init-source-path", source_path, spec.init_ema, err, sizeof err) != 0)) {
         fprintf(stderr, "tokenlabd run: %s\n", err);
         return 2;
     }
@@ -619,7 +676,7 @@ int cmd_run(int argc, char **argv) {
             return 1;
         }
     }
-    rc = run_train(&spec, out, comm, stop_at, init_file != NULL);
+    rc = run_train(&spec, out, comm, stop_at, init_file || source_path, events);
     if (comm && tl_comm_size(comm) > 1 && rc != 0 && rc != 3) {
         /* A rank that failed on its own (its data, its disk) would leave the others waiting in the next sum,
          * and MPI_Finalize waits for them too: end every rank now. Its message is already printed. */

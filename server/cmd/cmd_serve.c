@@ -27,6 +27,7 @@
 #include "jobs/events.h"
 #include "http/http.h"
 #include "jobs/jobs.h"
+#include "jobs/mpi_job.h"
 #include "api/route_table.h"
 #include "api/routes.h"
 #include "http/static.h"
@@ -52,6 +53,9 @@ typedef struct {
     int max_connections;
     char token[128];         /* from TOKENLAB_TOKEN, else the token file */
     char web_dir[1024];      /* the built dashboard; "" = TL_WEB_DIST (web/CMakeLists.txt) */
+    char mpi_hostfile[1024]; /* "" = no distributed jobs */
+    const char *mpi_args[TLD_MPI_ARGS]; /* --mpi-arg values (pointers into argv) */
+    int n_mpi_args;
 } serve_cfg;
 
 static const char *USAGE =
@@ -65,8 +69,13 @@ static const char *USAGE =
     "  --max-body BYTES       request body limit (TOKENLAB_MAX_BODY, default 16777216)\n"
     "  --timeout S            idle connection timeout (TOKENLAB_TIMEOUT, default 30)\n"
     "  --web-dir DIR          the built dashboard served at / (TOKENLAB_WEB_DIR, default: the build's web/dist)\n"
+    "  --mpi-hostfile FILE    run jobs whose spec has \"distributed\": {\"ranks\": N} with Open MPI's mpirun\n"
+    "                         on the hosts of FILE, an Open MPI hostfile: lines `host [slots=K]`, # comments\n"
+    "                         (TOKENLAB_MPI_HOSTFILE; default: none, such jobs are refused)\n"
+    "  --mpi-arg ARG          one more argument for every mpirun (repeat it; e.g. --mpi-arg --mca\n"
+    "                         --mpi-arg btl_tcp_if_include --mpi-arg eth0)\n"
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
-    "                         threads_per_job, max_body, timeout, web_dir\n"
+    "                         threads_per_job, max_body, timeout, web_dir, mpi_hostfile\n"
     "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
     "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
     "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
@@ -95,6 +104,7 @@ static int apply(serve_cfg *c, const char *key, const char *v) {
     else if (!strcmp(key, "max_body")) { if (set_int(key, v, 1024, 1LL << 34, &x)) return -1; c->max_body = x; }
     else if (!strcmp(key, "timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->timeout_s = (int)x; }
     else if (!strcmp(key, "web_dir")) snprintf(c->web_dir, sizeof c->web_dir, "%s", v);
+    else if (!strcmp(key, "mpi_hostfile")) snprintf(c->mpi_hostfile, sizeof c->mpi_hostfile, "%s", v);
     else {
         fprintf(stderr, "tokenlabd serve: unknown setting '%s'\n", key);
         return -1;
@@ -143,6 +153,7 @@ static const struct {
     {"--threads-per-job", "TOKENLAB_THREADS_PER_JOB", "threads_per_job"},
     {"--max-body", "TOKENLAB_MAX_BODY", "max_body"}, {"--timeout", "TOKENLAB_TIMEOUT", "timeout"},
     {"--web-dir", "TOKENLAB_WEB_DIR", "web_dir"},
+    {"--mpi-hostfile", "TOKENLAB_MPI_HOSTFILE", "mpi_hostfile"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -164,6 +175,14 @@ static int parse_args(serve_cfg *c, int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--config")) {
             i++;
+            continue;
+        }
+        if (!strcmp(argv[i], "--mpi-arg")) {
+            if (i + 1 >= argc || c->n_mpi_args >= TLD_MPI_ARGS) {
+                fprintf(stderr, "tokenlabd serve: --mpi-arg needs a value (at most %d of them)\n", TLD_MPI_ARGS);
+                return -1;
+            }
+            c->mpi_args[c->n_mpi_args++] = argv[++i];
             continue;
         }
         size_t k = 0;
@@ -219,6 +238,16 @@ int cmd_serve(int argc, char **argv) {
     serve_cfg c;
     int rc = parse_args(&c, argc, argv);
     if (rc != 0) return rc > 0 ? 0 : 2;
+    static tld_mpi mpi; /* ~100 KB: not on the stack; read-only once the jobs start */
+    char merr[1200];
+    if (!c.mpi_hostfile[0] && c.n_mpi_args > 0) {
+        fprintf(stderr, "tokenlabd serve: --mpi-arg goes with --mpi-hostfile\n");
+        return 2;
+    }
+    if (c.mpi_hostfile[0] && tld_mpi_init(&mpi, c.mpi_hostfile, c.mpi_args, c.n_mpi_args, merr, sizeof merr) != 0) {
+        fprintf(stderr, "tokenlabd serve: %s\n", merr);
+        return 2;
+    }
     char err[1024], token_path[1100], db_path[1100];
     tld_store *store = NULL;
     tld_events *events = NULL;
@@ -251,7 +280,8 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tokenlabd serve: out of memory for the event bus\n");
         goto fail;
     }
-    tld_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3};
+    tld_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3,
+                       c.mpi_hostfile[0] ? &mpi : NULL};
     jobs = tld_jobs_new(&jc, store, events, err, sizeof err);
     if (!jobs) {
         fprintf(stderr, "tokenlabd serve: jobs: %s\n", err);
@@ -299,6 +329,9 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
            TL_VERSION, c.bind, tld_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    if (c.mpi_hostfile[0])
+        printf("distributed jobs: mpirun %s on %d hosts, %d slots (%s)\n", mpi.mpirun, mpi.hosts.n,
+               mpi.hosts.total_slots, mpi.hostfile);
     if (web_ok) printf("dashboard: http://%s:%d/ (files from %s)\n", c.bind, tld_http_port(http), web_dir);
     else printf("dashboard: not served: %s\n", web_err);
     fflush(stdout);

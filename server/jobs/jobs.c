@@ -31,6 +31,8 @@
 #include "tokenlab/files.h"
 #include "jobs/init_source.h"
 #include "jobs/inspect_record.h"
+#include "jobs/mpi_job.h"
+#include "jobs/run_events.h"
 #include "serving/models.h"
 #include "tokenlab/train.h"
 
@@ -51,6 +53,7 @@ typedef struct {
     tl_annotate_spec aspec;
     char run_dir[1200];
     int inspect_set_written;  /* this run has stored (or found) its inspection set */
+    int ranks;                /* a distributed job: the ranks of this attempt (0: in-process) */
 } slot;
 
 struct tld_jobs {
@@ -127,6 +130,9 @@ static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, 
 
 #define M(s) (1u << (s))
 
+static int requeue_resume(tld_jobs *J, int64_t id, const char *run_dir, int annotate, const char *reason,
+                          const char *why);
+
 /* ---- worker hooks ---- */
 static void h_start(int64_t start, int64_t total, void *u) {
     slot *s = u;
@@ -137,6 +143,33 @@ static void h_start(int64_t start, int64_t total, void *u) {
     }
     int64_t per_epoch = s->spec.epochs > 0 ? total / s->spec.epochs : 0;
     tld_store_job_set_progress(s->J->store, s->id, per_epoch ? start / per_epoch : 0, start, total, -1.0);
+}
+
+/* A distributed job's ranks reported their hosts (the "ranks" event): recorded with the ranks asked for. */
+static void h_ranks(const tl_ranks_info *in, void *u) {
+    slot *s = u;
+    cJSON *a = cJSON_CreateArray();
+    for (int k = 0; a && k < in->size; k++) cJSON_AddItemToArray(a, cJSON_CreateString(in->hosts[k]));
+    char *txt = a ? cJSON_PrintUnformatted(a) : NULL, err[256];
+    cJSON_Delete(a);
+    if (!txt || tld_store_job_dist_put(s->J->store, s->id, s->spec.ranks, in->size, txt, err, sizeof err) != 0) {
+        char line[400];
+        snprintf(line, sizeof line, "the ranks' hosts were not recorded: %s", txt ? err : "out of memory");
+        tld_store_log_append(s->J->store, s->id, line);
+    }
+    free(txt);
+}
+
+/* A distributed job's step: each rank's images/s and the gradient sum's seconds, the latest kept. */
+static void record_rank_rates(slot *s, const tl_step_report *r) {
+    char buf[TLD_RUN_EVENT_RANKS * 24 + 8], num[32], err[256];
+    size_t o = 0;
+    buf[o++] = '[';
+    for (int k = 0; k < r->ranks && k < TLD_RUN_EVENT_RANKS; k++)
+        o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s", k ? "," : "", jnum(num, sizeof num, r->rank_img_per_s[k]));
+    snprintf(buf + o, sizeof buf - o, "]");
+    tld_store_job_dist_rates(s->J->store, s->id, buf, isfinite(r->comm_seconds) ? r->comm_seconds : 0.0, err,
+                             sizeof err);
 }
 
 static void h_step(const tl_step_report *r, void *u) {
@@ -153,6 +186,7 @@ static void h_step(const tl_step_report *r, void *u) {
     tld_store_metric_add(J->store, s->id, "data_wait", r->step, r->data_wait, t);
     if (r->skipped_images > 0)
         tld_store_metric_add(J->store, s->id, "skipped_images", r->step, (double)r->skipped_images, t);
+    if (s->ranks > 0 && r->rank_img_per_s) record_rank_rates(s, r);
     char a[6][32];
     publish(J, s->id, "progress",
             "{\"id\":%lld,\"epoch\":%d,\"step\":%lld,\"total_steps\":%lld,\"eta_seconds\":%.1f,\"time_ms\":%lld,"
@@ -310,11 +344,39 @@ static void a_checkpoint(const char *path, int64_t done, void *u) {
     tld_store_log_append(s->J->store, s->id, line);
 }
 
+/* Writes text to path crash-safely: a unique temporary file beside it, fsync, rename, fsync of the folder.
+ * 0, or -1 with errno set (the temporary file removed). */
+static int write_durable(const char *path, const char *text) {
+    char tmp[PATH_MAX + 64];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = mkstemp(tmp);
+    if (fd < 0) return -1;
+    FILE *f = fdopen(fd, "wb");
+    if (!f) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fchmod(fd, 0644) == 0 && fsync(fd) == 0;
+    if (fclose(f) != 0) ok = 0;
+    ok = ok && rename(tmp, path) == 0 && tl_fsync_parent_dir(path) == 0;
+    if (!ok) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
 /* <out>.json beside a finished label map: which dataset it annotates (relative to the data root, for the
  * label-map routes) and where it came from. Crash-safe (temp file, fsync, rename, fsync of the folder). */
 static void write_sidecar(tld_jobs *J, const slot *s) {
     const tl_annotate_spec *a = &s->aspec;
-    char root[PATH_MAX], path[PATH_MAX + 16], tmp[PATH_MAX + 32];
+    char root[PATH_MAX], path[PATH_MAX + 16];
     const char *ds = a->images_dir;
     if (realpath(J->data_root, root) && tl_path_is_inside(ds, root) && strcmp(ds, root) != 0)
         ds += strcmp(root, "/") == 0 ? 1 : strlen(root) + 1; /* relative to the data root */
@@ -328,13 +390,7 @@ static void write_sidecar(tld_jobs *J, const slot *s) {
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
     snprintf(path, sizeof path, "%s.json", a->out_path);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = txt ? fopen(tmp, "wb") : NULL;
-    int ok = f && fputs(txt, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (f && fclose(f) != 0) ok = 0;
-    ok = ok && rename(tmp, path) == 0 && tl_fsync_parent_dir(path) == 0;
-    if (!ok) {
-        unlink(tmp);
+    if (!txt || write_durable(path, txt) != 0) {
         char line[PATH_MAX + 64];
         snprintf(line, sizeof line, "could not write %s: %s", path, strerror(errno));
         tld_store_log_append(J->store, s->id, line);
@@ -358,6 +414,101 @@ static int resolve_source(tld_jobs *J, tl_annotate_spec *a, char *msg, size_t le
     return 0;
 }
 
+/* ---- distributed jobs: mpirun launched and followed on the worker thread (mpi_job.c) ---- */
+
+/* The spec file the ranks read: the submitted spec with the data paths resolved against the data root
+ * (absolute: every host must see them at the same path), distributed.ranks = ranks (this attempt's world)
+ * and train.threads = the daemon's threads per job. Written crash-safely into the run folder as spec.json.
+ * 0, or -1 with a message. */
+static int write_rank_spec(tld_jobs *J, slot *s, int ranks, char *path, size_t plen, char *msg, size_t mlen) {
+    tld_job job;
+    char err[256];
+    if (tld_store_job_get(J->store, s->id, &job, err, sizeof err) != 0) {
+        snprintf(msg, mlen, "cannot read the job: %s", err);
+        return -1;
+    }
+    cJSON *doc = cJSON_Parse(job.spec_json);
+    tld_job_free(&job);
+    cJSON *data = doc ? cJSON_GetObjectItemCaseSensitive(doc, "data") : NULL;
+    cJSON *dist = doc ? cJSON_GetObjectItemCaseSensitive(doc, "distributed") : NULL;
+    cJSON *train = doc ? cJSON_GetObjectItemCaseSensitive(doc, "train") : NULL;
+    const char *keys[] = {"train", "val", "label_maps"};
+    const char *vals[] = {s->spec.train_dir, s->spec.val_dir, s->spec.label_maps};
+    int ok = cJSON_IsObject(data) && cJSON_IsObject(dist);
+    for (int k = 0; ok && k < 3; k++)
+        if (vals[k][0] && cJSON_GetObjectItemCaseSensitive(data, keys[k]))
+            ok = cJSON_ReplaceItemInObjectCaseSensitive(data, keys[k], cJSON_CreateString(vals[k]));
+    ok = ok && cJSON_ReplaceItemInObjectCaseSensitive(dist, "ranks", cJSON_CreateNumber(ranks));
+    if (ok && !cJSON_IsObject(train)) ok = (train = cJSON_AddObjectToObject(doc, "train")) != NULL;
+    if (ok) {
+        cJSON_DeleteItemFromObjectCaseSensitive(train, "threads");
+        ok = cJSON_AddNumberToObject(train, "threads", s->spec.threads) != NULL;
+    }
+    char *txt = ok ? cJSON_Print(doc) : NULL;
+    cJSON_Delete(doc);
+    snprintf(path, plen, "%s/spec.json", s->run_dir);
+    int rc = txt && (mkdir(s->run_dir, 0755) == 0 || errno == EEXIST) ? write_durable(path, txt) : -1;
+    if (!txt) snprintf(msg, mlen, "cannot write the ranks' spec: out of memory or a spec without data");
+    else if (rc != 0) snprintf(msg, mlen, "cannot write %.800s: %s", path, strerror(errno));
+    free(txt);
+    return rc;
+}
+
+static void log_to_job(const char *line, void *u) {
+    h_log(line, u);
+}
+
+/* One attempt of a distributed job: probes the hosts, chooses the world size, writes the ranks' spec and runs
+ * mpirun. *lost = 1 when the attempt failed without the job failing (a rank or host lost, mpirun killed, no
+ * host answering): the caller re-queues the job to resume. The job's status otherwise. */
+static tl_train_status run_distributed(tld_jobs *J, slot *s, const tl_train_hooks *hooks, tl_train_result *res,
+                                       int *lost) {
+    const tld_mpi *m = J->cfg.mpi;
+    int answering[TLD_HOSTFILE_HOSTS];
+    char line[600], spec_path[1300], err[256];
+    *lost = 0;
+    memset(res, 0, sizeof *res);
+    res->best_top1 = -1.0;
+    int slots = tld_mpi_probe(m, answering, log_to_job, s);
+    int world = tld_mpi_world_size(s->spec.ranks, slots, s->spec.micro_batches);
+    if (world < 1) {
+        *lost = 1;
+        snprintf(res->reason, sizeof res->reason, "DIST_ERROR");
+        snprintf(res->message, sizeof res->message, "no host of %.900s answers", m->hostfile);
+        return TL_TRAIN_FAILED;
+    }
+    int n = snprintf(line, sizeof line, "distributed: %d ranks asked for, %d slots answering", s->spec.ranks, slots);
+    if (world < s->spec.ranks)
+        snprintf(line + n, sizeof line - n, "; running on %d ranks (the largest that fits and divides "
+                 "train.micro_batches = %d)", world, s->spec.micro_batches);
+    else
+        snprintf(line + n, sizeof line - n, "; running on %d ranks", world);
+    h_log(line, s);
+    s->ranks = world;
+    if (tld_store_job_dist_put(J->store, s->id, s->spec.ranks, world, "[]", err, sizeof err) != 0) {
+        snprintf(line, sizeof line, "the ranks were not recorded: %s", err);
+        h_log(line, s);
+    }
+    if (write_rank_spec(J, s, world, spec_path, sizeof spec_path, res->message, sizeof res->message) != 0) {
+        snprintf(res->reason, sizeof res->reason, "IO_ERROR");
+        return TL_TRAIN_FAILED;
+    }
+    h_log("token inspection is not recorded for distributed jobs (its samples live in the ranks' memory)", s);
+    if (atomic_load(&s->stop)) { /* cancelled or shut down while the hosts were probed: nothing started */
+        snprintf(res->reason, sizeof res->reason, "STOPPED");
+        snprintf(res->message, sizeof res->message, "stopped before the ranks started");
+        return TL_TRAIN_STOPPED;
+    }
+    tld_mpi_launch l = {world, spec_path, s->run_dir, s->spec.init_weights[0] ? s->spec.init_weights : NULL};
+    tl_train_status st;
+    int rc = tld_mpi_run(m, &l, hooks, &st, res);
+    if (rc != 1 || (st == TL_TRAIN_FAILED && !strcmp(res->reason, "DIST_ERROR"))) {
+        *lost = 1;
+        return TL_TRAIN_FAILED;
+    }
+    return st;
+}
+
 static void *worker_main(void *arg) {
     slot *s = arg;
     tld_jobs *J = s->J;
@@ -372,15 +523,18 @@ static void *worker_main(void *arg) {
     }
     tl_train_result res;
     tl_train_status st;
+    int lost = 0;             /* a distributed attempt failed without the job failing */
     if (s->annotate) {
         tl_annotate_hooks ah = {.on_start = a_start, .on_progress = a_progress, .before_checkpoint = h_before_checkpoint,
                                 .on_checkpoint = a_checkpoint, .on_log = h_log, .should_stop = h_stop, .user = s};
         st = tl_annotate_run(&s->aspec, s->run_dir, &ah, &res);
     } else {
-        tl_train_hooks hooks = {.on_start = h_start, .on_init = h_init, .on_step = h_step, .on_eval = h_eval,
-                                .before_checkpoint = h_before_checkpoint, .on_checkpoint = h_checkpoint,
-                                .on_log = h_log, .should_stop = h_stop, .on_inspect = h_inspect, .user = s};
-        st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
+        tl_train_hooks hooks = {.on_start = h_start, .on_ranks = h_ranks, .on_init = h_init, .on_step = h_step,
+                                .on_eval = h_eval, .before_checkpoint = h_before_checkpoint,
+                                .on_checkpoint = h_checkpoint, .on_log = h_log, .should_stop = h_stop,
+                                .on_inspect = h_inspect, .user = s};
+        if (s->spec.ranks > 0) st = run_distributed(J, s, &hooks, &res, &lost);
+        else st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
     }
     tld_store_flush(J->store);
     int stop = atomic_load(&s->stop);
@@ -393,7 +547,11 @@ static void *worker_main(void *arg) {
     /* The last log line goes out before the state change: a client that reads the log when it sees the
      * final state must find it there (the store applies writes in order). */
     h_log(res.message, s);
-    switch (st) {
+    int requeued = lost && stop == 0 && requeue_resume(J, s->id, s->run_dir, 0, "RANK_LOST", res.message) == 0;
+    if (lost && stop != 0) st = TL_TRAIN_STOPPED; /* cancelled or shut down while the ranks went away: a stop */
+    switch (requeued ? -1 : (int)st) {
+    case -1: /* the attempt failed; the job resumes as attempt + 1 */
+        break;
     case TL_TRAIN_SUCCEEDED:
         transition(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_SUCCEEDED, "", res.message);
         break;
@@ -473,6 +631,7 @@ static int start_job(tld_jobs *J, slot *s, int64_t id) {
     s->J = J;
     s->id = id;
     s->inspect_set_written = 0;
+    s->ranks = 0;
     atomic_store(&s->stop, 0);
     s->busy = 1;
     if (pthread_create(&s->thread, NULL, worker_main, s) != 0) {
@@ -511,6 +670,33 @@ static int64_t checkpoint_step(const char *run_dir, int *has) {
     return step;
 }
 
+/* Re-queues job id (RUNNING) as attempt + 1 to resume from its run folder: a training job's metric and
+ * inspection points after its last checkpoint's step are dropped first (the resumed run redoes those steps,
+ * so each step is stored once); an annotate job resumes after its last part (its points are upserts). why
+ * starts the logged message; reason is the state reason. 0 when re-queued; -1 when the job has had
+ * max_attempts attempts (it is left RUNNING for the caller to fail) or is no longer RUNNING. */
+static int requeue_resume(tld_jobs *J, int64_t id, const char *run_dir, int annotate, const char *reason,
+                          const char *why) {
+    char err[512], msg[700];
+    tld_job job;
+    if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return -1;
+    int attempt = job.attempt, running = job.state == TLD_JOB_RUNNING;
+    tld_job_free(&job);
+    if (!running || attempt >= J->cfg.max_attempts) return -1;
+    int has;
+    int64_t step = checkpoint_step(run_dir, &has);
+    if (!annotate) {
+        tld_store_metric_truncate(J->store, id, step, err, sizeof err);
+        tld_store_inspect_truncate(J->store, id, step, err, sizeof err);
+    }
+    tld_store_job_begin_attempt(J->store, id, err, sizeof err);
+    if (annotate) snprintf(msg, sizeof msg, "%.500s; annotation resumes after its last saved part", why);
+    else if (has) snprintf(msg, sizeof msg, "%.500s; resuming from the checkpoint at step %lld", why, (long long)step);
+    else snprintf(msg, sizeof msg, "%.500s; no checkpoint yet, starting again", why);
+    tld_store_log_append(J->store, id, msg);
+    return transition(J, id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, reason, msg);
+}
+
 static void recover(tld_jobs *J) {
     for (int state = TLD_JOB_RUNNING; state <= TLD_JOB_CANCELLING; state++) {
         tld_job jobs[64];
@@ -526,26 +712,11 @@ static void recover(tld_jobs *J) {
                     snprintf(msg, sizeof msg, "the daemon stopped during each of %d attempts", jb->attempt);
                     transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DAEMON_RESTART", msg);
                 } else {
-                    int has;
-                    int64_t step = checkpoint_step(jb->run_dir, &has);
                     char kind[16] = "";
                     tl_spec_error kse;
                     tl_jobspec_kind(jb->spec_json, kind, sizeof kind, &kse);
-                    int annotate = strcmp(kind, "annotate") == 0;
-                    if (!annotate) { /* an annotate job resumes after its last part; its points are upserts */
-                        tld_store_metric_truncate(J->store, jb->id, step, err, sizeof err);
-                        tld_store_inspect_truncate(J->store, jb->id, step, err, sizeof err);
-                    }
-                    tld_store_job_begin_attempt(J->store, jb->id, err, sizeof err);
-                    if (annotate)
-                        snprintf(msg, sizeof msg, "the daemon restarted; annotation resumes after its last saved part");
-                    else if (has)
-                        snprintf(msg, sizeof msg, "the daemon restarted; resuming from the checkpoint at step %lld",
-                                 (long long)step);
-                    else
-                        snprintf(msg, sizeof msg, "the daemon restarted; no checkpoint yet, starting again");
-                    tld_store_log_append(J->store, jb->id, msg);
-                    transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_RESTART", msg);
+                    requeue_resume(J, jb->id, jb->run_dir, strcmp(kind, "annotate") == 0, "DAEMON_RESTART",
+                                   "the daemon restarted");
                 }
                 tld_job_free(jb);
             }
@@ -591,6 +762,26 @@ tld_jobs *tld_jobs_new(const tld_jobs_cfg *cfg, tld_store *store, tld_events *ev
     return J;
 }
 
+/* A distributed spec against this daemon: it needs --mpi-hostfile, and no more ranks than its slots.
+ * 0, or -1 with se at /distributed/ranks. */
+static int check_ranks(tld_jobs *J, const tl_train_spec *spec, tl_spec_error *se) {
+    snprintf(se->pointer, sizeof se->pointer, "/distributed/ranks");
+    if (!J->cfg.mpi) {
+        snprintf(se->message, sizeof se->message,
+                 "this daemon runs no distributed jobs: it was started without --mpi-hostfile (start it with "
+                 "`tokenlabd serve --mpi-hostfile FILE`, FILE an Open MPI hostfile of lines `host slots=K`), "
+                 "or leave \"distributed\" out to train in the daemon");
+        return -1;
+    }
+    if (spec->ranks > J->cfg.mpi->hosts.total_slots) {
+        snprintf(se->message, sizeof se->message,
+                 "must be at most %d, the slots of the daemon's --mpi-hostfile (%d hosts), got %d",
+                 J->cfg.mpi->hosts.total_slots, J->cfg.mpi->hosts.n, spec->ranks);
+        return -1;
+    }
+    return 0;
+}
+
 int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t *id, int *existed, tl_spec_error *se,
                    char *err, size_t errlen) {
     tl_train_spec *spec = malloc(sizeof *spec); /* ~13 KB: not on an HTTP thread's stack */
@@ -616,6 +807,7 @@ int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t
         rc = tl_jobspec_parse(spec_json, J->data_root, spec, se);
         /* model.init: the source must be there and finished now, with a checkpoint that fits the spec */
         if (rc == 0) rc = tld_init_prepare(J->store, spec, NULL, se);
+        if (rc == 0 && spec->ranks > 0) rc = check_ranks(J, spec, se);
         snprintf(name, sizeof name, "%s", spec->name);
     }
     free(spec);

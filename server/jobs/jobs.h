@@ -18,6 +18,14 @@
  * Shutdown (tld_jobs_shutdown): running jobs finish their step, checkpoint and
  * return to QUEUED (DAEMON_SHUTDOWN), then the threads are joined.
  *
+ * Distributed jobs ("distributed": {"ranks": N}, with cfg.mpi): the worker
+ * probes the hostfile's hosts, launches mpirun (mpi_job.c) and turns the
+ * event lines of `tokenlabd run --events` into the same hooks as an
+ * in-process job; a cancel or shutdown asks the ranks to checkpoint and stop.
+ * An attempt that ends without the job's end (a rank or host lost) re-queues
+ * the job as attempt+1 (RANK_LOST) to resume from its checkpoint, as
+ * recovery does; after max_attempts it fails.
+ *
  * Thread-safe: HTTP handlers call submit/cancel/delete from any thread.
  */
 #ifndef TLD_JOBS_H
@@ -27,6 +35,7 @@
 #include <stdint.h>
 
 #include "jobs/events.h"
+#include "jobs/mpi_job.h"
 #include "tokenlab/jobspec.h"
 #include "store/store.h"
 
@@ -36,6 +45,7 @@ typedef struct {
     int max_running;         /* default 1 */
     int threads_per_job;     /* default: all cores / max_running */
     int max_attempts;        /* default 3 */
+    const tld_mpi *mpi;      /* distributed jobs (mpi_job.h), NULL: refused at submit; outlives the jobs */
 } tld_jobs_cfg;
 
 typedef struct tld_jobs tld_jobs;

@@ -9,7 +9,7 @@
  *   - the database file: created and migrated on open. migrations[] lists
  *     (version, sql) steps; the steps past the file's version (schema_version
  *     table) run in one transaction, which also records the new version.
- *     Steps 1 to 3 are schema/store.sql, store_v2.sql and store_v3.sql,
+ *     Steps 1 to 4 are schema/store.sql, store_v2.sql, store_v3.sql and store_v4.sql,
  *     embedded at build time (server/CMakeLists.txt generates store_schema.c from the files).
  *     A file newer than this code, or a database that is not a store, is
  *     refused.
@@ -51,6 +51,7 @@ static const struct {
     {1, tld_store_schema_v1}, /* schema/store.sql */
     {2, tld_store_schema_v2}, /* schema/store_v2.sql: models, token inspection */
     {3, tld_store_schema_v3}, /* schema/store_v3.sql: where fine-tuned jobs started (job_inits) */
+    {4, tld_store_schema_v4}, /* schema/store_v4.sql: the ranks of distributed jobs (job_dist) */
 };
 #define STORE_NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 #define STORE_VERSION (migrations[STORE_NMIGRATIONS - 1].version)

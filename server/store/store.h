@@ -1,8 +1,9 @@
 /*
  * store.h: tokenlabd's SQLite store of jobs, their metrics, logs and
  * checkpoints, registered models, token-inspection records and where
- * fine-tuned jobs started (schema in schema/store.sql, store_v2.sql and
- * store_v3.sql, versioned; migrations applied on open).
+ * fine-tuned jobs started and the ranks of distributed jobs (schema in
+ * schema/store.sql and store_v2.sql to store_v4.sql, versioned; migrations
+ * applied on open).
  *
  * store.c owns the database file and its connections (store_writer.c the
  * writer thread, one file per table the rest): one writer connection
@@ -237,6 +238,28 @@ typedef struct {
 int tld_store_job_init_put(tld_store *s, int64_t job, const tld_job_init_row *r, char *err, size_t errlen);
 /* 0 and *out, or -1 with "not found" when the job has no such record (not fine-tuned, or not started yet). */
 int tld_store_job_init_get(tld_store *s, int64_t job, tld_job_init_row *out, char *err, size_t errlen);
+
+/* ---- the ranks of distributed jobs (store_dist.c; schema version 4, schema/store_v4.sql) ---- */
+typedef struct {
+    int ranks_requested;      /* the spec's distributed.ranks */
+    int ranks;                /* the ranks of the current (or last) attempt */
+    char *hosts_json;         /* JSON array, each rank's host in rank order ([] until reported); malloc'd */
+    char *rank_img_per_s_json;/* JSON array, each rank's images/s at the latest step ([] before one); malloc'd */
+    int has_comm_seconds;     /* comm_seconds is set (a step was reported) */
+    double comm_seconds;      /* the latest step's gradient sum, seconds */
+    int64_t time_ms;          /* of the last change */
+} tld_job_dist_row;
+/* Records (or replaces: a new attempt, the hosts reported) the ranks a job runs on; the rates start empty.
+ * Awaited; -1 with a message (the schema's checks: 1 <= ranks <= ranks_requested <= 256, hosts an array). */
+int tld_store_job_dist_put(tld_store *s, int64_t job, int ranks_requested, int ranks, const char *hosts_json,
+                           char *err, size_t errlen);
+/* Sets the latest step's per-rank images/s (a JSON array) and gradient-sum seconds of a job that has a row
+ * (no row: nothing changes, 0). Awaited. */
+int tld_store_job_dist_rates(tld_store *s, int64_t job, const char *rank_img_per_s_json, double comm_seconds,
+                             char *err, size_t errlen);
+/* 0 and *out (free with tld_job_dist_free), or -1 with "not found" when the job is not distributed. */
+int tld_store_job_dist_get(tld_store *s, int64_t job, tld_job_dist_row *out, char *err, size_t errlen);
+void tld_job_dist_free(tld_job_dist_row *r);
 
 /* Waits until every queued write so far is committed. */
 int tld_store_flush(tld_store *s);

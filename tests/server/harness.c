@@ -67,7 +67,7 @@ int tlt_daemon_start(const char *name) {
     g_store = tld_store_open(db, err, sizeof err);
     g_ev = tld_events_new(65536);
     if (!g_store || !g_ev) return -1;
-    tld_jobs_cfg jc = {g_state, g_root, 1, 1, 3};
+    tld_jobs_cfg jc = {g_state, g_root, 1, 1, 3, NULL};
     g_jobs = tld_jobs_new(&jc, g_store, g_ev, err, sizeof err);
     tld_models_cfg mc = {g_state, g_root, g_store, 1};
     g_models = g_jobs ? tld_models_new(&mc, err, sizeof err) : NULL;

@@ -151,16 +151,17 @@ static void test_schema_embedded_equals_file(void **state) {
     check_embedded("store.sql", tld_store_schema_v1, tld_store_schema_v1_len);
     check_embedded("store_v2.sql", tld_store_schema_v2, tld_store_schema_v2_len);
     check_embedded("store_v3.sql", tld_store_schema_v3, tld_store_schema_v3_len);
+    check_embedded("store_v4.sql", tld_store_schema_v4, tld_store_schema_v4_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
     tld_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tld_store_schema_version(s), 3);
+    assert_int_equal(tld_store_schema_version(s), 4);
     int64_t id = new_job(s, "v");
     tld_store_close(s);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 4);
 
     /* Reopening a current file applies nothing and keeps the data. */
     s = tld_store_open(path, err, sizeof err);
@@ -169,16 +170,16 @@ static void test_version_and_refusals(void **state) {
     tld_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
-    sql_exec(path, "UPDATE schema_version SET version = 4");
+    sql_exec(path, "UPDATE schema_version SET version = 5");
     err[0] = '\0';
     s = tld_store_open(path, err, sizeof err);
     if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 5);
 
-    /* A version 1 file (made by an older tokenlabd) is migrated to version 3, its jobs kept. */
+    /* A version 1 file (made by an older tokenlabd) is migrated to version 4, its jobs kept. */
     char v1[1024];
     db_path(v1, sizeof v1, "v1");
     remove_db(v1);
@@ -186,15 +187,15 @@ static void test_version_and_refusals(void **state) {
     sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
     s = tld_store_open(v1, err, sizeof err);
     if (!s) fail_msg("migrating a version 1 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 3);
+    assert_int_equal(tld_store_schema_version(s), 4);
     tld_store_close(s);
-    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 4);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
-                                 "'inspect_samples', 'inspect_preds', 'job_inits')"), 5);
+                                 "'inspect_samples', 'inspect_preds', 'job_inits', 'job_dist')"), 6);
     remove_db(v1);
 
-    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 3: its jobs and models kept. */
+    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 4: its jobs and models kept. */
     char v2[1024];
     db_path(v2, sizeof v2, "v2");
     remove_db(v2);
@@ -206,9 +207,9 @@ static void test_version_and_refusals(void **state) {
                  "max_queue, created_ms) VALUES ('m', 'upload', '/x', 1, '[]', 0.9, 8, 5, 64, 1)");
     s = tld_store_open(v2, err, sizeof err);
     if (!s) fail_msg("migrating a version 2 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 3);
+    assert_int_equal(tld_store_schema_version(s), 4);
     tld_store_close(s);
-    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 4);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM jobs WHERE name = 'old2'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM models WHERE name = 'm'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM sqlite_master WHERE name = 'job_inits'"), 1);

@@ -205,15 +205,7 @@ def main():
     subprocess.run([TD.ARGS.bin, "synth", "--out", os.path.join(TD.ARGS.work, "data", "synth"), "--classes", "4",
                     "--train", "96", "--val", "32", "--size", "32"], check=True, stdout=subprocess.DEVNULL)
     d = TD.Daemon(TD.ARGS.work)
-    d.start()
-    try:
-        for t in (t_teacher, t_refusals, t_annotate_model, t_routes, t_annotate_job, t_resume):
-            t(d)
-    finally:
-        d.stop()
-    failed = sum(1 for _, ok, _ in RESULTS if not ok)
-    print("%d passed, %d failed" % (len(RESULTS) - failed, failed))
-    return 1 if failed else 0
+    return TD.run_checks(d, (t_teacher, t_refusals, t_annotate_model, t_routes, t_annotate_job, t_resume))
 
 
 if __name__ == "__main__":

@@ -354,6 +354,20 @@ def t_kill(d):
     assert steps == list(range(1, total + 1)), "steps lost or repeated: %d points for %d steps" % (len(steps), total)
 
 
+def run_checks(d, tests):
+    """Starts daemon d, runs the checks in order and stops it; prints `N passed, M failed` (every check of
+    RESULTS so far) and returns the exit status."""
+    d.start()
+    try:
+        for t in tests:
+            t(d)
+    finally:
+        d.stop()
+    failed = sum(1 for _, ok, _ in RESULTS if not ok)
+    print("%d passed, %d failed" % (len(RESULTS) - failed, failed))
+    return 1 if failed else 0
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
@@ -365,15 +379,7 @@ def main():
     subprocess.run([ARGS.bin, "synth", "--out", os.path.join(ARGS.work, "data", "synth"), "--classes", "4",
                     "--train", "96", "--val", "32", "--size", "32"], check=True, stdout=subprocess.DEVNULL)
     d = Daemon(ARGS.work)
-    d.start()
-    try:
-        for t in (t_health, t_auth, t_bad, t_job, t_idem, t_cancel, t_sigterm, t_kill):
-            t(d)
-    finally:
-        d.stop()
-    failed = sum(1 for _, ok, _ in RESULTS if not ok)
-    print("%d passed, %d failed" % (len(RESULTS) - failed, failed))
-    return 1 if failed else 0
+    return run_checks(d, (t_health, t_auth, t_bad, t_job, t_idem, t_cancel, t_sigterm, t_kill))
 
 
 if __name__ == "__main__":

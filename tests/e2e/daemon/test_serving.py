@@ -590,16 +590,8 @@ def main():
     if not photos():
         print("note: %s is absent; real-photo checks use synthetic JPEGs" % PHOTOS)
     d = TD.Daemon(TD.ARGS.work, extra=["--max-body", str(8 * 1024 * 1024)])
-    d.start()
-    try:
-        for t in (t_train, t_register, t_register_bad, t_predict, t_predict_synth, t_multipart, t_bad_inputs,
-                  t_batching, t_queue, t_kserve, t_upload, t_warm_pages, t_samples, t_restart, t_delete):
-            t(d)
-    finally:
-        d.stop()
-    failed = sum(1 for _, ok, _ in RESULTS if not ok)
-    print("%d passed, %d failed" % (len(RESULTS) - failed, failed))
-    return 1 if failed else 0
+    return TD.run_checks(d, (t_train, t_register, t_register_bad, t_predict, t_predict_synth, t_multipart, t_bad_inputs,
+                               t_batching, t_queue, t_kserve, t_upload, t_warm_pages, t_samples, t_restart, t_delete))
 
 
 if __name__ == "__main__":

@@ -154,6 +154,7 @@ export function JobView({ id }) {
           ${job.attempt > 1 && html` · attempt ${job.attempt}`}</span>
       </div>
       <${InitSource} init=${job.init} />
+      <${Ranks} dist=${job.distributed} />
       <${MetricsSummary} job=${job} />
       <${ErrorBox} error=${error} onClose=${() => setError(null)} />
     </section>
@@ -226,6 +227,19 @@ function InitSource({ init }) {
   if (init.pos_embed) parts.push(html`position embedding ${init.pos_embed.from}×${init.pos_embed.from} → ${init.pos_embed.to}×${init.pos_embed.to}`);
   return html`<p class="init-source" data-test="init-source">Fine-tuned from ${src}${parts.map((p) => html` · ${p}`)}
     ${!init.loaded && html` <span class="muted">(as asked; not loaded yet)</span>`}</p>`;
+}
+
+// A distributed job (Job.distributed): the ranks it runs on, each rank's host and images/s at the latest step.
+function Ranks({ dist }) {
+  if (!dist) return null;
+  const fewer = dist.ranks < dist.ranks_requested ? html` <span class="muted">(of ${dist.ranks_requested} asked for)</span>` : "";
+  const comm = dist.comm_seconds != null ? html` · gradient sum ${(dist.comm_seconds * 1000).toFixed(1)} ms per step` : "";
+  const rows = dist.hosts.length ? dist.hosts : Array.from({ length: dist.ranks }, () => "?");
+  return html`<div class="ranks" data-test="ranks"><p><b>${dist.ranks}</b> ranks${fewer}${comm}</p>
+    <table class="ranks-table"><thead><tr><th>rank</th><th>host</th><th>images/s</th></tr></thead><tbody>
+      ${rows.map((h, k) => html`<tr data-test="rank-row"><td>${k}</td><td>${h}</td>
+        <td>${dist.rank_img_per_s[k] != null ? dist.rank_img_per_s[k].toFixed(0) : "–"}</td></tr>`)}
+    </tbody></table></div>`;
 }
 
 function CompareWith({ id }) {
