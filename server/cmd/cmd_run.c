@@ -171,16 +171,12 @@ static int mkdir_p(const char *path) {
     return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
-/* Keeps the metric lines whose step is <= keep_step (a resumed run redoes the rest). */
+/* Keeps the metric lines whose step is <= keep_step (a resumed run redoes the rest); crash-safe. */
 static int trim_metrics(const char *path, int64_t keep_step) {
     FILE *in = fopen(path, "r");
     if (!in) return errno == ENOENT ? 0 : -1;
-    char tmp[4300];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        fclose(in);
-        return -1;
-    }
-    FILE *out = fopen(tmp, "w");
+    char tmp[TL_TEMP_NAME_LEN(4300)];
+    FILE *out = strlen(path) < 4300 ? tl_file_create_temp(path, tmp, sizeof tmp) : NULL;
     if (!out) {
         fclose(in);
         return -1;
@@ -192,10 +188,7 @@ static int trim_metrics(const char *path, int64_t keep_step) {
         fputs(line, out);
     }
     fclose(in);
-    int rc = (fflush(out) == 0 && fsync(fileno(out)) == 0) ? 0 : -1;
-    fclose(out);
-    if (rc != 0 || rename(tmp, path) != 0) return -1;
-    return tl_fsync_parent_dir(path);
+    return tl_file_commit(out, tmp, path, NULL);
 }
 
 /* The step of the run folder's last checkpoint (0 when there is none). */
@@ -462,6 +455,7 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
             if (comm) tl_comm_abort(comm, 1); /* the other ranks would wait for rank 0 */
             return 1;
         }
+        tl_file_remove_temps(ui.run_dir); /* what a crash left mid-write; nothing writes here yet */
         char mpath[4200];
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ui.run_dir);
         if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0 || !(ui.metrics = fopen(mpath, "a"))) {

@@ -10,6 +10,7 @@
 #include "jobs/jobs.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
@@ -131,7 +132,7 @@ static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, 
 #define M(s) (1u << (s))
 
 static int requeue_resume(tld_jobs *J, int64_t id, const char *run_dir, int annotate, const char *reason,
-                          const char *why);
+                          const char *why, char *stalled_msg, size_t stalled_len);
 
 /* ---- worker hooks ---- */
 static void h_start(int64_t start, int64_t total, void *u) {
@@ -344,32 +345,17 @@ static void a_checkpoint(const char *path, int64_t done, void *u) {
     tld_store_log_append(s->J->store, s->id, line);
 }
 
-/* Writes text to path crash-safely: a unique temporary file beside it, fsync, rename, fsync of the folder.
- * 0, or -1 with errno set (the temporary file removed). */
+/* Writes text to path crash-safely (tl_file_create_temp, tl_file_commit). 0, or -1 with errno set (the
+ * temporary file removed). */
 static int write_durable(const char *path, const char *text) {
-    char tmp[PATH_MAX + 64];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp) {
-        errno = ENAMETOOLONG;
+    char tmp[TL_TEMP_NAME_LEN(PATH_MAX)];
+    FILE *f = tl_file_create_temp(path, tmp, sizeof tmp);
+    if (!f) return -1;
+    if (fputs(text, f) < 0) {
+        tl_file_abandon(f, tmp);
         return -1;
     }
-    int fd = mkstemp(tmp);
-    if (fd < 0) return -1;
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fchmod(fd, 0644) == 0 && fsync(fd) == 0;
-    if (fclose(f) != 0) ok = 0;
-    ok = ok && rename(tmp, path) == 0 && tl_fsync_parent_dir(path) == 0;
-    if (!ok) {
-        int e = errno;
-        unlink(tmp);
-        errno = e;
-        return -1;
-    }
-    return 0;
+    return tl_file_commit(f, tmp, path, NULL);
 }
 
 /* <out>.json beside a finished label map: which dataset it annotates (relative to the data root, for the
@@ -547,7 +533,14 @@ static void *worker_main(void *arg) {
     /* The last log line goes out before the state change: a client that reads the log when it sees the
      * final state must find it there (the store applies writes in order). */
     h_log(res.message, s);
-    int requeued = lost && stop == 0 && requeue_resume(J, s->id, s->run_dir, 0, "RANK_LOST", res.message) == 0;
+    char guard[300] = "";
+    int requeued = lost && stop == 0 &&
+                   requeue_resume(J, s->id, s->run_dir, 0, "RANK_LOST", res.message, guard, sizeof guard) == 0;
+    if (lost && guard[0]) { /* the crash-loop guard: this job fails instead of trying again */
+        snprintf(res.reason, sizeof res.reason, "RANK_LOST");
+        snprintf(res.message, sizeof res.message, "a rank was lost: %s", guard);
+        st = TL_TRAIN_FAILED;
+    }
     if (lost && stop != 0) st = TL_TRAIN_STOPPED; /* cancelled or shut down while the ranks went away: a stop */
     switch (requeued ? -1 : (int)st) {
     case -1: /* the attempt failed; the job resumes as attempt + 1 */
@@ -628,6 +621,7 @@ static int start_job(tld_jobs *J, slot *s, int64_t id) {
     if (J->cfg.threads_per_job > 0) s->spec.threads = s->aspec.threads = J->cfg.threads_per_job;
     snprintf(s->run_dir, sizeof s->run_dir, "%s/runs/%lld", J->state_dir, (long long)id);
     tld_store_job_set_run_dir(J->store, id, s->run_dir, err, sizeof err);
+    tl_file_remove_temps(s->run_dir); /* what a crash left mid-write (no worker writes there until it starts) */
     s->J = J;
     s->id = id;
     s->inspect_set_written = 0;
@@ -670,26 +664,65 @@ static int64_t checkpoint_step(const char *run_dir, int *has) {
     return step;
 }
 
+/* How far a job has got that a new attempt keeps (store.h: the progress mark): a training job's last
+ * checkpoint step, -1 without one; an annotate job's saved part files (part-NNNNN.tlpart). */
+static int64_t progress_mark(const char *run_dir, int annotate) {
+    int has;
+    if (!annotate) {
+        int64_t step = checkpoint_step(run_dir, &has);
+        return has ? step : -1;
+    }
+    DIR *d = run_dir[0] ? opendir(run_dir) : NULL;
+    if (!d) return -1;
+    int64_t parts = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        parts += n > 7 && strncmp(e->d_name, "part-", 5) == 0 && strcmp(e->d_name + n - 7, ".tlpart") == 0;
+    }
+    closedir(d);
+    return parts;
+}
+
+/* The crash-loop guard: 1 when another attempt of job would be the max_attempts-th in a row to begin from
+ * no further than the one before (it made no progress since: it keeps crashing the daemon, or dying, before
+ * it gets anywhere), with the reason in msg; 0 when the job may try again. Attempts that each moved the
+ * job on never count: a long job on a machine that is restarted many times survives. */
+static int stalled_out(tld_jobs *J, const tld_job *job, int64_t mark, char *msg, size_t len) {
+    int stalled = mark > job->attempt_mark ? 0 : job->stalled_attempts + 1;
+    if (stalled < J->cfg.max_attempts) return 0;
+    if (mark >= 0)
+        snprintf(msg, len, "%d attempts in a row ended without getting past the progress of the one before "
+                           "(checkpoint step or saved parts: %lld)", stalled, (long long)mark);
+    else
+        snprintf(msg, len, "%d attempts in a row ended before the job's first checkpoint", stalled);
+    return 1;
+}
+
 /* Re-queues job id (RUNNING) as attempt + 1 to resume from its run folder: a training job's metric and
  * inspection points after its last checkpoint's step are dropped first (the resumed run redoes those steps,
  * so each step is stored once); an annotate job resumes after its last part (its points are upserts). why
- * starts the logged message; reason is the state reason. 0 when re-queued; -1 when the job has had
- * max_attempts attempts (it is left RUNNING for the caller to fail) or is no longer RUNNING. */
+ * starts the logged message; reason is the state reason. 0 when re-queued; -1 when the crash-loop guard
+ * stops it (stalled_out; it is left RUNNING, the guard's reason in stalled_msg when not NULL, for the
+ * caller to fail) or it is no longer RUNNING. */
 static int requeue_resume(tld_jobs *J, int64_t id, const char *run_dir, int annotate, const char *reason,
-                          const char *why) {
-    char err[512], msg[700];
+                          const char *why, char *stalled_msg, size_t stalled_len) {
+    char err[512], msg[700], guard[300];
     tld_job job;
     if (tld_store_job_get(J->store, id, &job, err, sizeof err) != 0) return -1;
-    int attempt = job.attempt, running = job.state == TLD_JOB_RUNNING;
+    int running = job.state == TLD_JOB_RUNNING;
+    int64_t mark = progress_mark(run_dir, annotate);
+    int out = running && stalled_out(J, &job, mark, guard, sizeof guard);
     tld_job_free(&job);
-    if (!running || attempt >= J->cfg.max_attempts) return -1;
+    if (out && stalled_msg) snprintf(stalled_msg, stalled_len, "%s", guard);
+    if (!running || out) return -1;
     int has;
     int64_t step = checkpoint_step(run_dir, &has);
     if (!annotate) {
         tld_store_metric_truncate(J->store, id, step, err, sizeof err);
         tld_store_inspect_truncate(J->store, id, step, err, sizeof err);
     }
-    tld_store_job_begin_attempt(J->store, id, err, sizeof err);
+    tld_store_job_begin_attempt(J->store, id, mark, err, sizeof err);
     if (annotate) snprintf(msg, sizeof msg, "%.500s; annotation resumes after its last saved part", why);
     else if (has) snprintf(msg, sizeof msg, "%.500s; resuming from the checkpoint at step %lld", why, (long long)step);
     else snprintf(msg, sizeof msg, "%.500s; no checkpoint yet, starting again", why);
@@ -708,15 +741,15 @@ static void recover(tld_jobs *J) {
                 if (state == TLD_JOB_CANCELLING) {
                     transition(J, jb->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
                                "cancelled (the daemon stopped before the job did)");
-                } else if (jb->attempt >= J->cfg.max_attempts) {
-                    snprintf(msg, sizeof msg, "the daemon stopped during each of %d attempts", jb->attempt);
-                    transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DAEMON_RESTART", msg);
                 } else {
-                    char kind[16] = "";
+                    char kind[16] = "", guard[300] = "";
                     tl_spec_error kse;
                     tl_jobspec_kind(jb->spec_json, kind, sizeof kind, &kse);
-                    requeue_resume(J, jb->id, jb->run_dir, strcmp(kind, "annotate") == 0, "DAEMON_RESTART",
-                                   "the daemon restarted");
+                    if (requeue_resume(J, jb->id, jb->run_dir, strcmp(kind, "annotate") == 0, "DAEMON_RESTART",
+                                       "the daemon restarted", guard, sizeof guard) != 0 && guard[0]) {
+                        snprintf(msg, sizeof msg, "the daemon stopped under it: %.200s", guard);
+                        transition(J, jb->id, M(TLD_JOB_RUNNING), TLD_JOB_FAILED, "DAEMON_RESTART", msg);
+                    }
                 }
                 tld_job_free(jb);
             }

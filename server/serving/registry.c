@@ -35,6 +35,7 @@
 
 #include "serving/serving_internal.h"
 #include "tokenlab/base.h"
+#include "tokenlab/files.h"
 
 int tld_models_fail(tld_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...) {
     if (!e) return -1;
@@ -272,6 +273,7 @@ tld_models *tld_models_new(const tld_models_cfg *cfg, char *err, size_t errlen) 
         snprintf(err, errlen, "cannot create %s: %s", M->models_dir, strerror(errno));
         goto fail;
     }
+    tl_file_remove_temps(M->models_dir); /* what a crash left mid-upload or mid-write; nothing writes here yet */
     if (tld_store_model_list(M->store, &rows, &n, err, errlen) != 0) goto fail;
     for (int i = 0; i < n; i++) {
         entry *E = tld_models_entry_new(M, &rows[i]), *old = NULL;

@@ -4,8 +4,10 @@
  * LV-ViT shapes, every tensor loaded into a model of that config) and
  * installing it as the model's own file, rewritten by the engine.
  *
- * Owns the upload's temporary file (<state>/models/.upload-<pid>-<seq>.tmp,
- * removed before returning); messages name it "the upload". Threads: the
+ * Owns the upload's temporary file (<state>/models/.upload.tmp.XXXXXX, made by
+ * tl_file_create_temp: a unique name, created exclusively; removed before
+ * returning, and by the start-up sweep after a crash); messages name it "the
+ * upload". Threads: the
  * HTTP handler's, any number at once (each with its own temporary file).
  */
 #include "serving/models.h"
@@ -25,18 +27,26 @@
 
 #include "serving/serving_internal.h"
 #include "tokenlab/base.h"
+#include "tokenlab/files.h"
 #include "tokenlab/safetensors.h"
 
-static int write_all(const char *path, const void *data, size_t len, char *err, size_t errlen) {
-    FILE *f = fopen(path, "wb");
+/* The upload's bytes into a new temporary file in dir; its name into tmp (tmp[0] stays 0 when none was
+ * made). 0, or -1 with a message. */
+static int write_upload(const char *dir, const void *data, size_t len, char *tmp, size_t tmplen, char *err,
+                        size_t errlen) {
+    char base[1100];
+    tmp[0] = '\0';
+    snprintf(base, sizeof base, "%s/.upload", dir);
+    FILE *f = tl_file_create_temp(base, tmp, tmplen);
     if (!f) {
-        snprintf(err, errlen, "cannot create %.300s: %s", path, strerror(errno));
+        snprintf(err, errlen, "cannot create a temporary file in %.300s: %s", dir, strerror(errno));
+        tmp[0] = '\0';
         return -1;
     }
     size_t w = fwrite(data, 1, len, f);
     int bad = w != len || fflush(f) != 0;
     if (fclose(f) != 0) bad = 1;
-    if (bad) snprintf(err, errlen, "cannot write %.300s: %s", path, strerror(errno));
+    if (bad) snprintf(err, errlen, "cannot write %.300s: %s", tmp, strerror(errno));
     return bad ? -1 : 0;
 }
 
@@ -53,14 +63,9 @@ static const char *untmp(char *err, const char *tmp) {
     return err;
 }
 
-static unsigned upload_seq(void) {
-    static _Atomic unsigned seq;
-    return ++seq;
-}
-
 int tld_models_upload(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
                      int max_queue, int *created, tld_models_error *e) {
-    char err[TL_ERR_LEN], tmp[1200], dst[1200];
+    char err[TL_ERR_LEN], tmp[1200] = "", dst[1200];
     int rc = -1;
     tl_model *m = NULL;
     tl_st_file *f = NULL;
@@ -79,8 +84,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     }
     if (tld_models_check_batching(&max_batch, &max_delay_ms, &max_queue, e) != 0) return -1;
     if (len == 0) return tld_models_fail(e, 400, "EMPTY_BODY", NULL, "the body is empty; send a safetensors file");
-    snprintf(tmp, sizeof tmp, "%s/.upload-%d-%u.tmp", M->models_dir, (int)getpid(), upload_seq());
-    if (write_all(tmp, data, len, err, sizeof err) != 0) {
+    if (write_upload(M->models_dir, data, len, tmp, sizeof tmp, err, sizeof err) != 0) {
         tld_models_fail(e, 500, "IO_ERROR", NULL, "%s", err);
         goto done;
     }
@@ -147,7 +151,7 @@ int tld_models_upload(tld_models *M, const char *name, const void *data, size_t 
     row.created_ms = tl_clock_wall_ms();
     rc = tld_models_install(M, &row, 1, created, e);
 done:
-    unlink(tmp);
+    if (tmp[0]) unlink(tmp);
     tl_st_close(f);
     tl_model_free(m);
     free(labels);

@@ -52,6 +52,7 @@ static const struct {
     {2, tld_store_schema_v2}, /* schema/store_v2.sql: models, token inspection */
     {3, tld_store_schema_v3}, /* schema/store_v3.sql: where fine-tuned jobs started (job_inits) */
     {4, tld_store_schema_v4}, /* schema/store_v4.sql: the ranks of distributed jobs (job_dist) */
+    {5, tld_store_schema_v5}, /* schema/store_v5.sql: attempts that made no progress (the crash-loop guard) */
 };
 #define STORE_NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 #define STORE_VERSION (migrations[STORE_NMIGRATIONS - 1].version)
@@ -79,7 +80,8 @@ const char *const tld_store_wsql[W_COUNT] = {
                          "started_ms = CASE WHEN ?6 THEN ?5 ELSE started_ms END, "
                          "ended_ms = CASE WHEN ?7 THEN ?5 ELSE ended_ms END WHERE id = ?1",
     [W_JOB_RUN_DIR] = "UPDATE jobs SET run_dir = ?2 WHERE id = ?1",
-    [W_JOB_ATTEMPT] = "UPDATE jobs SET attempt = attempt + 1 WHERE id = ?1",
+    [W_JOB_ATTEMPT] = "UPDATE jobs SET attempt = attempt + 1, stalled_attempts = CASE WHEN ?2 > attempt_mark "
+                      "THEN 0 ELSE stalled_attempts + 1 END, attempt_mark = max(?2, attempt_mark) WHERE id = ?1",
     [W_JOB_DELETE] = "DELETE FROM jobs WHERE id = ?1",
     [W_TRUNC_NAMES] = "SELECT DISTINCT name FROM metric_blocks WHERE job_id = ?1 AND block >= ?2",
     [W_TRUNC_POINTS] = "DELETE FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3",
@@ -96,7 +98,7 @@ const char *const tld_store_wsql[W_COUNT] = {
 
 #define JOB_COLS                                                                                                   \
     "id, name, spec_json, state, state_reason, state_message, created_ms, started_ms, ended_ms, attempt, epoch, " \
-    "step, total_steps, eta_seconds, coalesce(idempotency_key, ''), run_dir"
+    "step, total_steps, eta_seconds, coalesce(idempotency_key, ''), run_dir, attempt_mark, stalled_attempts"
 
 
 const char *const tld_store_rsql[R_COUNT] = {

@@ -56,6 +56,8 @@ typedef struct {
     double eta_seconds;       /* -1 unknown */
     char idempotency_key[128];
     char run_dir[1024];
+    int64_t attempt_mark;     /* the progress mark the latest re-queued attempt began from, -1 none */
+    int stalled_attempts;     /* re-queued attempts in a row that began from no further than the one before */
 } tld_job;
 
 void tld_job_free(tld_job *j);  /* frees spec_json; the struct is the caller's */
@@ -82,7 +84,10 @@ int tld_store_job_transition(tld_store *s, int64_t id, unsigned from_mask, tld_j
 int tld_store_job_set_progress(tld_store *s, int64_t id, int64_t epoch, int64_t step, int64_t total_steps,
                               double eta_seconds); /* queued, not awaited */
 int tld_store_job_set_run_dir(tld_store *s, int64_t id, const char *run_dir, char *err, size_t errlen);
-int tld_store_job_begin_attempt(tld_store *s, int64_t id, char *err, size_t errlen); /* attempt += 1 */
+/* attempt += 1, beginning from progress mark `mark` (a training job's checkpoint step, an annotate job's saved
+ * parts; -1 none): stalled_attempts becomes 0 when mark is past attempt_mark, else one more; attempt_mark
+ * the larger of the two. */
+int tld_store_job_begin_attempt(tld_store *s, int64_t id, int64_t mark, char *err, size_t errlen);
 int tld_store_job_delete(tld_store *s, int64_t id, char *err, size_t errlen); /* job, metrics, logs, checkpoints */
 /* Queue position (1 = next) of a QUEUED job, 0 otherwise. */
 int tld_store_job_queue_position(tld_store *s, int64_t id);

@@ -160,6 +160,7 @@ int tld_store_jobs_do_transition(tld_store *s, int64_t job, await_op *aw) {
 int tld_store_jobs_do_update(tld_store *s, int q, int64_t job, await_op *aw, const char *what) {
     sqlite3_bind_int64(s->w[q], 1, job);
     if (q == W_JOB_RUN_DIR) sqlite3_bind_text(s->w[q], 2, aw->run_dir, -1, SQLITE_STATIC);
+    if (q == W_JOB_ATTEMPT) sqlite3_bind_int64(s->w[q], 2, aw->step);
     if (tld_store_wstep(s, q) != 0) {
         snprintf(aw->err, sizeof aw->err, "cannot %s job %" PRId64 ": %s", what, job, sqlite3_errmsg(s->wdb));
         return -1;
@@ -246,6 +247,8 @@ static int read_job(sqlite3_stmt *st, tld_job *j, char *err, size_t errlen) {
     j->eta_seconds = sqlite3_column_double(st, 13);
     tld_store_copy_col(j->idempotency_key, sizeof j->idempotency_key, st, 14);
     tld_store_copy_col(j->run_dir, sizeof j->run_dir, st, 15);
+    j->attempt_mark = sqlite3_column_int64(st, 16);
+    j->stalled_attempts = sqlite3_column_int(st, 17);
     return 0;
 }
 
@@ -343,9 +346,10 @@ int tld_store_job_set_run_dir(tld_store *s, int64_t id, const char *run_dir, cha
     return tld_store_submit(s, OP_RUN_DIR, id, &aw, err, errlen);
 }
 
-int tld_store_job_begin_attempt(tld_store *s, int64_t id, char *err, size_t errlen) {
+int tld_store_job_begin_attempt(tld_store *s, int64_t id, int64_t mark, char *err, size_t errlen) {
     await_op aw;
     memset(&aw, 0, sizeof aw);
+    aw.step = mark < -1 ? -1 : mark;
     return tld_store_submit(s, OP_ATTEMPT, id, &aw, err, errlen);
 }
 

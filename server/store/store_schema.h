@@ -19,5 +19,7 @@ extern const char tld_store_schema_v3[];   /* schema/store_v3.sql */
 extern const size_t tld_store_schema_v3_len;
 extern const char tld_store_schema_v4[];   /* schema/store_v4.sql */
 extern const size_t tld_store_schema_v4_len;
+extern const char tld_store_schema_v5[];   /* schema/store_v5.sql */
+extern const size_t tld_store_schema_v5_len;
 
 #endif

@@ -152,16 +152,17 @@ static void test_schema_embedded_equals_file(void **state) {
     check_embedded("store_v2.sql", tld_store_schema_v2, tld_store_schema_v2_len);
     check_embedded("store_v3.sql", tld_store_schema_v3, tld_store_schema_v3_len);
     check_embedded("store_v4.sql", tld_store_schema_v4, tld_store_schema_v4_len);
+    check_embedded("store_v5.sql", tld_store_schema_v5, tld_store_schema_v5_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
     tld_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tld_store_schema_version(s), 4);
+    assert_int_equal(tld_store_schema_version(s), 5);
     int64_t id = new_job(s, "v");
     tld_store_close(s);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 5);
 
     /* Reopening a current file applies nothing and keeps the data. */
     s = tld_store_open(path, err, sizeof err);
@@ -170,16 +171,16 @@ static void test_version_and_refusals(void **state) {
     tld_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
-    sql_exec(path, "UPDATE schema_version SET version = 5");
+    sql_exec(path, "UPDATE schema_version SET version = 6");
     err[0] = '\0';
     s = tld_store_open(path, err, sizeof err);
     if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 6);
 
-    /* A version 1 file (made by an older tokenlabd) is migrated to version 4, its jobs kept. */
+    /* A version 1 file (made by an older tokenlabd) is migrated to version 5, its jobs kept. */
     char v1[1024];
     db_path(v1, sizeof v1, "v1");
     remove_db(v1);
@@ -187,15 +188,15 @@ static void test_version_and_refusals(void **state) {
     sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
     s = tld_store_open(v1, err, sizeof err);
     if (!s) fail_msg("migrating a version 1 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 4);
+    assert_int_equal(tld_store_schema_version(s), 5);
     tld_store_close(s);
-    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 5);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
                                  "'inspect_samples', 'inspect_preds', 'job_inits', 'job_dist')"), 6);
     remove_db(v1);
 
-    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 4: its jobs and models kept. */
+    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 5: its jobs and models kept. */
     char v2[1024];
     db_path(v2, sizeof v2, "v2");
     remove_db(v2);
@@ -207,9 +208,9 @@ static void test_version_and_refusals(void **state) {
                  "max_queue, created_ms) VALUES ('m', 'upload', '/x', 1, '[]', 0.9, 8, 5, 64, 1)");
     s = tld_store_open(v2, err, sizeof err);
     if (!s) fail_msg("migrating a version 2 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 4);
+    assert_int_equal(tld_store_schema_version(s), 5);
     tld_store_close(s);
-    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 5);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM jobs WHERE name = 'old2'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM models WHERE name = 'm'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM sqlite_master WHERE name = 'job_inits'"), 1);
@@ -328,21 +329,38 @@ static void test_job_create_get_list(void **state) {
 
     /* Run dir and attempts. */
     assert_int_equal(tld_store_job_set_run_dir(s, ids[0], "/var/lib/tokenlab/runs/1", err, sizeof err), 0);
-    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
-    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], err, sizeof err), 0);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], -1, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], -1, err, sizeof err), 0);
     assert_int_equal(tld_store_job_set_progress(s, ids[0], 3, 1200, 5000, 42.5), 0);
     flush_ok(s);
     assert_int_equal(tld_store_job_get(s, ids[0], &j, err, sizeof err), 0);
     assert_string_equal(j.run_dir, "/var/lib/tokenlab/runs/1");
     assert_int_equal(j.attempt, 3);
+    assert_int_equal(j.stalled_attempts, 2); /* neither attempt began past a checkpoint */
+    assert_int_equal(j.attempt_mark, -1);
     assert_int_equal(j.epoch, 3);
     assert_int_equal(j.step, 1200);
     assert_int_equal(j.total_steps, 5000);
     assert_true(j.eta_seconds == 42.5);
     tld_job_free(&j);
+    /* an attempt that begins past the previous one's mark resets the count; one from the same mark adds */
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], 120, err, sizeof err), 0);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], 120, err, sizeof err), 0);
+    flush_ok(s);
+    assert_int_equal(tld_store_job_get(s, ids[0], &j, err, sizeof err), 0);
+    assert_int_equal(j.attempt, 5);
+    assert_int_equal(j.attempt_mark, 120);
+    assert_int_equal(j.stalled_attempts, 1);
+    tld_job_free(&j);
+    assert_int_equal(tld_store_job_begin_attempt(s, ids[0], 240, err, sizeof err), 0);
+    flush_ok(s);
+    assert_int_equal(tld_store_job_get(s, ids[0], &j, err, sizeof err), 0);
+    assert_int_equal(j.stalled_attempts, 0);
+    assert_int_equal(j.attempt_mark, 240);
+    tld_job_free(&j);
     assert_int_equal(tld_store_job_set_run_dir(s, 999999, "/x", err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
-    assert_int_equal(tld_store_job_begin_attempt(s, 999999, err, sizeof err), -1);
+    assert_int_equal(tld_store_job_begin_attempt(s, 999999, -1, err, sizeof err), -1);
     assert_non_null(strstr(err, "not found"));
     tld_store_close(s);
     remove_db(path);

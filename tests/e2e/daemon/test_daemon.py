@@ -345,6 +345,16 @@ def t_kill(d):
             break
         time.sleep(0.1)
     d.stop(signal.SIGKILL)
+    # what a crash mid-write leaves: temporary files of a checkpoint and of an upload (removed when the job
+    # restarts and when the daemon starts), beside a file of another name (kept)
+    run_dir = os.path.join(d.state, "runs", str(jid))
+    models = os.path.join(d.state, "models")
+    os.makedirs(models, exist_ok=True)
+    planted = [os.path.join(run_dir, "last.safetensors.tmp.Ab12Cd"), os.path.join(models, ".upload.tmp.Zz99yY")]
+    kept = os.path.join(run_dir, "notes.tmp.x")
+    for p in planted + [kept]:
+        with open(p, "w") as f:
+            f.write("partial")
     d.start()
     j = d.job(jid)
     assert j["attempt"] == 2 and j["state_reason"] in ("DAEMON_RESTART", ""), j
@@ -352,6 +362,35 @@ def t_kill(d):
     total = j["progress"]["total_steps"]
     steps = loss_steps(d, jid)
     assert steps == list(range(1, total + 1)), "steps lost or repeated: %d points for %d steps" % (len(steps), total)
+    left = [p for p in planted if os.path.exists(p)]
+    assert not left, "temporary files a crash left are still there: %s" % left
+    assert os.path.exists(kept), "a file that is not a temporary file was removed"
+
+
+@check("killed 3 times, each after progress: the job still succeeds")
+def t_kill_many(d):
+    st, j, _, _ = d.request("POST", "/api/v1/jobs", body=spec("kill-many", epochs=40))
+    jid = j["id"]
+    last_ckpt = 0
+    for k in range(3):  # as many kills as --max-attempts allows attempts without progress
+        d.wait_state(jid, {"RUNNING"}, timeout=120)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            st, c, _, _ = d.request("GET", "/api/v1/jobs/%d/checkpoints" % jid)
+            steps = [x["step"] for x in c["checkpoints"] if x["kind"] == "last"]
+            if steps and max(steps) > last_ckpt:
+                last_ckpt = max(steps)
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no new checkpoint after kill %d" % k)
+        d.stop(signal.SIGKILL)
+        d.start()
+    j = d.wait_state(jid, {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert j["state"] == "SUCCEEDED", "the crash-loop guard failed a job that made progress: %s" % j
+    assert j["attempt"] == 4, j
+    total = j["progress"]["total_steps"]
+    assert loss_steps(d, jid) == list(range(1, total + 1)), "steps lost or repeated"
 
 
 def run_checks(d, tests):
@@ -379,7 +418,7 @@ def main():
     subprocess.run([ARGS.bin, "synth", "--out", os.path.join(ARGS.work, "data", "synth"), "--classes", "4",
                     "--train", "96", "--val", "32", "--size", "32"], check=True, stdout=subprocess.DEVNULL)
     d = Daemon(ARGS.work)
-    return run_checks(d, (t_health, t_auth, t_bad, t_job, t_idem, t_cancel, t_sigterm, t_kill))
+    return run_checks(d, (t_health, t_auth, t_bad, t_job, t_idem, t_cancel, t_sigterm, t_kill, t_kill_many))
 
 
 if __name__ == "__main__":
