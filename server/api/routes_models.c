@@ -467,6 +467,10 @@ void tld_h_model_predict(tld_req *r, void *u) {
     tld_models_error e;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
+    if (tld_models_reserve(m, n, &e) != 0) { /* before anything of n images' size is allocated */
+        tld_models_release(m);
+        return reply_models_error(r, &e);
+    }
     int S = tld_model_ref_size(m), K = tld_model_ref_classes(m), g = tld_model_ref_grid(m);
     size_t img = (size_t)3 * S * S;
     image_job *jobs = calloc((size_t)n, sizeof *jobs);
@@ -572,9 +576,20 @@ void tld_h_v2_ready(tld_req *r, void *u) {
     tld_reply_json(r, ready ? 200 : 503, ready ? "{\"ready\":true}" : "{\"ready\":false}");
 }
 
+/* The versioned /v2 routes name a version; a model has one, "1". 1 when the request names none or that one,
+ * else 0 after a 404 MODEL_VERSION_NOT_FOUND. */
+static int v2_version_ok(tld_req *r) {
+    const char *v = tld_req_param(r, "version");
+    if (!v || strcmp(v, "1") == 0) return 1;
+    tld_reply_problem(r, 404, "MODEL_VERSION_NOT_FOUND", NULL, "model %s has one version, \"1\"; there is no version \"%.64s\"",
+                     tld_req_param(r, "name"), v);
+    return 0;
+}
+
 void tld_h_v2_model(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
+    if (!v2_version_ok(r)) return;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
     int S = tld_model_ref_size(m), K = tld_model_ref_classes(m);
@@ -596,6 +611,7 @@ void tld_h_v2_model(tld_req *r, void *u) {
 void tld_h_v2_model_ready(tld_req *r, void *u) {
     tld_routes *R = u;
     tld_models_error e;
+    if (!v2_version_ok(r)) return;
     tld_model_ref *m = tld_models_acquire(R->models, tld_req_param(r, "name"), &e);
     if (!m) return reply_models_error(r, &e);
     tld_models_release(m);
@@ -605,6 +621,7 @@ void tld_h_v2_model_ready(tld_req *r, void *u) {
 void tld_h_v2_infer(tld_req *r, void *u) {
     tld_routes *R = u;
     char mt[64];
+    if (!v2_version_ok(r)) return;
     media_type(r, mt, sizeof mt);
     if (strcmp(mt, "application/json") != 0) {
         tld_reply_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, "send the inference request as application/json");
@@ -629,6 +646,10 @@ void tld_h_v2_infer(tld_req *r, void *u) {
     }
     int S = tld_model_ref_size(m), K = tld_model_ref_classes(m), n = q.n;
     size_t img = (size_t)3 * S * S;
+    if (tld_models_reserve(m, n, &e) != 0) { /* before the n images' tensors are allocated */
+        reply_models_error(r, &e);
+        goto done;
+    }
     if (q.layout == TLD_KS_FP32_NCHW && (q.h != S || q.w != S)) {
         tld_reply_problem(r, 400, "INVALID_INFER_REQUEST", "/inputs/0/shape",
                          "FP32 input must be [N,3,%d,%d] for this model (got H=%d, W=%d)", S, S, q.h, q.w);

@@ -185,7 +185,7 @@ char *tld_http_problem_json(int status, const char *code, const char *pointer, c
     const char *title = MHD_get_reason_phrase_for((unsigned)status);
     if (!title || !title[0]) title = "Unknown";
     if (!code) code = "ERROR";
-    size_t cap = 128 + 6 * (strlen(title) + strlen(code) + strlen(detail) + (pointer ? strlen(pointer) : 0)) + 16;
+    size_t cap = 144 + 6 * (strlen(title) + strlen(code) + 2 * strlen(detail) + (pointer ? strlen(pointer) : 0)) + 16;
     char *out = malloc(cap);
     if (!out) return NULL;
     size_t o = 0;
@@ -194,6 +194,9 @@ char *tld_http_problem_json(int status, const char *code, const char *pointer, c
     o += (size_t)snprintf(out + o, cap - o, ",\"status\":%d,\"code\":", status);
     o += json_quote(out + o, code);
     o += (size_t)snprintf(out + o, cap - o, ",\"detail\":");
+    o += json_quote(out + o, detail);
+    /* the Open Inference Protocol's error object ({"error": string}), which Triton and KServe clients read */
+    o += (size_t)snprintf(out + o, cap - o, ",\"error\":");
     o += json_quote(out + o, detail);
     if (pointer) {
         o += (size_t)snprintf(out + o, cap - o, ",\"pointer\":");

@@ -78,8 +78,8 @@ int tld_http_route_limit(tld_http *h, const char *method, const char *pattern, t
     for (int i = 0; i < rt.nsegs; i++) {
         char *s = rt.segs[i];
         size_t n = strlen(s);
-        if (n == 0) goto fail;
-        if (s[0] == '{') {
+        if (n == 0 && i < rt.nsegs - 1) goto fail; /* "//" never; a trailing '/' is a literal empty segment */
+        if (n > 0 && s[0] == '{') {
             if (n < 3 || s[n - 1] != '}' || ++nparams > HTTP_MAX_PARAMS) goto fail;
             s[n - 1] = '\0';
             rt.segs[i] = s + 1;

@@ -176,10 +176,47 @@ void *tld_models_batcher_main(void *arg) {
 
 /* The caller has its images ready (or gave up): the batcher need not wait for it (E->mu held). */
 void tld_models_stop_preparing(tld_model_ref *r) {
+    if (TL_NEVER(r->E->reserved < r->reserved)) r->E->reserved = r->reserved;
+    r->E->reserved -= r->reserved; /* queued now, or given up */
+    r->reserved = 0;
     if (!r->preparing) return;
     r->preparing = 0;
     if (r->E->preparing > 0) r->E->preparing--;
     pthread_cond_broadcast(&r->E->cv); /* the batcher may be waiting only for us */
+}
+
+/* Seconds until a queue of `queued` images has room again, at the model's recent pace (E->mu held). */
+static int retry_seconds(const entry *E) {
+    double per_batch = E->batch_ms_avg > 0 ? E->batch_ms_avg : 100.0;
+    double wait_ms = ((double)(E->queued + E->reserved) / E->max_batch + 1.0) * per_batch;
+    int retry = (int)ceil(wait_ms / 1000.0);
+    return retry < 1 ? 1 : retry;
+}
+
+int tld_models_reserve(tld_model_ref *r, int n, tld_models_error *e) {
+    entry *E = r->E;
+    pthread_mutex_lock(&E->mu);
+    int mq = E->max_queue, q = E->queued + E->reserved;
+    if (n > mq) {
+        E->rejected++;
+        pthread_mutex_unlock(&E->mu);
+        return tld_models_fail(e, 413, "BATCH_TOO_LARGE", NULL,
+                               "the request holds %d images; model %s queues at most %d (its max_queue)", n,
+                               E->row.name, mq);
+    }
+    if (q + n > mq) {
+        E->rejected++;
+        int retry = retry_seconds(E);
+        pthread_mutex_unlock(&E->mu);
+        tld_models_fail(e, 429, "QUEUE_FULL", NULL, "model %s has %d images queued or admitted (max_queue %d); retry in %d s",
+                        E->row.name, q, mq, retry);
+        e->retry_after_s = retry;
+        return -1;
+    }
+    E->reserved += n;
+    r->reserved += n;
+    pthread_mutex_unlock(&E->mu);
+    return 0;
 }
 
 int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out *out, int64_t deadline_ms,
@@ -200,17 +237,14 @@ int tld_models_infer(tld_model_ref *r, const float *images, int n, tld_infer_out
         return tld_models_fail(e, 503, "MODEL_UNLOADED", NULL, "model %s was deleted or replaced, or the daemon is stopping",
                                E->row.name);
     }
-    if (E->queued + n > E->max_queue) {
+    if (E->queued + E->reserved + n > E->max_queue) { /* others' admitted images count too */
         E->rejected++;
-        double per_batch = E->batch_ms_avg > 0 ? E->batch_ms_avg : 100.0;
-        double wait_ms = ((double)E->queued / E->max_batch + 1.0) * per_batch;
-        int retry = (int)ceil(wait_ms / 1000.0);
-        int q = E->queued, mq = E->max_queue;
+        int retry = retry_seconds(E), q = E->queued, mq = E->max_queue;
         pthread_mutex_unlock(&E->mu);
         free(items);
         tld_models_fail(e, 429, "QUEUE_FULL", NULL, "model %s has %d images queued (max_queue %d); retry in %d s", E->row.name,
-                        q, mq, retry < 1 ? 1 : retry);
-        e->retry_after_s = retry < 1 ? 1 : retry;
+                        q, mq, retry);
+        e->retry_after_s = retry;
         return -1;
     }
     int64_t now = tl_clock_mono_ms();

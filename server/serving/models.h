@@ -118,6 +118,13 @@ typedef struct {
     int batch;                 /* filled: the size of the batch it ran in */
 } tld_infer_out;
 
+/* Admits a request of n images before the caller allocates and prepares them: 413 BATCH_TOO_LARGE when
+ * n exceeds the model's max_queue (no retry helps), 429 QUEUE_FULL (retry_after_s set) when the images
+ * queued plus those admitted and not yet queued leave no room. The admission holds until tld_models_infer
+ * queues them or the reference is released, so concurrent requests cannot together allocate more than
+ * the queue takes. */
+int tld_models_reserve(tld_model_ref *r, int n, tld_models_error *e);
+
 /* Queues n normalised images (n,3,S,S) and waits for them. deadline_ms: monotonic milliseconds
  * (tl_clock_mono_ms() + timeout). 429 QUEUE_FULL (retry_after_s set), 504 DEADLINE_EXCEEDED,
  * 503 MODEL_UNLOADED when the model is deleted or the daemon stops meanwhile. */

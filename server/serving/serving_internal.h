@@ -78,6 +78,7 @@ typedef struct entry {
     item *head, *tail;
     int queued;              /* images queued */
     int preparing;           /* callers between acquire and infer */
+    int reserved;            /* images those callers were admitted for (tld_models_reserve), not yet queued */
     int quit;
     int max_batch, max_delay_ms, max_queue;
     uint64_t requests, images, batches, rejected, expired;
@@ -99,6 +100,7 @@ typedef struct entry {
 struct tld_model_ref {
     entry *E;
     int preparing;           /* still counted in E->preparing */
+    int reserved;            /* its images counted in E->reserved */
 };
 
 struct tld_models {

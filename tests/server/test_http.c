@@ -439,11 +439,12 @@ static void test_config_errors(void **state) {
     tld_http_cfg ok = {.bind_addr = "127.0.0.1"};
     tld_http *h = tld_http_new(&ok, err, sizeof err);
     assert_non_null(h);
-    const char *bad_patterns[] = {"no-slash", "/a/{", "/a/{}", "/a//b", "/a/b{c}", "/a/", ""};
+    const char *bad_patterns[] = {"no-slash", "/a/{", "/a/{}", "/a//b", "/a/b{c}", "/a//", "//", ""};
     for (size_t i = 0; i < sizeof bad_patterns / sizeof bad_patterns[0]; i++)
         if (tld_http_route(h, "GET", bad_patterns[i], TLD_AUTH_PUBLIC, h_hello, NULL) == 0)
             fail_msg("pattern '%s' accepted", bad_patterns[i]);
     assert_int_equal(tld_http_route(h, "GET", "/", TLD_AUTH_PUBLIC, h_hello, NULL), 0);
+    assert_int_equal(tld_http_route(h, "GET", "/a/", TLD_AUTH_PUBLIC, h_hello, NULL), 0); /* a trailing '/' route */
     assert_int_equal(tld_http_route(h, "", "/x", TLD_AUTH_PUBLIC, h_hello, NULL), -1);
     assert_int_equal(tld_http_route(h, "POST", "/api/v1/items", TLD_AUTH_TOKEN, h_items_post, NULL), 0);
     assert_int_equal(tld_http_start(h, err, sizeof err), 0);

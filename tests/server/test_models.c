@@ -541,6 +541,21 @@ static void test_queue_full_and_deadline(void **state) {
     expect_error(&e, 429, "QUEUE_FULL", "");
     assert_true(e.retry_after_s >= 1);
     tld_models_release(r);
+    /* admission before allocation: a request larger than the queue is 413 whatever the load; requests
+     * admitted and not yet queued hold their room, so a second one that does not fit beside them is 429 */
+    r = acquire(g_M, "small-queue");
+    tld_model_ref *r2 = acquire(g_M, "small-queue");
+    assert_int_equal(tld_models_reserve(r, 3, &e), -1);
+    expect_error(&e, 413, "BATCH_TOO_LARGE", "");
+    assert_int_equal(tld_models_reserve(r, 2, &e), 0);
+    memset(&e, 0, sizeof e);
+    assert_int_equal(tld_models_reserve(r2, 1, &e), -1);
+    expect_error(&e, 429, "QUEUE_FULL", "");
+    assert_true(e.retry_after_s >= 1);
+    tld_models_release(r); /* gave up: its room is free again */
+    assert_int_equal(tld_models_reserve(r2, 2, &e), 0);
+    assert_int_equal(infer(r2, 0, 2, res, tl_clock_mono_ms() + 60000, &e), 0); /* its own admission counts once */
+    tld_models_release(r2);
     /* a deadline already passed: not computed */
     r = acquire(g_M, "small-queue");
     memset(&e, 0, sizeof e);
