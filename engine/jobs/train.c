@@ -600,7 +600,7 @@ static tl_train_status loop(run *r, int64_t step) {
             tl_step_report rep = {step, r->total, epoch, s->epochs, so.lp.loss, so.lp.loss_cls, so.lp.loss_dense, hp.lr,
                                   st > 0 ? (double)B * n / st : 0, st > 0 ? eta : -1.0, st > 0 ? sw / st : 0,
                                   tl_loader_skipped(r->train_ld), r->ranks, r->comm ? r->rank_ips : NULL,
-                                  so.comm_s};
+                                  so.comm_s, times[step % WINDOW]};
             r->hooks->on_step(&rep, r->hooks->user);
         }
         int last = step == r->total, eval_now = last || (eval_every && step % eval_every == 0);

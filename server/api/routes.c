@@ -571,6 +571,19 @@ static void tb_printf(textbuf *t, const char *fmt, ...) {
     }
 }
 
+static void timing_lines(const char *method, const char *route, const tld_hist *h, void *u) {
+    textbuf *t = u;
+    char labels[256], buf[4096];
+    size_t len = 0;
+    snprintf(labels, sizeof labels, "method=\"%s\",route=\"%s\"", method, route);
+    tld_hist_format(buf, sizeof buf, &len, "tokenlab_http_request_duration_seconds", labels, h);
+    tb_printf(t, "%s", buf);
+}
+
+static void refusal_line(const char *code, uint64_t n, void *u) {
+    tb_printf(u, "tokenlab_http_refused_total{code=\"%s\"} %llu\n", code, (unsigned long long)n);
+}
+
 static void counter_line(const char *method, const char *route, int status, uint64_t n, void *u) {
     tb_printf(u, "tokenlab_http_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n", method, route,
               status, (unsigned long long)n);
@@ -582,6 +595,21 @@ void tld_h_prometheus(tld_req *r, void *u) {
     tb_printf(&t, "# HELP tokenlab_http_requests_total HTTP requests by route and status.\n"
                   "# TYPE tokenlab_http_requests_total counter\n");
     tld_http_counters(R->http, counter_line, &t);
+    tb_printf(&t, "# HELP tokenlab_http_request_duration_seconds Time from a request's arrival to its reply, by "
+                  "route.\n# TYPE tokenlab_http_request_duration_seconds histogram\n");
+    tld_http_timings(R->http, timing_lines, &t);
+    tb_printf(&t, "# HELP tokenlab_http_refused_total Requests answered with a problem, by its code.\n"
+                  "# TYPE tokenlab_http_refused_total counter\n");
+    tld_http_refusals(R->http, refusal_line, &t);
+    {
+        tld_hist steps;
+        char buf[4096];
+        size_t len = 0;
+        tld_jobs_step_times(R->jobs, &steps);
+        tld_hist_format(buf, sizeof buf, &len, "tokenlab_training_step_seconds", "", &steps);
+        tb_printf(&t, "# HELP tokenlab_training_step_seconds Wall time of a training step, every job.\n"
+                      "# TYPE tokenlab_training_step_seconds histogram\n%s", buf);
+    }
     int64_t counts[TLD_JOB_NSTATES] = {0};
     tld_store_job_counts(R->store, counts);
     tb_printf(&t, "# HELP tokenlab_jobs Jobs by state.\n# TYPE tokenlab_jobs gauge\n");

@@ -140,6 +140,41 @@ static const char *method_label(const char *m) {
     return "OTHER";
 }
 
+/* The timing slot of (m, route) (counter_mu held): the last slot takes what does not fit. */
+static http_timing *timing_slot(tld_http *h, const char *m, const char *route) {
+    for (int i = 0; i < h->ntimings; i++)
+        if (strcmp(h->timings[i].method, m) == 0 && strcmp(h->timings[i].route, route) == 0) return &h->timings[i];
+    http_timing *t = h->ntimings < HTTP_NCOUNTERS - 1 ? &h->timings[h->ntimings++] : &h->timings[HTTP_NCOUNTERS - 1];
+    if (!t->route) {
+        int overflow = t == &h->timings[HTTP_NCOUNTERS - 1];
+        snprintf(t->method, sizeof t->method, "%s", overflow ? "OTHER" : m);
+        t->route = overflow ? "overflow" : route;
+    }
+    return t;
+}
+
+/* Counts a refused request by its problem code (counter_mu held). */
+static void count_refusal(tld_http *h, const char *code) {
+    for (int i = 0; i < h->nrefusals; i++)
+        if (strcmp(h->refusals[i].code, code) == 0) {
+            h->refusals[i].n++;
+            return;
+        }
+    http_refusal *f = h->nrefusals < HTTP_NREFUSALS - 1 ? &h->refusals[h->nrefusals++] : &h->refusals[HTTP_NREFUSALS - 1];
+    if (!f->code[0]) snprintf(f->code, sizeof f->code, "%s", f == &h->refusals[HTTP_NREFUSALS - 1] ? "OTHER" : code);
+    f->n++;
+}
+
+/* A reply is about to be queued: its duration and, for a problem, its code. */
+static void time_request(tld_http *h, const tld_req *r, const char *code) {
+    const char *m = method_label(r->method);
+    double dt = tl_clock_mono_s() - r->t0;
+    pthread_mutex_lock(&h->counter_mu);
+    tld_hist_observe(&timing_slot(h, m, r->label)->hist, dt);
+    if (code && code[0]) count_refusal(h, code);
+    pthread_mutex_unlock(&h->counter_mu);
+}
+
 static void count_request(tld_http *h, const char *method, const char *route, int status) {
     const char *m = method_label(method);
     pthread_mutex_lock(&h->counter_mu);
@@ -168,6 +203,33 @@ static void count_request(tld_http *h, const char *method, const char *route, in
     }
     c->n++;
     pthread_mutex_unlock(&h->counter_mu);
+}
+
+void tld_http_timings(tld_http *h, void (*fn)(const char *method, const char *route, const tld_hist *hist, void *u),
+                     void *u) {
+    if (!h || !fn) return;
+    int n;
+    http_timing *copy = malloc(sizeof h->timings);
+    if (!copy) return;
+    pthread_mutex_lock(&h->counter_mu);
+    n = h->ntimings;
+    memcpy(copy, h->timings, sizeof h->timings);
+    pthread_mutex_unlock(&h->counter_mu);
+    for (int i = 0; i < n; i++) fn(copy[i].method, copy[i].route, &copy[i].hist, u);
+    if (n < HTTP_NCOUNTERS && copy[HTTP_NCOUNTERS - 1].route)
+        fn(copy[HTTP_NCOUNTERS - 1].method, copy[HTTP_NCOUNTERS - 1].route, &copy[HTTP_NCOUNTERS - 1].hist, u);
+    free(copy);
+}
+
+void tld_http_refusals(tld_http *h, void (*fn)(const char *code, uint64_t n, void *u), void *u) {
+    if (!h || !fn) return;
+    http_refusal copy[HTTP_NREFUSALS];
+    pthread_mutex_lock(&h->counter_mu);
+    int n = h->nrefusals;
+    memcpy(copy, h->refusals, sizeof copy);
+    pthread_mutex_unlock(&h->counter_mu);
+    for (int i = 0; i < n; i++) fn(copy[i].code, copy[i].n, u);
+    if (n < HTTP_NREFUSALS && copy[HTTP_NREFUSALS - 1].code[0]) fn(copy[HTTP_NREFUSALS - 1].code, copy[HTTP_NREFUSALS - 1].n, u);
 }
 
 void tld_http_counters(tld_http *h, void (*fn)(const char *method, const char *route, int status, uint64_t n, void *u),
@@ -437,6 +499,7 @@ static void reject_upload(tld_req *r) {
     size_t len = 0;
     char *doc = tld_http_problem_json(413, "BODY_TOO_LARGE", NULL, detail, &len);
     count_request(h, r->method, r->label, 413);
+    time_request(h, r, "BODY_TOO_LARGE");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!doc || !ci) goto done;
     char head[256];
@@ -470,6 +533,7 @@ done:
 static enum MHD_Result queue_reply(tld_req *r) {
     if (!r->resp) return MHD_NO; /* out of memory: close the connection */
     count_request(r->h, r->method, r->label, r->status);
+    time_request(r->h, r, r->problem_code);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, r->resp);
     MHD_destroy_response(r->resp);
     r->resp = NULL;
@@ -488,6 +552,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->h = h;
         r->conn = conn;
         r->method_full = method;
+        r->t0 = tl_clock_mono_s();
         snprintf(r->method, sizeof r->method, "%s", method);
         r->label = "unmatched";
         r->path = tld_http_strdup(url ? url : "");

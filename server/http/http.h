@@ -17,6 +17,7 @@
 #ifndef TLD_HTTP_H
 #define TLD_HTTP_H
 
+#include "http/histogram.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,11 @@ int tld_http_start(tld_http *h, char *err, size_t errlen);
 int tld_http_port(const tld_http *h);          /* the bound port */
 void tld_http_stop(tld_http *h);               /* stops accepting, closes connections, joins threads */
 void tld_http_free(tld_http *h);
+/* Request durations per (method, route), from arrival to the reply being queued: calls fn for each. */
+void tld_http_timings(tld_http *h, void (*fn)(const char *method, const char *route, const tld_hist *hist, void *u),
+                     void *u);
+/* Requests refused with a problem, by its code: calls fn for each code seen. */
+void tld_http_refusals(tld_http *h, void (*fn)(const char *code, uint64_t n, void *u), void *u);
 /* "route status count" lines for Prometheus: calls fn for each counter. */
 void tld_http_counters(tld_http *h, void (*fn)(const char *method, const char *route, int status, uint64_t n, void *u),
                       void *u);

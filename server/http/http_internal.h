@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 
 #include "http/http.h"
+#include "http/histogram.h"
 
 #define HTTP_MAX_SEGS 16            /* path segments a route pattern may have */
 #define HTTP_MAX_PARAMS 8           /* {param} segments per route */
@@ -62,6 +63,20 @@ typedef struct {
     uint64_t n;
 } http_counter;
 
+/* Request durations of one (method, route): from the request's arrival to its reply being queued. */
+typedef struct {
+    char method[8];
+    const char *route;
+    tld_hist hist;
+} http_timing;
+
+#define HTTP_NREFUSALS 64           /* problem codes counted; the last slot takes the rest */
+
+typedef struct {
+    char code[32];                  /* a problem's code: BODY_TOO_LARGE, MODEL_NOT_FOUND, ... */
+    uint64_t n;
+} http_refusal;
+
 struct tld_http {
     char *bind_addr;
     int port;                      /* configured; the bound one once started */
@@ -83,9 +98,13 @@ struct tld_http {
     struct MHD_Daemon *daemon;
     atomic_int stopping;
 
-    pthread_mutex_t counter_mu;
+    pthread_mutex_t counter_mu;     /* counters, timings and refusals */
     http_counter counters[HTTP_NCOUNTERS];
     int ncounters;
+    http_timing timings[HTTP_NCOUNTERS];
+    int ntimings;
+    http_refusal refusals[HTTP_NREFUSALS];
+    int nrefusals;
 
     pthread_mutex_t log_mu;
     char last_log[HTTP_LOG_MAX];
@@ -102,6 +121,8 @@ struct tld_req {
     int nsegs;                     /* -1: the path does not split into at most HTTP_MAX_SEGS */
     const http_route *route;       /* NULL: fallback or unmatched */
     const char *label;             /* counters' route label */
+    double t0;                     /* arrival, monotonic seconds */
+    char problem_code[32];         /* the code of a problem reply, "" otherwise */
     tld_handler fn;
     void *user;
     int nparams;

@@ -209,6 +209,7 @@ char *tld_http_problem_json(int status, const char *code, const char *pointer, c
 
 void tld_http_reply_problem_text(tld_req *r, int status, const char *code, const char *pointer, const char *detail) {
     if (tld_http_reply_begin(r, &status) != 0) return;
+    snprintf(r->problem_code, sizeof r->problem_code, "%s", code ? code : "ERROR"); /* counted by reason */
     size_t len = 0;
     char *doc = tld_http_problem_json(status, code, pointer, detail, &len);
     struct MHD_Response *resp = NULL;

@@ -68,6 +68,8 @@ struct tld_jobs {
     pthread_t scheduler;
     int scheduler_started;
     slot slots[MAX_SLOTS];
+    pthread_mutex_t hist_mu; /* step_hist */
+    tld_hist step_hist;      /* training step time, every job */
 };
 
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -178,6 +180,9 @@ static void h_step(const tl_step_report *r, void *u) {
     tld_jobs *J = s->J;
     int64_t t = tl_clock_wall_ms();
     atomic_store(&s->img_s, r->img_per_s);
+    pthread_mutex_lock(&J->hist_mu);
+    tld_hist_observe(&J->step_hist, r->step_seconds);
+    pthread_mutex_unlock(&J->hist_mu);
     tld_store_job_set_progress(J->store, s->id, r->epoch, r->step, r->total_steps, r->eta_seconds);
     tld_store_metric_add(J->store, s->id, "loss", r->step, r->loss, t);
     tld_store_metric_add(J->store, s->id, "loss_cls", r->step, r->loss_cls, t);
@@ -777,6 +782,7 @@ tld_jobs *tld_jobs_new(const tld_jobs_cfg *cfg, tld_store *store, tld_events *ev
     J->store = store;
     J->ev = events;
     pthread_mutex_init(&J->mu, NULL);
+    pthread_mutex_init(&J->hist_mu, NULL);
     pthread_cond_init(&J->wake, NULL);
     char runs[1100];
     snprintf(runs, sizeof runs, "%s/runs", J->state_dir);
@@ -924,6 +930,12 @@ int tld_jobs_running(tld_jobs *J) {
     return n;
 }
 
+void tld_jobs_step_times(tld_jobs *J, tld_hist *out) {
+    pthread_mutex_lock(&J->hist_mu);
+    *out = J->step_hist;
+    pthread_mutex_unlock(&J->hist_mu);
+}
+
 double tld_jobs_images_per_second(tld_jobs *J) {
     double s = 0.0;
     for (int i = 0; i < J->cfg.max_running; i++) s += atomic_load(&J->slots[i].img_s);
@@ -955,6 +967,7 @@ void tld_jobs_free(tld_jobs *J) {
     if (!J) return;
     tld_jobs_shutdown(J);
     pthread_mutex_destroy(&J->mu);
+    pthread_mutex_destroy(&J->hist_mu);
     pthread_cond_destroy(&J->wake);
     free(J->state_dir);
     free(J->data_root);

@@ -31,6 +31,7 @@
 #ifndef TLD_JOBS_H
 #define TLD_JOBS_H
 
+#include "http/histogram.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,8 @@ int tld_jobs_cancel(tld_jobs *j, int64_t id, char *err, size_t errlen);
 int tld_jobs_delete(tld_jobs *j, int64_t id, char *err, size_t errlen);
 int tld_jobs_running(tld_jobs *j);                 /* jobs training now */
 double tld_jobs_images_per_second(tld_jobs *j);    /* summed over running jobs */
+/* A copy of the training step time histogram, over every job since the daemon started. */
+void tld_jobs_step_times(tld_jobs *j, tld_hist *out);
 /* Stops the scheduler; running jobs checkpoint and go back to QUEUED. */
 void tld_jobs_shutdown(tld_jobs *j);
 void tld_jobs_free(tld_jobs *j);

@@ -125,6 +125,7 @@ static void e_step(const tl_step_report *r, void *u) {
     for (int k = 0; r->rank_img_per_s && k < r->ranks && k < TLD_RUN_EVENT_RANKS; k++)
         cJSON_AddItemToArray(a, number(r->rank_img_per_s[k]));
     add_num(o, "comm_seconds", r->comm_seconds);
+    add_num(o, "step_seconds", r->step_seconds);
     emit(t, o);
     if (t->inner.on_step) t->inner.on_step(r, t->inner.user);
 }
@@ -318,7 +319,7 @@ static int d_step(const cJSON *o, const tl_train_hooks *h, char *err, size_t err
         num(o, "img_per_s", &r.img_per_s, err, errlen) || num(o, "eta_seconds", &r.eta_seconds, err, errlen) ||
         num(o, "data_wait", &r.data_wait, err, errlen) || integer(o, "skipped_images", 0, BIG, &skipped, err, errlen) ||
         integer(o, "ranks", 1, TLD_RUN_EVENT_RANKS, &ranks, err, errlen) ||
-        num(o, "comm_seconds", &r.comm_seconds, err, errlen))
+        num(o, "comm_seconds", &r.comm_seconds, err, errlen) || num(o, "step_seconds", &r.step_seconds, err, errlen))
         return -1;
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "rank_img_per_s");
     double ips[TLD_RUN_EVENT_RANKS];

@@ -162,6 +162,8 @@ void *tld_models_batcher_main(void *arg) {
         }
         E->batches++;
         E->batch_ms_avg = E->batches == 1 ? ms : 0.8 * E->batch_ms_avg + 0.2 * ms;
+        tld_hist_observe(&E->compute_hist, ms / 1000.0);
+        for (int i = 0; i < B && ok; i++) tld_hist_observe(&E->queue_hist, batch[i]->out->queue_ms / 1000.0);
         pthread_cond_broadcast(&E->done_cv);
         pthread_cond_broadcast(&E->cv); /* lane 0 free again, or work left for another lane */
     }

@@ -129,7 +129,7 @@ char *tld_models_prometheus(tld_models *M) {
     entry **v = NULL;
     int n = tld_models_snapshot(M, &v);
     if (n < 0) return NULL;
-    size_t cap = 1024 + (size_t)n * 1024, len = 0;
+    size_t cap = 4096 + (size_t)n * 6144, len = 0; /* 6 lines and 2 histograms (19 lines each) per model */
     char *buf = malloc(cap);
     if (!buf) {
         for (int i = 0; i < n; i++) tld_models_entry_unref(v[i]);
@@ -150,7 +150,27 @@ char *tld_models_prometheus(tld_models *M) {
     static const char *const names[] = {"tokenlab_model_requests_total", "tokenlab_model_images_total",
                                         "tokenlab_model_batches_total",  "tokenlab_model_rejected_total",
                                         "tokenlab_model_queue_depth",    "tokenlab_model_ready"};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 8; k++) {
+        if (k >= 6) { /* the histograms */
+            static const char *const hh[] = {
+                "# HELP tokenlab_model_queue_seconds Time an image waits in its model's queue before its batch "
+                "runs.\n# TYPE tokenlab_model_queue_seconds histogram\n",
+                "# HELP tokenlab_model_compute_seconds Forward pass time of a model's batches.\n"
+                "# TYPE tokenlab_model_compute_seconds histogram\n"};
+            const char *hn = k == 6 ? "tokenlab_model_queue_seconds" : "tokenlab_model_compute_seconds";
+            len += (size_t)snprintf(buf + len, cap - len, "%s", hh[k - 6]);
+            if (len >= cap) len = cap - 1;
+            for (int i = 0; i < n; i++) {
+                entry *E = v[i];
+                char labels[128];
+                snprintf(labels, sizeof labels, "model=\"%s\"", E->row.name);
+                pthread_mutex_lock(&E->mu);
+                tld_hist h = k == 6 ? E->queue_hist : E->compute_hist;
+                pthread_mutex_unlock(&E->mu);
+                tld_hist_format(buf, cap, &len, hn, labels, &h);
+            }
+            continue;
+        }
         len += (size_t)snprintf(buf + len, cap - len, "%s", heads[k]);
         for (int i = 0; i < n && len < cap; i++) {
             entry *E = v[i];

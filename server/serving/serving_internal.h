@@ -30,6 +30,7 @@
 #include <time.h>
 
 #include "serving/models.h"
+#include "http/histogram.h"
 #include "tokenlab/model.h"
 
 #define TLD_MODELS_BATCH_MAX 64  /* the largest max_batch (tld_models_check_batching) and a lane's batch array */
@@ -82,6 +83,8 @@ typedef struct entry {
     int quit;
     int max_batch, max_delay_ms, max_queue;
     uint64_t requests, images, batches, rejected, expired;
+    tld_hist queue_hist;     /* per image: from queued to its batch starting */
+    tld_hist compute_hist;   /* per batch: its forward pass */
     double batch_ms_avg;     /* moving average of a batch's forward time */
 
     /* the batchers: one lane per compute thread (see batcher.c) */

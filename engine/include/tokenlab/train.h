@@ -41,6 +41,7 @@ typedef struct {
     int ranks;
     const double *rank_img_per_s; /* (ranks) images/s of each rank's forward and backward, this step */
     double comm_seconds;   /* this step's gradient sum across the ranks (0 on one process) */
+    double step_seconds;   /* this step's wall time: data, forward, backward, sums, AdamW */
 } tl_step_report;
 
 /* The ranks of a distributed job, reported once at the start (hooks.on_ranks). */

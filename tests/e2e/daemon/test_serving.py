@@ -24,6 +24,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -660,6 +661,51 @@ def t_delete(d):
     assert st == 200
 
 
+def prom_samples(text):
+    """{(name, frozenset of label pairs): value} of a Prometheus text page."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$', line)
+        assert m, "not a sample line: %r" % line
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def hist_ok(samples, name, labels):
+    """The histogram's buckets are cumulative and end at its count; returns the count."""
+    lab = set(labels.items())
+    buckets = sorted(((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"])), v)
+                     for k, v in samples.items()
+                     if k[0] == name + "_bucket" and lab <= set(k[1]) and len(set(k[1]) - lab) == 1)
+    assert buckets, "no buckets of %s %s" % (name, labels)
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts), "%s buckets not cumulative: %s" % (name, counts)
+    count = samples[(name + "_count", frozenset(labels.items()))]
+    assert buckets[-1][0] == float("inf") and counts[-1] == count, (name, buckets[-1], count)
+    assert samples[(name + "_sum", frozenset(labels.items()))] >= 0
+    return count
+
+
+@check("Prometheus histograms and refusals by reason")
+def t_prometheus(d):
+    st, _, _, data = d.request("GET", "/metrics", token=False)
+    assert st == 200
+    s = prom_samples(data.decode())
+    n = hist_ok(s, "tokenlab_http_request_duration_seconds",
+                {"method": "POST", "route": "/api/v1/models/{name}/predict"})
+    assert n >= 5, n
+    assert hist_ok(s, "tokenlab_http_request_duration_seconds", {"method": "GET", "route": "/v2/models/{name}"}) >= 1
+    assert hist_ok(s, "tokenlab_model_queue_seconds", {"model": "synth"}) >= 5
+    assert hist_ok(s, "tokenlab_model_compute_seconds", {"model": "synth"}) >= 1
+    assert hist_ok(s, "tokenlab_training_step_seconds", {}) >= 10
+    for code, least in (("MODEL_NOT_FOUND", 2), ("BATCH_TOO_LARGE", 2), ("MODEL_VERSION_NOT_FOUND", 3)):
+        got = s.get(("tokenlab_http_refused_total", frozenset({("code", code)})), 0)
+        assert got >= least, "refused %s: %s, expected at least %d" % (code, got, least)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -673,7 +719,7 @@ def main():
         print("note: %s is absent; real-photo checks use synthetic JPEGs" % PHOTOS)
     d = TD.Daemon(TD.ARGS.work, extra=["--max-body", str(8 * 1024 * 1024)])
     return TD.run_checks(d, (t_train, t_register, t_register_bad, t_predict, t_predict_synth, t_multipart, t_bad_inputs,
-                               t_batching, t_queue, t_kserve, t_oip, t_upload, t_warm_pages, t_samples, t_restart, t_delete))
+                               t_batching, t_queue, t_kserve, t_oip, t_upload, t_warm_pages, t_samples, t_prometheus, t_restart, t_delete))
 
 
 if __name__ == "__main__":
