@@ -12,9 +12,11 @@
  * Recovery (tld_jobs_new): a job left RUNNING or CANCELLING by a daemon that
  * died is re-queued as attempt+1 to resume from its last checkpoint, after
  * dropping the metric points past that checkpoint's step; one with no
- * checkpoint restarts from scratch; one that has already been retried
- * max_attempts times is marked FAILED with DAEMON_RESTART. A CANCELLING job
- * becomes CANCELLED.
+ * checkpoint restarts from scratch. The crash-loop guard: a job whose last
+ * max_attempts attempts in a row each began from no further than the one
+ * before (no new checkpoint, or no new annotate part) is marked FAILED with
+ * DAEMON_RESTART instead; attempts that made progress never count (store v5).
+ * A CANCELLING job becomes CANCELLED.
  * Shutdown (tld_jobs_shutdown): running jobs finish their step, checkpoint and
  * return to QUEUED (DAEMON_SHUTDOWN), then the threads are joined.
  *
@@ -24,7 +26,7 @@
  * in-process job; a cancel or shutdown asks the ranks to checkpoint and stop.
  * An attempt that ends without the job's end (a rank or host lost) re-queues
  * the job as attempt+1 (RANK_LOST) to resume from its checkpoint, as
- * recovery does; after max_attempts it fails.
+ * recovery does, under the same crash-loop guard.
  *
  * Thread-safe: HTTP handlers call submit/cancel/delete from any thread.
  */
@@ -45,7 +47,7 @@ typedef struct {
     const char *data_root;   /* job specs name datasets relative to it */
     int max_running;         /* default 1 */
     int threads_per_job;     /* default: all cores / max_running */
-    int max_attempts;        /* default 3 */
+    int max_attempts;        /* attempts in a row without progress before a job fails; default 3 */
     const tld_mpi *mpi;      /* distributed jobs (mpi_job.h), NULL: refused at submit; outlives the jobs */
 } tld_jobs_cfg;
 
