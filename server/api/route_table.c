@@ -63,7 +63,11 @@ const tld_route_def tld_route_table[] = {
 };
 const size_t tld_route_table_len = sizeof tld_route_table / sizeof tld_route_table[0];
 
+static void wake_streams(void *http) { tld_http_wake(http); }
+
 int tld_routes_register(tld_routes *R) {
+    /* the event streams park while there is nothing to send; a published event wakes them */
+    if (R->events) tld_events_on_publish(R->events, wake_streams, R->http);
     for (size_t i = 0; i < tld_route_table_len; i++) {
         const tld_route_def *t = &tld_route_table[i];
         if (tld_http_route_limit(R->http, t->method, t->pattern, t->auth, t->fn, R, t->max_body) != 0) return -1;

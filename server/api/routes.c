@@ -402,12 +402,16 @@ typedef struct {
     tld_routes *R;
     int64_t job;
     uint64_t after;
-    char pending[64 * 1024];
+    char *pending;   /* bytes to send, allocated while there are some (an idle stream holds none) */
     size_t plen, pos;
     int finished;    /* the job reached a final state: end after pending is sent */
-    int grace;       /* the job was seen final once: one short wait for its last events */
-    int heartbeat;
+    double grace;    /* when the job was first seen final with nothing newer (0: not yet): its last
+                      * events get SSE_GRACE_S more */
+    double last_sent;/* when bytes last went out: a heartbeat after SSE_HEARTBEAT_S of quiet */
 } sse_state;
+
+#define SSE_HEARTBEAT_S 15.0
+#define SSE_GRACE_S 0.5
 
 static int job_final(tld_routes *R, int64_t id) {
     tld_job j;
@@ -418,13 +422,22 @@ static int job_final(tld_routes *R, int64_t id) {
     return f;
 }
 
+#define SSE_PENDING (64 * 1024) /* bytes a stream gathers at once, at most */
+
 static void sse_append(sse_state *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void sse_append(sse_state *s, const char *fmt, ...) {
+    if (!s->pending && !(s->pending = malloc(SSE_PENDING))) return;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(s->pending + s->plen, sizeof s->pending - s->plen, fmt, ap);
+    int n = vsnprintf(s->pending + s->plen, SSE_PENDING - s->plen, fmt, ap);
     va_end(ap);
-    if (n > 0 && (size_t)n < sizeof s->pending - s->plen) s->plen += (size_t)n;
+    if (n > 0 && (size_t)n < SSE_PENDING - s->plen) s->plen += (size_t)n;
+}
+
+static void sse_free(void *state) {
+    sse_state *s = state;
+    free(s->pending);
+    free(s);
 }
 
 static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
@@ -432,26 +445,33 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     if (s->pos == s->plen) {
         s->pos = s->plen = 0;
+        free(s->pending); /* drained: an idle stream keeps no buffer */
+        s->pending = NULL;
         if (s->finished) return -1;
         tld_event ev[32];
         int n = 0;
         uint64_t next;
-        tld_ev_status st = tld_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, s->grace ? 500 : 15000);
+        double now = tl_clock_mono_s();
+        /* never waits: with nothing to send the HTTP layer parks the stream until an event is published */
+        tld_ev_status st = tld_events_wait(s->R->events, s->after, s->job, ev, 32, &n, &next, 0);
         if (st == TLD_EV_CLOSED) return -1;
         if (st == TLD_EV_GAP) sse_append(s, "event: reset\ndata: {\"id\":%lld}\n\n", (long long)s->job);
-        for (int i = 0; i < n && s->plen + 600 < sizeof s->pending; i++) {
+        for (int i = 0; i < n && s->plen + 600 < SSE_PENDING; i++) {
             sse_append(s, "id: %llu\nevent: %s\ndata: %s\n\n", (unsigned long long)ev[i].id, ev[i].type, ev[i].data);
             s->after = ev[i].id;
         }
         if (n == 0) s->after = next > s->after ? next : s->after;
-        if (st == TLD_EV_TIMEOUT && n == 0) sse_append(s, ": heartbeat\n\n");
+        if (n == 0 && s->plen == 0 && now - s->last_sent >= SSE_HEARTBEAT_S) sse_append(s, ": heartbeat\n\n");
         /* The store commits a final state just before its event is published: seeing the state final with
-         * nothing newer on the bus, wait once more (briefly) so that the final state event is sent too. */
+         * nothing newer on the bus, wait a little (SSE_GRACE_S) so that the final state event is sent too. */
+        int soon = 0;
         if (s->job && job_final(s->R, s->job) && tld_events_last_id(s->R->events) <= s->after) {
-            if (s->grace) s->finished = 1;
-            s->grace = 1;
+            if (s->grace == 0.0) s->grace = now;
+            if (now - s->grace >= SSE_GRACE_S) s->finished = 1;
+            else soon = 1;
         }
-        if (s->plen == 0) return 0;
+        if (s->plen == 0) return s->finished ? -1 : soon ? TLD_STREAM_SOON : 0;
+        s->last_sent = now;
     }
     size_t k = s->plen - s->pos < max ? s->plen - s->pos : max;
     memcpy(buf, s->pending + s->pos, k);
@@ -485,15 +505,17 @@ void tld_h_job_events(tld_req *r, void *u) {
          * insignificant JSON whitespace, and inside strings valid JSON has none, so a space is safe. */
         for (char *c = txt; c && *c; c++)
             if (*c == '\n' || *c == '\r') *c = ' ';
-        if (txt && strlen(txt) + 64 < sizeof s->pending)
+        if (txt && strlen(txt) + 64 < SSE_PENDING)
             sse_append(s, "id: %llu\nevent: snapshot\ndata: %s\n\n", (unsigned long long)s->after, txt);
         free(txt);
     }
     s->finished = 0;
-    s->grace = tld_job_state_final(j.state); /* a finished job's stream ends after what is left on the bus */
+    s->last_sent = tl_clock_mono_s();
+    /* a finished job's stream ends after what is left on the bus */
+    s->grace = tld_job_state_final(j.state) ? s->last_sent - SSE_GRACE_S : 0.0;
     tld_job_free(&j);
     tld_reply_header(r, "X-Accel-Buffering", "no");
-    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, sse_free);
 }
 
 /* Every job's events (the dashboard's job list); never ends by itself. */
@@ -509,8 +531,9 @@ void tld_h_events_all(tld_req *r, void *u) {
     const char *last = tld_req_header(r, "Last-Event-ID");
     int64_t after;
     s->after = last && tld_routes_parse_i64(last, 0, INT64_MAX, &after) == 0 ? (uint64_t)after : tld_events_last_id(R->events);
+    s->last_sent = tl_clock_mono_s();
     tld_reply_header(r, "X-Accel-Buffering", "no");
-    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, free);
+    tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, sse_free);
 }
 
 /* ---- daemon ---- */

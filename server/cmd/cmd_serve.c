@@ -50,7 +50,10 @@ typedef struct {
     int threads_per_job;
     long long max_body;
     int timeout_s;
-    int max_connections;
+    int max_connections;     /* clients held at once */
+    int per_client;          /* connections per client address */
+    int handler_threads;
+    int header_timeout_s;
     char token[128];         /* from TOKENLAB_TOKEN, else the token file */
     char web_dir[1024];      /* the built dashboard; "" = TL_WEB_DIST (web/CMakeLists.txt) */
     char mpi_hostfile[1024]; /* "" = no distributed jobs */
@@ -68,6 +71,10 @@ static const char *USAGE =
     "  --threads-per-job N    compute threads per job (TOKENLAB_THREADS_PER_JOB, default cores/max-running)\n"
     "  --max-body BYTES       request body limit (TOKENLAB_MAX_BODY, default 16777216)\n"
     "  --timeout S            idle connection timeout (TOKENLAB_TIMEOUT, default 30)\n"
+    "  --max-clients N        connections held at once; past it 503 (TOKENLAB_MAX_CLIENTS, default 10000)\n"
+    "  --per-client N         connections one client address may hold (TOKENLAB_PER_CLIENT, default 1024)\n"
+    "  --handler-threads N    threads that run request handlers (TOKENLAB_HANDLER_THREADS, default 16)\n"
+    "  --header-timeout S     a request's headers must arrive within S (TOKENLAB_HEADER_TIMEOUT, default 10)\n"
     "  --web-dir DIR          the built dashboard served at / (TOKENLAB_WEB_DIR, default: the build's web/dist)\n"
     "  --mpi-hostfile FILE    run jobs whose spec has \"distributed\": {\"ranks\": N} with Open MPI's mpirun\n"
     "                         on the hosts of FILE, an Open MPI hostfile: lines `host [slots=K]`, # comments\n"
@@ -75,7 +82,8 @@ static const char *USAGE =
     "  --mpi-arg ARG          one more argument for every mpirun (repeat it; e.g. --mpi-arg --mca\n"
     "                         --mpi-arg btl_tcp_if_include --mpi-arg eth0)\n"
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
-    "                         threads_per_job, max_body, timeout, web_dir, mpi_hostfile\n"
+    "                         threads_per_job, max_body, timeout, max_clients, per_client, handler_threads,\n"
+    "                         header_timeout, web_dir, mpi_hostfile\n"
     "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
     "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
     "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
@@ -103,6 +111,10 @@ static int apply(serve_cfg *c, const char *key, const char *v) {
     else if (!strcmp(key, "threads_per_job")) { if (set_int(key, v, 0, 256, &x)) return -1; c->threads_per_job = (int)x; }
     else if (!strcmp(key, "max_body")) { if (set_int(key, v, 1024, 1LL << 34, &x)) return -1; c->max_body = x; }
     else if (!strcmp(key, "timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->timeout_s = (int)x; }
+    else if (!strcmp(key, "max_clients")) { if (set_int(key, v, 16, 1000000, &x)) return -1; c->max_connections = (int)x; }
+    else if (!strcmp(key, "per_client")) { if (set_int(key, v, 1, 1000000, &x)) return -1; c->per_client = (int)x; }
+    else if (!strcmp(key, "handler_threads")) { if (set_int(key, v, 1, 1024, &x)) return -1; c->handler_threads = (int)x; }
+    else if (!strcmp(key, "header_timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->header_timeout_s = (int)x; }
     else if (!strcmp(key, "web_dir")) snprintf(c->web_dir, sizeof c->web_dir, "%s", v);
     else if (!strcmp(key, "mpi_hostfile")) snprintf(c->mpi_hostfile, sizeof c->mpi_hostfile, "%s", v);
     else {
@@ -152,6 +164,9 @@ static const struct {
     {"--max-running", "TOKENLAB_MAX_RUNNING", "max_running"},
     {"--threads-per-job", "TOKENLAB_THREADS_PER_JOB", "threads_per_job"},
     {"--max-body", "TOKENLAB_MAX_BODY", "max_body"}, {"--timeout", "TOKENLAB_TIMEOUT", "timeout"},
+    {"--max-clients", "TOKENLAB_MAX_CLIENTS", "max_clients"}, {"--per-client", "TOKENLAB_PER_CLIENT", "per_client"},
+    {"--handler-threads", "TOKENLAB_HANDLER_THREADS", "handler_threads"},
+    {"--header-timeout", "TOKENLAB_HEADER_TIMEOUT", "header_timeout"},
     {"--web-dir", "TOKENLAB_WEB_DIR", "web_dir"},
     {"--mpi-hostfile", "TOKENLAB_MPI_HOSTFILE", "mpi_hostfile"},
 };
@@ -159,7 +174,8 @@ static const struct {
 
 static int parse_args(serve_cfg *c, int argc, char **argv) {
     *c = (serve_cfg){.bind = "127.0.0.1", .port = 8080, .state_dir = "tokenlab-data", .data_root = ".",
-                     .max_running = 1, .max_body = 16 << 20, .timeout_s = 30, .max_connections = 256};
+                     .max_running = 1, .max_body = 16 << 20, .timeout_s = 30, .max_connections = 10000,
+                     .per_client = 1024, .handler_threads = 16, .header_timeout_s = 10};
     const char *config = NULL;
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[i + 1];
@@ -293,7 +309,8 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tokenlabd serve: models: %s\n", err);
         goto fail;
     }
-    tld_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL};
+    tld_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL,
+                       c.per_client, c.handler_threads, c.header_timeout_s};
     http = tld_http_new(&hc, err, sizeof err);
     if (!http) {
         fprintf(stderr, "tokenlabd serve: http: %s\n", err);
@@ -329,6 +346,8 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
            TL_VERSION, c.bind, tld_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    printf("clients: up to %d connections (%d per address), handlers on %d threads, headers within %d s\n",
+           tld_http_capacity(http), c.per_client, c.handler_threads, c.header_timeout_s);
     if (c.mpi_hostfile[0])
         printf("distributed jobs: mpirun %s on %d hosts, %d slots (%s)\n", mpi.mpirun, mpi.hosts.n,
                mpi.hosts.total_slots, mpi.hostfile);

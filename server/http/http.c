@@ -285,11 +285,20 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     }
     pthread_mutex_init(&h->counter_mu, NULL);
     pthread_mutex_init(&h->log_mu, NULL);
+    pthread_mutex_init(&h->pool_mu, NULL);
+    pthread_cond_init(&h->pool_cv, NULL);
+    pthread_mutex_init(&h->park_mu, NULL);
+    pthread_cond_init(&h->park_cv, NULL);
+    pthread_mutex_init(&h->conn_mu, NULL);
     atomic_init(&h->stopping, 0);
+    atomic_init(&h->nconns, 0);
     h->quiet = getenv("TL_HTTP_QUIET") != NULL;
     h->port = cfg->port;
     h->max_connections = cfg->max_connections > 0 ? cfg->max_connections : HTTP_DEFAULT_CONNECTIONS;
     h->timeout_s = cfg->timeout_s > 0 ? cfg->timeout_s : HTTP_DEFAULT_TIMEOUT_S;
+    h->handler_threads = cfg->handler_threads > 0 ? cfg->handler_threads : HTTP_DEFAULT_HANDLER_THREADS;
+    h->header_timeout_s = cfg->header_timeout_s > 0 ? cfg->header_timeout_s : HTTP_DEFAULT_HEADER_TIMEOUT_S;
+    h->per_client = cfg->per_client > 0 ? cfg->per_client : HTTP_DEFAULT_PER_CLIENT;
     h->max_body = cfg->max_body > 0 ? cfg->max_body : HTTP_DEFAULT_MAX_BODY;
     if (h->max_body > SIZE_MAX / 4) h->max_body = SIZE_MAX / 4;
 
@@ -461,6 +470,7 @@ static int admit(tld_req *r) {
             tld_reply_problem(r, 413, "BODY_TOO_LARGE", NULL, "the request body is larger than %zu bytes", r->max_body);
             return -1;
         }
+        r->expect_body = n > 0 ? (double)n : 0.0;
         if (n > 0) { /* the exact size up to 1 MiB, so small bodies are never copied while they grow */
             size_t cap = (size_t)(n < HTTP_BODY_PREALLOC ? n : HTTP_BODY_PREALLOC) + 1;
             r->body = malloc(cap);
@@ -469,6 +479,8 @@ static int admit(tld_req *r) {
                 r->body[0] = '\0';
             }
         }
+    } else if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        r->expect_body = (double)r->max_body; /* chunked: at most max_body */
     }
     return 0;
 }
@@ -559,7 +571,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->segbuf = tld_http_strdup(url ? url : "");
         if (!r->path || !r->segbuf) return MHD_NO;
         r->nsegs = tld_http_split_path(r->segbuf, r->segs, HTTP_MAX_SEGS);
+        http_conn *k = tld_http_conn_of(conn);
+        if (k && k->over_cap) { /* past max_connections: answered, then closed */
+            tld_reply_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+            tld_reply_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
+            tld_reply_problem(r, 503, "TOO_MANY_CONNECTIONS", NULL,
+                                        "the daemon holds its maximum of %d connections; try again later",
+                                        h->max_connections);
+            return queue_reply(r);
+        }
         if (admit(r) != 0) return queue_reply(r);
+        /* the body, if any, must come in within the idle timeout plus its size at HTTP_BODY_MIN_RATE */
+        tld_http_conn_phase(h, k, r->expect_body > 0 ? HTTP_PHASE_BODY : HTTP_PHASE_HANDLED,
+                            r->expect_body > 0 ? r->t0 + h->timeout_s + r->expect_body / HTTP_BODY_MIN_RATE : 0.0);
         return MHD_YES;
     }
 
@@ -584,9 +608,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 
     if (r->too_large) return MHD_NO; /* the 413 went out already */
+    if (r->handled) return queue_reply(r); /* back from a handler thread */
+    if (r->dispatched) return MHD_YES;     /* not expected: the connection is suspended meanwhile */
+    tld_http_conn_phase(h, tld_http_conn_of(conn), HTTP_PHASE_HANDLED, 0.0);
+    r->dispatched = 1;
+    if (tld_http_dispatch(h, r) != 0) {
+        r->dispatched = 0;
+        tld_reply_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        tld_reply_problem(r, 503, "BUSY", NULL, "every handler thread is busy and %d requests are waiting",
+                                    HTTP_POOL_QUEUE);
+        return queue_reply(r);
+    }
+    return MHD_YES;
+}
+
+void tld_http_run_handler(tld_req *r) {
     r->fn(r, r->user);
     if (!r->replied) {
-        tld_http_log(h, "%s %s: the handler returned without replying", r->method, r->path);
+        tld_http_log(r->h, "%s %s: the handler returned without replying", r->method, r->path);
         for (int i = 0; i < r->nheaders; i++) { /* meant for a reply that never came */
             free(r->hnames[i]);
             free(r->hvals[i]);
@@ -594,12 +633,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->nheaders = 0;
         tld_http_reply_problem_text(r, 500, "INTERNAL", NULL, "internal error");
     }
-    return queue_reply(r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
     req_free(*con_cls);
     *con_cls = NULL;
+    /* a kept-alive connection waits for the next request's headers, within header_timeout_s */
+    tld_http_conn_phase(cls, tld_http_conn_of(conn), HTTP_PHASE_HEADERS, 0.0);
 }
 
 int tld_http_start(tld_http *h, char *err, size_t errlen) {
@@ -612,19 +652,26 @@ int tld_http_start(tld_http *h, char *err, size_t errlen) {
     pthread_mutex_lock(&h->log_mu);
     h->last_log[0] = '\0';
     pthread_mutex_unlock(&h->log_mu);
-    unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-                         MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    tld_http_raise_nofile(h);
+    if (tld_http_conn_start(h, err, errlen) != 0) return -1;
+    unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (h->ipv6) flags |= MHD_USE_IPv6;
-    /* The logger first, or MHD logs the options before it to its own logger. */
+    /* The logger first, or MHD logs the options before it to its own logger. Connections past
+     * max_connections are still accepted (up to a margin) so that they can be answered 503. */
     h->daemon = MHD_start_daemon(flags, (uint16_t)h->port, NULL, NULL, on_request, h,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h,
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&h->addr,
+                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)HTTP_EVENT_THREADS,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)h->timeout_s,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned int)h->max_connections,
+                                 MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned int)(h->max_connections + HTTP_MARGIN_CONNECTIONS),
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)h->per_client,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_MEMORY_LIMIT,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                                 MHD_OPTION_NOTIFY_CONNECTION, tld_http_on_connection, h,
                                  MHD_OPTION_END);
     if (!h->daemon) {
+        tld_http_conn_stop(h);
         int e = errno;
         pthread_mutex_lock(&h->log_mu);
         if (h->last_log[0])
@@ -643,10 +690,13 @@ int tld_http_port(const tld_http *h) {
     return h ? h->port : 0;
 }
 
+int tld_http_capacity(const tld_http *h) { return h ? h->max_connections : 0; }
+
 void tld_http_stop(tld_http *h) {
     if (!h || !h->daemon) return;
-    atomic_store(&h->stopping, 1); /* streams waiting for data end */
-    MHD_stop_daemon(h->daemon);    /* closes the connections and joins their threads */
+    atomic_store(&h->stopping, 1); /* streams end instead of parking */
+    tld_http_conn_stop(h);         /* every suspended connection resumed: MHD refuses to stop with one */
+    MHD_stop_daemon(h->daemon);    /* closes the connections and joins its threads */
     h->daemon = NULL;
 }
 
@@ -664,5 +714,10 @@ void tld_http_free(tld_http *h) {
     free(h->bind_addr);
     pthread_mutex_destroy(&h->counter_mu);
     pthread_mutex_destroy(&h->log_mu);
+    pthread_mutex_destroy(&h->pool_mu);
+    pthread_cond_destroy(&h->pool_cv);
+    pthread_mutex_destroy(&h->park_mu);
+    pthread_cond_destroy(&h->park_cv);
+    pthread_mutex_destroy(&h->conn_mu);
     free(h);
 }

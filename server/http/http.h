@@ -27,11 +27,14 @@ typedef struct tld_req tld_req;
 typedef struct {
     const char *bind_addr;       /* "127.0.0.1" */
     int port;                    /* 0: any free port (see tld_http_port) */
-    int max_connections;         /* default 256; past it new connections are refused */
+    int max_connections;         /* default 10000; past it new connections are answered 503 and closed */
     int timeout_s;               /* idle connection timeout, default 30 */
     size_t max_body;             /* bytes, default 16 MiB */
     const char *token;           /* bearer token required on mutating routes (POST, PUT, DELETE) */
     const char *const *extra_hosts; /* further Host names allowed (NULL-terminated), may be NULL */
+    int per_client;              /* connections one client address may hold, default 1024 (MHD closes more) */
+    int handler_threads;         /* threads that run handlers, default 16 */
+    int header_timeout_s;        /* a request's headers must arrive within this, default 10 */
 } tld_http_cfg;
 
 /* A handler answers with tld_reply_* exactly once. */
@@ -54,6 +57,10 @@ void tld_http_free(tld_http *h);
 /* Request durations per (method, route), from arrival to the reply being queued: calls fn for each. */
 void tld_http_timings(tld_http *h, void (*fn)(const char *method, const char *route, const tld_hist *hist, void *u),
                      void *u);
+/* Asks the parked streams for more data soon (events were published). Any thread; cheap. */
+void tld_http_wake(tld_http *h);
+/* The most connections held at once (max_connections, after the open-file limit). */
+int tld_http_capacity(const tld_http *h);
 /* Requests refused with a problem, by its code: calls fn for each code seen. */
 void tld_http_refusals(tld_http *h, void (*fn)(const char *code, uint64_t n, void *u), void *u);
 /* "route status count" lines for Prometheus: calls fn for each counter. */
@@ -77,10 +84,14 @@ void tld_reply_header(tld_req *r, const char *name, const char *value);
 void tld_reply_problem(tld_req *r, int status, const char *code, const char *pointer, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 void tld_reply_bytes(tld_req *r, int status, const char *content_type, const void *data, size_t len);
-/* A streaming reply (Server-Sent Events, large files): fn is called on an MHD thread for more data;
- * it returns bytes written into buf (<= max), 0 to wait and be called again after a short pause,
- * or -1 at the end. free_fn releases state when the connection ends. */
+/* A streaming reply (Server-Sent Events, large files): fn is called on an event-loop thread for more
+ * data and must not block; it returns bytes written into buf (<= max), 0 when it has nothing now (the
+ * stream is parked, costing no thread, and fn is called again after tld_http_wake or within a few
+ * seconds), TLD_STREAM_SOON (the same, asked again within about 0.1 s), or -1 at the end. free_fn
+ * releases state when the connection ends. */
 typedef long (*tld_stream_fn)(void *state, uint64_t pos, char *buf, size_t max);
+/* A stream function's answer: nothing now, but ask again within about HTTP_SOON_MS (a short grace). */
+#define TLD_STREAM_SOON (-2)
 void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stream_fn fn, void *state,
                      void (*free_fn)(void *state));
 

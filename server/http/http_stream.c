@@ -1,13 +1,12 @@
 /*
  * http_stream.c: streaming replies (tld_reply_stream: Server-Sent Events,
- * large files). See http.c's design comment, "Streams", for the blocking
- * reader: while fn returns 0 the wrapper waits 25 ms in poll() on the socket
- * and asks again, ending the stream when the client is gone, when
- * tld_http_stop runs, or after the idle timeout.
+ * large files). See http.c's design comment, "Streams": when fn has nothing
+ * the stream is parked (http_conn.c) instead of waiting on a thread; it ends
+ * when fn says so, when tld_http_stop runs, or after the idle timeout.
  *
  * Owns http_stream, one per tld_reply_stream, owned by the MHD response;
- * MHD's free callback releases it and calls the caller's free_fn. Runs on the
- * connection's thread.
+ * MHD's free callback takes it off the parked list, releases it and calls
+ * the caller's free_fn. Runs on libmicrohttpd's event-loop threads.
  */
 #include "http/http.h"
 
@@ -31,41 +30,32 @@
 #include "http/http_internal.h"
 #include "tokenlab/base.h"
 
-static void peer_wait(int fd, int ms, int *gone) {
-    if (fd < 0) {
-        struct timespec ts = {0, (long)ms * 1000000L};
-        nanosleep(&ts, NULL);
-        return;
-    }
-    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
-    int n = poll(&p, 1, ms);
-    if (n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) *gone = 1;
-}
-
+/* libmicrohttpd's reader, on its event-loop thread. fn must not block: when it has nothing (0), the stream
+ * is parked (its connection suspended: no thread, no polling) until tld_http_wake or its tick, then asked
+ * again; a client that left is noticed when the next bytes fail to go out. */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     http_stream *s = cls;
-    double since = tl_clock_mono_s();
-    for (;;) {
-        if (atomic_load(&s->h->stopping)) return MHD_CONTENT_READER_END_WITH_ERROR;
-        long n = s->fn(s->state, pos, buf, max);
-        if (n > 0) {
-            if ((size_t)n > max) {
-                tld_http_log(s->h, "stream function returned %ld bytes for a %zu-byte buffer", n, max);
-                return MHD_CONTENT_READER_END_WITH_ERROR;
-            }
-            return (ssize_t)n;
+    if (atomic_load(&s->h->stopping) || s->gone) return MHD_CONTENT_READER_END_WITH_ERROR;
+    long n = s->fn(s->state, pos, buf, max);
+    double now = tl_clock_mono_s();
+    if (n > 0) {
+        if ((size_t)n > max) {
+            tld_http_log(s->h, "stream function returned %ld bytes for a %zu-byte buffer", n, max);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (n == -1) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (n < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (tl_clock_mono_s() - since >= (double)s->h->timeout_s) return MHD_CONTENT_READER_END_WITH_ERROR; /* idle */
-        int gone = 0;
-        peer_wait(s->fd, HTTP_STREAM_PAUSE_MS, &gone);
-        if (gone) return MHD_CONTENT_READER_END_WITH_ERROR;
+        s->last_data = now;
+        return (ssize_t)n;
     }
+    if (n == -1) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n < 0 && n != TLD_STREAM_SOON) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (now - s->last_data >= (double)s->h->timeout_s) return MHD_CONTENT_READER_END_WITH_ERROR; /* idle */
+    if (tld_http_park(s, n == TLD_STREAM_SOON) != 0) return MHD_CONTENT_READER_END_WITH_ERROR; /* stopping */
+    return 0; /* suspended: MHD asks again after the resume */
 }
 
 static void stream_free(void *cls) {
     http_stream *s = cls;
+    tld_http_unpark(s);
     if (s->free_fn) s->free_fn(s->state);
     free(s);
 }
@@ -96,6 +86,8 @@ void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stre
     s->fn = fn;
     s->state = state;
     s->free_fn = free_fn;
+    s->conn = r->conn;
+    s->last_data = tl_clock_mono_s();
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     s->fd = ci ? ci->connect_fd : -1;
     struct MHD_Response *resp =

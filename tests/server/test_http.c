@@ -138,7 +138,7 @@ static long stream_fn(void *state, uint64_t pos, char *buf, size_t max) {
     if (s->sent == 5) return -1;
     if (now_s() - s->last < 0.04) {
         s->zeros++;
-        return 0;
+        return TLD_STREAM_SOON; /* parked, asked again within about 0.1 s */
     }
     int n = snprintf(buf, max, "data: chunk %d\n\n", s->sent);
     s->sent++;
@@ -164,7 +164,7 @@ static atomic_int idle_calls, idle_freed;
 
 static long idle_fn(void *state, uint64_t pos, char *buf, size_t max) {
     atomic_fetch_add(&idle_calls, 1);
-    return 0;
+    return TLD_STREAM_SOON; /* asked again and again, never anything */
 }
 
 static void idle_free(void *state) {
@@ -787,7 +787,7 @@ static void test_stream(void **state) {
     for (int i = 0; i < 200 && atomic_load(&stream_freed) == 0; i++) sleep_ms(10);
     assert_int_equal(atomic_load(&stream_freed), 1);
     assert_true(atomic_load(&stream_zeros) > 0);
-    assert_true(atomic_load(&stream_zeros) < 100); /* paused ~25 ms between asks, not spinning */
+    assert_true(atomic_load(&stream_zeros) < 100); /* parked ~0.1 s between asks, not spinning */
 }
 
 static void test_stream_idle_timeout(void **state) {
