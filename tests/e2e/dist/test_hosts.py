@@ -8,7 +8,8 @@ usage: test_hosts.py --bin build/bin/tokenlabd --work DIR [--netns-script script
 Covers (docs/DISTRIBUTED.md):
 - the tiny spec of test_ranks.py on 2 hosts succeeds, its run log names the
   two hosts, and its last.safetensors and best.safetensors are byte-identical
-  to the same spec on one process without mpirun;
+  to the same spec on one process without mpirun; its metric lines carry
+  "comm_s" (the step's gradient sum), the one-process run's do not;
 - SIGKILL of the rank on the second host (its `tokenlabd run` process) once
   the first checkpoint exists, within the epoch after it: mpirun ends within
   KILL_BOUND seconds with a non-zero status (not ending in time is a
@@ -138,6 +139,9 @@ def run_checks(c, hosts):
         same(c.file("p1"), c.file("h2"))
         same(c.file("p1", "best.safetensors"), c.file("h2", "best.safetensors"))
         steps_once(c.file("h2", "metrics.jsonl"), 8)
+        for out, dist in (("h2", True), ("p1", False)):  # "comm_s": the gradient sum's seconds, distributed only
+            for o in map(json.loads, open(c.file(out, "metrics.jsonl"))):
+                assert "eval" in o or ("comm_s" in o) == dist and o.get("comm_s", 0) >= 0, (out, o)
     check("2 hosts: byte-identical checkpoints to one process", two_hosts)
 
     # Slower steps (64 px, 4 blocks) over 10 epochs of 4 steps, a checkpoint every epoch: the kill comes
