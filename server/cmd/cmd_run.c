@@ -24,7 +24,8 @@
  * batch and exits, and the same command resumes after the last part.
  *
  * Owns the run folder's metrics file (metrics.jsonl: one JSON object per
- * training step and per evaluation) and the terminal progress display. A run
+ * training step and per evaluation; a distributed run's steps add "comm_s",
+ * the seconds of the step's gradient sum across the ranks) and the terminal progress display. A run
  * folder that already holds last.safetensors is resumed; metric lines after
  * the resumed step are dropped first, so no step appears twice.
  * Single-threaded (the engine's threads never call back here).
@@ -87,11 +88,13 @@ static void on_start(int64_t start, int64_t total, void *user) {
 static void on_step(const tl_step_report *r, void *user) {
     run_ui *ui = user;
     ui->step = r->step;
+    char comm[40] = ""; /* distributed runs: seconds of this step's gradient sum across the ranks */
+    if (r->ranks > 1) snprintf(comm, sizeof comm, ",\"comm_s\":%.4g", r->comm_seconds);
     fprintf(ui->metrics,
             "{\"step\":%lld,\"epoch\":%d,\"loss\":%.6g,\"loss_cls\":%.6g,\"loss_dense\":%.6g,\"lr\":%.6g,"
-            "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld}\n",
+            "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld%s}\n",
             (long long)r->step, r->epoch, r->loss, r->loss_cls, r->loss_dense, r->lr, r->img_per_s, r->data_wait,
-            (long long)r->skipped_images);
+            (long long)r->skipped_images, comm);
     int every = ui->tty ? 1 : 50;
     if (r->step % every != 0 && r->step != r->total_steps) return;
     char eta[32];

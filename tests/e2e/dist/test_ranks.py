@@ -49,11 +49,13 @@ def mpirun_base(n):
 
 
 class Ctx:
-    def __init__(self, binary, work):
+    """The tokenlabd binary, the work folder, and how to start N ranks (mpirun(n): the command's start)."""
+    def __init__(self, binary, work, mpirun=mpirun_base):
         self.bin = binary
         self.work = work
+        self.mpirun = mpirun
 
-    def spec(self, name, micro=4, batch=16, epochs=2, **train):
+    def spec(self, name, micro=4, batch=16, epochs=2, model=None, **train):
         t = {"epochs": epochs, "batch_size": batch, "micro_batches": micro, "warmup_epochs": 0.5,
              "ema_decay": 0.99, "drop_path": 0.1, "mixtoken": True, "threads": 1, "eval_every_epochs": 1,
              "cache_mb": 0, "loader_threads": 1}
@@ -66,16 +68,22 @@ class Ctx:
                       "val": os.path.join(self.work, "data", "val"),
                       "label_maps": os.path.join(self.work, "data", "train.tllm")},
              "train": t}
+        s["model"].update(model or {})
         path = os.path.join(self.work, name + ".json")
         with open(path, "w") as f:
             json.dump(s, f)
         return path
 
+    def synth(self):
+        """The tiny data set the specs name: 64 training and 22 validation pictures of 4 classes, 32 px."""
+        subprocess.run([self.bin, "synth", "--out", os.path.join(self.work, "data"), "--classes", "4", "--train",
+                        "64", "--val", "22", "--size", "32"], check=True, stdout=subprocess.DEVNULL)
+
     def run(self, spec, out, ranks=None, extra=()):
         """tokenlabd run on `ranks` ranks (None: without mpirun). (exit status, output)."""
         cmd = [self.bin, "run", spec, "--out", os.path.join(self.work, out)] + list(extra)
         if ranks is not None:
-            cmd = mpirun_base(ranks) + cmd
+            cmd = self.mpirun(ranks) + cmd
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT, text=True)
         return p.returncode, p.stdout
 
@@ -107,8 +115,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     c = Ctx(os.path.abspath(a.bin), work)
-    subprocess.run([c.bin, "synth", "--out", os.path.join(work, "data"), "--classes", "4", "--train", "64",
-                    "--val", "22", "--size", "32"], check=True, stdout=subprocess.DEVNULL)
+    c.synth()
     base = c.spec("base")
 
     def one_process():
