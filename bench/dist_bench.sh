@@ -1,6 +1,6 @@
 #!/bin/bash
 # dist_bench.sh: distributed training figures on this machine (docs/BENCHMARKS.md, "Distributed training:
-# gradient sum and step time"; the scaling model in docs/DISTRIBUTED_MODEL.md uses them).
+# gradient sum and step time"; the scaling model in docs/DISTRIBUTED.md (Scaling model) uses them).
 #
 #   bash bench/dist_bench.sh [--only comm|steps] [--comm-presets lvvit_t,lvvit_s,lvvit_m] [--reps N]
 #                            [--step-presets lvvit_t,...] [--batch B] [--steps N]
