@@ -63,7 +63,8 @@ const tld_route_def tld_route_table[] = {
 };
 const size_t tld_route_table_len = sizeof tld_route_table / sizeof tld_route_table[0];
 
-static void wake_streams(void *http) { tld_http_wake(http); }
+/* A job's event wakes the streams of that job and those of every job (key 0). */
+static void wake_streams(void *http, int64_t job) { tld_http_wake_key(http, (uint64_t)job); }
 
 int tld_routes_register(tld_routes *R) {
     /* the event streams park while there is nothing to send; a published event wakes them */

@@ -515,6 +515,7 @@ void tld_h_job_events(tld_req *r, void *u) {
     s->grace = tld_job_state_final(j.state) ? s->last_sent - SSE_GRACE_S : 0.0;
     tld_job_free(&j);
     tld_reply_header(r, "X-Accel-Buffering", "no");
+    tld_reply_stream_key(r, (uint64_t)id); /* woken by this job's events only */
     tld_reply_stream(r, 200, "text/event-stream", sse_fn, s, sse_free);
 }
 

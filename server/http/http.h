@@ -59,6 +59,8 @@ void tld_http_timings(tld_http *h, void (*fn)(const char *method, const char *ro
                      void *u);
 /* Asks the parked streams for more data soon (events were published). Any thread; cheap. */
 void tld_http_wake(tld_http *h);
+/* The same for the streams keyed `key` (tld_reply_stream_key) and those without a key. */
+void tld_http_wake_key(tld_http *h, uint64_t key);
 /* The most connections held at once (max_connections, after the open-file limit). */
 int tld_http_capacity(const tld_http *h);
 /* Requests refused with a problem, by its code: calls fn for each code seen. */
@@ -90,6 +92,9 @@ void tld_reply_bytes(tld_req *r, int status, const char *content_type, const voi
  * seconds), TLD_STREAM_SOON (the same, asked again within about 0.1 s), or -1 at the end. free_fn
  * releases state when the connection ends. */
 typedef long (*tld_stream_fn)(void *state, uint64_t pos, char *buf, size_t max);
+/* Keys the stream that r replies with next: tld_http_wake_key(h, key) wakes it, other keys' wakes do
+ * not (tld_http_wake wakes every stream). Without a key (0) a stream is woken by every wake. */
+void tld_reply_stream_key(tld_req *r, uint64_t key);
 /* A stream function's answer: nothing now, but ask again within about HTTP_SOON_MS (a short grace). */
 #define TLD_STREAM_SOON (-2)
 void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stream_fn fn, void *state,

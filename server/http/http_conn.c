@@ -141,16 +141,40 @@ void tld_http_wake(tld_http *h) {
     if (!h) return;
     pthread_mutex_lock(&h->park_mu);
     h->wake_pending = 1;
+    h->wake_all = 1;
     pthread_cond_signal(&h->park_cv);
     pthread_mutex_unlock(&h->park_mu);
 }
 
-/* Resumes the parked streams (park_mu held): all of them, or those whose tick is due. */
-static void resume_parked(tld_http *h, int all, double now) {
+void tld_http_wake_key(tld_http *h, uint64_t key) {
+    if (!h) return;
+    pthread_mutex_lock(&h->park_mu);
+    h->wake_pending = 1;
+    int known = 0;
+    for (int i = 0; i < h->nwake_keys && !known; i++) known = h->wake_keys[i] == key;
+    if (!known) {
+        if (h->nwake_keys < HTTP_WAKE_KEYS) h->wake_keys[h->nwake_keys++] = key;
+        else h->wake_all = 1;
+    }
+    pthread_cond_signal(&h->park_cv);
+    pthread_mutex_unlock(&h->park_mu);
+}
+
+/* 1 when a wake round (park_mu held) concerns stream s: every stream, an unkeyed one, or its key woken. */
+static int woken(const tld_http *h, const http_stream *s) {
+    if (h->wake_all || s->key == 0) return 1;
+    for (int i = 0; i < h->nwake_keys; i++)
+        if (h->wake_keys[i] == s->key) return 1;
+    return 0;
+}
+
+/* Resumes the parked streams (park_mu held): those a wake round concerns (round), and those whose tick
+ * is due. */
+static void resume_parked(tld_http *h, int round, double now) {
     http_stream *s = h->parked;
     while (s) {
         http_stream *next = s->next;
-        if (all || s->park_until <= now) {
+        if ((round && woken(h, s)) || s->park_until <= now) {
             unlink_parked(h, s);
             MHD_resume_connection(s->conn);
         }
@@ -257,10 +281,13 @@ static void *ticker_main(void *arg) {
         double now = tl_clock_mono_s();
         int stopping = atomic_load(&h->stopping), check = now - last_reap >= 1.0;
         if (check) resume_gone(h, now); /* before the due ones leave the list */
+        if (stopping) h->wake_all = 1;
         if (stopping || (h->wake_pending && now - last_wake >= HTTP_WAKE_MS / 1000.0)) {
-            h->wake_pending = 0;
             last_wake = now;
             resume_parked(h, 1, now);
+            h->wake_pending = 0;
+            h->wake_all = 0;
+            h->nwake_keys = 0;
         } else {
             resume_parked(h, 0, now);
         }
@@ -273,6 +300,7 @@ static void *ticker_main(void *arg) {
             pthread_mutex_lock(&h->park_mu);
         }
     }
+    h->wake_all = 1;
     resume_parked(h, 1, tl_clock_mono_s());
     pthread_mutex_unlock(&h->park_mu);
     return NULL;

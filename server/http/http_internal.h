@@ -34,9 +34,10 @@
 #define HTTP_NCOUNTERS 128          /* the last slot takes whatever does not fit */
 #define HTTP_MEMORY_LIMIT ((size_t)64 * 1024) /* per connection: headers, read and write buffers */
 #define HTTP_STREAM_BLOCK ((size_t)16 * 1024)
-#define HTTP_TICK_S 5.0             /* a parked stream is asked again at least this often */
+#define HTTP_TICK_S 15.0            /* a parked stream is asked again at least this often (the SSE heartbeat) */
 #define HTTP_WAKE_MS 50             /* tld_http_wake resumes the parked streams at most this often */
 #define HTTP_SOON_MS 100            /* TLD_STREAM_SOON: asked again after about this long */
+#define HTTP_WAKE_KEYS 32           /* distinct keys woken in one round, past them every stream */
 #define HTTP_POOL_QUEUE 4096        /* requests waiting for a handler thread; past it 503 */
 #define HTTP_MARGIN_CONNECTIONS 64  /* accepted past max_connections to be answered 503 */
 #define HTTP_RESERVED_FDS 256       /* files the daemon keeps for itself (store, models, data) */
@@ -148,6 +149,8 @@ struct tld_http {
     pthread_cond_t park_cv;
     struct http_stream *parked;
     int nparked, wake_pending, ticker_quit, ticker_started;
+    uint64_t wake_keys[HTTP_WAKE_KEYS]; /* keys woken since the last round; wake_all when they overflow */
+    int nwake_keys, wake_all;
     pthread_t ticker;
     /* the connection registry (conn_mu) */
     pthread_mutex_t conn_mu;
@@ -182,6 +185,7 @@ struct tld_req {
     int dispatched;                /* queued for a handler thread (its connection suspended) */
     int handled;                   /* the handler ran: the next access-handler call queues the reply */
     double expect_body;            /* bytes of body announced (Content-Length, or max_body when chunked) */
+    uint64_t stream_key;           /* tld_reply_stream_key: the key of the stream that follows */
     char problem_code[32];         /* the code of a problem reply, "" otherwise */
     tld_handler fn;
     void *user;
@@ -211,6 +215,7 @@ typedef struct http_stream {
     double last_data;              /* when fn last produced bytes (the idle timeout) */
     int fd;                        /* the connection's socket: a parked stream's client hanging up */
     int gone;                      /* the client hung up while parked: end at the next ask */
+    uint64_t key;                  /* woken by wakes of this key (0: by every wake) */
     int parked;                    /* under park_mu: suspended, on the parked list */
     double park_until;
     struct http_stream *prev, *next;

@@ -60,6 +60,10 @@ static void stream_free(void *cls) {
     free(s);
 }
 
+void tld_reply_stream_key(tld_req *r, uint64_t key) {
+    if (r) r->stream_key = key;
+}
+
 void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stream_fn fn, void *state,
                      void (*free_fn)(void *state)) {
     if (!r) {
@@ -87,6 +91,7 @@ void tld_reply_stream(tld_req *r, int status, const char *content_type, tld_stre
     s->state = state;
     s->free_fn = free_fn;
     s->conn = r->conn;
+    s->key = r->stream_key;
     s->last_data = tl_clock_mono_s();
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     s->fd = ci ? ci->connect_fd : -1;

@@ -24,7 +24,7 @@ struct tld_events {
     size_t cap;
     uint64_t last;   /* id of the newest event, 0 when none */
     int closed;
-    void (*notify)(void *user); /* tld_events_on_publish: called after each publish, outside mu */
+    void (*notify)(void *user, int64_t job); /* tld_events_on_publish: called after each publish, outside mu */
     void *notify_user;
 };
 
@@ -66,14 +66,14 @@ uint64_t tld_events_publish(tld_events *e, int64_t job, const char *type, const 
     memcpy(ev->type, type, tl + 1);
     memcpy(ev->data, data, dl + 1);
     pthread_cond_broadcast(&e->cv);
-    void (*notify)(void *) = e->notify;
+    void (*notify)(void *, int64_t) = e->notify;
     void *nu = e->notify_user;
     pthread_mutex_unlock(&e->mu);
-    if (notify) notify(nu);
+    if (notify) notify(nu, job);
     return id;
 }
 
-void tld_events_on_publish(tld_events *e, void (*fn)(void *user), void *user) {
+void tld_events_on_publish(tld_events *e, void (*fn)(void *user, int64_t job), void *user) {
     pthread_mutex_lock(&e->mu);
     e->notify = fn;
     e->notify_user = user;

@@ -31,9 +31,9 @@ tld_events *tld_events_new(size_t capacity);
 void tld_events_free(tld_events *e);
 /* Appends an event (data: a JSON object shorter than TLD_EVENT_DATA_LEN); returns its id or 0 when too long. */
 uint64_t tld_events_publish(tld_events *e, int64_t job, const char *type, const char *data);
-/* Calls fn(user) after every publish (outside the ring's lock; fn must be cheap and must not publish):
- * the HTTP layer's wake of its parked event streams. NULL clears it. */
-void tld_events_on_publish(tld_events *e, void (*fn)(void *user), void *user);
+/* Calls fn(user, job) after every publish (outside the ring's lock; fn must be cheap and must not
+ * publish): the HTTP layer's wake of its parked event streams. NULL clears it. */
+void tld_events_on_publish(tld_events *e, void (*fn)(void *user, int64_t job), void *user);
 /* The id of the newest event (0 when none). */
 uint64_t tld_events_last_id(tld_events *e);
 
