@@ -41,6 +41,8 @@ static void on_signal(int sig) {
     g_quit = 1;
 }
 
+#define SERVE_MAX_ORIGINS 16 /* --allow-origin values */
+
 typedef struct {
     char bind[64];
     int port;
@@ -59,6 +61,9 @@ typedef struct {
     char mpi_hostfile[1024]; /* "" = no distributed jobs */
     const char *mpi_args[TLD_MPI_ARGS]; /* --mpi-arg values (pointers into argv) */
     int n_mpi_args;
+    const char *origins[SERVE_MAX_ORIGINS + 1]; /* --allow-origin values (pointers into argv), NULL-terminated */
+    int n_origins;
+    int public_read;         /* --public-read: off loopback, reads and inference without the token */
 } serve_cfg;
 
 static const char *USAGE =
@@ -79,6 +84,10 @@ static const char *USAGE =
     "  --mpi-hostfile FILE    run jobs whose spec has \"distributed\": {\"ranks\": N} with Open MPI's mpirun\n"
     "                         on the hosts of FILE, an Open MPI hostfile: lines `host [slots=K]`, # comments\n"
     "                         (TOKENLAB_MPI_HOSTFILE; default: none, such jobs are refused)\n"
+    "  --allow-origin ORIGIN  a web origin (scheme://host[:port]) whose pages may send changing requests,\n"
+    "                         besides the daemon's own address (repeat it); others get 403\n"
+    "  --public-read          bound to an address that is not loopback, every route needs the token;\n"
+    "                         with this, reads and inference stay open (TOKENLAB_PUBLIC_READ=1)\n"
     "  --mpi-arg ARG          one more argument for every mpirun (repeat it; e.g. --mpi-arg --mca\n"
     "                         --mpi-arg btl_tcp_if_include --mpi-arg eth0)\n"
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
@@ -193,6 +202,24 @@ static int parse_args(serve_cfg *c, int argc, char **argv) {
             i++;
             continue;
         }
+        if (!strcmp(argv[i], "--public-read")) {
+            c->public_read = 1;
+            continue;
+        }
+        if (!strcmp(argv[i], "--allow-origin")) {
+            if (i + 1 >= argc || c->n_origins >= SERVE_MAX_ORIGINS) {
+                fprintf(stderr, "tokenlabd serve: --allow-origin needs a value (at most %d of them)\n",
+                        SERVE_MAX_ORIGINS);
+                return -1;
+            }
+            const char *o = argv[++i];
+            if (strncmp(o, "http://", 7) && strncmp(o, "https://", 8)) {
+                fprintf(stderr, "tokenlabd serve: --allow-origin '%s' must be scheme://host[:port] (http or https)\n", o);
+                return -1;
+            }
+            c->origins[c->n_origins++] = o;
+            continue;
+        }
         if (!strcmp(argv[i], "--mpi-arg")) {
             if (i + 1 >= argc || c->n_mpi_args >= TLD_MPI_ARGS) {
                 fprintf(stderr, "tokenlabd serve: --mpi-arg needs a value (at most %d of them)\n", TLD_MPI_ARGS);
@@ -215,6 +242,8 @@ static int parse_args(serve_cfg *c, int argc, char **argv) {
     }
     const char *t = getenv("TOKENLAB_TOKEN");
     if (t && *t) snprintf(c->token, sizeof c->token, "%s", t);
+    const char *pr = getenv("TOKENLAB_PUBLIC_READ");
+    if (pr && !strcmp(pr, "1")) c->public_read = 1;
     return 0;
 }
 
@@ -310,7 +339,7 @@ int cmd_serve(int argc, char **argv) {
         goto fail;
     }
     tld_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL,
-                       c.per_client, c.handler_threads, c.header_timeout_s};
+                       c.per_client, c.handler_threads, c.header_timeout_s, c.origins, c.public_read};
     http = tld_http_new(&hc, err, sizeof err);
     if (!http) {
         fprintf(stderr, "tokenlabd serve: http: %s\n", err);

@@ -247,25 +247,32 @@ void tld_http_counters(tld_http *h, void (*fn)(const char *method, const char *r
            copy[HTTP_NCOUNTERS - 1].n, u);
 }
 
-static int add_host(char ***hosts, int *n, const char *name) {
-    char *copy;
-    if (strchr(name, ':') && name[0] != '[') { /* IPv6 literal: Host carries it in brackets */
-        size_t len = strlen(name);
-        copy = malloc(len + 3);
-        if (copy) snprintf(copy, len + 3, "[%s]", name);
-    } else {
-        copy = tld_http_strdup(name);
-    }
+/* Appends a copy of str to the NULL-terminated list (*n entries). 0, or -1 when memory runs out. */
+static int add_string(char ***list, int *n, const char *str) {
+    char *copy = tld_http_strdup(str);
     if (!copy) return -1;
-    char **grown = realloc(*hosts, (size_t)(*n + 2) * sizeof(char *));
+    char **grown = realloc(*list, (size_t)(*n + 2) * sizeof(char *));
     if (!grown) {
         free(copy);
         return -1;
     }
     grown[(*n)++] = copy;
     grown[*n] = NULL;
-    *hosts = grown;
+    *list = grown;
     return 0;
+}
+
+static int add_host(char ***hosts, int *n, const char *name) {
+    if (strchr(name, ':') && name[0] != '[') { /* IPv6 literal: Host carries it in brackets */
+        size_t len = strlen(name);
+        char *b = malloc(len + 3);
+        if (!b) return -1;
+        snprintf(b, len + 3, "[%s]", name);
+        int rc = add_string(hosts, n, b);
+        free(b);
+        return rc;
+    }
+    return add_string(hosts, n, name);
 }
 
 tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
@@ -335,6 +342,11 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
         if (!(*e)[0]) continue;
         if (add_host(&h->hosts, &nhosts, *e) != 0) goto oom;
     }
+    int norigins = 0;
+    for (const char *const *o = cfg->allow_origins; o && *o; o++)
+        if ((*o)[0] && add_string(&h->origins, &norigins, *o) != 0) goto oom;
+    h->public_read = cfg->public_read != 0;
+    h->loopback = h->ipv6 ? IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) : (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
     return h;
 oom:
     tl_seterr(err, errlen, "out of memory");
@@ -359,6 +371,35 @@ static void req_free(tld_req *r) {
 static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) (*(int *)cls)++;
     return MHD_YES;
+}
+
+/* The cross-site rule: a changing request (not GET, HEAD or OPTIONS) that carries an Origin header must
+ * come from a page of the daemon's own address (an allowed Host name, any port) or of an --allow-origin
+ * origin. Clients that are not browsers send no Origin and pass. 0: allowed; else the problem is set. */
+static int check_origin(tld_req *r) {
+    const char *m = r->method_full;
+    if (!strcmp(m, "GET") || !strcmp(m, "HEAD") || !strcmp(m, "OPTIONS")) return 0;
+    const char *origin = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    if (!origin) return 0;
+    for (char **o = r->h->origins; o && *o; o++)
+        if (strcasecmp(*o, origin) == 0) return 0;
+    const char *host = NULL;
+    if (!strncasecmp(origin, "http://", 7)) host = origin + 7;
+    else if (!strncasecmp(origin, "https://", 8)) host = origin + 8;
+    if (host) {
+        size_t hlen = host[0] == '[' ? (strchr(host, ']') ? (size_t)(strchr(host, ']') - host) + 1 : 0)
+                                     : strcspn(host, ":/");
+        const char *rest = host + hlen;
+        int tail_ok = *rest == '\0' || (*rest == ':' && strspn(rest + 1, "0123456789") == strlen(rest + 1) &&
+                                         strlen(rest + 1) >= 1 && strlen(rest + 1) <= 5);
+        if (hlen > 0 && tail_ok)
+            for (char **a = r->h->hosts; *a; a++)
+                if (strlen(*a) == hlen && strncasecmp(*a, host, hlen) == 0) return 0;
+    }
+    tld_http_reply_problem_text(r, 403, "ORIGIN_NOT_ALLOWED", NULL,
+                                "a page of another origin may not change anything here; the operator can allow "
+                                "an origin with --allow-origin");
+    return -1;
 }
 
 /* 0: allowed; otherwise the problem has been set on r. */
@@ -401,7 +442,7 @@ refuse:
 /* Routing and the checks before the body; 0 to go on, -1 with a problem set on r. */
 static int admit(tld_req *r) {
     tld_http *h = r->h;
-    if (check_host(r) != 0) return -1;
+    if (check_host(r) != 0 || check_origin(r) != 0) return -1;
 
     const http_route *rt = NULL;
     if (r->nsegs >= 0) {
@@ -437,7 +478,9 @@ static int admit(tld_req *r) {
         r->user = h->fallback_user;
     }
 
-    if (rt && rt->auth == TLD_AUTH_TOKEN) {
+    /* off loopback, reads and inference need the token too, unless the operator opened them */
+    int needs_token = rt && (rt->auth == TLD_AUTH_TOKEN || (!h->loopback && !h->public_read));
+    if (needs_token) {
         const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *tok = NULL;
         size_t toklen = 0;
@@ -710,6 +753,8 @@ void tld_http_free(tld_http *h) {
     free(h->routes);
     for (char **a = h->hosts; a && *a; a++) free(*a);
     free(h->hosts);
+    for (char **a = h->origins; a && *a; a++) free(*a);
+    free(h->origins);
     free(h->token);
     free(h->bind_addr);
     pthread_mutex_destroy(&h->counter_mu);

@@ -35,6 +35,13 @@ typedef struct {
     int per_client;              /* connections one client address may hold, default 1024 (MHD closes more) */
     int handler_threads;         /* threads that run handlers, default 16 */
     int header_timeout_s;        /* a request's headers must arrive within this, default 10 */
+    /* Origins (scheme://host[:port], exact) whose pages may send changing requests, besides the daemon's own
+     * address; NULL-terminated, may be NULL. A changing request (not GET/HEAD/OPTIONS) with another Origin
+     * header is refused 403 ORIGIN_NOT_ALLOWED. */
+    const char *const *allow_origins;
+    /* Bound to an address that is not loopback, every route needs the token unless this is set (then reads
+     * and inference stay open, as they always are on loopback). */
+    int public_read;
 } tld_http_cfg;
 
 /* A handler answers with tld_reply_* exactly once. */

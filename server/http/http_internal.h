@@ -123,6 +123,9 @@ struct tld_http {
     char *token;                   /* NULL: no token configured, TLD_AUTH_TOKEN routes are refused */
     size_t token_len;
     char **hosts;                  /* allowed Host names (without port), NULL-terminated */
+    char **origins;                /* --allow-origin values, NULL-terminated (may be NULL) */
+    int loopback;                  /* bound to 127.0.0.0/8 or ::1: public routes need no token */
+    int public_read;               /* tld_http_cfg.public_read */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     int ipv6;

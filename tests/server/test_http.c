@@ -996,6 +996,69 @@ static void *idle_client_thread(void *arg) {
     return NULL;
 }
 
+/* Cross-site requests and reads off loopback: a changing request from a page of another origin is refused
+ * (the daemon's own address and --allow-origin pass, and reads pass whatever the origin); bound to an address
+ * that is not loopback, public routes need the token unless public_read is set. */
+static void test_origin_and_public_read(void **state) {
+    const char *body = "{\"name\":\"x\"}";
+    resp_t r;
+    char own[128];
+    snprintf(own, sizeof own, "Origin: http://127.0.0.1:%d", port);
+    const char *evil[] = {"Origin: http://evil.example", "Authorization: Bearer " TOKEN, NULL};
+    const char *self[] = {own, "Authorization: Bearer " TOKEN, NULL};
+    const char *named[] = {"Origin: http://tokenlab.internal", "Authorization: Bearer " TOKEN, NULL};
+    const char *nul[] = {"Origin: null", "Authorization: Bearer " TOKEN, NULL};
+    req_t q = {.method = "POST", .path = "/api/v1/items", .body = body, .body_len = strlen(body), .has_body = 1};
+    q.headers = evil;
+    request(&q, &r);
+    expect_problem_free(&r, 403, "ORIGIN_NOT_ALLOWED");
+    resp_free(&r);
+    q.headers = nul;
+    request(&q, &r);
+    expect_problem_free(&r, 403, "ORIGIN_NOT_ALLOWED");
+    resp_free(&r);
+    q.headers = self;
+    request(&q, &r);
+    assert_int_equal(r.status, 201);
+    resp_free(&r);
+    q.headers = named; /* an allowed Host name, any port */
+    request(&q, &r);
+    assert_int_equal(r.status, 201);
+    resp_free(&r);
+    const char *evil_read[] = {"Origin: http://evil.example", NULL};
+    get("/api/v1/hello", evil_read, &r); /* a read: the browser's same-origin policy keeps the answer from the page */
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+
+    /* an --allow-origin origin; and off loopback, reads need the token unless public_read */
+    static const char *const origins[] = {"https://dash.example", NULL};
+    int saved = port;
+    for (int pub = 0; pub < 2; pub++) {
+        tld_http_cfg cfg = {.bind_addr = "0.0.0.0", .token = TOKEN, .allow_origins = origins, .public_read = pub};
+        char err[256] = "";
+        tld_http *h = tld_http_new(&cfg, err, sizeof err);
+        assert_non_null(h);
+        add_routes(h);
+        assert_int_equal(tld_http_start(h, err, sizeof err), 0);
+        port = tld_http_port(h);
+        get("/api/v1/hello", NULL, &r);
+        if (pub) assert_int_equal(r.status, 200);
+        else expect_problem_free(&r, 401, "UNAUTHENTICATED");
+        resp_free(&r);
+        const char *tok[] = {"Authorization: Bearer " TOKEN, NULL};
+        get("/api/v1/hello", tok, &r);
+        assert_int_equal(r.status, 200);
+        resp_free(&r);
+        const char *dash[] = {"Origin: https://dash.example", "Authorization: Bearer " TOKEN, NULL};
+        q.headers = dash;
+        request(&q, &r);
+        assert_int_equal(r.status, 201);
+        resp_free(&r);
+        tld_http_free(h);
+        port = saved;
+    }
+}
+
 static void test_stop_with_open_stream(void **state) {
     tld_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 30};
     char err[256] = "";
@@ -1045,6 +1108,7 @@ int main(void) {
         cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_host_check),
         cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_origin_and_public_read),
         cmocka_unit_test(test_body_limit_content_length),
         cmocka_unit_test(test_body_limit_chunked),
         cmocka_unit_test(test_body_intact),
