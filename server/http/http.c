@@ -16,13 +16,26 @@
  *     built (queued once the handler returns).
  *   - http_stream: one per tld_reply_stream, owned by the MHD response; MHD's
  *     free callback releases it and calls the caller's free_fn.
+ *   - (http_conn.c) the handler pool, the parked streams, the connection
+ *     registry and the ticker thread.
  * Threads: tld_http_new/route/fallback/start/stop/free/port run on the
- * owner's thread. MHD runs a listening thread and one thread per connection
- * (MHD_USE_THREAD_PER_CONNECTION); the access handler, the handlers,
- * tld_req_* / tld_reply_* and the stream callbacks run on the connection's
- * thread, so a tld_req is never shared. Shared between threads: the
- * configuration and routes (read-only while started), the counters
- * (counter_mu), the last log line (log_mu) and the stopping flag (atomic).
+ * owner's thread. MHD runs HTTP_EVENT_THREADS event loops (epoll) that share
+ * the connections; they run the access handler and the stream readers. A
+ * request's handler runs on a handler thread (http_conn.c) while its
+ * connection is suspended, and the event loop queues the reply once the
+ * connection is resumed: a tld_req passes from one thread to the next, never
+ * used by two at once. Shared between threads: the configuration and routes
+ * (read-only while started), the counters, timings and refusals
+ * (counter_mu), the last log line (log_mu), the stopping flag (atomic) and
+ * what http_conn.c guards.
+ *
+ * Connections: up to max_connections are held (MHD accepts
+ * HTTP_MARGIN_CONNECTIONS more, answered 503 TOO_MANY_CONNECTIONS and
+ * closed), at most per_client from one address (MHD closes more). A
+ * connection waiting for a request's headers longer than header_timeout_s,
+ * or for a body past its deadline (the idle timeout plus its announced size
+ * at HTTP_BODY_MIN_RATE), has its socket shut down by the ticker; MHD's idle
+ * timeout covers the rest.
  *
  * A request, in the access handler:
  *   first call: Host (missing or repeated: 400 BAD_REQUEST; not bind_addr,
@@ -58,14 +71,14 @@
  * clients cannot grow the table. Replies libmicrohttpd sends by itself
  * (malformed requests, headers past the memory limit) are not counted.
  *
- * Streams: MHD calls the reader on the connection's thread and a return of 0
- * would make it spin, so the wrapper blocks instead: while fn returns 0 it
- * waits 25 ms (in poll() on the socket, to notice a client that hung up) and
- * asks again, ending the stream when the client is gone, when tld_http_stop
- * runs, or when fn has produced nothing for timeout_s (the idle timeout,
- * as for any connection; Server-Sent Event handlers send comments to keep a
- * quiet stream open). The stopping flag is read between calls of fn, so fn
- * must not block for long: tld_http_stop waits for it.
+ * Streams: MHD calls the reader on an event-loop thread, so fn must not
+ * block. When fn has nothing, the stream is parked: its connection is
+ * suspended (no thread, no polling) until tld_http_wake / tld_http_wake_key
+ * (events were published), its tick (HTTP_TICK_S, the SSE heartbeat), its
+ * idle deadline, or its client hanging up (the ticker polls the parked
+ * sockets once a second). It ends when fn says so, when the client is gone,
+ * when tld_http_stop runs, or when fn has produced nothing for timeout_s
+ * (Server-Sent Event handlers send comments to keep a quiet stream open).
  *
  * Logging: to stderr with a "tokenlabd http: " prefix, unless the variable
  * TL_HTTP_QUIET is set in the environment when tld_http_new runs (tests).
