@@ -130,6 +130,7 @@ typedef struct {
     tld_routes *R;
     cJSON *arr;
     int n, truncated;
+    char root_real[PATH_MAX]; /* the data root, canonical: symbolic links are followed only inside it */
 } scan_ctx;
 
 static void scan(scan_ctx *c, const char *rel, int depth) {
@@ -145,7 +146,11 @@ static void scan(scan_ctx *c, const char *rel, int depth) {
         char full[PATH_MAX * 2];
         snprintf(full, sizeof full, "%s/%s", c->R->data_root, sub);
         struct stat st;
-        if (stat(full, &st) != 0) continue;
+        if (lstat(full, &st) != 0) continue;
+        if (S_ISLNK(st.st_mode)) { /* followed only when it stays inside the data root (tl_path_is_inside) */
+            char real[PATH_MAX];
+            if (!realpath(full, real) || !tl_path_is_inside(real, c->root_real) || stat(real, &st) != 0) continue;
+        }
         if (S_ISDIR(st.st_mode)) {
             if (depth < SCAN_DEPTH) scan(c, sub, depth + 1);
             continue;
@@ -183,8 +188,8 @@ static void scan(scan_ctx *c, const char *rel, int depth) {
 void tld_h_labelmap_list(tld_req *r, void *u) {
     tld_routes *R = u;
     cJSON *o = cJSON_CreateObject();
-    scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0};
-    scan(&c, "", 0);
+    scan_ctx c = {R, cJSON_AddArrayToObject(o, "labelmaps"), 0, 0, ""};
+    if (realpath(R->data_root, c.root_real)) scan(&c, "", 0);
     cJSON_AddBoolToObject(o, "truncated", c.truncated);
     tld_routes_reply_cjson(r, 200, o);
 }

@@ -100,6 +100,21 @@ def t_annotate_model(d):
     assert m and m["dataset"] == "synth/train" and m["count"] == 96, (m, list(maps))
     assert m["num_classes"] == 4 and m["topk"] == 3 and m["h"] == 4 and m["w"] == 4, m
     assert maps["synth/train.tllm"]["dataset"] == "synth/train", maps["synth/train.tllm"]
+    # the listing does not follow symbolic links out of the data root (inside ones are followed)
+    outside = os.path.join(d.work, "outside")
+    os.makedirs(outside, exist_ok=True)
+    shutil.copy(os.path.join(d.data, "synth", "train.tllm"), os.path.join(outside, "secret.tllm"))
+    os.symlink(outside, os.path.join(d.data, "linked-out"))
+    os.symlink(os.path.join(outside, "secret.tllm"), os.path.join(d.data, "synth", "out.tllm"))
+    os.symlink(os.path.join(d.data, "synth"), os.path.join(d.data, "linked-in"))
+    try:
+        st, lst, _, _ = d.request("GET", "/api/v1/labelmaps", token=False)
+        paths = [m["path"] for m in lst["labelmaps"]]
+        assert "linked-out/secret.tllm" not in paths and "synth/out.tllm" not in paths, paths
+        assert "linked-in/train.tllm" in paths, paths
+    finally:
+        for p in ("linked-out", "synth/out.tllm", "linked-in"):
+            os.unlink(os.path.join(d.data, p))
     # agreement of the teacher's maps with the exact maps of the synthetic pictures
     st, keys, _, _ = d.request("GET", "/api/v1/labelmaps/keys?path=synth/teacher.tllm&limit=1000", token=False)
     assert st == 200 and keys["count"] == 96 and len(keys["keys"]) == 96 and not keys["more"], keys
