@@ -53,3 +53,20 @@ int tl_invariant_failed(const char *file, int line, const char *expr) {
 uint64_t tl_invariant_failures(void) {
     return (uint64_t)atomic_load(&g_invariant_failures);
 }
+
+size_t tl_json_count_values(const char *s, size_t len) {
+    size_t n = 1;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == ',' || c == '[' || c == '{') {
+            n++;
+        }
+    }
+    return n;
+}

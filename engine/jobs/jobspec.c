@@ -30,6 +30,7 @@
  */
 #include "tokenlab/jobspec.h"
 #include "jobs/jobspec_internal.h"
+#include "tokenlab/base.h"
 #include "tokenlab/dataset.h"
 #include "tokenlab/files.h"
 
@@ -974,6 +975,12 @@ void tl_spec_ptr_join(char *out, size_t n, const char *parent, const char *key) 
 cJSON *tl_spec_parse_document(const char *json, tl_spec_error *e) {
     if (!json) {
         tl_spec_fail(e, "", "not valid JSON (no document)");
+        return NULL;
+    }
+    size_t nvalues = tl_json_count_values(json, strlen(json));
+    if (nvalues > TL_SPEC_MAX_VALUES) {
+        tl_spec_fail(e, "", "the document holds about %zu JSON values, more than the %d a spec may have", nvalues,
+                     TL_SPEC_MAX_VALUES);
         return NULL;
     }
     const char *end = NULL;

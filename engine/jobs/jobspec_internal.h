@@ -19,7 +19,10 @@ int tl_spec_fail(tl_spec_error *e, const char *ptr, const char *fmt, ...) __attr
 void tl_spec_sanitize(char *s);
 /* parent + "/" + key with RFC 6901 escaping; long keys are cut. */
 void tl_spec_ptr_join(char *out, size_t n, const char *parent, const char *key);
-/* Parses a whole document (nothing may follow it); NULL with the error otherwise. */
+/* Values a spec document may hold (a spec has a few dozen): checked before parsing (tl_json_count_values). */
+#define TL_SPEC_MAX_VALUES 4096
+/* Parses a whole document (nothing may follow it, at most TL_SPEC_MAX_VALUES values); NULL with the error
+ * otherwise. */
 cJSON *tl_spec_parse_document(const char *json, tl_spec_error *e);
 /* Typed getters: "must be an integer in ...", "must be a boolean", "must be a string", "must be an object". */
 int tl_spec_get_int(const cJSON *it, const char *ptr, double lo, double hi, const char *rule, double *v,

@@ -24,6 +24,7 @@
  * Non-finite scores are written as 0: NaN/Inf never reach the JSON.
  */
 #include "api/kserve.h"
+#include "tokenlab/base.h"
 
 #include <cjson/cJSON.h>
 #include <float.h>
@@ -104,25 +105,6 @@ static int take_string(const cJSON *v, const char *ptr, char *out, size_t cap, i
     if (nonempty && n == 0) return ks_fail(e, ptr, "must not be empty");
     memcpy(out, v->valuestring, n + 1);
     return 0;
-}
-
-/* An upper bound of the number of values cJSON would create for the text: 1 + commas + brackets outside
- * strings. */
-static size_t count_values(const char *s, size_t len) {
-    size_t n = 1;
-    int in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\') i++;
-            else if (c == '"') in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == ',' || c == '[' || c == '{') {
-            n++;
-        }
-    }
-    return n;
 }
 
 /* ---- data ---- */
@@ -325,7 +307,7 @@ int tld_kserve_parse(const char *json, size_t len, size_t max_elems, tld_ks_requ
     /* A request of max_elems elements, nested to the deepest shape ([N,3,1,1]), needs at most about
      * 3.4 values per element; the rest of the request adds a few. */
     size_t budget = max_elems > (SIZE_MAX - 4096) / 4 ? SIZE_MAX : max_elems * 4 + 4096;
-    size_t nvalues = count_values(json, len);
+    size_t nvalues = tl_json_count_values(json, len);
     if (nvalues > budget) {
         ks_fail(&e, "", "request has about %zu JSON values, more than %zu elements allow", nvalues, max_elems);
         goto fail;

@@ -854,9 +854,20 @@ int tld_jobs_submit(tld_jobs *J, const char *spec_json, const char *key, int64_t
         snprintf(err, errlen, "spec");
         return -1;
     }
+    /* stored and served in canonical form: the document as parsed, printed without whitespace (padding never
+     * reaches the store; the parser bounded the values and their lengths) */
+    cJSON *doc = cJSON_Parse(spec_json);
+    char *canon = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    cJSON_Delete(doc);
+    if (!canon) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     /* under J->mu, so the scheduler cannot start the job between its creation and its QUEUED event */
     pthread_mutex_lock(&J->mu);
-    if (tld_store_job_create(J->store, name, spec_json, key, id, existed, err, errlen) != 0) {
+    rc = tld_store_job_create(J->store, name, canon, key, id, existed, err, errlen);
+    free(canon);
+    if (rc != 0) {
         pthread_mutex_unlock(&J->mu);
         return -1;
     }

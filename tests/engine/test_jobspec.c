@@ -507,6 +507,14 @@ static void test_cross_field_rules(void **state) {
     refused(DIST("\"distributed\":{\"ranks\":2,\"hosts\":[\"a\"]}"), g_root, "/distributed/hosts", "");
     refused(DIST("\"distributed\":{\"ranks\":0}"), g_root, "/distributed/ranks", "in 1..256");
 #undef DIST
+    /* a document past the value budget is refused before it is parsed */
+    size_t n = 6000;
+    char *big = malloc(64 + 2 * n);
+    char *p = big + sprintf(big, "{\"kind\":\"train\",\"x\":[");
+    for (size_t i = 0; i < n; i++) p += sprintf(p, i ? ",0" : "0");
+    sprintf(p, "]}");
+    refused(big, g_root, "", "JSON values, more than the 4096 a spec may have");
+    free(big);
 }
 
 static void test_model_refusals(void **state) {

@@ -56,6 +56,11 @@ uint64_t tl_invariant_failures(void);
 #define TL_NEVER(x) (__builtin_expect(!!(x), 0) ? tl_invariant_failed(__FILE__, __LINE__, "never: " #x) : 0)
 #define TL_ALWAYS(x) (__builtin_expect(!!(x), 1) ? 1 : !tl_invariant_failed(__FILE__, __LINE__, "always: " #x))
 
+/* An upper bound of the number of values a JSON parser (cJSON) creates for the text: 1 + the commas and
+ * opening brackets outside strings. Linear, allocates nothing: a document is checked against a value
+ * budget before it is parsed, so that a small body can never make the parser build a large tree. */
+size_t tl_json_count_values(const char *s, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -281,6 +281,19 @@ def t_idem(d):
     st2, j2, _, _ = d.request("POST", "/api/v1/jobs", body=spec("idem", epochs=1), headers=h)
     assert st1 == 201 and st2 == 200 and j1["id"] == j2["id"]
     d.wait_state(j1["id"], {"SUCCEEDED"})
+    # a spec padded with a megabyte of whitespace is stored and served in canonical form
+    raw = json.dumps(spec("padded", epochs=1), indent=1).replace("\n", "\n" + " " * 4096).encode()
+    assert len(raw) > 100000, len(raw)
+    st, j, _, _ = d.request("POST", "/api/v1/jobs", raw=raw, headers={"Content-Type": "application/json"})
+    assert st == 201, j
+    st, _, _, data = d.request("GET", "/api/v1/jobs/%d" % j["id"])
+    assert st == 200 and len(data) < 8192, "GET of a padded job is %d bytes" % len(data)
+    assert json.loads(data)["spec"] == spec("padded", epochs=1)
+    # a document of many values is refused before it is parsed
+    st, b, _, _ = d.request("POST", "/api/v1/jobs", raw=("[" + ",".join(["0"] * 100000) + "]").encode(),
+                            headers={"Content-Type": "application/json"})
+    problem(st, b, 422, "SPEC_INVALID")
+    assert "JSON values" in b["detail"], b
 
 
 @check("cancel and delete")
