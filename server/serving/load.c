@@ -211,11 +211,20 @@ static int name_taken(tld_models *M, const char *name) {
     return E != NULL;
 }
 
+static int register_held(tld_models *M, const tld_register_req *r, tld_models_error *e);
+
 int tld_models_register_job(tld_models *M, const tld_register_req *r, tld_models_error *e) {
-    char err[TL_ERR_LEN];
     if (!tld_models_valid_name(r->name))
         return tld_models_fail(e, 422, "INVALID_FIELD", "/name",
                                "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+    tld_models_name_lock(M, r->name); /* the check, the file and the row of this name change together */
+    int rc = register_held(M, r, e);
+    tld_models_name_unlock(M, r->name);
+    return rc;
+}
+
+static int register_held(tld_models *M, const tld_register_req *r, tld_models_error *e) {
+    char err[TL_ERR_LEN];
     int max_batch = r->max_batch, max_delay = r->max_delay_ms, max_queue = r->max_queue;
     if (tld_models_check_batching(&max_batch, &max_delay, &max_queue, e) != 0) return -1;
     if (name_taken(M, r->name))

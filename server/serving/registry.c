@@ -258,6 +258,7 @@ tld_models *tld_models_new(const tld_models_cfg *cfg, char *err, size_t errlen) 
         return NULL;
     }
     pthread_mutex_init(&M->mu, NULL);
+    pthread_cond_init(&M->name_cv, NULL);
     M->store = cfg->store;
     M->threads = cfg->threads > 0 ? cfg->threads : ncores();
     M->state_dir = strdup(cfg->state_dir);
@@ -323,6 +324,7 @@ void tld_models_free(tld_models *M) {
     free(M->models_dir);
     free(M->data_root);
     pthread_mutex_destroy(&M->mu);
+    pthread_cond_destroy(&M->name_cv);
     free(M);
 }
 
@@ -419,7 +421,43 @@ done:
     return rc;
 }
 
+static int name_held(const tld_models *M, const char *name) {
+    for (int i = 0; i < M->nbusy; i++)
+        if (strcmp(M->busy[i], name) == 0) return 1;
+    return 0;
+}
+
+void tld_models_name_lock(tld_models *M, const char *name) {
+    pthread_mutex_lock(&M->mu);
+    while (name_held(M, name) || M->nbusy == MODELS_BUSY_MAX) pthread_cond_wait(&M->name_cv, &M->mu);
+    snprintf(M->busy[M->nbusy++], sizeof M->busy[0], "%s", name);
+    pthread_mutex_unlock(&M->mu);
+}
+
+void tld_models_name_unlock(tld_models *M, const char *name) {
+    pthread_mutex_lock(&M->mu);
+    for (int i = 0; i < M->nbusy; i++)
+        if (strcmp(M->busy[i], name) == 0) {
+            memmove(M->busy[i], M->busy[M->nbusy - 1], sizeof M->busy[0]);
+            M->nbusy--;
+            break;
+        }
+    pthread_cond_broadcast(&M->name_cv);
+    pthread_mutex_unlock(&M->mu);
+}
+
+/* tld_models_delete with the name held. */
+static int delete_held(tld_models *M, const char *name, tld_models_error *e);
+
 int tld_models_delete(tld_models *M, const char *name, tld_models_error *e) {
+    if (!tld_models_valid_name(name)) return tld_models_fail(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);
+    tld_models_name_lock(M, name);
+    int rc = delete_held(M, name, e);
+    tld_models_name_unlock(M, name);
+    return rc;
+}
+
+static int delete_held(tld_models *M, const char *name, tld_models_error *e) {
     char err[TL_ERR_LEN];
     entry *E = tld_models_find_ref(M, name);
     if (!E) return tld_models_fail(e, 404, "MODEL_NOT_FOUND", NULL, "no model named %s", name);

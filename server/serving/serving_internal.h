@@ -106,6 +106,8 @@ struct tld_model_ref {
     int reserved;            /* its images counted in E->reserved */
 };
 
+#define MODELS_BUSY_MAX 64 /* names held at once; more wait */
+
 struct tld_models {
     char *state_dir, *models_dir, *data_root;
     tld_store *store;
@@ -116,6 +118,9 @@ struct tld_models {
     pthread_t loader;
     int loader_started;
     int quit;                /* under mu */
+    char busy[MODELS_BUSY_MAX][72]; /* names held by a register, upload or delete (under mu) */
+    int nbusy;
+    pthread_cond_t name_cv;  /* a held name was released */
 };
 
 
@@ -124,6 +129,11 @@ struct tld_models {
 /* Fills e (when not NULL) with an HTTP status, stable code, JSON pointer (may be NULL) and detail; returns -1. */
 int tld_models_fail(tld_models_error *e, int status, const char *code, const char *pointer, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* Holds a model name for a register, upload or delete, waiting while another holds it, so that two of them
+ * never write or remove each other's file and a name's file and row change together. The name must be
+ * valid (tld_models_valid_name). */
+void tld_models_name_lock(tld_models *M, const char *name);
+void tld_models_name_unlock(tld_models *M, const char *name);
 /* [A-Za-z0-9][A-Za-z0-9._-]{0,63}, as the store's CHECK: 1 or 0. */
 int tld_models_valid_name(const char *s);
 /* labels_json (an array of strings) into K labels; missing or non-string entries become "class i". NULL when

@@ -63,8 +63,22 @@ static const char *untmp(char *err, const char *tmp) {
     return err;
 }
 
+static int upload_held(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
+                       int max_queue, int *created, tld_models_error *e);
+
 int tld_models_upload(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
                      int max_queue, int *created, tld_models_error *e) {
+    if (!tld_models_valid_name(name))
+        return tld_models_fail(e, 422, "INVALID_FIELD", "/name",
+                               "must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+    tld_models_name_lock(M, name); /* the file and the row of this name change together */
+    int rc = upload_held(M, name, data, len, max_batch, max_delay_ms, max_queue, created, e);
+    tld_models_name_unlock(M, name);
+    return rc;
+}
+
+static int upload_held(tld_models *M, const char *name, const void *data, size_t len, int max_batch, int max_delay_ms,
+                       int max_queue, int *created, tld_models_error *e) {
     char err[TL_ERR_LEN], tmp[1200] = "", dst[1200];
     int rc = -1;
     tl_model *m = NULL;

@@ -802,6 +802,51 @@ static void test_restart_loads_stored_models(void **state) {
     tld_models_release(r);
 }
 
+/* Uploads and deletes of one name from several threads at once: the name is held by each, so a model that is
+ * listed afterwards has its file, and one that is not has none (a delete never removes the file of an upload
+ * that replaced the model meanwhile, and the losing writer never removes the winner's). */
+typedef struct {
+    const void *data;
+    size_t len;
+    int rounds;
+} churn_arg;
+
+static void *churn_main(void *p) {
+    churn_arg *a = p;
+    for (int i = 0; i < a->rounds; i++) {
+        tld_models_error e = {0};
+        int created = 0;
+        tld_models_upload(g_M, "churn", a->data, a->len, 4, 5, 32, &created, &e);
+        if (i % 2 == 1) tld_models_delete(g_M, "churn", &e);
+    }
+    return NULL;
+}
+
+static void test_name_held_by_writers(void **state) {
+    (void)state;
+    size_t len = 0;
+    void *data = read_file(g_ckpt, &len);
+    assert_non_null(data);
+    char path[1300];
+    snprintf(path, sizeof path, "%s/models/churn.safetensors", g_state);
+    for (int trial = 0; trial < 8; trial++) { /* a race: more trials, more chances to see one */
+        churn_arg a = {data, len, 6};
+        pthread_t th[6];
+        for (int i = 0; i < 6; i++) assert_int_equal(pthread_create(&th[i], NULL, churn_main, &a), 0);
+        for (int i = 0; i < 6; i++) pthread_join(th[i], NULL);
+        tld_models_error e = {0};
+        char *js = tld_models_json(g_M, "churn", &e);
+        int listed = js != NULL;
+        free(js);
+        if (listed != (access(path, F_OK) == 0))
+            fail_msg("trial %d: the model is %s but its file is %s", trial, listed ? "listed" : "gone",
+                     access(path, F_OK) == 0 ? "there" : "gone");
+        if (listed) assert_int_equal(tld_models_delete(g_M, "churn", &e), 0);
+        assert_int_not_equal(access(path, F_OK), 0);
+    }
+    free(data);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upload_and_infer_equals_predict),
@@ -810,6 +855,7 @@ int main(void) {
         cmocka_unit_test(test_queue_full_and_deadline),
         cmocka_unit_test(test_delete_and_replace_while_in_use),
         cmocka_unit_test(test_upload_validation),
+        cmocka_unit_test(test_name_held_by_writers),
         cmocka_unit_test(test_restart_loads_stored_models),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
