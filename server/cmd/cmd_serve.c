@@ -56,6 +56,7 @@ typedef struct {
     int per_client;          /* connections per client address */
     int handler_threads;
     int header_timeout_s;
+    int max_attempts;        /* attempts in a row without progress before a job fails */
     char token[128];         /* from TOKENLAB_TOKEN, else the token file */
     char web_dir[1024];      /* the built dashboard; "" = TL_WEB_DIST (web/CMakeLists.txt) */
     char mpi_hostfile[1024]; /* "" = no distributed jobs */
@@ -80,6 +81,8 @@ static const char *USAGE =
     "  --per-client N         connections one client address may hold (TOKENLAB_PER_CLIENT, default 1024)\n"
     "  --handler-threads N    threads that run request handlers (TOKENLAB_HANDLER_THREADS, default 16)\n"
     "  --header-timeout S     a request's headers must arrive within S (TOKENLAB_HEADER_TIMEOUT, default 10)\n"
+    "  --max-attempts N       a job fails after N attempts in a row that made no progress, each ended by a\n"
+    "                         restart or a lost rank (TOKENLAB_MAX_ATTEMPTS, default 3)\n"
     "  --web-dir DIR          the built dashboard served at / (TOKENLAB_WEB_DIR, default: the build's web/dist)\n"
     "  --mpi-hostfile FILE    run jobs whose spec has \"distributed\": {\"ranks\": N} with Open MPI's mpirun\n"
     "                         on the hosts of FILE, an Open MPI hostfile: lines `host [slots=K]`, # comments\n"
@@ -92,7 +95,7 @@ static const char *USAGE =
     "                         --mpi-arg btl_tcp_if_include --mpi-arg eth0)\n"
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
     "                         threads_per_job, max_body, timeout, max_clients, per_client, handler_threads,\n"
-    "                         header_timeout, web_dir, mpi_hostfile\n"
+    "                         header_timeout, max_attempts, web_dir, mpi_hostfile\n"
     "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
     "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
     "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
@@ -124,6 +127,7 @@ static int apply(serve_cfg *c, const char *key, const char *v) {
     else if (!strcmp(key, "per_client")) { if (set_int(key, v, 1, 1000000, &x)) return -1; c->per_client = (int)x; }
     else if (!strcmp(key, "handler_threads")) { if (set_int(key, v, 1, 1024, &x)) return -1; c->handler_threads = (int)x; }
     else if (!strcmp(key, "header_timeout")) { if (set_int(key, v, 1, 3600, &x)) return -1; c->header_timeout_s = (int)x; }
+    else if (!strcmp(key, "max_attempts")) { if (set_int(key, v, 1, 1000, &x)) return -1; c->max_attempts = (int)x; }
     else if (!strcmp(key, "web_dir")) snprintf(c->web_dir, sizeof c->web_dir, "%s", v);
     else if (!strcmp(key, "mpi_hostfile")) snprintf(c->mpi_hostfile, sizeof c->mpi_hostfile, "%s", v);
     else {
@@ -176,6 +180,7 @@ static const struct {
     {"--max-clients", "TOKENLAB_MAX_CLIENTS", "max_clients"}, {"--per-client", "TOKENLAB_PER_CLIENT", "per_client"},
     {"--handler-threads", "TOKENLAB_HANDLER_THREADS", "handler_threads"},
     {"--header-timeout", "TOKENLAB_HEADER_TIMEOUT", "header_timeout"},
+    {"--max-attempts", "TOKENLAB_MAX_ATTEMPTS", "max_attempts"},
     {"--web-dir", "TOKENLAB_WEB_DIR", "web_dir"},
     {"--mpi-hostfile", "TOKENLAB_MPI_HOSTFILE", "mpi_hostfile"},
 };
@@ -184,7 +189,8 @@ static const struct {
 static int parse_args(serve_cfg *c, int argc, char **argv) {
     *c = (serve_cfg){.bind = "127.0.0.1", .port = 8080, .state_dir = "tokenlab-data", .data_root = ".",
                      .max_running = 1, .max_body = 16 << 20, .timeout_s = 30, .max_connections = 10000,
-                     .per_client = 1024, .handler_threads = 16, .header_timeout_s = 10};
+                     .per_client = 1024, .handler_threads = 16, .header_timeout_s = 10,
+                     .max_attempts = 3};
     const char *config = NULL;
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[i + 1];
@@ -325,7 +331,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tokenlabd serve: out of memory for the event bus\n");
         goto fail;
     }
-    tld_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, 3,
+    tld_jobs_cfg jc = {c.state_dir, c.data_root, c.max_running, c.threads_per_job, c.max_attempts,
                        c.mpi_hostfile[0] ? &mpi : NULL};
     jobs = tld_jobs_new(&jc, store, events, err, sizeof err);
     if (!jobs) {
