@@ -58,12 +58,13 @@ FILE *tl_file_create_temp(const char *path, char *tmp, size_t tmplen) {
 }
 
 int tl_file_commit(FILE *fp, const char *tmp, const char *path, const char **step) {
-    const char *what = "flush";
-    int ok = fflush(fp) == 0;
-    if (ok && (what = "fsync", fsync(fileno(fp)) != 0)) ok = 0;
+    const char *what = NULL;
+    if (fflush(fp) != 0) what = "flush";
+    else if (fsync(fileno(fp)) != 0) what = "fsync";
     int e = errno;
-    if (fclose(fp) != 0 && ok) ok = 0, e = errno, what = "close";
-    if (ok && (what = "rename", rename(tmp, path) != 0)) ok = 0, e = errno;
+    if (fclose(fp) != 0 && !what) what = "close", e = errno;
+    if (!what && rename(tmp, path) != 0) what = "rename", e = errno;
+    int ok = !what;
     if (!ok) {
         unlink(tmp);
         if (step) *step = what;

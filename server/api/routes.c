@@ -445,8 +445,6 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     if (s->pos == s->plen) {
         s->pos = s->plen = 0;
-        free(s->pending); /* drained: an idle stream keeps no buffer */
-        s->pending = NULL;
         if (s->finished) return -1;
         tld_event ev[32];
         int n = 0;
@@ -470,7 +468,11 @@ static long sse_fn(void *state, uint64_t pos, char *buf, size_t max) {
             if (now - s->grace >= SSE_GRACE_S) s->finished = 1;
             else soon = 1;
         }
-        if (s->plen == 0) return s->finished ? -1 : soon ? TLD_STREAM_SOON : 0;
+        if (s->plen == 0) {
+            free(s->pending); /* about to be parked: an idle stream keeps no buffer, an active one reuses it */
+            s->pending = NULL;
+            return s->finished ? -1 : soon ? TLD_STREAM_SOON : 0;
+        }
         s->last_sent = now;
     }
     size_t k = s->plen - s->pos < max ? s->plen - s->pos : max;

@@ -306,7 +306,6 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     pthread_mutex_init(&h->counter_mu, NULL);
     pthread_mutex_init(&h->log_mu, NULL);
     pthread_mutex_init(&h->pool_mu, NULL);
-    pthread_cond_init(&h->pool_cv, NULL);
     pthread_mutex_init(&h->park_mu, NULL);
     pthread_cond_init(&h->park_cv, NULL);
     pthread_mutex_init(&h->conn_mu, NULL);
@@ -773,7 +772,6 @@ void tld_http_free(tld_http *h) {
     pthread_mutex_destroy(&h->counter_mu);
     pthread_mutex_destroy(&h->log_mu);
     pthread_mutex_destroy(&h->pool_mu);
-    pthread_cond_destroy(&h->pool_cv);
     pthread_mutex_destroy(&h->park_mu);
     pthread_cond_destroy(&h->park_cv);
     pthread_mutex_destroy(&h->conn_mu);

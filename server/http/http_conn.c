@@ -109,6 +109,7 @@ int tld_http_park(http_stream *s, int soon) {
     double now = tl_clock_mono_s(), idle_end = s->last_data + (double)h->timeout_s;
     double tick = soon ? HTTP_SOON_MS / 1000.0 : HTTP_TICK_S;
     s->park_until = now + tick < idle_end ? now + tick : idle_end;
+    if (h->nparked == 0 || s->park_until < h->next_due) h->next_due = s->park_until;
     s->prev = NULL;
     s->next = h->parked;
     if (h->parked) h->parked->prev = s;
@@ -171,19 +172,24 @@ static int woken(const tld_http *h, const http_stream *s) {
 /* Resumes the parked streams (park_mu held): those a wake round concerns (round), and those whose tick
  * is due. */
 static void resume_parked(tld_http *h, int round, double now) {
+    if (!round && now < h->next_due) return; /* no tick is due: the list is not walked */
+    double due = now + HTTP_TICK_S;
     http_stream *s = h->parked;
     while (s) {
         http_stream *next = s->next;
         if ((round && woken(h, s)) || s->park_until <= now) {
             unlink_parked(h, s);
             MHD_resume_connection(s->conn);
+        } else if (s->park_until < due) {
+            due = s->park_until;
         }
         s = next;
     }
+    h->next_due = due;
 }
 
 /* Resumes the parked streams whose client hung up, marked gone (park_mu held): one poll() over their sockets. */
-static void resume_gone(tld_http *h, double now) {
+static void resume_gone(tld_http *h) {
     if (h->nparked == 0) return;
     struct pollfd *p = malloc(sizeof *p * (size_t)h->nparked);
     http_stream **who = malloc(sizeof *who * (size_t)h->nparked);
@@ -200,7 +206,6 @@ static void resume_gone(tld_http *h, double now) {
                 unlink_parked(h, who[i]);
                 MHD_resume_connection(who[i]->conn);
             }
-    (void)now;
     free(p);
     free(who);
 }
@@ -280,7 +285,7 @@ static void *ticker_main(void *arg) {
         pthread_cond_timedwait(&h->park_cv, &h->park_mu, &dl);
         double now = tl_clock_mono_s();
         int stopping = atomic_load(&h->stopping), check = now - last_reap >= 1.0;
-        if (check) resume_gone(h, now); /* before the due ones leave the list */
+        if (check) resume_gone(h); /* before the due ones leave the list */
         if (stopping) h->wake_all = 1;
         if (stopping || (h->wake_pending && now - last_wake >= HTTP_WAKE_MS / 1000.0)) {
             last_wake = now;

@@ -141,7 +141,6 @@ struct tld_http {
 
     /* http_conn.c: the handler pool (pool_mu) */
     pthread_mutex_t pool_mu;
-    pthread_cond_t pool_cv;        /* unused; each worker waits on its own */
     struct http_worker *pool_workers;
     struct http_worker **pool_idle; /* idle workers, the most recent on top */
     int pool_started, pool_nidle;
@@ -152,6 +151,7 @@ struct tld_http {
     pthread_cond_t park_cv;
     struct http_stream *parked;
     int nparked, wake_pending, ticker_quit, ticker_started;
+    double next_due;               /* the earliest park_until on the parked list (a bound: may be earlier) */
     uint64_t wake_keys[HTTP_WAKE_KEYS]; /* keys woken since the last round; wake_all when they overflow */
     int nwake_keys, wake_all;
     pthread_t ticker;
