@@ -26,6 +26,7 @@
 #include "api/datasets.h"
 #include "jobs/events.h"
 #include "http/http.h"
+#include "http/sha256.h"
 #include "jobs/jobs.h"
 #include "jobs/mpi_job.h"
 #include "api/route_table.h"
@@ -96,8 +97,9 @@ static const char *USAGE =
     "  --config FILE          JSON object with any of: bind, port, state, data_root, max_running,\n"
     "                         threads_per_job, max_body, timeout, max_clients, per_client, handler_threads,\n"
     "                         header_timeout, max_attempts, web_dir, mpi_hostfile\n"
-    "The API token for mutating requests is read from TOKENLAB_TOKEN or <state>/token, created\n"
-    "(mode 0600) on first start. OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
+    "The admin API token (every route) is read from TOKENLAB_TOKEN or <state>/token, created (mode\n"
+    "0600) on first start; read-only tokens (reads and inference): `tokenlabd token add --read NAME`.\n"
+    "OpenBLAS's kernels: SkylakeX on AVX-512 CPUs (over an inherited\n"
     "OPENBLAS_CORETYPE naming an older family); TL_BLAS_CORETYPE=NAME chooses another.\n";
 
 static int set_int(const char *name, const char *v, long long lo, long long hi, long long *out) {
@@ -253,6 +255,22 @@ static int parse_args(serve_cfg *c, int argc, char **argv) {
     return 0;
 }
 
+/* tld_http_read_token_fn over the store: the token's SHA-256 looked up in api_tokens (tokenlabd token). */
+static tld_token_status read_token(void *user, const char *tok, size_t len, char *name, size_t namelen) {
+    uint8_t hash[TLD_SHA256_BYTES];
+    tld_token_row row;
+    char err[256] = "";
+    tld_sha256(tok, len, hash);
+    int rc = tld_store_token_find(user, hash, &row, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "tokenlabd serve: token lookup: %s\n", err);
+        return TLD_TOKEN_ERROR;
+    }
+    if (rc > 0) return TLD_TOKEN_UNKNOWN;
+    snprintf(name, namelen, "%s", row.name);
+    return row.revoked_ms ? TLD_TOKEN_REVOKED : TLD_TOKEN_VALID;
+}
+
 /* Reads <state>/token, or creates it with a random token (mode 0600). */
 static int load_token(serve_cfg *c, char *path, size_t plen) {
     snprintf(path, plen, "%s/token", c->state_dir);
@@ -345,7 +363,8 @@ int cmd_serve(int argc, char **argv) {
         goto fail;
     }
     tld_http_cfg hc = {c.bind, c.port, c.max_connections, c.timeout_s, (size_t)c.max_body, c.token, NULL,
-                       c.per_client, c.handler_threads, c.header_timeout_s, c.origins, c.public_read};
+                       c.per_client, c.handler_threads, c.header_timeout_s, c.origins, c.public_read,
+                       read_token, store};
     http = tld_http_new(&hc, err, sizeof err);
     if (!http) {
         fprintf(stderr, "tokenlabd serve: http: %s\n", err);

@@ -9,5 +9,6 @@ int cmd_run(int argc, char **argv);    /* cmd_run.c */
 int cmd_synth(int argc, char **argv);  /* cmd_synth.c */
 int cmd_serve(int argc, char **argv);  /* cmd_serve.c */
 int cmd_routes(int argc, char **argv); /* cmd_routes.c: prints the HTTP route table */
+int cmd_token(int argc, char **argv);  /* cmd_token.c: read-only API tokens */
 
 #endif

@@ -13,6 +13,7 @@ static const char *USAGE = "usage: tokenlabd [serve] [options]            the da
                            "       tokenlabd run SPEC.json [--out DIR]   train one job in the foreground\n"
                            "       tokenlabd synth --out DIR [...]        write the synthetic dataset\n"
                            "       tokenlabd routes [--json]             print the HTTP API's route table\n"
+                           "       tokenlabd token add --read NAME | list | revoke NAME   read-only API tokens\n"
                            "       tokenlabd --version | --help\n";
 
 int main(int argc, char **argv) {
@@ -33,6 +34,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "synth")) return cmd_synth(argc - 2, argv + 2);
     if (!strcmp(argv[1], "routes")) return cmd_routes(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "token")) return cmd_token(argc - 2, argv + 2);
     fprintf(stderr, "tokenlabd: unknown command '%s'\n%s", argv[1], USAGE);
     return 2;
 }

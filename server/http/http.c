@@ -42,8 +42,11 @@
  *     localhost, 127.0.0.1, [::1] or an extra host: 403 HOST_NOT_ALLOWED),
  *     done before routing so a page on a rebound name learns nothing, then
  *     the route (404 NOT_FOUND; 405 METHOD_NOT_ALLOWED with Allow if another
- *     method has the path), the bearer token of TLD_AUTH_TOKEN routes (401
- *     UNAUTHENTICATED with WWW-Authenticate: Bearer; 403 FORBIDDEN), and
+ *     method has the path), the bearer token of TLD_AUTH_TOKEN routes, and
+ *     of every route off loopback without public_read (401 UNAUTHENTICATED
+ *     with WWW-Authenticate: Bearer; 403 FORBIDDEN; a read-only token, asked
+ *     of cfg.read_token, opens the public routes and gets 403
+ *     READ_ONLY_TOKEN on TLD_AUTH_TOKEN ones), and
  *     Content-Length against max_body (413 BODY_TOO_LARGE). A rejection is
  *     queued at once: MHD then sends no "100 Continue", never reads the body
  *     and closes the connection after the reply.
@@ -358,6 +361,8 @@ tld_http *tld_http_new(const tld_http_cfg *cfg, char *err, size_t errlen) {
     for (const char *const *o = cfg->allow_origins; o && *o; o++)
         if ((*o)[0] && add_string(&h->origins, &norigins, *o) != 0) goto oom;
     h->public_read = cfg->public_read != 0;
+    h->read_token = cfg->read_token;
+    h->read_token_user = cfg->read_token_user;
     h->loopback = h->ipv6 ? IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) : (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
     return h;
 oom:
@@ -512,8 +517,27 @@ static int admit(tld_req *r) {
             return -1;
         }
         if (!h->token || !token_equal(tok, toklen, h->token, h->token_len)) {
-            tld_http_reply_problem_text(r, 403, "FORBIDDEN", NULL, "the bearer token is not valid");
-            return -1;
+            char name[80] = "";
+            tld_token_status ts = h->read_token ? h->read_token(h->read_token_user, tok, toklen, name, sizeof name)
+                                                : TLD_TOKEN_UNKNOWN;
+            if (ts == TLD_TOKEN_VALID && rt->auth == TLD_AUTH_TOKEN) {
+                tld_reply_problem(r, 403, "READ_ONLY_TOKEN", NULL,
+                                  "the token '%s' may only read and run inference; this request needs the admin token",
+                                  name);
+                return -1;
+            }
+            if (ts == TLD_TOKEN_ERROR) {
+                tld_http_reply_problem_text(r, 503, "UNAVAILABLE", NULL, "the token could not be checked; try again");
+                return -1;
+            }
+            if (ts == TLD_TOKEN_REVOKED) {
+                tld_reply_problem(r, 403, "FORBIDDEN", NULL, "the token '%s' was revoked", name);
+                return -1;
+            }
+            if (ts != TLD_TOKEN_VALID) {
+                tld_http_reply_problem_text(r, 403, "FORBIDDEN", NULL, "the bearer token is not valid");
+                return -1;
+            }
         }
     }
 

@@ -24,6 +24,14 @@
 typedef struct tld_http tld_http;
 typedef struct tld_req tld_req;
 
+/* What a read-only token lookup found. */
+typedef enum { TLD_TOKEN_VALID = 0, TLD_TOKEN_REVOKED, TLD_TOKEN_UNKNOWN, TLD_TOKEN_ERROR } tld_token_status;
+/* Says whether tok[0..len) is a read-only token, writing its name (NUL-terminated, cut to namelen) when it
+ * is one, valid or revoked. Called on the HTTP event-loop threads, concurrently: it must be thread-safe and
+ * must not block for long. */
+typedef tld_token_status (*tld_http_read_token_fn)(void *user, const char *tok, size_t len, char *name,
+                                                   size_t namelen);
+
 typedef struct {
     const char *bind_addr;       /* "127.0.0.1" */
     int port;                    /* 0: any free port (see tld_http_port) */
@@ -42,6 +50,11 @@ typedef struct {
     /* Bound to an address that is not loopback, every route needs the token unless this is set (then reads
      * and inference stay open, as they always are on loopback). */
     int public_read;
+    /* Read-only tokens, may be NULL: asked about a bearer token that is not the admin token (see
+     * tld_http_read_token_fn). A valid read token opens what public_read would (reads and inference) and
+     * is refused on TLD_AUTH_TOKEN routes (403 READ_ONLY_TOKEN). */
+    tld_http_read_token_fn read_token;
+    void *read_token_user;
 } tld_http_cfg;
 
 /* A handler answers with tld_reply_* exactly once. */

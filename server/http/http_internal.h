@@ -126,6 +126,8 @@ struct tld_http {
     char **origins;                /* --allow-origin values, NULL-terminated (may be NULL) */
     int loopback;                  /* bound to 127.0.0.0/8 or ::1: public routes need no token */
     int public_read;               /* tld_http_cfg.public_read */
+    tld_http_read_token_fn read_token; /* tld_http_cfg.read_token, may be NULL */
+    void *read_token_user;
     struct sockaddr_storage addr;
     socklen_t addrlen;
     int ipv6;

@@ -9,7 +9,7 @@
  *   - the database file: created and migrated on open. migrations[] lists
  *     (version, sql) steps; the steps past the file's version (schema_version
  *     table) run in one transaction, which also records the new version.
- *     Steps 1 to 4 are schema/store.sql, store_v2.sql, store_v3.sql and store_v4.sql,
+ *     Steps 1 to 6 are schema/store.sql and store_v2.sql to store_v6.sql,
  *     embedded at build time (server/CMakeLists.txt generates store_schema.c from the files).
  *     A file newer than this code, or a database that is not a store, is
  *     refused.
@@ -53,6 +53,7 @@ static const struct {
     {3, tld_store_schema_v3}, /* schema/store_v3.sql: where fine-tuned jobs started (job_inits) */
     {4, tld_store_schema_v4}, /* schema/store_v4.sql: the ranks of distributed jobs (job_dist) */
     {5, tld_store_schema_v5}, /* schema/store_v5.sql: attempts that made no progress (the crash-loop guard) */
+    {6, tld_store_schema_v6}, /* schema/store_v6.sql: read-only API tokens, hashed (api_tokens) */
 };
 #define STORE_NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 #define STORE_VERSION (migrations[STORE_NMIGRATIONS - 1].version)
@@ -132,6 +133,7 @@ const char *const tld_store_rsql[R_COUNT] = {
                   "WHERE job_id = ?1 ORDER BY id LIMIT ?2",
     [R_CKPT_LIST] = "SELECT step, kind, path, bytes, time_ms, top1 FROM checkpoints WHERE job_id = ?1 "
                     "ORDER BY step DESC, kind LIMIT ?2",
+    [R_TOKEN_FIND] = "SELECT name, role, created_ms, coalesce(revoked_ms, 0) FROM api_tokens WHERE hash = ?1",
 };
 
 

@@ -1,8 +1,9 @@
 /*
  * store.h: tokenlabd's SQLite store of jobs, their metrics, logs and
  * checkpoints, registered models, token-inspection records and where
- * fine-tuned jobs started and the ranks of distributed jobs (schema in
- * schema/store.sql and store_v2.sql to store_v4.sql, versioned; migrations
+ * fine-tuned jobs started, the ranks of distributed jobs and the hashes of
+ * read-only API tokens (schema in schema/store.sql and store_v2.sql to
+ * store_v6.sql, versioned; migrations
  * applied on open).
  *
  * store.c owns the database file and its connections (store_writer.c the
@@ -265,6 +266,27 @@ int tld_store_job_dist_rates(tld_store *s, int64_t job, const char *rank_img_per
 /* 0 and *out (free with tld_job_dist_free), or -1 with "not found" when the job is not distributed. */
 int tld_store_job_dist_get(tld_store *s, int64_t job, tld_job_dist_row *out, char *err, size_t errlen);
 void tld_job_dist_free(tld_job_dist_row *r);
+
+/* ---- read-only API tokens (store_tokens.c; schema version 6, schema/store_v6.sql) ---- */
+#define TLD_TOKEN_NAME_MAX 64
+typedef struct {
+    char name[TLD_TOKEN_NAME_MAX + 1];
+    char role[16];            /* "read" */
+    int64_t created_ms;
+    int64_t revoked_ms;       /* 0 while the token is valid */
+} tld_token_row;
+/* Records a token by its 32-byte SHA-256 (the token itself is never stored). Awaited. -1 with a message when
+ * a valid token already has the name ("exists"), or the name breaks the schema's rule (1 to 64 of
+ * A-Z a-z 0-9 . _ -). */
+int tld_store_token_add(tld_store *s, const char *name, const char *role, const uint8_t hash[32], int64_t created_ms,
+                        char *err, size_t errlen);
+/* Revokes the valid token of that name at when_ms. Awaited. -1 with "not found" when no valid token has it. */
+int tld_store_token_revoke(tld_store *s, const char *name, int64_t when_ms, char *err, size_t errlen);
+/* Looks a token up by its hash on the caller's read connection: 0 and *out (revoked_ms tells a revoked one),
+ * 1 when no token has that hash, -1 on a database error. */
+int tld_store_token_find(tld_store *s, const uint8_t hash[32], tld_token_row *out, char *err, size_t errlen);
+/* Every token, valid and revoked, oldest first: up to cap rows into out, *n the count. */
+int tld_store_token_list(tld_store *s, tld_token_row *out, int cap, int *n, char *err, size_t errlen);
 
 /* Waits until every queued write so far is committed. */
 int tld_store_flush(tld_store *s);

@@ -12,6 +12,7 @@
  *   store_models.c, store_inspect.c  the tables of schema version 2, written
  *                       through tld_store_write_exec
  *   store_inits.c       the table of schema version 3 (job_inits), likewise
+ *   store_tokens.c      the table of schema version 6 (api_tokens), likewise
  *
  * The writer thread is the only one that touches wdb, w[] and the batch
  * scratch of struct tld_store; the ring and the done flags are under mu; the
@@ -97,6 +98,7 @@ enum {
     R_LOG_AFTER,
     R_CKPT_LIST,
     R_HISTORY,
+    R_TOKEN_FIND,
     R_COUNT
 };
 

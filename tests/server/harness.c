@@ -71,7 +71,7 @@ int tlt_daemon_start(const char *name) {
     g_jobs = tld_jobs_new(&jc, g_store, g_ev, err, sizeof err);
     tld_models_cfg mc = {g_state, g_root, g_store, 1};
     g_models = g_jobs ? tld_models_new(&mc, err, sizeof err) : NULL;
-    tld_http_cfg hc = {"127.0.0.1", 0, 64, 10, (size_t)1 << 20, TLT_TOKEN, NULL, 0, 4, 0, NULL, 0};
+    tld_http_cfg hc = {"127.0.0.1", 0, 64, 10, (size_t)1 << 20, TLT_TOKEN, NULL, 0, 4, 0, NULL, 0, NULL, NULL};
     g_http = g_models ? tld_http_new(&hc, err, sizeof err) : NULL;
     if (!g_http) {
         fprintf(stderr, "setup: %s\n", err);

@@ -41,6 +41,7 @@
 #include <curl/curl.h>
 
 #include "http/http.h"
+#include "http/sha256.h"
 
 #define TOKEN "t0ken-for-tests"
 #define MAX_BODY ((size_t)2 * 1024 * 1024)
@@ -1059,6 +1060,37 @@ static void test_origin_and_public_read(void **state) {
     }
 }
 
+/* SHA-256 of the tokens' hashes: FIPS 180-4's examples, the empty string, both padding cases (55 and 56
+ * bytes: one tail block and two) and a million 'a's. */
+static void test_sha256(void **state) {
+    (void)state;
+    static const struct {
+        const char *msg;
+        size_t repeat;
+        const char *hex;
+    } v[] = {
+        {"", 1, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abc", 1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 1,
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+        {"a", 55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"},
+        {"a", 56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"},
+        {"a", 1000000, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        size_t n = strlen(v[i].msg) * v[i].repeat;
+        char *buf = malloc(n + 1);
+        assert_non_null(buf);
+        for (size_t k = 0; k < v[i].repeat; k++) memcpy(buf + k * strlen(v[i].msg), v[i].msg, strlen(v[i].msg));
+        uint8_t d[TLD_SHA256_BYTES];
+        char hex[2 * TLD_SHA256_BYTES + 1];
+        tld_sha256(buf, n, d);
+        for (int k = 0; k < TLD_SHA256_BYTES; k++) snprintf(hex + 2 * k, 3, "%02x", d[k]);
+        free(buf);
+        assert_string_equal(hex, v[i].hex);
+    }
+}
+
 static void test_stop_with_open_stream(void **state) {
     tld_http_cfg cfg = {.bind_addr = "127.0.0.1", .timeout_s = 30};
     char err[256] = "";
@@ -1122,6 +1154,7 @@ int main(void) {
         cmocka_unit_test(test_fallback),
         cmocka_unit_test(test_ipv6),
         cmocka_unit_test(test_stop_with_open_stream),
+        cmocka_unit_test(test_sha256),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

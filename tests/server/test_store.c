@@ -153,16 +153,17 @@ static void test_schema_embedded_equals_file(void **state) {
     check_embedded("store_v3.sql", tld_store_schema_v3, tld_store_schema_v3_len);
     check_embedded("store_v4.sql", tld_store_schema_v4, tld_store_schema_v4_len);
     check_embedded("store_v5.sql", tld_store_schema_v5, tld_store_schema_v5_len);
+    check_embedded("store_v6.sql", tld_store_schema_v6, tld_store_schema_v6_len);
 }
 
 static void test_version_and_refusals(void **state) {
     (void)state;
     char path[1024], err[512] = "";
     tld_store *s = open_fresh("version", path, sizeof path);
-    assert_int_equal(tld_store_schema_version(s), 5);
+    assert_int_equal(tld_store_schema_version(s), 6);
     int64_t id = new_job(s, "v");
     tld_store_close(s);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 6);
 
     /* Reopening a current file applies nothing and keeps the data. */
     s = tld_store_open(path, err, sizeof err);
@@ -171,16 +172,16 @@ static void test_version_and_refusals(void **state) {
     tld_store_close(s);
 
     /* A file from a newer tokenlabd is refused, and left as it is. */
-    sql_exec(path, "UPDATE schema_version SET version = 6");
+    sql_exec(path, "UPDATE schema_version SET version = 7");
     err[0] = '\0';
     s = tld_store_open(path, err, sizeof err);
     if (s) tld_store_close(s);
     assert_null(s);
     if (!strstr(err, "newer")) fail_msg("message \"%s\" does not say newer", err);
     printf("  newer schema refused: %s\n", err);
-    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 6);
+    assert_int_equal(sql_int(path, "SELECT version FROM schema_version"), 7);
 
-    /* A version 1 file (made by an older tokenlabd) is migrated to version 5, its jobs kept. */
+    /* A version 1 file (made by an older tokenlabd) is migrated to version 6, its jobs kept. */
     char v1[1024];
     db_path(v1, sizeof v1, "v1");
     remove_db(v1);
@@ -188,15 +189,15 @@ static void test_version_and_refusals(void **state) {
     sql_exec(v1, "INSERT INTO jobs (name, spec_json, state_changed_ms, created_ms) VALUES ('old', '{}', 1, 1)");
     s = tld_store_open(v1, err, sizeof err);
     if (!s) fail_msg("migrating a version 1 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 5);
+    assert_int_equal(tld_store_schema_version(s), 6);
     tld_store_close(s);
-    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(sql_int(v1, "SELECT version FROM schema_version"), 6);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM jobs WHERE name = 'old'"), 1);
     assert_int_equal(sql_int(v1, "SELECT count(*) FROM sqlite_master WHERE name IN ('models', 'inspect_sets', "
-                                 "'inspect_samples', 'inspect_preds', 'job_inits', 'job_dist')"), 6);
+                                 "'inspect_samples', 'inspect_preds', 'job_inits', 'job_dist', 'api_tokens')"), 7);
     remove_db(v1);
 
-    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 5: its jobs and models kept. */
+    /* A version 2 file (the tokenlabd before fine-tuning) is migrated to version 6: its jobs and models kept. */
     char v2[1024];
     db_path(v2, sizeof v2, "v2");
     remove_db(v2);
@@ -208,9 +209,9 @@ static void test_version_and_refusals(void **state) {
                  "max_queue, created_ms) VALUES ('m', 'upload', '/x', 1, '[]', 0.9, 8, 5, 64, 1)");
     s = tld_store_open(v2, err, sizeof err);
     if (!s) fail_msg("migrating a version 2 file: %s", err);
-    assert_int_equal(tld_store_schema_version(s), 5);
+    assert_int_equal(tld_store_schema_version(s), 6);
     tld_store_close(s);
-    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(sql_int(v2, "SELECT version FROM schema_version"), 6);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM jobs WHERE name = 'old2'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM models WHERE name = 'm'"), 1);
     assert_int_equal(sql_int(v2, "SELECT count(*) FROM sqlite_master WHERE name = 'job_inits'"), 1);

@@ -1,6 +1,8 @@
 // The REST client: JSON in and out, problem+json errors as ApiError, and the
-// bearer token for mutating calls (asked for once, kept in localStorage; a
-// 401 or 403 about the token asks again and retries).
+// bearer token (asked for once, kept in localStorage, sent with every call
+// once known; a 401 or 403 about the token asks again and retries). Mutating
+// calls always need one; reads only from a daemon bound off loopback, which
+// answers them 401 without a token (an admin or a read-only token will do).
 
 const TOKEN_KEY = "tokenlab.token";
 
@@ -71,12 +73,13 @@ export async function api(path, opts = {}) {
   }
   let reason = "";
   for (let attempt = 0; ; attempt++) {
-    if (needAuth) {
-      let t = getToken();
-      if (!t) t = await askToken(reason);
+    let t = getToken();
+    if (needAuth && !t) {
+      t = await askToken(reason);
       if (!t) throw new ApiError(401, { code: "NO_TOKEN", detail: "no API token was given" });
-      headers.Authorization = "Bearer " + t;
     }
+    if (t) headers.Authorization = "Bearer " + t;
+    else delete headers.Authorization;
     let r;
     try {
       r = await fetch(path, { method, headers, body, signal: opts.signal, cache: "no-store" });
@@ -91,9 +94,18 @@ export async function api(path, opts = {}) {
       return ct.includes("json") ? r.json() : r.text();
     }
     const p = await readProblem(r);
-    if (needAuth && (p.code === "UNAUTHENTICATED" || p.code === "FORBIDDEN") && attempt < 5) {
-      setToken("");
-      reason = p.code === "FORBIDDEN" ? "The daemon refused that token." : "The daemon needs a token.";
+    if (["UNAUTHENTICATED", "FORBIDDEN", "READ_ONLY_TOKEN"].includes(p.code) && attempt < 5) {
+      if (t) setToken(""); // refused, or only a read-only token where the admin token is needed
+      reason =
+        p.code === "READ_ONLY_TOKEN"
+          ? "That token may only read; this needs the daemon's admin token."
+          : p.code === "FORBIDDEN"
+            ? "The daemon refused that token."
+            : needAuth
+              ? "The daemon needs a token."
+              : "This daemon needs a token for reading too.";
+      // mutating calls ask at the top of the loop; reads ask here, and only when refused
+      if (!needAuth && !(await askToken(reason))) throw new ApiError(r.status, p);
       continue;
     }
     throw new ApiError(r.status, p);

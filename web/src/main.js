@@ -55,9 +55,11 @@ function TokenDialog() {
         <h2 id="token-title">API token</h2>
         ${st.reason && html`<p class="error">${st.reason}</p>`}
         <p>
-          Submitting, cancelling and deleting need the daemon's API token. It is in the file <code>token</code> of
-          the daemon's state folder (<code>tokenlab-data/token</code> by default); the daemon prints its path on
-          first start. It is kept in this browser's storage.
+          Submitting, cancelling and deleting need the daemon's admin token. It is in the file <code>token</code>
+          of the daemon's state folder (<code>tokenlab-data/token</code> by default); the daemon prints its path
+          on first start. A daemon bound to an address other than loopback also wants a token for reading: the
+          admin token, or a read-only one made with <code>tokenlabd token add --read NAME</code>. It is kept in
+          this browser's storage.
         </p>
         <input
           id="token-input"

@@ -1,6 +1,10 @@
 // Server-Sent Events over fetch: unlike EventSource it reports the HTTP status
 // (a 404 tells that the daemon has no such stream) and lets us decide when to
-// reconnect. Reconnects send Last-Event-ID so that nothing is missed.
+// reconnect. Reconnects send Last-Event-ID so that nothing is missed, and
+// the stored API token, when there is one (a daemon bound off loopback wants
+// it for reading too).
+
+import { getToken } from "./api.js";
 
 export function openStream(url, { onEvent, onStatus, shouldReconnect = () => true } = {}) {
   let closed = false;
@@ -14,6 +18,8 @@ export function openStream(url, { onEvent, onStatus, shouldReconnect = () => tru
     ctrl = new AbortController();
     const headers = { Accept: "text/event-stream" };
     if (lastId != null) headers["Last-Event-ID"] = lastId;
+    const token = getToken();
+    if (token) headers.Authorization = "Bearer " + token;
     let resp;
     try {
       resp = await fetch(url, { headers, signal: ctrl.signal, cache: "no-store" });

@@ -25,7 +25,10 @@
 // fine-tuned job's page (its source linked); label maps (the synthetic data's
 // map chosen in the list, the prefix filter, an image's token map painted
 // with the classes the API gives, the hover tooltip, the legend; an annotate
-// job's page opening the map it wrote). Without the shared photos the predict
+// job's page opening the map it wrote); the daemon bound off loopback (the
+// dashboard asks for a token to read, a read-only token from `tokenlabd token
+// add --read` shows the jobs, and deleting asks for the admin token, which
+// deletes). Without the shared photos the predict
 // part is reported PENDING. Screenshots go to
 // DIR/screenshots. Prints "N passed, M failed, K pending"; exits 1 on failure.
 import { spawn, spawnSync } from "node:child_process";
@@ -99,22 +102,25 @@ function assert(cond, msg) {
 // ---------------------------------------------------------------- daemon
 const daemon = { proc: null, port: 0, token: "" };
 
-async function startDaemon() {
-  fs.rmSync(WORK, { recursive: true, force: true });
-  fs.mkdirSync(SHOTS, { recursive: true });
+// Starts the daemon on a fresh work folder, or (again: true) on the one there; bind: the address to bind.
+async function startDaemon({ again = false, bind = "127.0.0.1" } = {}) {
   const data = path.join(WORK, "data");
-  const synth = spawnSync(BIN, ["synth", "--out", path.join(data, "synth"), "--classes", "4", "--train", "96", "--val", "32", "--size", "32"],
-    { stdio: ["ignore", "ignore", "inherit"] });
-  assert(synth.status === 0, "tokenlabd synth failed");
+  if (!again) {
+    fs.rmSync(WORK, { recursive: true, force: true });
+    fs.mkdirSync(SHOTS, { recursive: true });
+    const synth = spawnSync(BIN, ["synth", "--out", path.join(data, "synth"), "--classes", "4", "--train", "96", "--val", "32", "--size", "32"],
+      { stdio: ["ignore", "ignore", "inherit"] });
+    assert(synth.status === 0, "tokenlabd synth failed");
+  }
   const log = fs.openSync(path.join(WORK, "daemon.log"), "a");
-  daemon.proc = spawn(BIN, ["serve", "--port", "0", "--state", path.join(WORK, "state"), "--data-root", data,
+  daemon.proc = spawn(BIN, ["serve", "--port", "0", "--bind", bind, "--state", path.join(WORK, "state"), "--data-root", data,
     "--threads-per-job", "2", "--web-dir", WEB], { stdio: ["ignore", "pipe", log] });
   const rl = readline.createInterface({ input: daemon.proc.stdout });
   daemon.port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the daemon did not report its port")), 30000);
     rl.on("line", (line) => {
       fs.appendFileSync(path.join(WORK, "daemon.out"), line + "\n");
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)\//.exec(line);
+      const m = /listening on http:\/\/[^ ]*:(\d+)\//.exec(line);
       if (m) {
         clearTimeout(timer);
         resolve(Number(m[1]));
@@ -727,6 +733,42 @@ async function main() {
       await page.click("[data-test=key-list] a[data-key]");
       await page.waitForSelector("[data-test=labelmap-canvas][data-drawn]");
       assert((await waitSaturated(page, "[data-test=labelmap-canvas]", 20001)) > 20000, "the annotated map is not painted");
+    });
+
+    await check("off loopback: a read-only token reads; deleting asks for the admin token", async () => {
+      assert(jobId, "no finished job to delete");
+      await stopDaemon();
+      const add = spawnSync(BIN, ["token", "add", "--read", "viewer", "--state", path.join(WORK, "state")], { encoding: "utf8" });
+      assert(add.status === 0, "tokenlabd token add: " + add.stderr);
+      const readToken = add.stdout.trim();
+      await startDaemon({ again: true, bind: "0.0.0.0" }); // every route now needs a token
+      const ctx = await browser.newContext({ viewport: { width: 1400, height: 1000 } }); // no stored token
+      const p2 = await ctx.newPage();
+      p2.setDefaultTimeout(60000);
+      const errs = [];
+      p2.on("pageerror", (e) => errs.push(String(e)));
+      p2.on("dialog", (d) => d.accept()); // the delete confirmation
+      try {
+        await p2.goto(base() + "/#/jobs");
+        await p2.waitForSelector("#token-input");
+        assert((await p2.textContent(".modal")).includes("for reading too"), "the dialog does not say why");
+        await p2.fill("#token-input", readToken);
+        await p2.click("#token-save");
+        await p2.waitForSelector(`a[href="#/jobs/${jobId}"]`); // the list, read with the read-only token
+        await p2.goto(base() + `/#/jobs/${jobId}`);
+        await p2.click("button:has-text('Delete')");
+        await p2.waitForSelector("#token-input");
+        assert((await p2.textContent(".modal")).includes("may only read"), "the dialog does not ask for the admin token");
+        assert((await apiCall("GET", `/api/v1/jobs/${jobId}`)).status === 200, "deleted with a read-only token");
+        await shot(p2, "10-read-only-token");
+        await p2.fill("#token-input", daemon.token);
+        await p2.click("#token-save");
+        await p2.waitForFunction(() => location.hash === "#/jobs");
+        assert((await apiCall("GET", `/api/v1/jobs/${jobId}`)).status === 404, "the admin token did not delete the job");
+        assert(errs.length === 0, errs.join("\n"));
+      } finally {
+        await ctx.close();
+      }
     });
 
     await check("no errors in the page", async () => {

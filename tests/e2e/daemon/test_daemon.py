@@ -49,7 +49,7 @@ class Daemon:
             line = self.proc.stdout.readline().decode()
             if not line:
                 raise RuntimeError("daemon exited during start-up (see daemon.log)")
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            m = re.search(r"listening on http://[^ ]*:(\d+)/", line)  # any --bind; requests go to 127.0.0.1
             if m:
                 self.port = int(m.group(1))
                 break

@@ -60,7 +60,16 @@ export function InspectView({ id, query }) {
     if (!meta) return;
     for (const s of meta.samples)
       if (!images[s.k])
-        loadImage(`/api/v1/jobs/${id}/samples/${s.k}/image`).then(
+        api(`/api/v1/jobs/${id}/samples/${s.k}/image`, { raw: true }) // through api(): it sends the token
+          .then(async (r) => {
+            const url = URL.createObjectURL(await r.blob());
+            try {
+              return await loadImage(url);
+            } finally {
+              URL.revokeObjectURL(url);
+            }
+          })
+          .then(
           (img) => setImages((m) => ({ ...m, [s.k]: img })),
           () => {},
         );
