@@ -258,8 +258,12 @@ static void hint(const cli *c, const api_resp *r, const char *code, const char *
                         "        --token-file FILE, set TOKENLAB_TOKEN or TOKENLAB_TOKEN_FILE, or add it to the config "
                         "file.\n");
     else if (r->status == 403 && strcmp(code, "FORBIDDEN") == 0)
-        fprintf(stderr, "  hint: the token (from %s) is not this daemon's; it is in the daemon's <state>/token.\n",
+        fprintf(stderr, "  hint: the token (from %s) is not valid here: the admin token is in the daemon's "
+                        "<state>/token;\n        read-only tokens are listed by `tokenlabd token list`.\n",
                 c->token_from[0] ? c->token_from : "nowhere");
+    else if (r->status == 403 && strcmp(code, "READ_ONLY_TOKEN") == 0)
+        fprintf(stderr, "  hint: the token (from %s) may only read and run inference; this needs the admin token "
+                        "(<state>/token).\n", c->token_from[0] ? c->token_from : "nowhere");
     else if (r->status == 403 && strcmp(code, "HOST_NOT_ALLOWED") == 0)
         fprintf(stderr, "  hint: the daemon answers only to its own address or localhost; try --server "
                         "http://127.0.0.1:PORT.\n");
