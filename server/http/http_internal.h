@@ -32,7 +32,7 @@
 #define HTTP_MAX_METHOD 16
 #define HTTP_MAX_REPLY_HEADERS 16   /* tld_reply_header calls per reply */
 #define HTTP_NCOUNTERS 128          /* the last slot takes whatever does not fit */
-#define HTTP_MEMORY_LIMIT ((size_t)64 * 1024) /* per connection: headers, read and write buffers */
+#define HTTP_MEMORY_LIMIT ((size_t)32 * 1024) /* per connection: headers, read and write buffers (MHD's default) */
 #define HTTP_STREAM_BLOCK ((size_t)16 * 1024)
 #define HTTP_TICK_S 15.0            /* a parked stream is asked again at least this often (the SSE heartbeat) */
 #define HTTP_WAKE_MS 50             /* tld_http_wake resumes the parked streams at most this often */

@@ -17,7 +17,9 @@ Covers (issue 17):
 - slowloris: headers trickled one byte a second are cut after
   --header-timeout; a body announced with Content-Length and trickled is cut
   after its deadline (idle timeout + size at 64 KiB/s); a request sent
-  whole meanwhile is answered.
+  whole meanwhile is answered;
+- request headers of 16 KB are answered, and 40 KB (past the 32 KiB a
+  connection may use) get 431 rather than a reset.
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 import argparse
@@ -148,9 +150,21 @@ def main():
             time.sleep(0.5)
         quick_get(d, "/healthz", 1.0)
 
+    @check("request headers: 16 KB answered; past the 32 KiB per-connection memory, 431 and the daemon goes on")
+    def t_headers(_):
+        for size, want in ((16000, b"HTTP/1.1 200"), (40000, b"HTTP/1.1 431")):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            s.sendall(("GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\nX-Big: %s\r\n\r\n"
+                       % (d.port, "a" * size)).encode())
+            reply = raw_reply(s)
+            s.close()
+            assert reply.startswith(want), (size, reply[:200])
+        quick_get(d, "/healthz", 1.0)
+
     d.start()
     try:
         t_many(d)
+        t_headers(d)
     finally:
         d.stop()
 
