@@ -225,10 +225,11 @@ static void h_eval(const tl_eval_report *r, void *u) {
 
 /* Metric points up to the checkpoint's step must be committed before the checkpoint exists,
  * or a kill -9 right after it would lose them (recovery only redoes steps after it). */
-static void h_before_checkpoint(int64_t step, void *u) {
+static int h_before_checkpoint(int64_t step, void *u) {
     slot *s = u;
     (void)step;
     tld_store_flush(s->J->store);
+    return 0;
 }
 
 static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {

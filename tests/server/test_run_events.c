@@ -69,9 +69,10 @@ static void r_eval(const tl_eval_report *r, void *u) {
     got *g = u;
     g->evals++, g->eval = *r;
 }
-static void r_before(int64_t step, void *u) {
+static int r_before(int64_t step, void *u) {
     got *g = u;
     g->befores++, g->ck_step = step;
+    return 0;
 }
 static void r_checkpoint(const char *path, int64_t step, int best, void *u) {
     got *g = u;
