@@ -369,6 +369,7 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
     }
     s->key_made = 1;
 
+    tld_store_fault_install(); /* the full-disk switch, when a test set it (tokenlab/files.h) */
     int rc = sqlite3_open_v2(path, &s->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         tl_seterr(err, errlen, "cannot open the store %s: %s", path,
