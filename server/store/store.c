@@ -6,7 +6,9 @@
  * them) add the writer thread and one file per table.
  *
  * Owns:
- *   - the database file: created and migrated on open. migrations[] lists
+ *   - the database file: created and migrated on open; beside it the
+ *     reserve (<file>.reserve, store_reserve.c), room for the store's own
+ *     writes on a full disk. migrations[] lists
  *     (version, sql) steps; the steps past the file's version (schema_version
  *     table) run in one transaction, which also records the new version.
  *     Steps 1 to 4 are schema/store.sql, store_v2.sql, store_v3.sql and store_v4.sql,
@@ -340,6 +342,10 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
     }
     int mu_made = 0, rmu_made = 0, cv_made = 0;
     s->path = strdup(path);
+    size_t plen = strlen(path) + sizeof ".reserve";
+    s->reserve_path = malloc(plen);
+    if (s->reserve_path) snprintf(s->reserve_path, plen, "%s.reserve", path);
+    atomic_store(&s->reserve_missing, STORE_RESERVE_BYTES);
     s->ring = calloc(STORE_QUEUE_CAP, sizeof *s->ring);
     s->dirty = calloc(STORE_QUEUE_CAP, sizeof *s->dirty);
     s->logbuf = malloc(STORE_LOG_CHUNK);
@@ -388,6 +394,7 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
             goto fail;
         }
     }
+    tld_store_reserve_make(s); /* before the writer starts; without room it is made later */
     if (tld_store_writer_start(s, err, errlen) != 0) goto fail;
     return s;
 
@@ -405,6 +412,7 @@ fail:
     free(s->logbuf);
     free(s->dirty);
     free(s->ring);
+    free(s->reserve_path);
     free(s->path);
     free(s);
     return NULL;
@@ -520,6 +528,7 @@ void tld_store_close(tld_store *s) {
     free(s->logbuf);
     free(s->dirty);
     free(s->ring);
+    free(s->reserve_path);
     free(s->path);
     free(s);
 }

@@ -284,5 +284,9 @@ int tld_store_metrics_durable(tld_store *s, int64_t job);
 /* Forgets job's lost metric points not reported yet (an attempt ended: its points past its last checkpoint are
  * dropped when it resumes). */
 void tld_store_metrics_forget(tld_store *s, int64_t job);
+/* The bytes the store's reserve (<database>.reserve, room kept for its own writes on a full disk, released when one
+ * meets SQLITE_FULL and made again once there is room) lacks now: 0 while it is held. Whoever waits for room on the
+ * state folder's file system waits for this much more. */
+int64_t tld_store_reserve_missing(tld_store *s);
 
 #endif

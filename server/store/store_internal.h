@@ -13,6 +13,7 @@
  *                       through tld_store_write_exec
  *   store_inits.c       the table of schema version 3 (job_inits), likewise
  *   store_fault.c       the full-disk switch's VFS shim (tests; tokenlab/files.h)
+ *   store_reserve.c     room kept beside the database for the store's writes on a full disk
  *
  * The writer thread is the only one that touches wdb, w[] and the batch
  * scratch of struct tld_store; the ring and the done flags are under mu; the
@@ -47,6 +48,7 @@
 #define STORE_LOG_CHUNK 65536          /* bytes per log chunk at most */
 #define STORE_ERR 256
 #define STORE_LOST_JOBS 256            /* jobs with metric points lost and not yet reported, before all count */
+#define STORE_RESERVE_BYTES ((int64_t)4 << 20) /* the reserve file (store_reserve.c) */
 
 typedef int (*tld_store_write_fn)(sqlite3 *db, void *arg, char *err, size_t errlen);
 
@@ -180,6 +182,9 @@ typedef struct rconn {
 struct tld_store {
     char *path;
     int version;
+    char *reserve_path;            /* <path>.reserve (store_reserve.c) */
+    _Atomic int64_t reserve_missing; /* bytes the reserve lacks: 0 while it is held */
+    int64_t reserve_next_ms;       /* writer thread: when to try making it again */
 
     /* writer: wdb and w[] belong to the writer thread once it runs */
     sqlite3 *wdb;
@@ -267,6 +272,14 @@ int tld_store_wstep(tld_store *s, int q);
 void tld_store_queued_failed(tld_store *s, int64_t metric_job, int64_t n, const char *what);
 /* Writer thread: notes whether the writer connection's last error was SQLITE_FULL; returns 1 when it was. */
 int tld_store_note_full(tld_store *s);
+
+/* ------------------------------------------------------------------ store_reserve.c */
+
+/* Makes the reserve file when it is missing, the retry delay has passed and the file system has room for it twice.
+ * Open, then the writer thread. */
+void tld_store_reserve_make(tld_store *s);
+/* Gives the reserve's space back (a write met SQLITE_FULL). Writer thread. */
+void tld_store_reserve_release(tld_store *s);
 
 /* ------------------------------------------------------------------ store_fault.c */
 

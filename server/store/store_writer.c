@@ -15,9 +15,9 @@
  *     leaves the others of its batch alone, and return their own result once
  *     the batch is committed (or an error if the commit failed).
  *   - a full disk (SQLITE_FULL, real or from the full-disk switch): the
- *     batch is rolled back, nothing already committed is touched, and the
- *     writer goes on with the next batch (it never stops or retries in a
- *     loop). Awaited ops fail with errno ENOSPC, so their callers can wait
+ *     batch is rolled back, nothing already committed is touched, the
+ *     store's reserve is released (store_reserve.c) and the writer goes on
+ *     with the next batch (it never stops or retries in a loop). Awaited ops fail with errno ENOSPC, so their callers can wait
  *     for space and try again; queued ops are lost, bounded and reported:
  *     the jobs whose metric points were lost are remembered until
  *     tld_store_metrics_durable reports them before their next checkpoint,
@@ -282,7 +282,9 @@ static void *writer_main(void *arg) {
         if (TL_NEVER(n > STORE_QUEUE_CAP)) n = STORE_QUEUE_CAP; /* a batch is at most the ring */
         pthread_mutex_unlock(&s->mu);
 
+        tld_store_reserve_make(s); /* when it was released and there is room again */
         apply_batch(s, start, n);
+        if (s->batch_full) tld_store_reserve_release(s); /* room for the retries of what this batch could not write */
         for (size_t i = 0; i < n; i++) {
             wop *op = &s->ring[(start + i) % STORE_QUEUE_CAP];
             if (op->kind == OP_LOG) {
