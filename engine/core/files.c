@@ -324,7 +324,7 @@ const char *tl_disk_full_message(char *buf, size_t len, const char *path) {
     char fb[32];
     int64_t f = tl_fs_free_bytes(path);
     if (f >= 0)
-        snprintf(buf, len, "no space left on the device for %s (%s free on its file system)", path,
+        snprintf(buf, len, "no space left on the device for %s (%s free on its file system now)", path,
                  tl_format_bytes(fb, sizeof fb, f));
     else
         snprintf(buf, len, "no space left on the device for %s", path);

@@ -89,7 +89,7 @@ int tl_errno_disk_full(int e);
 int64_t tl_fs_free_bytes(const char *path);
 /* n as "512 bytes", "1.5 MiB", ... into buf; returns buf. */
 const char *tl_format_bytes(char *buf, size_t len, int64_t n);
-/* "no space left on the device for PATH (12.0 KiB free on its file system)" into buf; returns buf. */
+/* "no space left on the device for PATH (12.0 KiB free on its file system now)" into buf; returns buf. */
 const char *tl_disk_full_message(char *buf, size_t len, const char *path);
 
 /* The full-disk switch (see the top of this file). */
