@@ -233,8 +233,8 @@ static void test_malformed(void **state) {
         "{\"event\":\"checkpoint\",\"path\":null,\"step\":1,\"is_best\":false}",
         "{\"event\":\"log\"}",
         "{\"event\":\"init\",\"weights\":\"w\"}",
-        "{\"event\":\"end\",\"status\":\"MAYBE\",\"reason\":\"\",\"message\":\"\",\"step\":1,\"skipped_images\":0,"
-        "\"best_top1\":1}",
+        ("{\"event\":\"end\",\"status\":\"MAYBE\",\"reason\":\"\",\"message\":\"\",\"step\":1,\"skipped_images\":0,"
+         "\"best_top1\":1}"),
         "{\"event\":\"start\",\"start\":1,\"total\":3",
     };
     got g = {0};
