@@ -302,7 +302,7 @@ int64_t tl_fs_free_bytes(const char *path) {
     }
     if (rc != 0) return -1;
     uint64_t free_b = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
-    uint64_t room = tl_fault_enospc_room(TL_FAULT_FILES);
+    uint64_t room = tl_fault_enospc_room(TL_FAULT_FILES | TL_FAULT_STORE); /* a full store is a full disk too */
     if (room < free_b) free_b = room;
     return free_b > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)free_b;
 }

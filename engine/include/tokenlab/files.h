@@ -85,7 +85,8 @@ int tl_file_remove_temps(const char *dir);
 /* 1 when errno value e means a full disk (ENOSPC, EDQUOT), else 0. */
 int tl_errno_disk_full(int e);
 /* The bytes an unprivileged writer may still put on the file system holding path (path, or its folder
- * when path does not exist yet), no more than the full-disk switch lets through; -1 when statvfs fails. */
+ * when path does not exist yet), no more than the full-disk switch lets through (either scope); -1 when
+ * statvfs fails. */
 int64_t tl_fs_free_bytes(const char *path);
 /* n as "512 bytes", "1.5 MiB", ... into buf; returns buf. */
 const char *tl_format_bytes(char *buf, size_t len, int64_t n);
