@@ -100,6 +100,7 @@ struct tl_labelmap_writer {
     uint32_t *hash;               /* open addressing; slot = entry + 1, 0 = empty */
     size_t hash_cap;              /* power of two */
     int broken;                   /* a record write failed: the temp file is unusable */
+    int broken_errno;             /* its errno */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -508,6 +509,7 @@ fail:;
         wr->fp = NULL;
     }
     writer_free(wr);
+    errno = e;
     return NULL;
 }
 
@@ -544,8 +546,10 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
         tl_seterr(err, errlen, "tl_labelmap_writer_add: no writer, key or data");
         return -1;
     }
+    errno = 0;
     if (wr->broken) {
         tl_seterr(err, errlen, "label map writer %s: an earlier write failed", wr->path);
+        errno = wr->broken_errno;
         return -1;
     }
     size_t klen = strlen(key);
@@ -600,8 +604,10 @@ int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float 
     if (fwrite(wr->rec, sizeof(uint16_t), 2 * wr->plane, wr->fp) != 2 * wr->plane) {
         int e = errno;
         wr->broken = 1;
+        wr->broken_errno = e;
         tl_seterr(err, errlen, "label map writer %s: writing the record of '%s' to %s failed: %s", wr->path, key, wr->tmp,
                   e ? strerror(e) : "short write");
+        errno = e;
         return -1;
     }
     wr->key_off[wr->count] = wr->keys_len;
@@ -633,7 +639,7 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
         return -1;
     }
     if (wr->broken) {
-        errno = 0;
+        errno = wr->broken_errno;
         step = "finish after a failed record write";
         goto fail;
     }
@@ -683,6 +689,7 @@ int tl_labelmap_writer_finish(tl_labelmap_writer *wr, char *err, size_t errlen) 
         tl_seterr(err, errlen, "label map writer %s: %s failed: %s", wr->path, step, strerror(e));
         free(sk);
         writer_free(wr);
+        errno = e;
         return -1;
     }
     free(sk);
@@ -696,6 +703,7 @@ fail:;
     wr->fp = NULL;
     free(sk);
     writer_free(wr);
+    errno = e;
     return -1;
 }
 

@@ -73,6 +73,17 @@ static tl_train_status fail(run *r, const char *reason, const char *fmt, ...) {
     return TL_TRAIN_FAILED;
 }
 
+/* A write to path that failed with errno e (what: its message): DISK_FULL, naming path and the free space of
+ * its file system, when the disk is full; IO_ERROR with what otherwise. */
+static tl_train_status write_fail(run *r, int e, const char *path, const char *what) {
+    if (!tl_errno_disk_full(e)) return fail(r, "IO_ERROR", "%s", what);
+    char msg[sizeof r->res->message - 128];
+    int merging = r->done == r->total && strcmp(path, r->spec->out_path) == 0;
+    return fail(r, "DISK_FULL", "%s; %s", tl_disk_full_message(msg, sizeof msg, path),
+                merging ? "an older file there is kept; the part files are kept for the merge"
+                        : "the part files written before are kept and the annotation resumes after them");
+}
+
 static void log_msg(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void log_msg(run *r, const char *fmt, ...) {
     va_list ap;
@@ -201,16 +212,22 @@ static void cleanup(run *r) {
 static int part_begin(run *r) {
     char err[sizeof r->res->message];
     if (tl_part_begin(&r->ps, r->part_no, r->done, &r->pw, err, sizeof err) == 0) return 0;
-    fail(r, "IO_ERROR", "%s", err);
+    write_fail(r, errno, r->pw.tmp, err);
     return -1;
 }
 
 /* Header, fsync, rename into place, fsync of the folder; the hooks around it. */
 static int part_finish(run *r) {
-    if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(r->done, r->hooks->user);
+    int refused = r->hooks && r->hooks->before_checkpoint ? r->hooks->before_checkpoint(r->done, r->hooks->user) : 0;
+    if (refused) {
+        fail(r, tl_errno_disk_full(refused) ? "DISK_FULL" : "IO_ERROR",
+             "the progress up to %lld images could not be saved (%s); part %s was not written", (long long)r->done,
+             strerror(refused), r->pw.path);
+        return -1;
+    }
     char err[sizeof r->res->message];
     if (tl_part_finish(&r->ps, &r->pw, r->done, err, sizeof err) != 0) {
-        fail(r, "IO_ERROR", "%s", err);
+        write_fail(r, errno, r->pw.path, err);
         return -1;
     }
     if (r->hooks && r->hooks->on_checkpoint) r->hooks->on_checkpoint(r->pw.path, r->done, r->hooks->user);
@@ -344,8 +361,11 @@ static int annotate_batch(run *r, int64_t lo, int64_t hi) {
             break;
         }
         if (tl_part_write_record(&r->ps, &r->pw, (uint32_t)(lo + i), key, klen) != 0) {
+            int e = errno;
+            char what[PATH_MAX + 64];
+            snprintf(what, sizeof what, "cannot write %s: %s", r->pw.tmp, strerror(e));
             rc = -1;
-            fail(r, "IO_ERROR", "cannot write %s: %s", r->pw.tmp, strerror(errno));
+            write_fail(r, e, r->pw.tmp, what);
             break;
         }
         b++;
@@ -364,7 +384,7 @@ static int merge_record(const tl_parts *ps, const char *key, void *user) {
     merge_job *m = user;
     char err[TL_ERR_LEN];
     if (tl_labelmap_writer_add(m->wr, key, ps->vals, ps->idx32, err, sizeof err) != 0) {
-        fail(m->r, "IO_ERROR", "%s", err);
+        write_fail(m->r, errno, m->r->spec->out_path, err);
         return -1;
     }
     return 0;
@@ -376,7 +396,7 @@ static tl_train_status merge(run *r) {
     if (r->skipped >= r->total)
         return fail(r, "DATA_ERROR", "no image of %s could be read", r->spec->images_dir);
     tl_labelmap_writer *wr = tl_labelmap_writer_new(r->spec->out_path, r->K, r->k, r->g, r->g, err, sizeof err);
-    if (!wr) return fail(r, "IO_ERROR", "%s", err);
+    if (!wr) return write_fail(r, errno, r->spec->out_path, err);
     int64_t pos = 0;
     merge_job mj = {r, wr};
     for (int i = 0; i < r->part_no; i++) {
@@ -391,7 +411,7 @@ static tl_train_status merge(run *r) {
         tl_labelmap_writer_abort(wr);
         return fail(r, "IO_ERROR", "the part files cover %lld of %lld images", (long long)pos, (long long)r->total);
     }
-    if (tl_labelmap_writer_finish(wr, err, sizeof err) != 0) return fail(r, "IO_ERROR", "%s", err);
+    if (tl_labelmap_writer_finish(wr, err, sizeof err) != 0) return write_fail(r, errno, r->spec->out_path, err);
     for (int i = 0; i < r->part_no; i++) {
         char p[PATH_MAX];
         if (tl_part_name(r->run_dir, i, 0, p) == 0) unlink(p);

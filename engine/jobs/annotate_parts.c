@@ -109,13 +109,18 @@ int tl_part_name(const char *run_dir, int n, int tmp, char *out) {
 }
 
 int tl_part_begin(const tl_parts *ps, int n, int64_t start, tl_part_writer *w, char *err, size_t errlen) {
+    errno = 0;
     if (TL_NEVER(w->f != NULL)) return tl_seterr(err, errlen, "a part is already open: %s", w->tmp);
     if (tl_part_name(ps->run_dir, n, 1, w->tmp) != 0 || tl_part_name(ps->run_dir, n, 0, w->path) != 0)
         return tl_seterr(err, errlen, "run folder path too long: %s", ps->run_dir);
-    w->f = fopen(w->tmp, "wb");
+    w->f = tl_file_open(w->tmp, 0); /* a write stream: the full-disk switch applies */
     unsigned char zero[PART_HEADER] = {0};
-    if (!w->f || fwrite(zero, 1, sizeof zero, w->f) != sizeof zero)
-        return tl_seterr(err, errlen, "cannot write %s: %s", w->tmp, strerror(errno));
+    if (!w->f || fwrite(zero, 1, sizeof zero, w->f) != sizeof zero) {
+        int e = errno;
+        tl_seterr(err, errlen, "cannot write %s: %s", w->tmp, strerror(e));
+        errno = e;
+        return -1;
+    }
     w->start = start;
     w->records = w->skipped = 0;
     w->bytes = 0;
@@ -145,20 +150,23 @@ int tl_part_finish(const tl_parts *ps, tl_part_writer *w, int64_t end, char *err
     part_header h = {(uint32_t)ps->K, (uint32_t)ps->k, (uint32_t)ps->g, (uint32_t)ps->g, (uint32_t)ps->B,
                      ps->fingerprint, (uint64_t)ps->total, (uint64_t)w->start, (uint64_t)end, (uint64_t)w->records,
                      (uint64_t)w->skipped, w->bytes, w->sum.h};
+    errno = 0;
     if (TL_NEVER(!w->f) || TL_NEVER(w->records + w->skipped != end - w->start))
         return tl_seterr(err, errlen, "cannot write %s: %s", w->path, "the part's counts do not add up");
     unsigned char b[PART_HEADER];
     header_encode(&h, b);
     FILE *f = w->f;
     w->f = NULL;
-    int ok = fflush(f) == 0 && fseek(f, 0, SEEK_SET) == 0 && fwrite(b, 1, sizeof b, f) == sizeof b && fflush(f) == 0 &&
-             fsync(fileno(f)) == 0;
+    int ok = fflush(f) == 0 && fseek(f, 0, SEEK_SET) == 0 && fwrite(b, 1, sizeof b, f) == sizeof b &&
+             tl_file_sync(f) == 0;
     int e = errno;
-    ok = (fclose(f) == 0) && ok;
+    if (fclose(f) != 0 && ok) ok = 0, e = errno;
     if (!ok || rename(w->tmp, w->path) != 0 || tl_fsync_parent_dir(w->path) != 0) {
         if (ok) e = errno;
         unlink(w->tmp);
-        return tl_seterr(err, errlen, "cannot write %s: %s", w->path, strerror(e));
+        tl_seterr(err, errlen, "cannot write %s: %s", w->path, strerror(e));
+        errno = e;
+        return -1;
     }
     return 0;
 }

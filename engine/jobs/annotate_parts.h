@@ -52,8 +52,9 @@ typedef struct {
 /* <run_dir>/part-NNNNN.tlpart (".tmp" appended when tmp) into out (PATH_MAX); -1 when too long. */
 int tl_part_name(const char *run_dir, int n, int tmp, char *out);
 
-/* Opens part n, covering images from start, as a temporary file with a placeholder header.
- * -1 with a message when the path is too long or the file cannot be written. */
+/* Opens part n, covering images from start, as a temporary file (a write stream of files.h) with a
+ * placeholder header. -1 with a message (and errno) when the path is too long or the file cannot be
+ * written. */
 int tl_part_begin(const tl_parts *ps, int n, int64_t start, tl_part_writer *w, char *err, size_t errlen);
 
 /* Appends the record of image index: its key (klen bytes, 1..TL_PART_KEY_MAX, no NUL), then
@@ -61,7 +62,8 @@ int tl_part_begin(const tl_parts *ps, int n, int64_t start, tl_part_writer *w, c
 int tl_part_write_record(const tl_parts *ps, tl_part_writer *w, uint32_t index, const char *key, size_t klen);
 
 /* Writes the header of a part ending at end (exclusive), fsyncs, renames it into place and fsyncs
- * the folder; the writer is closed either way. -1 with a message (the temporary file removed). */
+ * the folder; the writer is closed either way. -1 with a message and errno (ENOSPC: the disk is
+ * full; the temporary file removed). */
 int tl_part_finish(const tl_parts *ps, tl_part_writer *w, int64_t end, char *err, size_t errlen);
 
 /* Closes and removes a part left unfinished (a failed run); nothing when none is open. */

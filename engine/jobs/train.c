@@ -34,6 +34,7 @@
  */
 #include "tokenlab/train.h"
 #include "tokenlab/base.h"
+#include "tokenlab/files.h"
 
 #include <errno.h>
 #include <math.h>
@@ -99,18 +100,40 @@ static int path_join(char *buf, size_t len, const char *dir, const char *name) {
     return (n < 0 || (size_t)n >= len) ? -1 : 0;
 }
 
+/* Writes checkpoint `name` (last.safetensors with the optimizer state, best.safetensors without) into the run
+ * folder, crash-safely: a failed write leaves the previous file as it was. 0 when written (or not rank 0's to
+ * write); -1 with the run failed (r->res, r->ckpt_failed) when the disk is full (DISK_FULL, naming the path and
+ * the free space) or before_checkpoint refused; -1 with only a log line for another failure (the caller
+ * decides). */
 static int save_checkpoint(run *r, const char *name, int with_optim, int64_t step, int epoch) {
     char path[4096], err[TL_ERR_LEN], best[64], stepbuf[32];
-    if (path_join(path, sizeof path, r->run_dir, name) != 0) return -1;
+    if (path_join(path, sizeof path, r->run_dir, name) != 0) {
+        train_log(r, "checkpoint %s/%s: path too long", r->run_dir, name);
+        return -1;
+    }
     snprintf(best, sizeof best, "%.6f", r->best);
     snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
     const char *meta[] = {"tokenlab.best_top1", best,          "tokenlab.step", stepbuf, "tokenlab.job", r->spec->name,
                           TL_META_CLASS_IDS,    r->class_ids, NULL};
     tl_train_state st = {step, epoch, {0, 0, 0, 0}};
     if (!run_is_root(r)) return 0; /* rank 0 alone writes the run folder */
-    if (r->hooks && r->hooks->before_checkpoint) r->hooks->before_checkpoint(step, r->hooks->user);
+    int refused = r->hooks && r->hooks->before_checkpoint ? r->hooks->before_checkpoint(step, r->hooks->user) : 0;
+    if (refused) {
+        r->ckpt_failed = 1;
+        train_fail(r, tl_errno_disk_full(refused) ? "DISK_FULL" : "IO_ERROR",
+                   "the metrics up to step %lld could not be saved (%s); checkpoint %s was not written",
+                   (long long)step, strerror(refused), path);
+        return -1;
+    }
     if (tl_checkpoint_save(r->model, r->ema, path, with_optim ? TL_CKPT_OPTIM : 0, &st, meta, err, sizeof err) != 0) {
+        int e = errno;
         train_log(r, "checkpoint %s failed: %s", path, err);
+        if (tl_errno_disk_full(e)) {
+            char msg[sizeof r->res->message - 64];
+            r->ckpt_failed = 1;
+            train_fail(r, "DISK_FULL", "%s; the checkpoint of step %lld was not written, the previous one is kept",
+                       tl_disk_full_message(msg, sizeof msg, path), (long long)step);
+        }
         return -1;
     }
     if (r->hooks && r->hooks->on_checkpoint) r->hooks->on_checkpoint(path, step, !with_optim, r->hooks->user);
@@ -552,6 +575,7 @@ static tl_train_status loop(run *r, int64_t step) {
     if (r->init_now && step == 0) { /* fine-tuning: the first point is where it starts */
         double t_eval = tl_clock_mono_s();
         evaluate_all(r, 0, 0);
+        if (r->ckpt_failed) return TL_TRAIN_FAILED;
         eval_seconds = tl_clock_mono_s() - t_eval;
         t_prev = tl_clock_mono_s();
     }
@@ -611,9 +635,11 @@ static tl_train_status loop(run *r, int64_t step) {
             evaluate_all(r, step, (int)((step - 1) / r->nb));
             eval_seconds = tl_clock_mono_s() - t_eval;
         }
+        if (r->ckpt_failed) return TL_TRAIN_FAILED; /* best.safetensors found the disk full */
         if (ckpt_now || stop) {
             if (save_checkpoint(r, "last.safetensors", 1, step, (int)(step / r->nb)) != 0)
-                return train_fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
+                return r->ckpt_failed ? TL_TRAIN_FAILED
+                                      : train_fail(r, "IO_ERROR", "cannot write the checkpoint in %s", r->run_dir);
         }
         if (last || step % r->nb == 0) {
             log_epoch(r, &es, step, hp.lr, ckpt_now || stop);

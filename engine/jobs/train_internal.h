@@ -31,6 +31,8 @@ typedef struct {
     int64_t total;
     float *t_mix;           /* (mb,K) class targets mixed by image-level mixup/cutmix */
     double best;            /* best top-1 so far, -1 none */
+    int ckpt_failed;        /* a checkpoint write failed in a way that ends the run (res filled): a full disk, a
+                             * refusal of before_checkpoint */
     int64_t last_eval_step; /* the step of the last evaluation (-1 none), its top-1/top-5 [raw, EMA] */
     double last_top1[2], last_top5[2];
     char *class_ids;        /* TL_META_CLASS_IDS of the training data */

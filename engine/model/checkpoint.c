@@ -21,6 +21,7 @@
 #include "tokenlab/base.h"
 #include "tokenlab/safetensors.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -144,6 +145,7 @@ int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path,
     int64_t bn[CK_NUM_BN];
     ck_train tr = {0};
     int rc = -1;
+    errno = 0;
     if (!m || !path) {
         tl_seterr(err, errlen, "checkpoint: no model or path");
         return -1;
@@ -168,8 +170,10 @@ int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path,
     }
     if (tl_st_write(w, path, err, errlen) != 0) goto fail;
     rc = 0;
-fail:
+fail:;
+    int e = errno;
     tl_st_writer_free(w);
+    errno = e; /* a failed write's cause (ENOSPC: the disk is full) */
     return rc;
 }
 

@@ -814,5 +814,6 @@ fail:;
     tl_seterr(err, errlen, "%s: %s failed: %s", path, step, e ? strerror(e) : "out of memory");
     free(tmp);
     free(hdr);
+    errno = e;
     return -1;
 }

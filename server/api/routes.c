@@ -557,9 +557,16 @@ void tld_h_info(tld_req *r, void *u) {
     tld_routes_reply_cjson(r, 200, o);
 }
 
+/* Always 200 while the daemon answers; "disk" tells whether a full disk holds jobs back (tld_jobs_disk). */
 void tld_h_healthz(tld_req *r, void *u) {
-    (void)u;
-    tld_reply_json(r, 200, "{\"status\":\"ok\"}");
+    tld_routes *R = u;
+    tld_jobs_disk_info d;
+    tld_jobs_disk(R->jobs, &d);
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"status\":\"ok\",\"disk\":{\"full\":%s,\"state_free_bytes\":%lld,\"jobs_waiting_for_space\":%d}}",
+             d.full ? "true" : "false", (long long)d.state_free_bytes, d.jobs_waiting);
+    tld_reply_json(r, 200, body);
 }
 
 void tld_h_readyz(tld_req *r, void *u) {
@@ -646,6 +653,17 @@ void tld_h_prometheus(tld_req *r, void *u) {
     tb_printf(&t, "# HELP tokenlab_training_images_per_second Training throughput of the running jobs.\n"
                   "# TYPE tokenlab_training_images_per_second gauge\ntokenlab_training_images_per_second %.3f\n",
               tld_jobs_images_per_second(R->jobs));
+    tld_jobs_disk_info disk;
+    tld_jobs_disk(R->jobs, &disk);
+    tb_printf(&t, "# HELP tokenlab_disk_full_events_total Writes that found the disk full: job attempts ended with "
+                  "DISK_FULL, and runs of store writes refused with SQLITE_FULL.\n"
+                  "# TYPE tokenlab_disk_full_events_total counter\n"
+                  "tokenlab_disk_full_events_total{where=\"job\"} %llu\ntokenlab_disk_full_events_total{where=\"store\"} %llu\n"
+                  "# HELP tokenlab_jobs_waiting_for_space Jobs paused until there is room on the disk.\n"
+                  "# TYPE tokenlab_jobs_waiting_for_space gauge\ntokenlab_jobs_waiting_for_space %d\n"
+                  "# HELP tokenlab_state_free_bytes Free space of the state folder's file system.\n"
+                  "# TYPE tokenlab_state_free_bytes gauge\ntokenlab_state_free_bytes %lld\n",
+              disk.job_events, disk.store_events, disk.jobs_waiting, (long long)disk.state_free_bytes);
     tb_printf(&t, "# HELP tokenlabd_invariant_failures_total Broken invariants (TL_NEVER / TL_ALWAYS) logged and "
                   "refused since the daemon started.\n# TYPE tokenlabd_invariant_failures_total counter\n"
                   "tokenlabd_invariant_failures_total %llu\n",

@@ -28,6 +28,13 @@
  * the seconds of the step's gradient sum across the ranks) and the terminal progress display. A run
  * folder that already holds last.safetensors is resumed; metric lines after
  * the resumed step are dropped first, so no step appears twice.
+ * The metrics file is a write stream of files.h (the full-disk switch
+ * applies): a line that cannot be written refuses the next checkpoint, so no
+ * checkpoint stands past a metric line that was lost.
+ * A full disk (a checkpoint, part, label-map or metrics write failing with
+ * ENOSPC or EDQUOT) ends the run with exit status 4 and a message naming the
+ * path and the free space; the failed write left the previous checkpoint or
+ * part as it was, so the same command resumes once there is room.
  * Single-threaded (the engine's threads never call back here).
  * SIGINT/SIGTERM (and, for training jobs, SIGUSR1: mpirun forwards it to
  * every rank, where it kills the ranks a second after a SIGTERM) set a flag;
@@ -41,6 +48,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +71,7 @@ static void on_signal(int sig) {
 
 typedef struct {
     FILE *metrics;
+    int metrics_errno;        /* the first failed write of a metric line (0: none) */
     int tty;
     int64_t step, stop_at;    /* the last step reported; --stop-at (0: none) */
     int64_t last_print_step;
@@ -85,12 +94,22 @@ static void on_start(int64_t start, int64_t total, void *user) {
     else printf("training %lld steps\n", (long long)total);
 }
 
+/* Writes one line of the metrics file; a failure is kept for before_checkpoint. */
+static void metric_line(run_ui *ui, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void metric_line(run_ui *ui, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vfprintf(ui->metrics, fmt, ap);
+    va_end(ap);
+    if (n < 0 && !ui->metrics_errno) ui->metrics_errno = errno ? errno : EIO;
+}
+
 static void on_step(const tl_step_report *r, void *user) {
     run_ui *ui = user;
     ui->step = r->step;
     char comm[40] = ""; /* distributed runs: seconds of this step's gradient sum across the ranks */
     if (r->ranks > 1) snprintf(comm, sizeof comm, ",\"comm_s\":%.4g", r->comm_seconds);
-    fprintf(ui->metrics,
+    metric_line(ui,
             "{\"step\":%lld,\"epoch\":%d,\"loss\":%.6g,\"loss_cls\":%.6g,\"loss_dense\":%.6g,\"lr\":%.6g,"
             "\"img_per_s\":%.4g,\"data_wait\":%.4g,\"skipped_images\":%lld%s}\n",
             (long long)r->step, r->epoch, r->loss, r->loss_cls, r->loss_dense, r->lr, r->img_per_s, r->data_wait,
@@ -112,19 +131,21 @@ static void on_step(const tl_step_report *r, void *user) {
 
 static void on_eval(const tl_eval_report *r, void *user) {
     run_ui *ui = user;
-    fprintf(ui->metrics, "{\"step\":%lld,\"epoch\":%d,\"eval\":\"%s\",\"top1\":%.6g,\"top5\":%.6g,\"loss\":%.6g}\n",
-            (long long)r->step, r->epoch, r->ema ? "ema" : "raw", r->top1, r->top5, r->loss);
-    fflush(ui->metrics);
+    metric_line(ui, "{\"step\":%lld,\"epoch\":%d,\"eval\":\"%s\",\"top1\":%.6g,\"top5\":%.6g,\"loss\":%.6g}\n",
+                (long long)r->step, r->epoch, r->ema ? "ema" : "raw", r->top1, r->top5, r->loss);
+    if (fflush(ui->metrics) != 0 && !ui->metrics_errno) ui->metrics_errno = errno ? errno : EIO;
     printf("%seval %-3s epoch %d step %lld: top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images, %.1fs)\n",
            ui->tty ? "\r\033[K" : "", r->ema ? "ema" : "raw", r->epoch + 1, (long long)r->step, 100 * r->top1,
            100 * r->top5, r->loss, r->images, r->seconds);
 }
 
-/* Metric lines up to a checkpoint's step must reach the file before the checkpoint exists. */
-static void before_checkpoint(int64_t step, void *user) {
+/* Metric lines up to a checkpoint's step must reach the file before the checkpoint exists: 0, or the errno of a
+ * line that did not (the checkpoint is then refused). */
+static int before_checkpoint(int64_t step, void *user) {
     run_ui *ui = user;
     (void)step;
-    fflush(ui->metrics);
+    if (fflush(ui->metrics) != 0 && !ui->metrics_errno) ui->metrics_errno = errno ? errno : EIO;
+    return ui->metrics_errno;
 }
 
 static void on_log(const char *msg, void *user) {
@@ -235,6 +256,13 @@ static char *read_file(const char *path, char *err, size_t errlen) {
     }
     buf[len] = 0;
     return buf;
+}
+
+/* The exit status of a failed run: 4 for a full disk (after a line saying how to go on), else status. */
+static int disk_full_exit(const tl_train_result *res, int status) {
+    if (strcmp(res->reason, "DISK_FULL") != 0) return status;
+    fprintf(stderr, "tokenlabd run: the disk is full; make room and run the same command to resume\n");
+    return 4;
 }
 
 /* ------------------------------------------------------------------ annotate jobs */
@@ -349,7 +377,7 @@ static int run_annotate(const char *spec_path, const char *json, const char *out
         return 3;
     default:
         fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
-        return 1;
+        return disk_full_exit(&res, 1);
     }
 }
 
@@ -461,10 +489,13 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
         tl_file_remove_temps(ui.run_dir); /* what a crash left mid-write; nothing writes here yet */
         char mpath[4200];
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ui.run_dir);
-        if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0 || !(ui.metrics = fopen(mpath, "a"))) {
-            fprintf(stderr, "tokenlabd run: cannot rewrite %s: %s\n", mpath, strerror(errno));
+        if (trim_metrics(mpath, checkpoint_step(ui.run_dir)) != 0 || !(ui.metrics = tl_file_open(mpath, 1))) {
+            int e = errno;
+            char msg[4400];
+            if (tl_errno_disk_full(e)) fprintf(stderr, "tokenlabd run: %s\n", tl_disk_full_message(msg, sizeof msg, mpath));
+            else fprintf(stderr, "tokenlabd run: cannot rewrite %s: %s\n", mpath, strerror(e));
             if (comm) tl_comm_abort(comm, 1);
-            return 1;
+            return tl_errno_disk_full(e) ? 4 : 1;
         }
         ui.tty = isatty(STDOUT_FILENO);
         printf("job %s -> %s (BLAS %s)\n", spec->name, ui.run_dir, tl_blas_corename());
@@ -499,7 +530,7 @@ static int run_train(const tl_train_spec *spec, const char *out, tl_comm *comm, 
         return 3;
     default:
         if (!events) fprintf(stderr, "tokenlabd run: failed (%s): %s\n", res.reason, res.message);
-        return init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1; /* a bad --init */
+        return disk_full_exit(&res, init_file && !strcmp(res.reason, "CONFIG_ERROR") ? 2 : 1); /* 2: a bad --init */
     }
 }
 

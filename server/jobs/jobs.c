@@ -2,10 +2,25 @@
  * jobs.c: the job manager (see jobs.h).
  *
  * Owns: the scheduler thread, the worker slots (one thread each while a job
- * trains), copies of the configuration strings. `mu` guards the slots and the
- * quit flag; the scheduler sleeps on `wake` (signalled by submissions, slot
- * releases and shutdown). Workers talk to the store and the event bus, both
- * thread-safe, and read their own slot's stop flag atomically.
+ * trains), copies of the configuration strings, the holds of jobs paused for
+ * a full disk. `mu` guards the slots, the holds and the quit flag; the
+ * scheduler sleeps on `wake` (signalled by submissions, slot releases and
+ * shutdown). Workers talk to the store and the event bus, both thread-safe,
+ * and read their own slot's stop flag atomically.
+ *
+ * A full disk (docs/ROBUSTNESS.md): an attempt that ends with DISK_FULL (a
+ * checkpoint, part or label-map write met ENOSPC, or the store lost metric
+ * points to SQLITE_FULL and refused the checkpoint) pauses the job: its
+ * points past its last checkpoint are dropped and it goes back to QUEUED with
+ * the reason DISK_FULL (not a new attempt: the crash-loop guard does not
+ * count it). The scheduler holds such a job until the file systems it writes
+ * have the room it needs (space_needed: twice its last checkpoint, or its
+ * parts, and a margin), read at most every DISK_CHECK_MS, and until a backoff
+ * that doubles with each pause in a row (2 s to 60 s) has run out; then it
+ * resumes by itself. A worker whose state change the store cannot write
+ * because its own disk is full (errno ENOSPC) keeps its slot and tries again
+ * every few seconds (settle); the scheduler never polls faster than its 1 s
+ * tick, so nothing spins while the disk stays full.
  */
 #include "jobs/jobs.h"
 
@@ -38,6 +53,13 @@
 #include "tokenlab/train.h"
 
 #define MAX_SLOTS 64
+#define MAX_HOLDS (4 * MAX_SLOTS)
+#define DISK_MARGIN ((int64_t)1 << 20) /* bytes a paused job needs beyond its files (space_needed) */
+#define DISK_CHECK_MS 2000             /* a held job's free space is read at most this often */
+#define HOLD_MIN_MS 2000               /* the backoff of a job paused for a full disk: doubles per pause in a row */
+#define HOLD_MAX_MS 60000
+#define SETTLE_MIN_MS 2000             /* a state change the full store refused is tried again after this, */
+#define SETTLE_MAX_MS 30000            /* doubling up to this */
 #define TRAIN_NICE 5
 #define STOP_CANCEL 1
 #define STOP_SHUTDOWN 2
@@ -57,6 +79,15 @@ typedef struct {
     int ranks;                /* a distributed job: the ranks of this attempt (0: in-process) */
 } slot;
 
+/* A job paused for a full disk (guarded by J->mu): when it may start, and what the last look at the disk found. */
+typedef struct {
+    int64_t id;          /* 0: a free entry */
+    int64_t until_ms;    /* not before (monotonic) */
+    int64_t backoff_ms;  /* the pause's backoff; doubles with each pause before a checkpoint */
+    int64_t checked_ms;  /* when room was last read (0: never) */
+    int room;            /* the file systems had the room space_needed asks */
+} hold;
+
 struct tld_jobs {
     tld_jobs_cfg cfg;
     char *state_dir, *data_root;
@@ -70,6 +101,9 @@ struct tld_jobs {
     slot slots[MAX_SLOTS];
     pthread_mutex_t hist_mu; /* step_hist */
     tld_hist step_hist;      /* training step time, every job */
+    hold holds[MAX_HOLDS];   /* under mu */
+    atomic_int settling;     /* workers waiting for the store to take a state change */
+    atomic_ullong disk_full_attempts; /* attempts that ended with DISK_FULL */
 };
 
 static void publish(tld_jobs *J, int64_t id, const char *type, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -122,13 +156,23 @@ static void publish_state(tld_jobs *J, int64_t id, tld_job_state state, const ch
 
 /* Moves a job along the state machine and publishes its new state. The scheduler asks only for transitions the
  * state machine allows from every state of `from` (an invariant: a request outside it is refused here). */
+static int transition_e(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg,
+                        char *err, size_t errlen) {
+    for (int f = 0; f < TLD_JOB_NSTATES; f++)
+        if ((from & (1u << f)) && TL_NEVER(!tld_job_transition_allowed((tld_job_state)f, to))) {
+            errno = EINVAL;
+            return tl_seterr(err, errlen, "a transition the state machine forbids");
+        }
+    int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, errlen);
+    int e = errno;
+    if (rc == 0) publish_state(J, id, to, reason, msg);
+    errno = e; /* ENOSPC: the store's disk is full (store.h) */
+    return rc;
+}
+
 static int transition(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg) {
     char err[256];
-    for (int f = 0; f < TLD_JOB_NSTATES; f++)
-        if ((from & (1u << f)) && TL_NEVER(!tld_job_transition_allowed((tld_job_state)f, to))) return -1;
-    int rc = tld_store_job_transition(J->store, id, from, to, reason, msg, err, sizeof err);
-    if (rc == 0) publish_state(J, id, to, reason, msg);
-    return rc;
+    return transition_e(J, id, from, to, reason, msg, err, sizeof err);
 }
 
 #define M(s) (1u << (s))
@@ -223,12 +267,16 @@ static void h_eval(const tl_eval_report *r, void *u) {
             jnum(a[0], 32, r->top1), n5, jnum(a[1], 32, r->top5), nl, jnum(a[2], 32, r->loss));
 }
 
+static void unhold(tld_jobs *J, int64_t id);
+
 /* Metric points up to the checkpoint's step must be committed before the checkpoint exists,
- * or a kill -9 right after it would lose them (recovery only redoes steps after it). */
-static void h_before_checkpoint(int64_t step, void *u) {
+ * or a kill -9 right after it would lose them (recovery only redoes steps after it). When some
+ * were lost (the store's disk was full), the checkpoint is refused: ENOSPC (the attempt ends
+ * with DISK_FULL) or EIO. */
+static int h_before_checkpoint(int64_t step, void *u) {
     slot *s = u;
     (void)step;
-    tld_store_flush(s->J->store);
+    return tld_store_metrics_durable(s->J->store, s->id);
 }
 
 static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {
@@ -240,6 +288,7 @@ static void h_checkpoint(const char *path, int64_t step, int is_best, void *u) {
     row.bytes = stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
     char err[256];
     tld_store_checkpoint_add(s->J->store, s->id, &row, err, sizeof err);
+    if (!is_best) unhold(s->J, s->id); /* progress: a later pause for a full disk starts its backoff afresh */
     publish(s->J, s->id, "checkpoint", "{\"id\":%lld,\"step\":%lld,\"kind\":\"%s\",\"bytes\":%lld}", (long long)s->id,
             (long long)step, row.kind, (long long)row.bytes);
 }
@@ -345,6 +394,7 @@ static void a_progress(const tl_annotate_report *r, void *u) {
 
 static void a_checkpoint(const char *path, int64_t done, void *u) {
     slot *s = u;
+    unhold(s->J, s->id);
     char line[1400];
     snprintf(line, sizeof line, "%lld images annotated and saved (%s)", (long long)done, path);
     tld_store_log_append(s->J->store, s->id, line);
@@ -500,6 +550,201 @@ static tl_train_status run_distributed(tld_jobs *J, slot *s, const tl_train_hook
     return st;
 }
 
+/* ---- a full disk ---- */
+
+static int64_t checkpoint_step(const char *run_dir, int *has);
+
+/* J->mu held: job id's hold, made (free, or the one that would start first) when make; NULL otherwise. */
+static hold *hold_find(tld_jobs *J, int64_t id, int make) {
+    hold *free_h = NULL, *first = NULL;
+    for (int i = 0; i < MAX_HOLDS; i++) {
+        hold *h = &J->holds[i];
+        if (h->id == id) return h;
+        if (!h->id && !free_h) free_h = h;
+        if (h->id && (!first || h->until_ms < first->until_ms)) first = h;
+    }
+    if (!make) return NULL;
+    hold *h = free_h ? free_h : first; /* a full table forgets the hold that would end first */
+    memset(h, 0, sizeof *h);
+    h->id = id;
+    return h;
+}
+
+/* Job id made progress or ended: its next pause starts with the shortest backoff. */
+static void unhold(tld_jobs *J, int64_t id) {
+    pthread_mutex_lock(&J->mu);
+    hold *h = hold_find(J, id, 0);
+    if (h) memset(h, 0, sizeof *h);
+    pthread_mutex_unlock(&J->mu);
+}
+
+/* Job id was paused for a full disk: it waits at least its backoff, which doubles with each pause in a row. */
+static void hold_job(tld_jobs *J, int64_t id) {
+    pthread_mutex_lock(&J->mu);
+    hold *h = hold_find(J, id, 1);
+    h->backoff_ms = h->backoff_ms ? h->backoff_ms * 2 : HOLD_MIN_MS;
+    if (h->backoff_ms > HOLD_MAX_MS) h->backoff_ms = HOLD_MAX_MS;
+    h->until_ms = tl_clock_mono_ms() + h->backoff_ms;
+    h->checked_ms = 0;
+    pthread_mutex_unlock(&J->mu);
+}
+
+static int64_t file_bytes(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+}
+
+/* The free bytes a job paused for a full disk needs on the file system of its run folder before it resumes: a
+ * training job twice its last.safetensors (the new one is written beside it, and best.safetensors with it), an
+ * annotate job twice its largest part file, plus DISK_MARGIN (the store's own writes, small files). An annotate
+ * job also needs, in the folder of its output (*out_need; 0 for a training job), the label map it will merge:
+ * about the sum of its parts, plus DISK_MARGIN. */
+static int64_t space_needed(const char *run_dir, int annotate, int64_t *out_need) {
+    char path[1400];
+    *out_need = 0;
+    if (!annotate) {
+        snprintf(path, sizeof path, "%s/last.safetensors", run_dir);
+        return 2 * file_bytes(path) + DISK_MARGIN;
+    }
+    int64_t largest = 0, sum = 0;
+    DIR *d = run_dir[0] ? opendir(run_dir) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n <= 7 || strncmp(e->d_name, "part-", 5) != 0 || strcmp(e->d_name + n - 7, ".tlpart") != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
+        int64_t b = file_bytes(path);
+        sum += b;
+        largest = b > largest ? b : largest;
+    }
+    if (d) closedir(d);
+    *out_need = sum + DISK_MARGIN;
+    return 2 * largest + DISK_MARGIN;
+}
+
+/* 1 when the file systems job j writes have the room space_needed asks for (free space as tl_fs_free_bytes reads
+ * it: the full-disk switch counts), in the run folder's beside what the store's reserve lacks (it is made again
+ * first); 0 otherwise. An annotate job's output folder comes from its spec. */
+static int has_room(tld_jobs *J, const tld_job *j) {
+    char kind[16] = "";
+    tl_spec_error se;
+    tl_jobspec_kind(j->spec_json, kind, sizeof kind, &se);
+    int annotate = strcmp(kind, "annotate") == 0;
+    int64_t out_need, need = space_needed(j->run_dir, annotate, &out_need);
+    int64_t free_b = tl_fs_free_bytes(j->run_dir[0] ? j->run_dir : J->state_dir);
+    if (free_b >= 0 && free_b < need + tld_store_reserve_missing(J->store)) return 0; /* the store's reserve first */
+    if (!annotate) return 1;
+    tl_annotate_spec *a = malloc(sizeof *a);
+    int ok = 1;
+    if (a && tl_annotate_spec_parse(j->spec_json, J->data_root, a, &se) == 0) {
+        free_b = tl_fs_free_bytes(a->out_path);
+        ok = free_b < 0 || free_b >= out_need;
+    }
+    free(a);
+    return ok;
+}
+
+/* J->mu held (the scheduler): 1 when QUEUED job j, paused for a full disk, must wait still: its backoff has not run
+ * out, or the last look (at most DISK_CHECK_MS old) found too little room. A job paused before the daemon started
+ * has no hold yet: it gets one, and waits only for room. */
+static int held(tld_jobs *J, const tld_job *j, int64_t now) {
+    if (strcmp(j->state_reason, "DISK_FULL") != 0) return 0;
+    hold *h = hold_find(J, j->id, 1);
+    if (now < h->until_ms) return 1;
+    if (!h->checked_ms || now - h->checked_ms >= DISK_CHECK_MS) {
+        h->room = has_room(J, j);
+        h->checked_ms = now;
+    }
+    return !h->room;
+}
+
+/* The worker waits up to ms for a retry (woken early by the scheduler's signals); 0 when the daemon is shutting
+ * down and the worker must give up (the job stays RUNNING in the store and is recovered at the next start). */
+static int settle_wait(tld_jobs *J, int64_t ms) {
+    pthread_mutex_lock(&J->mu);
+    if (!J->quit) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += ms / 1000;
+        dl.tv_nsec += (ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&J->wake, &J->mu, &dl);
+    }
+    int go_on = !J->quit;
+    pthread_mutex_unlock(&J->mu);
+    return go_on;
+}
+
+/* The worker's last state change, written even when the store's own disk is full: a change the store refused
+ * with ENOSPC is tried again after SETTLE_MIN_MS, doubling to SETTLE_MAX_MS, until it is written, refused
+ * otherwise, or the daemon shuts down. The job keeps its slot meanwhile (it is still RUNNING in the store). The
+ * transition's result. */
+static int settle(tld_jobs *J, int64_t id, unsigned from, tld_job_state to, const char *reason, const char *msg) {
+    int rc, waiting = 0;
+    char err[256];
+    for (int64_t wait = SETTLE_MIN_MS;; wait = wait * 2 > SETTLE_MAX_MS ? SETTLE_MAX_MS : wait * 2) {
+        rc = transition_e(J, id, from, to, reason, msg, err, sizeof err);
+        if (rc == 0 || errno != ENOSPC) break;
+        if (!waiting) {
+            waiting = 1;
+            atomic_fetch_add(&J->settling, 1);
+            fprintf(stderr, "tokenlabd: job %lld: the store's disk is full; its state %s is written when there is "
+                            "room\n", (long long)id, tld_job_state_name(to));
+        }
+        if (!settle_wait(J, wait)) break;
+    }
+    if (waiting) atomic_fetch_sub(&J->settling, 1);
+    return rc;
+}
+
+/* Pauses the job of slot s, whose attempt found the disk full (why: its message): its metric and inspection
+ * points past its last checkpoint are dropped (the resumed run redoes those steps) and it goes back to QUEUED
+ * with the reason DISK_FULL and a message naming the room it waits for; the scheduler holds it until then.
+ * Not a new attempt. Tried again, as settle does, while the store's disk is full. 0 when paused; 1 when the
+ * daemon shut down meanwhile (the job is left RUNNING: the next start recovers it); -1 when the job is no longer
+ * RUNNING (a cancel came) or the store refused otherwise. */
+static int pause_disk_full(tld_jobs *J, slot *s, const char *why) {
+    int has;
+    int64_t step = checkpoint_step(s->run_dir, &has), out_need, need = space_needed(s->run_dir, s->annotate, &out_need);
+    int64_t reserve = tld_store_reserve_missing(J->store);
+    char msg[1000], nb[96], job_b[32], res_b[32], err[512];
+    tl_format_bytes(nb, sizeof nb, need + reserve);
+    if (reserve > 0) /* the store's reserve is made again first (has_room) */
+        snprintf(nb + strlen(nb), sizeof nb - strlen(nb), " (%s for the job, %s for the store's reserve)",
+                 tl_format_bytes(job_b, sizeof job_b, need), tl_format_bytes(res_b, sizeof res_b, reserve));
+    if (s->annotate)
+        snprintf(msg, sizeof msg, "%.700s; waiting for %s free, then resuming after its last saved part", why, nb);
+    else if (has)
+        snprintf(msg, sizeof msg, "%.700s; waiting for %s free, then resuming from the checkpoint at step %lld", why,
+                 nb, (long long)step);
+    else
+        snprintf(msg, sizeof msg, "%.700s; waiting for %s free, then starting again (no checkpoint yet)", why, nb);
+    int rc, waiting = 0, quit = 0;
+    for (int64_t wait = SETTLE_MIN_MS;; wait = wait * 2 > SETTLE_MAX_MS ? SETTLE_MAX_MS : wait * 2) {
+        rc = 0;
+        if (!s->annotate) {
+            rc = tld_store_metric_truncate(J->store, s->id, step, err, sizeof err);
+            if (rc == 0) rc = tld_store_inspect_truncate(J->store, s->id, step, err, sizeof err);
+        }
+        if (rc == 0) rc = transition_e(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DISK_FULL", msg, err, sizeof err);
+        if (rc == 0 || errno != ENOSPC) break;
+        if (!waiting) atomic_fetch_add(&J->settling, 1), waiting = 1;
+        if (!settle_wait(J, wait)) {
+            quit = 1;
+            break;
+        }
+    }
+    if (waiting) atomic_fetch_sub(&J->settling, 1);
+    if (rc == 0) {
+        tld_store_log_append(J->store, s->id, msg);
+        hold_job(J, s->id);
+        return 0;
+    }
+    fprintf(stderr, "tokenlabd: job %lld: not paused for the full disk%s: %s\n", (long long)s->id,
+            quit ? " before the daemon stopped" : "", err);
+    return quit ? 1 : -1;
+}
+
 static void *worker_main(void *arg) {
     slot *s = arg;
     tld_jobs *J = s->J;
@@ -528,7 +773,10 @@ static void *worker_main(void *arg) {
         else st = tl_train_run(&s->spec, s->run_dir, &hooks, &res);
     }
     tld_store_flush(J->store);
+    tld_store_metrics_forget(J->store, s->id); /* the points a full store lost are past the last checkpoint */
     int stop = atomic_load(&s->stop);
+    int disk_full = !lost && st == TL_TRAIN_FAILED && strcmp(res.reason, "DISK_FULL") == 0;
+    if (disk_full) atomic_fetch_add(&J->disk_full_attempts, 1);
     if (res.skipped_images) {
         char line[128];
         snprintf(line, sizeof line, "%lld unreadable images were skipped", (long long)res.skipped_images);
@@ -539,6 +787,7 @@ static void *worker_main(void *arg) {
      * final state must find it there (the store applies writes in order). */
     h_log(res.message, s);
     char guard[300] = "";
+    int paused = 0;
     int requeued = lost && stop == 0 &&
                    requeue_resume(J, s->id, s->run_dir, 0, "RANK_LOST", res.message, guard, sizeof guard) == 0;
     if (lost && guard[0]) { /* the crash-loop guard: this job fails instead of trying again */
@@ -551,20 +800,32 @@ static void *worker_main(void *arg) {
     case -1: /* the attempt failed; the job resumes as attempt + 1 */
         break;
     case TL_TRAIN_SUCCEEDED:
-        transition(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_SUCCEEDED, "", res.message);
+        settle(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_SUCCEEDED, "", res.message);
         break;
     case TL_TRAIN_STOPPED:
         if (stop == STOP_CANCEL)
-            transition(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
-                       "cancelled by the user; a checkpoint was written");
-        else if (transition(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_SHUTDOWN",
-                            "the daemon stopped; the job resumes from its checkpoint") != 0)
-            transition(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL", "cancelled by the user");
+            settle(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
+                   "cancelled by the user; a checkpoint was written");
+        else if (settle(J, s->id, M(TLD_JOB_RUNNING), TLD_JOB_QUEUED, "DAEMON_SHUTDOWN",
+                        "the daemon stopped; the job resumes from its checkpoint") != 0)
+            settle(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL", "cancelled by the user");
         break;
     default:
-        transition(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_FAILED, res.reason, res.message);
+        /* a full disk pauses the job (a shutdown too: it waits for room when the daemon is back); a cancel that
+         * came meanwhile cancels it, with its last checkpoint kept */
+        if (disk_full && stop != STOP_CANCEL) {
+            int pr = pause_disk_full(J, s, res.message);
+            paused = pr == 0;
+            if (pr >= 0) break; /* paused, or left RUNNING for the next start (the daemon stopped meanwhile) */
+        }
+        if (disk_full &&
+            settle(J, s->id, M(TLD_JOB_CANCELLING), TLD_JOB_CANCELLED, "USER_CANCEL",
+                   "cancelled by the user; the disk was full, the last checkpoint is kept") == 0)
+            break;
+        settle(J, s->id, M(TLD_JOB_RUNNING) | M(TLD_JOB_CANCELLING), TLD_JOB_FAILED, res.reason, res.message);
         break;
     }
+    if (!paused) unhold(J, s->id);
     atomic_store(&s->img_s, 0.0);
     pthread_mutex_lock(&J->mu);
     s->busy = 0;
@@ -574,16 +835,20 @@ static void *worker_main(void *arg) {
 }
 
 /* ---- scheduler ---- */
+/* J->mu held: the oldest QUEUED job that may start now (0: none), passing over the jobs paused for a full disk that
+ * must wait still (held). */
 static int64_t oldest_queued(tld_jobs *J) {
     tld_job jobs[64];
     int n = 0;
     char err[256];
-    int64_t before = 0, oldest = 0;
-    for (;;) { /* newest first, paged: the last one seen is the oldest */
+    int64_t before = 0, oldest = 0, now = tl_clock_mono_ms();
+    for (;;) { /* newest first, paged: the last one that may start is the oldest */
         if (tld_store_job_list(J->store, TLD_JOB_QUEUED, before, 64, jobs, &n, err, sizeof err) != 0 || n == 0) break;
-        oldest = jobs[n - 1].id;
-        before = oldest;
-        for (int i = 0; i < n; i++) tld_job_free(&jobs[i]);
+        before = jobs[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            if (!held(J, &jobs[i], now)) oldest = jobs[i].id;
+            tld_job_free(&jobs[i]);
+        }
         if (n < 64) break;
     }
     return oldest;
@@ -939,6 +1204,29 @@ int tld_jobs_running(tld_jobs *J) {
     for (int i = 0; i < J->cfg.max_running; i++) n += J->slots[i].busy;
     pthread_mutex_unlock(&J->mu);
     return n;
+}
+
+void tld_jobs_disk(tld_jobs *J, tld_jobs_disk_info *out) {
+    memset(out, 0, sizeof *out);
+    out->state_free_bytes = tl_fs_free_bytes(J->state_dir);
+    out->store_full = tld_store_full(J->store);
+    out->store_events = tld_store_full_events(J->store);
+    out->job_events = atomic_load(&J->disk_full_attempts);
+    out->jobs_waiting = atomic_load(&J->settling);
+    tld_job jobs[64];
+    int n = 0;
+    char err[256];
+    int64_t before = 0;
+    for (;;) { /* the QUEUED jobs paused for a full disk */
+        if (tld_store_job_list(J->store, TLD_JOB_QUEUED, before, 64, jobs, &n, err, sizeof err) != 0 || n == 0) break;
+        before = jobs[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            out->jobs_waiting += strcmp(jobs[i].state_reason, "DISK_FULL") == 0;
+            tld_job_free(&jobs[i]);
+        }
+        if (n < 64) break;
+    }
+    out->full = out->store_full || out->jobs_waiting > 0;
 }
 
 void tld_jobs_step_times(tld_jobs *J, tld_hist *out) {

@@ -20,6 +20,13 @@
  * Shutdown (tld_jobs_shutdown): running jobs finish their step, checkpoint and
  * return to QUEUED (DAEMON_SHUTDOWN), then the threads are joined.
  *
+ * A full disk (jobs.c, docs/ROBUSTNESS.md): an attempt that ends with
+ * DISK_FULL pauses its job (QUEUED, reason DISK_FULL, its points past its
+ * last checkpoint dropped); the scheduler resumes it by itself once its file
+ * systems have room again, with a backoff and without polling faster than
+ * its tick. A state change the store cannot write for its own full disk is
+ * tried again every few seconds.
+ *
  * Distributed jobs ("distributed": {"ranks": N}, with cfg.mpi): the worker
  * probes the hostfile's hosts, launches mpirun (mpi_job.c) and turns the
  * event lines of `tokenlabd run --events` into the same hooks as an
@@ -65,6 +72,16 @@ int tld_jobs_cancel(tld_jobs *j, int64_t id, char *err, size_t errlen);
 int tld_jobs_delete(tld_jobs *j, int64_t id, char *err, size_t errlen);
 int tld_jobs_running(tld_jobs *j);                 /* jobs training now */
 double tld_jobs_images_per_second(tld_jobs *j);    /* summed over running jobs */
+/* What the daemon knows of full disks (for /healthz and /metrics). */
+typedef struct {
+    int64_t state_free_bytes;       /* free space of the state folder's file system (tl_fs_free_bytes; -1 unknown) */
+    int full;                       /* a job waits for room, or the store's last write met a full disk */
+    int store_full;                 /* the store's last write batch met a full disk */
+    int jobs_waiting;               /* QUEUED jobs paused for a full disk, and workers waiting to write a state */
+    unsigned long long job_events;  /* attempts ended by a full disk since the daemon started */
+    unsigned long long store_events;/* times the store's writes met a full disk since it opened */
+} tld_jobs_disk_info;
+void tld_jobs_disk(tld_jobs *j, tld_jobs_disk_info *out);
 /* A copy of the training step time histogram, over every job since the daemon started. */
 void tld_jobs_step_times(tld_jobs *j, tld_hist *out);
 /* Stops the scheduler; running jobs checkpoint and go back to QUEUED. */

@@ -145,12 +145,12 @@ static void e_eval(const tl_eval_report *r, void *u) {
     if (t->inner.on_eval) t->inner.on_eval(r, t->inner.user);
 }
 
-static void e_before_checkpoint(int64_t step, void *u) {
+static int e_before_checkpoint(int64_t step, void *u) {
     tld_run_events_tee *t = u;
     cJSON *o = event("before_checkpoint");
     add_num(o, "step", (double)step);
     emit(t, o);
-    if (t->inner.before_checkpoint) t->inner.before_checkpoint(step, t->inner.user);
+    return t->inner.before_checkpoint ? t->inner.before_checkpoint(step, t->inner.user) : 0;
 }
 
 static void e_checkpoint(const char *path, int64_t step, int is_best, void *u) {
@@ -359,7 +359,8 @@ static int d_eval(const cJSON *o, const tl_train_hooks *h, char *err, size_t err
 static int d_before_checkpoint(const cJSON *o, const tl_train_hooks *h, char *err, size_t errlen) {
     int64_t step;
     if (integer(o, "step", 0, BIG, &step, err, errlen)) return -1;
-    if (h->before_checkpoint) h->before_checkpoint(step, h->user);
+    /* the ranks do not wait for an answer: a refusal here cannot stop their checkpoint (docs/ROBUSTNESS.md) */
+    if (h->before_checkpoint) (void)h->before_checkpoint(step, h->user);
     return 0;
 }
 

@@ -6,7 +6,9 @@
  * them) add the writer thread and one file per table.
  *
  * Owns:
- *   - the database file: created and migrated on open. migrations[] lists
+ *   - the database file: created and migrated on open; beside it the
+ *     reserve (<file>.reserve, store_reserve.c), room for the store's own
+ *     writes on a full disk. migrations[] lists
  *     (version, sql) steps; the steps past the file's version (schema_version
  *     table) run in one transaction, which also records the new version.
  *     Steps 1 to 6 are schema/store.sql and store_v2.sql to store_v6.sql,
@@ -342,6 +344,10 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
     }
     int mu_made = 0, rmu_made = 0, cv_made = 0;
     s->path = strdup(path);
+    size_t plen = strlen(path) + sizeof ".reserve";
+    s->reserve_path = malloc(plen);
+    if (s->reserve_path) snprintf(s->reserve_path, plen, "%s.reserve", path);
+    atomic_store(&s->reserve_missing, STORE_RESERVE_BYTES);
     s->ring = calloc(STORE_QUEUE_CAP, sizeof *s->ring);
     s->dirty = calloc(STORE_QUEUE_CAP, sizeof *s->dirty);
     s->logbuf = malloc(STORE_LOG_CHUNK);
@@ -371,6 +377,7 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
     }
     s->key_made = 1;
 
+    tld_store_fault_install(); /* the full-disk switch, when a test set it (tokenlab/files.h) */
     int rc = sqlite3_open_v2(path, &s->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         tl_seterr(err, errlen, "cannot open the store %s: %s", path,
@@ -389,6 +396,7 @@ tld_store *tld_store_open(const char *path, char *err, size_t errlen) {
             goto fail;
         }
     }
+    tld_store_reserve_make(s); /* before the writer starts; without room it is made later */
     if (tld_store_writer_start(s, err, errlen) != 0) goto fail;
     return s;
 
@@ -406,6 +414,7 @@ fail:
     free(s->logbuf);
     free(s->dirty);
     free(s->ring);
+    free(s->reserve_path);
     free(s->path);
     free(s);
     return NULL;
@@ -521,6 +530,7 @@ void tld_store_close(tld_store *s) {
     free(s->logbuf);
     free(s->dirty);
     free(s->ring);
+    free(s->reserve_path);
     free(s->path);
     free(s);
 }

@@ -291,4 +291,24 @@ int tld_store_token_list(tld_store *s, tld_token_row *out, int cap, int *n, char
 /* Waits until every queued write so far is committed. */
 int tld_store_flush(tld_store *s);
 
+/* ---- a full disk (see store_writer.c) ----
+ * An awaited write that fails because the store's disk is full (SQLITE_FULL) returns -1 with errno ENOSPC
+ * (EIO for other failures), and nothing already committed is touched. */
+/* 1 while the store's disk is full: a write batch met SQLITE_FULL and none has committed rows since. */
+int tld_store_full(tld_store *s);
+/* How many times the store's writes have met a full disk since it opened (a run of failing batches counts once). */
+unsigned long long tld_store_full_events(tld_store *s);
+/* Waits until every write queued so far is applied, then: 0 when none of job's metric points queued so far was
+ * lost; else ENOSPC (lost to a full disk) or EIO, and the loss is forgotten once reported. A caller that gets an
+ * error must not let anything stand for those points (a checkpoint): it drops the job's points after its last
+ * checkpoint and redoes them. */
+int tld_store_metrics_durable(tld_store *s, int64_t job);
+/* Forgets job's lost metric points not reported yet (an attempt ended: its points past its last checkpoint are
+ * dropped when it resumes). */
+void tld_store_metrics_forget(tld_store *s, int64_t job);
+/* The bytes the store's reserve (<database>.reserve, room kept for its own writes on a full disk, released when one
+ * meets SQLITE_FULL and made again once there is room) lacks now: 0 while it is held. Whoever waits for room on the
+ * state folder's file system waits for this much more. */
+int64_t tld_store_reserve_missing(tld_store *s);
+
 #endif

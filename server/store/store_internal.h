@@ -13,6 +13,8 @@
  *                       through tld_store_write_exec
  *   store_inits.c       the table of schema version 3 (job_inits), likewise
  *   store_tokens.c      the table of schema version 6 (api_tokens), likewise
+ *   store_fault.c       the full-disk switch's VFS shim (tests; tokenlab/files.h)
+ *   store_reserve.c     room kept beside the database for the store's writes on a full disk
  *
  * The writer thread is the only one that touches wdb, w[] and the batch
  * scratch of struct tld_store; the ring and the done flags are under mu; the
@@ -33,6 +35,7 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +48,8 @@
 #define STORE_NAME_MAX 64              /* metric name bytes + NUL (tld_metric_summary.name) */
 #define STORE_LOG_CHUNK 65536          /* bytes per log chunk at most */
 #define STORE_ERR 256
+#define STORE_LOST_JOBS 256            /* jobs with metric points lost and not yet reported, before all count */
+#define STORE_RESERVE_BYTES ((int64_t)4 << 20) /* the reserve file (store_reserve.c) */
 
 typedef int (*tld_store_write_fn)(sqlite3 *db, void *arg, char *err, size_t errlen);
 
@@ -135,6 +140,7 @@ typedef struct {
     void *fn_arg;
     /* results */
     int rc;
+    int full;        /* it failed because the store's disk is full (SQLITE_FULL) */
     int64_t id;
     int existed;
     char err[STORE_ERR];
@@ -178,6 +184,9 @@ typedef struct rconn {
 struct tld_store {
     char *path;
     int version;
+    char *reserve_path;            /* <path>.reserve (store_reserve.c) */
+    _Atomic int64_t reserve_missing; /* bytes the reserve lacks: 0 while it is held */
+    int64_t reserve_next_ms;       /* writer thread: when to try making it again */
 
     /* writer: wdb and w[] belong to the writer thread once it runs */
     sqlite3 *wdb;
@@ -192,6 +201,15 @@ struct tld_store {
     int stopping;
     int64_t failed_since_flush;
     char last_failure[STORE_ERR];
+    struct {
+        int64_t job;
+        int err;     /* ENOSPC: lost to a full disk; EIO otherwise */
+    } lost[STORE_LOST_JOBS]; /* jobs whose queued metric points were lost, not yet reported */
+    int nlost;
+    int lost_all;            /* the table overflowed: every job counts as lost (lost_all_err) until it empties */
+    int lost_all_err;
+    _Atomic int full;                /* the last batch that wrote or tried to met SQLITE_FULL */
+    _Atomic unsigned long long full_events; /* batches that met SQLITE_FULL after one that did not */
 
     /* writer-thread scratch for one batch */
     dirty_block *dirty;
@@ -202,6 +220,11 @@ struct tld_store {
     int64_t loglines;
     int64_t batch_failures;
     char batch_failure[STORE_ERR];
+    int batch_full;          /* a statement of the batch failed with SQLITE_FULL */
+    int batch_wrote;         /* the batch committed rows */
+    int64_t batch_lost[STORE_LOST_JOBS]; /* jobs whose metric points the batch lost */
+    int nbatch_lost;
+    int batch_lost_all;
 
     /* read connections */
     pthread_key_t key;
@@ -246,8 +269,25 @@ int tld_store_enqueue(tld_store *s, const wop *op);
 int tld_store_submit(tld_store *s, op_kind kind, int64_t job, await_op *aw, char *err, size_t errlen);
 /* Writer thread: steps a write statement (W_*) to completion (no rows) and resets it; 0 or -1. */
 int tld_store_wstep(tld_store *s, int q);
-/* Writer thread: counts n queued writes of this batch as failed (the first one's message is kept). */
-void tld_store_queued_failed(tld_store *s, int64_t n, const char *what);
+/* Writer thread: counts n queued writes of this batch as failed (the first one's message is kept); metric_job > 0:
+ * they were metric points of that job (tld_store_metrics_durable reports it). */
+void tld_store_queued_failed(tld_store *s, int64_t metric_job, int64_t n, const char *what);
+/* Writer thread: notes whether the writer connection's last error was SQLITE_FULL; returns 1 when it was. */
+int tld_store_note_full(tld_store *s);
+
+/* ------------------------------------------------------------------ store_reserve.c */
+
+/* Makes the reserve file when it is missing, the retry delay has passed and the file system has room for it twice.
+ * Open, then the writer thread. */
+void tld_store_reserve_make(tld_store *s);
+/* Gives the reserve's space back (a write met SQLITE_FULL). Writer thread. */
+void tld_store_reserve_release(tld_store *s);
+
+/* ------------------------------------------------------------------ store_fault.c */
+
+/* Registers the full-disk switch's VFS shim as SQLite's default VFS, once, when a variable of the switch is set
+ * (tokenlab/files.h); nothing otherwise. Before the first connection opens. */
+void tld_store_fault_install(void);
 
 /* ------------------------------------------------------------------ writer-thread hooks of the tables */
 

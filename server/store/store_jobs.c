@@ -183,7 +183,7 @@ void tld_store_jobs_apply_progress(tld_store *s, const wop *op) {
     if (tld_store_wstep(s, W_PROGRESS) != 0) {
         char what[64];
         snprintf(what, sizeof what, "progress of job %" PRId64, op->job);
-        tld_store_queued_failed(s, 1, what);
+        tld_store_queued_failed(s, 0, 1, what);
     }
 }
 

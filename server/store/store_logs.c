@@ -43,7 +43,7 @@ void tld_store_logs_flush(tld_store *s) {
     if (tld_store_wstep(s, W_LOG_PUT) != 0) {
         char what[64];
         snprintf(what, sizeof what, "log lines of job %" PRId64, s->logjob);
-        tld_store_queued_failed(s, s->loglines, what);
+        tld_store_queued_failed(s, 0, s->loglines, what);
     }
     s->loglen = 0;
     s->loglines = 0;

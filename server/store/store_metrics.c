@@ -122,7 +122,7 @@ void tld_store_metrics_apply(tld_store *s, const wop *op) {
     if (tld_store_wstep(s, W_METRIC_PUT) != 0) {
         char what[128];
         snprintf(what, sizeof what, "metric %s of job %" PRId64, op->u.metric.name, op->job);
-        tld_store_queued_failed(s, 1, what);
+        tld_store_queued_failed(s, op->job, 1, what);
         return;
     }
     mark_dirty(s, op->job, op->u.metric.name, op->u.metric.step / STORE_BLOCK);

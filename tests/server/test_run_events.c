@@ -69,9 +69,10 @@ static void r_eval(const tl_eval_report *r, void *u) {
     got *g = u;
     g->evals++, g->eval = *r;
 }
-static void r_before(int64_t step, void *u) {
+static int r_before(int64_t step, void *u) {
     got *g = u;
     g->befores++, g->ck_step = step;
+    return 0;
 }
 static void r_checkpoint(const char *path, int64_t step, int best, void *u) {
     got *g = u;
@@ -232,8 +233,8 @@ static void test_malformed(void **state) {
         "{\"event\":\"checkpoint\",\"path\":null,\"step\":1,\"is_best\":false}",
         "{\"event\":\"log\"}",
         "{\"event\":\"init\",\"weights\":\"w\"}",
-        "{\"event\":\"end\",\"status\":\"MAYBE\",\"reason\":\"\",\"message\":\"\",\"step\":1,\"skipped_images\":0,"
-        "\"best_top1\":1}",
+        ("{\"event\":\"end\",\"status\":\"MAYBE\",\"reason\":\"\",\"message\":\"\",\"step\":1,\"skipped_images\":0,"
+         "\"best_top1\":1}"),
         "{\"event\":\"start\",\"start\":1,\"total\":3",
     };
     got g = {0};

@@ -85,7 +85,9 @@ typedef struct {
 typedef struct {
     void (*on_start)(int64_t done, int64_t total, void *user);  /* after resume is known */
     void (*on_progress)(const tl_annotate_report *r, void *user); /* after each batch */
-    void (*before_checkpoint)(int64_t done, void *user);         /* before a part file is written */
+    /* before a part file is written; 0, or an errno value: the part is not written and the run fails
+     * (DISK_FULL for ENOSPC or EDQUOT, IO_ERROR otherwise), as for training (train.h) */
+    int (*before_checkpoint)(int64_t done, void *user);
     void (*on_checkpoint)(const char *path, int64_t done, void *user);
     void (*on_log)(const char *msg, void *user);
     int (*should_stop)(void *user);                               /* checked after each batch */
@@ -98,6 +100,7 @@ typedef struct {
  * format and the resume rules are documented at the top of annotate_parts.c and in
  * schema/annotatespec.md. Status as for training: SUCCEEDED (the file is written),
  * STOPPED (should_stop; a part was written), FAILED (reason CONFIG_ERROR, DATA_ERROR, IO_ERROR,
+ * DISK_FULL (a write found the disk full: the parts written so far and any older output are kept),
  * OUT_OF_MEMORY). res->step = images done, res->skipped_images the count skipped. */
 tl_train_status tl_annotate_run(const tl_annotate_spec *spec, const char *run_dir, const tl_annotate_hooks *hooks,
                                 tl_train_result *res);

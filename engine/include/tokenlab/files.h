@@ -1,7 +1,32 @@
 /*
  * files.h: the file-system rules every layer shares (engine/core/files.c):
- * durable renames, and confinement of user-supplied paths to a root folder.
- * Pure functions; any thread.
+ * durable renames, the write streams of every file the engine writes, the
+ * full-disk switch for tests, free space, and confinement of user-supplied
+ * paths to a root folder. Any thread.
+ *
+ * Write streams: tl_file_create_temp and tl_file_open return stdio streams
+ * whose writes all pass one choke point in files.c, where the full-disk
+ * switch can make them fail with ENOSPC. Checkpoints, label maps, annotate
+ * parts, metrics files, uploads and the daemon's small files are written
+ * through them. On a failed write errno says why: ENOSPC or EDQUOT
+ * (tl_errno_disk_full) is a full disk, which jobs report with the reason
+ * DISK_FULL and tl_disk_full_message.
+ *
+ * The full-disk switch (tests only; compiled in, read from the environment
+ * once, off unless a variable is set):
+ *   TL_FAULT_ENOSPC_AFTER=N    every write fails with ENOSPC once N bytes
+ *                              have been written in the process (the file
+ *                              streams and the daemon's store together).
+ *   TL_FAULT_ENOSPC_FILE=PATH  (absolute) while PATH exists, writes fail
+ *                              with ENOSPC once the number of bytes PATH
+ *                              holds (an empty file: 0) have been written
+ *                              since PATH appeared or last changed. A word
+ *                              after the number limits it to "files" (the
+ *                              streams here) or "store" (the daemon's SQLite
+ *                              store, through its VFS shim). Removing PATH
+ *                              gives the space back, without a restart.
+ * While the switch holds, tl_fs_free_bytes reports no more than the bytes it
+ * still lets through, so whoever waits for space waits for the switch.
  *
  * Confinement is the one copy of the rule "a path a client names stays
  * inside the data root": job specs, annotate specs, the label-map and dataset
@@ -14,6 +39,7 @@
 #define TOKENLAB_FILES_H
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -38,13 +64,45 @@ FILE *tl_file_create_temp(const char *path, char *tmp, size_t tmplen);
  * on failure, tmp removed, in every case. 0, or -1 with errno and *step (may be NULL) naming the
  * operation that failed ("flush", "fsync", "close", "rename", "fsync of the folder"). */
 int tl_file_commit(FILE *fp, const char *tmp, const char *path, const char **step);
-/* Abandons it: closes fp (may be NULL) and removes tmp. */
+/* Abandons it: closes fp (may be NULL) and removes tmp. errno is kept. */
 void tl_file_abandon(FILE *fp, const char *tmp);
+/* Opens path for writing as a write stream (the full-disk switch applies), mode 0644, close-on-exec:
+ * append 0 creates or truncates it, 1 appends to it. Not crash-safe by itself (see tl_file_create_temp).
+ * NULL with errno. */
+FILE *tl_file_open(const char *path, int append);
+/* fflush, then fsync of the file under fp (any stream). 0, or -1 with errno. */
+int tl_file_sync(FILE *fp);
+/* The file descriptor under fp: a write stream's (its fileno is -1), else fileno(fp). */
+int tl_file_fd(FILE *fp);
 /* 1 when a file name has the form tl_file_create_temp gives ("<name>.tmp.XXXXXX"), else 0. */
 int tl_file_is_temp_name(const char *name);
 /* Removes the temporary files a crash left directly in folder dir (names tl_file_is_temp_name accepts);
  * for a start-up, when nothing writes there. The number removed, or -1 when dir cannot be read. */
 int tl_file_remove_temps(const char *dir);
+
+/* ---- full disks ---- */
+
+/* 1 when errno value e means a full disk (ENOSPC, EDQUOT), else 0. */
+int tl_errno_disk_full(int e);
+/* The bytes an unprivileged writer may still put on the file system holding path (path, or its folder
+ * when path does not exist yet), no more than the full-disk switch lets through (either scope); -1 when
+ * statvfs fails. */
+int64_t tl_fs_free_bytes(const char *path);
+/* n as "512 bytes", "1.5 MiB", ... into buf; returns buf. */
+const char *tl_format_bytes(char *buf, size_t len, int64_t n);
+/* "no space left on the device for PATH (12.0 KiB free on its file system now)" into buf; returns buf. */
+const char *tl_disk_full_message(char *buf, size_t len, const char *path);
+
+/* The full-disk switch (see the top of this file). */
+#define TL_FAULT_FILES 1u /* the write streams of this file */
+#define TL_FAULT_STORE 2u /* the daemon's SQLite store */
+/* 1 when a variable of the switch is set (read once), else 0. */
+int tl_fault_enospc_enabled(void);
+/* How many of the next n bytes a writer of scope may write before the switch fails it with ENOSPC (n when
+ * the switch is off); the bytes allowed are counted as written. */
+size_t tl_fault_enospc_allow(unsigned scope, size_t n);
+/* The bytes the switch still lets through for scope; UINT64_MAX when nothing limits them. */
+uint64_t tl_fault_enospc_room(unsigned scope);
 
 /* 1 when the canonical path `real` is `root_real` or lies below it, both
  * already canonical (no trailing '/', except the root "/" itself); else 0.

@@ -42,7 +42,9 @@ const char *tl_labelmap_key(const tl_labelmap *lm, int64_t i, int64_t *entry);
 int tl_labelmap_read(const tl_labelmap *lm, int64_t e, float *values, int32_t *indices, char *err, size_t errlen);
 
 typedef struct tl_labelmap_writer tl_labelmap_writer;
-/* Starts writing path (via a temporary file next to it). */
+/* Starts writing path (via a temporary file next to it, a write stream of files.h). Every writer function
+ * that fails leaves errno set to the cause of a failed write (ENOSPC or EDQUOT: the disk is full), 0 for
+ * a refusal of its input; the file at path is never touched until finish renames over it. */
 tl_labelmap_writer *tl_labelmap_writer_new(const char *path, int K, int k, int h, int w, char *err, size_t errlen);
 /* Adds one image's map; refuses a duplicate key or an index outside [0,K). */
 int tl_labelmap_writer_add(tl_labelmap_writer *wr, const char *key, const float *values /*(k,h,w)*/,

@@ -254,7 +254,9 @@ typedef struct {
  * "optim.exp_avg.<name>" / "optim.exp_avg_sq.<name>" and the train state under
  * "train.*". ema: NULL, or an EMA model (same config) whose weights are also
  * written, as "ema.<name>". extra_meta: NULL or NULL-terminated key,value
- * pairs. Crash-safe: temp file, fsync, rename, fsync of the folder. */
+ * pairs. Crash-safe: temp file, fsync, rename, fsync of the folder; a failed
+ * write leaves the file at path as it was. -1 with a message and errno (ENOSPC
+ * or EDQUOT: the disk is full; 0 for a failure that is not the file system's). */
 int tl_checkpoint_save(const tl_model *m, const tl_model *ema, const char *path, int flags, const tl_train_state *st,
                        const char *const *extra_meta, char *err, size_t errlen);
 /* Loads into an existing model, whose config must match the file's tensors

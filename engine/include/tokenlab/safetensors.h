@@ -74,6 +74,8 @@ int tl_st_set_meta(tl_st_writer *w, const char *key, const char *value);
 /* Writes path crash-safely: path.tmp.<pid>, fsync, rename, fsync of the folder.
  * Tensors are packed in the order added with no gaps, as Hugging Face's
  * safetensors requires; the header is space-padded to a multiple of 8. */
+/* Writes the file crash-safely (tl_file_create_temp, tl_file_commit): a failure leaves path as it was.
+ * 0, or -1 with a message and errno (ENOSPC or EDQUOT: the disk is full; 0: out of memory). */
 int tl_st_write(tl_st_writer *w, const char *path, char *err, size_t errlen);
 
 #endif

@@ -79,8 +79,11 @@ typedef struct {
     void (*on_step)(const tl_step_report *r, void *user);
     void (*on_eval)(const tl_eval_report *r, void *user);
     /* Called before a checkpoint is written: whatever must be durable when the
-     * checkpoint exists (the daemon's metric points up to this step) is flushed here. */
-    void (*before_checkpoint)(int64_t step, void *user);
+     * checkpoint exists (the daemon's metric points up to this step) is flushed here.
+     * Returns 0, or an errno value when that could not be made durable: the checkpoint
+     * is then not written and the run fails (DISK_FULL for ENOSPC or EDQUOT, IO_ERROR
+     * otherwise), so no checkpoint ever stands past a metric step that was lost. */
+    int (*before_checkpoint)(int64_t step, void *user);
     void (*on_checkpoint)(const char *path, int64_t step, int is_best, void *user);
     void (*on_log)(const char *msg, void *user);   /* warnings: skipped images, ... */
     /* After each evaluation (raw weights, ema 0; then EMA weights, ema 1): the job's inspection
@@ -101,7 +104,8 @@ typedef enum {
 
 typedef struct {
     tl_train_status status;
-    char reason[32];       /* NAN_LOSS, DATA_ERROR, CONFIG_ERROR, IO_ERROR, OUT_OF_MEMORY, DIST_MISMATCH, DIST_ERROR */
+    char reason[32];       /* NAN_LOSS, DATA_ERROR, CONFIG_ERROR, IO_ERROR, DISK_FULL, OUT_OF_MEMORY, DIST_MISMATCH,
+                            * DIST_ERROR */
     char message[1024];
     int64_t step;          /* steps done when it ended */
     int64_t skipped_images;
