@@ -67,6 +67,9 @@ void tld_routes_reply_cjson(tld_req *r, int status, struct cJSON *o) {
 /* Maps a store/jobs error text to a problem reply. */
 static void reply_error(tld_req *r, const char *err) {
     if (strstr(err, "not found")) tld_reply_problem(r, 404, "NOT_FOUND", NULL, "%s", err);
+    /* SQLite's text for SQLITE_FULL (sqlite3_errstr): the store's disk is full, nothing was written */
+    else if (strstr(err, "database or disk is full"))
+        tld_reply_problem(r, 507, "DISK_FULL", NULL, "the daemon's disk is full; nothing was changed (%s)", err);
     else if (strstr(err, "invalid transition")) tld_reply_problem(r, 409, "INVALID_STATE", NULL, "%s", err);
     else tld_reply_problem(r, 500, "INTERNAL", NULL, "%s", err);
 }

@@ -181,7 +181,7 @@ def t_store(d):
     disk = wait_for(lambda: (lambda h: h if h["full"] else None)(answers(d)), "/healthz to report the full disk")
     print("  /healthz while everything is full: %s" % disk)
     st, b, _, _ = d.request("POST", "/api/v1/jobs", body=TD.spec("refused", epochs=1))
-    assert st >= 500, "a job was created on a full store: %s %s" % (st, b)
+    TD.problem(st, b, 507, "DISK_FULL")
     j = d.job(jid)
     assert j["state"] in ("RUNNING", "QUEUED"), j
     idle_cpu(d)
