@@ -1,8 +1,9 @@
 /*
  * tl_bench.c: times training steps (forward, backward, AdamW) or inference of
- * the engine for a preset or configuration, and prints images/s, achieved
- * GFLOP/s, the share of this machine's sgemm peak (measured here, with the
- * same threads and kernels the engine uses) and peak memory.
+ * the engine for a preset or configuration, and prints images/s, the CPU time
+ * of a step (all threads; on a shared machine steadier than the wall clock),
+ * achieved GFLOP/s, the share of this machine's sgemm peak (measured here,
+ * with the same threads and kernels the engine uses) and peak memory.
  *
  *   tl-bench [--preset lvvit_t | --config FILE] [--img-size PX] [--batch B]
  *            [--mode train|infer] [--steps N] [--warmup W] [--threads T] [--json]
@@ -31,6 +32,14 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
+
+/* CPU time of the whole process (all threads), seconds: on a shared machine, unlike the wall clock,
+ * it leaves out the time the threads wait for a core. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static double peak_rss_mb(void) {
     struct rusage ru;
@@ -256,9 +265,9 @@ int main(int argc, char **argv) {
     tl_loss_weights lw = {1.0f, 0.5f, 1.0f};
     tl_box box = {g / 4, g / 4, g / 4 + g / 2, g / 4 + g / 2};
 
-    double t0 = 0, fwd = 0, bwd = 0, opt = 0;
+    double t0 = 0, c0 = 0, fwd = 0, bwd = 0, opt = 0;
     for (int it = 0; it < warmup + steps; it++) {
-        if (it == warmup) { t0 = tl_clock_mono_s(); fwd = bwd = opt = 0; tl_ctx_profile(ctx, profile); }
+        if (it == warmup) { t0 = tl_clock_mono_s(); c0 = cpu_s(); fwd = bwd = opt = 0; tl_ctx_profile(ctx, profile); }
         if (train) {
             double a = tl_clock_mono_s();
             tl_model_zero_grad(m);
@@ -277,7 +286,7 @@ int main(int argc, char **argv) {
             tl_predict(ctx, images, batch, scores);
         }
     }
-    double dt = tl_clock_mono_s() - t0;
+    double dt = tl_clock_mono_s() - t0, cpu_ms = (cpu_s() - c0) / steps * 1000.0;
     double ips = (double)batch * steps / dt;
     double flops_img = tl_config_forward_flops(&c) * (train ? 3.0 : 1.0);
     double gflops = flops_img * ips / 1e9;
@@ -285,10 +294,10 @@ int main(int argc, char **argv) {
     double ms = dt / steps * 1000.0;
     if (json) {
         printf("{\"impl\":\"tokenlab\",\"mode\":\"%s\",\"preset\":\"%s\",\"img_size\":%d,\"batch\":%d,\"threads\":%d,"
-               "\"steps\":%d,\"img_per_s\":%.3f,\"ms_per_step\":%.2f,\"gflop_per_s\":%.1f,\"sgemm_peak_gflop_per_s\":%.1f,"
+               "\"steps\":%d,\"img_per_s\":%.3f,\"ms_per_step\":%.2f,\"cpu_ms_per_step\":%.2f,\"gflop_per_s\":%.1f,\"sgemm_peak_gflop_per_s\":%.1f,"
                "\"sgemm_peak_fraction\":%.3f,\"peak_rss_mb\":%.1f,\"model_mb\":%.1f,\"activations_mb\":%.1f,"
                "\"freeze\":\"%s\",\"layer_decay\":%g",
-               mode, preset, c.img_size, batch, threads, steps, ips, ms, gflops, peak, frac, peak_rss_mb(),
+               mode, preset, c.img_size, batch, threads, steps, ips, ms, cpu_ms, gflops, peak, frac, peak_rss_mb(),
                (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0, freeze,
                (double)layer_decay);
         if (train)
@@ -302,6 +311,7 @@ int main(int argc, char **argv) {
         printf("\n");
         printf("  %.2f images/s, %.1f ms per step", ips, ms);
         if (train) printf(" (forward %.1f, backward %.1f, AdamW %.1f)", fwd / steps * 1e3, bwd / steps * 1e3, opt / steps * 1e3);
+        printf("\n  %.1f ms of CPU time per step (all threads)", cpu_ms);
         printf("\n  %.1f GFLOP/s = %.1f%% of the measured sgemm peak %.1f GFLOP/s\n", gflops, 100 * frac, peak);
         printf("  peak RSS %.0f MiB (model+optimizer %.0f MiB, activations %.0f MiB)\n", peak_rss_mb(),
                (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);

@@ -12,7 +12,7 @@ command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3 python3-torch python3-torchvision python3-numpy chromium iproute2
-        clang libclang-rt-14-dev)
+        clang libclang-rt-14-dev libblis4-pthread)
 fi
 
 missing=()
