@@ -1,8 +1,9 @@
 /*
  * conv.c: convolution without bias in NHWC (tl_conv2d_forward/backward):
  * im2col + sgemm for any kernel, stride and padding, and the dispatch of the
- * stem's 3x3 64-channel convolutions to the AVX-512 row path
- * (conv_avx512.c, winograd.c) when the CPU has it; weight packing.
+ * stem's 3x3 64-channel convolutions to the row path (conv_rows.c,
+ * winograd.c) at the AVX-512 and AVX2 kernel levels (tl_isa()); weight
+ * packing.
  *
  * Owns nothing; scratch comes from the caller. Activations are (B,H,W,C), so
  * im2col copies runs of C contiguous floats and every GEMM has the 64-wide
@@ -15,8 +16,8 @@
  * a fixed order and weight-gradient partials are summed in thread order, so
  * results are deterministic for a given thread count.
  *
- * 64-channel stems on CPUs with AVX-512 (lvvit_t/s/m) skip im2col and
- * OpenBLAS for conv2 and conv3 (the row path, conv_avx512.c). Where output
+ * 64-channel stems (lvvit_t/s/m) at the AVX-512 or AVX2 level skip im2col and
+ * OpenBLAS for conv2 and conv3 (the row path, conv_rows.c). Where output
  * rows come in whole pairs (even heights and widths: lvvit_t's 112x112), the
  * forward, input-gradient and weight-gradient convolutions use Winograd
  * F(2x2,3x3) instead (winograd.c: 2.25x fewer multiplications; about 1e-6
@@ -24,7 +25,6 @@
  */
 #include "core/blas.h"
 #include "ops/conv_internal.h"
-#include "ops/gemm_avx512.h"
 #include "ops/ops.h"
 #include "core/simd.h"
 
@@ -94,7 +94,7 @@ static void im2col(const conv_job *j, float *col, size_t p0, size_t p1) {
 }
 
 /* Adds colT rows of output pixels [p0, p1) back into din (NHWC). */
-TL_VEC static void col2im(const conv_job *j, const float *col, size_t p0, size_t p1) {
+TL_VEC_FN(col2im, (const conv_job *j, const float *col, size_t p0, size_t p1), (j, col, p0, p1)) {
     const int k = j->k, Cin = j->Cin, KK = k * k * Cin;
     size_t plane = (size_t)j->Ho * j->Wo;
     for (size_t p = p0; p < p1; p++) {
@@ -119,11 +119,12 @@ static size_t nchunks(const conv_job *j) {
     return (P + TL_CONV_CHUNK - 1) / TL_CONV_CHUNK;
 }
 
-/* The row path (conv_avx512.c) takes a 3x3, stride 1, pad 1 convolution of
- * 64 channels to 64 in NHWC when the CPU has AVX-512. */
+/* The row path (conv_rows.c) takes a 3x3, stride 1, pad 1 convolution of
+ * 64 channels to 64 in NHWC at the AVX-512 and AVX2 levels. */
 static int conv_rows_ok(const conv_job *j) {
 #if defined(__x86_64__)
-    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 && tl_cpu_avx512();
+    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 &&
+           tl_isa() >= TL_ISA_AVX2;
 #else
     (void)j;
     return 0;
@@ -153,7 +154,8 @@ void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_nchw, con
     if (conv_rows_ok(&j)) {
         float *U = scratch;
         tl_winograd_weights(U, wt);
-        tl_conv_rows_job r = {.out = out, .in = in, .w = wt, .U = U, .B = B, .H = H, .W = W, .scratch = U + 16 * 64 * 64};
+        tl_conv_rows_job r = {.out = out, .in = in, .w = wt, .U = U, .B = B, .H = H, .W = W, .isa = tl_isa(),
+                              .scratch = U + 16 * 64 * 64};
         tl_pool_run(p, tl_conv_rows_part, &r);
         return;
     }
@@ -210,7 +212,7 @@ typedef struct {
     int nparts;
 } reduce_job;
 
-TL_VEC static void reduce_part(void *arg, int tid, int nt) {
+TL_VEC_FN(reduce_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     reduce_job *r = arg;
     size_t lo, hi;
     tl_split(r->n, tid, nt, &lo, &hi);
@@ -233,7 +235,7 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
         float *U = wf + 9 * 64 * 64, *rings = U + 16 * 64 * 64;
         float *uparts = scratch; /* the im2col buffers are unused on the row path */
         tl_conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .uparts = uparts, .scratch = rings, .B = B,
-                               .H = H, .W = W};
+                                  .H = H, .W = W, .isa = tl_isa()};
         tl_pool_run(p, tl_conv_dw_rows_part, &dj);
         reduce_job r = {dwt, parts, dw_floats(&j), nt};
         tl_pool_run(p, reduce_part, &r);
@@ -248,7 +250,8 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
                 for (int ci = 0; ci < 64; ci++)
                     wf[((size_t)t * 64 + co) * 64 + ci] = wt[((size_t)(8 - t) * 64 + ci) * 64 + co];
         tl_winograd_weights(U, wf);
-        tl_conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .U = U, .B = B, .H = H, .W = W, .scratch = rings};
+        tl_conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .U = U, .B = B, .H = H, .W = W, .isa = dj.isa,
+                               .scratch = rings};
         tl_pool_run(p, tl_conv_rows_part, &rj);
         return;
     }

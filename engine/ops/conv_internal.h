@@ -1,20 +1,21 @@
 /*
  * conv_internal.h: what the stem's convolution files share (conv.c,
- * conv_avx512.c, winograd.c, stem_eval.c): the row path's jobs and the
+ * conv_rows.c, winograd.c, stem_eval.c): the row path's jobs and the
  * Winograd F(2x2,3x3) transforms. (The register-blocked kernels are in
- * gemm64_avx512.h.)
+ * gemm64_avx512.h and gemm64_avx2.h.)
  * Internal to engine/ops; the layer's public face is ops.h.
  *
  * Owns nothing; pure functions on the caller's buffers, any thread. The
- * functions marked AVX-512 may only run when tl_cpu_avx512() (their callers
- * check it once per call); they exist on x86-64 only.
+ * functions marked AVX-512 may only run when tl_isa() == TL_ISA_AVX512, the
+ * _avx2 ones when tl_isa() >= TL_ISA_AVX2 (core/simd.h; their callers check
+ * once per call); they exist on x86-64 only.
  */
 #ifndef TL_CONV_INTERNAL_H
 #define TL_CONV_INTERNAL_H
 
 #include <stddef.h>
 
-/* ---- conv_avx512.c: the row path of a 3x3, stride 1, pad 1, 64-to-64 convolution ---- */
+/* ---- conv_rows.c: the row path of a 3x3, stride 1, pad 1, 64-to-64 convolution ---- */
 
 /* Floats of row-path scratch per thread for rows of width W. */
 size_t tl_conv_rows_per_thread(int W);
@@ -26,11 +27,12 @@ typedef struct {
     const float *w;  /* (3,3,64,64) */
     const float *U;  /* (16,64,64): w in the Winograd domain */
     int B, H, W;
+    int isa;        /* TL_ISA_AVX512 or TL_ISA_AVX2: the kernels to run */
     float *scratch; /* per thread: tl_conv_rows_per_thread floats */
 } tl_conv_rows_job;
 
 /* tl_pool_fn over a tl_conv_rows_job: row pairs (b, 2u) split over the threads; Winograd for
- * whole pairs when U is given and W is even, else row by row on tl_gemm64_avx512. */
+ * whole pairs when U is given and W is even, else row by row on tl_gemm64_avx512 or _avx2. */
 void tl_conv_rows_part(void *arg, int tid, int nt);
 
 /* The weight gradient on the row path, per thread: row pairs by Winograd
@@ -43,6 +45,7 @@ typedef struct {
     float *uparts;          /* nthreads x (16,64,64) */
     float *scratch;         /* per thread: tl_conv_rows_per_thread floats */
     int B, H, W;
+    int isa; /* TL_ISA_AVX512 or TL_ISA_AVX2 */
 } tl_conv_dw_rows_job;
 
 /* tl_pool_fn over a tl_conv_dw_rows_job. */
@@ -61,6 +64,10 @@ void tl_winograd_in(float *V, const float *const rows[4], int nt);
 void tl_winograd_out(float *out0, float *out1, const float *M, int nt);
 /* AVX-512. Z (16, nt, 64) = A dY A^T of the 2x2 output-gradient tiles of rows y (d0) and y+1 (d1). */
 void tl_winograd_dout(float *Z, const float *d0, const float *d1, int nt);
+/* The same three transforms on AVX2 + FMA. */
+void tl_winograd_in_avx2(float *V, const float *const rows[4], int nt);
+void tl_winograd_out_avx2(float *out0, float *out1, const float *M, int nt);
+void tl_winograd_dout_avx2(float *Z, const float *d0, const float *d1, int nt);
 #endif
 
 #endif

@@ -2,9 +2,10 @@
  * winograd.c: Winograd F(2x2, 3x3) for 3x3 convolutions of 64 channels to
  * 64: the weight, input and output transforms of the forward and the
  * output-gradient and weight transforms of the weight gradient. Used by the
- * AVX-512 row path (conv_avx512.c) and the fused eval stem (stem_eval.c) for
- * whole row pairs. The transforms of activations are AVX-512 only; those of
- * weights are plain C.
+ * row path (conv_rows.c) and the fused eval stem (stem_eval.c) for whole row
+ * pairs, on AVX-512 or AVX2 (tl_isa()). The transforms of activations come in
+ * an AVX-512 and an AVX2 + FMA version of the same arithmetic (16 or 8
+ * channels a vector); those of weights are plain C.
  *
  * Owns nothing; pure functions on the caller's buffers, any thread.
  */
@@ -113,6 +114,76 @@ __attribute__((target("avx512f,fma"))) void tl_winograd_dout(float *Z, const flo
                 _mm512_storeu_ps(z + plane, _mm512_add_ps(h[i][0], h[i][1]));
                 _mm512_storeu_ps(z + 2 * plane, _mm512_sub_ps(h[i][0], h[i][1]));
                 _mm512_storeu_ps(z + 3 * plane, _mm512_sub_ps(_mm512_setzero_ps(), h[i][1]));
+            }
+        }
+}
+#endif
+
+#if defined(__x86_64__)
+/* The AVX2 versions: the same sums on 8 channels a vector. */
+__attribute__((target("avx2,fma"))) void tl_winograd_in_avx2(float *V, const float *const rows[4], int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 8) {
+            __m256 d[4][4], e[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) d[i][c] = _mm256_loadu_ps(rows[i] + (size_t)(2 * t + c) * 64 + q);
+            for (int c = 0; c < 4; c++) { /* B^T d: rows */
+                e[0][c] = _mm256_sub_ps(d[0][c], d[2][c]);
+                e[1][c] = _mm256_add_ps(d[1][c], d[2][c]);
+                e[2][c] = _mm256_sub_ps(d[2][c], d[1][c]);
+                e[3][c] = _mm256_sub_ps(d[1][c], d[3][c]);
+            }
+            for (int i = 0; i < 4; i++) { /* (B^T d) B: columns */
+                float *v = V + (size_t)(i * 4) * plane + (size_t)t * 64 + q;
+                _mm256_storeu_ps(v, _mm256_sub_ps(e[i][0], e[i][2]));
+                _mm256_storeu_ps(v + plane, _mm256_add_ps(e[i][1], e[i][2]));
+                _mm256_storeu_ps(v + 2 * plane, _mm256_sub_ps(e[i][2], e[i][1]));
+                _mm256_storeu_ps(v + 3 * plane, _mm256_sub_ps(e[i][1], e[i][3]));
+            }
+        }
+}
+
+__attribute__((target("avx2,fma"))) void tl_winograd_out_avx2(float *out0, float *out1, const float *M, int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 8) {
+            __m256 m[4][4], r0[4], r1[4];
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) m[i][c] = _mm256_loadu_ps(M + (size_t)(i * 4 + c) * plane + (size_t)t * 64 + q);
+            for (int c = 0; c < 4; c++) { /* A^T m */
+                r0[c] = _mm256_add_ps(_mm256_add_ps(m[0][c], m[1][c]), m[2][c]);
+                r1[c] = _mm256_sub_ps(_mm256_sub_ps(m[1][c], m[2][c]), m[3][c]);
+            }
+            float *o0 = out0 + (size_t)(2 * t) * 64 + q, *o1 = out1 + (size_t)(2 * t) * 64 + q;
+            _mm256_storeu_ps(o0, _mm256_add_ps(_mm256_add_ps(r0[0], r0[1]), r0[2]));
+            _mm256_storeu_ps(o0 + 64, _mm256_sub_ps(_mm256_sub_ps(r0[1], r0[2]), r0[3]));
+            _mm256_storeu_ps(o1, _mm256_add_ps(_mm256_add_ps(r1[0], r1[1]), r1[2]));
+            _mm256_storeu_ps(o1 + 64, _mm256_sub_ps(_mm256_sub_ps(r1[1], r1[2]), r1[3]));
+        }
+}
+
+__attribute__((target("avx2,fma"))) void tl_winograd_dout_avx2(float *Z, const float *d0, const float *d1, int nt) {
+    size_t plane = (size_t)nt * 64;
+    for (int t = 0; t < nt; t++)
+        for (int q = 0; q < 64; q += 8) {
+            __m256 g[2][2], h[4][2];
+            for (int c = 0; c < 2; c++) {
+                g[0][c] = _mm256_loadu_ps(d0 + (size_t)(2 * t + c) * 64 + q);
+                g[1][c] = _mm256_loadu_ps(d1 + (size_t)(2 * t + c) * 64 + q);
+            }
+            for (int c = 0; c < 2; c++) { /* A dY */
+                h[0][c] = g[0][c];
+                h[1][c] = _mm256_add_ps(g[0][c], g[1][c]);
+                h[2][c] = _mm256_sub_ps(g[0][c], g[1][c]);
+                h[3][c] = _mm256_sub_ps(_mm256_setzero_ps(), g[1][c]);
+            }
+            for (int i = 0; i < 4; i++) { /* (A dY) A^T */
+                float *z = Z + (size_t)(i * 4) * plane + (size_t)t * 64 + q;
+                _mm256_storeu_ps(z, h[i][0]);
+                _mm256_storeu_ps(z + plane, _mm256_add_ps(h[i][0], h[i][1]));
+                _mm256_storeu_ps(z + 2 * plane, _mm256_sub_ps(h[i][0], h[i][1]));
+                _mm256_storeu_ps(z + 3 * plane, _mm256_sub_ps(_mm256_setzero_ps(), h[i][1]));
             }
         }
 }

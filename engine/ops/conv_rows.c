@@ -1,17 +1,18 @@
 /*
- * conv_avx512.c: the AVX-512 row path of the stem's 64-channel 3x3
- * convolutions, built on the register-blocked kernels of gemm64_avx512.h
- * (which read 3x3 windows straight from zero-padded rows) and on Winograd
- * (winograd.c): conv2's and
- * conv3's forward, input gradient and weight gradient in training, row by
- * row without im2col or OpenBLAS. OpenBLAS repacks both operands on every
- * call, which for these shapes (N = 64) cost about a third of the stem's
- * time. The fused eval stem (stem_eval.c) uses the same kernels.
+ * conv_rows.c: the row path of the stem's 64-channel 3x3 convolutions in
+ * training, on the register-blocked kernels of gemm64_avx512.h or
+ * gemm64_avx2.h (which read 3x3 windows straight from zero-padded rows) and
+ * on Winograd (winograd.c): conv2's and conv3's forward, input gradient and
+ * weight gradient, row by row without im2col or OpenBLAS. OpenBLAS repacks
+ * both operands on every call, which for these shapes (N = 64) cost about a
+ * third of the stem's time. The fused eval stem (stem_eval.c) uses the same
+ * kernels.
  *
  * Owns nothing; scratch comes from the caller (conv.c). The row-path parts
  * run on the pool's threads, each output row (or row pair) written by one
- * thread with the same arithmetic whatever the split. Only called when
- * tl_cpu_avx512(); on other targets the parts do nothing and are never run.
+ * thread with the same arithmetic whatever the split. The job names the
+ * kernel level (TL_ISA_AVX512 or TL_ISA_AVX2, read once by conv.c); on other
+ * targets the parts do nothing and are never run.
  */
 #include "ops/conv_internal.h"
 
@@ -21,7 +22,10 @@
 #endif
 
 #include "core/pool.h"
+#include "core/simd.h"
+#include "ops/gemm64_avx2.h"
 #include "ops/gemm64_avx512.h"
+#include "ops/gemm_avx2.h"
 #include "ops/gemm_avx512.h"
 
 /* Per thread on the row path: a ring of 4 zero-padded 64-channel rows and a
@@ -31,12 +35,13 @@ size_t tl_conv_rows_per_thread(int W) {
 }
 
 /* ---- the row path: a 3x3, stride 1, pad 1 convolution of 64 channels to 64
- * in NHWC (the stem's conv2 and conv3) runs row by row on the AVX-512 kernel
- * when the CPU has it, for the forward (input rows against the weights) and
- * the input gradient (output-gradient rows against the weights flipped in
- * space and transposed in channels: din = conv(dout, flip(w)^T)), without
- * im2col or col2im. Each output row is written by one thread, with the same
- * arithmetic whatever the split. The weight gradient stays im2col + sgemm. */
+ * in NHWC (the stem's conv2 and conv3) runs row by row on the level's kernel,
+ * for the forward (input rows against the weights) and the input gradient
+ * (output-gradient rows against the weights flipped in space and transposed
+ * in channels: din = conv(dout, flip(w)^T)), without im2col or col2im, and
+ * for the weight gradient (input window rows^T x output-gradient rows). Each
+ * output row is written by one thread, with the same arithmetic whatever the
+ * split. */
 
 /* A thread's ring of 4 zero-padded input rows and a zero row: rows[i] = the
  * padded row y-1+i of image b, copied in only when not held already. */
@@ -80,7 +85,7 @@ static void ring_rows(row_ring *g, const float **rows, int n, const float *in /*
 void tl_conv_rows_part(void *arg, int tid, int nt) {
 #if defined(__x86_64__)
     tl_conv_rows_job *j = arg;
-    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2;
+    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2, avx512 = j->isa == TL_ISA_AVX512;
     float *mem = j->scratch + (size_t)tid * tl_conv_rows_per_thread(W);
     float *V = mem + (size_t)5 * (W + 2) * 64, *M = V + (size_t)16 * ((W + 1) / 2) * 64;
     size_t lo, hi;
@@ -93,16 +98,27 @@ void tl_conv_rows_part(void *arg, int tid, int nt) {
         const float *rows[4];
         if (j->U && y0 + 1 < H && W % 2 == 0) {
             ring_rows(&g, rows, 4, j->in, b, y0, H, W);
-            tl_winograd_in(V, rows, tiles);
-            for (int xi = 0; xi < 16; xi++)
-                tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
-                                    j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
-            tl_winograd_out(out, out + (size_t)W * 64, M, tiles);
+            if (avx512) {
+                tl_winograd_in(V, rows, tiles);
+                for (int xi = 0; xi < 16; xi++)
+                    tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                        j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
+                tl_winograd_out(out, out + (size_t)W * 64, M, tiles);
+            } else {
+                tl_winograd_in_avx2(V, rows, tiles);
+                for (int xi = 0; xi < 16; xi++)
+                    tl_gemm_rows_avx2(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                      j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
+                tl_winograd_out_avx2(out, out + (size_t)W * 64, M, tiles);
+            }
             continue;
         }
         for (int y = y0; y < y0 + 2 && y < H; y++) {
             ring_rows(&g, rows, 3, j->in, b, y, H, W);
-            tl_gemm64_avx512(out + (size_t)(y - y0) * W * 64, rows, 3, 64, 192, j->w, W);
+            if (avx512)
+                tl_gemm64_avx512(out + (size_t)(y - y0) * W * 64, rows, 3, 64, 192, j->w, W);
+            else
+                tl_gemm64_avx2(out + (size_t)(y - y0) * W * 64, rows, 3, 64, 192, j->w, W);
         }
     }
 #else
@@ -114,7 +130,7 @@ void tl_conv_rows_part(void *arg, int tid, int nt) {
 void tl_conv_dw_rows_part(void *arg, int tid, int nt) {
 #if defined(__x86_64__)
     tl_conv_dw_rows_job *j = arg;
-    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2;
+    int H = j->H, W = j->W, pairs = (H + 1) / 2, tiles = W / 2, avx512 = j->isa == TL_ISA_AVX512;
     float *dwp = j->parts + (size_t)tid * 9 * 64 * 64, *dup = j->uparts + (size_t)tid * 16 * 64 * 64;
     float *mem = j->scratch + (size_t)tid * tl_conv_rows_per_thread(W);
     float *V = mem + (size_t)5 * (W + 2) * 64, *Z = V + (size_t)16 * ((W + 1) / 2) * 64;
@@ -130,18 +146,30 @@ void tl_conv_dw_rows_part(void *arg, int tid, int nt) {
         const float *rows[4];
         if (y0 + 1 < H && W % 2 == 0) {
             ring_rows(&g, rows, 4, j->in, b, y0, H, W);
-            tl_winograd_in(V, rows, tiles);
-            tl_winograd_dout(Z, dout, dout + (size_t)W * 64, tiles);
-            for (int xi = 0; xi < 16; xi++)
-                tl_gemm64_tn_acc_avx512(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
-                                     Z + (size_t)xi * tiles * 64, tiles);
+            if (avx512) {
+                tl_winograd_in(V, rows, tiles);
+                tl_winograd_dout(Z, dout, dout + (size_t)W * 64, tiles);
+                for (int xi = 0; xi < 16; xi++)
+                    tl_gemm64_tn_acc_avx512(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                            Z + (size_t)xi * tiles * 64, tiles);
+            } else {
+                tl_winograd_in_avx2(V, rows, tiles);
+                tl_winograd_dout_avx2(Z, dout, dout + (size_t)W * 64, tiles);
+                for (int xi = 0; xi < 16; xi++)
+                    tl_gemm64_tn_acc_avx2(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                          Z + (size_t)xi * tiles * 64, tiles);
+            }
             continue;
         }
         for (int y = y0; y < y0 + 2 && y < H; y++) {
             ring_rows(&g, rows, 3, j->in, b, y, H, W);
-            for (int ky = 0; ky < 3; ky++)
-                tl_gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, dout + (size_t)(y - y0) * W * 64,
-                                     W);
+            const float *drow = dout + (size_t)(y - y0) * W * 64;
+            for (int ky = 0; ky < 3; ky++) {
+                if (avx512)
+                    tl_gemm64_tn_acc_avx512(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, drow, W);
+                else
+                    tl_gemm64_tn_acc_avx2(dwp + (size_t)ky * 192 * 64, rows[ky], 64, 192, drow, W);
+            }
         }
     }
 #else
