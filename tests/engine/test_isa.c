@@ -13,7 +13,7 @@
  *     formulas; FMA and 8-lane rounding only); special values: NaN stays
  *     NaN, +-100 give 100 and 0, gradients 1 and (within 1e-30) 0;
  *   softmax probabilities (the training attention): 1e-6 absolute; the
- *     attention's outputs 1e-5;
+ *     attention's outputs and its backward's dQ, dK, dV: 1e-5;
  *   the eval attention (own row kernels against OpenBLAS): 1e-5;
  *   LayerNorm forward, eval forward and backward: 1e-5;
  *   AdamW after 3 steps: 1e-6;
@@ -139,18 +139,23 @@ static void test_gelu_levels(void **state) {
 /* ---- attention: the training softmax, and the eval attention on the row kernels ---- */
 static void attention_case(tl_pool *p, const int *levels, int nl, int B, int T, int D, int H) {
     size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D, na = (size_t)B * H * T * T;
-    float *qkv = frand(nq, -2.0, 2.0);
-    float *g_out = falloc(no), *g_att = falloc(na), *g_eval = falloc(no);
-    float *out = falloc(no), *att = falloc(na), *ev = falloc(no);
+    float *qkv = frand(nq, -2.0, 2.0), *dout = frand(no, -1.0, 1.0);
+    float *g_out = falloc(no), *g_att = falloc(na), *g_eval = falloc(no), *g_dqkv = falloc(nq);
+    float *out = falloc(no), *att = falloc(na), *ev = falloc(no), *dqkv = falloc(nq);
     float *scr = falloc(tl_attention_scratch(tl_pool_size(p), T, D / H));
     char name[96];
     tl_isa_force(TL_ISA_GENERIC);
     tl_attention_forward(p, g_out, g_att, qkv, B, T, D, H);
     tl_attention_forward_eval(p, g_eval, qkv, B, T, D, H, scr);
+    tl_attention_backward(p, g_dqkv, dout, qkv, g_att, B, T, D, H, scr);
     for (int li = 0; li < nl; li++) {
         tl_isa_force(levels[li]);
         tl_attention_forward(p, out, att, qkv, B, T, D, H);
         tl_attention_forward_eval(p, ev, qkv, B, T, D, H, scr);
+        for (size_t i = 0; i < nq; i++) dqkv[i] = 99.0f; /* overwritten */
+        tl_attention_backward(p, dqkv, dout, qkv, g_att, B, T, D, H, scr);
+        snprintf(name, sizeof name, "attention backward B%d T%d D%d H%d", B, T, D, H);
+        assert_true(rel_diff(name, levels[li], dqkv, g_dqkv, nq) <= 1e-5);
         double pd = 0.0;
         for (size_t i = 0; i < na; i++) pd = fmax(pd, fabs((double)att[i] - g_att[i]));
         printf("  softmax B%d T%d D%d H%d %s vs generic: max |diff| %.2e\n", B, T, D, H,
@@ -161,7 +166,8 @@ static void attention_case(tl_pool *p, const int *levels, int nl, int B, int T, 
         snprintf(name, sizeof name, "eval attention B%d T%d D%d H%d", B, T, D, H);
         assert_true(rel_diff(name, levels[li], ev, g_eval, no) <= 1e-5);
     }
-    free(qkv), free(g_out), free(g_att), free(g_eval), free(out), free(att), free(ev), free(scr);
+    free(qkv), free(dout), free(g_out), free(g_att), free(g_eval), free(g_dqkv), free(out), free(att), free(ev);
+    free(dqkv), free(scr);
 }
 
 static void test_attention_levels(void **state) {
