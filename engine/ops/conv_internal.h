@@ -51,6 +51,18 @@ typedef struct {
 /* tl_pool_fn over a tl_conv_dw_rows_job. */
 void tl_conv_dw_rows_part(void *arg, int tid, int nt);
 
+#if defined(__x86_64__)
+/* AVX2. Output rows y (out0) and y+1 (out1), (2 tiles, 64) each, of the 4 padded input rows by
+ * Winograd against U (16,64,64), in chunks of tiles that keep V and M (scratch, 16 x tiles x 64
+ * each) in L2 with U; the fused eval stem uses it too. */
+void tl_winograd_pair_avx2(float *out0, float *out1, const float *const rows[4], const float *U, float *V, float *M,
+                           int tiles);
+/* AVX2. dU (16,64,64) += V^T Z of a row pair: the 4 padded input rows against the output-gradient
+ * rows y (d0) and y+1 (d1), in the same chunks (V, Z scratch as above). */
+void tl_winograd_pair_dw_avx2(float *dU, const float *const rows[4], const float *d0, const float *d1, float *V,
+                              float *Z, int tiles);
+#endif
+
 /* ---- winograd.c: F(2x2, 3x3) for 64 channels to 64 ---- */
 
 /* U (16,64,64) from w (3,3,64,64) (ky,kx,in,out): U = G g G^T per (in,out). */

@@ -80,6 +80,48 @@ static void ring_rows(row_ring *g, const float **rows, int n, const float *in /*
     }
 }
 
+#if defined(__x86_64__)
+/* The AVX2 Winograd row pair goes in chunks of about WINO_CHUNK2 tiles: a
+ * chunk's V and M (16 x 18 x 64 floats each, 74 KB) stay in a 512 KB L2
+ * with U (256 KB), where a whole 112-pixel pair's (229 KB each) spilled to
+ * L3. Tiles are independent and a weight-gradient chunk continues the same
+ * sum in order, so the results are those of one pass. A remainder under 6
+ * tiles (one register block) joins the chunk before it. */
+#define WINO_CHUNK2 18
+static int wino_chunk(int t0, int tiles) {
+    int left = tiles - t0;
+    return left < WINO_CHUNK2 + 6 ? left : WINO_CHUNK2;
+}
+
+void tl_winograd_pair_avx2(float *out0, float *out1, const float *const rows[4], const float *U, float *V, float *M,
+                           int tiles) {
+    for (int t0 = 0, tc; t0 < tiles; t0 += tc) {
+        tc = wino_chunk(t0, tiles);
+        const float *r[4] = {rows[0] + (size_t)2 * t0 * 64, rows[1] + (size_t)2 * t0 * 64, rows[2] + (size_t)2 * t0 * 64,
+                             rows[3] + (size_t)2 * t0 * 64};
+        tl_winograd_in_avx2(V, r, tc);
+        for (int xi = 0; xi < 16; xi++)
+            tl_gemm_rows_avx2(M + (size_t)xi * tc * 64, 64, V + (size_t)xi * tc * 64, 64, 64, U + (size_t)xi * 64 * 64,
+                              64, tc, 64);
+        tl_winograd_out_avx2(out0 + (size_t)2 * t0 * 64, out1 + (size_t)2 * t0 * 64, M, tc);
+    }
+}
+
+void tl_winograd_pair_dw_avx2(float *dU, const float *const rows[4], const float *d0, const float *d1, float *V,
+                              float *Z, int tiles) {
+    for (int t0 = 0, tc; t0 < tiles; t0 += tc) {
+        tc = wino_chunk(t0, tiles);
+        const float *r[4] = {rows[0] + (size_t)2 * t0 * 64, rows[1] + (size_t)2 * t0 * 64, rows[2] + (size_t)2 * t0 * 64,
+                             rows[3] + (size_t)2 * t0 * 64};
+        tl_winograd_in_avx2(V, r, tc);
+        tl_winograd_dout_avx2(Z, d0 + (size_t)2 * t0 * 64, d1 + (size_t)2 * t0 * 64, tc);
+        for (int xi = 0; xi < 16; xi++)
+            tl_gemm64_tn_acc_avx2(dU + (size_t)xi * 64 * 64, V + (size_t)xi * tc * 64, 64, 64, Z + (size_t)xi * tc * 64,
+                                  tc);
+    }
+}
+#endif
+
 /* Work units are row pairs (b, y0 = 2u): by Winograd when the pair is whole
  * and W is even, else row by row on the direct kernel. */
 void tl_conv_rows_part(void *arg, int tid, int nt) {
@@ -105,11 +147,7 @@ void tl_conv_rows_part(void *arg, int tid, int nt) {
                                         j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
                 tl_winograd_out(out, out + (size_t)W * 64, M, tiles);
             } else {
-                tl_winograd_in_avx2(V, rows, tiles);
-                for (int xi = 0; xi < 16; xi++)
-                    tl_gemm_rows_avx2(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
-                                      j->U + (size_t)xi * 64 * 64, 64, tiles, 64);
-                tl_winograd_out_avx2(out, out + (size_t)W * 64, M, tiles);
+                tl_winograd_pair_avx2(out, out + (size_t)W * 64, rows, j->U, V, M, tiles);
             }
             continue;
         }
@@ -153,11 +191,7 @@ void tl_conv_dw_rows_part(void *arg, int tid, int nt) {
                     tl_gemm64_tn_acc_avx512(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
                                             Z + (size_t)xi * tiles * 64, tiles);
             } else {
-                tl_winograd_in_avx2(V, rows, tiles);
-                tl_winograd_dout_avx2(Z, dout, dout + (size_t)W * 64, tiles);
-                for (int xi = 0; xi < 16; xi++)
-                    tl_gemm64_tn_acc_avx2(dup + (size_t)xi * 64 * 64, V + (size_t)xi * tiles * 64, 64, 64,
-                                          Z + (size_t)xi * tiles * 64, tiles);
+                tl_winograd_pair_dw_avx2(dup, rows, dout, dout + (size_t)W * 64, V, Z, tiles);
             }
             continue;
         }

@@ -227,11 +227,7 @@ static void stem_wino_pair(const stem_eval_job *j, float *out0, float *out1, flo
         tl_winograd_out(out0, out1, M, tiles);
         return;
     }
-    tl_winograd_in_avx2(V, rows, tiles);
-    for (int xi = 0; xi < 16; xi++)
-        tl_gemm_rows_avx2(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
-                          U + (size_t)xi * 64 * 64, 64, tiles, 64);
-    tl_winograd_out_avx2(out0, out1, M, tiles);
+    tl_winograd_pair_avx2(out0, out1, rows, U, V, M, tiles);
 }
 
 /* a3 rows [y0, y1) of image b, both even, in pairs: a3 pair (y, y+1) needs

@@ -289,6 +289,8 @@ static void test_conv_levels(void **state) {
     conv_case(NULL, levels, nl, 1, 5, 9); /* odd width: row by row, 9 pixels (6 + 3) */
     conv_case(p, levels, nl, 3, 7, 8);    /* the odd last row direct, the others in pairs */
     conv_case(p, levels, nl, 1, 2, 26);   /* 13 tiles */
+    conv_case(p, levels, nl, 1, 4, 50);   /* 25 tiles: two chunks of the AVX2 Winograd (18 and 7) */
+    conv_case(NULL, levels, nl, 1, 2, 112); /* lvvit_t's rows: 56 tiles, chunks of 18, 18 and 20 */
     conv_case(p, levels, nl, 2, 1, 5);    /* one row */
     tl_pool_free(p);
 }
@@ -323,6 +325,7 @@ static void test_stem_eval_levels(void **state) {
     stem_case(p, levels, nl, 3, 48, 4);    /* 24 stem pixels a row: Winograd row pairs */
     stem_case(NULL, levels, nl, 1, 36, 3); /* 18 pixels, 3 stem rows a token row: row by row */
     stem_case(p, levels, nl, 2, 28, 7);    /* 14 pixels, odd k: row by row */
+    stem_case(p, levels, nl, 1, 96, 8);    /* 48 pixels: 24 tiles, two Winograd chunks */
     tl_pool_free(p);
 }
 
