@@ -102,7 +102,7 @@ void tl_winograd_pair_avx2(float *out0, float *out1, const float *const rows[4],
         tl_winograd_in_avx2(V, r, tc);
         for (int xi = 0; xi < 16; xi++)
             tl_gemm_rows_avx2(M + (size_t)xi * tc * 64, 64, V + (size_t)xi * tc * 64, 64, 64, U + (size_t)xi * 64 * 64,
-                              64, tc, 64);
+                              64, tc, 64, 1.0f);
         tl_winograd_out_avx2(out0 + (size_t)2 * t0 * 64, out1 + (size_t)2 * t0 * 64, M, tc);
     }
 }

@@ -9,9 +9,12 @@
  * Kernel levels (tl_isa(), core/simd.h): the plain loops are TL_VEC_FN, so
  * each level runs its own compilation of them; at the AVX2 level GELU and
  * the softmax run the kernels of elementwise_avx2.c instead (their plain
- * loops vectorise for AVX-512 only), and the eval attention's products run on
- * the row kernels of gemm_avx512.c or gemm_avx2.c (OpenBLAS at the generic
- * level).
+ * loops vectorise for AVX-512 only). The attention's products run on
+ * OpenBLAS, except: at the AVX2 level, in training and eval, on the kernels
+ * of gemm_avx2.c, which take Q, K, V and their gradients where they lie in
+ * qkv (no copies, no repacking: for these T x T by hd shapes OpenBLAS's
+ * packing and call overhead cost as much as the arithmetic); at the AVX-512
+ * level the eval attention's on tl_gemm_rows_avx512 (gemm_avx512.c).
  */
 #include "core/blas.h"
 #include "ops/elementwise_avx2.h"
@@ -196,12 +199,44 @@ TL_VEC_FN(softmax_backward_rows, (float *d, const float *a, int rows, int cols),
     }
 }
 
+/* The AVX2 attention kernels take a head dimension up to TL_GEMM_NT_MAX_LEN. */
+static int att_avx2(int hd) {
+#if defined(__x86_64__)
+    return tl_isa() == TL_ISA_AVX2 && hd <= TL_GEMM_NT_MAX_LEN;
+#else
+    (void)hd;
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+/* One head on the AVX2 kernels: att (T,T) = softmax(s Q K^T), out (T,hd)
+ * (rows ldo apart) = att V; q, k, v are rows of qkv (ld 3D). */
+static void att_head_avx2(float *out, size_t ldo, float *att, const float *q, const float *k, const float *v, int T,
+                          int hd, size_t ld) {
+    tl_gemm_nt_avx2(att, (size_t)T, q, ld, hd, k, ld, T, T, 1.0f / sqrtf((float)hd));
+    tl_softmax_rows_avx2(att, T, T, (size_t)T);
+    tl_gemm_rows_avx2(out, ldo, att, (size_t)T, T, v, ld, T, hd, 1.0f);
+}
+#endif
+
 static void att_fwd_part(void *arg, int tid, int nt) {
     att_job *j = arg;
     int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+#if defined(__x86_64__)
+    if (att_avx2(hd)) {
+        for (size_t bh = lo; bh < hi; bh++) {
+            int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
+            const float *q = j->qkv + (size_t)b * T * D3 + h * hd;
+            att_head_avx2(j->out + (size_t)b * T * D + h * hd, (size_t)D, j->att + bh * (size_t)T * T, q, q + D,
+                          q + 2 * D, T, hd, (size_t)D3);
+        }
+        return;
+    }
+#endif
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
@@ -270,11 +305,12 @@ static void softmax_rows_eval(float *a, int rows, int cols, size_t ld) {
 
 /* Eval attention: the probabilities live in the thread's scratch (in its L2
  * cache) instead of the (B,H,T,T) buffer that backward needs. At the AVX-512
- * and AVX2 levels the two products run on tl_gemm_rows_avx512 or
- * tl_gemm_rows_avx2 against K^T (scaled) and V copied into zero-padded panels
- * once per head: OpenBLAS repacked Q, K, P and V at every call, and these
- * shapes (K = 60, N = 60 for lvvit_t) are where it was slowest (about 65
- * GFLOP/s against 140 for the MLP). */
+ * level the two products run on tl_gemm_rows_avx512 against K^T (scaled) and
+ * V copied into zero-padded panels once per head: OpenBLAS repacked Q, K, P
+ * and V at every call, and these shapes (K = 60, N = 60 for lvvit_t) are
+ * where it was slowest (about 65 GFLOP/s against 140 for the MLP). At the
+ * AVX2 level the training path's kernels (att_head_avx2) with the scratch as
+ * the probabilities. */
 static void att_fwd_eval_part(void *arg, int tid, int nt) {
     att_job *j = arg;
     int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
@@ -282,13 +318,19 @@ static void att_fwd_eval_part(void *arg, int tid, int nt) {
     float scale = 1.0f / sqrtf((float)hd);
     float *att = j->scratch + (size_t)tid * att_per_thread(T, hd);
     float *kt = att + (size_t)T * Tp, *vp = kt + (size_t)hd * Tp, *o = vp + (size_t)T * hp;
-    int isa = tl_isa(), fast = isa >= TL_ISA_AVX2;
+    int fast = tl_isa() == TL_ISA_AVX512;
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
         float *out = j->out + (size_t)b * T * D + h * hd;
+#if defined(__x86_64__)
+        if (att_avx2(hd)) {
+            att_head_avx2(out, (size_t)D, att, q, k, v, T, hd, (size_t)D3);
+            continue;
+        }
+#endif
         if (!fast) {
             tl_sgemm(0, 1, T, T, hd, scale, q, D3, k, D3, 0.0f, att, T);
             softmax_rows_eval(att, T, T, (size_t)T);
@@ -304,17 +346,9 @@ static void att_fwd_eval_part(void *arg, int tid, int nt) {
         }
         for (int d = 0; d < hd; d++)
             for (int t = T; t < Tp; t++) kt[(size_t)d * Tp + t] = 0.0f;
-#if defined(__x86_64__)
-        if (isa == TL_ISA_AVX512) {
-            tl_gemm_rows_avx512(att, (size_t)Tp, q, (size_t)D3, hd, kt, (size_t)Tp, T, Tp); /* (T,Tp) */
-            softmax_rows_eval(att, T, T, (size_t)Tp);
-            tl_gemm_rows_avx512(o, (size_t)hp, att, (size_t)Tp, T, vp, (size_t)hp, T, hp);   /* (T,hp) */
-        } else {
-            tl_gemm_rows_avx2(att, (size_t)Tp, q, (size_t)D3, hd, kt, (size_t)Tp, T, Tp);
-            softmax_rows_eval(att, T, T, (size_t)Tp);
-            tl_gemm_rows_avx2(o, (size_t)hp, att, (size_t)Tp, T, vp, (size_t)hp, T, hp);
-        }
-#endif
+        tl_gemm_rows_avx512(att, (size_t)Tp, q, (size_t)D3, hd, kt, (size_t)Tp, T, Tp); /* (T,Tp) */
+        softmax_rows_eval(att, T, T, (size_t)Tp);
+        tl_gemm_rows_avx512(o, (size_t)hp, att, (size_t)Tp, T, vp, (size_t)hp, T, hp);   /* (T,hp) */
         for (int t = 0; t < T; t++) memcpy(out + (size_t)t * D, o + (size_t)t * hp, sizeof(float) * (size_t)hd);
     }
 }
@@ -332,6 +366,24 @@ static void att_bwd_part(void *arg, int tid, int nt) {
     float *dp = j->scratch + (size_t)tid * T * T;
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+#if defined(__x86_64__)
+    if (att_avx2(hd)) { /* the same four products on gemm_avx2.c's kernels, in place in qkv and dqkv */
+        for (size_t bh = lo; bh < hi; bh++) {
+            int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
+            size_t qoff = (size_t)b * T * D3 + h * hd;
+            const float *q = j->qkv + qoff, *k = q + D, *v = q + 2 * D;
+            float *dq = j->dqkv + qoff, *dk = dq + D, *dv = dq + 2 * D;
+            const float *att = j->attc + bh * (size_t)T * T;
+            const float *dout = j->dout + (size_t)b * T * D + h * hd;
+            tl_gemm_nt_avx2(dp, (size_t)T, dout, (size_t)D, hd, v, (size_t)D3, T, T, 1.0f);   /* dP = dO V^T */
+            tl_gemm_tn_avx2(dv, (size_t)D3, att, (size_t)T, T, dout, (size_t)D, T, hd, 1.0f); /* dV = P^T dO */
+            softmax_backward_rows(dp, att, T, T);                                           /* dS */
+            tl_gemm_rows_avx2(dq, (size_t)D3, dp, (size_t)T, T, k, (size_t)D3, T, hd, scale); /* dQ = s dS K */
+            tl_gemm_tn_avx2(dk, (size_t)D3, dp, (size_t)T, T, q, (size_t)D3, T, hd, scale);   /* dK = s dS^T Q */
+        }
+        return;
+    }
+#endif
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         size_t qoff = (size_t)b * T * D3 + h * hd;

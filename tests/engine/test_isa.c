@@ -20,8 +20,10 @@
  *   the stem's 3x3 64-channel convolutions (row path, direct or Winograd,
  *     against im2col + sgemm), forward and both gradients: 1e-5;
  *   the fused eval stem: 1e-5;
- *   the row GEMM kernels: bit for bit against a sequential fmaf loop over k
- *     (each output's sum runs over k in order, whatever the blocking).
+ *   the GEMM kernels (A W, A B^T, A^T B; widths that are not multiples of
+ *     8 included): bit for bit against a sequential fmaf loop over k times
+ *     alpha (each output's sum runs over k in order, whatever the blocking),
+ *     nothing written past the last column.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -179,6 +181,7 @@ static void test_attention_levels(void **state) {
     attention_case(NULL, levels, nl, 1, 17, 27, 3); /* head dim 9 */
     attention_case(p, levels, nl, 3, 1, 64, 1);     /* one token */
     attention_case(p, levels, nl, 1, 50, 128, 2);   /* head dim 64: no padding */
+    attention_case(p, levels, nl, 3, 65, 128, 4);   /* the D128x6 model at 32 px: head dim 32 */
     tl_pool_free(p);
 }
 
@@ -330,45 +333,70 @@ static void test_stem_eval_levels(void **state) {
 }
 
 #if defined(__x86_64__)
-/* ---- the row GEMM kernels: each output a sequential fmaf over k, bit for bit ---- */
-static void rows_reference(float *out, size_t ldo, const float *a, size_t lda, int len, const float *w, size_t ldw,
-                           int n, int ncols) {
+/* ---- the GEMM kernels: each output alpha times a sequential fmaf over k, bit for bit ---- */
+/* out[r][c] = alpha * sum_k A(r,k) B(k,c) with A(r,k) = a[r*ar + k*ak], B(k,c) = b[k*bk + c*bc]. */
+static void gemm_reference(float *out, size_t ldo, const float *a, size_t ar, size_t ak, const float *b, size_t bk,
+                           size_t bc, int len, int n, int ncols, float alpha) {
     for (int r = 0; r < n; r++)
         for (int c = 0; c < ncols; c++) {
             float s = 0.0f;
-            for (int k = 0; k < len; k++) s = fmaf(a[(size_t)r * lda + k], w[(size_t)k * ldw + c], s);
-            out[(size_t)r * ldo + c] = s;
+            for (int k = 0; k < len; k++) s = fmaf(a[(size_t)r * ar + (size_t)k * ak], b[(size_t)k * bk + (size_t)c * bc], s);
+            out[(size_t)r * ldo + c] = alpha * s;
         }
+}
+
+/* got against ref on n rows of ncols, and the sentinel -7 left past ncols. */
+static void check_block(const float *got, const float *ref, size_t ldo, int n, int ncols) {
+    for (int r = 0; r < n; r++) {
+        assert_memory_equal(got + (size_t)r * ldo, ref + (size_t)r * ldo, sizeof(float) * (size_t)ncols);
+        assert_true(got[(size_t)r * ldo + ncols] == -7.0f); /* nothing written past ncols */
+    }
 }
 
 static void test_gemm_rows_exact(void **state) {
     (void)state;
     int levels[2], nl = higher_levels(levels);
     if (!nl) skip();
-    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 11, 13, 56, 197};
-    static const int lens[] = {1, 7, 60, 64};
-    static const int cols[] = {8, 16, 24, 48, 64, 208};
-    size_t ldo = 224, lda = 72, ldw = 224;
-    float *a = frand((size_t)197 * lda, -1.0, 1.0), *w = frand((size_t)64 * ldw, -1.0, 1.0);
-    float *ref = falloc((size_t)197 * ldo), *got = falloc((size_t)197 * ldo);
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 11, 13, 56, 65, 197};
+    static const int lens[] = {1, 7, 32, 60, 64, 197};
+    static const int cols[] = {1, 5, 8, 13, 16, 24, 32, 48, 60, 64, 197, 208};
+    size_t ldo = 224, ld = 232; /* a, b, w: 232 x 232 */
+    float *a = frand(ld * ld, -1.0, 1.0), *w = frand(ld * ld, -1.0, 1.0);
+    float *ref = falloc(ld * ldo), *got = falloc(ld * ldo);
     for (int li = 0; li < nl; li++) {
         int checked = 0;
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
             for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
                 for (size_t c = 0; c < sizeof cols / sizeof cols[0]; c++) {
                     int n = ns[i], len = lens[l], nc = cols[c];
-                    if (levels[li] == TL_ISA_AVX512 && nc % 16) continue; /* the AVX-512 kernel's panels are 16 wide */
-                    rows_reference(ref, ldo, a, lda, len, w, ldw, n, nc);
-                    for (size_t q = 0; q < (size_t)197 * ldo; q++) got[q] = -7.0f;
-                    if (levels[li] == TL_ISA_AVX512) tl_gemm_rows_avx512(got, ldo, a, lda, len, w, ldw, n, nc);
-                    else tl_gemm_rows_avx2(got, ldo, a, lda, len, w, ldw, n, nc);
-                    for (int r = 0; r < n; r++) {
-                        assert_memory_equal(got + (size_t)r * ldo, ref + (size_t)r * ldo, sizeof(float) * (size_t)nc);
-                        assert_true(got[(size_t)r * ldo + nc] == -7.0f); /* nothing written past ncols */
+                    if (levels[li] == TL_ISA_AVX512) { /* the AVX-512 kernel: A W, panels 16 wide */
+                        if (nc % 16) continue;
+                        gemm_reference(ref, ldo, a, ld, 1, w, ld, 1, len, n, nc, 1.0f);
+                        for (size_t q = 0; q < ld * ldo; q++) got[q] = -7.0f;
+                        tl_gemm_rows_avx512(got, ldo, a, ld, len, w, ld, n, nc);
+                        check_block(got, ref, ldo, n, nc);
+                        checked++;
+                        continue;
                     }
-                    checked++;
+                    float alpha = (i + c) % 2 ? 0.125f : 1.0f; /* a power of two scales exactly */
+                    /* A W */
+                    gemm_reference(ref, ldo, a, ld, 1, w, ld, 1, len, n, nc, alpha);
+                    for (size_t q = 0; q < ld * ldo; q++) got[q] = -7.0f;
+                    tl_gemm_rows_avx2(got, ldo, a, ld, len, w, ld, n, nc, alpha);
+                    check_block(got, ref, ldo, n, nc);
+                    /* A B^T: b's rows are the columns */
+                    gemm_reference(ref, ldo, a, ld, 1, w, 1, ld, len, n, nc, alpha);
+                    for (size_t q = 0; q < ld * ldo; q++) got[q] = -7.0f;
+                    tl_gemm_nt_avx2(got, ldo, a, ld, len, w, ld, n, nc, alpha);
+                    check_block(got, ref, ldo, n, nc);
+                    /* A^T B: a's columns are the rows */
+                    gemm_reference(ref, ldo, a, 1, ld, w, ld, 1, len, n, nc, alpha);
+                    for (size_t q = 0; q < ld * ldo; q++) got[q] = -7.0f;
+                    tl_gemm_tn_avx2(got, ldo, a, ld, n, w, ld, len, nc, alpha);
+                    check_block(got, ref, ldo, n, nc);
+                    checked += 3;
                 }
-        printf("  tl_gemm_rows_%s: %d shapes bit for bit\n", tl_isa_level_name(levels[li]), checked);
+        printf("  %s GEMM kernels: %d shapes bit for bit\n", tl_isa_level_name(levels[li]), checked);
     }
     free(a), free(w), free(ref), free(got);
 }
