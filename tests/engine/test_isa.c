@@ -38,7 +38,7 @@
 
 #include "core/pool.h"
 #include "core/simd.h"
-#include "ops/gemm64_avx2.h"
+#include "ops/gemm_stem_avx2.h"
 #include "ops/gemm64_avx512.h"
 #include "ops/gemm_avx2.h"
 #include "ops/gemm_avx512.h"
@@ -255,32 +255,36 @@ static void test_adamw_levels(void **state) {
 }
 
 /* ---- the stem's 3x3 64-channel convolutions: row path (direct, Winograd) against im2col + sgemm ---- */
-static void conv_case(tl_pool *p, const int *levels, int nl, int B, int H, int W) {
-    size_t n = (size_t)B * H * W * 64, nw = (size_t)9 * 64 * 64;
+static void conv_case_c(tl_pool *p, const int *levels, int nl, int B, int H, int W, int C) {
+    size_t n = (size_t)B * H * W * C, nw = (size_t)9 * C * C;
     float *in = frand(n, -1.0, 1.0), *wt = frand(nw, -0.1, 0.1), *dout = frand(n, -1.0, 1.0);
     float *dw0 = frand(nw, -1.0, 1.0);
-    float *scr = falloc(tl_conv2d_scratch(tl_pool_size(p), 64, 64, H, W, 3));
+    float *scr = falloc(tl_conv2d_scratch(tl_pool_size(p), C, C, H, W, 3));
     float *g_out = falloc(n), *g_din = falloc(n), *g_dw = fdup(dw0, nw);
     float *out = falloc(n), *din = falloc(n), *dw = falloc(nw);
     char name[96];
     tl_isa_force(TL_ISA_GENERIC);
-    tl_conv2d_forward(p, g_out, in, 0, wt, B, 64, H, W, 64, 3, 1, 1, scr);
-    tl_conv2d_backward(p, g_din, g_dw, dout, in, 0, wt, B, 64, H, W, 64, 3, 1, 1, scr);
+    tl_conv2d_forward(p, g_out, in, 0, wt, B, C, H, W, C, 3, 1, 1, scr);
+    tl_conv2d_backward(p, g_din, g_dw, dout, in, 0, wt, B, C, H, W, C, 3, 1, 1, scr);
     for (size_t i = 0; i < nw; i++) g_dw[i] -= dw0[i]; /* the increment */
     for (int li = 0; li < nl; li++) {
         tl_isa_force(levels[li]);
         memcpy(dw, dw0, sizeof(float) * nw);
-        tl_conv2d_forward(p, out, in, 0, wt, B, 64, H, W, 64, 3, 1, 1, scr);
-        tl_conv2d_backward(p, din, dw, dout, in, 0, wt, B, 64, H, W, 64, 3, 1, 1, scr);
+        tl_conv2d_forward(p, out, in, 0, wt, B, C, H, W, C, 3, 1, 1, scr);
+        tl_conv2d_backward(p, din, dw, dout, in, 0, wt, B, C, H, W, C, 3, 1, 1, scr);
         for (size_t i = 0; i < nw; i++) dw[i] -= dw0[i];
-        snprintf(name, sizeof name, "conv3x3 64ch B%d %dx%d forward", B, H, W);
+        snprintf(name, sizeof name, "conv3x3 %dch B%d %dx%d forward", C, B, H, W);
         assert_true(rel_diff(name, levels[li], out, g_out, n) <= 1e-5);
-        snprintf(name, sizeof name, "conv3x3 64ch B%d %dx%d input gradient", B, H, W);
+        snprintf(name, sizeof name, "conv3x3 %dch B%d %dx%d input gradient", C, B, H, W);
         assert_true(rel_diff(name, levels[li], din, g_din, n) <= 1e-5);
-        snprintf(name, sizeof name, "conv3x3 64ch B%d %dx%d weight gradient (+=)", B, H, W);
+        snprintf(name, sizeof name, "conv3x3 %dch B%d %dx%d weight gradient (+=)", C, B, H, W);
         assert_true(rel_diff(name, levels[li], dw, g_dw, nw) <= 1e-5);
     }
     free(in), free(wt), free(dout), free(dw0), free(scr), free(g_out), free(g_din), free(g_dw), free(out), free(din), free(dw);
+}
+
+static void conv_case(tl_pool *p, const int *levels, int nl, int B, int H, int W) {
+    conv_case_c(p, levels, nl, B, H, W, 64);
 }
 
 static void test_conv_levels(void **state) {
@@ -295,12 +299,16 @@ static void test_conv_levels(void **state) {
     conv_case(p, levels, nl, 1, 4, 50);   /* 25 tiles: two chunks of the AVX2 Winograd (18 and 7) */
     conv_case(NULL, levels, nl, 1, 2, 112); /* lvvit_t's rows: 56 tiles, chunks of 18, 18 and 20 */
     conv_case(p, levels, nl, 2, 1, 5);    /* one row */
+    /* 32 channels (the small models' stems: the row path at AVX2, im2col + sgemm at AVX-512) */
+    conv_case_c(p, levels, nl, 2, 6, 14, 32);
+    conv_case_c(NULL, levels, nl, 1, 5, 9, 32);
+    conv_case_c(p, levels, nl, 1, 4, 64, 32); /* 32 tiles: chunks of 18 and 14 */
     tl_pool_free(p);
 }
 
 /* ---- the fused eval stem, 64 channels ---- */
-static void stem_case(tl_pool *p, const int *levels, int nl, int B, int H, int k) {
-    int C = 64, W1 = tl_conv_out(H, 7, 2, 3), g = W1 / k;
+static void stem_case_c(tl_pool *p, const int *levels, int nl, int B, int H, int k, int C) {
+    int W1 = tl_conv_out(H, 7, 2, 3), g = W1 / k;
     size_t np = (size_t)B * g * g * k * k * C;
     float *img = frand((size_t)B * 3 * H * H, -2.0, 2.0);
     float *w1 = frand((size_t)147 * C, -0.2, 0.2), *w2 = frand((size_t)9 * C * C, -0.05, 0.05);
@@ -314,10 +322,14 @@ static void stem_case(tl_pool *p, const int *levels, int nl, int B, int H, int k
     for (int li = 0; li < nl; li++) {
         tl_isa_force(levels[li]);
         tl_stem_eval_forward(p, pt, img, w1, b1, w2, b2, w3, b3, B, C, H, k, scr);
-        snprintf(name, sizeof name, "eval stem B%d %dpx patch %d", B, H, k);
+        snprintf(name, sizeof name, "eval stem B%d %dpx patch %d, %d channels", B, H, k, C);
         assert_true(rel_diff(name, levels[li], pt, g_pt, np) <= 1e-5);
     }
     free(img), free(w1), free(w2), free(w3), free(b1), free(b2), free(b3), free(scr), free(g_pt), free(pt);
+}
+
+static void stem_case(tl_pool *p, const int *levels, int nl, int B, int H, int k) {
+    stem_case_c(p, levels, nl, B, H, k, 64);
 }
 
 static void test_stem_eval_levels(void **state) {
@@ -329,6 +341,9 @@ static void test_stem_eval_levels(void **state) {
     stem_case(NULL, levels, nl, 1, 36, 3); /* 18 pixels, 3 stem rows a token row: row by row */
     stem_case(p, levels, nl, 2, 28, 7);    /* 14 pixels, odd k: row by row */
     stem_case(p, levels, nl, 1, 96, 8);    /* 48 pixels: 24 tiles, two Winograd chunks */
+    stem_case_c(p, levels, nl, 3, 64, 8, 32); /* the D128x6 model at 64 px: 32 channels, 32 pixels */
+    stem_case_c(NULL, levels, nl, 2, 32, 4, 32); /* at 32 px: 16 pixels, patch 4 (2 stem rows a token row) */
+    stem_case_c(p, levels, nl, 1, 36, 6, 32);    /* 3 stem rows a token row: row by row */
     tl_pool_free(p);
 }
 
@@ -401,51 +416,56 @@ static void test_gemm_rows_exact(void **state) {
     free(a), free(w), free(ref), free(got);
 }
 
-/* The stem kernels: out (n,64) = segments of rows @ weights; out (m,64) += A^T B. */
-static void test_gemm64_exact(void **state) {
-    (void)state;
-    int levels[2], nl = higher_levels(levels);
-    if (!nl) skip();
-    int lda = 64, len = 192, nmax = 20;
-    float *rows[3], *w = frand((size_t)3 * len * 64, -1.0, 1.0);
-    for (int s = 0; s < 3; s++) rows[s] = frand((size_t)(nmax + 2) * lda, -1.0, 1.0);
-    float *ref = falloc((size_t)nmax * 64), *got = falloc((size_t)nmax * 64);
-    float *acc0 = frand((size_t)192 * 64, -1.0, 1.0), *acc = falloc((size_t)192 * 64), *accr = falloc((size_t)192 * 64);
-    float *b = frand((size_t)nmax * 64, -1.0, 1.0);
-    for (int li = 0; li < nl; li++) {
-        for (int n = 1; n <= nmax; n++) {
-            for (int x = 0; x < n; x++)
-                for (int c = 0; c < 64; c++) {
-                    float s = 0.0f;
-                    for (int sg = 0; sg < 3; sg++)
-                        for (int k = 0; k < len; k++)
-                            s = fmaf(rows[sg][(size_t)x * lda + k], w[((size_t)sg * len + k) * 64 + c], s);
-                    ref[(size_t)x * 64 + c] = s;
-                }
-            const float *segs[3] = {rows[0], rows[1], rows[2]};
-            if (levels[li] == TL_ISA_AVX512) tl_gemm64_avx512(got, segs, 3, lda, len, w, n);
-            else tl_gemm64_avx2(got, segs, 3, lda, len, w, n);
-            assert_memory_equal(got, ref, sizeof(float) * (size_t)n * 64);
-            /* A^T B accumulated: m rows (kx, ci) of the padded row, K = n pixels */
-            for (int m = 1; m <= 192; m += (m < 16 ? 1 : 61)) {
-                memcpy(acc, acc0, sizeof(float) * (size_t)m * 64);
-                for (int r = 0; r < m; r++)
-                    for (int c = 0; c < 64; c++) {
-                        float s = acc0[(size_t)r * 64 + c];
-                        for (int k = 0; k < n; k++) s = fmaf(rows[0][(size_t)k * lda + r], b[(size_t)k * 64 + c], s);
-                        accr[(size_t)r * 64 + c] = s;
-                    }
-                if (levels[li] == TL_ISA_AVX512) tl_gemm64_tn_acc_avx512(acc, rows[0], lda, m, b, n);
-                else tl_gemm64_tn_acc_avx2(acc, rows[0], lda, m, b, n);
-                assert_memory_equal(acc, accr, sizeof(float) * (size_t)m * 64);
+/* The stem kernels: out (n,C) = segments of rows @ weights; out (m,C) += A^T B; C = 64 at every
+ * level, and 32 on the AVX2 kernels. */
+static void stem_kernels_case(int level, int C) {
+    int lda = C, len = 3 * C, nmax = 20;
+    float *rows[3], *w = frand((size_t)3 * len * C, -1.0, 1.0);
+    for (int s = 0; s < 3; s++) rows[s] = frand((size_t)(nmax + 2) * lda * 3, -1.0, 1.0);
+    float *ref = falloc((size_t)nmax * C), *got = falloc((size_t)nmax * C);
+    float *acc0 = frand((size_t)len * C, -1.0, 1.0), *acc = falloc((size_t)len * C), *accr = falloc((size_t)len * C);
+    float *b = frand((size_t)nmax * C, -1.0, 1.0);
+    for (int n = 1; n <= nmax; n++) {
+        for (int x = 0; x < n; x++)
+            for (int c = 0; c < C; c++) {
+                float s = 0.0f;
+                for (int sg = 0; sg < 3; sg++)
+                    for (int k = 0; k < len; k++)
+                        s = fmaf(rows[sg][(size_t)x * lda + k], w[((size_t)sg * len + k) * C + c], s);
+                ref[(size_t)x * C + c] = s;
             }
+        const float *segs[3] = {rows[0], rows[1], rows[2]};
+        if (level == TL_ISA_AVX512) tl_gemm64_avx512(got, segs, 3, lda, len, w, n);
+        else tl_gemm_stem_avx2(got, segs, 3, lda, len, w, n, C);
+        assert_memory_equal(got, ref, sizeof(float) * (size_t)n * C);
+        /* A^T B accumulated: m rows (kx, ci) of the padded row, K = n pixels */
+        for (int m = 1; m <= len; m += (m < 16 ? 1 : 61)) {
+            memcpy(acc, acc0, sizeof(float) * (size_t)m * C);
+            for (int r = 0; r < m; r++)
+                for (int c = 0; c < C; c++) {
+                    float s = acc0[(size_t)r * C + c];
+                    for (int k = 0; k < n; k++) s = fmaf(rows[0][(size_t)k * lda + r], b[(size_t)k * C + c], s);
+                    accr[(size_t)r * C + c] = s;
+                }
+            if (level == TL_ISA_AVX512) tl_gemm64_tn_acc_avx512(acc, rows[0], lda, m, b, n);
+            else tl_gemm_stem_tn_acc_avx2(acc, rows[0], lda, m, b, n, C);
+            assert_memory_equal(acc, accr, sizeof(float) * (size_t)m * C);
         }
-        printf("  tl_gemm64 and tl_gemm64_tn_acc at %s: 1..%d rows bit for bit\n", tl_isa_level_name(levels[li]), nmax);
     }
+    printf("  stem kernels at %s, %d channels: 1..%d rows bit for bit\n", tl_isa_level_name(level), C, nmax);
     for (int s = 0; s < 3; s++) free(rows[s]);
     free(w), free(ref), free(got), free(acc0), free(acc), free(accr), free(b);
 }
 
+static void test_gemm64_exact(void **state) {
+    (void)state;
+    int levels[2], nl = higher_levels(levels);
+    if (!nl) skip();
+    for (int li = 0; li < nl; li++) {
+        stem_kernels_case(levels[li], 64);
+        if (levels[li] == TL_ISA_AVX2) stem_kernels_case(levels[li], 32);
+    }
+}
 #else
 static void test_gemm_rows_exact(void **state) {
     (void)state;
