@@ -53,6 +53,7 @@ size_t tl_conv_rows_per_thread(int W, int C) {
  * output row is written by one thread, with the same arithmetic whatever the
  * split. */
 
+#if defined(__x86_64__)
 /* A thread's ring of 4 zero-padded input rows and a zero row: rows[i] = the
  * padded row y-1+i of image b, copied in only when not held already. */
 typedef struct {
@@ -92,7 +93,6 @@ static void ring_rows(row_ring *g, const float **rows, int n, const float *in /*
     }
 }
 
-#if defined(__x86_64__)
 /* The AVX2 Winograd row pair goes in chunks of about WINO_CHUNK2 tiles: a
  * chunk's V and M (16 x 18 x 64 floats each, 74 KB) stay in a 512 KB L2
  * with U (256 KB), where a whole 112-pixel pair's (229 KB each) spilled to

@@ -199,17 +199,10 @@ TL_VEC_FN(softmax_backward_rows, (float *d, const float *a, int rows, int cols),
     }
 }
 
+#if defined(__x86_64__)
 /* The AVX2 attention kernels take a head dimension up to TL_GEMM_NT_MAX_LEN. */
-static int att_avx2(int hd) {
-#if defined(__x86_64__)
-    return tl_isa() == TL_ISA_AVX2 && hd <= TL_GEMM_NT_MAX_LEN;
-#else
-    (void)hd;
-    return 0;
-#endif
-}
+static int att_avx2(int hd) { return tl_isa() == TL_ISA_AVX2 && hd <= TL_GEMM_NT_MAX_LEN; }
 
-#if defined(__x86_64__)
 /* One head on the AVX2 kernels: att (T,T) = softmax(s Q K^T), out (T,hd)
  * (rows ldo apart) = att V; q, k, v are rows of qkv (ld 3D). */
 static void att_head_avx2(float *out, size_t ldo, float *att, const float *q, const float *k, const float *v, int T,
