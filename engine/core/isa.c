@@ -13,7 +13,6 @@
  * kernel or hypervisor that disables AVX-512 state gives the AVX2 level.
  */
 #include "core/simd.h"
-#include "tokenlab/base.h"
 #include "tokenlab/model.h"
 
 #include <pthread.h>
