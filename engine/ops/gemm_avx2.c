@@ -17,6 +17,7 @@
  * Owns nothing; any thread.
  */
 #include "ops/gemm_avx2.h"
+#include "tokenlab/base.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -101,7 +102,7 @@ __attribute__((target("avx2,fma"))) void tl_gemm_nt_avx2(float *out, size_t ldo,
                                                          const float *b, size_t ldb, int n, int ncols, float alpha) {
     float bt[TL_GEMM_NT_MAX_LEN * 16]; /* the panel of b transposed: bt[k*16 + j] = b[(c+j)*ldb + k] */
     __m256 al = _mm256_set1_ps(alpha);
-    if (len > TL_GEMM_NT_MAX_LEN) len = TL_GEMM_NT_MAX_LEN; /* callers never pass more */
+    if (TL_NEVER(len > TL_GEMM_NT_MAX_LEN)) return; /* callers check the head dimension */
     for (int c = 0; c < ncols; c += 16) {
         int width = ncols - c < 16 ? ncols - c : 16;
         for (int j = 0; j < 16; j++) {
