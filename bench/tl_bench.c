@@ -3,7 +3,9 @@
  * the engine for a preset or configuration, and prints images/s, the CPU time
  * of a step (all threads; on a shared machine steadier than the wall clock),
  * achieved GFLOP/s, the share of this machine's sgemm peak (measured here,
- * with the same threads and kernels the engine uses) and peak memory.
+ * with the same threads and kernels the engine uses), peak memory, and the
+ * kernel level the engine ran (TL_ISA=generic|avx2|avx512 picks a lower one
+ * than the CPU's: engine/core/simd.h) with OpenBLAS's family.
  *
  *   tl-bench [--preset lvvit_t | --config FILE] [--img-size PX] [--batch B]
  *            [--mode train|infer] [--steps N] [--warmup W] [--threads T] [--json]
@@ -172,7 +174,8 @@ static void usage(void) {
             "                [--steps N] [--warmup W] [--threads T] [--json] [--profile]\n"
             "                [--freeze none|stem|trunk] [--layer-decay X]   (training: fine-tuning settings)\n"
             "       tl-bench --mode init [--preset NAME] [--img-size PX] [--classes K]   (starting a fine-tuning job)\n"
-            "                [--data DIR [--loader-threads N]]   (also measure the data loader on DIR)\n");
+            "                [--data DIR [--loader-threads N]]   (also measure the data loader on DIR)\n"
+            "environment: TL_ISA=generic|avx2|avx512 runs that kernel level (capped at the CPU's) and its BLAS family\n");
 }
 
 int main(int argc, char **argv) {
@@ -304,7 +307,7 @@ int main(int argc, char **argv) {
             printf(",\"ms_forward\":%.2f,\"ms_backward\":%.2f,\"ms_adamw\":%.2f", fwd / steps * 1e3, bwd / steps * 1e3,
                    opt / steps * 1e3);
         if (data_dir) printf(",\"loader_img_per_s\":%.1f,\"loader_threads\":%d", loader_ips, loader_threads);
-        printf(",\"blas\":\"%s\"}\n", tl_blas_corename());
+        printf(",\"isa\":\"%s\",\"blas\":\"%s\"}\n", tl_isa_name(), tl_blas_corename());
     } else {
         printf("tokenlab %s %s @%d px, batch %d, %d threads, %d steps", mode, preset, c.img_size, batch, threads, steps);
         if (train) printf(", freeze %s, layer decay %g", freeze, (double)layer_decay);
@@ -315,7 +318,7 @@ int main(int argc, char **argv) {
         printf("\n  %.1f GFLOP/s = %.1f%% of the measured sgemm peak %.1f GFLOP/s\n", gflops, 100 * frac, peak);
         printf("  peak RSS %.0f MiB (model+optimizer %.0f MiB, activations %.0f MiB)\n", peak_rss_mb(),
                (double)tl_model_bytes(m) / 1048576.0, (double)tl_ctx_bytes(ctx) / 1048576.0);
-        printf("  BLAS: %s\n", tl_blas_corename());
+        printf("  kernels: %s; BLAS: %s\n", tl_isa_name(), tl_blas_corename());
         if (data_dir)
             printf("  loader: %.0f images/s with %d thread(s) (decode, augment, targets; no cache) from %s\n", loader_ips,
                    loader_threads, data_dir);

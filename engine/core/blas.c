@@ -8,14 +8,17 @@
  * from OPENBLAS_CORETYPE or cpuid. Debian's 0.3.21 picks Haswell (AVX2) on
  * AMD Zen 4 although the CPU has AVX-512, which costs 2.4x in sgemm. Linking
  * normally would run that constructor before main(); opening the library
- * ourselves lets the engine set OPENBLAS_CORETYPE=SKYLAKEX first when the CPU
- * and the OS support AVX-512 (choose_coretype below: an inherited
- * OPENBLAS_CORETYPE naming an older family is overridden; TL_BLAS_CORETYPE is
- * how a user picks a family for tokenlab).
+ * ourselves lets the engine set OPENBLAS_CORETYPE first: SKYLAKEX when the
+ * engine's kernel level (core/simd.h: the CPU's, or TL_ISA capped at it) is
+ * AVX-512, the level's own family when TL_ISA sets a lower one
+ * (choose_coretype below: an inherited OPENBLAS_CORETYPE naming an older
+ * family is overridden; TL_BLAS_CORETYPE is how a user picks a family for
+ * tokenlab).
  * OPENBLAS_NUM_THREADS=1 is set too: the engine splits GEMMs over its own pool
  * and never lets OpenBLAS start threads (no oversubscription, no level-3 lock).
  */
 #include "core/blas.h"
+#include "core/simd.h"
 #include "tokenlab/base.h"
 #include "tokenlab/model.h"
 
@@ -44,13 +47,6 @@ static char g_err[TL_ERR_LEN];
 static char g_features[128];
 static char g_chosen[96];
 static char g_core[192]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
-
-static int cpu_has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl");
-}
 
 static void describe_features(void) {
     static const char *names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl",
@@ -81,20 +77,25 @@ static int coretype_has_avx512(const char *name) {
 /*
  * The kernel family, decided before OpenBLAS initialises:
  *   TL_BLAS_CORETYPE set: that family, as the user asked tokenlab;
- *   AVX-512 CPU: SKYLAKEX, unless OPENBLAS_CORETYPE already names an AVX-512
- *     family. An inherited OPENBLAS_CORETYPE naming an older family (a
- *     machine-wide Haswell, say) is overridden and the report says so: it would
- *     halve every GEMM, and tokenlab must find the fast path by itself;
+ *   kernel level AVX-512 (core/simd.h): SKYLAKEX, unless OPENBLAS_CORETYPE
+ *     already names an AVX-512 family. An inherited OPENBLAS_CORETYPE naming
+ *     an older family (a machine-wide Haswell, say) is overridden and the
+ *     report says so: it would halve every GEMM, and tokenlab must find the
+ *     fast path by itself;
+ *   a lower level set by TL_ISA: the family of that level, over any inherited
+ *     OPENBLAS_CORETYPE (HASWELL for avx2, NEHALEM, whose kernels need only
+ *     SSE4.2 like the engine's baseline, for generic), so the GEMMs run the
+ *     instructions the level allows;
  *   otherwise OPENBLAS_CORETYPE as set, or OpenBLAS's own detection.
  */
 static void choose_coretype(void) {
     const char *mine = getenv("TL_BLAS_CORETYPE");
     const char *inherited = getenv("OPENBLAS_CORETYPE");
+    int has = inherited && *inherited, level = tl_isa();
     if (mine && *mine) {
         setenv("OPENBLAS_CORETYPE", mine, 1);
         snprintf(g_chosen, sizeof g_chosen, "%s (from TL_BLAS_CORETYPE)", mine);
-    } else if (cpu_has_avx512()) {
-        int has = inherited && *inherited;
+    } else if (level == TL_ISA_AVX512) {
         if (has && coretype_has_avx512(inherited)) {
             snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
         } else {
@@ -102,7 +103,12 @@ static void choose_coretype(void) {
                      has ? inherited : "", has ? " overridden" : "");
             setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
         }
-    } else if (inherited && *inherited) {
+    } else if (tl_isa_from_env()) {
+        const char *family = level == TL_ISA_AVX2 ? "HASWELL" : "NEHALEM";
+        snprintf(g_chosen, sizeof g_chosen, "%s (TL_ISA level %s%s%.16s%s)", family, tl_isa_level_name(level),
+                 has ? "; OPENBLAS_CORETYPE=" : "", has ? inherited : "", has ? " overridden" : "");
+        setenv("OPENBLAS_CORETYPE", family, 1);
+    } else if (has) {
         snprintf(g_chosen, sizeof g_chosen, "%s (from OPENBLAS_CORETYPE)", inherited);
     } else {
         snprintf(g_chosen, sizeof g_chosen, "autodetected");

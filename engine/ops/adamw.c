@@ -4,8 +4,10 @@
  *
  * Owns nothing; blocks of 65536 floats or more are split over the pool's
  * threads, each element updated by one thread with the same arithmetic
- * whatever the split.
+ * whatever the split. At the AVX2 and AVX-512 levels (tl_isa()) the update
+ * runs on elementwise_avx2.c's kernel; the plain loop is the generic level's.
  */
+#include "ops/elementwise_avx2.h"
 #include "ops/ops.h"
 #include "core/simd.h"
 
@@ -18,11 +20,20 @@ typedef struct {
     float lr, b1, b2, eps, wd, step_size, bc2_sqrt;
 } adamw_job;
 
-TL_VEC static void adamw_part(void *arg, int tid, int nt) {
+/* The plain loop: the generic level's (sqrtf keeps it scalar); the AVX2 and
+ * AVX-512 levels run elementwise_avx2.c's kernel, the same operations. */
+static void adamw_part(void *arg, int tid, int nt) {
     adamw_job *j = arg;
     size_t lo, hi;
     tl_split(j->n, tid, nt, &lo, &hi);
     float decay = 1.0f - j->lr * j->wd;
+#if defined(__x86_64__)
+    if (tl_isa() >= TL_ISA_AVX2) {
+        tl_adamw_avx2(j->p + lo, j->m + lo, j->v + lo, j->g + lo, hi - lo, decay, j->b1, j->b2, j->eps, j->step_size,
+                      j->bc2_sqrt);
+        return;
+    }
+#endif
     for (size_t i = lo; i < hi; i++) {
         float g = j->g[i];
         float p = j->p[i] * decay;

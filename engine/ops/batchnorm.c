@@ -30,7 +30,7 @@ size_t tl_bn_scratch(int nthreads, int C) { return (size_t)nthreads * 6 * C + 4 
  * double across blocks: vector speed, and no precision lost over 10^5+ rows. */
 #define BN_BLOCK 256
 
-TL_VEC static void bn_sum_part(void *arg, int tid, int nt) {
+TL_VEC_FN(bn_sum_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     bn_job *j = arg;
     size_t lo, hi;
     tl_split(j->M, tid, nt, &lo, &hi);
@@ -49,7 +49,7 @@ TL_VEC static void bn_sum_part(void *arg, int tid, int nt) {
     }
 }
 
-TL_VEC static void bn_var_part(void *arg, int tid, int nt) {
+TL_VEC_FN(bn_var_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     bn_job *j = arg;
     size_t lo, hi;
     tl_split(j->M, tid, nt, &lo, &hi);
@@ -71,7 +71,7 @@ TL_VEC static void bn_var_part(void *arg, int tid, int nt) {
     }
 }
 
-TL_VEC static void bn_apply_part(void *arg, int tid, int nt) {
+TL_VEC_FN(bn_apply_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     bn_job *j = arg;
     size_t lo, hi;
     tl_split(j->M, tid, nt, &lo, &hi);
@@ -126,7 +126,7 @@ void tl_bn_forward(tl_pool *p, float *y, float *mean, float *rstd, const float *
     tl_pool_run(p, bn_apply_part, &j);
 }
 
-TL_VEC static void bn_bsum_part(void *arg, int tid, int nt) {
+TL_VEC_FN(bn_bsum_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     bn_job *j = arg;
     size_t lo, hi;
     tl_split(j->M, tid, nt, &lo, &hi);
@@ -152,7 +152,7 @@ TL_VEC static void bn_bsum_part(void *arg, int tid, int nt) {
     }
 }
 
-TL_VEC static void bn_bapply_part(void *arg, int tid, int nt) {
+TL_VEC_FN(bn_bapply_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     bn_job *j = arg;
     size_t lo, hi;
     tl_split(j->M, tid, nt, &lo, &hi);

@@ -1,8 +1,9 @@
 /*
  * conv.c: convolution without bias in NHWC (tl_conv2d_forward/backward):
  * im2col + sgemm for any kernel, stride and padding, and the dispatch of the
- * stem's 3x3 64-channel convolutions to the AVX-512 row path
- * (conv_avx512.c, winograd.c) when the CPU has it; weight packing.
+ * stem's 3x3 convolutions of 64 (32 at AVX2) channels to the row path
+ * (conv_rows.c, winograd.c) at the AVX-512 and AVX2 kernel levels
+ * (tl_isa()); weight packing.
  *
  * Owns nothing; scratch comes from the caller. Activations are (B,H,W,C), so
  * im2col copies runs of C contiguous floats and every GEMM has the 64-wide
@@ -15,8 +16,9 @@
  * a fixed order and weight-gradient partials are summed in thread order, so
  * results are deterministic for a given thread count.
  *
- * 64-channel stems on CPUs with AVX-512 (lvvit_t/s/m) skip im2col and
- * OpenBLAS for conv2 and conv3 (the row path, conv_avx512.c). Where output
+ * 64-channel stems (lvvit_t/s/m) at the AVX-512 or AVX2 level, and 32-channel
+ * ones (the small models) at AVX2, skip im2col and OpenBLAS for conv2 and
+ * conv3 (the row path, conv_rows.c). Where output
  * rows come in whole pairs (even heights and widths: lvvit_t's 112x112), the
  * forward, input-gradient and weight-gradient convolutions use Winograd
  * F(2x2,3x3) instead (winograd.c: 2.25x fewer multiplications; about 1e-6
@@ -24,7 +26,6 @@
  */
 #include "core/blas.h"
 #include "ops/conv_internal.h"
-#include "ops/gemm_avx512.h"
 #include "ops/ops.h"
 #include "core/simd.h"
 
@@ -36,8 +37,8 @@ size_t tl_conv2d_scratch(int nthreads, int Cin, int Cout, int Ho, int Wo, int k)
     (void)Ho;
     size_t col = (size_t)TL_CONV_CHUNK * Cin * k * k;
     size_t dw = (size_t)Cout * Cin * k * k;
-    /* the row path (3x3, 64 channels): flipped and Winograd weights, and per thread its rows (tl_conv_rows_per_thread) */
-    size_t rows = k == 3 ? (size_t)25 * Cin * Cout + (size_t)nthreads * tl_conv_rows_per_thread(Wo) : 0;
+    /* the row path (3x3, C to C): flipped and Winograd weights, and per thread its rows (tl_conv_rows_per_thread) */
+    size_t rows = k == 3 && Cin == Cout ? (size_t)25 * Cin * Cout + (size_t)nthreads * tl_conv_rows_per_thread(Wo, Cin) : 0;
     return (size_t)nthreads * (col + dw) + rows;
 }
 
@@ -94,7 +95,7 @@ static void im2col(const conv_job *j, float *col, size_t p0, size_t p1) {
 }
 
 /* Adds colT rows of output pixels [p0, p1) back into din (NHWC). */
-TL_VEC static void col2im(const conv_job *j, const float *col, size_t p0, size_t p1) {
+TL_VEC_FN(col2im, (const conv_job *j, const float *col, size_t p0, size_t p1), (j, col, p0, p1)) {
     const int k = j->k, Cin = j->Cin, KK = k * k * Cin;
     size_t plane = (size_t)j->Ho * j->Wo;
     for (size_t p = p0; p < p1; p++) {
@@ -119,15 +120,12 @@ static size_t nchunks(const conv_job *j) {
     return (P + TL_CONV_CHUNK - 1) / TL_CONV_CHUNK;
 }
 
-/* The row path (conv_avx512.c) takes a 3x3, stride 1, pad 1 convolution of
- * 64 channels to 64 in NHWC when the CPU has AVX-512. */
+/* The row path (conv_rows.c) takes a 3x3, stride 1, pad 1 convolution of C
+ * channels to C in NHWC: C = 64 at the AVX-512 and AVX2 levels, C = 32 at
+ * AVX2 (tl_conv_rows_ok). */
 static int conv_rows_ok(const conv_job *j) {
-#if defined(__x86_64__)
-    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == 64 && j->Cout == 64 && tl_cpu_avx512();
-#else
-    (void)j;
-    return 0;
-#endif
+    return !j->nchw && j->k == 3 && j->stride == 1 && j->pad == 1 && j->Cin == j->Cout &&
+           tl_conv_rows_ok(j->Cin, tl_isa());
 }
 
 static void conv_fwd_part(void *arg, int tid, int nt) {
@@ -152,8 +150,9 @@ void tl_conv2d_forward(tl_pool *p, float *out, const float *in, int in_nchw, con
     j.Wo = tl_conv_out(W, k, stride, pad);
     if (conv_rows_ok(&j)) {
         float *U = scratch;
-        tl_winograd_weights(U, wt);
-        tl_conv_rows_job r = {.out = out, .in = in, .w = wt, .U = U, .B = B, .H = H, .W = W, .scratch = U + 16 * 64 * 64};
+        tl_winograd_weights(U, wt, Cin);
+        tl_conv_rows_job r = {.out = out, .in = in, .w = wt, .U = U, .B = B, .H = H, .W = W, .C = Cin, .isa = tl_isa(),
+                              .scratch = U + (size_t)16 * Cin * Cin};
         tl_pool_run(p, tl_conv_rows_part, &r);
         return;
     }
@@ -210,7 +209,7 @@ typedef struct {
     int nparts;
 } reduce_job;
 
-TL_VEC static void reduce_part(void *arg, int tid, int nt) {
+TL_VEC_FN(reduce_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     reduce_job *r = arg;
     size_t lo, hi;
     tl_split(r->n, tid, nt, &lo, &hi);
@@ -229,26 +228,28 @@ void tl_conv2d_backward(tl_pool *p, float *din, float *dwt, const float *dout, c
     j.Wo = tl_conv_out(W, k, stride, pad);
     int nt = tl_pool_size(p);
     if (conv_rows_ok(&j)) {
+        size_t CC = (size_t)Cin * Cin;
         float *parts = scratch + (size_t)nt * col_floats(&j), *wf = parts + (size_t)nt * dw_floats(&j);
-        float *U = wf + 9 * 64 * 64, *rings = U + 16 * 64 * 64;
-        float *uparts = scratch; /* the im2col buffers are unused on the row path */
+        float *U = wf + 9 * CC, *rings = U + 16 * CC;
+        float *uparts = scratch; /* the im2col buffers (nt x 1024 x 9C floats) are unused on the row path */
         tl_conv_dw_rows_job dj = {.in = in, .dout = dout, .parts = parts, .uparts = uparts, .scratch = rings, .B = B,
-                               .H = H, .W = W};
+                                  .H = H, .W = W, .C = Cin, .isa = tl_isa()};
         tl_pool_run(p, tl_conv_dw_rows_part, &dj);
         reduce_job r = {dwt, parts, dw_floats(&j), nt};
         tl_pool_run(p, reduce_part, &r);
-        memset(U, 0, sizeof(float) * 16 * 64 * 64); /* U first sums the dU partials */
-        reduce_job ru = {U, uparts, 16 * 64 * 64, nt};
+        memset(U, 0, sizeof(float) * 16 * CC); /* U first sums the dU partials */
+        reduce_job ru = {U, uparts, 16 * CC, nt};
         tl_pool_run(p, reduce_part, &ru);
-        tl_winograd_dw_accum(dwt, U);
+        tl_winograd_dw_accum(dwt, U, Cin);
         if (!j.din) return;
         /* flip(w)^T: (ky,kx,co,ci) from wt's (2-ky,2-kx,ci,co) */
         for (int t = 0; t < 9; t++)
-            for (int co = 0; co < 64; co++)
-                for (int ci = 0; ci < 64; ci++)
-                    wf[((size_t)t * 64 + co) * 64 + ci] = wt[((size_t)(8 - t) * 64 + ci) * 64 + co];
-        tl_winograd_weights(U, wf);
-        tl_conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .U = U, .B = B, .H = H, .W = W, .scratch = rings};
+            for (int co = 0; co < Cin; co++)
+                for (int ci = 0; ci < Cin; ci++)
+                    wf[((size_t)t * Cin + co) * Cin + ci] = wt[((size_t)(8 - t) * Cin + ci) * Cin + co];
+        tl_winograd_weights(U, wf, Cin);
+        tl_conv_rows_job rj = {.out = j.din, .in = dout, .w = wf, .U = U, .B = B, .H = H, .W = W, .C = Cin,
+                               .isa = dj.isa, .scratch = rings};
         tl_pool_run(p, tl_conv_rows_part, &rj);
         return;
     }

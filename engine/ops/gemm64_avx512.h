@@ -1,6 +1,6 @@
 /*
  * gemm64_avx512.h: the two register-blocked AVX-512 kernels of the stem's
- * 64-channel convolutions, for conv_avx512.c (the training row path) and
+ * 64-channel convolutions, for conv_rows.c (the training row path) and
  * stem_eval.c (the fused eval stem): tl_gemm64_avx512 (A B) and
  * tl_gemm64_tn_acc_avx512 (A^T B, accumulated). They read 3x3 windows
  * straight from zero-padded rows, so no im2col and no packing.
@@ -9,7 +9,8 @@
  * caller passes constant strides and lengths (lda 64 and len 192 for a 3x3
  * row, 147 for conv1), and the compiler specialises the kernels on them
  * within the caller's file, as it did when they lived in one file with their
- * callers. Only call when tl_cpu_avx512(). Pure functions; any thread.
+ * callers. Only call when tl_isa() == TL_ISA_AVX512 (core/simd.h); the AVX2
+ * counterparts are in gemm_stem_avx2.h. Pure functions; any thread.
  */
 #ifndef TL_GEMM64_AVX512_H
 #define TL_GEMM64_AVX512_H

@@ -7,25 +7,10 @@
  */
 #include "ops/gemm_avx512.h"
 
-#include <pthread.h>
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 
 #define KR 7
-
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static int g_avx512;
-
-static void detect(void) {
-    __builtin_cpu_init();
-    g_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-}
-
-int tl_cpu_avx512(void) {
-    pthread_once(&g_once, detect);
-    return g_avx512;
-}
 
 /* One panel of nv vectors (nv a constant after inlining). */
 static inline __attribute__((always_inline, target("avx512f,fma"))) void panel(float *out, size_t ldo,
@@ -78,8 +63,6 @@ __attribute__((target("avx512f,fma"))) void tl_gemm_rows_avx512(float *out, size
 }
 
 #else
-
-int tl_cpu_avx512(void) { return 0; }
 
 void tl_gemm_rows_avx512(float *out, size_t ldo, const float *a, size_t lda, int len, const float *w, size_t ldw,
                          int n, int ncols) {

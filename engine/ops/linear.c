@@ -64,7 +64,7 @@ typedef struct {
     int M, K, N;
 } linear_fwd_job;
 
-TL_VEC static void linear_fwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(linear_fwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     linear_fwd_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -100,7 +100,7 @@ typedef struct {
     int M, K, N;
 } linear_bwd_job;
 
-TL_VEC static void linear_bwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(linear_bwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     linear_bwd_job *j = arg;
     size_t lo, hi;
     if (j->din) {

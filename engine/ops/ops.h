@@ -1,11 +1,13 @@
 /*
  * ops.h: the engine's layer kernels, one forward/backward pair per op, of
- * linear.c (GEMM on the pool, linear), conv.c (convolution; its AVX-512 and
- * Winograd paths in conv_avx512.c and winograd.c, conv_internal.h),
- * batchnorm.c, stem_eval.c (the fused eval stem), patch.c, transformer.c
- * (LayerNorm, attention, GELU, residual, tokens, MixToken), loss.c (soft
- * cross entropy, inference score) and adamw.c. gemm_avx512.h has the
- * attention's AVX-512 products.
+ * linear.c (GEMM on the pool, linear), conv.c (convolution; its row path on
+ * the AVX-512 and AVX2 levels and Winograd in conv_rows.c and winograd.c,
+ * conv_internal.h), batchnorm.c, stem_eval.c (the fused eval stem), patch.c,
+ * transformer.c (LayerNorm, attention, GELU, residual, tokens, MixToken),
+ * loss.c (soft cross entropy, inference score) and adamw.c. gemm_avx512.h
+ * has the attention's AVX-512 products, gemm_avx2.h the AVX2 ones,
+ * elementwise_avx2.h the AVX2 GELU, softmax and AdamW. Every op follows the
+ * kernel level tl_isa() (core/simd.h, docs/ISA.md).
  *
  * Owns nothing: every buffer is the caller's. Outputs come first in each
  * signature, with a shape comment on every array. Row-major throughout.

@@ -3,8 +3,9 @@
  * ReLU, conv2+BN+ReLU, conv3+BN+ReLU and the patch gather, row by row per
  * image so the stem's activations stay in each thread's L2 cache; and the
  * folding of eval BatchNorm into the convolutions' weights
- * (tl_stem_eval_fold). With 64 channels on AVX-512 CPUs the rows are
- * computed by the row kernels of gemm64_avx512.h and, for whole row pairs, by
+ * (tl_stem_eval_fold). With 64 channels at the AVX-512 or AVX2 level, or 32
+ * at AVX2 (tl_isa(), tl_conv_rows_ok), the rows are computed by the row
+ * kernels of gemm64_avx512.h or gemm_stem_avx2.h and, for whole row pairs, by
  * Winograd (winograd.c).
  *
  * Owns nothing; scratch comes from the caller. The pipeline is described
@@ -12,7 +13,9 @@
  */
 #include "core/blas.h"
 #include "ops/conv_internal.h"
+#include "ops/gemm_stem_avx2.h"
 #include "ops/gemm64_avx512.h"
+#include "ops/gemm_avx2.h"
 #include "ops/gemm_avx512.h"
 #include "ops/ops.h"
 #include "core/simd.h"
@@ -38,8 +41,8 @@ typedef struct {
     float *patches;
     const float *img, *w1, *b1, *w2, *b2, *w3, *b3;
     int B, C, H, W1, k, g;
-    int avx512; /* C == 64 and the CPU runs AVX-512: the stem's own kernel, not im2col + sgemm */
-    const float *u2, *u3; /* conv2/conv3 in the Winograd domain (16,64,64), or NULL: row by row */
+    int isa; /* tl_conv_rows_ok(C): that level's own kernels; else TL_ISA_GENERIC: im2col + sgemm */
+    const float *u2, *u3; /* conv2/conv3 in the Winograd domain (16,C,C), or NULL: row by row */
     float *scratch;
     size_t per_thread;
 } stem_eval_job;
@@ -103,7 +106,7 @@ static void im2col_3x3(float *col, const float *rows[3], int W1, int C) {
 }
 
 /* y = max(y + b, 0) over n rows of C */
-TL_VEC static void bias_relu_rows(float *y, const float *b, int n, int C) {
+TL_VEC_FN(bias_relu_rows, (float *y, const float *b, int n, int C), (y, b, n, C)) {
     for (int r = 0; r < n; r++) {
         float *o = y + (size_t)r * C;
         for (int c = 0; c < C; c++) {
@@ -114,7 +117,7 @@ TL_VEC static void bias_relu_rows(float *y, const float *b, int n, int C) {
 }
 
 /* patch row segments of a3 row y: dst = max(src + b, 0) */
-TL_VEC static void bias_relu_to_patches(const stem_eval_job *j, int b, int y, const float *src) {
+TL_VEC_FN(bias_relu_to_patches, (const stem_eval_job *j, int b, int y, const float *src), (j, b, y, src)) {
     int k = j->k, C = j->C, g = j->g, kc = k * C;
     size_t kkc = (size_t)k * kc;
     int ty = y / k, ky = y % k;
@@ -134,9 +137,13 @@ static void stem_conv1_row(const stem_eval_job *j, float *out, float *col, const
     int C = j->C, W1 = j->W1;
     im2col_c1(col, img, j->H, W1, oy);
 #if defined(__x86_64__)
-    if (j->avx512) {
-        const float *a = col;
+    const float *a = col;
+    if (j->isa == TL_ISA_AVX512) {
         tl_gemm64_avx512(out, &a, 1, 147, 147, j->w1, W1);
+        return;
+    }
+    if (j->isa == TL_ISA_AVX2) {
+        tl_gemm_stem_avx2(out, &a, 1, 147, 147, j->w1, W1, C);
         return;
     }
 #endif
@@ -150,8 +157,12 @@ static void stem_conv3_row(const stem_eval_job *j, float *out, float *col, const
     const float *rows[3];
     rows_3x3(rows, ring, zero, W1, (size_t)(W1 + 2) * C, oy);
 #if defined(__x86_64__)
-    if (j->avx512) {
+    if (j->isa == TL_ISA_AVX512) {
         tl_gemm64_avx512(out, rows, 3, C, 3 * C, w, W1);
+        return;
+    }
+    if (j->isa == TL_ISA_AVX2) {
+        tl_gemm_stem_avx2(out, rows, 3, C, 3 * C, w, W1, C);
         return;
     }
 #endif
@@ -202,18 +213,22 @@ static void rows_4(const float *rows[4], const float *ring, const float *zero, i
     }
 }
 
-/* Two output rows (oy, oy+1) of a 3x3 convolution of 64 channels by Winograd
+/* Two output rows (oy, oy+1) of a 3x3 convolution of C channels by Winograd
  * F(2x2,3x3), before bias and ReLU. */
 static void stem_wino_pair(const stem_eval_job *j, float *out0, float *out1, float *V, float *M, const float *ring,
                            const float *zero, const float *U, int oy) {
     int W1 = j->W1, tiles = W1 / 2;
     const float *rows[4];
-    rows_4(rows, ring, zero, W1, (size_t)(W1 + 2) * 64, oy);
-    tl_winograd_in(V, rows, tiles);
-    for (int xi = 0; xi < 16; xi++)
-        tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
-                            U + (size_t)xi * 64 * 64, 64, tiles, 64);
-    tl_winograd_out(out0, out1, M, tiles);
+    rows_4(rows, ring, zero, W1, (size_t)(W1 + 2) * j->C, oy);
+    if (j->isa == TL_ISA_AVX512) {
+        tl_winograd_in(V, rows, tiles);
+        for (int xi = 0; xi < 16; xi++)
+            tl_gemm_rows_avx512(M + (size_t)xi * tiles * 64, 64, V + (size_t)xi * tiles * 64, 64, 64,
+                                U + (size_t)xi * 64 * 64, 64, tiles, 64);
+        tl_winograd_out(out0, out1, M, tiles);
+        return;
+    }
+    tl_winograd_pair_avx2(out0, out1, rows, U, V, M, tiles, j->C);
 }
 
 /* a3 rows [y0, y1) of image b, both even, in pairs: a3 pair (y, y+1) needs
@@ -222,7 +237,7 @@ static void stem_wino_pair(const stem_eval_job *j, float *out0, float *out1, flo
  * half outside the image (a2 row -1 or H1) goes to a scratch row: the rows
  * above and below the image read as the zero row. */
 static void stem_eval_rows_wino(const stem_eval_job *j, float *ws, int b, int y0, int y1) {
-    int C = 64, W1 = j->W1, H1 = j->W1, H = j->H;
+    int C = j->C, W1 = j->W1, H1 = j->W1, H = j->H;
     size_t prow = (size_t)(W1 + 2) * C;
     float *r1 = ws, *r2 = r1 + STEM_RING * prow, *zero = r2 + STEM_RING * prow, *col = zero + prow;
     float *t0 = col + (size_t)W1 * 9 * C, *t1 = t0 + (size_t)W1 * C, *dump = t1 + (size_t)W1 * C;
@@ -281,11 +296,11 @@ void tl_stem_eval_forward(tl_pool *p, float *patches, const float *images, const
     stem_eval_job j = {.patches = patches, .img = images, .w1 = w1, .b1 = b1, .w2 = w2, .b2 = b2, .w3 = w3, .b3 = b3,
                        .B = B, .C = C, .H = H, .W1 = W1, .k = k, .g = W1 / k, .scratch = scratch};
 #if defined(__x86_64__)
-    j.avx512 = C == 64 && tl_cpu_avx512();
-    if (j.avx512 && k % 2 == 0 && W1 % 2 == 0) { /* row pairs never straddle two threads' token rows */
-        tl_winograd_weights(scratch, w2);
-        tl_winograd_weights(scratch + 16 * 64 * 64, w3);
-        j.u2 = scratch, j.u3 = scratch + 16 * 64 * 64;
+    j.isa = tl_conv_rows_ok(C, tl_isa()) ? tl_isa() : TL_ISA_GENERIC;
+    if (j.isa != TL_ISA_GENERIC && k % 2 == 0 && W1 % 2 == 0) { /* row pairs never straddle two threads' token rows */
+        tl_winograd_weights(scratch, w2, C);
+        tl_winograd_weights(scratch + (size_t)16 * C * C, w3, C);
+        j.u2 = scratch, j.u3 = scratch + (size_t)16 * C * C;
     }
 #endif
     j.scratch = scratch + (size_t)32 * C * C;

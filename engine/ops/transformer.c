@@ -5,8 +5,20 @@
  * Owns nothing; every buffer is the caller's. Row loops are split over the
  * pool; reductions over rows (LayerNorm weight gradients, position-embedding
  * gradients) use per-thread partials summed in thread order (deterministic).
+ *
+ * Kernel levels (tl_isa(), core/simd.h): the plain loops are TL_VEC_FN, so
+ * each level runs its own compilation of them; at the AVX2 level GELU and
+ * the softmax run the kernels of elementwise_avx2.c instead (their plain
+ * loops vectorise for AVX-512 only). The attention's products run on
+ * OpenBLAS, except: at the AVX2 level, in training and eval, on the kernels
+ * of gemm_avx2.c, which take Q, K, V and their gradients where they lie in
+ * qkv (no copies, no repacking: for these T x T by hd shapes OpenBLAS's
+ * packing and call overhead cost as much as the arithmetic); at the AVX-512
+ * level the eval attention's on tl_gemm_rows_avx512 (gemm_avx512.c).
  */
 #include "core/blas.h"
+#include "ops/elementwise_avx2.h"
+#include "ops/gemm_avx2.h"
 #include "ops/gemm_avx512.h"
 #include "ops/ops.h"
 #include "core/simd.h"
@@ -22,7 +34,7 @@ typedef struct {
     float eps;
 } ln_job;
 
-TL_VEC static void ln_fwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(ln_fwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -52,7 +64,7 @@ void tl_layernorm_forward(tl_pool *p, float *out, float *mean, float *rstd, cons
 /* Eval LayerNorm: sums kept in 16 lanes so they vectorise; equal to
  * ln_fwd_part up to float rounding. */
 #define LN_LANES 16
-TL_VEC static void ln_fwd_eval_part(void *arg, int tid, int nt) {
+TL_VEC_FN(ln_fwd_eval_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -92,7 +104,7 @@ void tl_layernorm_forward_eval(tl_pool *p, float *out, float *mean, float *rstd,
 
 size_t tl_layernorm_scratch(int nthreads, int D) { return (size_t)nthreads * 2 * D; }
 
-TL_VEC static void ln_bwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(ln_bwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->M, tid, nt, &lo, &hi);
@@ -119,7 +131,7 @@ TL_VEC static void ln_bwd_part(void *arg, int tid, int nt) {
     }
 }
 
-TL_VEC static void ln_reduce_part(void *arg, int tid, int nt) {
+TL_VEC_FN(ln_reduce_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     ln_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->D, tid, nt, &lo, &hi);
@@ -150,7 +162,9 @@ typedef struct {
     int B, T, D, H;
 } att_job;
 
-TL_VEC static void softmax_rows(float *a, int rows, int cols) {
+/* The training softmax: the plain loop (vectorised at the AVX-512 level), or
+ * the AVX2 kernel (softmax_rows below). */
+TL_VEC_FN(softmax_rows_loop, (float *a, int rows, int cols), (a, rows, cols)) {
     for (int r = 0; r < rows; r++) {
         float *x = a + (size_t)r * cols;
         float mx = x[0];
@@ -165,7 +179,17 @@ TL_VEC static void softmax_rows(float *a, int rows, int cols) {
     }
 }
 
-TL_VEC static void softmax_backward_rows(float *d, const float *a, int rows, int cols) {
+static void softmax_rows(float *a, int rows, int cols) {
+#if defined(__x86_64__)
+    if (tl_isa() == TL_ISA_AVX2) {
+        tl_softmax_rows_avx2(a, rows, cols, (size_t)cols);
+        return;
+    }
+#endif
+    softmax_rows_loop(a, rows, cols);
+}
+
+TL_VEC_FN(softmax_backward_rows, (float *d, const float *a, int rows, int cols), (d, a, rows, cols)) {
     for (int r = 0; r < rows; r++) {
         float *dr = d + (size_t)r * cols;
         const float *ar = a + (size_t)r * cols;
@@ -175,12 +199,37 @@ TL_VEC static void softmax_backward_rows(float *d, const float *a, int rows, int
     }
 }
 
+#if defined(__x86_64__)
+/* The AVX2 attention kernels take a head dimension up to TL_GEMM_NT_MAX_LEN. */
+static int att_avx2(int hd) { return tl_isa() == TL_ISA_AVX2 && hd <= TL_GEMM_NT_MAX_LEN; }
+
+/* One head on the AVX2 kernels: att (T,T) = softmax(s Q K^T), out (T,hd)
+ * (rows ldo apart) = att V; q, k, v are rows of qkv (ld 3D). */
+static void att_head_avx2(float *out, size_t ldo, float *att, const float *q, const float *k, const float *v, int T,
+                          int hd, size_t ld) {
+    tl_gemm_nt_avx2(att, (size_t)T, q, ld, hd, k, ld, T, T, 1.0f / sqrtf((float)hd));
+    tl_softmax_rows_avx2(att, T, T, (size_t)T);
+    tl_gemm_rows_avx2(out, ldo, att, (size_t)T, T, v, ld, T, hd, 1.0f);
+}
+#endif
+
 static void att_fwd_part(void *arg, int tid, int nt) {
     att_job *j = arg;
     int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+#if defined(__x86_64__)
+    if (att_avx2(hd)) {
+        for (size_t bh = lo; bh < hi; bh++) {
+            int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
+            const float *q = j->qkv + (size_t)b * T * D3 + h * hd;
+            att_head_avx2(j->out + (size_t)b * T * D + h * hd, (size_t)D, j->att + bh * (size_t)T * T, q, q + D,
+                          q + 2 * D, T, hd, (size_t)D3);
+        }
+        return;
+    }
+#endif
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
@@ -209,7 +258,7 @@ static size_t att_per_thread(int T, int hd) { return tl_attention_scratch(1, T, 
 /* Eval softmax: the max and the sum are kept in 16 lanes so both passes
  * vectorise (a plain float reduction does not without -ffast-math). */
 #define SM_LANES 16
-TL_VEC static void softmax_rows_eval(float *a, int rows, int cols, size_t ld) {
+TL_VEC_FN(softmax_rows_eval_loop, (float *a, int rows, int cols, size_t ld), (a, rows, cols, ld)) {
     int cv = cols - cols % SM_LANES;
     for (int r = 0; r < rows; r++) {
         float *x = a + (size_t)r * ld;
@@ -237,12 +286,24 @@ TL_VEC static void softmax_rows_eval(float *a, int rows, int cols, size_t ld) {
     }
 }
 
+static void softmax_rows_eval(float *a, int rows, int cols, size_t ld) {
+#if defined(__x86_64__)
+    if (tl_isa() == TL_ISA_AVX2) {
+        tl_softmax_rows_avx2(a, rows, cols, ld);
+        return;
+    }
+#endif
+    softmax_rows_eval_loop(a, rows, cols, ld);
+}
+
 /* Eval attention: the probabilities live in the thread's scratch (in its L2
- * cache) instead of the (B,H,T,T) buffer that backward needs. With AVX-512 the
- * two products run on tl_gemm_rows_avx512 against K^T (scaled) and V copied
- * into zero-padded panels once per head: OpenBLAS repacked Q, K, P and V at
- * every call, and these shapes (K = 60, N = 60 for lvvit_t) are where it was
- * slowest (about 65 GFLOP/s against 140 for the MLP). */
+ * cache) instead of the (B,H,T,T) buffer that backward needs. At the AVX-512
+ * level the two products run on tl_gemm_rows_avx512 against K^T (scaled) and
+ * V copied into zero-padded panels once per head: OpenBLAS repacked Q, K, P
+ * and V at every call, and these shapes (K = 60, N = 60 for lvvit_t) are
+ * where it was slowest (about 65 GFLOP/s against 140 for the MLP). At the
+ * AVX2 level the training path's kernels (att_head_avx2) with the scratch as
+ * the probabilities. */
 static void att_fwd_eval_part(void *arg, int tid, int nt) {
     att_job *j = arg;
     int T = j->T, D = j->D, hd = D / j->H, D3 = 3 * D;
@@ -250,13 +311,19 @@ static void att_fwd_eval_part(void *arg, int tid, int nt) {
     float scale = 1.0f / sqrtf((float)hd);
     float *att = j->scratch + (size_t)tid * att_per_thread(T, hd);
     float *kt = att + (size_t)T * Tp, *vp = kt + (size_t)hd * Tp, *o = vp + (size_t)T * hp;
-    int fast = tl_cpu_avx512();
+    int fast = tl_isa() == TL_ISA_AVX512;
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         const float *q = j->qkv + (size_t)b * T * D3 + h * hd, *k = q + D, *v = q + 2 * D;
         float *out = j->out + (size_t)b * T * D + h * hd;
+#if defined(__x86_64__)
+        if (att_avx2(hd)) {
+            att_head_avx2(out, (size_t)D, att, q, k, v, T, hd, (size_t)D3);
+            continue;
+        }
+#endif
         if (!fast) {
             tl_sgemm(0, 1, T, T, hd, scale, q, D3, k, D3, 0.0f, att, T);
             softmax_rows_eval(att, T, T, (size_t)T);
@@ -292,6 +359,24 @@ static void att_bwd_part(void *arg, int tid, int nt) {
     float *dp = j->scratch + (size_t)tid * T * T;
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+#if defined(__x86_64__)
+    if (att_avx2(hd)) { /* the same four products on gemm_avx2.c's kernels, in place in qkv and dqkv */
+        for (size_t bh = lo; bh < hi; bh++) {
+            int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
+            size_t qoff = (size_t)b * T * D3 + h * hd;
+            const float *q = j->qkv + qoff, *k = q + D, *v = q + 2 * D;
+            float *dq = j->dqkv + qoff, *dk = dq + D, *dv = dq + 2 * D;
+            const float *att = j->attc + bh * (size_t)T * T;
+            const float *dout = j->dout + (size_t)b * T * D + h * hd;
+            tl_gemm_nt_avx2(dp, (size_t)T, dout, (size_t)D, hd, v, (size_t)D3, T, T, 1.0f);   /* dP = dO V^T */
+            tl_gemm_tn_avx2(dv, (size_t)D3, att, (size_t)T, T, dout, (size_t)D, T, hd, 1.0f); /* dV = P^T dO */
+            softmax_backward_rows(dp, att, T, T);                                           /* dS */
+            tl_gemm_rows_avx2(dq, (size_t)D3, dp, (size_t)T, T, k, (size_t)D3, T, hd, scale); /* dQ = s dS K */
+            tl_gemm_tn_avx2(dk, (size_t)D3, dp, (size_t)T, T, q, (size_t)D3, T, hd, scale);   /* dK = s dS^T Q */
+        }
+        return;
+    }
+#endif
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         size_t qoff = (size_t)b * T * D3 + h * hd;
@@ -321,27 +406,49 @@ typedef struct {
     size_t n;
 } gelu_job;
 
-TL_VEC static void gelu_fwd_part(void *arg, int tid, int nt) {
-    gelu_job *j = arg;
-    size_t lo, hi;
-    tl_split(j->n, tid, nt, &lo, &hi);
-    for (size_t i = lo; i < hi; i++) {
-        float x = j->x[i];
-        j->out[i] = 0.5f * x * (1.0f + tl_erff(x * (float)M_SQRT1_2));
+/* The plain loops (vectorised at the AVX-512 level); the AVX2 level runs
+ * elementwise_avx2.c's kernels instead (gelu_fwd_part, gelu_bwd_part). */
+TL_VEC_FN(gelu_fwd_loop, (float *out, const float *x, size_t n), (out, x, n)) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        out[i] = 0.5f * v * (1.0f + tl_erff(v * (float)M_SQRT1_2));
     }
 }
 
-TL_VEC static void gelu_bwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(gelu_bwd_loop, (float *dx, const float *x, const float *dout, size_t n), (dx, x, dout, n)) {
+    const float k = 0.3989422804014327f; /* 1/sqrt(2 pi) */
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + tl_erff(v * (float)M_SQRT1_2));
+        float pdf = k * tl_expf(-0.5f * v * v);
+        dx[i] = dout[i] * (cdf + v * pdf);
+    }
+}
+
+static void gelu_fwd_part(void *arg, int tid, int nt) {
     gelu_job *j = arg;
     size_t lo, hi;
     tl_split(j->n, tid, nt, &lo, &hi);
-    const float k = 0.3989422804014327f; /* 1/sqrt(2 pi) */
-    for (size_t i = lo; i < hi; i++) {
-        float x = j->x[i];
-        float cdf = 0.5f * (1.0f + tl_erff(x * (float)M_SQRT1_2));
-        float pdf = k * tl_expf(-0.5f * x * x);
-        j->out[i] = j->dout[i] * (cdf + x * pdf);
+#if defined(__x86_64__)
+    if (tl_isa() == TL_ISA_AVX2) {
+        tl_gelu_forward_avx2(j->out + lo, j->x + lo, hi - lo);
+        return;
     }
+#endif
+    gelu_fwd_loop(j->out + lo, j->x + lo, hi - lo);
+}
+
+static void gelu_bwd_part(void *arg, int tid, int nt) {
+    gelu_job *j = arg;
+    size_t lo, hi;
+    tl_split(j->n, tid, nt, &lo, &hi);
+#if defined(__x86_64__)
+    if (tl_isa() == TL_ISA_AVX2) {
+        tl_gelu_backward_avx2(j->out + lo, j->x + lo, j->dout + lo, hi - lo);
+        return;
+    }
+#endif
+    gelu_bwd_loop(j->out + lo, j->x + lo, j->dout + lo, hi - lo);
 }
 
 void tl_gelu_forward(tl_pool *p, float *out, const float *x, size_t n) {
@@ -364,7 +471,7 @@ typedef struct {
     int accumulate;
 } resid_job;
 
-TL_VEC static void resid_part(void *arg, int tid, int nt) {
+TL_VEC_FN(resid_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     resid_job *j = arg;
     size_t lo, hi;
     tl_split((size_t)j->B * j->S, tid, nt, &lo, &hi);
@@ -413,7 +520,7 @@ typedef struct {
     int B, N, D;
 } tok_job;
 
-TL_VEC static void tok_fwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(tok_fwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     tok_job *j = arg;
     int T = j->N + 1, D = j->D;
     size_t lo, hi;
@@ -433,7 +540,7 @@ void tl_tokens_forward(tl_pool *p, float *x, const float *tokens, const float *c
     tl_pool_run(p, tok_fwd_part, &j);
 }
 
-TL_VEC static void tok_bwd_part(void *arg, int tid, int nt) {
+TL_VEC_FN(tok_bwd_part, (void *arg, int tid, int nt), (arg, tid, nt)) {
     tok_job *j = arg;
     int T = j->N + 1, D = j->D;
     size_t lo, hi;

@@ -550,6 +550,7 @@ void tld_h_info(tld_req *r, void *u) {
     cJSON_AddStringToObject(o, "blas", tl_blas_corename());
     cJSON_AddStringToObject(o, "blas_config", tl_blas_config());
     cJSON_AddStringToObject(o, "cpu_features", tl_cpu_features());
+    cJSON_AddStringToObject(o, "isa", tl_isa_name());
     cJSON *l = cJSON_AddObjectToObject(o, "limits");
     cJSON_AddNumberToObject(l, "max_body_bytes", (double)R->max_body);
     cJSON_AddNumberToObject(l, "max_running_jobs", R->max_running);

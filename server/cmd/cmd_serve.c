@@ -398,8 +398,8 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; BLAS %s)\n",
-           TL_VERSION, c.bind, tld_http_port(http), c.state_dir, c.data_root, tl_blas_corename());
+    printf("tokenlabd %s listening on http://%s:%d/ (API under /api/v1; state in %s; data root %s; kernels %s; BLAS %s)\n",
+           TL_VERSION, c.bind, tld_http_port(http), c.state_dir, c.data_root, tl_isa_name(), tl_blas_corename());
     printf("clients: up to %d connections (%d per address), handlers on %d threads, headers within %d s\n",
            tld_http_capacity(http), c.per_client, c.handler_threads, c.header_timeout_s);
     if (c.mpi_hostfile[0])

@@ -9,7 +9,10 @@
  * Cases: an inherited OPENBLAS_CORETYPE=Haswell (as on machines that set it
  * globally) is overridden on an AVX-512 CPU; OPENBLAS_CORETYPE naming an
  * AVX-512 family is kept; TL_BLAS_CORETYPE is obeyed whatever the CPU; no
- * setting at all gives SkylakeX on an AVX-512 CPU.
+ * setting at all gives SkylakeX on an AVX-512 CPU. The family follows the
+ * kernel level TL_ISA sets (core/simd.h): Nehalem for generic, Haswell for
+ * avx2 (also over an inherited AVX-512 family), and a level above the CPU's
+ * is capped, never handing OpenBLAS kernels the CPU cannot run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,19 +27,30 @@
 #include <unistd.h>
 
 #include "core/blas.h"
+#include "core/simd.h"
 #include "tokenlab/model.h"
 
 typedef struct {
     char core[256];
+    char isa[16];
     double max_err;
     int ok;
 } report;
 
-static int cpu_avx512(void) {
+/* The CPU's level, found here as isa.c finds it: the parent must not call
+ * tl_isa() itself, since a forked child would inherit the level decided
+ * without the child's TL_ISA. */
+static int cpu_level(void) {
+#if defined(__x86_64__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512vl");
+    return avx512 ? TL_ISA_AVX512 : avx2 ? TL_ISA_AVX2 : TL_ISA_GENERIC;
+#else
+    return TL_ISA_GENERIC;
+#endif
 }
 
 /* In the child: C = A^T B (A stored K x M) through tl_sgemm, against doubles. */
@@ -61,6 +75,7 @@ static void child_measure(report *r) {
             worst = e > worst ? e : worst;
         }
     snprintf(r->core, sizeof r->core, "%s", tl_blas_corename());
+    snprintf(r->isa, sizeof r->isa, "%s", tl_isa_name());
     r->max_err = worst;
     r->ok = 1;
     free(a);
@@ -68,8 +83,8 @@ static void child_measure(report *r) {
     free(c);
 }
 
-/* Runs child_measure in a child with OPENBLAS_CORETYPE and TL_BLAS_CORETYPE set (NULL: unset). */
-static report run_case(const char *openblas, const char *mine) {
+/* Runs child_measure in a child with OPENBLAS_CORETYPE, TL_BLAS_CORETYPE and TL_ISA set (NULL: unset). */
+static report run_case_isa(const char *openblas, const char *mine, const char *isa) {
     report r;
     memset(&r, 0, sizeof r);
     int fds[2];
@@ -80,6 +95,7 @@ static report run_case(const char *openblas, const char *mine) {
         close(fds[0]);
         if (openblas) setenv("OPENBLAS_CORETYPE", openblas, 1); else unsetenv("OPENBLAS_CORETYPE");
         if (mine) setenv("TL_BLAS_CORETYPE", mine, 1); else unsetenv("TL_BLAS_CORETYPE");
+        if (isa) setenv("TL_ISA", isa, 1); else unsetenv("TL_ISA");
         report c;
         memset(&c, 0, sizeof c);
         child_measure(&c);
@@ -98,16 +114,19 @@ static report run_case(const char *openblas, const char *mine) {
     waitpid(pid, &status, 0);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     assert_int_equal(got, sizeof r);
-    print_message("OPENBLAS_CORETYPE=%s TL_BLAS_CORETYPE=%s -> %s, max error %.2e\n", openblas ? openblas : "(unset)",
-                  mine ? mine : "(unset)", r.core, r.max_err);
+    print_message("OPENBLAS_CORETYPE=%s TL_BLAS_CORETYPE=%s TL_ISA=%s -> %s, kernels %s, max error %.2e\n",
+                  openblas ? openblas : "(unset)", mine ? mine : "(unset)", isa ? isa : "(unset)", r.core, r.isa,
+                  r.max_err);
     assert_true(r.ok);
     assert_true(r.max_err < 1e-4);
     return r;
 }
 
+static report run_case(const char *openblas, const char *mine) { return run_case_isa(openblas, mine, NULL); }
+
 static void inherited_older_family_is_overridden(void **state) {
     (void)state;
-    if (!cpu_avx512()) skip();
+    if (cpu_level() != TL_ISA_AVX512) skip();
     report r = run_case("Haswell", NULL);
     assert_non_null(strstr(r.core, "SkylakeX"));
     assert_non_null(strstr(r.core, "OPENBLAS_CORETYPE=Haswell overridden"));
@@ -117,28 +136,77 @@ static void inherited_older_family_is_overridden(void **state) {
 
 static void inherited_avx512_family_is_kept(void **state) {
     (void)state;
-    if (!cpu_avx512()) skip();
+    if (cpu_level() != TL_ISA_AVX512) skip();
     report r = run_case("SKYLAKEX", NULL);
     assert_non_null(strstr(r.core, "SkylakeX (chosen: SKYLAKEX (from OPENBLAS_CORETYPE))"));
 }
 
 static void no_setting_gives_the_fastest(void **state) {
     (void)state;
-    if (!cpu_avx512()) skip();
+    if (cpu_level() != TL_ISA_AVX512) skip();
     report r = run_case(NULL, NULL);
     assert_non_null(strstr(r.core, "SkylakeX (chosen: SKYLAKEX (AVX-512 found))"));
 }
 
 static void tl_blas_coretype_is_obeyed(void **state) {
     (void)state;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) skip();
+    if (cpu_level() < TL_ISA_AVX2) skip();
     report r = run_case("SKYLAKEX", "Haswell");
     assert_non_null(strstr(r.core, "Haswell (chosen: Haswell (from TL_BLAS_CORETYPE))"));
 }
 
+/* TL_ISA=generic: the engine's kernels and OpenBLAS's at the baseline (Nehalem: SSE4.2). */
+static void generic_level_takes_nehalem(void **state) {
+    (void)state;
+    report r = run_case_isa(NULL, NULL, "generic");
+    assert_string_equal(r.isa, "generic");
+    assert_non_null(strstr(r.core, "Nehalem (chosen: NEHALEM (TL_ISA level generic))"));
+    r = run_case_isa("SKYLAKEX", NULL, "GENERIC"); /* any case; an inherited family is overridden */
+    assert_string_equal(r.isa, "generic");
+    assert_non_null(strstr(r.core, "Nehalem (chosen: NEHALEM (TL_ISA level generic; OPENBLAS_CORETYPE=SKYLAKEX overridden))"));
+}
+
+/* TL_ISA=avx2: Haswell kernels, also over an inherited AVX-512 family (an AVX-512 CPU tested at AVX2). */
+static void avx2_level_takes_haswell(void **state) {
+    (void)state;
+    if (cpu_level() < TL_ISA_AVX2) skip();
+    report r = run_case_isa(NULL, NULL, "avx2");
+    assert_string_equal(r.isa, "avx2");
+    assert_non_null(strstr(r.core, "Haswell (chosen: HASWELL (TL_ISA level avx2))"));
+    r = run_case_isa("SKYLAKEX", NULL, "avx2");
+    assert_non_null(strstr(r.core, "Haswell (chosen: HASWELL (TL_ISA level avx2; OPENBLAS_CORETYPE=SKYLAKEX overridden))"));
+}
+
+/* TL_ISA above the CPU's level is capped: an AVX2 CPU asked for avx512 runs AVX2 kernels and Haswell,
+ * never SkylakeX (which would crash it); an AVX-512 CPU gets SkylakeX. */
+static void level_is_capped_at_the_cpu(void **state) {
+    (void)state;
+    report r = run_case_isa(NULL, NULL, "avx512");
+    assert_string_equal(r.isa, tl_isa_level_name(cpu_level()));
+    if (cpu_level() == TL_ISA_AVX512) {
+        assert_non_null(strstr(r.core, "SkylakeX"));
+    } else {
+        assert_null(strstr(r.core, "SkylakeX"));
+        if (cpu_level() == TL_ISA_AVX2) assert_non_null(strstr(r.core, "Haswell (chosen: HASWELL (TL_ISA level avx2))"));
+    }
+    r = run_case_isa(NULL, NULL, "fastest"); /* not a level: the CPU's own */
+    assert_string_equal(r.isa, tl_isa_level_name(cpu_level()));
+}
+
+/* TL_BLAS_CORETYPE still names the family whatever TL_ISA says. */
+static void tl_blas_coretype_wins_over_tl_isa(void **state) {
+    (void)state;
+    report r = run_case_isa(NULL, "SANDYBRIDGE", "generic");
+    assert_string_equal(r.isa, "generic");
+    assert_non_null(strstr(r.core, "Sandybridge (chosen: SANDYBRIDGE (from TL_BLAS_CORETYPE))"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(generic_level_takes_nehalem),
+        cmocka_unit_test(avx2_level_takes_haswell),
+        cmocka_unit_test(level_is_capped_at_the_cpu),
+        cmocka_unit_test(tl_blas_coretype_wins_over_tl_isa),
         cmocka_unit_test(inherited_older_family_is_overridden),
         cmocka_unit_test(inherited_avx512_family_is_kept),
         cmocka_unit_test(no_setting_gives_the_fastest),

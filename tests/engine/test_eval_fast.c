@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "model/model_internal.h"
+#include "isa_gate.h"
 #include "tokenlab/model.h"
 
 #define BMAX 8
@@ -182,7 +183,7 @@ static void test_odd_sizes(void **state) {
     check_case(&b);
 }
 
-/* 64 stem channels: the stem's AVX-512 kernels (on CPUs that have them):
+/* 64 stem channels: the stem's AVX-512 or AVX2 kernels (the level this run tests):
  * Winograd row pairs with rows of 24 pixels (12 tiles: a register block of 7
  * and single tiles) and 28 (14 tiles), images split between 3 threads; and
  * row by row when a token row holds an odd number of stem rows */
@@ -203,11 +204,27 @@ static void test_stem64(void **state) {
     check_case(&c);
 }
 
+/* 32 stem channels (the small models): the AVX2 level's stem kernels and Winograd pairs (24 and 32
+ * stem pixels a row), row by row with 3 stem rows a token row; im2col + sgemm at the other levels */
+static void test_stem32(void **state) {
+    (void)state;
+    eval_case a = {{.img_size = 64, .patch_size = 8, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
+                    .stem_channels = 32, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
+                   3};
+    check_case(&a);
+    eval_case b = {{.img_size = 36, .patch_size = 6, .embed_dim = 32, .depth = 1, .num_heads = 2, .mlp_ratio = 2.0f,
+                    .stem_channels = 32, .skip_lam = 1.0f, .num_classes = 4, .drop_path_rate = 0.0f},
+                   2};
+    check_case(&b);
+}
+
 int main(void) {
+    if (tl_test_isa_unavailable()) return TL_TEST_SKIP_CODE; /* run once per kernel level: isa_gate.h */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small),
         cmocka_unit_test(test_odd_sizes),
         cmocka_unit_test(test_stem64),
+        cmocka_unit_test(test_stem32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

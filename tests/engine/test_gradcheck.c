@@ -35,6 +35,7 @@
 
 #include "ops/ops.h"
 #include "core/pool.h"
+#include "isa_gate.h"
 #include "tokenlab/model.h"
 
 /* ------------------------------------------------------------------------ */
@@ -475,8 +476,8 @@ static void test_conv2d(void **state) {
     conv_case(p2, 0, 3, 4, 7, 5, 3, 3, 1, 1, 13);
     conv_case(NULL, 0, 3, 4, 5, 7, 5, 3, 1, 1, 14);
     conv_case(NULL, 1, 2, 2, 5, 7, 3, 3, 1, 1, 16);
-    /* 64 channels to 64: the row path on the AVX-512 kernels when the CPU has
-     * them, every 37th weight's gradient. Rows of 9 pixels (odd: row by row,
+    /* 64 channels to 64: the row path on the AVX-512 or AVX2 kernels (the
+     * kernel level this run tests), every 37th weight's gradient. Rows of 9 pixels (odd: row by row,
      * a register block of 7 and single pixels, 2 threads); 4x8 (row pairs by
      * Winograd, 4 tiles a row); 5x6 (two pairs by Winograd, the odd last row
      * direct, 2 threads); 2x16 (8 tiles: a block of 7 and one) */
@@ -484,6 +485,10 @@ static void test_conv2d(void **state) {
     conv_case_n(NULL, 0, 1, 64, 4, 8, 64, 3, 1, 1, 18, 37);
     conv_case_n(p2, 0, 2, 64, 5, 6, 64, 3, 1, 1, 19, 37);
     conv_case_n(NULL, 0, 1, 64, 2, 16, 64, 3, 1, 1, 20, 37);
+    /* 32 channels to 32: the row path at the AVX2 level (im2col + sgemm at the others): row pairs by
+     * Winograd (4x8), odd widths row by row (3x7) */
+    conv_case_n(p2, 0, 2, 32, 4, 8, 32, 3, 1, 1, 21, 13);
+    conv_case_n(NULL, 0, 1, 32, 3, 7, 32, 3, 1, 1, 22, 13);
     tl_pool_free(p2);
 }
 
@@ -1653,6 +1658,7 @@ static void test_model_gradcheck_nobox(void **state) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (tl_test_isa_unavailable()) return TL_TEST_SKIP_CODE; /* run once per kernel level: isa_gate.h */
     const char *env = getenv("TL_GRADCHECK_SEED");
     if (env && *env) {
         g_seed = strtoull(env, NULL, 0);

@@ -44,6 +44,7 @@
 #include "jobs/events.h"
 #include "jobs/jobs.h"
 #include "serving/models.h"
+#include "tokenlab/model.h"
 #include "store/store.h"
 #include "tokenlab/synth.h"
 
@@ -346,6 +347,7 @@ static void test_auth(void **state) {
     assert_int_equal((int)cJSON_GetNumberValue(
                          cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "limits"), "max_points")),
                      100000);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "isa")), tl_isa_name()); /* kernel level */
     cJSON_Delete(j);
     resp_free(&r);
     http("POST", "/api/v1/models/none/predict", NULL, "image/jpeg", "\xff\xd8\xff", 3, NULL, &r);

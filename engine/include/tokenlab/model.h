@@ -288,6 +288,9 @@ const char *tl_blas_config(void);
 const char *tl_blas_corename(void);
 /* Comma-separated CPU features the engine cares about (avx2,fma,avx512f,...). */
 const char *tl_cpu_features(void);
+/* The engine's kernel level: "generic", "avx2" or "avx512": the CPU's best, or TL_ISA
+ * (generic|avx2|avx512) capped at it; OpenBLAS's kernel family follows it. Any thread. */
+const char *tl_isa_name(void);
 
 #ifdef __cplusplus
 }
