@@ -25,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 #ifndef TL_OPENBLAS_PATH
 #define TL_OPENBLAS_PATH "libopenblas.so.0"
@@ -45,14 +48,22 @@ static char g_features[128];
 static char g_chosen[96];
 static char g_core[192]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
 
+/* 1 when the CPU and the OS run AVX-512 F, CD, BW, DQ and VL; always 0 off x86-64. */
 static int cpu_has_avx512(void) {
+#if defined(__x86_64__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
 }
 
+/* g_features: the CPU's vector extensions that matter here, comma-separated
+ * (x86-64: cpuid; aarch64: the kernel's HWCAP bits; empty elsewhere). */
 static void describe_features(void) {
+#if defined(__x86_64__)
     static const char *names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl",
                                   "avx512vnni", "avx512bf16"};
     __builtin_cpu_init();
@@ -61,8 +72,17 @@ static void describe_features(void) {
                     __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
                     __builtin_cpu_supports("avx512dq"), __builtin_cpu_supports("avx512vl"),
                     __builtin_cpu_supports("avx512vnni"), __builtin_cpu_supports("avx512bf16")};
+#elif defined(__aarch64__)
+    static const char *names[] = {"asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm"};
+    unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    int have[7] = {!!(hw & HWCAP_ASIMD), !!(hw & HWCAP_ASIMDHP), !!(hw & HWCAP_ASIMDDP), !!(hw & HWCAP_SVE),
+                   !!(hw2 & HWCAP2_SVE2), !!(hw2 & HWCAP2_BF16), !!(hw2 & HWCAP2_I8MM)};
+#else
+    static const char *names[1] = {""};
+    int have[1] = {0};
+#endif
     size_t off = 0;
-    for (int i = 0; i < 10; i++) {
+    for (size_t i = 0; i < sizeof have / sizeof have[0]; i++) {
         if (!have[i]) continue;
         int n = snprintf(g_features + off, sizeof g_features - off, "%s%s", off ? "," : "", names[i]);
         if (n < 0 || (size_t)n >= sizeof g_features - off) break;

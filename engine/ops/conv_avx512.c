@@ -40,6 +40,7 @@ size_t tl_conv_rows_per_thread(int W) {
 
 /* A thread's ring of 4 zero-padded input rows and a zero row: rows[i] = the
  * padded row y-1+i of image b, copied in only when not held already. */
+#if defined(__x86_64__)
 typedef struct {
     float *ring, *zero;
     size_t prow;
@@ -74,6 +75,7 @@ static void ring_rows(row_ring *g, const float **rows, int n, const float *in /*
         rows[i] = g->ring + slot * g->prow;
     }
 }
+#endif
 
 /* Work units are row pairs (b, y0 = 2u): by Winograd when the pair is whole
  * and W is even, else row by row on the direct kernel. */

@@ -9,7 +9,8 @@
  * Cases: an inherited OPENBLAS_CORETYPE=Haswell (as on machines that set it
  * globally) is overridden on an AVX-512 CPU; OPENBLAS_CORETYPE naming an
  * AVX-512 family is kept; TL_BLAS_CORETYPE is obeyed whatever the CPU; no
- * setting at all gives SkylakeX on an AVX-512 CPU.
+ * setting at all gives SkylakeX on an AVX-512 CPU; without AVX-512 (arm64
+ * among others) nothing is forced and OpenBLAS detects its own family.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,15 +29,21 @@
 
 typedef struct {
     char core[256];
+    char features[128];
     double max_err;
     int ok;
 } report;
 
+/* Off x86-64 no CPU has AVX-512, and the engine must say so. */
 static int cpu_avx512(void) {
+#if defined(__x86_64__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
 }
 
 /* In the child: C = A^T B (A stored K x M) through tl_sgemm, against doubles. */
@@ -61,6 +68,7 @@ static void child_measure(report *r) {
             worst = e > worst ? e : worst;
         }
     snprintf(r->core, sizeof r->core, "%s", tl_blas_corename());
+    snprintf(r->features, sizeof r->features, "%s", tl_cpu_features());
     r->max_err = worst;
     r->ok = 1;
     free(a);
@@ -98,8 +106,8 @@ static report run_case(const char *openblas, const char *mine) {
     waitpid(pid, &status, 0);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     assert_int_equal(got, sizeof r);
-    print_message("OPENBLAS_CORETYPE=%s TL_BLAS_CORETYPE=%s -> %s, max error %.2e\n", openblas ? openblas : "(unset)",
-                  mine ? mine : "(unset)", r.core, r.max_err);
+    print_message("OPENBLAS_CORETYPE=%s TL_BLAS_CORETYPE=%s -> %s, features %s, max error %.2e\n",
+                  openblas ? openblas : "(unset)", mine ? mine : "(unset)", r.core, r.features, r.max_err);
     assert_true(r.ok);
     assert_true(r.max_err < 1e-4);
     return r;
@@ -131,10 +139,32 @@ static void no_setting_gives_the_fastest(void **state) {
 
 static void tl_blas_coretype_is_obeyed(void **state) {
     (void)state;
+#if defined(__x86_64__)
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) skip();
     report r = run_case("SKYLAKEX", "Haswell");
     assert_non_null(strstr(r.core, "Haswell (chosen: Haswell (from TL_BLAS_CORETYPE))"));
+#elif defined(__aarch64__)
+    /* the plain Armv8 kernels, which every arm64 CPU runs, over an inherited family that OpenBLAS would
+     * otherwise load (Cortex-A57: Armv8 with NEON, so also safe everywhere) */
+    report r = run_case("CORTEXA57", "ARMV8");
+    assert_non_null(strstr(r.core, "armv8 (chosen: ARMV8 (from TL_BLAS_CORETYPE))"));
+#else
+    skip();
+#endif
+}
+
+/* Without AVX-512 (every CPU that is not x86-64, and older x86 ones) nothing is forced: OpenBLAS picks its
+ * own family, and the engine's feature report names no AVX-512. */
+static void without_avx512_openblas_decides(void **state) {
+    (void)state;
+    if (cpu_avx512()) skip();
+    report r = run_case(NULL, NULL);
+    assert_non_null(strstr(r.core, "(chosen: autodetected)"));
+    assert_null(strstr(r.features, "avx512"));
+#if defined(__aarch64__)
+    assert_non_null(strstr(r.features, "asimd")); /* NEON: part of every Armv8-A CPU */
+#endif
 }
 
 int main(void) {
@@ -143,6 +173,7 @@ int main(void) {
         cmocka_unit_test(inherited_avx512_family_is_kept),
         cmocka_unit_test(no_setting_gives_the_fastest),
         cmocka_unit_test(tl_blas_coretype_is_obeyed),
+        cmocka_unit_test(without_avx512_openblas_decides),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
