@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: once in the release
 # build, once more under AddressSanitizer + UndefinedBehaviorSanitizer, then
-# the libFuzzer targets (clang) for a few seconds each.
+# the libFuzzer targets (clang) for a few seconds each, and last the engine
+# cross-built for arm64 with its tests under qemu-user (scripts/test-arm64.sh,
+# which skips with a message where the arm64 packages cannot be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
@@ -20,3 +22,5 @@ CC=clang cmake -S . -B build-fuzz -DTL_FUZZ=ON -DTL_FUZZ_SECONDS="${TL_FUZZ_SECO
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz -j"$(nproc)" --target tl_fuzz_targets
 (cd build-fuzz && ctest -L fuzz --output-on-failure)
+
+scripts/test-arm64.sh build-arm64

@@ -28,6 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 #ifndef TL_OPENBLAS_PATH
 #define TL_OPENBLAS_PATH "libopenblas.so.0"
@@ -48,7 +51,10 @@ static char g_features[128];
 static char g_chosen[96];
 static char g_core[192]; /* "SkylakeX (chosen: SKYLAKEX (AVX-512 found))" */
 
+/* g_features: the CPU's vector extensions that matter here, comma-separated
+ * (x86-64: cpuid; aarch64: the kernel's HWCAP bits; empty elsewhere). */
 static void describe_features(void) {
+#if defined(__x86_64__)
     static const char *names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl",
                                   "avx512vnni", "avx512bf16"};
     __builtin_cpu_init();
@@ -57,8 +63,17 @@ static void describe_features(void) {
                     __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
                     __builtin_cpu_supports("avx512dq"), __builtin_cpu_supports("avx512vl"),
                     __builtin_cpu_supports("avx512vnni"), __builtin_cpu_supports("avx512bf16")};
+#elif defined(__aarch64__)
+    static const char *names[] = {"asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm"};
+    unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    int have[7] = {!!(hw & HWCAP_ASIMD), !!(hw & HWCAP_ASIMDHP), !!(hw & HWCAP_ASIMDDP), !!(hw & HWCAP_SVE),
+                   !!(hw2 & HWCAP2_SVE2), !!(hw2 & HWCAP2_BF16), !!(hw2 & HWCAP2_I8MM)};
+#else
+    static const char *names[1] = {""};
+    int have[1] = {0};
+#endif
     size_t off = 0;
-    for (int i = 0; i < 10; i++) {
+    for (size_t i = 0; i < sizeof have / sizeof have[0]; i++) {
         if (!have[i]) continue;
         int n = snprintf(g_features + off, sizeof g_features - off, "%s%s", off ? "," : "", names[i]);
         if (n < 0 || (size_t)n >= sizeof g_features - off) break;
@@ -82,7 +97,7 @@ static int coretype_has_avx512(const char *name) {
  *     an older family (a machine-wide Haswell, say) is overridden and the
  *     report says so: it would halve every GEMM, and tokenlab must find the
  *     fast path by itself;
- *   a lower level set by TL_ISA: the family of that level, over any inherited
+ *   on x86-64, a lower level set by TL_ISA: the family of that level, over any inherited
  *     OPENBLAS_CORETYPE (HASWELL for avx2, NEHALEM, whose kernels need only
  *     SSE4.2 like the engine's baseline, for generic), so the GEMMs run the
  *     instructions the level allows;
@@ -92,6 +107,11 @@ static void choose_coretype(void) {
     const char *mine = getenv("TL_BLAS_CORETYPE");
     const char *inherited = getenv("OPENBLAS_CORETYPE");
     int has = inherited && *inherited, level = tl_isa();
+#if defined(__x86_64__)
+    const int x86 = 1;
+#else
+    const int x86 = 0; /* the families below are x86's; elsewhere OpenBLAS detects its own */
+#endif
     if (mine && *mine) {
         setenv("OPENBLAS_CORETYPE", mine, 1);
         snprintf(g_chosen, sizeof g_chosen, "%s (from TL_BLAS_CORETYPE)", mine);
@@ -103,7 +123,7 @@ static void choose_coretype(void) {
                      has ? inherited : "", has ? " overridden" : "");
             setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
         }
-    } else if (tl_isa_from_env()) {
+    } else if (x86 && tl_isa_from_env()) {
         const char *family = level == TL_ISA_AVX2 ? "HASWELL" : "NEHALEM";
         snprintf(g_chosen, sizeof g_chosen, "%s (TL_ISA level %s%s%.16s%s)", family, tl_isa_level_name(level),
                  has ? "; OPENBLAS_CORETYPE=" : "", has ? inherited : "", has ? " overridden" : "");

@@ -12,7 +12,9 @@
  * setting at all gives SkylakeX on an AVX-512 CPU. The family follows the
  * kernel level TL_ISA sets (core/simd.h): Nehalem for generic, Haswell for
  * avx2 (also over an inherited AVX-512 family), and a level above the CPU's
- * is capped, never handing OpenBLAS kernels the CPU cannot run.
+ * is capped, never handing OpenBLAS kernels the CPU cannot run. Without
+ * AVX-512 and without TL_ISA (arm64 among others) nothing is forced and
+ * OpenBLAS detects its own family; on arm64 TL_BLAS_CORETYPE=ARMV8 is obeyed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +35,7 @@
 typedef struct {
     char core[256];
     char isa[16];
+    char features[128];
     double max_err;
     int ok;
 } report;
@@ -76,6 +79,7 @@ static void child_measure(report *r) {
         }
     snprintf(r->core, sizeof r->core, "%s", tl_blas_corename());
     snprintf(r->isa, sizeof r->isa, "%s", tl_isa_name());
+    snprintf(r->features, sizeof r->features, "%s", tl_cpu_features());
     r->max_err = worst;
     r->ok = 1;
     free(a);
@@ -150,14 +154,39 @@ static void no_setting_gives_the_fastest(void **state) {
 
 static void tl_blas_coretype_is_obeyed(void **state) {
     (void)state;
+#if defined(__x86_64__)
     if (cpu_level() < TL_ISA_AVX2) skip();
     report r = run_case("SKYLAKEX", "Haswell");
     assert_non_null(strstr(r.core, "Haswell (chosen: Haswell (from TL_BLAS_CORETYPE))"));
+#elif defined(__aarch64__)
+    /* the plain Armv8 kernels, which every arm64 CPU runs, over an inherited family that OpenBLAS would
+     * otherwise load (Cortex-A57: Armv8 with NEON, so also safe everywhere) */
+    report r = run_case("CORTEXA57", "ARMV8");
+    assert_non_null(strstr(r.core, "armv8 (chosen: ARMV8 (from TL_BLAS_CORETYPE))"));
+#else
+    skip();
+#endif
+}
+
+/* Without AVX-512 (every CPU that is not x86-64, and older x86 ones) and without TL_ISA nothing is forced:
+ * OpenBLAS picks its own family, and the engine's feature report names no AVX-512. */
+static void without_avx512_openblas_decides(void **state) {
+    (void)state;
+    if (cpu_level() == TL_ISA_AVX512) skip();
+    report r = run_case(NULL, NULL);
+    assert_non_null(strstr(r.core, "(chosen: autodetected)"));
+    assert_null(strstr(r.features, "avx512"));
+#if defined(__aarch64__)
+    assert_non_null(strstr(r.features, "asimd")); /* NEON: part of every Armv8-A CPU */
+#endif
 }
 
 /* TL_ISA=generic: the engine's kernels and OpenBLAS's at the baseline (Nehalem: SSE4.2). */
 static void generic_level_takes_nehalem(void **state) {
     (void)state;
+#if !defined(__x86_64__)
+    skip(); /* the x86 families; elsewhere TL_ISA=generic leaves OpenBLAS to detect its own */
+#endif
     report r = run_case_isa(NULL, NULL, "generic");
     assert_string_equal(r.isa, "generic");
     assert_non_null(strstr(r.core, "Nehalem (chosen: NEHALEM (TL_ISA level generic))"));
@@ -210,6 +239,7 @@ int main(void) {
         cmocka_unit_test(inherited_older_family_is_overridden),
         cmocka_unit_test(inherited_avx512_family_is_kept),
         cmocka_unit_test(no_setting_gives_the_fastest),
+        cmocka_unit_test(without_avx512_openblas_decides),
         cmocka_unit_test(tl_blas_coretype_is_obeyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

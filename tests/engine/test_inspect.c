@@ -719,9 +719,12 @@ static void test_train_loop_resume(void **state) {
 }
 
 /* Build and run time at lvvit_t size (224 px, 14 x 14 tokens) on 8 samples of
- * the synthetic pictures; printed, not asserted. */
+ * the synthetic pictures; printed, not asserted. Not under an emulator (where
+ * it takes minutes and the figures mean nothing). */
 static void test_timing(void **state) {
     (void)state;
+    const char *emu = getenv("TL_TEST_EMULATED");
+    if (emu && *emu && strcmp(emu, "0") != 0) skip();
     tl_config c;
     char err[TL_ERR_LEN];
     assert_int_equal(tl_config_preset("lvvit_t", &c), 0);
