@@ -59,7 +59,8 @@ void tl_gemm(tl_pool *p, int transA, int transB, int M, int N, int K, float alph
  * split instead: OpenBLAS packs all of its B operand, the weights, at every
  * call, so a row split has every thread pack the whole weight matrix for a
  * few rows of work; a column split packs each weight once, and only the
- * small A twice. */
+ * small A twice (measured at the AVX2 level: about 15% off an lvvit_t
+ * image's latency on 2 threads). */
 #define TL_LINEAR_FEW_ROWS 512
 typedef struct {
     float *out;
@@ -109,7 +110,9 @@ void tl_linear_forward(tl_pool *p, float *out, int ldo, const float *in, int ldi
         linear_fwd_part(&j, 0, 1);
         return;
     }
-    j.split_n = M < TL_LINEAR_FEW_ROWS && N >= 32 * nt;
+    /* not at the AVX-512 level, where OpenBLAS's SkylakeX family takes small products its own way
+     * and the column split was not measured */
+    j.split_n = M < TL_LINEAR_FEW_ROWS && N >= 32 * nt && tl_isa() != TL_ISA_AVX512;
     if (!j.split_n && M < 2 * nt) linear_fwd_part(&j, 0, 1);
     else tl_pool_run(p, linear_fwd_part, &j);
 }
