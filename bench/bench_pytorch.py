@@ -32,9 +32,16 @@ def fastest_openblas_coretype():
     """PyTorch's linear layers run on OpenBLAS here: give it the kernels the engine
     picks (engine/core/blas.c), SKYLAKEX on an AVX-512 CPU even over an inherited
     OPENBLAS_CORETYPE naming an older family, so both sides get the same GEMMs.
-    TL_BLAS_CORETYPE, as for the engine, chooses explicitly."""
+    TL_BLAS_CORETYPE, as for the engine, chooses explicitly; TL_ISA=avx2 or
+    generic gives PyTorch that level too (OpenBLAS's Haswell or Nehalem family,
+    ATEN_CPU_CAPABILITY), so an AVX-512 machine can compare the AVX2 paths."""
     if os.environ.get("TL_BLAS_CORETYPE"):
         os.environ["OPENBLAS_CORETYPE"] = os.environ["TL_BLAS_CORETYPE"]
+        return
+    isa = os.environ.get("TL_ISA", "").lower()  # the engine's kernel level (docs/ISA.md): PyTorch's too
+    if isa in ("avx2", "generic"):
+        os.environ["OPENBLAS_CORETYPE"] = "HASWELL" if isa == "avx2" else "NEHALEM"
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2" if isa == "avx2" else "default")
         return
     try:
         flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split())

@@ -866,6 +866,9 @@ static void test_linear(void **state) {
     linear_case(p2, 9, 5, 11, 5, 11, 0, 0, 43);
     linear_case(NULL, 6, 8, 3, 12, 7, 1, 1, 44);
     linear_case(p2, 33, 17, 13, 20, 15, 1, 0, 45);
+    /* few rows and enough work to split: the forward splits the columns (whole 16-column panels, the
+     * last one of 4) */
+    linear_case(p2, 40, 80, 100, 90, 110, 1, 0, 46);
     tl_pool_free(p2);
 }
 
