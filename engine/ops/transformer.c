@@ -359,24 +359,11 @@ static void att_bwd_part(void *arg, int tid, int nt) {
     float *dp = j->scratch + (size_t)tid * T * T;
     size_t lo, hi;
     tl_split((size_t)j->B * j->H, tid, nt, &lo, &hi);
+    int fast = 0; /* the same four products on gemm_avx2.c's kernels, in place in qkv and dqkv */
 #if defined(__x86_64__)
-    if (att_avx2(hd)) { /* the same four products on gemm_avx2.c's kernels, in place in qkv and dqkv */
-        for (size_t bh = lo; bh < hi; bh++) {
-            int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
-            size_t qoff = (size_t)b * T * D3 + h * hd;
-            const float *q = j->qkv + qoff, *k = q + D, *v = q + 2 * D;
-            float *dq = j->dqkv + qoff, *dk = dq + D, *dv = dq + 2 * D;
-            const float *att = j->attc + bh * (size_t)T * T;
-            const float *dout = j->dout + (size_t)b * T * D + h * hd;
-            tl_gemm_nt_avx2(dp, (size_t)T, dout, (size_t)D, hd, v, (size_t)D3, T, T, 1.0f);   /* dP = dO V^T */
-            tl_gemm_tn_avx2(dv, (size_t)D3, att, (size_t)T, T, dout, (size_t)D, T, hd, 1.0f); /* dV = P^T dO */
-            softmax_backward_rows(dp, att, T, T);                                           /* dS */
-            tl_gemm_rows_avx2(dq, (size_t)D3, dp, (size_t)T, T, k, (size_t)D3, T, hd, scale); /* dQ = s dS K */
-            tl_gemm_tn_avx2(dk, (size_t)D3, dp, (size_t)T, T, q, (size_t)D3, T, hd, scale);   /* dK = s dS^T Q */
-        }
-        return;
-    }
+    fast = att_avx2(hd);
 #endif
+    (void)fast; /* read only on x86-64 */
     for (size_t bh = lo; bh < hi; bh++) {
         int b = (int)(bh / (size_t)j->H), h = (int)(bh % (size_t)j->H);
         size_t qoff = (size_t)b * T * D3 + h * hd;
@@ -384,6 +371,16 @@ static void att_bwd_part(void *arg, int tid, int nt) {
         float *dq = j->dqkv + qoff, *dk = dq + D, *dv = dq + 2 * D;
         const float *att = j->attc + bh * (size_t)T * T;
         const float *dout = j->dout + (size_t)b * T * D + h * hd;
+#if defined(__x86_64__)
+        if (fast) {
+            tl_gemm_nt_avx2(dp, (size_t)T, dout, (size_t)D, hd, v, (size_t)D3, T, T, 1.0f);   /* dP = dO V^T */
+            tl_gemm_tn_avx2(dv, (size_t)D3, att, (size_t)T, T, dout, (size_t)D, T, hd, 1.0f); /* dV = P^T dO */
+            softmax_backward_rows(dp, att, T, T);                                           /* dS */
+            tl_gemm_rows_avx2(dq, (size_t)D3, dp, (size_t)T, T, k, (size_t)D3, T, hd, scale); /* dQ = s dS K */
+            tl_gemm_tn_avx2(dk, (size_t)D3, dp, (size_t)T, T, q, (size_t)D3, T, hd, scale);   /* dK = s dS^T Q */
+            continue;
+        }
+#endif
         tl_sgemm(0, 1, T, T, hd, 1.0f, dout, D, v, D3, 0.0f, dp, T);        /* dP = dO V^T */
         tl_sgemm(1, 0, T, hd, T, 1.0f, att, T, dout, D, 0.0f, dv, D3);      /* dV = P^T dO */
         softmax_backward_rows(dp, att, T, T);                              /* dS = P (dP - <dP,P>) */
